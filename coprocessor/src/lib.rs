@@ -1,0 +1,77 @@
+//! The crypto coprocessor: where a vTPM's commands execute.
+//!
+//! This crate owns the driver interface ([`Coprocessor`]) that the vhost-user device hands
+//! each TPM command to, and its drivers:
+//! - [`libtpms::LibtpmsEngine`] (the embedded default): libtpms linked into this process.
+//!   libtpms keeps global state, so there is exactly one engine per process and therefore one
+//!   daemon process per VM.
+//! - [`swtpm::SwtpmEngine`]: an existing swtpm process reached over its control and data
+//!   sockets, for operators who run swtpm today and as a benchmark baseline.
+//!
+//! It also owns where instance state lives ([`state::StateStore`]).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod libtpms;
+pub mod state;
+pub mod swtpm;
+
+use std::path::PathBuf;
+
+/// Errors of the coprocessor drivers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("libtpms {call} failed with TPM result {code:#x}")]
+    Libtpms { call: &'static str, code: u32 },
+    #[error(
+        "libtpms is already in use by another engine in this process (one engine per process)"
+    )]
+    EngineInUse,
+    #[error("command of {0} bytes exceeds the engine's limit")]
+    CommandTooLarge(usize),
+    #[error("state store: {0}")]
+    State(#[from] state::StateError),
+    #[error("swtpm {what}: {source}")]
+    SwtpmIo {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("swtpm control command {cmd:#x} failed with result {code:#x}")]
+    SwtpmControl { cmd: u32, code: u32 },
+    #[error("swtpm returned a malformed response: {0}")]
+    SwtpmProtocol(String),
+    #[error("cannot start engine {engine} at {path}: {reason}")]
+    Start {
+        engine: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One vTPM instance's engine, as the device sees it.
+///
+/// Implementations execute one command at a time; the caller serialises access.
+pub trait Coprocessor: Send {
+    /// Short name of the driver, for logs (`libtpms`, `swtpm`).
+    fn driver_name(&self) -> &'static str;
+
+    /// Executes one complete TPM 2.0 command and returns the complete response.
+    ///
+    /// The engine may modify `command` in place (libtpms decrypts parameters there).
+    /// The response borrows the engine's buffer and stays valid until the next call. A TPM
+    /// that rejects the command still returns `Ok` with its error response; `Err` means the
+    /// engine itself failed and the caller must answer the guest with `TPM_RC_FAILURE`.
+    fn execute(&mut self, command: &mut [u8]) -> Result<&[u8]>;
+
+    /// Power-cycles the TPM (`_TPM_Init`): volatile state is lost, the guest must send
+    /// TPM2_Startup again. Used when the device is reset.
+    fn power_cycle(&mut self) -> Result<()>;
+
+    /// Makes the current state durable so that a later start resumes where this one stopped,
+    /// including volatile state (loaded sessions and objects, PCR values). Called on clean
+    /// shutdown.
+    fn save(&mut self) -> Result<()>;
+}

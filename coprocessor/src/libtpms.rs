@@ -1,0 +1,428 @@
+//! The embedded engine: libtpms linked into this process.
+//!
+//! libtpms keeps all TPM state in globals and reaches storage through process-wide callbacks,
+//! so this module enforces one [`LibtpmsEngine`] per process and routes the callbacks to the
+//! engine's [`StateStore`]. libtpms writes its permanent state (`permall`) through the
+//! `tpm_nvram_storedata` callback *during* the command that changed it, before the response
+//! exists: with a store whose `store` is durable on return, every persistent effect the guest
+//! sees acknowledged is already on disk.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use log::{error, info};
+
+use crate::state::StateStore;
+use crate::{Coprocessor, Error, Result};
+
+type TpmResult = u32;
+const TPM_SUCCESS: TpmResult = 0;
+const TPM_FAIL: TpmResult = 9;
+/// libtpms' "no such blob yet" answer from `tpm_nvram_loaddata`.
+const TPM_RETRY: TpmResult = 0x800;
+const TPMLIB_TPM_VERSION_2: c_int = 1;
+
+/// Blob libtpms keeps its permanent (NV) state in.
+pub const PERMANENT_BLOB: &str = "permall";
+/// Blob a clean shutdown saves the volatile state in.
+pub const VOLATILE_BLOB: &str = "volatilestate";
+
+#[repr(C)]
+struct LibtpmsCallbacks {
+    size_of_struct: c_int,
+    tpm_nvram_init: Option<extern "C" fn() -> TpmResult>,
+    tpm_nvram_loaddata:
+        Option<unsafe extern "C" fn(*mut *mut u8, *mut u32, u32, *const c_char) -> TpmResult>,
+    tpm_nvram_storedata:
+        Option<unsafe extern "C" fn(*const u8, u32, u32, *const c_char) -> TpmResult>,
+    tpm_nvram_deletename: Option<unsafe extern "C" fn(u32, *const c_char, u8) -> TpmResult>,
+    tpm_io_init: Option<extern "C" fn() -> TpmResult>,
+    tpm_io_getlocality: Option<unsafe extern "C" fn(*mut u32, u32) -> TpmResult>,
+    tpm_io_getphysicalpresence: Option<unsafe extern "C" fn(*mut u8, u32) -> TpmResult>,
+}
+
+extern "C" {
+    fn TPMLIB_ChooseTPMVersion(ver: c_int) -> TpmResult;
+    fn TPMLIB_RegisterCallbacks(cbs: *mut LibtpmsCallbacks) -> TpmResult;
+    fn TPMLIB_MainInit() -> TpmResult;
+    fn TPMLIB_Terminate();
+    fn TPMLIB_Process(
+        respbuffer: *mut *mut u8,
+        resp_size: *mut u32,
+        respbufsize: *mut u32,
+        command: *mut u8,
+        command_size: u32,
+    ) -> TpmResult;
+    fn TPMLIB_VolatileAll_Store(buffer: *mut *mut u8, buflen: *mut u32) -> TpmResult;
+}
+
+/// Set while an engine exists: libtpms has one TPM per process.
+static ENGINE_IN_USE: AtomicBool = AtomicBool::new(false);
+/// The store the libtpms callbacks read and write.
+static STORE: Mutex<Option<Box<dyn StateStore>>> = Mutex::new(None);
+/// Whether the last `storedata` callback failed; checked after every command.
+static STORE_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn check(call: &'static str, code: TpmResult) -> Result<()> {
+    if code == TPM_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Libtpms { call, code })
+    }
+}
+
+/// # Safety
+/// `name` must be a valid C string (libtpms passes string constants).
+unsafe fn blob_name<'a>(name: *const c_char) -> Option<&'a str> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: libtpms passes a NUL-terminated constant; the caller guarantees validity.
+    unsafe { CStr::from_ptr(name) }.to_str().ok()
+}
+
+extern "C" fn cb_ok() -> TpmResult {
+    TPM_SUCCESS
+}
+
+unsafe extern "C" fn cb_loaddata(
+    data: *mut *mut u8,
+    length: *mut u32,
+    _tpm_number: u32,
+    name: *const c_char,
+) -> TpmResult {
+    // SAFETY: libtpms passes its blob-name constants.
+    let Some(name) = (unsafe { blob_name(name) }) else {
+        return TPM_FAIL;
+    };
+    let guard = match STORE.lock() {
+        Ok(g) => g,
+        Err(_) => return TPM_FAIL,
+    };
+    let Some(store) = guard.as_ref() else {
+        return TPM_FAIL;
+    };
+    match store.load(name) {
+        Ok(None) => TPM_RETRY,
+        Ok(Some(blob)) => {
+            let Ok(len) = u32::try_from(blob.len()) else {
+                return TPM_FAIL;
+            };
+            // SAFETY: plain allocation; libtpms takes ownership and releases it with free().
+            let buf = unsafe { libc::malloc(blob.len().max(1)) } as *mut u8;
+            if buf.is_null() {
+                return TPM_FAIL;
+            }
+            // SAFETY: `buf` has room for `blob.len()` bytes and does not overlap `blob`;
+            // `data` and `length` are valid out-pointers supplied by libtpms.
+            unsafe {
+                ptr::copy_nonoverlapping(blob.as_ptr(), buf, blob.len());
+                *data = buf;
+                *length = len;
+            }
+            TPM_SUCCESS
+        }
+        Err(e) => {
+            error!("libtpms could not load state blob {name}: {e}");
+            TPM_FAIL
+        }
+    }
+}
+
+unsafe extern "C" fn cb_storedata(
+    data: *const u8,
+    length: u32,
+    _tpm_number: u32,
+    name: *const c_char,
+) -> TpmResult {
+    // SAFETY: libtpms passes its blob-name constants.
+    let Some(name) = (unsafe { blob_name(name) }) else {
+        return TPM_FAIL;
+    };
+    let blob: &[u8] = if length == 0 || data.is_null() {
+        &[]
+    } else {
+        // SAFETY: libtpms guarantees `data` points to `length` readable bytes for the call.
+        unsafe { std::slice::from_raw_parts(data, length as usize) }
+    };
+    let result = match STORE.lock() {
+        Ok(g) => match g.as_ref() {
+            Some(store) => store.store(name, blob).map_err(|e| e.to_string()),
+            None => Err("no state store registered".to_owned()),
+        },
+        Err(_) => Err("state store lock poisoned".to_owned()),
+    };
+    match result {
+        Ok(()) => TPM_SUCCESS,
+        Err(e) => {
+            error!("libtpms could not store state blob {name}: {e}");
+            STORE_FAILED.store(true, Ordering::SeqCst);
+            TPM_FAIL
+        }
+    }
+}
+
+unsafe extern "C" fn cb_deletename(_tpm_number: u32, name: *const c_char, _must: u8) -> TpmResult {
+    // SAFETY: libtpms passes its blob-name constants.
+    let Some(name) = (unsafe { blob_name(name) }) else {
+        return TPM_FAIL;
+    };
+    match STORE.lock().ok().as_ref().and_then(|g| g.as_ref()) {
+        Some(store) => match store.delete(name) {
+            Ok(()) => TPM_SUCCESS,
+            Err(_) => TPM_FAIL,
+        },
+        None => TPM_FAIL,
+    }
+}
+
+unsafe extern "C" fn cb_getlocality(locality: *mut u32, _tpm_number: u32) -> TpmResult {
+    // SAFETY: libtpms passes a valid out-pointer.
+    unsafe { *locality = 0 };
+    TPM_SUCCESS
+}
+
+unsafe extern "C" fn cb_getphysicalpresence(pp: *mut u8, _tpm_number: u32) -> TpmResult {
+    // SAFETY: libtpms passes a valid out-pointer.
+    unsafe { *pp = 0 };
+    TPM_SUCCESS
+}
+
+/// The libtpms engine of this process.
+pub struct LibtpmsEngine {
+    /// Response buffer owned by libtpms' allocator (grown with realloc inside TPMLIB_Process).
+    resp: *mut u8,
+    resp_len: u32,
+    resp_cap: u32,
+}
+
+// SAFETY: the response buffer is a heap allocation owned exclusively by this engine and only
+// touched through `&mut self`; libtpms' globals are only reached through this single engine.
+unsafe impl Send for LibtpmsEngine {}
+
+impl LibtpmsEngine {
+    /// Starts the TPM 2.0 engine on `store`: loads the permanent state (a new instance starts
+    /// manufactured-fresh) and the volatile state a clean shutdown saved, if any.
+    pub fn start(store: Box<dyn StateStore>) -> Result<Self> {
+        if ENGINE_IN_USE.swap(true, Ordering::SeqCst) {
+            return Err(Error::EngineInUse);
+        }
+        let resumed = match store.load(VOLATILE_BLOB) {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                ENGINE_IN_USE.store(false, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        };
+        if let Ok(mut g) = STORE.lock() {
+            *g = Some(store);
+        }
+        let engine = LibtpmsEngine {
+            resp: ptr::null_mut(),
+            resp_len: 0,
+            resp_cap: 0,
+        };
+        // From here on Drop releases the singleton.
+        engine.init()?;
+        if resumed {
+            // The saved volatile state is consumed: after a later crash it would no longer
+            // match the permanent state, so a restart after a crash is a power cycle instead.
+            with_store(|s| s.delete(VOLATILE_BLOB))?;
+            info!("libtpms engine resumed from saved volatile state");
+        } else {
+            info!("libtpms engine powered on");
+        }
+        Ok(engine)
+    }
+
+    fn init(&self) -> Result<()> {
+        let mut cbs = LibtpmsCallbacks {
+            size_of_struct: std::mem::size_of::<LibtpmsCallbacks>() as c_int,
+            tpm_nvram_init: Some(cb_ok),
+            tpm_nvram_loaddata: Some(cb_loaddata),
+            tpm_nvram_storedata: Some(cb_storedata),
+            tpm_nvram_deletename: Some(cb_deletename),
+            tpm_io_init: Some(cb_ok),
+            tpm_io_getlocality: Some(cb_getlocality),
+            tpm_io_getphysicalpresence: Some(cb_getphysicalpresence),
+        };
+        // SAFETY: plain calls into libtpms; the callbacks struct is valid for the call and
+        // libtpms copies it. Only the single engine of this process makes these calls.
+        unsafe {
+            check(
+                "ChooseTPMVersion",
+                TPMLIB_ChooseTPMVersion(TPMLIB_TPM_VERSION_2),
+            )?;
+            check("RegisterCallbacks", TPMLIB_RegisterCallbacks(&mut cbs))?;
+            check("MainInit", TPMLIB_MainInit())
+        }
+    }
+}
+
+fn with_store<T>(
+    f: impl FnOnce(&dyn StateStore) -> std::result::Result<T, crate::state::StateError>,
+) -> Result<T> {
+    let guard = STORE.lock().map_err(|_| Error::Start {
+        engine: "libtpms",
+        path: Default::default(),
+        reason: "state store lock poisoned".into(),
+    })?;
+    match guard.as_deref() {
+        Some(store) => Ok(f(store)?),
+        None => Err(Error::Start {
+            engine: "libtpms",
+            path: Default::default(),
+            reason: "no state store registered".into(),
+        }),
+    }
+}
+
+impl Coprocessor for LibtpmsEngine {
+    fn driver_name(&self) -> &'static str {
+        "libtpms"
+    }
+
+    fn execute(&mut self, command: &mut [u8]) -> Result<&[u8]> {
+        let len =
+            u32::try_from(command.len()).map_err(|_| Error::CommandTooLarge(command.len()))?;
+        STORE_FAILED.store(false, Ordering::SeqCst);
+        // SAFETY: `command` is valid for `len` bytes and exclusively borrowed (libtpms may
+        // decrypt parameters in place); the response triple is owned by this engine and
+        // libtpms reallocates it as needed.
+        let code = unsafe {
+            TPMLIB_Process(
+                &mut self.resp,
+                &mut self.resp_len,
+                &mut self.resp_cap,
+                command.as_mut_ptr(),
+                len,
+            )
+        };
+        check("Process", code)?;
+        if STORE_FAILED.load(Ordering::SeqCst) {
+            // The TPM believes its NV is committed but the store refused it: do not let the
+            // guest see success for a change that is not durable.
+            return Err(Error::Libtpms {
+                call: "tpm_nvram_storedata",
+                code: TPM_FAIL,
+            });
+        }
+        if self.resp.is_null() || self.resp_len > self.resp_cap {
+            return Err(Error::Libtpms {
+                call: "Process (no response)",
+                code: TPM_FAIL,
+            });
+        }
+        // SAFETY: libtpms wrote `resp_len` bytes into `resp` (capacity `resp_cap`), and the
+        // buffer is not touched again until the next `&mut self` call.
+        Ok(unsafe { std::slice::from_raw_parts(self.resp, self.resp_len as usize) })
+    }
+
+    fn power_cycle(&mut self) -> Result<()> {
+        // SAFETY: terminate the single engine; init re-registers and reloads from the store.
+        unsafe { TPMLIB_Terminate() };
+        self.init()?;
+        info!("libtpms engine power-cycled");
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let mut buf: *mut u8 = ptr::null_mut();
+        let mut len: u32 = 0;
+        // SAFETY: out-pointers are valid; libtpms allocates `buf` with malloc.
+        check("VolatileAll_Store", unsafe {
+            TPMLIB_VolatileAll_Store(&mut buf, &mut len)
+        })?;
+        let blob = if buf.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: libtpms returned `len` bytes at `buf`; we copy then free them.
+            let v = unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec();
+            // SAFETY: `buf` came from libtpms' malloc and is not used after this.
+            unsafe { libc::free(buf.cast()) };
+            v
+        };
+        with_store(|s| s.store(VOLATILE_BLOB, &blob))?;
+        info!("libtpms volatile state saved ({} bytes)", blob.len());
+        Ok(())
+    }
+}
+
+impl Drop for LibtpmsEngine {
+    fn drop(&mut self) {
+        // SAFETY: the engine is the only user of libtpms; `resp` came from libtpms' realloc.
+        unsafe {
+            TPMLIB_Terminate();
+            libc::free(self.resp.cast());
+        }
+        if let Ok(mut g) = STORE.lock() {
+            *g = None;
+        }
+        ENGINE_IN_USE.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! libtpms is a process singleton, so everything runs in one test, sequentially.
+    use super::*;
+    use crate::state::DirStore;
+    use tpm_proto::commands as c;
+
+    fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
+        let mut cmd = cmd.to_vec();
+        e.execute(&mut cmd).unwrap().to_vec()
+    }
+
+    #[test]
+    fn engine_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = || Box::new(DirStore::open(dir.path()).unwrap());
+        let mut e = LibtpmsEngine::start(store()).unwrap();
+        assert!(matches!(
+            LibtpmsEngine::start(store()),
+            Err(Error::EngineInUse)
+        ));
+        assert_eq!(
+            tpm_proto::response_code(&run(&mut e, &c::startup(c::TPM_SU_CLEAR))).unwrap(),
+            0
+        );
+        let rnd = c::parse_get_random(&run(&mut e, &c::get_random(32))).unwrap();
+        assert_eq!(rnd.len(), 32);
+        // NV written now is durable before the response.
+        let idx = 0x0150_0010;
+        assert_eq!(
+            tpm_proto::response_code(&run(
+                &mut e,
+                &c::nv_define_space(idx, 8, c::NV_ORDINARY_ATTRS)
+            ))
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            tpm_proto::response_code(&run(&mut e, &c::nv_write(idx, 0, b"durable!"))).unwrap(),
+            0
+        );
+        assert!(dir.path().join("tpm2-permall.bin").exists());
+
+        // Clean save + restart resumes without a new Startup.
+        e.save().unwrap();
+        drop(e);
+        let mut e = LibtpmsEngine::start(store()).unwrap();
+        assert!(!dir.path().join("tpm2-volatilestate.bin").exists());
+        let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
+        assert_eq!(data, b"durable!");
+
+        // Power cycle: Startup is required again and NV survives.
+        e.power_cycle().unwrap();
+        assert_eq!(
+            tpm_proto::response_code(&run(&mut e, &c::get_random(8))).unwrap(),
+            tpm_proto::rc::INITIALIZE
+        );
+        run(&mut e, &c::startup(c::TPM_SU_CLEAR));
+        let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
+        assert_eq!(data, b"durable!");
+    }
+}

@@ -1,0 +1,197 @@
+//! Big-endian marshalling: a command builder that patches the size field and a bounded
+//! response cursor that never reads past its buffer.
+
+use crate::{tag, HEADER_SIZE};
+
+/// Errors from parsing TPM structures.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("TPM structure truncated: needed {needed} more bytes at offset {offset}")]
+    Truncated { offset: usize, needed: usize },
+    #[error("TPM header says {header} bytes but the buffer holds {actual}")]
+    SizeMismatch { header: u32, actual: usize },
+    #[error("TPM returned response code {0:#x}")]
+    Tpm(u32),
+    #[error("unexpected value in TPM structure: {0}")]
+    Unexpected(&'static str),
+}
+
+/// Builds one TPM 2.0 command. Handles and the password authorization area are written in
+/// order by the caller; [`CommandBuilder::finish`] fixes up the size field.
+#[derive(Debug, Clone)]
+pub struct CommandBuilder {
+    buf: Vec<u8>,
+    auth_size_at: Option<usize>,
+}
+
+impl CommandBuilder {
+    /// Starts a command with `tag` and command code `cc`.
+    pub fn new(tag: u16, cc: u32) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&tag.to_be_bytes());
+        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.extend_from_slice(&cc.to_be_bytes());
+        CommandBuilder {
+            buf,
+            auth_size_at: None,
+        }
+    }
+
+    /// A command without an authorization area.
+    pub fn no_sessions(cc: u32) -> Self {
+        Self::new(tag::NO_SESSIONS, cc)
+    }
+
+    /// A command with an authorization area; handles must be pushed before
+    /// [`CommandBuilder::password_auth`].
+    pub fn with_sessions(cc: u32) -> Self {
+        Self::new(tag::SESSIONS, cc)
+    }
+
+    pub fn u8(mut self, v: u8) -> Self {
+        self.buf.push(v);
+        self
+    }
+
+    pub fn u16(mut self, v: u16) -> Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn u32(mut self, v: u32) -> Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub fn bytes(mut self, v: &[u8]) -> Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    /// A TPM2B: u16 length followed by the bytes.
+    pub fn tpm2b(self, v: &[u8]) -> Self {
+        let len = u16::try_from(v.len()).unwrap_or(u16::MAX);
+        self.u16(len).bytes(&v[..usize::from(len)])
+    }
+
+    /// Appends an authorization area holding one password session (TPM_RS_PW) with `auth`.
+    pub fn password_auth(mut self, auth: &[u8]) -> Self {
+        const TPM_RS_PW: u32 = 0x4000_0009;
+        self.auth_size_at = Some(self.buf.len());
+        self.u32(0)
+            .u32(TPM_RS_PW)
+            .tpm2b(&[])
+            .u8(0)
+            .tpm2b(auth)
+            .close_auth()
+    }
+
+    fn close_auth(mut self) -> Self {
+        if let Some(at) = self.auth_size_at.take() {
+            let size = (self.buf.len() - at - 4) as u32;
+            self.buf[at..at + 4].copy_from_slice(&size.to_be_bytes());
+        }
+        self
+    }
+
+    /// Writes the final size into the header and returns the command bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let size = self.buf.len() as u32;
+        self.buf[2..6].copy_from_slice(&size.to_be_bytes());
+        self.buf
+    }
+}
+
+/// A bounds-checked cursor over a TPM response (or any TPM structure).
+#[derive(Debug, Clone)]
+pub struct ResponseReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ResponseReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        ResponseReader { buf, pos: 0 }
+    }
+
+    /// Checks the header of a complete response: size must match and the response code must
+    /// be success. Returns a reader positioned after the header.
+    pub fn success(buf: &'a [u8]) -> Result<Self, WireError> {
+        let rc = crate::response_code(buf)?;
+        if rc != crate::rc::SUCCESS {
+            return Err(WireError::Tpm(rc));
+        }
+        let mut r = Self::new(buf);
+        r.skip(HEADER_SIZE)?;
+        Ok(r)
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.remaining() < n {
+            return Err(WireError::Truncated {
+                offset: self.pos,
+                needed: n - self.remaining(),
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    pub fn skip(&mut self, n: usize) -> Result<(), WireError> {
+        self.take(n).map(|_| ())
+    }
+
+    pub fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Reads a TPM2B (u16 length + bytes).
+    pub fn tpm2b(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_patches_size_and_auth() {
+        let cmd = CommandBuilder::with_sessions(0x137)
+            .u32(0x0150_0000)
+            .password_auth(b"pw")
+            .finish();
+        let h = crate::Header::parse(&cmd).unwrap();
+        assert_eq!(h.size as usize, cmd.len());
+        // auth area size: handle 4 + nonce 2 + attrs 1 + hmac 2+2 = 11
+        assert_eq!(&cmd[14..18], &11u32.to_be_bytes());
+    }
+
+    #[test]
+    fn reader_refuses_to_overrun() {
+        let mut r = ResponseReader::new(&[0, 5, 1, 2]);
+        assert_eq!(
+            r.tpm2b(),
+            Err(WireError::Truncated {
+                offset: 2,
+                needed: 3
+            })
+        );
+    }
+}
