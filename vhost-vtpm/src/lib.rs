@@ -1,0 +1,24 @@
+//! vhost-vtpm: the device side of a virtio TPM 2.0, as a vhost-user backend.
+//!
+//! The guest's TPM driver puts each command in a descriptor chain on the device's single
+//! request queue; this crate pops the chain, hands the command to the VM's coprocessor engine
+//! (see the `coprocessor` crate), writes the response into the chain's writable part and
+//! interrupts the guest through the call eventfd. The device is specified in
+//! `docs/virtio-tpm.md`.
+//!
+//! Modules:
+//! - [`virtio_tpm`]: the device definition (ID, queue, features, config space).
+//! - [`request`]: turning one descriptor chain into one command and one response, refusing
+//!   every malformed chain without disturbing the others.
+//! - [`backend`]: the `VhostUserBackend` implementation: queue draining, EVENT_IDX, batched
+//!   interrupts, the optional busy-poll window.
+//! - [`config`]: command-line arguments and their validation.
+//! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backend;
+pub mod config;
+pub mod daemon;
+pub mod request;
+pub mod virtio_tpm;
