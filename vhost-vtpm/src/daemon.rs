@@ -1,0 +1,252 @@
+//! The daemon process: one vTPM, one listener, one frontend at a time.
+//!
+//! It opens the engine, then serves frontend connections one after another on the same
+//! listener, so a VMM that reconnects finds the same TPM. Each connection gets its own
+//! `VhostUserDaemon` whose worker thread is stopped and joined when the connection ends, so
+//! reconnects do not leak threads. SIGTERM and SIGINT are taken by a dedicated thread: it
+//! closes the current connection (or wakes the accept), the main loop ends, a command in
+//! flight finishes, and the engine's state is saved before the process exits.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use coprocessor::libtpms::LibtpmsEngine;
+use coprocessor::state::DirStore;
+use coprocessor::swtpm::SwtpmEngine;
+use coprocessor::Coprocessor;
+use log::{info, warn};
+use nix::sys::signal::{SigSet, Signal};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::backend::{Device, SharedDevice, VtpmBackend};
+use crate::config::{Config, EngineConfig, Listen};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot start the {engine} engine: {source}")]
+    Engine {
+        engine: &'static str,
+        #[source]
+        source: coprocessor::Error,
+    },
+    #[error("cannot listen on {what}: {reason}")]
+    Listen { what: String, reason: String },
+    #[error("vhost-user daemon: {0}")]
+    VhostUser(String),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(nix::Error),
+    #[error("cannot save the vTPM state at shutdown: {0}")]
+    Save(coprocessor::Error),
+}
+
+/// Shutdown coordination between the signal thread and the serve loop.
+struct Stop {
+    requested: AtomicBool,
+    connection: Mutex<Option<ShutdownHandle>>,
+    listener_fd: Mutex<Option<RawFd>>,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Ok(conn) = self.connection.lock() {
+            if let Some(h) = conn.as_ref() {
+                h.shutdown();
+            }
+        }
+        if let Ok(fd) = self.listener_fd.lock() {
+            if let Some(fd) = *fd {
+                // SAFETY: the fd stays open while it is registered here (the serve loop
+                // clears it before closing the listener). shutdown() on a listening socket
+                // makes a blocked accept() return on Linux.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
+    /// Records the live connection; if a stop raced ahead of it, closes it at once.
+    fn set_connection(&self, handle: Option<ShutdownHandle>) {
+        if let Ok(mut conn) = self.connection.lock() {
+            if self.requested() {
+                if let Some(h) = handle.as_ref() {
+                    h.shutdown();
+                }
+            }
+            *conn = handle;
+        }
+    }
+}
+
+fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonError> {
+    match config {
+        EngineConfig::Libtpms { state_dir } => {
+            let store = DirStore::open(state_dir).map_err(|e| DaemonError::Engine {
+                engine: "libtpms",
+                source: e.into(),
+            })?;
+            let engine =
+                LibtpmsEngine::start(Box::new(store)).map_err(|source| DaemonError::Engine {
+                    engine: "libtpms",
+                    source,
+                })?;
+            Ok(Box::new(engine))
+        }
+        EngineConfig::Swtpm { ctrl, data } => {
+            let engine =
+                SwtpmEngine::connect(ctrl, data).map_err(|source| DaemonError::Engine {
+                    engine: "swtpm",
+                    source,
+                })?;
+            Ok(Box::new(engine))
+        }
+    }
+}
+
+fn open_listener(listen: &Listen) -> Result<Listener, DaemonError> {
+    match listen {
+        Listen::Path(path) => Listener::new(path, true).map_err(|e| DaemonError::Listen {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+        Listen::Fd(fd) => {
+            let err = |reason: String| DaemonError::Listen {
+                what: format!("--fd {fd}"),
+                reason,
+            };
+            // SAFETY: F_GETFD only queries the descriptor table; an unknown fd gives EBADF.
+            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(err(std::io::Error::last_os_error().to_string()));
+            }
+            // SAFETY: the fd is open (checked above) and the launcher handed it to this
+            // process to own; nothing else in the process refers to it.
+            let owned = unsafe { OwnedFd::from_raw_fd(*fd) };
+            let stat = nix::sys::stat::fstat(&owned).map_err(|e| err(e.to_string()))?;
+            if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return Err(err("not a socket".into()));
+            }
+            let listening =
+                nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn)
+                    .map_err(|e| err(e.to_string()))?;
+            if !listening {
+                return Err(err("socket is not listening".into()));
+            }
+            nix::fcntl::fcntl(
+                &owned,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| err(e.to_string()))?;
+            Ok(Listener::from(UnixListener::from(owned)))
+        }
+    }
+}
+
+/// Blocks SIGTERM/SIGINT in the calling thread (and so in every thread it starts) and returns
+/// the set for the signal thread to wait on.
+fn block_signals() -> Result<SigSet, DaemonError> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(DaemonError::Signals)?;
+    Ok(set)
+}
+
+fn spawn_signal_thread(set: SigSet, stop: Arc<Stop>) -> Result<(), DaemonError> {
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match set.wait() {
+                Ok(sig) => {
+                    info!("received {sig}, stopping");
+                    stop.request();
+                }
+                Err(e) => warn!("sigwait failed: {e}"),
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then saves the vTPM state.
+pub fn run(config: &Config) -> Result<(), DaemonError> {
+    let signals = block_signals()?;
+    let engine = open_engine(&config.engine)?;
+    let engine_name = engine.driver_name();
+    let device: SharedDevice = Arc::new(Mutex::new(Device::new(engine)));
+    let mut listener = open_listener(&config.listen)?;
+    let stop = Arc::new(Stop {
+        requested: AtomicBool::new(false),
+        connection: Mutex::new(None),
+        listener_fd: Mutex::new(Some(listener.as_raw_fd())),
+    });
+    spawn_signal_thread(signals, stop.clone())?;
+    info!(
+        "vhost-vtpm started: engine {engine_name}, listening on {}, busy-poll {} µs",
+        match &config.listen {
+            Listen::Path(p) => p.display().to_string(),
+            Listen::Fd(fd) => format!("fd {fd}"),
+        },
+        config.busy_poll.as_micros()
+    );
+
+    let served = serve(&mut listener, &device, &stop, config);
+    if let Ok(mut fd) = stop.listener_fd.lock() {
+        *fd = None;
+    }
+    drop(listener);
+
+    let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
+    let (stats, busy) = dev.stats();
+    info!(
+        "served {} commands, refused {} chains, {} interrupts; busy-poll {} windows, {} hits, {} µs spinning",
+        stats.commands, stats.refused_chains, stats.interrupts, busy.windows, busy.hits, busy.spin_us
+    );
+    dev.save().map_err(DaemonError::Save)?;
+    info!("vTPM state saved, exiting");
+    served
+}
+
+fn serve(
+    listener: &mut Listener,
+    device: &SharedDevice,
+    stop: &Stop,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    while !stop.requested() {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = Arc::new(VtpmBackend::new(
+            device.clone(),
+            mem.clone(),
+            config.busy_poll,
+        ));
+        let mut daemon = VhostUserDaemon::new("vhost-vtpm".into(), backend, mem)
+            .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+        if let Err(e) = daemon.start(listener) {
+            if stop.requested() {
+                break;
+            }
+            return Err(DaemonError::VhostUser(format!("accept failed: {e}")));
+        }
+        stop.set_connection(daemon.shutdown_handle());
+        info!("frontend connected");
+        let result = daemon.wait();
+        stop.set_connection(None);
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => info!("frontend disconnected"),
+            Err(e) => warn!("frontend disconnected with an error: {e}"),
+        }
+        // Dropping the daemon stops and joins its worker thread.
+    }
+    Ok(())
+}

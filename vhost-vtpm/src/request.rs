@@ -31,7 +31,9 @@ const MAX: usize = MAX_BUFFER_SIZE as usize;
 pub enum ChainError {
     #[error("descriptor chain is empty (or its indirect table is invalid)")]
     Empty,
-    #[error("descriptor chain is truncated: a loop, a next index out of range, or a bad indirect table")]
+    #[error(
+        "descriptor chain is truncated: a loop, a next index out of range, or a bad indirect table"
+    )]
     Truncated,
     #[error("device-readable descriptor after a device-writable one")]
     ReadableAfterWritable,
@@ -369,7 +371,10 @@ mod tests {
         command: &[u8],
         engine: &mut RecordingEngine,
     ) -> (u32, Vec<u8>, Stats) {
-        guest.mem.write_slice(command, GuestAddress(CMD_AT)).unwrap();
+        guest
+            .mem
+            .write_slice(command, GuestAddress(CMD_AT))
+            .unwrap();
         let mut ring = guest.ring();
         ring.publish(descs);
         let mut q: Queue = ring.mock.create_queue().unwrap();
@@ -379,7 +384,10 @@ mod tests {
         assert_eq!(n, 1);
         let (_, len) = ring.used(0);
         let mut resp = vec![0u8; len as usize];
-        guest.mem.read_slice(&mut resp, GuestAddress(RESP_AT)).unwrap();
+        guest
+            .mem
+            .read_slice(&mut resp, GuestAddress(RESP_AT))
+            .unwrap();
         (len, resp, stats)
     }
 
@@ -444,7 +452,10 @@ mod tests {
         let (len, resp, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 10);
         assert_eq!(rc_of(&resp), rc::SIZE);
-        assert!(e.seen.is_empty(), "nothing executes without room for its answer");
+        assert!(
+            e.seen.is_empty(),
+            "nothing executes without room for its answer"
+        );
 
         let descs = [d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4, WRITE, 0)];
         let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
@@ -490,7 +501,10 @@ mod tests {
             vec![d(far, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
             vec![d(CMD_AT, 12, NEXT, 1), d(far, 4096, WRITE, 0)],
             // Straddles the end of memory.
-            vec![d(CMD_AT, 12, NEXT, 1), d(MEM_SIZE as u64 - 16, 4096, WRITE, 0)],
+            vec![
+                d(CMD_AT, 12, NEXT, 1),
+                d(MEM_SIZE as u64 - 16, 4096, WRITE, 0),
+            ],
             vec![d(u64::MAX - 4, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
         ] {
             let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
@@ -523,10 +537,7 @@ mod tests {
     fn readable_after_writable_is_used_len_zero() {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
-        let descs = [
-            d(RESP_AT, 4096, WRITE | NEXT, 1),
-            d(CMD_AT, 12, 0, 0),
-        ];
+        let descs = [d(RESP_AT, 4096, WRITE | NEXT, 1), d(CMD_AT, 12, 0, 0)];
         let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 0);
         assert!(e.seen.is_empty());
@@ -546,7 +557,11 @@ mod tests {
     fn indirect_table_is_followed() {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
-        write_table(&g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)]);
+        write_table(
+            &g,
+            TABLE_AT,
+            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
+        );
         let (len, resp, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!((len, rc_of(&resp)), (12, 0));
     }
@@ -556,11 +571,19 @@ mod tests {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
         // Table length not a multiple of the descriptor size.
-        write_table(&g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)]);
+        write_table(
+            &g,
+            TABLE_AT,
+            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
+        );
         let (len, _, _) = run_one(&g, &[d(TABLE_AT, 31, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 0);
         // A nested indirect descriptor.
-        write_table(&g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), d(TABLE_AT, 32, INDIRECT, 0)]);
+        write_table(
+            &g,
+            TABLE_AT,
+            &[d(CMD_AT, 12, NEXT, 1), d(TABLE_AT, 32, INDIRECT, 0)],
+        );
         let (len, _, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 0);
         // A table outside guest memory.
@@ -568,7 +591,11 @@ mod tests {
         let (len, _, _) = run_one(&g, &[d(far, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 0);
         // A loop inside the table.
-        write_table(&g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE | NEXT, 0)]);
+        write_table(
+            &g,
+            TABLE_AT,
+            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE | NEXT, 0)],
+        );
         let (len, _, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!(len, 0);
         assert!(e.seen.is_empty());

@@ -1,8 +1,10 @@
 //! The virtio TPM device as this project defines it (normative text: docs/virtio-tpm.md).
 
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 /// Default virtio device ID (the non-standard ID crosvm's virtio-tpm uses). The ID lives in
 /// the front-end (QEMU device property) and the guest driver (module parameter); the

@@ -1,0 +1,376 @@
+//! End-to-end tests of the daemon binary driven through a real vhost-user connection by the
+//! guest-driver harness, with libtpms as the engine.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use guest_driver::{ClientOptions, Desc, DESC_F_NEXT, DESC_F_WRITE};
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::ecdsa::EcdsaSig;
+use openssl::nid::Nid;
+use openssl::sha::sha256;
+use tpm_proto::{commands as c, rc};
+
+#[test]
+fn startup_get_random_and_config_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    assert_eq!(client.max_buffer_size().unwrap(), 4096);
+    assert_success(&run(&mut client, &c::startup(c::TPM_SU_CLEAR)), "Startup");
+    let a = c::parse_get_random(&run(&mut client, &c::get_random(32))).unwrap();
+    let b = c::parse_get_random(&run(&mut client, &c::get_random(32))).unwrap();
+    assert_eq!((a.len(), b.len()), (32, 32));
+    assert_ne!(a, b, "two GetRandom calls returned the same bytes");
+}
+
+#[test]
+fn pcr_extend_then_read_matches_host_computed_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    startup(&mut client);
+    let before = pcr_read(&mut client, 16);
+    assert_eq!(before, vec![0u8; 32], "PCR16 starts at zero");
+    let mut expected = before;
+    for round in 0..3u8 {
+        let digest = sha256(&[b'm', round]);
+        assert_success(
+            &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
+            "PCR_Extend",
+        );
+        expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
+        assert_eq!(
+            pcr_read(&mut client, 16),
+            expected,
+            "PCR16 after extend {round}"
+        );
+    }
+}
+
+#[test]
+fn ecc_primary_signature_verifies_with_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    startup(&mut client);
+    let key = c::parse_create_primary_ecc(&run(&mut client, &c::create_primary_ecc_signing()))
+        .expect("CreatePrimary");
+    let digest = sha256(b"attest me");
+    let (r, s) = c::parse_sign_ecdsa(&run(
+        &mut client,
+        &c::sign_ecdsa_sha256(key.handle, &digest),
+    ))
+    .expect("Sign");
+
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let public = EcKey::from_public_key_affine_coordinates(
+        &group,
+        &BigNum::from_slice(&key.x).unwrap(),
+        &BigNum::from_slice(&key.y).unwrap(),
+    )
+    .unwrap();
+    public.check_key().unwrap();
+    let sig = EcdsaSig::from_private_components(
+        BigNum::from_slice(&r).unwrap(),
+        BigNum::from_slice(&s).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        sig.verify(&digest, &public).unwrap(),
+        "TPM signature does not verify"
+    );
+    assert!(
+        !sig.verify(&sha256(b"something else"), &public).unwrap(),
+        "signature verified over the wrong digest"
+    );
+    assert_success(
+        &run(&mut client, &c::flush_context(key.handle)),
+        "FlushContext",
+    );
+}
+
+const NV_INDEX: u32 = 0x0150_0020;
+
+#[test]
+fn nv_data_survives_clean_restart_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &[]);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        assert_success(
+            &run(
+                &mut client,
+                &c::nv_define_space(NV_INDEX, 16, c::NV_ORDINARY_ATTRS),
+            ),
+            "NV_DefineSpace",
+        );
+        assert_success(
+            &run(&mut client, &c::nv_write(NV_INDEX, 0, b"first value 1234")),
+            "NV_Write",
+        );
+    }
+    d.stop();
+    assert!(
+        d.log_text().contains("vTPM state saved"),
+        "{}",
+        d.log_text()
+    );
+
+    // Clean restart: the TPM resumes (no Startup needed) and NV reads back.
+    d.spawn(&[]);
+    {
+        let mut client = d.connect();
+        let resp = run(&mut client, &c::nv_read(NV_INDEX, 16, 0));
+        assert_eq!(c::parse_nv_read(&resp).unwrap(), b"first value 1234");
+        assert_success(
+            &run(&mut client, &c::nv_write(NV_INDEX, 0, b"second value 567")),
+            "NV_Write",
+        );
+    }
+    // SIGKILL right after the acknowledged write: it must still be there.
+    d.kill();
+    d.spawn(&[]);
+    let mut client = d.connect();
+    assert_eq!(
+        rc_of(&run(&mut client, &c::get_random(8))),
+        rc::INITIALIZE,
+        "after a crash the TPM restarts powered-on, awaiting Startup"
+    );
+    startup(&mut client);
+    let resp = run(&mut client, &c::nv_read(NV_INDEX, 16, 0));
+    assert_eq!(c::parse_nv_read(&resp).unwrap(), b"second value 567");
+}
+
+#[test]
+fn frontend_reconnects_find_the_same_tpm_without_leaking_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut expected = vec![0u8; 32];
+    let mut baseline = None;
+    for round in 0..12u8 {
+        {
+            let mut client = d.connect();
+            startup(&mut client);
+            assert_eq!(
+                pcr_read(&mut client, 23),
+                expected,
+                "PCR23 at round {round}"
+            );
+            let digest = sha256(&[round]);
+            assert_success(
+                &run(&mut client, &c::pcr_extend_sha256(23, &digest)),
+                "PCR_Extend",
+            );
+            expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
+        }
+        // The client is gone; once the daemon has noticed, it is back in accept() with the
+        // same number of threads as before.
+        let settled = wait_until(Duration::from_secs(10), || {
+            d.log_text().matches("frontend disconnected").count() == usize::from(round) + 1
+        });
+        assert!(settled, "disconnect {round} not logged\n{}", d.log_text());
+        let threads = d.thread_count();
+        let base = *baseline.get_or_insert(threads);
+        assert!(
+            wait_until(Duration::from_secs(10), || d.thread_count() <= base),
+            "thread count grew from {base} to {} after {} reconnects",
+            d.thread_count(),
+            round
+        );
+    }
+}
+
+fn many_in_flight(opts: ClientOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect_with(opts);
+    startup(&mut client);
+    let before = client.interrupts();
+    let cmds: Vec<Vec<u8>> = (0..64).map(|_| c::get_random(16)).collect();
+    let refs: Vec<&[u8]> = cmds.iter().map(|v| v.as_slice()).collect();
+    let batches = 5;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..batches {
+        let resps = client.transact_batch(&refs).expect("batch");
+        assert_eq!(resps.len(), 64);
+        for r in resps {
+            let bytes = c::parse_get_random(&r).expect("GetRandom in batch");
+            assert_eq!(bytes.len(), 16);
+            assert!(seen.insert(bytes), "duplicate random bytes across requests");
+        }
+    }
+    assert_eq!(
+        client.interrupts() - before,
+        batches,
+        "expected exactly one interrupt per batch ({opts:?})"
+    );
+}
+
+#[test]
+fn many_in_flight_with_event_idx() {
+    many_in_flight(ClientOptions::default());
+}
+
+#[test]
+fn many_in_flight_without_event_idx() {
+    many_in_flight(ClientOptions {
+        event_idx: false,
+        ..Default::default()
+    });
+}
+
+#[test]
+fn many_in_flight_through_indirect_tables() {
+    many_in_flight(ClientOptions {
+        indirect: true,
+        ..Default::default()
+    });
+}
+
+#[test]
+fn malformed_chains_are_answered_and_the_batch_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    startup(&mut client);
+    let (cmd0, resp0) = guest_driver::VtpmClient::slot_buffers(0);
+    let (cmd1, resp1) = guest_driver::VtpmClient::slot_buffers(1);
+    let get_random = c::get_random(8);
+    client.write_guest(cmd0, &get_random).unwrap();
+    client.write_guest(cmd1, &get_random).unwrap();
+    let len = get_random.len() as u32;
+    let beyond = client.guest_memory_size() + 0x10_0000;
+    let desc = |addr, len, flags, next| Desc {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    let chains = vec![
+        (
+            0,
+            vec![
+                desc(cmd0, len, DESC_F_NEXT, 1),
+                desc(resp0, 4096, DESC_F_WRITE, 0),
+            ],
+        ),
+        // loop
+        (
+            10,
+            vec![
+                desc(cmd1, len, DESC_F_NEXT, 11),
+                desc(resp1, 4096, DESC_F_WRITE | DESC_F_NEXT, 10),
+            ],
+        ),
+        // no writable part
+        (20, vec![desc(cmd1, len, 0, 0)]),
+        // response buffer outside guest memory
+        (
+            30,
+            vec![
+                desc(cmd1, len, DESC_F_NEXT, 31),
+                desc(beyond, 4096, DESC_F_WRITE, 0),
+            ],
+        ),
+        // oversized command
+        (
+            40,
+            vec![
+                desc(cmd1, 5000, DESC_F_NEXT, 41),
+                desc(resp1, 4096, DESC_F_WRITE, 0),
+            ],
+        ),
+        (
+            50,
+            vec![
+                desc(cmd1, len, DESC_F_NEXT, 51),
+                desc(resp1 + 4096 * 4, 4096, DESC_F_WRITE, 0),
+            ],
+        ),
+    ];
+    let heads = client.publish_raw_chains(&chains).unwrap();
+    let used = client.collect_used(heads.len()).unwrap();
+    let used_heads: Vec<u32> = used.iter().map(|u| u.0).collect();
+    assert_eq!(
+        used_heads,
+        vec![0, 10, 20, 30, 40, 50],
+        "every chain answered, in order"
+    );
+    let lens: Vec<u32> = used.iter().map(|u| u.1).collect();
+    assert_eq!(&lens[1..4], &[0, 0, 0]);
+    assert_eq!(lens[4], 10, "oversized command gets a TPM error header");
+    let oversized = client.read_guest(resp1, 10).unwrap();
+    assert_eq!(rc_of(&oversized), rc::COMMAND_SIZE);
+    for (i, addr) in [(0usize, resp0), (5, resp1 + 4096 * 4)] {
+        let resp = client.read_guest(addr, lens[i] as usize).unwrap();
+        assert_eq!(
+            c::parse_get_random(&resp).unwrap().len(),
+            8,
+            "good chain {i}"
+        );
+    }
+    // The daemon is alive and still serving through the regular path.
+    assert_eq!(
+        c::parse_get_random(&client.transact(&c::get_random(4)).unwrap())
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(d.log_text().contains("refused descriptor chain"));
+}
+
+#[test]
+fn device_reset_power_cycles_the_tpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    startup(&mut client);
+    assert_success(
+        &run(&mut client, &c::pcr_extend_sha256(16, &[7; 32])),
+        "PCR_Extend",
+    );
+    assert_ne!(pcr_read(&mut client, 16), vec![0u8; 32]);
+    client.reset_device().unwrap();
+    assert_eq!(rc_of(&run(&mut client, &c::get_random(8))), rc::INITIALIZE);
+    assert_success(&run(&mut client, &c::startup(c::TPM_SU_CLEAR)), "Startup");
+    assert_eq!(
+        pcr_read(&mut client, 16),
+        vec![0u8; 32],
+        "PCRs reset by the power cycle"
+    );
+    assert!(d.log_text().contains("device reset: TPM power-cycled"));
+}
+
+#[test]
+fn busy_poll_window_catches_back_to_back_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--busy-poll-us", "2000"]);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        for _ in 0..200 {
+            c::parse_get_random(&run(&mut client, &c::get_random(8))).unwrap();
+        }
+    }
+    d.stop();
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("busy-poll") && l.contains("hits"))
+        .expect("stats line");
+    let hits: u64 = line
+        .split(" windows, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("hits count");
+    assert!(
+        hits >= 100,
+        "busy-poll caught only {hits} of 200 commands: {line}"
+    );
+}
