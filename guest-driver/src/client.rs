@@ -318,6 +318,19 @@ impl VtpmClient {
         Ok(heads)
     }
 
+    /// Publishes an arbitrary avail index and kicks, as a buggy or hostile driver might.
+    pub fn publish_avail_index_and_kick(&mut self, idx: u16) -> Result<(), HarnessError> {
+        self.memory
+            .mem
+            .store(
+                idx.to_le(),
+                GuestAddress(AVAIL_RING + 2),
+                std::sync::atomic::Ordering::Release,
+            )
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        self.kick.write(1).map_err(HarnessError::EventFd)
+    }
+
     /// Waits for `n` used elements and returns them as (head, used length).
     pub fn collect_used(&mut self, n: usize) -> Result<Vec<(u32, u32)>, HarnessError> {
         (0..n).map(|_| self.wait_used()).collect()
@@ -351,8 +364,10 @@ impl VtpmClient {
         (SplitRing::cmd_buf(slot), SplitRing::resp_buf(slot))
     }
 
-    /// VHOST_USER_RESET_DEVICE: the device (and its TPM) is reset; the queue is set up again.
+    /// Resets the device as QEMU does on a guest reset: stop the ring (GET_VRING_BASE),
+    /// VHOST_USER_RESET_DEVICE (the TPM is power-cycled), then set the queue up again.
     pub fn reset_device(&mut self) -> Result<(), HarnessError> {
+        self.frontend.get_vring_base(0)?;
         self.frontend.reset_device()?;
         self.ring = SplitRing::new(self.opts.queue_size, self.opts.event_idx);
         self.memory

@@ -49,6 +49,8 @@ pub struct Device {
     scratch: Box<[u8; MAX_BUFFER_SIZE as usize]>,
     stats: Stats,
     busy: BusyPollStats,
+    /// Set while the driver's avail index is impossible; cleared when it is sane again.
+    ring_broken: bool,
 }
 
 impl Device {
@@ -58,6 +60,7 @@ impl Device {
             scratch: Box::new([0u8; MAX_BUFFER_SIZE as usize]),
             stats: Stats::default(),
             busy: BusyPollStats::default(),
+            ring_broken: false,
         }
     }
 
@@ -107,6 +110,9 @@ impl VtpmBackend {
         let dev = &mut *dev;
         let mut vr = vring.get_mut();
         loop {
+            if !ring_index_sane(&vr, &mem, &mut dev.ring_broken) {
+                return Ok(());
+            }
             vr.disable_notification().map_err(io::Error::other)?;
             let served = drain_queue(
                 vr.get_queue_mut(),
@@ -157,6 +163,37 @@ impl VtpmBackend {
         busy.spin_us += start.elapsed().as_micros() as u64;
         busy.hits += u64::from(found);
         found
+    }
+}
+
+/// Checks that the driver has not published more chains than the queue can hold. A driver
+/// that does (a bug, a reset in progress, or hostile) would otherwise have the device spin
+/// on a ring it can never drain; the queue instead stays stalled until the index is sane
+/// again (typically after the driver resets the device). Logged once per stall.
+fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMemoryMmap, broken: &mut bool) -> bool {
+    let queue = vr.get_queue();
+    let pending = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map(|idx| (idx - Wrapping(queue.next_avail())).0);
+    match pending {
+        Ok(n) if n <= queue.size() => {
+            if *broken {
+                info!("request queue index is sane again; serving");
+                *broken = false;
+            }
+            true
+        }
+        other => {
+            if !*broken {
+                error!(
+                    "driver published an impossible avail index ({other:?} pending, queue size {}); \
+                     queue stalled until the driver resets it",
+                    queue.size()
+                );
+                *broken = true;
+            }
+            false
+        }
     }
 }
 

@@ -87,6 +87,8 @@ pub enum ConfigError {
     BadFd(RawFd),
     #[error("--state-dir is required with --engine libtpms")]
     NoStateDir,
+    #[error("--state-dir is not used with --engine swtpm: swtpm keeps its own state (--tpmstate)")]
+    StateDirWithSwtpm,
     #[error("--swtpm-ctrl and --swtpm-data are required with --engine swtpm")]
     NoSwtpmSockets,
     #[error("--{0} is only meaningful with --engine swtpm")]
@@ -120,6 +122,9 @@ impl TryFrom<Args> for Config {
                 EngineConfig::Libtpms {
                     state_dir: args.state_dir.ok_or(ConfigError::NoStateDir)?,
                 }
+            }
+            Engine::Swtpm if args.state_dir.is_some() => {
+                return Err(ConfigError::StateDirWithSwtpm)
             }
             Engine::Swtpm => match (args.swtpm_ctrl, args.swtpm_data) {
                 (Some(ctrl), Some(data)) => EngineConfig::Swtpm { ctrl, data },
@@ -200,7 +205,7 @@ mod tests {
             Err(ConfigError::SwtpmOptionWithoutSwtpm("swtpm-data"))
         );
         assert_eq!(
-            parse(&["--fd", "-3", "--state-dir", "/d"]),
+            parse(&["--fd=-3", "--state-dir", "/d"]),
             Err(ConfigError::BadFd(-3))
         );
         assert_eq!(

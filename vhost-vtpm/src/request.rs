@@ -208,7 +208,7 @@ pub struct Stats {
 /// flood the host log.
 fn log_refusal(stats: &Stats, head: u16, e: &ChainError) {
     let n = stats.refused_chains;
-    if n <= 16 || n % 1000 == 0 {
+    if n <= 16 || n.is_multiple_of(1000) {
         warn!("refused descriptor chain (head {head}, {n} refused so far): {e}");
     }
 }

@@ -20,11 +20,13 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
-    starts: u32,
+    /// Whether the daemon keeps its own state (libtpms) and so gets --state-dir.
+    own_state: bool,
 }
 
 impl Daemon {
-    /// Starts a daemon whose files live under `dir`.
+    /// Starts a daemon whose files live under `dir`; with `--engine swtpm` in `extra` the
+    /// daemon gets no --state-dir (swtpm keeps the state).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
         let mut d = Daemon {
             child: None,
@@ -32,25 +34,24 @@ impl Daemon {
             socket: dir.join("vtpm.sock"),
             state: dir.join("state"),
             log: dir.join("daemon.log"),
-            starts: 0,
+            own_state: !extra.contains(&"swtpm"),
         };
         d.spawn(extra);
         d
     }
 
     pub fn spawn(&mut self, extra: &[&str]) {
-        self.starts += 1;
         let log = File::options()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(DAEMON);
-        cmd.arg("--socket-path")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--log-level")
+        cmd.arg("--socket-path").arg(&self.socket);
+        if self.own_state {
+            cmd.arg("--state-dir").arg(&self.state);
+        }
+        cmd.arg("--log-level")
             .arg("debug")
             .args(extra)
             .stdout(Stdio::null())
