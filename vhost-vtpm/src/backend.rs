@@ -149,6 +149,7 @@ impl VtpmBackend {
         let queue = vr.get_queue();
         let next = Wrapping(queue.next_avail());
         busy.windows += 1;
+        let mut spins = 0u32;
         let found = loop {
             match queue.avail_idx(mem, Ordering::Acquire) {
                 Ok(idx) if idx != next => break true,
@@ -158,7 +159,15 @@ impl VtpmBackend {
             if start.elapsed() >= self.busy_poll {
                 break false;
             }
-            std::hint::spin_loop();
+            // Mostly spin, but yield now and then: when the driver's vCPU (or the harness)
+            // shares this CPU it gets to run and publish the next command instead of waiting
+            // out the window; with nothing else runnable, yield returns at once.
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         };
         busy.spin_us += start.elapsed().as_micros() as u64;
         busy.hits += u64::from(found);
