@@ -135,19 +135,42 @@ fn must(path: &mut dyn Path_, cmd: &[u8], what: &str) -> Vec<u8> {
 /// Startup, a signing key and an NV index: the state every path needs before measuring.
 fn prepare(path: &mut dyn Path_) -> Vec<Op> {
     let code = response_code(&path.transact(&c::startup(c::TPM_SU_CLEAR))).expect("Startup");
-    assert!(code == rc::SUCCESS || code == rc::INITIALIZE, "Startup {code:#x}");
-    let key = c::parse_create_primary_ecc(&must(path, &c::create_primary_ecc_signing(), "CreatePrimary"))
-        .expect("CreatePrimary");
+    assert!(
+        code == rc::SUCCESS || code == rc::INITIALIZE,
+        "Startup {code:#x}"
+    );
+    let key = c::parse_create_primary_ecc(&must(
+        path,
+        &c::create_primary_ecc_signing(),
+        "CreatePrimary",
+    ))
+    .expect("CreatePrimary");
     let _ = path.transact(&c::nv_undefine_space(NV_INDEX));
-    must(path, &c::nv_define_space(NV_INDEX, 32, c::NV_ORDINARY_ATTRS), "NV_DefineSpace");
+    must(
+        path,
+        &c::nv_define_space(NV_INDEX, 32, c::NV_ORDINARY_ATTRS),
+        "NV_DefineSpace",
+    );
     let digest = [0x5a; 32];
     // The first ECDSA signature triggers libtpms' self-test of the algorithm (TPM_RC_RETRY).
     must(path, &c::sign_ecdsa_sha256(key.handle, &digest), "Sign");
     let fixed = |cmd: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| cmd.clone()) };
     vec![
-        Op { name: "GetRandom(32)", cmd: fixed(c::get_random(32)), slow: false },
-        Op { name: "PCR_Extend", cmd: fixed(c::pcr_extend_sha256(16, &digest)), slow: false },
-        Op { name: "PCR_Read", cmd: fixed(c::pcr_read_sha256(16)), slow: false },
+        Op {
+            name: "GetRandom(32)",
+            cmd: fixed(c::get_random(32)),
+            slow: false,
+        },
+        Op {
+            name: "PCR_Extend",
+            cmd: fixed(c::pcr_extend_sha256(16, &digest)),
+            slow: false,
+        },
+        Op {
+            name: "PCR_Read",
+            cmd: fixed(c::pcr_read_sha256(16)),
+            slow: false,
+        },
         Op {
             name: "ECDSA P-256 Sign",
             cmd: fixed(c::sign_ecdsa_sha256(key.handle, &digest)),
@@ -210,7 +233,11 @@ fn pin(cpus: &[usize]) {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -260,7 +287,8 @@ fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> DaemonPath {
         .arg(busy_poll_us.to_string())
         .spawn()
         .expect("start vhost-vtpm");
-    let client = VtpmClient::connect(&sock, ClientOptions::default()).expect("connect to vhost-vtpm");
+    let client =
+        VtpmClient::connect(&sock, ClientOptions::default()).expect("connect to vhost-vtpm");
     DaemonPath { client, daemon }
 }
 
@@ -306,7 +334,9 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
         "{} CPUs ({model}), Linux {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         kernel.trim()
     )
 }
@@ -325,7 +355,10 @@ fn main() {
         "{} not found: cargo build --release -p vhost-vtpm",
         daemon_bin.display()
     );
-    let all_cpus: Vec<usize> = (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+    let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect();
     println!("# vtpm-bench\n\nMachine: {}", machine());
     println!(
         "Iterations: {} (fast commands), {} (sign, NV write); busy-poll window {} µs.",
@@ -333,22 +366,34 @@ fn main() {
     );
 
     let scratch = tempfile::tempdir().expect("tempdir");
-    let mut floor_engine =
-        LibtpmsEngine::start(Box::new(DirStore::open(scratch.path().join("floor")).expect("store")))
-            .expect("libtpms");
+    let mut floor_engine = LibtpmsEngine::start(Box::new(
+        DirStore::open(scratch.path().join("floor")).expect("store"),
+    ))
+    .expect("libtpms");
 
     let last = all_cpus.len() - 1;
     let placements = [
         ("All on CPU 0 (pinned)", vec![0usize], vec![0usize]),
-        ("Unpinned (scheduler's choice)", all_cpus.clone(), all_cpus.clone()),
-        ("Split: client on CPU 0, server on the last CPU", vec![0], vec![last]),
+        (
+            "Unpinned (scheduler's choice)",
+            all_cpus.clone(),
+            all_cpus.clone(),
+        ),
+        (
+            "Split: client on CPU 0, server on the last CPU",
+            vec![0],
+            vec![last],
+        ),
     ];
     for (title, client_cpus, server_cpus) in placements {
         pin(&client_cpus);
         let mut rows = Vec::new();
         rows.extend(measure(
             "libtpms in-process (floor)",
-            &mut EnginePath { engine: &mut floor_engine, server: None },
+            &mut EnginePath {
+                engine: &mut floor_engine,
+                server: None,
+            },
             &args,
         ));
         {
@@ -360,11 +405,17 @@ fn main() {
             let pid = swtpm.child.id() as i32;
             rows.extend(measure(
                 "swtpm socket",
-                &mut EnginePath { engine: &mut engine, server: Some(pid) },
+                &mut EnginePath {
+                    engine: &mut engine,
+                    server: Some(pid),
+                },
                 &args,
             ));
         }
-        for (label, busy) in [("vhost-vtpm", 0), ("vhost-vtpm + busy-poll", args.busy_poll_us)] {
+        for (label, busy) in [
+            ("vhost-vtpm", 0),
+            ("vhost-vtpm + busy-poll", args.busy_poll_us),
+        ] {
             let dir = tempfile::tempdir().expect("tempdir");
             pin(&server_cpus);
             let mut path = start_daemon(&daemon_bin, dir.path(), busy);

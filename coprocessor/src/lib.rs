@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod libtpms;
+pub mod snapshot;
 pub mod state;
 pub mod swtpm;
 
@@ -41,6 +42,10 @@ pub enum Error {
     SwtpmControl { cmd: u32, code: u32 },
     #[error("swtpm returned a malformed response: {0}")]
     SwtpmProtocol(String),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("{0} is not supported by this engine")]
+    Unsupported(&'static str),
     #[error("cannot start engine {engine} at {path}: {reason}")]
     Start {
         engine: &'static str,
@@ -74,4 +79,12 @@ pub trait Coprocessor: Send {
     /// including volatile state (loaded sessions and objects, PCR values). Called on clean
     /// shutdown.
     fn save(&mut self) -> Result<()>;
+
+    /// Serialises the whole instance (permanent and volatile state) for live migration.
+    /// The caller guarantees no command runs meanwhile.
+    fn export_state(&mut self) -> Result<snapshot::Snapshot>;
+
+    /// Replaces this instance with an exported one: the TPM continues exactly where the
+    /// exporter stopped. On failure the previous instance is restored and keeps running.
+    fn import_state(&mut self, snapshot: &snapshot::Snapshot) -> Result<()>;
 }

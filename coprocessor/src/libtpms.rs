@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use log::{error, info};
 
+use crate::snapshot::Snapshot;
 use crate::state::StateStore;
 use crate::{Coprocessor, Error, Result};
 
@@ -329,25 +330,75 @@ impl Coprocessor for LibtpmsEngine {
     }
 
     fn save(&mut self) -> Result<()> {
-        let mut buf: *mut u8 = ptr::null_mut();
-        let mut len: u32 = 0;
-        // SAFETY: out-pointers are valid; libtpms allocates `buf` with malloc.
-        check("VolatileAll_Store", unsafe {
-            TPMLIB_VolatileAll_Store(&mut buf, &mut len)
-        })?;
-        let blob = if buf.is_null() {
-            Vec::new()
-        } else {
-            // SAFETY: libtpms returned `len` bytes at `buf`; we copy then free them.
-            let v = unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec();
-            // SAFETY: `buf` came from libtpms' malloc and is not used after this.
-            unsafe { libc::free(buf.cast()) };
-            v
-        };
+        let blob = volatile_state()?;
         with_store(|s| s.store(VOLATILE_BLOB, &blob))?;
         info!("libtpms volatile state saved ({} bytes)", blob.len());
         Ok(())
     }
+
+    fn export_state(&mut self) -> Result<Snapshot> {
+        let volatile = volatile_state()?;
+        let permanent = with_store(|s| s.load(PERMANENT_BLOB))?.ok_or(Error::Libtpms {
+            call: "export (no permanent state stored)",
+            code: TPM_FAIL,
+        })?;
+        Ok(Snapshot {
+            permanent,
+            volatile,
+        })
+    }
+
+    fn import_state(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let previous = with_store(|s| s.load(PERMANENT_BLOB))?;
+        let previous_volatile = volatile_state()?;
+        // SAFETY: stop the single engine; `init` below starts it again from the store.
+        unsafe { TPMLIB_Terminate() };
+        let installed = with_store(|s| {
+            s.store(PERMANENT_BLOB, &snapshot.permanent)?;
+            s.store(VOLATILE_BLOB, &snapshot.volatile)
+        })
+        .and_then(|()| self.init());
+        // The volatile blob is consumed either way (see `start`).
+        let consumed = with_store(|s| s.delete(VOLATILE_BLOB));
+        match installed.and(consumed) {
+            Ok(()) => {
+                info!("libtpms engine now runs the imported instance");
+                Ok(())
+            }
+            Err(e) => {
+                error!("import failed ({e}); restoring the previous instance");
+                // SAFETY: as above.
+                unsafe { TPMLIB_Terminate() };
+                with_store(|s| {
+                    if let Some(prev) = &previous {
+                        s.store(PERMANENT_BLOB, prev)?;
+                    }
+                    s.store(VOLATILE_BLOB, &previous_volatile)
+                })?;
+                self.init()?;
+                with_store(|s| s.delete(VOLATILE_BLOB))?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The running TPM's volatile state, as libtpms serialises it.
+fn volatile_state() -> Result<Vec<u8>> {
+    let mut buf: *mut u8 = ptr::null_mut();
+    let mut len: u32 = 0;
+    // SAFETY: out-pointers are valid; libtpms allocates `buf` with malloc.
+    check("VolatileAll_Store", unsafe {
+        TPMLIB_VolatileAll_Store(&mut buf, &mut len)
+    })?;
+    if buf.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: libtpms returned `len` bytes at `buf`; we copy then free them.
+    let v = unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec();
+    // SAFETY: `buf` came from libtpms' malloc and is not used after this.
+    unsafe { libc::free(buf.cast()) };
+    Ok(v)
 }
 
 impl Drop for LibtpmsEngine {
@@ -424,5 +475,32 @@ mod tests {
         run(&mut e, &c::startup(c::TPM_SU_CLEAR));
         let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
         assert_eq!(data, b"durable!");
+
+        // Export, change the TPM, import: it is back where the export was taken, running.
+        run(&mut e, &c::pcr_extend_sha256(16, &[1; 32]));
+        let pcr = c::parse_pcr_read_single(&run(&mut e, &c::pcr_read_sha256(16))).unwrap();
+        let snap = e.export_state().unwrap();
+        run(&mut e, &c::pcr_extend_sha256(16, &[2; 32]));
+        run(&mut e, &c::nv_write(idx, 0, b"changed!"));
+        e.import_state(&snap).unwrap();
+        assert_eq!(
+            c::parse_pcr_read_single(&run(&mut e, &c::pcr_read_sha256(16))).unwrap(),
+            pcr
+        );
+        assert_eq!(
+            c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap(),
+            b"durable!"
+        );
+
+        // A corrupt snapshot is refused and the running instance survives.
+        let bad = crate::snapshot::Snapshot {
+            permanent: vec![0xde; 64],
+            volatile: vec![0xad; 64],
+        };
+        assert!(e.import_state(&bad).is_err());
+        assert_eq!(
+            c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap(),
+            b"durable!"
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use log::info;
 use tpm_proto::{Header, HEADER_SIZE, MAX_BUFFER_SIZE};
 
+use crate::snapshot::Snapshot;
 use crate::{Coprocessor, Error, Result};
 
 const CMD_INIT: u32 = 0x02;
@@ -113,5 +114,17 @@ impl Coprocessor for SwtpmEngine {
 
     fn save(&mut self) -> Result<()> {
         self.control(CMD_STORE_VOLATILE, &[])
+    }
+
+    fn export_state(&mut self) -> Result<Snapshot> {
+        Err(Error::Unsupported(
+            "live migration of the device state (swtpm engine)",
+        ))
+    }
+
+    fn import_state(&mut self, _snapshot: &Snapshot) -> Result<()> {
+        Err(Error::Unsupported(
+            "live migration of the device state (swtpm engine)",
+        ))
     }
 }

@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: harness_demo <vhost-user socket>")?
         .into();
     let mut tpm = VtpmClient::connect(&socket, ClientOptions::default())?;
-    println!("connected; device max buffer {} bytes", tpm.max_buffer_size()?);
+    println!(
+        "connected; device max buffer {} bytes",
+        tpm.max_buffer_size()?
+    );
     let rc = tpm_proto::response_code(&tpm.transact_tss(&c::startup(c::TPM_SU_CLEAR))?)?;
     println!("TPM2_Startup(CLEAR): rc {rc:#x}");
     let rnd = c::parse_get_random(&tpm.transact_tss(&c::get_random(16))?)?;
@@ -26,8 +29,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pcr = c::parse_pcr_read_single(&tpm.transact_tss(&c::pcr_read_sha256(16))?)?;
     println!("PCR16 (sha256) after one extend: {}", hex(&pcr));
     let key = c::parse_create_primary_ecc(&tpm.transact_tss(&c::create_primary_ecc_signing())?)?;
-    println!("ECC P-256 primary: handle {:#x}, x {}", key.handle, hex(&key.x));
-    let (r, s) = c::parse_sign_ecdsa(&tpm.transact_tss(&c::sign_ecdsa_sha256(key.handle, &[1; 32]))?)?;
+    println!(
+        "ECC P-256 primary: handle {:#x}, x {}",
+        key.handle,
+        hex(&key.x)
+    );
+    let (r, s) =
+        c::parse_sign_ecdsa(&tpm.transact_tss(&c::sign_ecdsa_sha256(key.handle, &[1; 32]))?)?;
     println!("ECDSA signature: r {} s {}", hex(&r), hex(&s));
     tpm.transact_tss(&c::flush_context(key.handle))?;
     Ok(())

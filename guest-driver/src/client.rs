@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
+    VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -145,10 +146,11 @@ impl VtpmClient {
         let proto = f.get_protocol_features()?;
         let wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::RESET_DEVICE;
+            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::DEVICE_STATE;
         if !proto.contains(wanted) {
             return Err(HarnessError::MissingFeature(
-                "CONFIG|REPLY_ACK|RESET_DEVICE",
+                "CONFIG|REPLY_ACK|RESET_DEVICE|DEVICE_STATE",
             ));
         }
         f.set_protocol_features(wanted)?;
@@ -383,6 +385,47 @@ impl VtpmClient {
             features |= 1u64 << VIRTIO_RING_F_INDIRECT_DESC;
         }
         self.frontend.set_features(features)?;
+        self.start_queue()
+    }
+
+    /// Stops the queue (GET_VRING_BASE) and has the backend save its device state through
+    /// a pipe (SET_DEVICE_STATE_FD, direction SAVE), then CHECK_DEVICE_STATE: what QEMU does
+    /// on the migration source.
+    pub fn save_device_state(&mut self) -> Result<Vec<u8>, HarnessError> {
+        use std::io::Read;
+        self.frontend.get_vring_base(0)?;
+        let (read_end, write_end) =
+            nix::unistd::pipe().map_err(|e| HarnessError::Setup(format!("pipe: {e}")))?;
+        self.frontend.set_device_state_fd(
+            VhostTransferStateDirection::SAVE,
+            VhostTransferStatePhase::STOPPED,
+            write_end,
+        )?;
+        let mut state = Vec::new();
+        std::fs::File::from(read_end)
+            .read_to_end(&mut state)
+            .map_err(|e| HarnessError::Setup(format!("reading device state: {e}")))?;
+        self.frontend.check_device_state()?;
+        Ok(state)
+    }
+
+    /// Sends device state to the backend (direction LOAD), checks it, and starts the queue
+    /// again: what QEMU does on the migration destination before the guest runs.
+    pub fn load_device_state(&mut self, state: &[u8]) -> Result<(), HarnessError> {
+        use std::io::Write;
+        let (read_end, write_end) =
+            nix::unistd::pipe().map_err(|e| HarnessError::Setup(format!("pipe: {e}")))?;
+        self.frontend.get_vring_base(0)?;
+        self.frontend.set_device_state_fd(
+            VhostTransferStateDirection::LOAD,
+            VhostTransferStatePhase::STOPPED,
+            read_end,
+        )?;
+        let mut w = std::fs::File::from(write_end);
+        w.write_all(state)
+            .map_err(|e| HarnessError::Setup(format!("writing device state: {e}")))?;
+        drop(w);
+        self.frontend.check_device_state()?;
         self.start_queue()
     }
 

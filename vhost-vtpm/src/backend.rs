@@ -7,15 +7,20 @@
 //! window before sleeping again (the busy-poll idea of vhost-net's `busyloop_timeout`): the
 //! next command of a burst is then picked up without the kick→wake-up round trip.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use coprocessor::snapshot::Snapshot;
 use coprocessor::Coprocessor;
 use log::{debug, error, info};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringState, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
@@ -78,6 +83,9 @@ impl Device {
     }
 }
 
+/// Largest device state accepted from a migration stream.
+const MAX_DEVICE_STATE: u64 = 16 << 20;
+
 pub type SharedDevice = Arc<Mutex<Device>>;
 
 fn lock(device: &SharedDevice) -> MutexGuard<'_, Device> {
@@ -92,6 +100,9 @@ pub struct VtpmBackend {
     mem: Mem,
     busy_poll: Duration,
     config: VirtioTpmConfig,
+    /// The device-state transfer in progress (vhost-user DEVICE_STATE), joined by
+    /// CHECK_DEVICE_STATE.
+    transfer: Mutex<Option<JoinHandle<Result<(), String>>>>,
 }
 
 impl VtpmBackend {
@@ -101,6 +112,7 @@ impl VtpmBackend {
             mem,
             busy_poll,
             config: VirtioTpmConfig::default(),
+            transfer: Mutex::new(None),
         }
     }
 
@@ -262,6 +274,79 @@ impl VhostUserBackend for VtpmBackend {
                 error!("cannot create the worker exit event: {e}");
                 None
             }
+        }
+    }
+
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        mut file: File,
+    ) -> io::Result<Option<File>> {
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(io::Error::other(format!(
+                "unsupported transfer phase {phase:?}"
+            )));
+        }
+        let device = self.device.clone();
+        let work: Box<dyn FnOnce() -> Result<(), String> + Send> = match direction {
+            VhostTransferStateDirection::SAVE => {
+                // Exported now, while the frontend holds the device stopped; written by a
+                // thread because the frontend reads the pipe only after this reply.
+                let snapshot = lock(&device)
+                    .engine
+                    .export_state()
+                    .map_err(io::Error::other)?;
+                let bytes = snapshot.encode();
+                info!("migration: sending device state ({} bytes)", bytes.len());
+                Box::new(move || {
+                    file.write_all(&bytes)
+                        .map_err(|e| format!("writing device state: {e}"))
+                })
+            }
+            VhostTransferStateDirection::LOAD => Box::new(move || {
+                let mut bytes = Vec::new();
+                (&mut file)
+                    .take(MAX_DEVICE_STATE + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("reading device state: {e}"))?;
+                if bytes.len() as u64 > MAX_DEVICE_STATE {
+                    return Err(format!("device state larger than {MAX_DEVICE_STATE} bytes"));
+                }
+                let snapshot = Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
+                lock(&device)
+                    .engine
+                    .import_state(&snapshot)
+                    .map_err(|e| e.to_string())?;
+                info!("migration: device state loaded ({} bytes)", bytes.len());
+                Ok(())
+            }),
+        };
+        let handle = std::thread::Builder::new()
+            .name("device-state".into())
+            .spawn(work)?;
+        let mut slot = self.transfer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = slot.replace(handle) {
+            // A frontend that starts a new transfer without checking the old one.
+            let _ = previous.join();
+        }
+        Ok(None)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        let handle = self
+            .transfer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| io::Error::other("no device state transfer in progress"))?;
+        match handle.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                error!("migration: device state transfer failed: {e}");
+                Err(io::Error::other(e))
+            }
+            Err(_) => Err(io::Error::other("device state transfer thread panicked")),
         }
     }
 

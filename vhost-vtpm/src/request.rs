@@ -290,6 +290,12 @@ mod tests {
         fn save(&mut self) -> coprocessor::Result<()> {
             Ok(())
         }
+        fn export_state(&mut self) -> coprocessor::Result<coprocessor::snapshot::Snapshot> {
+            Err(coprocessor::Error::Unsupported("export"))
+        }
+        fn import_state(&mut self, _: &coprocessor::snapshot::Snapshot) -> coprocessor::Result<()> {
+            Err(coprocessor::Error::Unsupported("import"))
+        }
     }
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {

@@ -541,9 +541,13 @@ fn swtpm_engine_serves_the_device() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let help = std::process::Command::new(DAEMON).arg("--help").output().unwrap();
+    let help = std::process::Command::new(DAEMON)
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).to_string();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let options = |text: &str| -> std::collections::BTreeSet<String> {
         text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .filter(|w| w.starts_with("--") && w.len() > 2)
@@ -555,7 +559,10 @@ fn readme_options_match_the_command_line() {
         .iter()
         .filter(|o| !["--help", "--version"].contains(&o.as_str()) && !in_readme.contains(*o))
         .collect();
-    assert!(cli_only.is_empty(), "options missing from README.md: {cli_only:?}");
+    assert!(
+        cli_only.is_empty(),
+        "options missing from README.md: {cli_only:?}"
+    );
     let table: std::collections::BTreeSet<String> = readme
         .lines()
         .filter(|l| l.starts_with("| `--"))
@@ -564,5 +571,50 @@ fn readme_options_match_the_command_line() {
         .map(str::to_owned)
         .collect();
     let stale: Vec<_> = table.iter().filter(|o| !in_help.contains(*o)).collect();
-    assert!(stale.is_empty(), "README.md documents options the CLI lacks: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "README.md documents options the CLI lacks: {stale:?}"
+    );
+}
+
+#[test]
+fn device_state_migrates_between_daemons() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    let src = Daemon::start_in(src_dir.path(), &[]);
+    let dst = Daemon::start_in(dst_dir.path(), &[]);
+    let mut a = src.connect();
+    startup(&mut a);
+    assert_success(
+        &run(
+            &mut a,
+            &c::nv_define_space(NV_INDEX, 8, c::NV_ORDINARY_ATTRS),
+        ),
+        "define",
+    );
+    assert_success(
+        &run(&mut a, &c::nv_write(NV_INDEX, 0, b"migrated")),
+        "write",
+    );
+    assert_success(
+        &run(&mut a, &c::pcr_extend_sha256(16, &sha256(b"boot"))),
+        "extend",
+    );
+    let pcr = pcr_read(&mut a, 16);
+    let state = a.save_device_state().unwrap();
+
+    let mut b = dst.connect();
+    // A corrupt stream is refused and leaves the destination as it was.
+    let mut corrupt = state.clone();
+    corrupt.truncate(state.len() / 2);
+    assert!(b.load_device_state(&corrupt).is_err());
+    assert!(dst.log_text().contains("device state transfer failed"));
+    drop(b);
+
+    let mut b = dst.connect();
+    b.load_device_state(&state).unwrap();
+    // The guest continues without Startup: PCRs and NV came along.
+    assert_eq!(pcr_read(&mut b, 16), pcr);
+    let resp = run(&mut b, &c::nv_read(NV_INDEX, 8, 0));
+    assert_eq!(c::parse_nv_read(&resp).unwrap(), b"migrated");
 }

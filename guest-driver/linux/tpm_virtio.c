@@ -1,0 +1,710 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tpm_virtio: a TPM 2.0 reached over a virtio device.
+ *
+ * Part of the vhost-vtpm project.  The device (virtio device id 62 unless
+ * the device_id parameter says otherwise) has a single request virtqueue and
+ * a 4-byte config space holding le32 max_buffer_size.  One request is one
+ * descriptor chain: the complete TPM command in device-readable buffers,
+ * followed by device-writable buffers of at least max_buffer_size bytes.  The
+ * device answers by returning the chain with the used length set to the
+ * number of response bytes it wrote (0 means it refused a malformed chain).
+ *
+ * Buffer ownership, and why a timeout cannot corrupt memory
+ * ---------------------------------------------------------
+ * The TPM core hands us its own buffer in send() and expects the response
+ * in recv().  We never give that buffer to the device.  Each transfer uses a
+ * struct vtpm_req owned by this driver: the command is copied into req->cmd
+ * and the device writes into req->rsp.  From virtqueue_add_sgs() until the
+ * buffer comes back through virtqueue_get_buf(), the request belongs to the
+ * device and nothing else touches it.
+ *
+ * If the device does not answer in time (or the waiting task is killed), the
+ * request is "stranded": under the queue lock it stops being the in-flight
+ * request, moves to the stranded list, and the driver forgets it as its
+ * working request (the next transfer allocates a fresh one).  When the device
+ * eventually returns a stranded request, the virtqueue callback sees a token
+ * that is not the in-flight one, unlinks it and frees it; it never completes
+ * the waiter and never copies anything.  A completion racing with the
+ * timeout is decided under the same lock: whoever clears ->inflight first
+ * wins, so a response is either delivered exactly once or discarded.
+ * Stranded requests that the device never returns are reclaimed after the
+ * device has been reset (remove, freeze, failed probe), when the device can
+ * no longer write to them.  Stranded requests keep their ring slots, so a
+ * device that stops answering eventually makes new transfers fail with
+ * -EBUSY instead of consuming more memory.
+ *
+ * The device interrupts on completion; this driver never polls.  The TPM
+ * core is told so with TPM_CHIP_FLAG_IRQ, which makes it call recv() right
+ * after send() returns: send() therefore waits for the completion, bounded
+ * by tpm_calc_ordinal_duration() (never less than min_timeout_ms).
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/device.h>
+#include <linux/jiffies.h>
+#include <linux/kernel.h>
+#include <linux/list.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/tpm.h>
+#include <linux/version.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+
+/*
+ * The TPM core exports these symbols (EXPORT_SYMBOL_GPL) but declares them
+ * in drivers/char/tpm/tpm.h, which the kernel headers packages do not ship.
+ * Their prototypes are the same in every kernel this module supports.
+ */
+struct tpm_chip *tpm_chip_alloc(struct device *pdev,
+				const struct tpm_class_ops *ops);
+int tpm_chip_register(struct tpm_chip *chip);
+void tpm_chip_unregister(struct tpm_chip *chip);
+unsigned long tpm_calc_ordinal_duration(struct tpm_chip *chip, u32 ordinal);
+int tpm_pm_suspend(struct device *dev);
+int tpm_pm_resume(struct device *dev);
+
+#define VTPM_DEFAULT_DEVICE_ID	62
+/* The TPM core sends commands of up to 4096 bytes (its TPM_BUFSIZE). */
+#define VTPM_MIN_BUFFER		4096u
+/* Upper bound on max_buffer_size; each request buffer is kmalloc'ed. */
+#define VTPM_MAX_BUFFER		(64u * 1024u)
+
+struct virtio_tpm_config {
+	__le32 max_buffer_size;
+} __packed;
+
+static unsigned int device_id = VTPM_DEFAULT_DEVICE_ID;
+module_param(device_id, uint, 0444);
+MODULE_PARM_DESC(device_id,
+		 "virtio device id of the TPM device (default 62)");
+
+static unsigned int min_timeout_ms = 2000;
+module_param(min_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(min_timeout_ms,
+		 "lower bound in ms on the per-command timeout derived from the TPM duration classes (default 2000)");
+
+struct vtpm_req {
+	struct list_head node;	/* on vtpm::stranded while abandoned */
+	u8 *cmd;
+	u8 *rsp;
+};
+
+struct vtpm {
+	struct virtio_device *vdev;
+	struct virtqueue *vq;
+	struct tpm_chip *chip;
+	u32 buf_size;		/* device's max_buffer_size */
+
+	/*
+	 * Serialises transfers (send/recv and the TPM2_Startup issued after a
+	 * restore) and the ready transitions done on freeze.  Protects ->req,
+	 * ->rsp_len and ->rsp_pending.
+	 */
+	struct mutex xfer_lock;
+	struct vtpm_req *req;	/* working request, NULL after stranding */
+	u32 rsp_len;		/* used length of the last completed transfer */
+	bool rsp_pending;	/* send() succeeded, recv() not yet called */
+
+	/*
+	 * Protects the virtqueue, ->ready, ->inflight, ->used_len and the
+	 * stranded list; taken from the virtqueue callback (interrupt).
+	 */
+	spinlock_t lock;
+	bool ready;			/* queue usable */
+	struct vtpm_req *inflight;	/* request a waiter expects back */
+	u32 used_len;
+	struct completion done;
+	struct list_head stranded;
+	unsigned int nr_stranded;
+};
+
+static struct virtio_device_id vtpm_id_table[] = {
+	{ VTPM_DEFAULT_DEVICE_ID, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+MODULE_DEVICE_TABLE(virtio, vtpm_id_table);
+
+static void vtpm_req_free(struct vtpm_req *req)
+{
+	if (!req)
+		return;
+	kfree(req->cmd);
+	kfree(req->rsp);
+	kfree(req);
+}
+
+static struct vtpm_req *vtpm_req_alloc(u32 size)
+{
+	struct vtpm_req *req = kzalloc(sizeof(*req), GFP_KERNEL);
+
+	if (!req)
+		return NULL;
+	INIT_LIST_HEAD(&req->node);
+	req->cmd = kmalloc(size, GFP_KERNEL);
+	req->rsp = kmalloc(size, GFP_KERNEL);
+	if (!req->cmd || !req->rsp) {
+		vtpm_req_free(req);
+		return NULL;
+	}
+	return req;
+}
+
+static void vtpm_set_ready(struct vtpm *v, bool ready)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&v->lock, flags);
+	v->ready = ready;
+	spin_unlock_irqrestore(&v->lock, flags);
+}
+
+/* Virtqueue callback: runs in interrupt context. */
+static void vtpm_vq_done(struct virtqueue *vq)
+{
+	struct vtpm *v = vq->vdev->priv;
+	struct vtpm_req *req;
+	unsigned long flags;
+	unsigned int len;
+
+	spin_lock_irqsave(&v->lock, flags);
+	while ((req = virtqueue_get_buf(vq, &len)) != NULL) {
+		if (req == v->inflight) {
+			v->inflight = NULL;
+			v->used_len = len;
+			complete(&v->done);
+			continue;
+		}
+		/*
+		 * A request given up on earlier.  The device has finished
+		 * with it, so it is ours again: drop it.
+		 */
+		list_del(&req->node);
+		v->nr_stranded--;
+		vtpm_req_free(req);
+		dev_info_ratelimited(&v->vdev->dev,
+				     "late response to an abandoned command discarded (%u still outstanding)\n",
+				     v->nr_stranded);
+	}
+	spin_unlock_irqrestore(&v->lock, flags);
+}
+
+/* Must be called with the request stuck in the device: see header comment. */
+static void vtpm_strand_locked(struct vtpm *v, struct vtpm_req *req)
+{
+	v->inflight = NULL;
+	v->req = NULL;
+	list_add_tail(&req->node, &v->stranded);
+	v->nr_stranded++;
+}
+
+/*
+ * Run one command through the device.  On success the response is in
+ * v->req->rsp and its length (as reported by the device, unchecked) in
+ * *used.  Caller holds xfer_lock.
+ */
+static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
+		     unsigned long timeout, u32 *used)
+{
+	struct scatterlist out, in, *sgs[2];
+	struct vtpm_req *req;
+	unsigned long flags;
+	long left;
+	bool kick;
+	int err;
+
+	lockdep_assert_held(&v->xfer_lock);
+
+	if (len < TPM_HEADER_SIZE || len > v->buf_size)
+		return -EINVAL;
+
+	req = v->req;
+	if (!req) {
+		req = vtpm_req_alloc(v->buf_size);
+		if (!req)
+			return -ENOMEM;
+		v->req = req;
+	}
+
+	memcpy(req->cmd, cmd, len);
+	/* Never let a short or lying device expose an older response. */
+	memset(req->rsp, 0, v->buf_size);
+	sg_init_one(&out, req->cmd, len);
+	sg_init_one(&in, req->rsp, v->buf_size);
+	sgs[0] = &out;
+	sgs[1] = &in;
+
+	/* No request is in flight, so nobody can complete() concurrently. */
+	reinit_completion(&v->done);
+
+	spin_lock_irqsave(&v->lock, flags);
+	if (!v->ready) {
+		spin_unlock_irqrestore(&v->lock, flags);
+		return -ENODEV;
+	}
+	err = virtqueue_add_sgs(v->vq, sgs, 1, 1, req, GFP_ATOMIC);
+	if (err) {
+		unsigned int stuck = v->nr_stranded;
+
+		spin_unlock_irqrestore(&v->lock, flags);
+		if (err == -ENOSPC) {
+			dev_err_ratelimited(&v->vdev->dev,
+					    "request queue full (%u abandoned commands still held by the device)\n",
+					    stuck);
+			return -EBUSY;
+		}
+		return err;
+	}
+	v->inflight = req;
+	kick = virtqueue_kick_prepare(v->vq);
+	spin_unlock_irqrestore(&v->lock, flags);
+
+	if (kick && !virtqueue_notify(v->vq)) {
+		/* The device is broken; the buffer stays with it until reset. */
+		spin_lock_irqsave(&v->lock, flags);
+		if (v->inflight == req)
+			vtpm_strand_locked(v, req);
+		spin_unlock_irqrestore(&v->lock, flags);
+		return -EIO;
+	}
+
+	left = wait_for_completion_killable_timeout(&v->done, timeout);
+
+	spin_lock_irqsave(&v->lock, flags);
+	if (v->inflight == req) {
+		/* Not answered: leave the request to the device. */
+		vtpm_strand_locked(v, req);
+		spin_unlock_irqrestore(&v->lock, flags);
+		return left < 0 ? -EINTR : -ETIME;
+	}
+	/* Answered (possibly just after the wait timed out). */
+	*used = v->used_len;
+	spin_unlock_irqrestore(&v->lock, flags);
+	return 0;
+}
+
+static unsigned long vtpm_timeout(struct tpm_chip *chip, u32 ordinal)
+{
+	unsigned long t = tpm_calc_ordinal_duration(chip, ordinal);
+	unsigned long floor = msecs_to_jiffies(READ_ONCE(min_timeout_ms));
+
+	return max(t, floor);
+}
+
+static int vtpm_do_send(struct tpm_chip *chip, u8 *buf, size_t len)
+{
+	struct vtpm *v = dev_get_drvdata(&chip->dev);
+	const struct tpm_header *hdr = (const struct tpm_header *)buf;
+	unsigned long timeout;
+	u32 ordinal;
+	int err;
+
+	if (len < TPM_HEADER_SIZE)
+		return -EINVAL;
+	if (len > v->buf_size) {
+		dev_err_ratelimited(&v->vdev->dev,
+				    "command of %zu bytes exceeds the device's %u-byte buffer\n",
+				    len, v->buf_size);
+		return -E2BIG;
+	}
+
+	ordinal = be32_to_cpu(hdr->ordinal);
+	timeout = vtpm_timeout(chip, ordinal);
+
+	mutex_lock(&v->xfer_lock);
+	v->rsp_pending = false;
+	err = vtpm_xfer(v, buf, len, timeout, &v->rsp_len);
+	if (!err)
+		v->rsp_pending = true;
+	mutex_unlock(&v->xfer_lock);
+
+	if (err == -ETIME)
+		dev_err_ratelimited(&v->vdev->dev,
+				    "command 0x%08x: no response within %u ms; its buffers stay with the device\n",
+				    ordinal, jiffies_to_msecs(timeout));
+	else if (err == -EINTR)
+		dev_warn_ratelimited(&v->vdev->dev,
+				     "command 0x%08x: wait interrupted by a fatal signal; its buffers stay with the device\n",
+				     ordinal);
+	return err;
+}
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+/* Since 6.16 send() also receives the size of the core's buffer. */
+static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t bufsiz,
+		     size_t len)
+{
+	return vtpm_do_send(chip, buf, len);
+}
+#else
+static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t len)
+{
+	return vtpm_do_send(chip, buf, len);
+}
+#endif
+
+static int vtpm_recv(struct tpm_chip *chip, u8 *buf, size_t count)
+{
+	struct vtpm *v = dev_get_drvdata(&chip->dev);
+	const struct tpm_header *hdr;
+	int ret;
+	u32 len;
+
+	mutex_lock(&v->xfer_lock);
+	if (!v->rsp_pending || !v->req) {
+		ret = -EIO;
+		goto out;
+	}
+	v->rsp_pending = false;
+	len = v->rsp_len;
+	hdr = (const struct tpm_header *)v->req->rsp;
+
+	if (len == 0) {
+		dev_err_ratelimited(&v->vdev->dev,
+				    "device rejected the request (used length 0)\n");
+		ret = -EIO;
+	} else if (len > v->buf_size) {
+		dev_err_ratelimited(&v->vdev->dev,
+				    "device claims %u response bytes in a %u-byte buffer\n",
+				    len, v->buf_size);
+		ret = -EIO;
+	} else if (len < TPM_HEADER_SIZE || be32_to_cpu(hdr->length) != len) {
+		dev_err_ratelimited(&v->vdev->dev,
+				    "malformed response: %u bytes written, header says %u\n",
+				    len, len < TPM_HEADER_SIZE ? 0 : be32_to_cpu(hdr->length));
+		ret = -EIO;
+	} else if (len > count) {
+		dev_err_ratelimited(&v->vdev->dev,
+				    "response of %u bytes does not fit the TPM core's %zu-byte buffer\n",
+				    len, count);
+		ret = -E2BIG;
+	} else {
+		memcpy(buf, v->req->rsp, len);
+		ret = len;
+	}
+out:
+	mutex_unlock(&v->xfer_lock);
+	return ret;
+}
+
+/* Completion is signalled by interrupt; these exist only for completeness. */
+static u8 vtpm_status(struct tpm_chip *chip)
+{
+	return 0;
+}
+
+static bool vtpm_req_canceled(struct tpm_chip *chip, u8 status)
+{
+	return false;
+}
+
+static void vtpm_cancel(struct tpm_chip *chip)
+{
+	/* A virtio request cannot be withdrawn once queued. */
+}
+
+static const struct tpm_class_ops vtpm_ops = {
+	.flags = TPM_OPS_AUTO_STARTUP,
+	.req_complete_mask = 0,
+	.req_complete_val = 0,
+	.req_canceled = vtpm_req_canceled,
+	.send = vtpm_send,
+	.recv = vtpm_recv,
+	.cancel = vtpm_cancel,
+	.status = vtpm_status,
+};
+
+static int vtpm_read_buf_size(struct virtio_device *vdev, u32 *size)
+{
+	u32 val;
+
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "device has no config space; refusing it\n");
+		return -EINVAL;
+	}
+	virtio_cread_le(vdev, struct virtio_tpm_config, max_buffer_size, &val);
+	if (val < VTPM_MIN_BUFFER) {
+		dev_err(&vdev->dev,
+			"max_buffer_size %u is below the %u bytes the TPM core may send; refusing the device\n",
+			val, VTPM_MIN_BUFFER);
+		return -EINVAL;
+	}
+	if (val > VTPM_MAX_BUFFER) {
+		dev_err(&vdev->dev,
+			"max_buffer_size %u is above the %u bytes this driver supports; refusing the device\n",
+			val, VTPM_MAX_BUFFER);
+		return -EINVAL;
+	}
+	*size = val;
+	return 0;
+}
+
+static int vtpm_init_vq(struct vtpm *v)
+{
+	struct virtqueue *vq;
+
+	vq = virtio_find_single_vq(v->vdev, vtpm_vq_done, "requests");
+	if (IS_ERR(vq))
+		return PTR_ERR(vq);
+	v->vq = vq;
+	return 0;
+}
+
+/*
+ * Tear down the queue of a device that has been reset.  After the reset the
+ * device no longer touches our buffers and no callback runs, so stranded
+ * requests can be freed.
+ */
+static void vtpm_release_vq(struct vtpm *v)
+{
+	struct vtpm_req *req, *tmp;
+	unsigned long flags;
+	LIST_HEAD(dead);
+
+	if (!v->vq)		/* e.g. a restore that failed earlier */
+		return;
+
+	spin_lock_irqsave(&v->lock, flags);
+	/* The stranded list, not the tokens, says what is ours to free. */
+	while (virtqueue_detach_unused_buf(v->vq))
+		;
+	list_splice_init(&v->stranded, &dead);
+	v->nr_stranded = 0;
+	v->inflight = NULL;
+	spin_unlock_irqrestore(&v->lock, flags);
+
+	list_for_each_entry_safe(req, tmp, &dead, node) {
+		list_del(&req->node);
+		vtpm_req_free(req);
+	}
+	v->vdev->config->del_vqs(v->vdev);
+	v->vq = NULL;
+}
+
+static int vtpm_probe(struct virtio_device *vdev)
+{
+	struct tpm_chip *chip;
+	struct vtpm *v;
+	u32 size;
+	int err;
+
+	err = vtpm_read_buf_size(vdev, &size);
+	if (err)
+		return err;
+
+	v = kzalloc(sizeof(*v), GFP_KERNEL);
+	if (!v)
+		return -ENOMEM;
+	v->vdev = vdev;
+	v->buf_size = size;
+	mutex_init(&v->xfer_lock);
+	spin_lock_init(&v->lock);
+	init_completion(&v->done);
+	INIT_LIST_HEAD(&v->stranded);
+	vdev->priv = v;
+
+	v->req = vtpm_req_alloc(size);
+	if (!v->req) {
+		err = -ENOMEM;
+		goto err_free;
+	}
+
+	err = vtpm_init_vq(v);
+	if (err) {
+		dev_err(&vdev->dev, "cannot set up the request queue: %d\n",
+			err);
+		goto err_free;
+	}
+
+	chip = tpm_chip_alloc(&vdev->dev, &vtpm_ops);
+	if (IS_ERR(chip)) {
+		err = PTR_ERR(chip);
+		goto err_vq;
+	}
+	dev_set_drvdata(&chip->dev, v);
+	chip->flags |= TPM_CHIP_FLAG_TPM2 | TPM_CHIP_FLAG_IRQ;
+	v->chip = chip;
+	/* tpm_pm_suspend()/tpm_pm_resume() find the chip here. */
+	dev_set_drvdata(&vdev->dev, chip);
+
+	virtio_device_ready(vdev);
+	vtpm_set_ready(v, true);
+
+	/* Runs TPM2_Startup/self test through us (TPM_OPS_AUTO_STARTUP). */
+	err = tpm_chip_register(chip);
+	if (err) {
+		dev_err(&vdev->dev, "TPM registration failed: %d\n", err);
+		goto err_chip;
+	}
+
+	dev_info(&vdev->dev,
+		 "virtio TPM 2.0 (device id %u, %u-byte buffers) registered as %s\n",
+		 vdev->id.device, size, dev_name(&chip->dev));
+	return 0;
+
+err_chip:
+	vtpm_set_ready(v, false);
+	virtio_reset_device(vdev);
+	vtpm_release_vq(v);
+	dev_set_drvdata(&vdev->dev, NULL);
+	put_device(&chip->dev);
+	goto err_free;
+err_vq:
+	virtio_reset_device(vdev);
+	vtpm_release_vq(v);
+err_free:
+	vdev->priv = NULL;
+	vtpm_req_free(v->req);
+	kfree(v);
+	return err;
+}
+
+static void vtpm_remove(struct virtio_device *vdev)
+{
+	struct vtpm *v = vdev->priv;
+
+	/* Sends TPM2_Shutdown through us, then detaches our ops. */
+	tpm_chip_unregister(v->chip);
+
+	vtpm_set_ready(v, false);
+	virtio_reset_device(vdev);
+	vtpm_release_vq(v);
+
+	dev_set_drvdata(&vdev->dev, NULL);
+	put_device(&v->chip->dev);
+	vdev->priv = NULL;
+	vtpm_req_free(v->req);
+	kfree(v);
+}
+
+#ifdef CONFIG_PM_SLEEP
+/*
+ * After the device reset done on freeze the backend power-cycles the TPM.
+ * Resume the state saved by the TPM2_Shutdown(STATE) sent from freeze, or
+ * start clean when the TPM cannot resume it.
+ */
+static void vtpm_startup_after_reset(struct vtpm *v)
+{
+	static const u16 modes[] = { TPM2_SU_STATE, TPM2_SU_CLEAR };
+	unsigned long timeout = vtpm_timeout(v->chip, TPM2_CC_STARTUP);
+	struct {
+		struct tpm_header hdr;
+		__be16 mode;
+	} __packed cmd;
+	u32 used, rc = 0;
+	unsigned int i;
+	int err;
+
+	for (i = 0; i < ARRAY_SIZE(modes); i++) {
+		cmd.hdr.tag = cpu_to_be16(TPM2_ST_NO_SESSIONS);
+		cmd.hdr.length = cpu_to_be32(sizeof(cmd));
+		cmd.hdr.ordinal = cpu_to_be32(TPM2_CC_STARTUP);
+		cmd.mode = cpu_to_be16(modes[i]);
+
+		mutex_lock(&v->xfer_lock);
+		err = vtpm_xfer(v, (const u8 *)&cmd, sizeof(cmd), timeout,
+				&used);
+		if (!err && used >= TPM_HEADER_SIZE && used <= v->buf_size)
+			rc = be32_to_cpu(((struct tpm_header *)v->req->rsp)->return_code);
+		else if (!err)
+			err = -EIO;
+		mutex_unlock(&v->xfer_lock);
+
+		if (err) {
+			dev_err(&v->vdev->dev,
+				"TPM2_Startup after resume failed: %d\n", err);
+			return;
+		}
+		if (rc == TPM2_RC_SUCCESS || rc == TPM2_RC_INITIALIZE)
+			return;
+	}
+	dev_err(&v->vdev->dev,
+		"TPM2_Startup after resume returned TPM error 0x%x\n", rc);
+}
+
+static int vtpm_freeze(struct virtio_device *vdev)
+{
+	struct vtpm *v = vdev->priv;
+
+	/* TPM2_Shutdown(STATE) and mark the chip suspended. */
+	tpm_pm_suspend(&vdev->dev);
+
+	/* Wait for a transfer in progress, then refuse new ones. */
+	mutex_lock(&v->xfer_lock);
+	vtpm_set_ready(v, false);
+	v->rsp_pending = false;
+	mutex_unlock(&v->xfer_lock);
+
+	virtio_reset_device(vdev);
+	vtpm_release_vq(v);
+	return 0;
+}
+
+static int vtpm_restore(struct virtio_device *vdev)
+{
+	struct vtpm *v = vdev->priv;
+	u32 size;
+	int err;
+
+	err = vtpm_read_buf_size(vdev, &size);
+	if (err)
+		return err;
+	if (size != v->buf_size) {
+		dev_err(&vdev->dev,
+			"max_buffer_size changed across suspend (%u -> %u); refusing the device\n",
+			v->buf_size, size);
+		return -EINVAL;
+	}
+
+	err = vtpm_init_vq(v);
+	if (err)
+		return err;
+	virtio_device_ready(vdev);
+	vtpm_set_ready(v, true);
+
+	vtpm_startup_after_reset(v);
+	tpm_pm_resume(&vdev->dev);
+	return 0;
+}
+#endif
+
+static struct virtio_driver vtpm_driver = {
+	.driver.name = KBUILD_MODNAME,
+	.driver.owner = THIS_MODULE,
+	.id_table = vtpm_id_table,
+	.probe = vtpm_probe,
+	.remove = vtpm_remove,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = vtpm_freeze,
+	.restore = vtpm_restore,
+#endif
+};
+
+static int __init vtpm_module_init(void)
+{
+	if (device_id == 0 || device_id > 0xffff) {
+		pr_err("device_id=%u is not a usable virtio device id (1..65535)\n",
+		       device_id);
+		return -EINVAL;
+	}
+	/* The alias table keeps the default; binding uses the parameter. */
+	vtpm_id_table[0].device = device_id;
+	return register_virtio_driver(&vtpm_driver);
+}
+
+static void __exit vtpm_module_exit(void)
+{
+	unregister_virtio_driver(&vtpm_driver);
+}
+
+module_init(vtpm_module_init);
+module_exit(vtpm_module_exit);
+
+MODULE_DESCRIPTION("TPM 2.0 over virtio (vhost-vtpm)");
+MODULE_LICENSE("GPL");
