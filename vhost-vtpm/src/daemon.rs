@@ -175,10 +175,66 @@ fn spawn_signal_thread(set: SigSet, stop: Arc<Stop>) -> Result<(), DaemonError> 
         .map_err(|e| DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
 }
 
+/// A file in the state directory that exists while a daemon runs the instance. Finding it at
+/// start means the previous run ended without a clean stop (crash, SIGKILL, power loss).
+struct RunMarker {
+    path: std::path::PathBuf,
+}
+
+impl RunMarker {
+    const NAME: &'static str = "daemon.running";
+
+    /// Creates the marker; returns it and whether one was already there.
+    fn create(state_dir: &std::path::Path) -> Result<(RunMarker, bool), DaemonError> {
+        let path = state_dir.join(Self::NAME);
+        let unclean = path.exists();
+        std::fs::write(&path, std::process::id().to_string())
+            .and_then(|()| std::fs::File::open(state_dir)?.sync_all())
+            .map_err(|e| DaemonError::Listen {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok((RunMarker { path }, unclean))
+    }
+
+    fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// After an unclean stop the TPM comes back powered on, awaiting TPM2_Startup, but the
+/// guest's kernel started it long ago and will not start it again: every command would fail
+/// with TPM_RC_INITIALIZE. Start it here, as the power-on the guest never saw.
+fn recover_after_unclean_stop(engine: &mut dyn Coprocessor) {
+    let mut cmd = tpm_proto::commands::startup(tpm_proto::commands::TPM_SU_CLEAR);
+    match engine.execute(&mut cmd).map(tpm_proto::response_code) {
+        Ok(Ok(tpm_proto::rc::SUCCESS)) => warn!(
+            "recovered from an unclean stop: TPM restarted with TPM2_Startup(CLEAR); \
+             persistent data is intact, PCRs and loaded objects were reset"
+        ),
+        Ok(Ok(tpm_proto::rc::INITIALIZE)) => {
+            info!("unclean stop detected, but the TPM resumed its saved state")
+        }
+        other => warn!("unclean stop detected; TPM2_Startup after it returned {other:?}"),
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then saves the vTPM state.
 pub fn run(config: &Config) -> Result<(), DaemonError> {
     let signals = block_signals()?;
-    let engine = open_engine(&config.engine)?;
+    let mut engine = open_engine(&config.engine)?;
+    let marker = match &config.engine {
+        EngineConfig::Libtpms { state_dir } => {
+            let (marker, unclean) = RunMarker::create(state_dir)?;
+            if unclean {
+                recover_after_unclean_stop(engine.as_mut());
+            }
+            Some(marker)
+        }
+        EngineConfig::Swtpm { .. } => None,
+    };
     let engine_name = engine.driver_name();
     let device: SharedDevice = Arc::new(Mutex::new(Device::new(engine)));
     let mut listener = open_listener(&config.listen)?;
@@ -210,6 +266,9 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         stats.commands, stats.refused_chains, stats.interrupts, busy.windows, busy.hits, busy.spin_us
     );
     dev.save().map_err(DaemonError::Save)?;
+    if let Some(m) = marker {
+        m.remove();
+    }
     info!("vTPM state saved, exiting");
     served
 }

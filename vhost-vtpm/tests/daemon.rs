@@ -136,12 +136,15 @@ fn nv_data_survives_clean_restart_and_sigkill() {
     d.kill();
     d.spawn(&[]);
     let mut client = d.connect();
+    // The guest's kernel will not send Startup again: the daemon did it after the crash.
     assert_eq!(
-        rc_of(&run(&mut client, &c::get_random(8))),
-        rc::INITIALIZE,
-        "after a crash the TPM restarts powered-on, awaiting Startup"
+        c::parse_get_random(&run(&mut client, &c::get_random(8)))
+            .unwrap()
+            .len(),
+        8,
+        "the TPM answers right after a crash restart"
     );
-    startup(&mut client);
+    assert!(d.log_text().contains("recovered from an unclean stop"));
     let resp = run(&mut client, &c::nv_read(NV_INDEX, 16, 0));
     assert_eq!(c::parse_nv_read(&resp).unwrap(), b"second value 567");
 }
@@ -428,6 +431,7 @@ fn listener_inherited_with_fd() {
     let fd = listener.as_raw_fd();
     let mut cmd = std::process::Command::new(DAEMON);
     cmd.arg("--fd")
+        .stderr(std::process::Stdio::null())
         .arg(fd.to_string())
         .arg("--state-dir")
         .arg(dir.path().join("state"));

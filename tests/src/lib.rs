@@ -1,0 +1,513 @@
+//! Harness for the end-to-end tests: the vhost-vtpm daemon, our QEMU build with
+//! `vhost-user-tpm-pci`, and the test guest (Debian kernel + initramfs with busybox,
+//! tpm2-tools and `tpm_virtio`), driven over the guest's serial console.
+//!
+//! Where things are comes from `target/vtpm-env`, written by `scripts/setup.sh`
+//! (`QEMU=`, `QEMU_DATA_DIR=`, `KERNEL=`, `INITRD=`, `DAEMON=` lines).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Paths of the built artefacts.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub qemu: PathBuf,
+    pub qemu_data_dir: Option<PathBuf>,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub daemon: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+impl Env {
+    /// Reads `target/vtpm-env` (or the file named by `VTPM_ENV`). Panics with the fix if the
+    /// set-up has not been run: these tests must not silently skip.
+    pub fn load() -> Env {
+        let path = std::env::var_os("VTPM_ENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target/vtpm-env"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run scripts/setup.sh first (it builds QEMU and the guest)",
+                path.display()
+            )
+        });
+        let map: HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let get = |k: &str| -> PathBuf {
+            let p = PathBuf::from(
+                map.get(k)
+                    .unwrap_or_else(|| panic!("{k}= missing in {}", path.display())),
+            );
+            assert!(
+                p.exists(),
+                "{k}={} does not exist: re-run scripts/setup.sh",
+                p.display()
+            );
+            p
+        };
+        Env {
+            qemu: get("QEMU"),
+            qemu_data_dir: map
+                .get("QEMU_DATA_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            kernel: get("KERNEL"),
+            initrd: get("INITRD"),
+            daemon: get("DAEMON"),
+        }
+    }
+}
+
+/// A vhost-vtpm daemon process.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    bin: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(env: &Env, dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            socket: dir.join("vtpm.sock"),
+            state: dir.join("state"),
+            log: dir.join("daemon.log"),
+            bin: env.daemon.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = Command::new(&self.bin)
+            .arg("--socket-path")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--log-level")
+            .arg("debug")
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vhost-vtpm");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon socket never appeared\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `sig` and waits for the process to end; returns whether it exited with 0.
+    pub fn signal(&mut self, sig: Signal) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), sig);
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    fn arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The TPM front-end the guest gets.
+#[derive(Debug, Clone)]
+pub enum TpmFrontend {
+    /// Our device, served by the daemon at this socket.
+    VhostUser(PathBuf),
+    /// QEMU's tpm-crb backed by an swtpm control socket (the baseline).
+    CrbSwtpm(PathBuf),
+    None,
+}
+
+/// A running guest, driven over its serial console.
+pub struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    console: Arc<Mutex<String>>,
+    cursor: usize,
+    pub accel: Accel,
+    /// Whether the guest found its TPM at the last boot.
+    pub has_tpm: bool,
+}
+
+const READY_TPM: &str = "VTPM-GUEST-READY tpm=";
+const PROMPT: &str = "vtpm-guest# ";
+
+static ACCEL: OnceLock<Accel> = OnceLock::new();
+
+/// KVM when a probe boot shows it works here, else TCG (nested KVM hangs on some hosts).
+/// `VTPM_ACCEL=kvm|tcg` forces the choice. The probe result is cached in `target/`.
+pub fn accel(env: &Env) -> Accel {
+    *ACCEL.get_or_init(|| {
+        let decided = match std::env::var("VTPM_ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            Ok("tcg") => Accel::Tcg,
+            _ => probe_accel(env),
+        };
+        eprintln!("vtpm-e2e: guests run under {}", decided.arg());
+        decided
+    })
+}
+
+fn probe_accel(env: &Env) -> Accel {
+    let cache = workspace_root().join("target/vtpm-accel");
+    if let Ok(s) = std::fs::read_to_string(&cache) {
+        match s.trim() {
+            "kvm" => return Accel::Kvm,
+            "tcg" => return Accel::Tcg,
+            _ => {}
+        }
+    }
+    let works = Path::new("/dev/kvm").exists()
+        && Vm::try_boot(
+            env,
+            Accel::Kvm,
+            &TpmFrontend::None,
+            Duration::from_secs(45),
+            false,
+        )
+        .map(|vm| vm.shutdown())
+        .is_ok();
+    let a = if works { Accel::Kvm } else { Accel::Tcg };
+    let _ = std::fs::write(&cache, a.arg());
+    a
+}
+
+impl Vm {
+    /// Boots the guest with `frontend` and waits until its shell is ready with a TPM.
+    pub fn boot(env: &Env, frontend: &TpmFrontend) -> Vm {
+        Self::boot_opts(env, frontend, false)
+    }
+
+    /// Like [`Vm::boot`]; `allow_reboot` keeps QEMU running across a guest reboot.
+    pub fn boot_opts(env: &Env, frontend: &TpmFrontend, allow_reboot: bool) -> Vm {
+        let accel = accel(env);
+        let vm = Self::try_boot(env, accel, frontend, Duration::from_secs(240), allow_reboot)
+            .unwrap_or_else(|e| panic!("guest did not boot: {e}"));
+        assert!(vm.has_tpm, "guest has no TPM:\n{}", vm.console_text());
+        vm
+    }
+
+    fn try_boot(
+        env: &Env,
+        accel: Accel,
+        frontend: &TpmFrontend,
+        timeout: Duration,
+        allow_reboot: bool,
+    ) -> Result<Vm, String> {
+        let mut cmd = Command::new(&env.qemu);
+        if let Some(dir) = &env.qemu_data_dir {
+            cmd.arg("-L").arg(dir);
+        }
+        cmd.args(["-accel", accel.arg(), "-m", "512M", "-smp", "1"])
+            .args(["-machine", "q35,memory-backend=mem"])
+            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+            .args([
+                "-nodefaults",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-vga",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&env.kernel)
+            .arg("-initrd")
+            .arg(&env.initrd)
+            .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        if accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        }
+        if !allow_reboot {
+            cmd.arg("-no-reboot");
+        }
+        match frontend {
+            TpmFrontend::VhostUser(sock) => {
+                cmd.arg("-chardev")
+                    .arg(format!(
+                        "socket,id=vtpm0,path={},reconnect-ms=500",
+                        sock.display()
+                    ))
+                    .args(["-device", "vhost-user-tpm-pci,chardev=vtpm0"]);
+            }
+            TpmFrontend::CrbSwtpm(ctrl) => {
+                cmd.arg("-chardev")
+                    .arg(format!("socket,id=chrtpm,path={}", ctrl.display()))
+                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+                    .args(["-device", "tpm-crb,tpmdev=tpm0"]);
+            }
+            TpmFrontend::None => {}
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", env.qemu.display()))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let console = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sink = console.clone();
+            std::thread::spawn(move || pump(stream, sink));
+        }
+        let mut vm = Vm {
+            child,
+            stdin,
+            console,
+            cursor: 0,
+            accel,
+            has_tpm: false,
+        };
+        vm.wait_ready(timeout)?;
+        Ok(vm)
+    }
+
+    /// Waits for the guest's ready marker and its prompt; returns whether it has a TPM.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<bool, String> {
+        self.wait_for(READY_TPM, timeout)?;
+        let tpm = self.wait_for("\n", Duration::from_secs(5))?.trim() == "yes";
+        self.wait_for(PROMPT, Duration::from_secs(30))?;
+        self.raw_line("stty -echo")?;
+        self.wait_for(PROMPT, Duration::from_secs(30))?;
+        self.has_tpm = tpm;
+        Ok(tpm)
+    }
+
+    pub fn console_text(&self) -> String {
+        self.console.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn raw_line(&mut self, line: &str) -> Result<(), String> {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("console write: {e}"))
+    }
+
+    /// Waits for `needle` after the cursor; moves the cursor past it.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let text = self.console_text();
+                if let Some(pos) = text.get(self.cursor..).and_then(|t| t.find(needle)) {
+                    let start = self.cursor;
+                    self.cursor += pos + needle.len();
+                    return Ok(text[start..start + pos].to_string());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "QEMU exited ({status}) before {needle:?}:\n{}",
+                    self.console_text()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no {needle:?} within {timeout:?}:\n{}",
+                    self.console_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a shell command in the guest; returns (exit status, output).
+    pub fn run_timeout(&mut self, command: &str, timeout: Duration) -> (i32, String) {
+        self.raw_line(&format!("{command}; echo \"@@RC=$?@@\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = self
+            .wait_for("@@\n", timeout)
+            .unwrap_or_else(|e| panic!("guest command {command:?}: {e}"));
+        let (body, rc) = out
+            .rsplit_once("@@RC=")
+            .unwrap_or_else(|| panic!("no exit status for {command:?}: {out}"));
+        let rc: i32 = rc.trim().parse().unwrap_or(-1);
+        let body = body.replace(PROMPT, "");
+        (rc, body.trim_matches('\n').to_string())
+    }
+
+    pub fn run(&mut self, command: &str) -> (i32, String) {
+        self.run_timeout(command, Duration::from_secs(120))
+    }
+
+    /// Runs a command that must succeed; returns its output.
+    pub fn must(&mut self, command: &str) -> String {
+        let (rc, out) = self.run(command);
+        assert_eq!(rc, 0, "guest command failed: {command}\n{out}");
+        out
+    }
+
+    /// Reads a guest file as bytes (base64 over the console).
+    pub fn read_file(&mut self, path: &str) -> Vec<u8> {
+        let b64 = self.must(&format!("base64 {path}"));
+        decode_base64(&b64)
+    }
+
+    /// Reboots the guest (`reboot -f`) and waits for its shell again.
+    pub fn reboot(&mut self) {
+        self.raw_line("reboot -f").unwrap_or_else(|e| panic!("{e}"));
+        let tpm = self
+            .wait_ready(Duration::from_secs(240))
+            .unwrap_or_else(|e| panic!("guest did not come back: {e}"));
+        assert!(
+            tpm,
+            "guest has no TPM after reboot:\n{}",
+            self.console_text()
+        );
+    }
+
+    /// Powers the guest off and waits for QEMU to exit.
+    pub fn shutdown(mut self) {
+        let _ = self.raw_line("poweroff -f");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pump(mut from: Box<dyn Read + Send>, to: Arc<Mutex<String>>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut s) = to.lock() {
+                    // The serial console ends lines with \r\n; keep only \n.
+                    s.extend(
+                        String::from_utf8_lossy(&buf[..n])
+                            .chars()
+                            .filter(|&c| c != '\r'),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Decodes standard base64, ignoring whitespace.
+pub fn decode_base64(text: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        if c == b'=' {
+            break;
+        }
+        if let Some(v) = val(c) {
+            acc = (acc << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(super::decode_base64("aGVsbG8g\nd29ybGQ=\n"), b"hello world");
+    }
+}
