@@ -166,6 +166,7 @@ run "$SRC/configure" \
     --without-default-features \
     --enable-kvm --enable-tcg \
     --enable-vhost-user \
+    --enable-tpm \
     --enable-fdt=system \
     --disable-docs --disable-rust --disable-tools \
     --disable-install-blobs --disable-download
@@ -191,6 +192,9 @@ done
 
 "$BIN" -device help 2>>"$LOG" | grep -q '"vhost-user-tpm-pci"' ||
     fail "vhost-user-tpm-pci is not in '$BIN -device help'"
+# tpm-crb + the swtpm ("emulator") backend: the baseline the guest benchmark compares with.
+"$BIN" -device help 2>>"$LOG" | grep -q '"tpm-crb"' ||
+    fail "tpm-crb is not in '$BIN -device help'"
 
 printf 'QEMU=%s\nQEMU_DATA_DIR=%s\n' "$BIN" "$DATA" > "$OUT/env"
 # The sources and objects are not needed any more.

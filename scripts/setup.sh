@@ -30,10 +30,16 @@ apt_install "${APT_PACKAGES[@]}"
 echo "setup: building vhost-vtpm (release)"
 cargo build --release --workspace --all-targets --quiet
 
-for builder in qemu/build.sh guest-driver/image/build.sh; do
-  if [ -x "$builder" ]; then
-    echo "setup: $builder"
-    "./$builder" >/dev/null
-  fi
-done
-echo "setup: done"
+echo "setup: QEMU with vhost-user-tpm-pci (qemu/build.sh; cached, ~5 min the first time)"
+qemu_bin=$(./qemu/build.sh | tail -n 1)
+qemu_env="$(dirname "$(dirname "$(dirname "$qemu_bin")")")/env"
+echo "setup: guest image (guest-driver/image/build.sh; cached)"
+guest_env=$(./guest-driver/image/build.sh)
+
+# Where the end-to-end tests and the demo find everything.
+{
+  cat "$qemu_env"
+  printf '%s\n' "$guest_env"
+  echo "DAEMON=$PWD/target/release/vhost-vtpm"
+} > target/vtpm-env
+echo "setup: done (paths in target/vtpm-env)"

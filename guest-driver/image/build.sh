@@ -22,6 +22,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 driver_dir=$(cd "$here/../linux" && pwd)
+tpm_bench_src=$(cd "$here/../../bench/guest" && pwd)/tpm_bench.c
 cache=${VTPM_CACHE:-$HOME/.cache/vhost-vtpm}
 apt_get=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 export DEBIAN_FRONTEND=noninteractive
@@ -78,7 +79,7 @@ inputs_hash=$(
     {
         echo "format 1 $kver $kpkg_version ${VTPM_GUEST_MODULES:-}"
         pkg_versions
-        for f in "$here/build.sh" "$here/init" "$here/vtpm-smoke" \
+        for f in "$here/build.sh" "$here/init" "$here/vtpm-smoke" "$tpm_bench_src" \
                  "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild"; do
             sha256sum < "$f"
         done
@@ -183,6 +184,8 @@ for t in /usr/bin/tpm2_*; do
 done
 cp /usr/bin/openssl "$root/usr/bin/openssl"
 install -m 0755 "$here/vtpm-smoke" "$root/usr/bin/vtpm-smoke"
+# The in-guest latency benchmark (raw commands to /dev/tpmrm0), static so it needs no libs.
+gcc -static -O2 -Wall -Wextra -Werror -o "$root/usr/bin/tpm_bench" "$tpm_bench_src"
 
 # libraries loaded with dlopen(): the device TCTI and OpenSSL's providers
 libdir=/usr/lib/x86_64-linux-gnu

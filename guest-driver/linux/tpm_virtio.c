@@ -621,8 +621,13 @@ static void vtpm_startup_after_reset(struct vtpm *v)
 				"TPM2_Startup after resume failed: %d\n", err);
 			return;
 		}
-		if (rc == TPM2_RC_SUCCESS || rc == TPM2_RC_INITIALIZE)
+		if (rc == TPM2_RC_SUCCESS || rc == TPM2_RC_INITIALIZE) {
+			dev_info(&v->vdev->dev,
+				 "resumed: TPM2_Startup(%s) returned 0x%x\n",
+				 modes[i] == TPM2_SU_STATE ? "STATE" : "CLEAR",
+				 rc);
 			return;
+		}
 	}
 	dev_err(&v->vdev->dev,
 		"TPM2_Startup after resume returned TPM error 0x%x\n", rc);

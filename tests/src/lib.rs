@@ -188,6 +188,7 @@ pub struct Vm {
     child: Child,
     stdin: ChildStdin,
     console: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
     cursor: usize,
     pub accel: Accel,
     /// Whether the guest found its TPM at the last boot.
@@ -310,26 +311,34 @@ impl Vm {
             .map_err(|e| format!("cannot start {}: {e}", env.qemu.display()))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let console = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let sink = console.clone();
-            std::thread::spawn(move || pump(stream, sink));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        // The serial console is QEMU's stdout; QEMU's own messages go to stderr and are kept
+        // apart so they never mix into a command's output.
+        for (stream, sink) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                console.clone(),
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                stderr.clone(),
+            ),
+        ] {
+            if let Some(stream) = stream {
+                std::thread::spawn(move || pump(stream, sink));
+            }
         }
         let mut vm = Vm {
             child,
             stdin,
             console,
+            stderr,
             cursor: 0,
             accel,
             has_tpm: false,
@@ -351,6 +360,11 @@ impl Vm {
 
     pub fn console_text(&self) -> String {
         self.console.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// What QEMU itself printed on stderr.
+    pub fn qemu_messages(&self) -> String {
+        self.stderr.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     fn raw_line(&mut self, line: &str) -> Result<(), String> {
@@ -389,17 +403,25 @@ impl Vm {
     }
 
     /// Runs a shell command in the guest; returns (exit status, output).
+    ///
+    /// The marker is split in the command (`@@R""C=`) so that the shell's echo of the typed
+    /// line never looks like the marker itself.
     pub fn run_timeout(&mut self, command: &str, timeout: Duration) -> (i32, String) {
-        self.raw_line(&format!("{command}; echo \"@@RC=$?@@\""))
+        self.raw_line(&format!("{command}; echo \"@@R\"\"C=$?@@\""))
             .unwrap_or_else(|e| panic!("{e}"));
-        let out = self
-            .wait_for("@@\n", timeout)
+        let body = self
+            .wait_for("@@RC=", timeout)
             .unwrap_or_else(|e| panic!("guest command {command:?}: {e}"));
-        let (body, rc) = out
-            .rsplit_once("@@RC=")
-            .unwrap_or_else(|| panic!("no exit status for {command:?}: {out}"));
+        let rc = self
+            .wait_for("@@", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("guest command {command:?}: {e}"));
         let rc: i32 = rc.trim().parse().unwrap_or(-1);
         let body = body.replace(PROMPT, "");
+        // Drop the echo of the typed line, if the shell echoed it.
+        let body = match body.split_once('\n') {
+            Some((first, rest)) if first.contains("@@R\"\"C=") => rest,
+            _ => body.as_str(),
+        };
         (rc, body.trim_matches('\n').to_string())
     }
 
@@ -457,21 +479,67 @@ impl Drop for Vm {
 
 fn pump(mut from: Box<dyn Read + Send>, to: Arc<Mutex<String>>) {
     let mut buf = [0u8; 4096];
+    // Bytes of an escape sequence (or UTF-8 character) cut by the end of a read.
+    let mut pending: Vec<u8> = Vec::new();
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                let keep_from = incomplete_tail(&pending);
+                let text = String::from_utf8_lossy(&pending[..keep_from]).into_owned();
+                pending.drain(..keep_from);
                 if let Ok(mut s) = to.lock() {
-                    // The serial console ends lines with \r\n; keep only \n.
-                    s.extend(
-                        String::from_utf8_lossy(&buf[..n])
-                            .chars()
-                            .filter(|&c| c != '\r'),
-                    );
+                    s.push_str(&clean_console(&text));
                 }
             }
         }
     }
+}
+
+/// Where a trailing, unfinished escape sequence or UTF-8 character starts (or the length).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    let tail_start = bytes.len().saturating_sub(16);
+    if let Some(esc) = bytes[tail_start..].iter().rposition(|&b| b == 0x1b) {
+        let esc = tail_start + esc;
+        let finished = bytes[esc..]
+            .iter()
+            .skip(2)
+            .any(|b| (b'@'..=b'~').contains(b));
+        if !finished {
+            return esc;
+        }
+    }
+    match std::str::from_utf8(&bytes[tail_start..]) {
+        Err(e) if e.error_len().is_none() => tail_start + e.valid_up_to(),
+        _ => bytes.len(),
+    }
+}
+
+/// Serial console text without \r and without terminal escape sequences (busybox's line
+/// editor asks for the cursor position, `ESC [ 6 n`, after every prompt).
+fn clean_console(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // CSI: parameters, then one final byte in @..~
+                    while let Some(&p) = chars.peek() {
+                        chars.next();
+                        if ('@'..='~').contains(&p) {
+                            break;
+                        }
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Decodes standard base64, ignoring whitespace.
@@ -506,6 +574,23 @@ pub fn decode_base64(text: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn console_cleaning_drops_cr_and_escapes() {
+        assert_eq!(
+            super::clean_console("vtpm-guest# \u{1b}[6nls\r\nx\u{1b}[0;1my"),
+            "vtpm-guest# ls\nxy"
+        );
+    }
+
+    #[test]
+    fn escape_cut_by_a_read_is_held_back() {
+        let b = b"abc\x1b[6";
+        assert_eq!(super::incomplete_tail(b), 3);
+        assert_eq!(super::incomplete_tail(b"abc\x1b[6n"), 7);
+        assert_eq!(super::incomplete_tail("x\u{e9}".as_bytes()), 3);
+        assert_eq!(super::incomplete_tail(&"x\u{e9}".as_bytes()[..2]), 1);
+    }
+
     #[test]
     fn base64_decodes() {
         assert_eq!(super::decode_base64("aGVsbG8g\nd29ybGQ=\n"), b"hello world");

@@ -112,7 +112,12 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let rnd = vm.must("tpm2_getrandom --hex 8");
-    assert_eq!(rnd.trim().len(), 16);
+    assert_eq!(
+        rnd.trim().len(),
+        16,
+        "tpm2_getrandom after the restart: {rnd}\n{}",
+        daemon.log_text()
+    );
     vm.must("tpm2_nvread 0x1500017 -C o -s 8 -o back");
     assert_eq!(
         vm.read_file("back"),

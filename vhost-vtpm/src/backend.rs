@@ -21,6 +21,7 @@ use log::{debug, error, info};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
 };
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringState, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
@@ -35,7 +36,11 @@ use crate::virtio_tpm::{
     self, VirtioTpmConfig, MAX_BUFFER_SIZE, MAX_QUEUE_SIZE, NUM_QUEUES, REQUEST_QUEUE,
 };
 
-type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+/// Guest memory with a dirty-page bitmap: during live migration every byte the device
+/// writes into the guest (responses, used ring) is logged for QEMU (VHOST_F_LOG_ALL,
+/// VHOST_USER_PROTOCOL_F_LOG_SHMFD).
+pub type GuestMem = GuestMemoryMmap<BitmapMmapRegion>;
+type Mem = GuestMemoryAtomic<GuestMem>;
 
 /// Busy-poll counters: what the window cost and what it caught.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +121,7 @@ impl VtpmBackend {
         }
     }
 
-    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+    fn process_queue(&self, vring: &VringRwLock<Mem>) -> io::Result<()> {
         let mem = self.mem.memory();
         let mut dev = lock(&self.device);
         let dev = &mut *dev;
@@ -154,7 +159,7 @@ impl VtpmBackend {
     fn poll_for_more(
         &self,
         vr: &VringState<Mem>,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMem,
         busy: &mut BusyPollStats,
     ) -> bool {
         let start = Instant::now();
@@ -191,7 +196,7 @@ impl VtpmBackend {
 /// that does (a bug, a reset in progress, or hostile) would otherwise have the device spin
 /// on a ring it can never drain; the queue instead stays stalled until the index is sane
 /// again (typically after the driver resets the device). Logged once per stall.
-fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMemoryMmap, broken: &mut bool) -> bool {
+fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMem, broken: &mut bool) -> bool {
     let queue = vr.get_queue();
     let pending = queue
         .avail_idx(mem, Ordering::Acquire)
@@ -219,8 +224,8 @@ fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMemoryMmap, broken: &mut boo
 }
 
 impl VhostUserBackend for VtpmBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = BitmapMmapRegion;
+    type Vring = VringRwLock<Mem>;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -354,7 +359,7 @@ impl VhostUserBackend for VtpmBackend {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[VringRwLock<Mem>],
         _thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {

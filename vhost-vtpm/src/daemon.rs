@@ -21,9 +21,9 @@ use log::{info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 
-use crate::backend::{Device, SharedDevice, VtpmBackend};
+use crate::backend::{Device, GuestMem, SharedDevice, VtpmBackend};
 use crate::config::{Config, EngineConfig, Listen};
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +280,7 @@ fn serve(
     config: &Config,
 ) -> Result<(), DaemonError> {
     while !stop.requested() {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = GuestMemoryAtomic::new(GuestMem::new());
         let backend = Arc::new(VtpmBackend::new(
             device.clone(),
             mem.clone(),

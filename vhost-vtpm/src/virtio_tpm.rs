@@ -21,12 +21,13 @@ pub const MAX_QUEUE_SIZE: usize = 256;
 /// Largest command, and largest response, carried by the device (Linux `TPM_BUFSIZE`).
 pub const MAX_BUFFER_SIZE: u32 = tpm_proto::MAX_BUFFER_SIZE as u32;
 
-/// Virtio feature bits the device offers.
+/// Virtio feature bits the device offers (LOG_ALL: dirty-page logging for live migration).
 pub fn device_features() -> u64 {
     (1u64 << VIRTIO_F_VERSION_1)
         | (1u64 << VIRTIO_RING_F_EVENT_IDX)
         | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        | VhostUserVirtioFeatures::LOG_ALL.bits()
 }
 
 /// vhost-user protocol features the backend offers.
@@ -35,6 +36,7 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::DEVICE_STATE
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
 
 /// Device configuration space: one little-endian u32, the largest command or response.

@@ -1,0 +1,143 @@
+//! `guest-bench`: TPM command latency seen by a program inside the guest, through our
+//! virtio device (vhost-vtpm) and through QEMU's tpm-crb with swtpm, same QEMU build, same
+//! guest kernel, same run. Prints Markdown tables and the ratios.
+//!
+//! `cargo run --release -p vtpm-e2e --bin guest-bench` (after scripts/setup.sh).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use vtpm_e2e::{accel, Daemon, Env, TpmFrontend, Vm};
+
+/// (command, device) -> (p50 µs, p99 µs, ops/s)
+type Results = BTreeMap<(String, String), (f64, f64, f64)>;
+
+fn pin_self(cpus: &[usize]) {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        let _ = set.set(c);
+    }
+    let _ = sched_setaffinity(Pid::from_raw(0), &set);
+}
+
+fn parse(out: &str, device: &str, into: &mut Results) {
+    for line in out.lines().filter(|l| l.starts_with("BENCH ")) {
+        let mut parts = line.split_whitespace().skip(1);
+        let name = parts.next().unwrap_or("?").to_string();
+        let kv: BTreeMap<&str, f64> = parts
+            .filter_map(|p| p.split_once('='))
+            .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+            .collect();
+        into.insert(
+            (name, device.to_string()),
+            (kv["p50_us"], kv["p99_us"], kv["ops_s"]),
+        );
+    }
+}
+
+fn start_swtpm(dir: &Path) -> (Child, std::path::PathBuf) {
+    let state = dir.join("swtpm");
+    std::fs::create_dir_all(&state).expect("swtpm dir");
+    let ctrl = dir.join("swtpm.ctrl");
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", ctrl.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("swtpm");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctrl.exists() {
+        assert!(Instant::now() < deadline, "swtpm ctrl socket missing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, ctrl)
+}
+
+fn run_guest(env: &Env, frontend: &TpmFrontend, fast: u32, sign: u32) -> String {
+    let mut vm = Vm::boot(env, frontend);
+    let (rc, out) = vm.run_timeout(
+        &format!("tpm_bench -d /dev/tpmrm0 -n {fast} -s {sign}"),
+        Duration::from_secs(1800),
+    );
+    assert_eq!(rc, 0, "tpm_bench failed:\n{out}");
+    vm.shutdown();
+    out
+}
+
+fn main() {
+    let fast: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(500);
+    let sign: u32 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100);
+    let env = Env::load();
+    let a = accel(&env);
+    let cpus: Vec<usize> = (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect();
+    println!(
+        "# guest-bench\n\nGuest under {a:?}; {} host CPUs; {fast} iterations ({sign} for sign).",
+        cpus.len()
+    );
+    for (title, pin) in [
+        ("Default placement", cpus.clone()),
+        ("QEMU, daemon and swtpm pinned to CPU 0", vec![0]),
+    ] {
+        pin_self(&pin);
+        let mut results = Results::new();
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let daemon = Daemon::start(&env, dir.path(), &[]);
+            let out = run_guest(
+                &env,
+                &TpmFrontend::VhostUser(daemon.socket.clone()),
+                fast,
+                sign,
+            );
+            parse(&out, "vhost-user-tpm (ours)", &mut results);
+        }
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (mut swtpm, ctrl) = start_swtpm(dir.path());
+            let out = run_guest(&env, &TpmFrontend::CrbSwtpm(ctrl), fast, sign);
+            parse(&out, "tpm-crb + swtpm", &mut results);
+            let _ = swtpm.kill();
+            let _ = swtpm.wait();
+        }
+        println!("\n### {title}\n");
+        println!("| command (via /dev/tpmrm0) | device | p50 µs | p99 µs | ops/s | p50 crb/ours | p99 crb/ours |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        let names: Vec<String> = results
+            .keys()
+            .map(|(n, _)| n.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for name in names {
+            let ours = results
+                .get(&(name.clone(), "vhost-user-tpm (ours)".into()))
+                .copied();
+            let crb = results
+                .get(&(name.clone(), "tpm-crb + swtpm".into()))
+                .copied();
+            for (dev, r) in [("vhost-user-tpm (ours)", ours), ("tpm-crb + swtpm", crb)] {
+                let Some((p50, p99, ops)) = r else { continue };
+                let ratio = match (ours, crb, dev.starts_with("tpm-crb")) {
+                    (Some(o), Some(c), true) => format!("{:.1}x | {:.1}x", c.0 / o.0, c.1 / o.1),
+                    _ => " | ".to_string(),
+                };
+                println!("| {name} | {dev} | {p50:.1} | {p99:.1} | {ops:.0} | {ratio} |");
+            }
+        }
+    }
+}
