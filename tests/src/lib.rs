@@ -193,6 +193,17 @@ pub struct Vm {
     pub accel: Accel,
     /// Whether the guest found its TPM at the last boot.
     pub has_tpm: bool,
+    monitor: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+/// How a guest is started.
+#[derive(Debug, Clone, Default)]
+pub struct VmOptions {
+    /// Keep QEMU running across a guest reboot (no `-no-reboot`).
+    pub allow_reboot: bool,
+    /// Start as a migration destination reading this stream file.
+    pub incoming: Option<PathBuf>,
 }
 
 const READY_TPM: &str = "VTPM-GUEST-READY tpm=";
@@ -229,7 +240,7 @@ fn probe_accel(env: &Env) -> Accel {
             Accel::Kvm,
             &TpmFrontend::None,
             Duration::from_secs(45),
-            false,
+            &VmOptions::default(),
         )
         .map(|vm| vm.shutdown())
         .is_ok();
@@ -246,11 +257,25 @@ impl Vm {
 
     /// Like [`Vm::boot`]; `allow_reboot` keeps QEMU running across a guest reboot.
     pub fn boot_opts(env: &Env, frontend: &TpmFrontend, allow_reboot: bool) -> Vm {
-        let accel = accel(env);
-        let vm = Self::try_boot(env, accel, frontend, Duration::from_secs(240), allow_reboot)
+        let opts = VmOptions {
+            allow_reboot,
+            incoming: None,
+        };
+        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
             .unwrap_or_else(|e| panic!("guest did not boot: {e}"));
         assert!(vm.has_tpm, "guest has no TPM:\n{}", vm.console_text());
         vm
+    }
+
+    /// Starts QEMU as a migration destination loading the stream in `stream_file` (written
+    /// by [`Vm::migrate_to_file`]) and returns once the migrated guest's shell answers.
+    pub fn incoming(env: &Env, frontend: &TpmFrontend, stream_file: &Path) -> Vm {
+        let opts = VmOptions {
+            allow_reboot: false,
+            incoming: Some(stream_file.to_path_buf()),
+        };
+        Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
+            .unwrap_or_else(|e| panic!("migrated guest did not resume: {e}"))
     }
 
     fn try_boot(
@@ -258,9 +283,17 @@ impl Vm {
         accel: Accel,
         frontend: &TpmFrontend,
         timeout: Duration,
-        allow_reboot: bool,
+        opts: &VmOptions,
     ) -> Result<Vm, String> {
+        let scratch = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let monitor = scratch.path().join("monitor.sock");
         let mut cmd = Command::new(&env.qemu);
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()));
+        if let Some(stream) = &opts.incoming {
+            cmd.arg("-incoming")
+                .arg(format!("exec:cat {}", stream.display()));
+        }
         if let Some(dir) = &env.qemu_data_dir {
             cmd.arg("-L").arg(dir);
         }
@@ -283,7 +316,7 @@ impl Vm {
         if accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         }
-        if !allow_reboot {
+        if !opts.allow_reboot {
             cmd.arg("-no-reboot");
         }
         match frontend {
@@ -342,9 +375,77 @@ impl Vm {
             cursor: 0,
             accel,
             has_tpm: false,
+            monitor,
+            _scratch: scratch,
         };
-        vm.wait_ready(timeout)?;
+        if opts.incoming.is_some() {
+            // The guest resumes mid-session: poke its shell until it shows a prompt.
+            let deadline = Instant::now() + timeout;
+            loop {
+                vm.raw_line("")?;
+                if vm.wait_for(PROMPT, Duration::from_secs(2)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "no prompt after migration:\n{}",
+                        vm.qemu_messages()
+                    ));
+                }
+            }
+            vm.has_tpm = true;
+        } else {
+            vm.wait_ready(timeout)?;
+        }
         Ok(vm)
+    }
+
+    /// Sends one command to QEMU's human monitor and returns its answer.
+    pub fn hmp(&self, command: &str) -> String {
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(&self.monitor)
+            .unwrap_or_else(|e| panic!("monitor {}: {e}", self.monitor.display()));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let read_prompt = |s: &mut UnixStream| -> String {
+            let mut out = Vec::new();
+            let mut b = [0u8; 1024];
+            while !String::from_utf8_lossy(&out).contains("(qemu) ") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&b[..n]),
+                }
+            }
+            clean_console(&String::from_utf8_lossy(&out))
+        };
+        read_prompt(&mut s);
+        let _ = s.write_all(format!("{command}\n").as_bytes());
+        read_prompt(&mut s)
+    }
+
+    /// Live-migrates the running guest into `stream_file` (QEMU's migration stream, carrying
+    /// the vTPM through vhost-user DEVICE_STATE) and waits for completion.
+    pub fn migrate_to_file(&mut self, stream_file: &Path) {
+        let answer = self.hmp(&format!(
+            "migrate -d \"exec:cat > {}\"",
+            stream_file.display()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let info = self.hmp("info migrate");
+            if info.contains("completed") {
+                return;
+            }
+            assert!(
+                !info.contains("failed") && !info.contains("cancelled"),
+                "migration failed: {answer}\n{info}\n{}",
+                self.qemu_messages()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "migration did not finish: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits for the guest's ready marker and its prompt; returns whether it has a TPM.

@@ -126,3 +126,49 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
     );
     vm.shutdown();
 }
+
+#[test]
+fn live_migration_carries_the_vtpm_to_a_new_daemon() {
+    let env = Env::load();
+    let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src_daemon = Daemon::start(&env, src_dir.path(), &[]);
+    let mut src = Vm::boot(&env, &TpmFrontend::VhostUser(src_daemon.socket.clone()));
+    src.must("tpm2_nvdefine 0x1500018 -C o -s 8 -a 'ownerread|ownerwrite|authread|authwrite'");
+    src.must("echo -n 'migrate!' > d && tpm2_nvwrite 0x1500018 -C o -i d");
+    src.must(&format!(
+        "tpm2_pcrextend 16:sha256={}",
+        hex(&sha256(b"before migration"))
+    ));
+    let pcr = pcr_value(&src.must("tpm2_pcrread sha256:16"), 16);
+
+    let stream = src_dir.path().join("migration.stream");
+    src.migrate_to_file(&stream);
+    assert!(src_daemon
+        .log_text()
+        .contains("migration: sending device state"));
+    drop(src);
+
+    // A different daemon with an empty state directory receives the vTPM.
+    let dst_daemon = Daemon::start(&env, dst_dir.path(), &[]);
+    let mut dst = Vm::incoming(
+        &env,
+        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+        &stream,
+    );
+    assert!(
+        dst_daemon
+            .log_text()
+            .contains("migration: device state loaded"),
+        "{}",
+        dst_daemon.log_text()
+    );
+    assert_eq!(
+        pcr_value(&dst.must("tpm2_pcrread sha256:16"), 16),
+        pcr,
+        "PCRs migrated"
+    );
+    dst.must("tpm2_nvread 0x1500018 -C o -s 8 -o back");
+    assert_eq!(dst.read_file("back"), b"migrate!", "NV migrated");
+    assert_eq!(dst.must("tpm2_getrandom --hex 8").trim().len(), 16);
+    dst.shutdown();
+}
