@@ -27,12 +27,32 @@ apt_install() {
 
 apt_install "${APT_PACKAGES[@]}"
 
+# The guest driver must build for the bookworm kernel (the test guest's) and for the
+# bookworm-backports one; qemu/build.sh adds the backports source. Install the backports
+# headers by their versioned name so linux-headers-amd64 itself stays on bookworm.
+ensure_backports_headers() {
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    ./qemu/build.sh >/dev/null   # adds the source on its first run
+  fi
+  local dep
+  dep=$(apt-cache show -t bookworm-backports linux-headers-amd64 2>/dev/null |
+        sed -n 's/^Depends: \(linux-headers-[^ ]*-amd64\) .*/\1/p' | sort -V | tail -n 1)
+  if [ -z "$dep" ]; then
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    dep=$(apt-cache show -t bookworm-backports linux-headers-amd64 2>/dev/null |
+          sed -n 's/^Depends: \(linux-headers-[^ ]*-amd64\) .*/\1/p' | sort -V | tail -n 1)
+  fi
+  [ -n "$dep" ] || { echo "setup: no backports kernel headers found" >&2; return 1; }
+  apt_install "$dep"
+}
+
 echo "setup: building vhost-vtpm (release)"
 cargo build --release --workspace --all-targets --quiet
 
 echo "setup: QEMU with vhost-user-tpm-pci (qemu/build.sh; cached, ~5 min the first time)"
 qemu_bin=$(./qemu/build.sh | tail -n 1)
 qemu_env="$(dirname "$(dirname "$(dirname "$qemu_bin")")")/env"
+ensure_backports_headers
 echo "setup: guest image (guest-driver/image/build.sh; cached)"
 guest_env=$(./guest-driver/image/build.sh)
 
