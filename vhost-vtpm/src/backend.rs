@@ -61,6 +61,8 @@ pub struct Device {
     busy: BusyPollStats,
     /// Set while the driver's avail index is impossible; cleared when it is sane again.
     ring_broken: bool,
+    /// Set while the avail ring cannot be read although its index says there is work.
+    ring_unreadable: bool,
 }
 
 impl Device {
@@ -71,6 +73,7 @@ impl Device {
             stats: Stats::default(),
             busy: BusyPollStats::default(),
             ring_broken: false,
+            ring_unreadable: false,
         }
     }
 
@@ -126,6 +129,7 @@ impl VtpmBackend {
         let mut dev = lock(&self.device);
         let dev = &mut *dev;
         let mut vr = vring.get_mut();
+        let mut empty_rounds = 0u32;
         loop {
             if !ring_index_sane(&vr, &mem, &mut dev.ring_broken) {
                 return Ok(());
@@ -150,6 +154,23 @@ impl VtpmBackend {
                 continue;
             }
             if !vr.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+            if served > 0 {
+                empty_rounds = 0;
+                dev.ring_unreadable = false;
+                continue;
+            }
+            // Nothing was popped although the avail index says there is work. Once can be a
+            // chain published just before notifications were re-enabled: drain again. Twice
+            // means the avail ring itself is unreadable: looping would spin forever, so wait
+            // for the next kick or a reset instead.
+            empty_rounds += 1;
+            if empty_rounds >= 2 {
+                if !dev.ring_unreadable {
+                    error!("request queue: avail ring unreadable; waiting for the driver to fix or reset it");
+                    dev.ring_unreadable = true;
+                }
                 return Ok(());
             }
         }
