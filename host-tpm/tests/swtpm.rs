@@ -1,0 +1,130 @@
+//! Sealing against a real TPM: swtpm stands in for the host's hardware TPM and is reached
+//! through tpm2-tss' swtpm TCTI, exactly as `device:/dev/tpmrm0` would be in production.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use host_tpm::{HostTpm, HostTpmError, SealedBlob};
+
+/// An swtpm process listening on two loopback ports (data, data + 1 = control).
+struct Swtpm {
+    child: Child,
+    port: u16,
+}
+
+impl Swtpm {
+    fn start(state: &Path) -> Swtpm {
+        let port = loop {
+            let a = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if a < 65000 && TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+                break a;
+            }
+        };
+        std::fs::create_dir_all(state).unwrap();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Swtpm { child, port }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn seal_survives_a_tpm_restart_and_unseals() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = b"per-instance state key: 32 bytes";
+    let blob = {
+        let tpm = Swtpm::start(&dir.path().join("host-tpm"));
+        let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
+        let blob = host.seal(secret, &[]).unwrap();
+        assert_eq!(host.unseal(&blob).unwrap(), secret);
+        blob.to_bytes()
+    };
+    // A new swtpm process on the same state: the host rebooted, the daemon restarted.
+    let tpm = Swtpm::start(&dir.path().join("host-tpm"));
+    let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
+    let blob = SealedBlob::from_bytes(&blob).unwrap();
+    assert_eq!(host.unseal(&blob).unwrap(), secret);
+}
+
+#[test]
+fn pcr_bound_seal_fails_clearly_after_the_pcr_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&dir.path().join("host-tpm"));
+    let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
+    let blob = host.seal(b"only while PCR 16 is unchanged", &[16]).unwrap();
+    assert_eq!(
+        host.unseal(&blob).unwrap(),
+        b"only while PCR 16 is unchanged"
+    );
+    host.pcr_extend_sha256(16, [0x42; 32]).unwrap();
+    match host.unseal(&blob) {
+        Err(e @ HostTpmError::PcrPolicyMismatch { .. }) => {
+            assert!(e.to_string().contains("PCRs [16] no longer match"), "{e}");
+        }
+        other => panic!("expected a PCR policy mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_blob_from_another_tpm_does_not_unseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Swtpm::start(&dir.path().join("a"));
+    let b = Swtpm::start(&dir.path().join("b"));
+    let blob = HostTpm::connect(&a.tcti())
+        .unwrap()
+        .seal(b"for TPM a only", &[])
+        .unwrap();
+    let err = HostTpm::connect(&b.tcti())
+        .unwrap()
+        .unseal(&blob)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HostTpmError::Tpm {
+                operation: "Load (sealed object)",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_tpm_and_bad_tcti_are_clear_errors() {
+    let err = HostTpm::connect("swtpm:host=127.0.0.1,port=1").unwrap_err();
+    assert!(matches!(err, HostTpmError::Connect { .. }), "{err}");
+    let err = HostTpm::connect("no-such-tcti-kind").unwrap_err();
+    assert!(err.to_string().contains("no-such-tcti-kind"), "{err}");
+}
