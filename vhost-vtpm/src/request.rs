@@ -551,24 +551,27 @@ mod tests {
 
     const TABLE_AT: u64 = 0x30_000;
 
-    fn write_table(g: &Guest, at: u64, descs: &[RawDescriptor]) {
-        for (i, raw) in descs.iter().enumerate() {
+    /// Writes an indirect table at TABLE_AT: the command descriptor, then `second`.
+    fn write_table(g: &Guest, second: RawDescriptor) {
+        for (i, raw) in [d(CMD_AT, 12, NEXT, 1), second].iter().enumerate() {
             g.mem
-                .write_obj(*raw, GuestAddress(at + 16 * i as u64))
+                .write_obj(*raw, GuestAddress(TABLE_AT + 16 * i as u64))
                 .unwrap();
         }
+    }
+
+    /// Runs a chain whose head is one indirect descriptor (`len` bytes of table at `at`).
+    fn run_indirect(g: &Guest, at: u64, len: u32, e: &mut RecordingEngine) -> (u32, Vec<u8>) {
+        let (len, resp, _) = run_one(g, &[d(at, len, INDIRECT, 0)], &cmd(0x17B, 12), e);
+        (len, resp)
     }
 
     #[test]
     fn indirect_table_is_followed() {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
-        write_table(
-            &g,
-            TABLE_AT,
-            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
-        );
-        let (len, resp, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
+        write_table(&g, d(RESP_AT, 4096, WRITE, 0));
+        let (len, resp) = run_indirect(&g, TABLE_AT, 32, &mut e);
         assert_eq!((len, rc_of(&resp)), (12, 0));
     }
 
@@ -577,33 +580,16 @@ mod tests {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
         // Table length not a multiple of the descriptor size.
-        write_table(
-            &g,
-            TABLE_AT,
-            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
-        );
-        let (len, _, _) = run_one(&g, &[d(TABLE_AT, 31, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        write_table(&g, d(RESP_AT, 4096, WRITE, 0));
+        assert_eq!(run_indirect(&g, TABLE_AT, 31, &mut e).0, 0);
         // A nested indirect descriptor.
-        write_table(
-            &g,
-            TABLE_AT,
-            &[d(CMD_AT, 12, NEXT, 1), d(TABLE_AT, 32, INDIRECT, 0)],
-        );
-        let (len, _, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        write_table(&g, d(TABLE_AT, 32, INDIRECT, 0));
+        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
         // A table outside guest memory.
-        let far = MEM_SIZE as u64 * 2;
-        let (len, _, _) = run_one(&g, &[d(far, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        assert_eq!(run_indirect(&g, MEM_SIZE as u64 * 2, 32, &mut e).0, 0);
         // A loop inside the table.
-        write_table(
-            &g,
-            TABLE_AT,
-            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE | NEXT, 0)],
-        );
-        let (len, _, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        write_table(&g, d(RESP_AT, 4096, WRITE | NEXT, 0));
+        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
         assert!(e.seen.is_empty());
     }
 
