@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --release --no-fail-fast 2>&1 | tee target/test-output.txt
+cargo test --workspace --release --no-fail-fast -- --show-output 2>&1 | tee target/test-output.txt

@@ -43,6 +43,8 @@ pub enum HarnessError {
     CommandTooLarge(usize),
     #[error("{0} requests in flight is more than the queue's {1} slots")]
     TooManyInFlight(usize, u16),
+    #[error("the backend closed the vhost-user connection")]
+    Disconnected,
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
 }
@@ -271,9 +273,16 @@ impl VtpmClient {
             if left.is_zero() {
                 return Err(HarnessError::Timeout(self.opts.timeout));
             }
-            // SAFETY: the eventfd is owned by `self` and outlives this borrow.
+            // SAFETY: the eventfd and the socket are owned by `self` and outlive this borrow.
             let call_fd = unsafe { BorrowedFd::borrow_raw(self.call.as_raw_fd()) };
-            let mut fds = [PollFd::new(call_fd, PollFlags::POLLIN)];
+            // SAFETY: as above.
+            let sock_fd = unsafe { BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) };
+            // The socket is watched too: a backend that dies mid-command must end the wait at
+            // once, not after the timeout.
+            let mut fds = [
+                PollFd::new(call_fd, PollFlags::POLLIN),
+                PollFd::new(sock_fd, PollFlags::POLLIN),
+            ];
             let ms = PollTimeout::try_from(left.as_millis().min(60_000) as u32)
                 .unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, ms) {
@@ -282,11 +291,33 @@ impl VtpmClient {
                     if let Ok(n) = self.call.read() {
                         self.interrupts += n;
                     }
+                    if self.socket_closed() {
+                        if self.ring.arm_interrupt(&self.memory.mem)? {
+                            continue;
+                        }
+                        return Err(HarnessError::Disconnected);
+                    }
                 }
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => return Err(HarnessError::Setup(format!("poll: {e}"))),
             }
         }
+    }
+
+    /// Whether the backend has closed the vhost-user socket (it never sends unsolicited
+    /// messages to this frontend, so readable means end of file).
+    fn socket_closed(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local buffer on a socket owned by `self`.
+        let n = unsafe {
+            libc::recv(
+                self.frontend.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0
     }
 
     /// Interrupts (call eventfd signals) received so far, including any not yet waited for.

@@ -156,3 +156,12 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+impl Daemon {
+    /// Waits for the daemon process to end (after a signal sent elsewhere).
+    pub fn wait_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Crash safety: a workload of NV writes and counter increments, the daemon SIGKILLed at
+//! random moments 200 times. After every restart each write the TPM acknowledged is there
+//! (the command in flight at the kill may or may not have happened, nothing older may be
+//! lost) and the state loads.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tpm_proto::{commands as c, rc};
+
+const DATA: u32 = 0x0150_0030;
+const COUNTER: u32 = 0x0150_0031;
+const KILLS: usize = 200;
+
+/// Reads the data index and the counter as u64s.
+fn observe(client: &mut guest_driver::VtpmClient) -> (u64, u64) {
+    let read = |client: &mut guest_driver::VtpmClient, index| {
+        let resp = run(client, &c::nv_read(index, 8, 0));
+        let bytes = c::parse_nv_read(&resp).unwrap_or_else(|e| panic!("NV_Read {index:#x}: {e}"));
+        u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+    };
+    (read(client, DATA), read(client, COUNTER))
+}
+
+#[test]
+fn acknowledged_writes_survive_200_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &[]);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        assert_success(
+            &run(
+                &mut client,
+                &c::nv_define_space(DATA, 8, c::NV_ORDINARY_ATTRS),
+            ),
+            "define data",
+        );
+        assert_success(
+            &run(
+                &mut client,
+                &c::nv_define_space(COUNTER, 8, c::NV_COUNTER_ATTRS),
+            ),
+            "define counter",
+        );
+        assert_success(
+            &run(&mut client, &c::nv_write(DATA, 0, &0u64.to_be_bytes())),
+            "first write",
+        );
+        assert_success(
+            &run(&mut client, &c::nv_increment(COUNTER)),
+            "first increment",
+        );
+    }
+    let (mut acked_value, mut acked_count) = (0u64, 0u64);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = seed;
+    let mut next_delay = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        Duration::from_micros(rng % 8000)
+    };
+    let mut writes_acked = 0u64;
+    for round in 0..KILLS {
+        let mut client = d.connect();
+        let (value, count) = observe(&mut client);
+        if round == 0 {
+            acked_count = count;
+        }
+        assert!(
+            value == acked_value || value == acked_value + 1,
+            "round {round} (seed {seed}): data index holds {value}, last acknowledged {acked_value}"
+        );
+        assert!(
+            count == acked_count || count == acked_count + 1,
+            "round {round} (seed {seed}): counter is {count}, last acknowledged {acked_count}"
+        );
+        (acked_value, acked_count) = (value, count);
+
+        let pid = Pid::from_raw(d.pid());
+        let delay = next_delay();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = kill(pid, Signal::SIGKILL);
+        });
+        loop {
+            let next = acked_value + 1;
+            match client.transact_tss(&c::nv_write(DATA, 0, &next.to_be_bytes())) {
+                Ok(r) if rc_of(&r) == rc::SUCCESS => {
+                    acked_value = next;
+                    writes_acked += 1;
+                }
+                Ok(r) => panic!("NV_Write answered {:#x}", rc_of(&r)),
+                Err(_) => break,
+            }
+            match client.transact_tss(&c::nv_increment(COUNTER)) {
+                Ok(r) if rc_of(&r) == rc::SUCCESS => {
+                    acked_count += 1;
+                    writes_acked += 1;
+                }
+                Ok(r) => panic!("NV_Increment answered {:#x}", rc_of(&r)),
+                Err(_) => break,
+            }
+        }
+        killer.join().unwrap();
+        d.wait_exit();
+        d.spawn(&[]);
+    }
+    let mut client = d.connect();
+    let (value, count) = observe(&mut client);
+    assert!(value >= acked_value && count >= acked_count);
+    eprintln!(
+        "crash test: {KILLS} SIGKILLs, {writes_acked} acknowledged durable writes, none lost (seed {seed})"
+    );
+    assert!(
+        writes_acked >= KILLS as u64 / 2,
+        "the workload barely ran: {writes_acked} writes"
+    );
+}
