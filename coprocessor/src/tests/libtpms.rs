@@ -1,0 +1,86 @@
+//! libtpms is a process singleton, so everything runs in one test, sequentially.
+use super::*;
+use crate::state::DirStore;
+use tpm_proto::commands as c;
+
+fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
+    let mut cmd = cmd.to_vec();
+    e.execute(&mut cmd).unwrap().to_vec()
+}
+
+#[test]
+fn engine_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = || Box::new(DirStore::open(dir.path()).unwrap());
+    let mut e = LibtpmsEngine::start(store()).unwrap();
+    assert!(matches!(
+        LibtpmsEngine::start(store()),
+        Err(Error::EngineInUse)
+    ));
+    assert_eq!(
+        tpm_proto::response_code(&run(&mut e, &c::startup(c::TPM_SU_CLEAR))).unwrap(),
+        0
+    );
+    let rnd = c::parse_get_random(&run(&mut e, &c::get_random(32))).unwrap();
+    assert_eq!(rnd.len(), 32);
+    // NV written now is durable before the response.
+    let idx = 0x0150_0010;
+    assert_eq!(
+        tpm_proto::response_code(&run(
+            &mut e,
+            &c::nv_define_space(idx, 8, c::NV_ORDINARY_ATTRS)
+        ))
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        tpm_proto::response_code(&run(&mut e, &c::nv_write(idx, 0, b"durable!"))).unwrap(),
+        0
+    );
+    assert!(dir.path().join("tpm2-permall.bin").exists());
+
+    // Clean save + restart resumes without a new Startup.
+    e.save().unwrap();
+    drop(e);
+    let mut e = LibtpmsEngine::start(store()).unwrap();
+    assert!(!dir.path().join("tpm2-volatilestate.bin").exists());
+    let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
+    assert_eq!(data, b"durable!");
+
+    // Power cycle: Startup is required again and NV survives.
+    e.power_cycle().unwrap();
+    assert_eq!(
+        tpm_proto::response_code(&run(&mut e, &c::get_random(8))).unwrap(),
+        tpm_proto::rc::INITIALIZE
+    );
+    run(&mut e, &c::startup(c::TPM_SU_CLEAR));
+    let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
+    assert_eq!(data, b"durable!");
+
+    // Export, change the TPM, import: it is back where the export was taken, running.
+    run(&mut e, &c::pcr_extend_sha256(16, &[1; 32]));
+    let pcr = c::parse_pcr_read_single(&run(&mut e, &c::pcr_read_sha256(16))).unwrap();
+    let snap = e.export_state().unwrap();
+    run(&mut e, &c::pcr_extend_sha256(16, &[2; 32]));
+    run(&mut e, &c::nv_write(idx, 0, b"changed!"));
+    e.import_state(&snap).unwrap();
+    assert_eq!(
+        c::parse_pcr_read_single(&run(&mut e, &c::pcr_read_sha256(16))).unwrap(),
+        pcr
+    );
+    assert_eq!(
+        c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap(),
+        b"durable!"
+    );
+
+    // A corrupt snapshot is refused and the running instance survives.
+    let bad = crate::snapshot::Snapshot {
+        permanent: vec![0xde; 64],
+        volatile: vec![0xad; 64],
+    };
+    assert!(e.import_state(&bad).is_err());
+    assert_eq!(
+        c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap(),
+        b"durable!"
+    );
+}

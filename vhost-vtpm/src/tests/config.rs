@@ -1,0 +1,90 @@
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    let mut v = vec!["vhost-vtpm"];
+    v.extend_from_slice(args);
+    Config::try_from(Args::try_parse_from(v).unwrap())
+}
+
+#[test]
+fn minimal_libtpms_config() {
+    let c = parse(&["--socket-path", "/tmp/s", "--state-dir", "/tmp/d"]).unwrap();
+    assert_eq!(c.listen, Listen::Path("/tmp/s".into()));
+    assert_eq!(
+        c.engine,
+        EngineConfig::Libtpms {
+            state_dir: "/tmp/d".into()
+        }
+    );
+    assert!(c.busy_poll.is_zero());
+}
+
+#[test]
+fn missing_pieces_are_named() {
+    assert_eq!(parse(&["--state-dir", "/d"]), Err(ConfigError::NoListener));
+    assert_eq!(
+        parse(&["--socket-path", "/s"]),
+        Err(ConfigError::NoStateDir)
+    );
+    assert_eq!(
+        parse(&[
+            "--socket-path",
+            "/s",
+            "--engine",
+            "swtpm",
+            "--swtpm-ctrl",
+            "/c"
+        ]),
+        Err(ConfigError::NoSwtpmSockets)
+    );
+    assert_eq!(
+        parse(&[
+            "--socket-path",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--swtpm-data",
+            "/x"
+        ]),
+        Err(ConfigError::SwtpmOptionWithoutSwtpm("swtpm-data"))
+    );
+    assert_eq!(
+        parse(&["--fd=-3", "--state-dir", "/d"]),
+        Err(ConfigError::BadFd(-3))
+    );
+    assert_eq!(
+        parse(&[
+            "--socket-path",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--busy-poll-us",
+            "20000"
+        ]),
+        Err(ConfigError::BusyPollTooLong(20000))
+    );
+}
+
+#[test]
+fn socket_path_and_fd_conflict() {
+    assert!(Args::try_parse_from(["x", "--socket-path", "/s", "--fd", "3"]).is_err());
+}
+
+#[test]
+fn swtpm_config() {
+    let c = parse(&[
+        "--fd",
+        "3",
+        "--engine",
+        "swtpm",
+        "--swtpm-ctrl",
+        "/c",
+        "--swtpm-data",
+        "/d",
+        "--busy-poll-us",
+        "50",
+    ])
+    .unwrap();
+    assert_eq!(c.listen, Listen::Fd(3));
+    assert_eq!(c.busy_poll, Duration::from_micros(50));
+}
