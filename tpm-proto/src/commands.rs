@@ -181,6 +181,24 @@ pub fn parse_sign_ecdsa(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), WireError> {
     Ok((sig_r, sig_s))
 }
 
+/// EvictControl in the owner hierarchy: makes `object` persistent at `persistent` (or, with
+/// a persistent `object`, evicts it).
+pub fn evict_control(object: u32, persistent: u32) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::EVICT_CONTROL)
+        .u32(TPM_RH_OWNER)
+        .u32(object)
+        .password_auth(&[])
+        .u32(persistent)
+        .finish()
+}
+
+/// ReadPublic of an object (answers TPM_RC_HANDLE for one that does not exist).
+pub fn read_public(object: u32) -> Vec<u8> {
+    CommandBuilder::no_sessions(cc::READ_PUBLIC)
+        .u32(object)
+        .finish()
+}
+
 pub fn flush_context(handle: u32) -> Vec<u8> {
     CommandBuilder::no_sessions(cc::FLUSH_CONTEXT)
         .u32(handle)
@@ -268,6 +286,8 @@ mod tests {
             nv_read(0x0150_0001, 5, 0),
             nv_increment(0x0150_0002),
             flush_context(0x8000_0000),
+            evict_control(0x8000_0000, 0x8100_0001),
+            read_public(0x8100_0001),
         ] {
             let h = Header::parse(&cmd).unwrap();
             assert_eq!(h.size as usize, cmd.len());

@@ -59,6 +59,7 @@ pub mod cc {
     pub const GET_RANDOM: u32 = 0x17B;
     pub const PCR_READ: u32 = 0x17E;
     pub const PCR_EXTEND: u32 = 0x182;
+    pub const READ_PUBLIC: u32 = 0x173;
 }
 
 /// Parsed TPM 2.0 header of a command or a response.

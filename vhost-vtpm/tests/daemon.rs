@@ -622,3 +622,37 @@ fn device_state_migrates_between_daemons() {
     let resp = run(&mut b, &c::nv_read(NV_INDEX, 8, 0));
     assert_eq!(c::parse_nv_read(&resp).unwrap(), b"migrated");
 }
+
+#[test]
+fn instances_are_isolated() {
+    const PERSISTENT: u32 = 0x8100_0042;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Daemon::start_in(dir_a.path(), &[]);
+    let b = Daemon::start_in(dir_b.path(), &[]);
+    let (mut ca, mut cb) = (a.connect(), b.connect());
+    startup(&mut ca);
+    startup(&mut cb);
+    let key = c::parse_create_primary_ecc(&run(&mut ca, &c::create_primary_ecc_signing())).unwrap();
+    assert_success(
+        &run(&mut ca, &c::evict_control(key.handle, PERSISTENT)),
+        "EvictControl",
+    );
+    assert_success(
+        &run(&mut ca, &c::read_public(PERSISTENT)),
+        "ReadPublic in the owning instance",
+    );
+    let other = rc_of(&run(&mut cb, &c::read_public(PERSISTENT)));
+    assert_eq!(
+        other & 0xBF,
+        rc::HANDLE,
+        "instance B sees A's persistent key (rc {other:#x})"
+    );
+    // The same primary template gives a different key in B: different seeds.
+    let key_b =
+        c::parse_create_primary_ecc(&run(&mut cb, &c::create_primary_ecc_signing())).unwrap();
+    assert_ne!(
+        (key.x, key.y),
+        (key_b.x, key_b.y),
+        "two instances derived the same key"
+    );
+}
