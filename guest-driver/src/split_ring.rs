@@ -7,14 +7,15 @@
 
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_bindings::bindings::virtio_ring;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::client::HarnessError;
 
-pub const DESC_F_NEXT: u16 = 1;
-pub const DESC_F_WRITE: u16 = 2;
-pub const DESC_F_INDIRECT: u16 = 4;
-const USED_F_NO_NOTIFY: u16 = 1;
+pub const DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+pub const DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+pub const DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
+const USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
 
 pub const DESC_TABLE: u64 = 0x0;
 pub const AVAIL_RING: u64 = 0x1000;

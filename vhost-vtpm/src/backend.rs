@@ -107,7 +107,6 @@ pub struct VtpmBackend {
     device: SharedDevice,
     mem: Mem,
     busy_poll: Duration,
-    config: VirtioTpmConfig,
     /// The device-state transfer in progress (vhost-user DEVICE_STATE), joined by
     /// CHECK_DEVICE_STATE.
     transfer: Mutex<Option<JoinHandle<Result<(), String>>>>,
@@ -119,7 +118,6 @@ impl VtpmBackend {
             device,
             mem,
             busy_poll,
-            config: VirtioTpmConfig::default(),
             transfer: Mutex::new(None),
         }
     }
@@ -284,7 +282,7 @@ impl VhostUserBackend for VtpmBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        VirtioTpmConfig::default().read(offset, size)
     }
 
     fn update_memory(&self, _mem: Mem) -> io::Result<()> {

@@ -36,6 +36,12 @@ pub enum DaemonError {
     },
     #[error("cannot listen on {what}: {reason}")]
     Listen { what: String, reason: String },
+    #[error("cannot write {path} in the state directory: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("vhost-user daemon: {0}")]
     VhostUser(String),
     #[error("cannot set up signal handling: {0}")]
@@ -190,10 +196,7 @@ impl RunMarker {
         let unclean = path.exists();
         std::fs::write(&path, std::process::id().to_string())
             .and_then(|()| std::fs::File::open(state_dir)?.sync_all())
-            .map_err(|e| DaemonError::Listen {
-                what: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|source| DaemonError::StateDir { path: path.clone(), source })?;
         Ok((RunMarker { path }, unclean))
     }
 
