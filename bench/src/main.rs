@@ -11,7 +11,6 @@
 //! next to it: `cargo build --release -p vhost-vtpm` first) and swtpm installed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -19,6 +18,7 @@ use coprocessor::libtpms::LibtpmsEngine;
 use coprocessor::state::DirStore;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
+use guest_driver::testbed::{DaemonProcess, SwtpmProcess};
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
@@ -67,7 +67,7 @@ impl Path_ for EnginePath<'_> {
 
 struct DaemonPath {
     client: VtpmClient,
-    daemon: Child,
+    daemon: DaemonProcess,
 }
 
 impl Path_ for DaemonPath {
@@ -75,17 +75,7 @@ impl Path_ for DaemonPath {
         self.client.transact(cmd).expect("daemon transact")
     }
     fn server_pid(&self) -> Option<i32> {
-        Some(self.daemon.id() as i32)
-    }
-}
-
-impl Drop for DaemonPath {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            Pid::from_raw(self.daemon.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.daemon.wait();
+        self.daemon.pid()
     }
 }
 
@@ -230,65 +220,12 @@ fn pin(cpus: &[usize]) {
     sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
 }
 
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-struct Swtpm {
-    child: Child,
-    ctrl: PathBuf,
-    data: PathBuf,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_swtpm(dir: &Path) -> Swtpm {
-    let state = dir.join("swtpm-state");
-    std::fs::create_dir_all(&state).expect("swtpm state dir");
-    let (ctrl, data) = (dir.join("swtpm-ctrl.sock"), dir.join("swtpm-data.sock"));
-    let child = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--flags", "not-need-init", "--tpmstate"])
-        .arg(format!("dir={}", state.display()))
-        .arg("--server")
-        .arg(format!("type=unixio,path={}", data.display()))
-        .arg("--ctrl")
-        .arg(format!("type=unixio,path={}", ctrl.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("swtpm (apt-get install swtpm)");
-    wait_for(&ctrl);
-    wait_for(&data);
-    Swtpm { child, ctrl, data }
-}
-
 fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> DaemonPath {
-    let sock = dir.join("vtpm.sock");
-    let daemon = Command::new(bin)
-        .arg("--socket-path")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--log-level")
-        .arg("warn")
-        .arg("--busy-poll-us")
-        .arg(busy_poll_us.to_string())
-        .spawn()
+    let busy = busy_poll_us.to_string();
+    let daemon = DaemonProcess::start(bin, dir, &["--log-level", "warn", "--busy-poll-us", &busy])
         .expect("start vhost-vtpm");
-    let client =
-        VtpmClient::connect(&sock, ClientOptions::default()).expect("connect to vhost-vtpm");
+    let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
+        .expect("connect to vhost-vtpm");
     DaemonPath { client, daemon }
 }
 
@@ -399,10 +336,11 @@ fn main() {
         {
             let dir = tempfile::tempdir().expect("tempdir");
             pin(&server_cpus);
-            let swtpm = start_swtpm(dir.path());
+            let swtpm = SwtpmProcess::start(dir.path(), true).expect("start swtpm");
             pin(&client_cpus);
-            let mut engine = SwtpmEngine::connect(&swtpm.ctrl, &swtpm.data).expect("swtpm connect");
-            let pid = swtpm.child.id() as i32;
+            let data = swtpm.data.as_deref().expect("data socket");
+            let mut engine = SwtpmEngine::connect(&swtpm.ctrl, data).expect("swtpm connect");
+            let pid = swtpm.pid();
             rows.extend(measure(
                 "swtpm socket",
                 &mut EnginePath {

@@ -6,15 +6,13 @@
 //! (`QEMU=`, `QEMU_DATA_DIR=`, `KERNEL=`, `INITRD=`, `DAEMON=` lines).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+pub use guest_driver::testbed::{DaemonProcess, SwtpmProcess};
 
 /// Paths of the built artefacts.
 #[derive(Debug, Clone)]
@@ -76,85 +74,11 @@ impl Env {
     }
 }
 
-/// A vhost-vtpm daemon process.
-pub struct Daemon {
-    child: Option<Child>,
-    pub socket: PathBuf,
-    pub state: PathBuf,
-    pub log: PathBuf,
-    bin: PathBuf,
-    extra: Vec<String>,
-}
-
-impl Daemon {
-    pub fn start(env: &Env, dir: &Path, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            socket: dir.join("vtpm.sock"),
-            state: dir.join("state"),
-            log: dir.join("daemon.log"),
-            bin: env.daemon.clone(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn();
-        d
-    }
-
-    pub fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
-        let child = Command::new(&self.bin)
-            .arg("--socket-path")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--log-level")
-            .arg("debug")
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start vhost-vtpm");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon socket never appeared\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
-    }
-
-    /// Sends `sig` and waits for the process to end; returns whether it exited with 0.
-    pub fn signal(&mut self, sig: Signal) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), sig);
-        child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Starts the release daemon of `env` under `dir` (debug log in `dir/daemon.log`).
+pub fn start_daemon(env: &Env, dir: &Path, extra: &[&str]) -> DaemonProcess {
+    let mut args = vec!["--log-level", "debug"];
+    args.extend_from_slice(extra);
+    DaemonProcess::start(&env.daemon, dir, &args).expect("start vhost-vtpm")
 }
 
 /// How QEMU runs the guest.

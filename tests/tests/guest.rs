@@ -8,7 +8,7 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sha::sha256;
 use openssl::sign::Verifier;
-use vtpm_e2e::{Daemon, Env, TpmFrontend, Vm};
+use vtpm_e2e::{start_daemon, DaemonProcess, Env, TpmFrontend, Vm};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -23,10 +23,10 @@ fn pcr_value(out: &str, pcr: u32) -> String {
         .to_lowercase()
 }
 
-fn start() -> (Env, tempfile::TempDir, Daemon) {
+fn start() -> (Env, tempfile::TempDir, DaemonProcess) {
     let env = Env::load();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&env, dir.path(), &[]);
+    let daemon = start_daemon(&env, dir.path(), &[]);
     (env, dir, daemon)
 }
 
@@ -98,9 +98,9 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
     vm.must("tpm2_nvdefine 0x1500017 -C o -s 8 -a 'ownerread|ownerwrite|authread|authwrite'");
     vm.must("echo -n 'acked!!!' > d && tpm2_nvwrite 0x1500017 -C o -i d");
-    assert!(!daemon.signal(Signal::SIGKILL));
+    assert!(!daemon.signal(Signal::SIGKILL).unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
-    daemon.spawn();
+    daemon.restart().unwrap();
     // QEMU reconnects on its own (reconnect-ms); then the guest's commands work again.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while daemon.log_text().matches("frontend connected").count() < 2 {
@@ -131,7 +131,7 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
 fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     let env = Env::load();
     let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let src_daemon = Daemon::start(&env, src_dir.path(), &[]);
+    let src_daemon = start_daemon(&env, src_dir.path(), &[]);
     let mut src = Vm::boot(&env, &TpmFrontend::VhostUser(src_daemon.socket.clone()));
     src.must("tpm2_nvdefine 0x1500018 -C o -s 8 -a 'ownerread|ownerwrite|authread|authwrite'");
     src.must("echo -n 'migrate!' > d && tpm2_nvwrite 0x1500018 -C o -i d");
@@ -149,7 +149,7 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     drop(src);
 
     // A different daemon with an empty state directory receives the vTPM.
-    let dst_daemon = Daemon::start(&env, dst_dir.path(), &[]);
+    let dst_daemon = start_daemon(&env, dst_dir.path(), &[]);
     let mut dst = Vm::incoming(
         &env,
         &TpmFrontend::VhostUser(dst_daemon.socket.clone()),

@@ -196,7 +196,10 @@ impl RunMarker {
         let unclean = path.exists();
         std::fs::write(&path, std::process::id().to_string())
             .and_then(|()| std::fs::File::open(state_dir)?.sync_all())
-            .map_err(|source| DaemonError::StateDir { path: path.clone(), source })?;
+            .map_err(|source| DaemonError::StateDir {
+                path: path.clone(),
+                source,
+            })?;
         Ok((RunMarker { path }, unclean))
     }
 

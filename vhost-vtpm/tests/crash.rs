@@ -33,20 +33,8 @@ fn acknowledged_writes_survive_200_sigkills() {
     {
         let mut client = d.connect();
         startup(&mut client);
-        assert_success(
-            &run(
-                &mut client,
-                &c::nv_define_space(DATA, 8, c::NV_ORDINARY_ATTRS),
-            ),
-            "define data",
-        );
-        assert_success(
-            &run(
-                &mut client,
-                &c::nv_define_space(COUNTER, 8, c::NV_COUNTER_ATTRS),
-            ),
-            "define counter",
-        );
+        define_nv(&mut client, DATA, 8, c::NV_ORDINARY_ATTRS);
+        define_nv(&mut client, COUNTER, 8, c::NV_COUNTER_ATTRS);
         assert_success(
             &run(&mut client, &c::nv_write(DATA, 0, &0u64.to_be_bytes())),
             "first write",
@@ -112,8 +100,8 @@ fn acknowledged_writes_survive_200_sigkills() {
             }
         }
         killer.join().unwrap();
-        d.wait_exit();
-        d.spawn(&[]);
+        d.wait_exit().expect("wait for the daemon");
+        d.respawn();
     }
     let mut client = d.connect();
     let (value, count) = observe(&mut client);

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use guest_driver::testbed::SwtpmProcess;
 use guest_driver::{ClientOptions, Desc, DESC_F_NEXT, DESC_F_WRITE};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -102,13 +103,7 @@ fn nv_data_survives_clean_restart_and_sigkill() {
     {
         let mut client = d.connect();
         startup(&mut client);
-        assert_success(
-            &run(
-                &mut client,
-                &c::nv_define_space(NV_INDEX, 16, c::NV_ORDINARY_ATTRS),
-            ),
-            "NV_DefineSpace",
-        );
+        define_nv(&mut client, NV_INDEX, 16, c::NV_ORDINARY_ATTRS);
         assert_success(
             &run(&mut client, &c::nv_write(NV_INDEX, 0, b"first value 1234")),
             "NV_Write",
@@ -122,7 +117,7 @@ fn nv_data_survives_clean_restart_and_sigkill() {
     );
 
     // Clean restart: the TPM resumes (no Startup needed) and NV reads back.
-    d.spawn(&[]);
+    d.respawn();
     {
         let mut client = d.connect();
         let resp = run(&mut client, &c::nv_read(NV_INDEX, 16, 0));
@@ -134,7 +129,7 @@ fn nv_data_survives_clean_restart_and_sigkill() {
     }
     // SIGKILL right after the acknowledged write: it must still be there.
     d.kill();
-    d.spawn(&[]);
+    d.respawn();
     let mut client = d.connect();
     // The guest's kernel will not send Startup again: the daemon did it after the crash.
     assert_eq!(
@@ -502,21 +497,8 @@ fn bad_command_lines_fail_with_a_clear_message() {
 #[test]
 fn swtpm_engine_serves_the_device() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("swtpm-state");
-    std::fs::create_dir(&state).unwrap();
-    let (ctrl, data) = (dir.path().join("ctrl.sock"), dir.path().join("data.sock"));
-    let mut swtpm = std::process::Command::new("swtpm")
-        .args(["socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", state.display()))
-        .arg("--server")
-        .arg(format!("type=unixio,path={}", data.display()))
-        .arg("--ctrl")
-        .arg(format!("type=unixio,path={}", ctrl.display()))
-        .arg("--flags")
-        .arg("not-need-init")
-        .spawn()
-        .expect("swtpm must be installed (scripts/setup.sh installs it)");
-    assert!(wait_until(Duration::from_secs(10), || ctrl.exists() && data.exists()));
+    let swtpm = SwtpmProcess::start(dir.path(), true).unwrap();
+    let (ctrl, data) = (swtpm.ctrl.clone(), swtpm.data.clone().unwrap());
     let mut d = Daemon::start_in(
         dir.path(),
         &[
@@ -539,8 +521,6 @@ fn swtpm_engine_serves_the_device() {
     assert_eq!(pcr_read(&mut client, 16), expected);
     drop(client);
     d.stop();
-    let _ = swtpm.kill();
-    let _ = swtpm.wait();
 }
 
 #[test]
@@ -589,13 +569,7 @@ fn device_state_migrates_between_daemons() {
     let dst = Daemon::start_in(dst_dir.path(), &[]);
     let mut a = src.connect();
     startup(&mut a);
-    assert_success(
-        &run(
-            &mut a,
-            &c::nv_define_space(NV_INDEX, 8, c::NV_ORDINARY_ATTRS),
-        ),
-        "define",
-    );
+    define_nv(&mut a, NV_INDEX, 8, c::NV_ORDINARY_ATTRS);
     assert_success(
         &run(&mut a, &c::nv_write(NV_INDEX, 0, b"migrated")),
         "write",

@@ -5,13 +5,11 @@
 //! `cargo run --release -p vtpm-e2e --bin guest-bench` (after scripts/setup.sh).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
-use vtpm_e2e::{accel, Daemon, Env, TpmFrontend, Vm};
+use vtpm_e2e::{accel, start_daemon, Env, SwtpmProcess, TpmFrontend, Vm};
 
 const OURS: &str = "vhost-user-tpm (ours)";
 const OURS_BUSY: &str = "vhost-user-tpm, daemon busy-poll 200 µs";
@@ -41,26 +39,6 @@ fn parse(out: &str, device: &str, into: &mut Results) {
             (kv["p50_us"], kv["p99_us"], kv["ops_s"]),
         );
     }
-}
-
-fn start_swtpm(dir: &Path) -> (Child, std::path::PathBuf) {
-    let state = dir.join("swtpm");
-    std::fs::create_dir_all(&state).expect("swtpm dir");
-    let ctrl = dir.join("swtpm.ctrl");
-    let child = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", state.display()))
-        .arg("--ctrl")
-        .arg(format!("type=unixio,path={}", ctrl.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("swtpm");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctrl.exists() {
-        assert!(Instant::now() < deadline, "swtpm ctrl socket missing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, ctrl)
 }
 
 fn run_guest(env: &Env, frontend: &TpmFrontend, fast: u32, sign: u32) -> String {
@@ -101,18 +79,16 @@ fn main() {
         let mut results = Results::new();
         for (label, args) in [(OURS, vec![]), (OURS_BUSY, vec!["--busy-poll-us", "200"])] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let daemon = Daemon::start(&env, dir.path(), &args);
+            let daemon = start_daemon(&env, dir.path(), &args);
             let frontend = TpmFrontend::VhostUser(daemon.socket.clone());
             let out = run_guest(&env, &frontend, fast, sign);
             parse(&out, label, &mut results);
         }
         {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (mut swtpm, ctrl) = start_swtpm(dir.path());
-            let out = run_guest(&env, &TpmFrontend::CrbSwtpm(ctrl), fast, sign);
+            let swtpm = SwtpmProcess::start(dir.path(), false).expect("start swtpm");
+            let out = run_guest(&env, &TpmFrontend::CrbSwtpm(swtpm.ctrl.clone()), fast, sign);
             parse(&out, CRB, &mut results);
-            let _ = swtpm.kill();
-            let _ = swtpm.wait();
         }
         println!("\n### {title}\n");
         println!("| command (via /dev/tpmrm0) | device | p50 µs | p99 µs | ops/s | p50 crb ÷ this | p99 crb ÷ this |");

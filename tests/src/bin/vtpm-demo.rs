@@ -4,12 +4,12 @@
 //! `cargo run --release -p vtpm-e2e --bin vtpm-demo` after `scripts/setup.sh`
 //! (`scripts/demo.sh` does both).
 
-use vtpm_e2e::{accel, Daemon, Env, TpmFrontend, Vm};
+use vtpm_e2e::{accel, start_daemon, Env, TpmFrontend, Vm};
 
 fn main() {
     let env = Env::load();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let daemon = Daemon::start(&env, dir.path(), &[]);
+    let daemon = start_daemon(&env, dir.path(), &[]);
     println!("vhost-vtpm daemon serving {}", daemon.socket.display());
     println!("booting the guest under {:?} ...", accel(&env));
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));

@@ -3,64 +3,48 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use guest_driver::testbed::DaemonProcess;
 use guest_driver::{ClientOptions, VtpmClient};
+use nix::sys::signal::Signal;
 use tpm_proto::{commands as c, rc, response_code};
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-vtpm");
 
-/// A daemon process with its own socket and state directory.
-pub struct Daemon {
-    pub child: Option<Child>,
-    pub dir: PathBuf,
-    pub socket: PathBuf,
-    pub state: PathBuf,
-    pub log: PathBuf,
-    /// Whether the daemon keeps its own state (libtpms) and so gets --state-dir.
-    own_state: bool,
+/// The daemon under test: a [`DaemonProcess`] of this crate's binary, logging at debug level.
+pub struct Daemon(DaemonProcess);
+
+impl std::ops::Deref for Daemon {
+    type Target = DaemonProcess;
+    fn deref(&self) -> &DaemonProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut DaemonProcess {
+        &mut self.0
+    }
 }
 
 impl Daemon {
     /// Starts a daemon whose files live under `dir`; with `--engine swtpm` in `extra` the
     /// daemon gets no --state-dir (swtpm keeps the state).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            dir: dir.to_path_buf(),
-            socket: dir.join("vtpm.sock"),
-            state: dir.join("state"),
-            log: dir.join("daemon.log"),
-            own_state: !extra.contains(&"swtpm"),
-        };
-        d.spawn(extra);
-        d
+        let mut args = vec!["--log-level", "debug"];
+        args.extend_from_slice(extra);
+        Daemon(DaemonProcess::start(Path::new(DAEMON), dir, &args).expect("start vhost-vtpm"))
     }
 
-    pub fn spawn(&mut self, extra: &[&str]) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(DAEMON);
-        cmd.arg("--socket-path").arg(&self.socket);
-        if self.own_state {
-            cmd.arg("--state-dir").arg(&self.state);
-        }
-        cmd.arg("--log-level")
-            .arg("debug")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn vhost-vtpm"));
+    /// Starts the stopped or killed daemon again, on the same state.
+    pub fn respawn(&mut self) {
+        self.0.restart().expect("restart vhost-vtpm");
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
+        self.0.pid().expect("daemon running")
     }
 
     pub fn connect(&self) -> VtpmClient {
@@ -72,22 +56,9 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("connect: {e}\n--- daemon log ---\n{}", self.log_text()))
     }
 
-    fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit on {sig}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// SIGTERM, and the daemon must exit 0.
     pub fn stop(&mut self) {
-        let st = self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+        let st = self.0.signal(Signal::SIGTERM).expect("stop the daemon");
         assert!(
             st.success(),
             "daemon exited with {st} on SIGTERM\n{}",
@@ -96,26 +67,13 @@ impl Daemon {
     }
 
     pub fn kill(&mut self) {
-        self.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.signal(Signal::SIGKILL).expect("kill the daemon");
     }
 
     pub fn thread_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/task", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -145,6 +103,12 @@ pub fn assert_success(resp: &[u8], what: &str) {
     assert_eq!(rc_of(resp), rc::SUCCESS, "{what} failed");
 }
 
+/// NV_DefineSpace of `size` bytes at `index` with `attributes`, which must succeed.
+pub fn define_nv(client: &mut VtpmClient, index: u32, size: u16, attributes: u32) {
+    let resp = run(client, &c::nv_define_space(index, size, attributes));
+    assert_success(&resp, &format!("NV_DefineSpace {index:#x}"));
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -155,13 +119,4 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     f()
-}
-
-impl Daemon {
-    /// Waits for the daemon process to end (after a signal sent elsewhere).
-    pub fn wait_exit(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-    }
 }
