@@ -294,6 +294,9 @@ fn serve(
         ));
         let mut daemon = VhostUserDaemon::new("vhost-vtpm".into(), backend, mem)
             .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+        // Logged after the daemon (and its vring worker thread) exists, so an observer that
+        // sees this line sees the idle thread set.
+        info!("waiting for a frontend");
         if let Err(e) = daemon.start(listener) {
             if stop.requested() {
                 break;

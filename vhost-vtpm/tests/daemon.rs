@@ -166,10 +166,12 @@ fn frontend_reconnects_find_the_same_tpm_without_leaking_threads() {
             );
             expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
         }
-        // The client is gone; once the daemon has noticed, it is back in accept() with the
-        // same number of threads as before.
+        // The client is gone; once the daemon is back in accept() (it logs that after the
+        // next connection's vring worker exists), it has the same threads as before.
         let settled = wait_until(Duration::from_secs(10), || {
-            d.log_text().matches("frontend disconnected").count() == usize::from(round) + 1
+            let log = d.log_text();
+            log.matches("frontend disconnected").count() == usize::from(round) + 1
+                && log.matches("waiting for a frontend").count() == usize::from(round) + 2
         });
         assert!(settled, "disconnect {round} not logged\n{}", d.log_text());
         let threads = d.thread_count();
