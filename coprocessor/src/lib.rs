@@ -8,14 +8,17 @@
 //! - [`swtpm::SwtpmEngine`]: an existing swtpm process reached over its control and data
 //!   sockets, for operators who run swtpm today and as a benchmark baseline.
 //!
-//! It also owns where instance state lives ([`state::StateStore`]).
+//! It also owns where instance state lives ([`state::EncryptedStore`] behind
+//! [`state::StateStore`]) and the keys that protect it ([`keys`]).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod keys;
 pub mod libtpms;
 pub mod snapshot;
 pub mod state;
 pub mod swtpm;
+pub mod swtpm_import;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! libtpms is a process singleton, so everything runs in one test, sequentially.
 use super::*;
-use crate::state::DirStore;
+use crate::keys::HostKey;
+use crate::state::{EncryptedStore, StateStore};
 use tpm_proto::commands as c;
 
 fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
@@ -11,10 +12,15 @@ fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
 #[test]
 fn engine_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
-    let store = || Box::new(DirStore::open(dir.path()).unwrap());
-    let mut e = LibtpmsEngine::start(store()).unwrap();
+    let host_key = dir.path().join("host.key");
+    crate::keys::generate_host_key_file(&host_key).unwrap();
+    let host_key = HostKey::File(host_key);
+    let state = dir.path().join("vm");
+    let store =
+        |d: &std::path::Path| Box::new(EncryptedStore::open(d, &host_key, "libtpms").unwrap().0);
+    let mut e = LibtpmsEngine::start(store(&state)).unwrap();
     assert!(matches!(
-        LibtpmsEngine::start(store()),
+        LibtpmsEngine::start(store(&dir.path().join("other"))),
         Err(Error::EngineInUse)
     ));
     assert_eq!(
@@ -37,13 +43,27 @@ fn engine_lifecycle() {
         tpm_proto::response_code(&run(&mut e, &c::nv_write(idx, 0, b"durable!"))).unwrap(),
         0
     );
-    assert!(dir.path().join("tpm2-permall.bin").exists());
+    // (The engine holds the directory lock; the clear header shows the writes.)
+    let generation = EncryptedStore::inspect(&state).unwrap().unwrap().generation;
+    assert!(
+        generation > 1,
+        "permanent state written during the commands"
+    );
 
     // Clean save + restart resumes without a new Startup.
     e.save().unwrap();
     drop(e);
-    let mut e = LibtpmsEngine::start(store()).unwrap();
-    assert!(!dir.path().join("tpm2-volatilestate.bin").exists());
+    let s = store(&state);
+    assert!(s.load(VOLATILE_BLOB).unwrap().is_some());
+    assert!(s.generation() > generation);
+    let mut e = LibtpmsEngine::start(s).unwrap();
+    assert!(
+        matches!(
+            EncryptedStore::verify(&state, &host_key),
+            Err(crate::state::StateError::Locked { .. })
+        ),
+        "the running engine's store holds the directory lock"
+    );
     let data = c::parse_nv_read(&run(&mut e, &c::nv_read(idx, 8, 0))).unwrap();
     assert_eq!(data, b"durable!");
 

@@ -1,0 +1,1215 @@
+//! Importing an existing swtpm TPM 2.0 state directory, so that an operator can move a VM from
+//! QEMU + swtpm to vhost-vtpm keeping every key, seed and NV index.
+//!
+//! This module owns reading swtpm's state directory and hands back the raw libtpms blobs
+//! (`permall`, and `volatilestate` when swtpm saved one) exactly as our libtpms engine loads
+//! them; storing them is the caller's business. The operator's directory is only ever read.
+//!
+//! swtpm keeps each libtpms blob in a file `tpm2-00.<blob>`: a 10-byte header (`version: u8`,
+//! `min_version: u8`, `hdrsize: u16`, `flags: u16`, `totlen: u32`, big-endian), then
+//! tag-length-value items (`tag: u16`, `len: u32`, value). Plain state is one item with tag 1
+//! holding the libtpms blob. This module parses that natively, and also the two older layouts
+//! that swtpm (0.7.1, verified) still reads: a version-1 header followed by the bare blob, and
+//! the bare blob with no header at all, recognised here by libtpms' own magic number.
+//!
+//! State that swtpm encrypted (`--key`) is decrypted by swtpm itself, not here: the encrypted
+//! layout (IV, HMAC, key-size flags, and the older hash-then-encrypt version 1) is swtpm's and
+//! versioned by swtpm, so running swtpm reads every version that swtpm can read, and a wrong
+//! key is judged by swtpm's own integrity check. swtpm writes into the directory it serves (its
+//! lock file, the mode of every file it reads, state when the TPM starts, and it deletes the
+//! volatile state it hands out), so the import copies the `tpm2-00.*` files into a private
+//! directory (mode 0700), starts `swtpm socket` on the copy with the key passed through a pipe,
+//! powers the TPM on (`CMD_INIT`), asks for each blob decrypted over the control channel
+//! (`CMD_GET_STATEBLOB`), shuts swtpm down and removes the copy. swtpm is killed and reaped on
+//! every error path.
+//!
+//! With a key, the volatile blob (imported only when the directory has `tpm2-00.volatilestate`)
+//! is swtpm's serialisation of the TPM restored from that file: swtpm hands out volatile state
+//! only by saving the running TPM. It holds the same sessions, objects and PCRs as the file;
+//! libtpms' clock fields and the checksum over them are as of the import, as in QEMU's own
+//! migration of a swtpm TPM. Without a key the file's blob is returned byte for byte.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+
+use crate::snapshot::MAX_BLOB;
+
+/// swtpm's file for TPM 2.0 permanent state (libtpms' `permall`).
+pub const PERMANENT_FILE: &str = "tpm2-00.permall";
+/// swtpm's file for saved TPM 2.0 volatile state (libtpms' `volatilestate`).
+pub const VOLATILE_FILE: &str = "tpm2-00.volatilestate";
+/// What a swtpm TPM 1.2 directory has instead of [`PERMANENT_FILE`].
+const TPM12_PERMANENT_FILE: &str = "tpm-00.permall";
+/// Where libvirt keeps swtpm's TPM 2.0 directory inside a VM's swtpm directory.
+const LIBVIRT_SUBDIR: &str = "tpm2";
+/// The file swtpm holds a POSIX write lock on while it serves a directory.
+const LOCK_FILE: &str = ".lock";
+/// Prefix of the files copied for swtpm (`tpm2-00.permall`, `.volatilestate`, `.savestate`).
+const STATE_FILE_PREFIX: &str = "tpm2-00.";
+
+const SWTPM: &str = "swtpm";
+const CTRL_SOCKET: &str = "ctrl.sock";
+const DATA_SOCKET: &str = "data.sock";
+const SWTPM_LOG: &str = "swtpm.log";
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const HEADER_SIZE: usize = 10;
+const TLV_HEADER_SIZE: usize = 6;
+/// Largest state file accepted: one blob plus swtpm's headers, MAC, IV and padding.
+const MAX_FILE: usize = MAX_BLOB + 4096;
+/// Largest key file read: a 256-bit hex key with a `0x` prefix and generous whitespace.
+const MAX_KEY_FILE: u64 = 4096;
+
+// swtpm's blob header flags (swtpm_nvstore.c).
+const BLOB_FLAG_ENCRYPTED: u16 = 0x01;
+const BLOB_FLAG_MIGRATION_ENCRYPTED: u16 = 0x02;
+const BLOB_FLAG_ENCRYPTED_256BIT_KEY: u16 = 0x08;
+
+// swtpm's item tags (tlv.h).
+const TAG_DATA: u16 = 1;
+const TAG_ENCRYPTED_DATA: u16 = 2;
+const TAG_HMAC: u16 = 3;
+const TAG_MIGRATION_DATA: u16 = 4;
+const TAG_ENCRYPTED_MIGRATION_DATA: u16 = 5;
+const TAG_IVEC_ENCRYPTED_DATA: u16 = 6;
+const TAG_IVEC_ENCRYPTED_MIGRATION_DATA: u16 = 7;
+
+// swtpm's control channel (swtpm_ioctls(3)).
+const CMD_INIT: u32 = 0x02;
+const CMD_SHUTDOWN: u32 = 0x03;
+const CMD_GET_STATEBLOB: u32 = 0x0c;
+const PTM_STATE_FLAG_DECRYPTED: u32 = 1;
+const PTM_STATE_FLAG_ENCRYPTED: u32 = 2;
+
+/// The cipher swtpm encrypted its state files with (`--key ...,mode=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwtpmCipher {
+    /// `mode=aes-cbc` or `mode=aes-128-cbc` (swtpm's default): a 16-byte key.
+    Aes128Cbc,
+    /// `mode=aes-256-cbc`: a 32-byte key.
+    Aes256Cbc,
+}
+
+impl SwtpmCipher {
+    /// Key length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            SwtpmCipher::Aes128Cbc => 16,
+            SwtpmCipher::Aes256Cbc => 32,
+        }
+    }
+
+    /// The spelling every swtpm version with this cipher accepts.
+    fn swtpm_mode(self) -> &'static str {
+        match self {
+            SwtpmCipher::Aes128Cbc => "aes-cbc",
+            SwtpmCipher::Aes256Cbc => "aes-256-cbc",
+        }
+    }
+}
+
+impl fmt::Display for SwtpmCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwtpmCipher::Aes128Cbc => "aes-128-cbc",
+            SwtpmCipher::Aes256Cbc => "aes-256-cbc",
+        })
+    }
+}
+
+impl FromStr for SwtpmCipher {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "aes-cbc" | "aes-128-cbc" => Ok(SwtpmCipher::Aes128Cbc),
+            "aes-256-cbc" => Ok(SwtpmCipher::Aes256Cbc),
+            _ => Err(format!(
+                "unknown cipher mode {s:?} (aes-cbc, aes-128-cbc or aes-256-cbc)"
+            )),
+        }
+    }
+}
+
+/// How the key file is written (`--key ...,format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwtpmKeyFormat {
+    /// Hex digits, optionally prefixed with `0x` and followed by whitespace (swtpm's default).
+    Hex,
+    /// The raw key bytes, nothing else.
+    Binary,
+}
+
+impl fmt::Display for SwtpmKeyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwtpmKeyFormat::Hex => "hex",
+            SwtpmKeyFormat::Binary => "binary",
+        })
+    }
+}
+
+impl FromStr for SwtpmKeyFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hex" => Ok(SwtpmKeyFormat::Hex),
+            "binary" => Ok(SwtpmKeyFormat::Binary),
+            _ => Err(format!("unknown key format {s:?} (hex or binary)")),
+        }
+    }
+}
+
+/// How swtpm's state files are protected (swtpm's `--key file=...,mode=...,format=...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwtpmKey {
+    pub file: PathBuf,
+    pub mode: SwtpmCipher,
+    pub format: SwtpmKeyFormat,
+}
+
+/// Parses the value of swtpm's own `--key` option, so that an operator can copy it from the
+/// swtpm command line: `file=<path>[,mode=aes-cbc|aes-128-cbc|aes-256-cbc][,format=hex|binary]`
+/// with swtpm's defaults (`aes-cbc`, `hex`). `remove=` is accepted and ignored: the import
+/// never deletes the key file. Passphrase (`pwdfile=`) and descriptor (`fd=`, `pwdfd=`) keys
+/// are refused.
+impl FromStr for SwtpmKey {
+    type Err = ImportError;
+
+    fn from_str(spec: &str) -> Result<Self, ImportError> {
+        let bad = |reason: String| ImportError::KeySpec {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let mut file = None;
+        let mut mode = SwtpmCipher::Aes128Cbc;
+        let mut format = SwtpmKeyFormat::Hex;
+        for part in spec.split(',') {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
+            match name {
+                "file" if !value.is_empty() => file = Some(PathBuf::from(value)),
+                "mode" => mode = value.parse().map_err(bad)?,
+                "format" => format = value.parse().map_err(bad)?,
+                "remove" => {}
+                "pwdfile" | "pwdfd" | "kdf" => {
+                    return Err(bad(
+                        "passphrase keys are not supported; give the key itself (file=)".into(),
+                    ))
+                }
+                "fd" => return Err(bad("key descriptors are not supported; use file=".into())),
+                _ => return Err(bad(format!("unknown or empty option {part:?}"))),
+            }
+        }
+        let file = file.ok_or_else(|| bad("no file=<path>".into()))?;
+        Ok(SwtpmKey { file, mode, format })
+    }
+}
+
+/// The libtpms blobs of one swtpm TPM 2.0 instance.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SwtpmBlobs {
+    /// libtpms' `permall`: seeds, hierarchies, persistent objects, NV indices.
+    pub permanent: Vec<u8>,
+    /// libtpms' `volatilestate`, if swtpm had saved one.
+    pub volatile: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for SwtpmBlobs {
+    /// Sizes only: the blobs hold the TPM's seeds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwtpmBlobs")
+            .field("permanent_len", &self.permanent.len())
+            .field("volatile_len", &self.volatile.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// Which libtpms blob a file or answer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    Permanent,
+    Volatile,
+}
+
+impl BlobKind {
+    /// What libtpms writes after the blob's u16 version (NVMarshal.c: PERSISTENT_ALL_MAGIC,
+    /// VOLATILE_STATE_MAGIC).
+    fn magic(self) -> u32 {
+        match self {
+            BlobKind::Permanent => 0xab36_4723,
+            BlobKind::Volatile => 0x4563_7889,
+        }
+    }
+
+    /// swtpm's `PTM_BLOB_TYPE_*`.
+    fn ptm_type(self) -> u32 {
+        match self {
+            BlobKind::Permanent => 1,
+            BlobKind::Volatile => 2,
+        }
+    }
+}
+
+impl fmt::Display for BlobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BlobKind::Permanent => "permanent",
+            BlobKind::Volatile => "volatile",
+        })
+    }
+}
+
+/// Why bytes are not a swtpm state blob we can read. Offsets count from the blob's start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("truncated: {actual} of {expected} bytes")]
+    Truncated { expected: usize, actual: usize },
+    #[error("corrupt header: it gives the total length as {header} bytes, but there are {actual}")]
+    LengthMismatch { header: usize, actual: usize },
+    #[error("not a swtpm state blob: header size {0}, expected 10")]
+    BadHeaderSize(u16),
+    #[error(
+        "swtpm blob format version {version} (readable from version {min_version}); \
+         versions 1 and 2 are supported"
+    )]
+    UnsupportedVersion { version: u8, min_version: u8 },
+    #[error("truncated item header at offset {offset}")]
+    TlvTruncated { offset: usize },
+    #[error(
+        "item with tag {tag} at offset {offset} claims {len} bytes, but only {available} follow"
+    )]
+    TlvOverrun {
+        offset: usize,
+        tag: u16,
+        len: u32,
+        available: usize,
+    },
+    #[error("more than one item with tag {0}")]
+    DuplicateTag(u16),
+    #[error("no item with tag {0}")]
+    MissingTag(u16),
+    #[error("not a libtpms {kind} state blob (no magic {magic:#010x} after its version)")]
+    NotLibtpms { kind: BlobKind, magic: u32 },
+    #[error("still encrypted")]
+    StillEncrypted,
+}
+
+/// Why an swtpm state directory could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("swtpm state directory {}: {source}", dir.display())]
+    NoDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a swtpm TPM 2.0 state directory: it has no {PERMANENT_FILE}", dir.display())]
+    NotSwtpmDir { dir: PathBuf },
+    #[error(
+        "{} is not a swtpm state directory, but {} is (libvirt's layout): import that",
+        dir.display(), subdir.display()
+    )]
+    StateInSubdir { dir: PathBuf, subdir: PathBuf },
+    #[error(
+        "{} holds swtpm TPM 1.2 state ({TPM12_PERMANENT_FILE}); vhost-vtpm is a TPM 2.0 only",
+        dir.display()
+    )]
+    Tpm12State { dir: PathBuf },
+    #[error(
+        "{} is in use: process {pid} holds swtpm's lock on it; stop its VM (and swtpm) first",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, pid: i32 },
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} has more than {max} bytes, more than any TPM state", file.display())]
+    TooLarge { file: PathBuf, max: usize },
+    #[error("{}: {source}", file.display())]
+    Format {
+        file: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error(
+        "{}: state is encrypted by swtpm; pass its key (swtpm's --key file=...,mode=...,format=...)",
+        file.display()
+    )]
+    Encrypted { file: PathBuf },
+    #[error(
+        "{} is not encrypted, but key {} was given (swtpm would refuse it too); import without a key",
+        file.display(), key.display()
+    )]
+    NotEncrypted { file: PathBuf, key: PathBuf },
+    #[error(
+        "{} is encrypted with a {state_bits}-bit key, but key {} is given as {mode}",
+        file.display(), key.display()
+    )]
+    KeySizeMismatch {
+        file: PathBuf,
+        key: PathBuf,
+        state_bits: usize,
+        mode: SwtpmCipher,
+    },
+    #[error("invalid swtpm key option {spec:?}: {reason}")]
+    KeySpec { spec: String, reason: String },
+    #[error("key file {}: {source}", file.display())]
+    KeyRead {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("key file {}: {reason}", file.display())]
+    KeyFormat { file: PathBuf, reason: String },
+    #[error(
+        "key file {}: holds a {actual}-byte {format} key, {mode} needs {expected} bytes",
+        file.display()
+    )]
+    KeyLength {
+        file: PathBuf,
+        format: SwtpmKeyFormat,
+        mode: SwtpmCipher,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("cannot make a private copy of the state at {}: {source}", path.display())]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot run {SWTPM} (scripts/setup.sh installs it): {source}")]
+    SwtpmSpawn {
+        #[source]
+        source: io::Error,
+    },
+    #[error("swtpm exited ({status}) before opening its control socket; swtpm said: {log}")]
+    SwtpmExited { status: ExitStatus, log: String },
+    #[error("swtpm did not open its control socket within {START_TIMEOUT:?}; swtpm said: {log}")]
+    SwtpmStartTimeout { log: String },
+    #[error("swtpm control channel ({what}): {source}")]
+    SwtpmIo {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "swtpm could not open the state in {} with key {} (TPM result {code:#x}): wrong key, \
+         or damaged state; swtpm said: {log}",
+        dir.display(), key.display()
+    )]
+    WrongKey {
+        dir: PathBuf,
+        key: PathBuf,
+        code: u32,
+        log: String,
+    },
+    #[error("swtpm control command {cmd:#x} failed with TPM result {code:#x}; swtpm said: {log}")]
+    SwtpmControl { cmd: u32, code: u32, log: String },
+    #[error("swtpm's decrypted {kind} state from {} is unusable: {reason}", file.display())]
+    SwtpmBadBlob {
+        file: PathBuf,
+        kind: BlobKind,
+        reason: String,
+    },
+}
+
+/// Reads the swtpm TPM 2.0 state in `dir` and returns its libtpms blobs.
+///
+/// Without `key` the files are parsed here and encrypted state is refused
+/// ([`ImportError::Encrypted`]). With `key` the state must be encrypted, and swtpm decrypts a
+/// private copy of it (see the module documentation). A directory that a running swtpm still
+/// holds is refused ([`ImportError::InUse`]): its state would move on after the import.
+pub fn read_swtpm_state(dir: &Path, key: Option<&SwtpmKey>) -> Result<SwtpmBlobs, ImportError> {
+    let no_dir = |source| ImportError::NoDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let dir = fs::canonicalize(dir).map_err(no_dir)?;
+    if !fs::metadata(&dir).map_err(no_dir)?.is_dir() {
+        return Err(no_dir(io::Error::other("not a directory")));
+    }
+    let lock = dir.join(LOCK_FILE);
+    if let Some(pid) =
+        lock_holder(&lock).map_err(|source| ImportError::Read { file: lock, source })?
+    {
+        return Err(ImportError::InUse { dir, pid });
+    }
+
+    let Some(permanent) = StateFile::read(&dir, PERMANENT_FILE, BlobKind::Permanent)? else {
+        let subdir = dir.join(LIBVIRT_SUBDIR);
+        return Err(if subdir.join(PERMANENT_FILE).exists() {
+            ImportError::StateInSubdir { dir, subdir }
+        } else if dir.join(TPM12_PERMANENT_FILE).exists() {
+            ImportError::Tpm12State { dir }
+        } else {
+            ImportError::NotSwtpmDir { dir }
+        });
+    };
+    let volatile = StateFile::read(&dir, VOLATILE_FILE, BlobKind::Volatile)?;
+
+    let blobs = match key {
+        None => {
+            let plain = |f: StateFile| match f.contents {
+                Contents::Plain(blob) => Ok(blob),
+                Contents::Encrypted { .. } => Err(ImportError::Encrypted { file: f.path }),
+            };
+            SwtpmBlobs {
+                permanent: plain(permanent)?,
+                volatile: volatile.map(plain).transpose()?,
+            }
+        }
+        Some(key) => decrypt_with_swtpm(&dir, key, &permanent, volatile.as_ref())?,
+    };
+    info!(
+        "read swtpm state from {}{}: permanent {} bytes, volatile {}",
+        dir.display(),
+        if key.is_some() {
+            " (decrypted by swtpm)"
+        } else {
+            ""
+        },
+        blobs.permanent.len(),
+        blobs
+            .volatile
+            .as_ref()
+            .map_or("none".to_owned(), |v| format!("{} bytes", v.len())),
+    );
+    Ok(blobs)
+}
+
+/// One state file as read from the operator's directory.
+struct StateFile {
+    path: PathBuf,
+    kind: BlobKind,
+    bytes: Vec<u8>,
+    contents: Contents,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Contents {
+    Plain(Vec<u8>),
+    /// Encrypted by swtpm; the key size is known from version-2 headers only.
+    Encrypted {
+        key_bits: Option<usize>,
+    },
+}
+
+impl StateFile {
+    /// Reads and parses `dir/name`; `None` if it does not exist.
+    fn read(dir: &Path, name: &str, kind: BlobKind) -> Result<Option<StateFile>, ImportError> {
+        let path = dir.join(name);
+        let Some(bytes) = read_limited(&path)? else {
+            return Ok(None);
+        };
+        let contents = parse_state_file(&bytes, kind).map_err(|source| ImportError::Format {
+            file: path.clone(),
+            source,
+        })?;
+        Ok(Some(StateFile {
+            path,
+            kind,
+            bytes,
+            contents,
+        }))
+    }
+}
+
+/// Reads a whole state file of at most [`MAX_FILE`] bytes; `None` if it does not exist.
+fn read_limited(path: &Path) -> Result<Option<Vec<u8>>, ImportError> {
+    let read_err = |source| ImportError::Read {
+        file: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > MAX_FILE {
+        return Err(ImportError::TooLarge {
+            file: path.to_owned(),
+            max: MAX_FILE,
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// The pid of a process holding a POSIX lock on `lock` (swtpm's `.lock` while it serves the
+/// directory), if any. Opens the file read-only: nothing is written.
+fn lock_holder(lock: &Path) -> io::Result<Option<i32>> {
+    let file = match File::open(lock) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut query = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: `file` is an open descriptor for the whole call, and `query` is a valid flock
+    // that F_GETLK only reads and overwrites in place.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut query) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((query.l_type != libc::F_UNLCK as libc::c_short).then_some(query.l_pid))
+}
+
+fn decrypt_with_swtpm(
+    dir: &Path,
+    key: &SwtpmKey,
+    permanent: &StateFile,
+    volatile: Option<&StateFile>,
+) -> Result<SwtpmBlobs, ImportError> {
+    let key_bytes = load_key(key)?;
+    for f in std::iter::once(permanent).chain(volatile) {
+        match f.contents {
+            Contents::Plain(_) => {
+                return Err(ImportError::NotEncrypted {
+                    file: f.path.clone(),
+                    key: key.file.clone(),
+                })
+            }
+            Contents::Encrypted {
+                key_bits: Some(bits),
+            } if bits != key.mode.key_len() * 8 => {
+                return Err(ImportError::KeySizeMismatch {
+                    file: f.path.clone(),
+                    key: key.file.clone(),
+                    state_bits: bits,
+                    mode: key.mode,
+                })
+            }
+            Contents::Encrypted { .. } => {}
+        }
+    }
+
+    let scratch = Scratch::new()?;
+    let state = scratch.path.join("state");
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&state)
+        .map_err(|source| ImportError::Scratch {
+            path: state.clone(),
+            source,
+        })?;
+    copy_state_files(
+        dir,
+        &state,
+        &[permanent].into_iter().chain(volatile).collect::<Vec<_>>(),
+    )?;
+
+    let mut swtpm = Swtpm::start(&state, Some((key.mode, &key_bytes)), &scratch.path)?;
+    let code = swtpm.control(CMD_INIT, &0u32.to_be_bytes())?;
+    if code != 0 {
+        return Err(ImportError::WrongKey {
+            dir: dir.to_owned(),
+            key: key.file.clone(),
+            code,
+            log: swtpm.log(),
+        });
+    }
+    let permanent_blob = swtpm.decrypted_blob(permanent)?;
+    let volatile_blob = volatile.map(|f| swtpm.decrypted_blob(f)).transpose()?;
+    swtpm.shutdown();
+    Ok(SwtpmBlobs {
+        permanent: permanent_blob,
+        volatile: volatile_blob,
+    })
+}
+
+/// Copies every `tpm2-00.*` file of `from` into `to` (owner-only), the already read ones from
+/// memory so that swtpm sees exactly the bytes that were checked.
+fn copy_state_files(from: &Path, to: &Path, read: &[&StateFile]) -> Result<(), ImportError> {
+    let read_err = |source| ImportError::Read {
+        file: from.to_owned(),
+        source,
+    };
+    for entry in fs::read_dir(from).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with(STATE_FILE_PREFIX)) else {
+            continue;
+        };
+        let src = entry.path();
+        let bytes = match read.iter().find(|f| f.path == src) {
+            Some(f) => f.bytes.clone(),
+            None if src.is_file() => match read_limited(&src)? {
+                Some(b) => b,
+                None => continue,
+            },
+            None => continue,
+        };
+        let dst = to.join(name);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dst)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|source| ImportError::Scratch { path: dst, source })?;
+    }
+    Ok(())
+}
+
+/// Loads and checks the key file; returns the raw key bytes.
+fn load_key(key: &SwtpmKey) -> Result<Vec<u8>, ImportError> {
+    let mut raw = Vec::new();
+    File::open(&key.file)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut raw))
+        .map_err(|source| ImportError::KeyRead {
+            file: key.file.clone(),
+            source,
+        })?;
+    let bytes = match key.format {
+        SwtpmKeyFormat::Binary => raw,
+        SwtpmKeyFormat::Hex => parse_hex_key(&raw).map_err(|reason| ImportError::KeyFormat {
+            file: key.file.clone(),
+            reason,
+        })?,
+    };
+    if bytes.len() != key.mode.key_len() {
+        return Err(ImportError::KeyLength {
+            file: key.file.clone(),
+            format: key.format,
+            mode: key.mode,
+            expected: key.mode.key_len(),
+            actual: bytes.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// swtpm's hex key syntax: optional `0x`, hex digits, then nothing but whitespace. Errors
+/// never quote the key.
+fn parse_hex_key(text: &[u8]) -> Result<Vec<u8>, String> {
+    let text = text.strip_prefix(b"0x").unwrap_or(text);
+    let end = text
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(text.len());
+    let (digits, rest) = text.split_at(end);
+    if !rest.iter().all(u8::is_ascii_whitespace) {
+        return Err(
+            "more than one word: only hex digits and a trailing newline are allowed".into(),
+        );
+    }
+    if digits.is_empty() {
+        return Err("no hex digits".into());
+    }
+    if let Some(at) = digits.iter().position(|b| !b.is_ascii_hexdigit()) {
+        return Err(format!("character {} is not a hex digit", at + 1));
+    }
+    if digits.len() % 2 != 0 {
+        return Err(format!("odd number of hex digits ({})", digits.len()));
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0,
+    };
+    Ok(digits
+        .chunks_exact(2)
+        .map(|pair| match *pair {
+            [hi, lo] => (nibble(hi) << 4) | nibble(lo),
+            _ => 0,
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// swtpm's blob format
+
+struct Header {
+    version: u8,
+    min_version: u8,
+    flags: u16,
+}
+
+struct Item<'a> {
+    tag: u16,
+    /// Offset of the value from the start of the blob.
+    offset: usize,
+    value: &'a [u8],
+}
+
+/// Checks swtpm's 10-byte header against `bytes`; returns it and what follows it.
+fn parse_header(bytes: &[u8]) -> Result<(Header, &[u8]), FormatError> {
+    let Some((header, body)) = bytes.split_first_chunk::<HEADER_SIZE>() else {
+        return Err(FormatError::Truncated {
+            expected: HEADER_SIZE,
+            actual: bytes.len(),
+        });
+    };
+    let [version, min_version, s0, s1, f0, f1, t0, t1, t2, t3] = *header;
+    let hdrsize = u16::from_be_bytes([s0, s1]);
+    let totlen = u32::from_be_bytes([t0, t1, t2, t3]) as usize;
+    if usize::from(hdrsize) != HEADER_SIZE {
+        return Err(FormatError::BadHeaderSize(hdrsize));
+    }
+    if !(1..=2).contains(&version) || min_version > 2 {
+        return Err(FormatError::UnsupportedVersion {
+            version,
+            min_version,
+        });
+    }
+    if totlen > bytes.len() {
+        return Err(FormatError::Truncated {
+            expected: totlen,
+            actual: bytes.len(),
+        });
+    }
+    if totlen < bytes.len() {
+        return Err(FormatError::LengthMismatch {
+            header: totlen,
+            actual: bytes.len(),
+        });
+    }
+    let flags = u16::from_be_bytes([f0, f1]);
+    Ok((
+        Header {
+            version,
+            min_version,
+            flags,
+        },
+        body,
+    ))
+}
+
+/// Splits `bytes`, which start at `base` in their blob, into items; every length is checked.
+fn parse_items(mut bytes: &[u8], base: usize) -> Result<Vec<Item<'_>>, FormatError> {
+    let mut items = Vec::new();
+    let mut offset = base;
+    while !bytes.is_empty() {
+        let Some((header, rest)) = bytes.split_first_chunk::<TLV_HEADER_SIZE>() else {
+            return Err(FormatError::TlvTruncated { offset });
+        };
+        let [t0, t1, l0, l1, l2, l3] = *header;
+        let tag = u16::from_be_bytes([t0, t1]);
+        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        let Some((value, rest)) = rest.split_at_checked(len as usize) else {
+            return Err(FormatError::TlvOverrun {
+                offset,
+                tag,
+                len,
+                available: rest.len(),
+            });
+        };
+        items.push(Item {
+            tag,
+            offset: offset + TLV_HEADER_SIZE,
+            value,
+        });
+        offset += TLV_HEADER_SIZE + value.len();
+        bytes = rest;
+    }
+    Ok(items)
+}
+
+/// The one item with `tag`, if any.
+fn find_unique<'i, 'a>(
+    items: &'i [Item<'a>],
+    tag: u16,
+) -> Result<Option<&'i Item<'a>>, FormatError> {
+    let mut found = items.iter().filter(|i| i.tag == tag);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(FormatError::DuplicateTag(tag));
+    }
+    Ok(first)
+}
+
+fn has_libtpms_magic(blob: &[u8], kind: BlobKind) -> bool {
+    blob.get(2..6) == Some(&kind.magic().to_be_bytes()[..])
+}
+
+fn libtpms_blob(blob: &[u8], kind: BlobKind) -> Result<Vec<u8>, FormatError> {
+    if has_libtpms_magic(blob, kind) {
+        Ok(blob.to_vec())
+    } else {
+        Err(FormatError::NotLibtpms {
+            kind,
+            magic: kind.magic(),
+        })
+    }
+}
+
+/// Parses a state file as swtpm stores it.
+fn parse_state_file(bytes: &[u8], kind: BlobKind) -> Result<Contents, FormatError> {
+    // The bare blob, as swtpm wrote it before it had headers (a header has its size, 10, where
+    // libtpms has its magic, so the two cannot be confused).
+    if has_libtpms_magic(bytes, kind) {
+        return Ok(Contents::Plain(bytes.to_vec()));
+    }
+    let (header, body) = parse_header(bytes)?;
+    let encrypted_flag = header.flags & BLOB_FLAG_ENCRYPTED != 0;
+    if header.version == 1 {
+        // Version 1: the blob, or its encryption (without IV or MAC, so not recognisable but
+        // by the missing magic), follows the header directly.
+        return Ok(if encrypted_flag || !has_libtpms_magic(body, kind) {
+            Contents::Encrypted { key_bits: None }
+        } else {
+            Contents::Plain(body.to_vec())
+        });
+    }
+    let items = parse_items(body, HEADER_SIZE)?;
+    let encrypted_items = items.iter().any(|i| {
+        matches!(
+            i.tag,
+            TAG_ENCRYPTED_DATA | TAG_HMAC | TAG_IVEC_ENCRYPTED_DATA
+        )
+    });
+    if encrypted_flag || encrypted_items {
+        let bits = if header.flags & BLOB_FLAG_ENCRYPTED_256BIT_KEY != 0 {
+            256
+        } else {
+            128
+        };
+        return Ok(Contents::Encrypted {
+            key_bits: Some(bits),
+        });
+    }
+    let data = find_unique(&items, TAG_DATA)?.ok_or(FormatError::MissingTag(TAG_DATA))?;
+    Ok(Contents::Plain(libtpms_blob(data.value, kind)?))
+}
+
+/// Unwraps what `CMD_GET_STATEBLOB` returns for a decrypted blob: a header, an item with tag 4
+/// (migration data) and in it an item with tag 1 holding the libtpms blob.
+fn parse_stateblob_answer(bytes: &[u8], kind: BlobKind) -> Result<Vec<u8>, FormatError> {
+    let (header, body) = parse_header(bytes)?;
+    if header.version != 2 {
+        return Err(FormatError::UnsupportedVersion {
+            version: header.version,
+            min_version: header.min_version,
+        });
+    }
+    if header.flags & (BLOB_FLAG_ENCRYPTED | BLOB_FLAG_MIGRATION_ENCRYPTED) != 0 {
+        return Err(FormatError::StillEncrypted);
+    }
+    let outer = parse_items(body, HEADER_SIZE)?;
+    if outer.iter().any(|i| {
+        matches!(
+            i.tag,
+            TAG_ENCRYPTED_MIGRATION_DATA | TAG_IVEC_ENCRYPTED_MIGRATION_DATA
+        )
+    }) {
+        return Err(FormatError::StillEncrypted);
+    }
+    let migration = find_unique(&outer, TAG_MIGRATION_DATA)?
+        .ok_or(FormatError::MissingTag(TAG_MIGRATION_DATA))?;
+    let inner = parse_items(migration.value, migration.offset)?;
+    if inner.iter().any(|i| {
+        matches!(
+            i.tag,
+            TAG_ENCRYPTED_DATA | TAG_HMAC | TAG_IVEC_ENCRYPTED_DATA
+        )
+    }) {
+        return Err(FormatError::StillEncrypted);
+    }
+    let data = find_unique(&inner, TAG_DATA)?.ok_or(FormatError::MissingTag(TAG_DATA))?;
+    libtpms_blob(data.value, kind)
+}
+
+// ---------------------------------------------------------------------------------------
+// Running swtpm
+
+/// A private directory (mode 0700) under the system's temporary directory, removed on drop.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch, ImportError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir();
+        for _ in 0..64 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let path = base.join(format!(
+                "vhost-vtpm-import-{}-{}-{nanos:08x}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            // `create`, not `create_all`: fails on anything already there, a symlink included.
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Scratch { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(ImportError::Scratch { path, source }),
+            }
+        }
+        Err(ImportError::Scratch {
+            path: base,
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A swtpm child process; killed and reaped when dropped.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Fails only if it has exited already; `wait` then reaps it (or returns its status).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `swtpm socket` serving a state directory, connected to its control channel.
+struct Swtpm {
+    ctrl: UnixStream,
+    log: PathBuf,
+    // Last: dropped after the socket is closed.
+    process: Reaper,
+}
+
+fn unixio(path: &Path) -> OsString {
+    let mut arg = OsString::from("type=unixio,path=");
+    arg.push(path);
+    arg
+}
+
+impl Swtpm {
+    /// Starts swtpm on `state` (an absolute path) with its sockets and log in `scratch`; the
+    /// key, if any, goes through a pipe as raw bytes so that it is never copied to disk.
+    fn start(
+        state: &Path,
+        key: Option<(SwtpmCipher, &[u8])>,
+        scratch: &Path,
+    ) -> Result<Swtpm, ImportError> {
+        let ctrl_path = scratch.join(CTRL_SOCKET);
+        let log = scratch.join(SWTPM_LOG);
+        let log_file = File::create(&log).map_err(|source| ImportError::Scratch {
+            path: log.clone(),
+            source,
+        })?;
+        let mut tpmstate = OsString::from("dir=");
+        tpmstate.push(state);
+        let mut cmd = Command::new(SWTPM);
+        cmd.args(["socket", "--tpm2", "--tpmstate"])
+            .arg(tpmstate)
+            .arg("--ctrl")
+            .arg(unixio(&ctrl_path))
+            .arg("--server")
+            .arg(unixio(&scratch.join(DATA_SOCKET)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some((mode, _)) = key {
+            cmd.arg("--key")
+                .arg(format!("fd=0,mode={},format=binary", mode.swtpm_mode()))
+                .stdin(Stdio::piped());
+        }
+        let mut process = Reaper(
+            cmd.spawn()
+                .map_err(|source| ImportError::SwtpmSpawn { source })?,
+        );
+        if let (Some((_, bytes)), Some(mut pipe)) = (key, process.0.stdin.take()) {
+            // The key fits the pipe's buffer; a failure means swtpm exited, reported below.
+            if let Err(e) = pipe.write_all(bytes) {
+                warn!("passing the key to swtpm: {e}");
+            }
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        let ctrl = loop {
+            let exited = process
+                .0
+                .try_wait()
+                .map_err(|source| ImportError::SwtpmIo {
+                    what: "wait",
+                    source,
+                })?;
+            if let Some(status) = exited {
+                return Err(ImportError::SwtpmExited {
+                    status,
+                    log: read_log(&log),
+                });
+            }
+            match UnixStream::connect(&ctrl_path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Err(_) => {
+                    return Err(ImportError::SwtpmStartTimeout {
+                        log: read_log(&log),
+                    })
+                }
+            }
+        };
+        let io = |source| ImportError::SwtpmIo {
+            what: "set timeout",
+            source,
+        };
+        ctrl.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(io)?;
+        ctrl.set_write_timeout(Some(CONTROL_TIMEOUT)).map_err(io)?;
+        Ok(Swtpm { ctrl, log, process })
+    }
+
+    /// Sends a control command in one write (swtpm reads each command with one `read`) and
+    /// returns the TPM result that starts every answer.
+    fn control(&mut self, cmd: u32, payload: &[u8]) -> Result<u32, ImportError> {
+        let mut req = Vec::with_capacity(4 + payload.len());
+        req.extend_from_slice(&cmd.to_be_bytes());
+        req.extend_from_slice(payload);
+        self.ctrl
+            .write_all(&req)
+            .map_err(|source| ImportError::SwtpmIo {
+                what: "control write",
+                source,
+            })?;
+        let mut res = [0u8; 4];
+        self.read_exact(&mut res)?;
+        Ok(u32::from_be_bytes(res))
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ImportError> {
+        self.ctrl
+            .read_exact(buf)
+            .map_err(|source| ImportError::SwtpmIo {
+                what: "control read",
+                source,
+            })
+    }
+
+    /// Fetches `file`'s blob decrypted (`CMD_GET_STATEBLOB`) and unwraps it.
+    fn decrypted_blob(&mut self, file: &StateFile) -> Result<Vec<u8>, ImportError> {
+        let bad = |reason: String| ImportError::SwtpmBadBlob {
+            file: file.path.clone(),
+            kind: file.kind,
+            reason,
+        };
+        let mut answer = Vec::new();
+        loop {
+            let offset = u32::try_from(answer.len()).map_err(|_| bad("too large".into()))?;
+            let mut req = [0u8; 12];
+            req[..4].copy_from_slice(&PTM_STATE_FLAG_DECRYPTED.to_be_bytes());
+            req[4..8].copy_from_slice(&file.kind.ptm_type().to_be_bytes());
+            req[8..].copy_from_slice(&offset.to_be_bytes());
+            let code = self.control(CMD_GET_STATEBLOB, &req)?;
+            if code != 0 {
+                return Err(ImportError::SwtpmControl {
+                    cmd: CMD_GET_STATEBLOB,
+                    code,
+                    log: self.log(),
+                });
+            }
+            let mut head = [0u8; 12];
+            self.read_exact(&mut head)?;
+            let [f0, f1, f2, f3, t0, t1, t2, t3, l0, l1, l2, l3] = head;
+            let flags = u32::from_be_bytes([f0, f1, f2, f3]);
+            let total = u32::from_be_bytes([t0, t1, t2, t3]) as usize;
+            let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+            if flags & PTM_STATE_FLAG_ENCRYPTED != 0 {
+                return Err(bad("swtpm left it encrypted".into()));
+            }
+            if length > total {
+                return Err(bad(format!("chunk of {length} bytes of {total}")));
+            }
+            if answer.len() + total > MAX_FILE {
+                return Err(bad(format!(
+                    "{} bytes, more than {MAX_FILE}",
+                    answer.len() + total
+                )));
+            }
+            let start = answer.len();
+            answer.resize(start + length, 0);
+            if let Some(chunk) = answer.get_mut(start..) {
+                self.read_exact(chunk)?;
+            }
+            if length == total {
+                break;
+            }
+            if length == 0 {
+                return Err(bad(format!(
+                    "no data after {start} of {} bytes",
+                    start + total
+                )));
+            }
+        }
+        parse_stateblob_answer(&answer, file.kind).map_err(|e| bad(e.to_string()))
+    }
+
+    /// What swtpm wrote to its log so far, on one line.
+    fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Asks swtpm to exit and waits a little for it; dropping kills it if it did not.
+    fn shutdown(mut self) {
+        match self.control(CMD_SHUTDOWN, &[]) {
+            Ok(0) => {}
+            Ok(code) => warn!("swtpm CMD_SHUTDOWN returned {code:#x}"),
+            Err(e) => warn!("swtpm CMD_SHUTDOWN: {e}"),
+        }
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.process.0.try_wait() {
+                Ok(None) => thread::sleep(Duration::from_millis(10)),
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+        warn!("swtpm did not exit within {EXIT_TIMEOUT:?} of CMD_SHUTDOWN; killing it");
+    }
+}
+
+/// The last lines of swtpm's log, joined into one line for an error message.
+fn read_log(path: &Path) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines
+        .get(lines.len().saturating_sub(12)..)
+        .unwrap_or_default();
+    if tail.is_empty() {
+        "nothing".to_owned()
+    } else {
+        tail.join("; ")
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/swtpm_import.rs"]
+mod tests;

@@ -1,0 +1,806 @@
+//! Importing state directories made by the real swtpm_setup and decrypted by the real swtpm.
+//! Where an imported blob must be shown to be the same TPM, a separate swtpm process serves it
+//! (this process' libtpms belongs to the engine tests).
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+
+use super::*;
+
+const KEY_256: &str = "00112233445566778899aabbccddeeff0123456789abcdef0f1e2d3c4b5a6978";
+const OTHER_KEY_256: &str = "ffeeddccbbaa99887766554433221100fedcba98765432100f1e2d3c4b5a6978";
+const KEY_128: &str = "00112233445566778899aabbccddeeff";
+
+const CMD_STORE_VOLATILE: u32 = 0x0a;
+/// TPM2_Startup(TPM_SU_CLEAR).
+const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
+/// TPM2_ReadPublic of the RSA EK that swtpm_setup --createek makes persistent at 0x81010001.
+const READ_EK: [u8; 14] = [
+    0x80, 0x01, 0, 0, 0, 14, 0, 0, 0x01, 0x73, 0x81, 0x01, 0x00, 0x01,
+];
+/// TPM2_PCR_Read of sha256 PCR 16.
+const READ_PCR16: [u8; 20] = [
+    0x80, 0x01, 0, 0, 0, 20, 0, 0, 0x01, 0x7e, 0, 0, 0, 1, 0x00, 0x0b, 3, 0, 0, 1,
+];
+
+/// TPM2_PCR_Extend of sha256 PCR 16 with a password session and a fixed digest.
+fn extend_pcr16() -> Vec<u8> {
+    let mut cmd = vec![0x80, 0x02, 0, 0, 0, 65, 0, 0, 0x01, 0x82, 0, 0, 0, 16];
+    cmd.extend_from_slice(&[0, 0, 0, 9, 0x40, 0, 0, 9, 0, 0, 0, 0, 0]);
+    cmd.extend_from_slice(&[0, 0, 0, 1, 0x00, 0x0b]);
+    cmd.extend_from_slice(&[0x5a; 32]);
+    assert_eq!(cmd.len(), 65);
+    cmd
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    state: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let state = root.join("swtpm");
+        fs::create_dir(&state).unwrap();
+        Fixture {
+            _tmp: tmp,
+            root,
+            state,
+        }
+    }
+
+    /// Writes a key file (from hex) in the given format.
+    fn key(&self, name: &str, hex: &str, mode: SwtpmCipher, format: SwtpmKeyFormat) -> SwtpmKey {
+        let file = self.root.join(name);
+        match format {
+            SwtpmKeyFormat::Hex => fs::write(&file, format!("{hex}\n")).unwrap(),
+            SwtpmKeyFormat::Binary => fs::write(&file, unhex(hex)).unwrap(),
+        }
+        SwtpmKey { file, mode, format }
+    }
+
+    fn permall(&self) -> Vec<u8> {
+        fs::read(self.state.join(PERMANENT_FILE)).unwrap()
+    }
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    parse_hex_key(hex.as_bytes()).unwrap()
+}
+
+/// Runs swtpm_setup on `state`, with an EK, encrypted with `key` (a hex key file) if given.
+fn swtpm_setup(state: &Path, key: Option<&SwtpmKey>) {
+    let mut cmd = Command::new("swtpm_setup");
+    cmd.args(["--tpm2", "--tpmstate"])
+        .arg(state)
+        .args(["--createek", "--overwrite"]);
+    if let Some(key) = key {
+        assert_eq!(
+            key.format,
+            SwtpmKeyFormat::Hex,
+            "swtpm_setup reads hex keys"
+        );
+        cmd.arg("--keyfile")
+            .arg(&key.file)
+            .arg("--cipher")
+            .arg(key.mode.to_string());
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            panic!("swtpm_setup is not installed: scripts/setup.sh installs it (swtpm-tools)")
+        }
+        Err(e) => panic!("cannot run swtpm_setup: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "swtpm_setup failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn plain_state() -> Fixture {
+    let f = Fixture::new();
+    swtpm_setup(&f.state, None);
+    f
+}
+
+fn encrypted_state(mode: SwtpmCipher) -> (Fixture, SwtpmKey) {
+    let f = Fixture::new();
+    let hex = match mode {
+        SwtpmCipher::Aes128Cbc => KEY_128,
+        SwtpmCipher::Aes256Cbc => KEY_256,
+    };
+    let key = f.key("state.key", hex, mode, SwtpmKeyFormat::Hex);
+    swtpm_setup(&f.state, Some(&key));
+    (f, key)
+}
+
+/// Every entry of `dir`: name, mode and contents.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let data = if meta.is_file() {
+                fs::read(&path).unwrap()
+            } else {
+                Vec::new()
+            };
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, (meta.permissions().mode(), data))
+        })
+        .collect()
+}
+
+/// The payload of a plain swtpm file, checked by hand: header version 2 (readable from 1), the
+/// total length, then exactly one item with tag 1.
+fn data_item(file: &[u8]) -> &[u8] {
+    assert_eq!(&file[..4], &[2, 1, 0, 10]);
+    assert_eq!(
+        u32::from_be_bytes(file[6..10].try_into().unwrap()) as usize,
+        file.len()
+    );
+    assert_eq!(&file[10..12], &[0, 1]);
+    let len = u32::from_be_bytes(file[12..16].try_into().unwrap()) as usize;
+    assert_eq!(16 + len, file.len());
+    &file[16..]
+}
+
+/// A plain swtpm file holding `blob`.
+fn swtpm_file(blob: &[u8]) -> Vec<u8> {
+    let mut file = vec![2, 1, 0, 10, 0, 0];
+    file.extend_from_slice(&(16 + blob.len() as u32).to_be_bytes());
+    file.extend_from_slice(&[0, 1]);
+    file.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+    file.extend_from_slice(blob);
+    file
+}
+
+/// swtpm serving `state` (it writes there), powered on, with its data channel.
+struct Running {
+    swtpm: Swtpm,
+    data: UnixStream,
+    _scratch: Scratch,
+}
+
+fn run(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Running {
+    let scratch = Scratch::new().unwrap();
+    let mut swtpm = Swtpm::start(state, key, &scratch.path).unwrap();
+    let code = swtpm.control(CMD_INIT, &0u32.to_be_bytes()).unwrap();
+    assert_eq!(code, 0, "CMD_INIT: {}", swtpm.log());
+    let data = UnixStream::connect(scratch.path.join(DATA_SOCKET)).unwrap();
+    Running {
+        swtpm,
+        data,
+        _scratch: scratch,
+    }
+}
+
+impl Running {
+    /// Executes a TPM command; returns the response after checking it succeeded.
+    fn command(&mut self, cmd: &[u8]) -> Vec<u8> {
+        self.data.write_all(cmd).unwrap();
+        let mut resp = vec![0u8; 10];
+        self.data.read_exact(&mut resp).unwrap();
+        let size = u32::from_be_bytes(resp[2..6].try_into().unwrap()) as usize;
+        resp.resize(size, 0);
+        self.data.read_exact(&mut resp[10..]).unwrap();
+        let rc = u32::from_be_bytes(resp[6..10].try_into().unwrap());
+        assert_eq!(rc, 0, "TPM command {:02x?} failed", &cmd[6..10]);
+        resp
+    }
+
+    fn stop(self) {
+        self.swtpm.shutdown();
+    }
+}
+
+/// Copies the `tpm2-00.*` files of `state` into a new directory.
+fn copy_of(state: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for e in fs::read_dir(state).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with(STATE_FILE_PREFIX) {
+            fs::copy(&path, copy.path().join(name)).unwrap();
+        }
+    }
+    copy
+}
+
+/// The public part of the EK that swtpm serves from `state` (on a throwaway copy).
+fn ek_of(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Vec<u8> {
+    let copy = copy_of(state);
+    let mut tpm = run(&copy.path().canonicalize().unwrap(), key);
+    tpm.command(&STARTUP_CLEAR);
+    let ek = tpm.command(&READ_EK);
+    tpm.stop();
+    ek
+}
+
+/// A plain swtpm directory holding the given blobs.
+fn plain_dir_with(blobs: &SwtpmBlobs) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join(PERMANENT_FILE),
+        swtpm_file(&blobs.permanent),
+    )
+    .unwrap();
+    if let Some(v) = &blobs.volatile {
+        fs::write(dir.path().join(VOLATILE_FILE), swtpm_file(v)).unwrap();
+    }
+    dir
+}
+
+/// Starts the TPM in `state`, extends PCR 16 and has swtpm save the volatile state; returns
+/// what PCR_Read of PCR 16 answered.
+fn save_volatile_with_pcr16(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Vec<u8> {
+    let mut tpm = run(state, key);
+    tpm.command(&STARTUP_CLEAR);
+    tpm.command(&extend_pcr16());
+    let pcr = tpm.command(&READ_PCR16);
+    let code = tpm.swtpm.control(CMD_STORE_VOLATILE, &[]).unwrap();
+    assert_eq!(code, 0, "CMD_STORE_VOLATILE: {}", tpm.swtpm.log());
+    tpm.stop();
+    assert!(state.join(VOLATILE_FILE).exists());
+    pcr
+}
+
+/// What PCR_Read of PCR 16 answers right after swtpm resumes `blobs` (no TPM2_Startup: the
+/// volatile state is a started TPM).
+fn pcr16_after_resuming(blobs: &SwtpmBlobs) -> Vec<u8> {
+    let dir = plain_dir_with(blobs);
+    let mut tpm = run(&dir.path().canonicalize().unwrap(), None);
+    let pcr = tpm.command(&READ_PCR16);
+    tpm.stop();
+    pcr
+}
+
+fn key_arg(key: &SwtpmKey) -> Vec<u8> {
+    load_key(key).unwrap()
+}
+
+#[test]
+fn plain_import_is_the_data_item_and_leaves_the_directory_alone() {
+    let f = plain_state();
+    let before = snapshot(&f.state);
+    let blobs = read_swtpm_state(&f.state, None).unwrap();
+    assert_eq!(snapshot(&f.state), before);
+    assert_eq!(blobs.permanent, data_item(&f.permall()));
+    assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
+    assert_eq!(blobs.volatile, None);
+    // A relative path works as well.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = cwd
+        .components()
+        .map(|_| "..")
+        .collect::<PathBuf>()
+        .join(f.state.strip_prefix("/").unwrap());
+    assert_eq!(read_swtpm_state(&relative, None).unwrap(), blobs);
+}
+
+#[test]
+fn encrypted_import_is_the_same_tpm_and_leaves_the_directory_alone() {
+    for (mode, format) in [
+        (SwtpmCipher::Aes256Cbc, SwtpmKeyFormat::Hex),
+        (SwtpmCipher::Aes128Cbc, SwtpmKeyFormat::Binary),
+    ] {
+        let (f, hex_key) = encrypted_state(mode);
+        let key = match format {
+            SwtpmKeyFormat::Hex => hex_key,
+            SwtpmKeyFormat::Binary => {
+                let hex = fs::read_to_string(&hex_key.file).unwrap();
+                f.key("state.bin", hex.trim(), mode, format)
+            }
+        };
+        let before = snapshot(&f.state);
+        let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
+        assert_eq!(snapshot(&f.state), before, "{mode} {format}");
+        assert_eq!(blobs.volatile, None);
+        // The kind of blob a plain state holds, and not the file's (encrypted) bytes.
+        assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
+        let permall = f.permall();
+        assert!(!permall.windows(64).any(|w| blobs.permanent.starts_with(w)));
+        let plain = data_item(&plain_state().permall()).len();
+        assert!(
+            blobs.permanent.len().abs_diff(plain) < 1024,
+            "{} bytes, a plain state has {plain}",
+            blobs.permanent.len()
+        );
+        // swtpm serving the imported blob in clear has the EK that it serves from the
+        // encrypted directory with the key: the same TPM.
+        let imported = plain_dir_with(&blobs);
+        assert_eq!(
+            ek_of(imported.path(), None),
+            ek_of(&f.state, Some((mode, &key_arg(&key)))),
+            "{mode} {format}"
+        );
+        // And the clear copy reads back natively to the same blob.
+        assert_eq!(read_swtpm_state(imported.path(), None).unwrap(), blobs);
+    }
+}
+
+#[test]
+fn volatile_state_is_imported_plain_and_encrypted() {
+    let f = plain_state();
+    let pcr = save_volatile_with_pcr16(&f.state, None);
+    let before = snapshot(&f.state);
+    let blobs = read_swtpm_state(&f.state, None).unwrap();
+    assert_eq!(snapshot(&f.state), before);
+    let file = fs::read(f.state.join(VOLATILE_FILE)).unwrap();
+    assert_eq!(blobs.volatile.as_deref(), Some(data_item(&file)));
+    assert_eq!(pcr16_after_resuming(&blobs), pcr);
+
+    let (f, key) = encrypted_state(SwtpmCipher::Aes256Cbc);
+    let pcr = save_volatile_with_pcr16(&f.state, Some((key.mode, &key_arg(&key))));
+    let before = snapshot(&f.state);
+    let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
+    // swtpm deletes the volatile state it hands out: it did so in its copy only.
+    assert_eq!(snapshot(&f.state), before);
+    let volatile = blobs.volatile.as_deref().unwrap();
+    assert!(has_libtpms_magic(volatile, BlobKind::Volatile));
+    assert_eq!(pcr16_after_resuming(&blobs), pcr);
+}
+
+#[test]
+fn encrypted_state_without_its_key_is_refused() {
+    let (f, _) = encrypted_state(SwtpmCipher::Aes256Cbc);
+    let err = read_swtpm_state(&f.state, None).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Encrypted { file } if *file == f.state.join(PERMANENT_FILE)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("state is encrypted by swtpm; pass its key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_key_is_refused_naming_the_key_file() {
+    let (f, key) = encrypted_state(SwtpmCipher::Aes256Cbc);
+    let wrong = f.key("wrong.key", OTHER_KEY_256, key.mode, SwtpmKeyFormat::Hex);
+    let before = snapshot(&f.state);
+    let err = read_swtpm_state(&f.state, Some(&wrong)).unwrap_err();
+    assert_eq!(snapshot(&f.state), before);
+    match &err {
+        ImportError::WrongKey { dir, key, code, .. } => {
+            assert_eq!(*dir, f.state);
+            assert_eq!(*key, wrong.file);
+            assert_ne!(*code, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&wrong.file.display().to_string()), "{msg}");
+    assert!(
+        !msg.contains(OTHER_KEY_256) && !msg.contains(KEY_256),
+        "{msg}"
+    );
+}
+
+#[test]
+fn key_that_cannot_match_is_refused_before_running_swtpm() {
+    let (f, key) = encrypted_state(SwtpmCipher::Aes256Cbc);
+    let short = f.key(
+        "short.key",
+        KEY_128,
+        SwtpmCipher::Aes128Cbc,
+        SwtpmKeyFormat::Hex,
+    );
+    let err = read_swtpm_state(&f.state, Some(&short)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImportError::KeySizeMismatch {
+                state_bits: 256,
+                mode: SwtpmCipher::Aes128Cbc,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let plain = plain_state();
+    let err = read_swtpm_state(&plain.state, Some(&key)).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::NotEncrypted { key: k, .. } if *k == key.file),
+        "{err:?}"
+    );
+
+    let missing = SwtpmKey {
+        file: f.root.join("no.key"),
+        ..key
+    };
+    let err = read_swtpm_state(&f.state, Some(&missing)).unwrap_err();
+    assert!(matches!(err, ImportError::KeyRead { .. }), "{err:?}");
+}
+
+#[test]
+fn missing_and_foreign_directories_are_refused() {
+    let f = Fixture::new();
+    let missing = f.root.join("nope");
+    let err = read_swtpm_state(&missing, None).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::NoDir { dir, .. } if *dir == missing),
+        "{err:?}"
+    );
+
+    let file = f.root.join("file");
+    fs::write(&file, b"x").unwrap();
+    let err = read_swtpm_state(&file, None).unwrap_err();
+    assert!(matches!(err, ImportError::NoDir { .. }), "{err:?}");
+
+    let err = read_swtpm_state(&f.state, None).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::NotSwtpmDir { dir } if *dir == f.state),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("not a swtpm TPM 2.0 state directory"), "{msg}");
+    assert!(msg.contains(&f.state.display().to_string()), "{msg}");
+
+    // libvirt keeps swtpm's directory in a tpm2/ subdirectory.
+    let tpm2 = f.state.join("tpm2");
+    fs::create_dir(&tpm2).unwrap();
+    fs::write(tpm2.join(PERMANENT_FILE), b"x").unwrap();
+    let err = read_swtpm_state(&f.state, None).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::StateInSubdir { subdir, .. } if *subdir == tpm2),
+        "{err:?}"
+    );
+    fs::remove_dir_all(&tpm2).unwrap();
+
+    fs::write(f.state.join("tpm-00.permall"), b"x").unwrap();
+    let err = read_swtpm_state(&f.state, None).unwrap_err();
+    assert!(matches!(err, ImportError::Tpm12State { .. }), "{err:?}");
+}
+
+#[test]
+fn a_directory_that_swtpm_still_serves_is_refused() {
+    let f = plain_state();
+    let tpm = run(&f.state, None);
+    let pid = tpm.swtpm.process.0.id() as i32;
+    let err = read_swtpm_state(&f.state, None).unwrap_err();
+    assert!(
+        matches!(err, ImportError::InUse { pid: p, .. } if p == pid),
+        "{err:?}"
+    );
+    tpm.stop();
+    read_swtpm_state(&f.state, None).unwrap();
+}
+
+/// Imports a directory whose permall is `bytes`; returns the format error it is refused with.
+fn format_error(bytes: &[u8]) -> FormatError {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(PERMANENT_FILE);
+    fs::write(&file, bytes).unwrap();
+    match read_swtpm_state(dir.path(), None) {
+        Err(ImportError::Format { file: f, source }) => {
+            assert_eq!(f, file.canonicalize().unwrap());
+            source
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn with_totlen(mut file: Vec<u8>) -> Vec<u8> {
+    let len = file.len() as u32;
+    file[6..10].copy_from_slice(&len.to_be_bytes());
+    file
+}
+
+#[test]
+fn damaged_files_are_refused_with_the_specific_error() {
+    let good = plain_state().permall();
+    let len = good.len();
+    let item = len - 16;
+
+    let err = format_error(&good[..len - 100]);
+    assert_eq!(
+        err,
+        FormatError::Truncated {
+            expected: len,
+            actual: len - 100
+        }
+    );
+    let err = format_error(&good[..5]);
+    assert_eq!(
+        err,
+        FormatError::Truncated {
+            expected: 10,
+            actual: 5
+        }
+    );
+    assert_eq!(
+        format_error(&[]),
+        FormatError::Truncated {
+            expected: 10,
+            actual: 0
+        }
+    );
+
+    let mut bad = good.clone();
+    bad[6..10].copy_from_slice(&(len as u32 - 1).to_be_bytes());
+    assert_eq!(
+        format_error(&bad),
+        FormatError::LengthMismatch {
+            header: len - 1,
+            actual: len
+        }
+    );
+
+    let mut bad = good.clone();
+    bad[12..16].copy_from_slice(&(item as u32 + 1).to_be_bytes());
+    assert_eq!(
+        format_error(&bad),
+        FormatError::TlvOverrun {
+            offset: 10,
+            tag: 1,
+            len: item as u32 + 1,
+            available: item
+        }
+    );
+
+    let mut bad = good.clone();
+    bad.extend_from_slice(&[0, 1, 0]);
+    assert_eq!(
+        format_error(&with_totlen(bad)),
+        FormatError::TlvTruncated { offset: len }
+    );
+
+    let mut bad = good.clone();
+    bad.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        format_error(&with_totlen(bad)),
+        FormatError::DuplicateTag(1)
+    );
+
+    let mut bad = good.clone();
+    bad[10..12].copy_from_slice(&[0, 9]);
+    assert_eq!(format_error(&bad), FormatError::MissingTag(1));
+
+    let mut bad = good.clone();
+    bad[2..4].copy_from_slice(&[0, 12]);
+    assert_eq!(format_error(&bad), FormatError::BadHeaderSize(12));
+
+    let mut bad = good.clone();
+    bad[..2].copy_from_slice(&[3, 3]);
+    assert_eq!(
+        format_error(&bad),
+        FormatError::UnsupportedVersion {
+            version: 3,
+            min_version: 3
+        }
+    );
+
+    let mut bad = good.clone();
+    bad[16 + 3] ^= 0xff;
+    assert_eq!(
+        format_error(&bad),
+        FormatError::NotLibtpms {
+            kind: BlobKind::Permanent,
+            magic: 0xab36_4723
+        }
+    );
+
+    // Every cut of a good file is refused, none panics.
+    for cut in 0..len {
+        assert!(
+            parse_state_file(&good[..cut], BlobKind::Permanent).is_err(),
+            "cut at {cut}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(PERMANENT_FILE), vec![0u8; MAX_FILE + 1]).unwrap();
+    let err = read_swtpm_state(dir.path(), None).unwrap_err();
+    assert!(matches!(err, ImportError::TooLarge { .. }), "{err:?}");
+
+    // The header's encrypted flag alone marks a file as encrypted.
+    let mut flagged = good.clone();
+    flagged[5] |= 1;
+    fs::write(dir.path().join(PERMANENT_FILE), flagged).unwrap();
+    let err = read_swtpm_state(dir.path(), None).unwrap_err();
+    assert!(matches!(err, ImportError::Encrypted { .. }), "{err:?}");
+
+    // A damaged volatile state is refused too, naming that file.
+    fs::write(dir.path().join(PERMANENT_FILE), &good).unwrap();
+    fs::write(dir.path().join(VOLATILE_FILE), &good[..20]).unwrap();
+    let err = read_swtpm_state(dir.path(), None).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::Format { file, .. } if file.ends_with(VOLATILE_FILE)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn legacy_layouts_that_swtpm_reads_are_imported() {
+    let good = plain_state().permall();
+    let blob = data_item(&good).to_vec();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The bare blob (swtpm before headers).
+    fs::write(dir.path().join(PERMANENT_FILE), &blob).unwrap();
+    assert_eq!(read_swtpm_state(dir.path(), None).unwrap().permanent, blob);
+
+    // A version-1 header and the bare blob.
+    let mut v1 = vec![1, 1, 0, 10, 0, 0];
+    v1.extend_from_slice(&(10 + blob.len() as u32).to_be_bytes());
+    v1.extend_from_slice(&blob);
+    fs::write(dir.path().join(PERMANENT_FILE), &v1).unwrap();
+    assert_eq!(read_swtpm_state(dir.path(), None).unwrap().permanent, blob);
+
+    // Anything else after a version-1 header is encrypted state.
+    v1[10 + 3] ^= 0xff;
+    fs::write(dir.path().join(PERMANENT_FILE), &v1).unwrap();
+    let err = read_swtpm_state(dir.path(), None).unwrap_err();
+    assert!(matches!(err, ImportError::Encrypted { .. }), "{err:?}");
+}
+
+#[test]
+fn stateblob_answers_are_unwrapped_and_checked() {
+    let blob = {
+        let mut b = vec![0, 3];
+        b.extend_from_slice(&0xab36_4723u32.to_be_bytes());
+        b.extend_from_slice(&[7; 100]);
+        b
+    };
+    let answer = |flags: u16, inner_tag: u16| {
+        let mut inner = inner_tag.to_be_bytes().to_vec();
+        inner.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+        inner.extend_from_slice(&blob);
+        let mut a = vec![2, 1, 0, 10];
+        a.extend_from_slice(&flags.to_be_bytes());
+        a.extend_from_slice(&(16 + inner.len() as u32).to_be_bytes());
+        a.extend_from_slice(&4u16.to_be_bytes());
+        a.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        a.extend_from_slice(&inner);
+        a
+    };
+    assert_eq!(
+        parse_stateblob_answer(&answer(4, TAG_DATA), BlobKind::Permanent).unwrap(),
+        blob
+    );
+    assert_eq!(
+        parse_stateblob_answer(&answer(4 | 1, TAG_DATA), BlobKind::Permanent),
+        Err(FormatError::StillEncrypted)
+    );
+    assert_eq!(
+        parse_stateblob_answer(&answer(4, TAG_ENCRYPTED_DATA), BlobKind::Permanent),
+        Err(FormatError::StillEncrypted)
+    );
+    assert_eq!(
+        parse_stateblob_answer(&answer(4, TAG_DATA), BlobKind::Volatile),
+        Err(FormatError::NotLibtpms {
+            kind: BlobKind::Volatile,
+            magic: 0x4563_7889
+        })
+    );
+    // The inner item overruns its container: reported at its offset in the answer.
+    let mut a = answer(4, TAG_DATA);
+    a[18..22].copy_from_slice(&(blob.len() as u32 + 1).to_be_bytes());
+    assert_eq!(
+        parse_stateblob_answer(&a, BlobKind::Permanent),
+        Err(FormatError::TlvOverrun {
+            offset: 16,
+            tag: 1,
+            len: blob.len() as u32 + 1,
+            available: blob.len()
+        })
+    );
+}
+
+#[test]
+fn key_files_are_checked() {
+    let f = Fixture::new();
+    let write = |name: &str, bytes: &[u8], mode, format| {
+        let file = f.root.join(name);
+        fs::write(&file, bytes).unwrap();
+        load_key(&SwtpmKey { file, mode, format })
+    };
+    use SwtpmCipher::*;
+    use SwtpmKeyFormat::*;
+
+    let key = unhex(KEY_256);
+    assert_eq!(write("a", KEY_256.as_bytes(), Aes256Cbc, Hex).unwrap(), key);
+    let prefixed = format!("0x{}\r\n", KEY_256.to_uppercase());
+    assert_eq!(
+        write("b", prefixed.as_bytes(), Aes256Cbc, Hex).unwrap(),
+        key
+    );
+    assert_eq!(write("c", &key, Aes256Cbc, Binary).unwrap(), key);
+    assert_eq!(
+        write("d", &key[..16], Aes128Cbc, Binary).unwrap(),
+        key[..16]
+    );
+
+    let refused = |name: &str, bytes: &[u8], mode, format| {
+        let err = write(name, bytes, mode, format).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(name), "{msg}");
+        assert!(!msg.contains(&KEY_256[8..24]), "the key leaks: {msg}");
+        err
+    };
+    for bad in [
+        format!("{}zz\n", &KEY_256[..62]),
+        format!("{}\n", &KEY_256[..63]),
+        format!("{KEY_256} {KEY_256}\n"),
+        "\n".to_owned(),
+    ] {
+        let err = refused("bad.hex", bad.as_bytes(), Aes256Cbc, Hex);
+        assert!(matches!(err, ImportError::KeyFormat { .. }), "{err:?}");
+    }
+    let err = refused("half.hex", KEY_128.as_bytes(), Aes256Cbc, Hex);
+    assert!(
+        matches!(
+            err,
+            ImportError::KeyLength {
+                expected: 32,
+                actual: 16,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut long = key.clone();
+    long.push(b'\n');
+    let err = refused("long.bin", &long, Aes256Cbc, Binary);
+    assert!(
+        matches!(
+            err,
+            ImportError::KeyLength {
+                expected: 32,
+                actual: 33,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn key_option_reads_swtpm_syntax() {
+    assert_eq!(
+        "file=/k,mode=aes-256-cbc,format=binary,remove=true"
+            .parse::<SwtpmKey>()
+            .unwrap(),
+        SwtpmKey {
+            file: "/k".into(),
+            mode: SwtpmCipher::Aes256Cbc,
+            format: SwtpmKeyFormat::Binary
+        }
+    );
+    assert_eq!(
+        "file=/k".parse::<SwtpmKey>().unwrap(),
+        SwtpmKey {
+            file: "/k".into(),
+            mode: SwtpmCipher::Aes128Cbc,
+            format: SwtpmKeyFormat::Hex
+        }
+    );
+    assert_eq!(
+        "mode=aes-128-cbc,file=k".parse::<SwtpmKey>().unwrap().mode,
+        SwtpmCipher::Aes128Cbc
+    );
+    for bad in [
+        "pwdfile=/p",
+        "fd=3",
+        "file=/k,mode=aes-512-cbc",
+        "file=/k,format=base64",
+        "mode=aes-cbc",
+        "file=",
+        "file=/k,bogus",
+    ] {
+        let err = bad.parse::<SwtpmKey>().unwrap_err();
+        assert!(matches!(err, ImportError::KeySpec { .. }), "{bad}: {err:?}");
+    }
+}
