@@ -27,26 +27,57 @@ pub fn wait_for_path(path: &Path, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// A `vhost-vtpm` daemon: socket `vtpm.sock`, state directory `state/` and log
-/// `daemon.log` under one directory.
+/// A `vhost-vtpm` daemon: socket `vtpm.sock`, state directory `state/`, host key file
+/// `host.key` and log `daemon.log` under one directory.
 pub struct DaemonProcess {
     child: Option<Child>,
     bin: PathBuf,
     args: Vec<OsString>,
     pub socket: PathBuf,
     pub state: PathBuf,
+    /// The host key file passed with `--host-key-file`, when the testbed chose the key.
+    pub host_key: Option<PathBuf>,
     pub log: PathBuf,
 }
 
+/// Creates a host key file with the project's own `vtpm-state gen-host-key` (installed next
+/// to the daemon binary `bin`) unless it exists.
+pub fn ensure_host_key(bin: &Path, path: &Path) -> io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let tool = bin.with_file_name("vtpm-state");
+    let out = Command::new(&tool)
+        .arg("gen-host-key")
+        .arg(path)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tool.display())))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "vtpm-state gen-host-key failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
 impl DaemonProcess {
-    /// Starts `bin` with `extra` arguments after `--socket-path` and (unless `extra` selects
-    /// the swtpm engine, which keeps its own state) `--state-dir`.
+    /// Starts `bin` with `extra` arguments after `--socket-path` and, unless `extra` selects
+    /// the swtpm engine (which keeps its own state), `--state-dir` and (unless `extra` names
+    /// a host key itself) `--host-key-file` with a key made for this directory.
     pub fn start(bin: &Path, dir: &Path, extra: &[&str]) -> io::Result<Self> {
         let socket = dir.join("vtpm.sock");
         let state = dir.join("state");
         let mut args: Vec<OsString> = vec!["--socket-path".into(), socket.clone().into()];
+        let mut host_key = None;
         if !extra.contains(&"swtpm") {
             args.extend(["--state-dir".into(), state.clone().into()]);
+            if !extra.contains(&"--host-tpm") && !extra.contains(&"--host-key-file") {
+                let key = dir.join("host.key");
+                ensure_host_key(bin, &key)?;
+                args.extend(["--host-key-file".into(), key.clone().into()]);
+                host_key = Some(key);
+            }
         }
         args.extend(extra.iter().map(OsString::from));
         let mut d = DaemonProcess {
@@ -55,6 +86,7 @@ impl DaemonProcess {
             args,
             socket,
             state,
+            host_key,
             log: dir.join("daemon.log"),
         };
         d.restart()?;
@@ -63,15 +95,37 @@ impl DaemonProcess {
 
     /// Starts the daemon again with the same arguments (after it stopped or was killed) and
     /// waits for its socket.
+    /// An error if the daemon exits instead (it refused its configuration or state), with
+    /// what it logged.
     pub fn restart(&mut self) -> io::Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
+        // A socket file left by a killed daemon would look like a listening one.
+        let _ = std::fs::remove_file(&self.socket);
+        let logged_before = self.log_text().len();
         let child = Command::new(&self.bin)
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
         self.child = Some(child);
-        wait_for_path(&self.socket, Duration::from_secs(20))
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if let Some(status) = self.wait_exit_timeout()? {
+                let log = self.log_text();
+                return Err(io::Error::other(format!(
+                    "vhost-vtpm exited ({status}) instead of listening:\n{}",
+                    log.get(logged_before..).unwrap_or(&log)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} did not appear within 20 s", self.socket.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// The running process' id.
@@ -184,6 +238,77 @@ impl SwtpmProcess {
 }
 
 impl Drop for SwtpmProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An swtpm standing in for the host's hardware TPM: a TPM 2.0 served on two loopback TCP
+/// ports (data, data + 1 = control), reached through tpm2-tss' swtpm TCTI
+/// ([`HostTpmSimulator::tcti`]) exactly as `device:/dev/tpmrm0` would be in production.
+pub struct HostTpmSimulator {
+    child: Child,
+    port: u16,
+    /// swtpm's state directory: a restart on it is the host rebooting with the same TPM.
+    pub state: PathBuf,
+}
+
+impl HostTpmSimulator {
+    /// Starts (manufacturing on first use) a host TPM whose state lives in `state`.
+    pub fn start(state: &Path) -> io::Result<Self> {
+        let port = loop {
+            let a = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            if a < 65000 && std::net::TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+                break a;
+            }
+        };
+        std::fs::create_dir_all(state)?;
+        let mut child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("swtpm (scripts/setup.sh installs it): {e}"),
+                )
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "host TPM simulator (swtpm) did not listen",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(HostTpmSimulator {
+            child,
+            port,
+            state: state.to_owned(),
+        })
+    }
+
+    /// The TCTI string for tpm2-tss (`swtpm:host=127.0.0.1,port=N`).
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for HostTpmSimulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,61 +1,21 @@
 //! Sealing against a real TPM: swtpm stands in for the host's hardware TPM and is reached
 //! through tpm2-tss' swtpm TCTI, exactly as `device:/dev/tpmrm0` would be in production.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use guest_driver::testbed::HostTpmSimulator;
 use host_tpm::{HostTpm, HostTpmError, SealedBlob};
 
-/// An swtpm process listening on two loopback ports (data, data + 1 = control).
-struct Swtpm {
-    child: Child,
-    port: u16,
-}
+/// The host TPM of these tests: swtpm over TCP (see `guest_driver::testbed`).
+struct Swtpm(HostTpmSimulator);
 
 impl Swtpm {
     fn start(state: &Path) -> Swtpm {
-        let port = loop {
-            let a = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            if a < 65000 && TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
-                break a;
-            }
-        };
-        std::fs::create_dir_all(state).unwrap();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Swtpm { child, port }
+        Swtpm(HostTpmSimulator::start(state).expect("start the host TPM simulator"))
     }
 
     fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.tcti()
     }
 }
 

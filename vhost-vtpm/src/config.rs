@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use coprocessor::keys::HostKey;
 
 /// vhost-user backend for a virtio TPM 2.0 device.
 #[derive(Parser, Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct Args {
     /// Directory holding this vTPM instance's state (created if missing).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub host_key: HostKeyArgs,
 
     /// Coprocessor engine that executes the TPM commands.
     #[arg(long, value_enum, default_value_t = Engine::Libtpms)]
@@ -49,6 +53,53 @@ pub struct Args {
     pub print_capabilities: bool,
 }
 
+/// What protects the instance's state key (shared by the daemon and `vtpm-state`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HostKeyArgs {
+    /// Seal the instance's state key with the host TPM reached through this TCTI
+    /// (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, ...).
+    #[arg(long, value_name = "TCTI", conflicts_with = "host_key_file")]
+    pub host_tpm: Option<String>,
+
+    /// With --host-tpm: bind a new instance's key to these SHA-256 PCRs of the host TPM
+    /// (comma-separated, e.g. `0,7`). The key then unseals only while they hold.
+    #[arg(long, value_name = "PCRS", value_delimiter = ',')]
+    pub host_tpm_pcrs: Vec<u8>,
+
+    /// Without a host TPM: wrap the instance's state key with this key file (32 bytes or 64
+    /// hex digits, readable only by the daemon's user; `vtpm-state gen-host-key` makes one).
+    #[arg(long, value_name = "PATH")]
+    pub host_key_file: Option<PathBuf>,
+}
+
+impl HostKeyArgs {
+    fn is_set(&self) -> bool {
+        self.host_tpm.is_some() || self.host_key_file.is_some()
+    }
+
+    /// The validated host key, `None` if neither option was given.
+    pub fn host_key(&self) -> Result<Option<HostKey>, ConfigError> {
+        if !self.host_tpm_pcrs.is_empty() && self.host_tpm.is_none() {
+            return Err(ConfigError::PcrsWithoutHostTpm);
+        }
+        if let Some(&pcr) = self.host_tpm_pcrs.iter().find(|&&p| p > 23) {
+            return Err(ConfigError::BadPcr(pcr));
+        }
+        let mut pcrs = self.host_tpm_pcrs.clone();
+        pcrs.sort_unstable();
+        pcrs.dedup();
+        Ok(match (&self.host_tpm, &self.host_key_file) {
+            (Some(tcti), None) => Some(HostKey::Tpm {
+                tcti: tcti.clone(),
+                pcrs,
+            }),
+            (None, Some(path)) => Some(HostKey::File(path.clone())),
+            // clap rejects both at once.
+            _ => None,
+        })
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     /// libtpms linked into the daemon (one engine per daemon process).
@@ -67,8 +118,14 @@ pub enum Listen {
 /// Which engine serves the device, with what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineConfig {
-    Libtpms { state_dir: PathBuf },
-    Swtpm { ctrl: PathBuf, data: PathBuf },
+    Libtpms {
+        state_dir: PathBuf,
+        host_key: HostKey,
+    },
+    Swtpm {
+        ctrl: PathBuf,
+        data: PathBuf,
+    },
 }
 
 /// Validated daemon configuration.
@@ -95,6 +152,17 @@ pub enum ConfigError {
     SwtpmOptionWithoutSwtpm(&'static str),
     #[error("--busy-poll-us {0} is above the 10000 µs limit")]
     BusyPollTooLong(u64),
+    #[error(
+        "--host-tpm or --host-key-file is required with --engine libtpms: vTPM state is always \
+         stored encrypted under a key that one of them protects"
+    )]
+    NoHostKey,
+    #[error("--host-tpm and --host-key-file are not used with --engine swtpm: swtpm encrypts its own state (its --key option)")]
+    HostKeyWithSwtpm,
+    #[error("--host-tpm-pcrs: PCR {0} is out of range 0..=23")]
+    BadPcr(u8),
+    #[error("--host-tpm-pcrs needs --host-tpm: PCRs bind the key to the host TPM")]
+    PcrsWithoutHostTpm,
 }
 
 /// Longest busy-poll window accepted; beyond this it is a spinning thread, not a window.
@@ -119,13 +187,17 @@ impl TryFrom<Args> for Config {
                 if args.swtpm_data.is_some() {
                     return Err(ConfigError::SwtpmOptionWithoutSwtpm("swtpm-data"));
                 }
+                let state_dir = args.state_dir.ok_or(ConfigError::NoStateDir)?;
+                let host_key = args.host_key.host_key()?.ok_or(ConfigError::NoHostKey)?;
                 EngineConfig::Libtpms {
-                    state_dir: args.state_dir.ok_or(ConfigError::NoStateDir)?,
+                    state_dir,
+                    host_key,
                 }
             }
             Engine::Swtpm if args.state_dir.is_some() => {
                 return Err(ConfigError::StateDirWithSwtpm)
             }
+            Engine::Swtpm if args.host_key.is_set() => return Err(ConfigError::HostKeyWithSwtpm),
             Engine::Swtpm => match (args.swtpm_ctrl, args.swtpm_data) {
                 (Some(ctrl), Some(data)) => EngineConfig::Swtpm { ctrl, data },
                 _ => return Err(ConfigError::NoSwtpmSockets),
@@ -146,7 +218,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use coprocessor::keys::HostKey;
 use coprocessor::libtpms::LibtpmsEngine;
-use coprocessor::state::DirStore;
+use coprocessor::state::{EncryptedStore, Opened, StateError};
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
 use log::{info, warn};
@@ -34,6 +35,8 @@ pub enum DaemonError {
         #[source]
         source: coprocessor::Error,
     },
+    #[error("vTPM state: {0}")]
+    State(#[from] StateError),
     #[error("cannot listen on {what}: {reason}")]
     Listen { what: String, reason: String },
     #[error("cannot write {path} in the state directory: {source}")]
@@ -94,11 +97,32 @@ impl Stop {
 
 fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonError> {
     match config {
-        EngineConfig::Libtpms { state_dir } => {
-            let store = DirStore::open(state_dir).map_err(|e| DaemonError::Engine {
-                engine: "libtpms",
-                source: e.into(),
-            })?;
+        EngineConfig::Libtpms {
+            state_dir,
+            host_key,
+        } => {
+            if let HostKey::File(path) = host_key {
+                warn!(
+                    "WARNING: no host TPM: the vTPM state key is protected only by the host key \
+                     file {}; whoever can read that file can decrypt this VM's TPM state. Use \
+                     --host-tpm on hosts with a TPM.",
+                    path.display()
+                );
+            }
+            let (store, opened) = EncryptedStore::open(state_dir, host_key, "libtpms")?;
+            match opened {
+                Opened::Created => info!(
+                    "new vTPM instance {} in {} (state key {})",
+                    store.instance(),
+                    state_dir.display(),
+                    host_key.describe()
+                ),
+                Opened::Existing { generation } => info!(
+                    "vTPM instance {} state authenticated (generation {generation}, key {})",
+                    store.instance(),
+                    host_key.describe()
+                ),
+            }
             let engine =
                 LibtpmsEngine::start(Box::new(store)).map_err(|source| DaemonError::Engine {
                     engine: "libtpms",
@@ -232,7 +256,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     let signals = block_signals()?;
     let mut engine = open_engine(&config.engine)?;
     let marker = match &config.engine {
-        EngineConfig::Libtpms { state_dir } => {
+        EngineConfig::Libtpms { state_dir, .. } => {
             let (marker, unclean) = RunMarker::create(state_dir)?;
             if unclean {
                 recover_after_unclean_stop(engine.as_mut());

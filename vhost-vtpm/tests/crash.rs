@@ -106,8 +106,21 @@ fn acknowledged_writes_survive_200_sigkills() {
     let mut client = d.connect();
     let (value, count) = observe(&mut client);
     assert!(value >= acked_value && count >= acked_count);
+    // Every restart opened the encrypted state: it authenticated and was not older than the
+    // generation record, after every one of the kills.
+    let authenticated = d
+        .log_text()
+        .matches("state authenticated (generation")
+        .count();
+    assert_eq!(
+        authenticated,
+        KILLS,
+        "restarts whose state authenticated\n{}",
+        d.log_text()
+    );
     eprintln!(
-        "crash test: {KILLS} SIGKILLs, {writes_acked} acknowledged durable writes, none lost (seed {seed})"
+        "crash test: {KILLS} SIGKILLs, {writes_acked} acknowledged durable writes, none lost, \
+         state authenticated after all {authenticated} restarts (seed {seed})"
     );
     assert!(
         writes_acked >= KILLS as u64 / 2,

@@ -426,12 +426,16 @@ fn listener_inherited_with_fd() {
     let sock = dir.path().join("inherited.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = listener.as_raw_fd();
+    let key = dir.path().join("host.key");
+    guest_driver::testbed::ensure_host_key(std::path::Path::new(DAEMON), &key).unwrap();
     let mut cmd = std::process::Command::new(DAEMON);
     cmd.arg("--fd")
         .stderr(std::process::Stdio::null())
         .arg(fd.to_string())
         .arg("--state-dir")
-        .arg(dir.path().join("state"));
+        .arg(dir.path().join("state"))
+        .arg("--host-key-file")
+        .arg(&key);
     // SAFETY: only async-signal-safe fcntl between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -473,10 +477,21 @@ fn bad_command_lines_fail_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir is required"));
 
+    let out = std::process::Command::new(DAEMON)
+        .args(["--socket-path", "/tmp/x.sock", "--state-dir", "/tmp/none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--host-key-file is required"));
+
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
+    let key = dir.path().join("host.key");
+    guest_driver::testbed::ensure_host_key(std::path::Path::new(DAEMON), &key).unwrap();
     let out = std::process::Command::new(DAEMON)
-        .args(["--fd", "0", "--state-dir"])
+        .args(["--fd", "0", "--host-key-file"])
+        .arg(&key)
+        .arg("--state-dir")
         .arg(dir.path().join("s"))
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
@@ -527,11 +542,28 @@ fn swtpm_engine_serves_the_device() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let help = std::process::Command::new(DAEMON)
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let help_of = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The daemon's options and those of every `vtpm-state` command.
+    let tool = env!("CARGO_BIN_EXE_vtpm-state");
+    let mut help = help_of(DAEMON, &[]);
+    for sub in [
+        "gen-host-key",
+        "inspect",
+        "reset",
+        "accept-current",
+        "import-swtpm",
+    ] {
+        let text = help_of(tool, &[sub]);
+        assert!(text.contains("Usage"), "vtpm-state {sub} --help");
+        help.push_str(&text);
+    }
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let options = |text: &str| -> std::collections::BTreeSet<String> {

@@ -1,16 +1,27 @@
 //! The main job: boot a Linux guest whose TPM is our virtio device served by vhost-vtpm
 //! (libtpms engine), run unmodified tpm2-tools in it, print what they returned, shut down.
+//! The vTPM's state key is sealed by a host TPM (an swtpm stands in for the host's hardware
+//! TPM, reached through tss-esapi exactly as /dev/tpmrm0 would be); at the end the demo shows
+//! the encrypted state with `vtpm-state inspect`.
 //!
 //! `cargo run --release -p vtpm-e2e --bin vtpm-demo` after `scripts/setup.sh`
 //! (`scripts/demo.sh` does both).
 
+use guest_driver::testbed::HostTpmSimulator;
+use nix::sys::signal::Signal;
 use vtpm_e2e::{accel, start_daemon, Env, TpmFrontend, Vm};
 
 fn main() {
     let env = Env::load();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let daemon = start_daemon(&env, dir.path(), &[]);
-    println!("vhost-vtpm daemon serving {}", daemon.socket.display());
+    let host_tpm =
+        HostTpmSimulator::start(&dir.path().join("host-tpm")).expect("start the host TPM (swtpm)");
+    let tcti = host_tpm.tcti();
+    let mut daemon = start_daemon(&env, dir.path(), &["--host-tpm", &tcti]);
+    println!(
+        "vhost-vtpm daemon serving {}, state key sealed by the host TPM at {tcti}",
+        daemon.socket.display()
+    );
     println!("booting the guest under {:?} ...", accel(&env));
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
     let steps = [
@@ -40,7 +51,26 @@ fn main() {
         }
     }
     vm.shutdown();
+    let stopped = daemon.signal(Signal::SIGTERM).expect("stop the daemon");
     println!("\n--- daemon log ---\n{}", daemon.log_text());
+    if !stopped.success() {
+        println!("(daemon exit status {stopped})");
+        failures += 1;
+    }
+    let inspect = std::process::Command::new(env.daemon.with_file_name("vtpm-state"))
+        .args(["inspect", "--host-tpm", &tcti, "--state-dir"])
+        .arg(&daemon.state)
+        .output()
+        .expect("run vtpm-state");
+    println!(
+        "\nhost# vtpm-state inspect --state-dir {} --host-tpm {tcti}\n{}{}",
+        daemon.state.display(),
+        String::from_utf8_lossy(&inspect.stdout),
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    if !inspect.status.success() {
+        failures += 1;
+    }
     if failures > 0 {
         eprintln!("{failures} step(s) failed");
         std::process::exit(1);

@@ -8,12 +8,21 @@ fn parse(args: &[&str]) -> Result<Config, ConfigError> {
 
 #[test]
 fn minimal_libtpms_config() {
-    let c = parse(&["--socket-path", "/tmp/s", "--state-dir", "/tmp/d"]).unwrap();
+    let c = parse(&[
+        "--socket-path",
+        "/tmp/s",
+        "--state-dir",
+        "/tmp/d",
+        "--host-key-file",
+        "/k",
+    ])
+    .unwrap();
     assert_eq!(c.listen, Listen::Path("/tmp/s".into()));
     assert_eq!(
         c.engine,
         EngineConfig::Libtpms {
-            state_dir: "/tmp/d".into()
+            state_dir: "/tmp/d".into(),
+            host_key: HostKey::File("/k".into()),
         }
     );
     assert!(c.busy_poll.is_zero());
@@ -58,10 +67,69 @@ fn missing_pieces_are_named() {
             "/s",
             "--state-dir",
             "/d",
+            "--host-key-file",
+            "/k",
             "--busy-poll-us",
             "20000"
         ]),
         Err(ConfigError::BusyPollTooLong(20000))
+    );
+}
+
+#[test]
+fn state_is_always_encrypted_under_one_host_key() {
+    let base = ["--socket-path", "/s", "--state-dir", "/d"];
+    assert_eq!(parse(&base), Err(ConfigError::NoHostKey));
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        parse(&v)
+    };
+    let c = with(&[
+        "--host-tpm",
+        "device:/dev/tpmrm0",
+        "--host-tpm-pcrs",
+        "7,0,7",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.engine,
+        EngineConfig::Libtpms {
+            state_dir: "/d".into(),
+            host_key: HostKey::Tpm {
+                tcti: "device:/dev/tpmrm0".into(),
+                pcrs: vec![0, 7],
+            },
+        }
+    );
+    assert_eq!(
+        with(&["--host-tpm", "device:/dev/tpmrm0", "--host-tpm-pcrs", "24"]),
+        Err(ConfigError::BadPcr(24))
+    );
+    // Both at once, or PCRs without a TPM, are usage errors.
+    let mut v = vec!["x"];
+    v.extend_from_slice(&base);
+    let mut both = v.clone();
+    both.extend(["--host-tpm", "device:/x", "--host-key-file", "/k"]);
+    assert!(Args::try_parse_from(both).is_err());
+    assert_eq!(
+        with(&["--host-key-file", "/k", "--host-tpm-pcrs", "7"]),
+        Err(ConfigError::PcrsWithoutHostTpm)
+    );
+    assert_eq!(
+        parse(&[
+            "--socket-path",
+            "/s",
+            "--engine",
+            "swtpm",
+            "--swtpm-ctrl",
+            "/c",
+            "--swtpm-data",
+            "/d",
+            "--host-key-file",
+            "/k"
+        ]),
+        Err(ConfigError::HostKeyWithSwtpm)
     );
 }
 

@@ -1,0 +1,458 @@
+//! Encrypted state through the real daemon binary: tampering, host keys (a real swtpm as the
+//! host TPM through tss-esapi), and import of an swtpm state directory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use coprocessor::swtpm::SwtpmEngine;
+use coprocessor::Coprocessor;
+use guest_driver::testbed::{wait_for_path, DaemonProcess, HostTpmSimulator};
+use tpm_proto::commands as c;
+use tpm_proto::rc;
+
+const STATE_TOOL: &str = env!("CARGO_BIN_EXE_vtpm-state");
+const NV_INDEX: u32 = 0x0150_0030;
+const PERSISTENT: u32 = 0x8100_0077;
+const STATE_FILES: [&str; 3] = ["instance.key", "state.vtpm", "state.gen"];
+
+fn files(state: &Path) -> BTreeMap<&'static str, Vec<u8>> {
+    STATE_FILES
+        .iter()
+        .filter_map(|f| fs::read(state.join(f)).ok().map(|d| (*f, d)))
+        .collect()
+}
+
+/// Starts the daemon, defines the test NV index if needed, writes `value` (8 bytes), stops.
+fn write_nv(dir: &Path, extra: &[&str], value: &[u8; 8]) {
+    let mut d = Daemon::start_in(dir, extra);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        let read = run(&mut client, &c::nv_read(NV_INDEX, 8, 0));
+        if rc_of(&read) != rc::SUCCESS {
+            define_nv(&mut client, NV_INDEX, 8, c::NV_ORDINARY_ATTRS);
+        }
+        assert_success(
+            &run(&mut client, &c::nv_write(NV_INDEX, 0, value)),
+            "NV_Write",
+        );
+    }
+    d.stop();
+}
+
+fn read_nv(dir: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut d = Daemon::start_in(dir, extra);
+    let value = {
+        let mut client = d.connect();
+        startup(&mut client);
+        c::parse_nv_read(&run(&mut client, &c::nv_read(NV_INDEX, 8, 0))).expect("NV_Read")
+    };
+    d.stop();
+    value
+}
+
+/// Starts the daemon expecting it to refuse: returns what it said; checks it left every
+/// state file byte-identical.
+fn refused(dir: &Path, extra: &[&str]) -> String {
+    let state = dir.join("state");
+    let before = files(&state);
+    let mut args = vec!["--log-level", "debug"];
+    args.extend_from_slice(extra);
+    let err = match DaemonProcess::start(Path::new(DAEMON), dir, &args) {
+        Ok(_) => panic!("the daemon accepted state it must refuse"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        files(&state),
+        before,
+        "a refused start changed state files: {err}"
+    );
+    err
+}
+
+#[test]
+fn tampered_state_is_refused_with_its_own_error_and_left_byte_identical() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write_nv(a, &[], b"value-01");
+    let older = fs::read(a.join("state/state.vtpm")).unwrap();
+    write_nv(a, &[], b"value-02");
+    write_nv(b, &[], b"other-vm");
+    let state = a.join("state/state.vtpm");
+    let good = fs::read(&state).unwrap();
+    let mut cases = 0;
+
+    // A flipped byte in the encrypted part.
+    let mut flipped = good.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x20;
+    fs::write(&state, &flipped).unwrap();
+    let err = refused(a, &[]);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(
+        err.contains(&state.display().to_string()),
+        "names the file: {err}"
+    );
+    cases += 1;
+
+    // Truncated.
+    fs::write(&state, &good[..good.len() - 7]).unwrap();
+    let err = refused(a, &[]);
+    assert!(err.contains("truncated"), "{err}");
+    cases += 1;
+
+    // Swapped with another instance's state file.
+    fs::write(&state, fs::read(b.join("state/state.vtpm")).unwrap()).unwrap();
+    let err = refused(a, &[]);
+    assert!(err.contains("belongs to instance"), "{err}");
+    cases += 1;
+
+    // An older state file of the same instance put back.
+    fs::write(&state, &older).unwrap();
+    let err = refused(a, &[]);
+    assert!(err.contains("older than generation"), "{err}");
+    cases += 1;
+
+    // The right file with the wrong host key (another host's key file).
+    fs::write(&state, &good).unwrap();
+    let other_key = b.join("host.key");
+    let err = refused(a, &["--host-key-file", other_key.to_str().unwrap()]);
+    assert!(err.contains("wrong host key"), "{err}");
+    cases += 1;
+
+    // Nothing was lost: the untouched file still opens with the right key.
+    assert_eq!(read_nv(a, &[]), b"value-02");
+    assert_eq!(read_nv(b, &[]), b"other-vm");
+    println!("tamper cases refused with distinct errors: {cases}");
+}
+
+#[test]
+fn one_instances_state_does_not_open_with_anothers_key() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    // Same host key file for both, as on one host: only the instance keys differ.
+    let host_key = a.join("host.key");
+    let key_arg = ["--host-key-file", host_key.to_str().unwrap()];
+    write_nv(a, &[], b"secret-a");
+    write_nv(b, &key_arg, b"secret-b");
+    let a_state = fs::read(a.join("state/state.vtpm")).unwrap();
+    let b_state = fs::read(b.join("state/state.vtpm")).unwrap();
+    // A's file relabelled with B's instance id fails authentication under B's key.
+    let mut forged = a_state.clone();
+    forged[12..28].copy_from_slice(&b_state[12..28]);
+    fs::write(b.join("state/state.vtpm"), &forged).unwrap();
+    let err = refused(b, &key_arg);
+    assert!(err.contains("authentication failed"), "{err}");
+    // B's key record cannot be used to open A's directory either.
+    fs::write(b.join("state/state.vtpm"), &b_state).unwrap();
+    let a_record = fs::read(a.join("state/instance.key")).unwrap();
+    fs::write(
+        a.join("state/instance.key"),
+        fs::read(b.join("state/instance.key")).unwrap(),
+    )
+    .unwrap();
+    let err = refused(a, &[]);
+    assert!(err.contains("belongs to instance"), "{err}");
+    fs::write(a.join("state/instance.key"), &a_record).unwrap();
+    assert_eq!(read_nv(a, &[]), b"secret-a");
+    assert_eq!(read_nv(b, &key_arg), b"secret-b");
+}
+
+#[test]
+fn state_key_sealed_by_the_host_tpm_survives_a_host_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let host_state = dir.join("host-tpm");
+    let tpm = HostTpmSimulator::start(&host_state).unwrap();
+    let tcti = tpm.tcti();
+    write_nv(dir, &["--host-tpm", &tcti], b"sealed!!");
+    assert!(
+        fs::read(dir.join("state/instance.key"))
+            .unwrap()
+            .windows(8)
+            .any(|w| w == b"VTPMSEAL"),
+        "the key record holds a host TPM sealed blob"
+    );
+    // The host reboots: a new TPM process on the same TPM state.
+    drop(tpm);
+    let tpm = HostTpmSimulator::start(&host_state).unwrap();
+    let tcti = tpm.tcti();
+    assert_eq!(read_nv(dir, &["--host-tpm", &tcti]), b"sealed!!");
+
+    // Another machine's TPM cannot unseal it.
+    let other = HostTpmSimulator::start(&dir.join("other-host-tpm")).unwrap();
+    let err = refused(dir, &["--host-tpm", &other.tcti()]);
+    assert!(err.contains("host TPM"), "{err}");
+    // Nor can a key file stand in for the TPM.
+    let key = dir.join("some.key");
+    guest_driver::testbed::ensure_host_key(Path::new(DAEMON), &key).unwrap();
+    let err = refused(dir, &["--host-key-file", key.to_str().unwrap()]);
+    assert!(err.contains("protected by the host TPM"), "{err}");
+    assert_eq!(read_nv(dir, &["--host-tpm", &tcti]), b"sealed!!");
+}
+
+#[test]
+fn pcr_bound_state_key_is_refused_after_the_host_pcr_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let tpm = HostTpmSimulator::start(&dir.join("host-tpm")).unwrap();
+    let tcti = tpm.tcti();
+    let args = ["--host-tpm", tcti.as_str(), "--host-tpm-pcrs", "16"];
+    write_nv(dir, &args, b"pcrbound");
+    assert_eq!(read_nv(dir, &args), b"pcrbound");
+    host_tpm::HostTpm::connect(&tcti)
+        .unwrap()
+        .pcr_extend_sha256(16, [0x5a; 32])
+        .unwrap();
+    let err = refused(dir, &args);
+    assert!(err.contains("PCRs [16] no longer match"), "{err}");
+}
+
+/// An swtpm on unix sockets over `state`, optionally with swtpm's own state key.
+struct Swtpm {
+    child: Child,
+    ctrl: PathBuf,
+    data: PathBuf,
+}
+
+impl Swtpm {
+    fn start(dir: &Path, state: &Path, key: Option<&str>) -> Swtpm {
+        let ctrl = dir.join("swtpm-ctrl.sock");
+        let data = dir.join("swtpm-data.sock");
+        let mut cmd = Command::new("swtpm");
+        cmd.args(["socket", "--tpm2", "--flags", "not-need-init"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", ctrl.display()))
+            .arg("--server")
+            .arg(format!("type=unixio,path={}", data.display()))
+            .stdout(Stdio::null());
+        if let Some(key) = key {
+            cmd.arg("--key").arg(key);
+        }
+        let child = cmd.spawn().expect("swtpm (scripts/setup.sh installs it)");
+        for p in [&ctrl, &data] {
+            wait_for_path(p, std::time::Duration::from_secs(10)).unwrap();
+        }
+        Swtpm { child, ctrl, data }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn exec(engine: &mut SwtpmEngine, cmd: &[u8]) -> Vec<u8> {
+    let mut cmd = cmd.to_vec();
+    engine.execute(&mut cmd).expect("swtpm").to_vec()
+}
+
+/// What the guest sees of the imported TPM: the persistent key's public area, a signature
+/// by it, and the NV index.
+fn import_case(swtpm_key: Option<(&str, &[&str])>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let swtpm_state = dir.join("swtpm-state");
+    fs::create_dir_all(&swtpm_state).unwrap();
+    let mut setup = Command::new("swtpm_setup");
+    setup
+        .args(["--tpm2", "--createek", "--overwrite", "--tpmstate"])
+        .arg(&swtpm_state);
+    let key_file = dir.join("swtpm.key");
+    if let Some((contents, _)) = swtpm_key {
+        fs::write(&key_file, contents).unwrap();
+        setup
+            .arg("--keyfile")
+            .arg(&key_file)
+            .args(["--cipher", "aes-256-cbc"]);
+    }
+    let out = setup
+        .output()
+        .expect("swtpm_setup (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "swtpm_setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Use it through swtpm as QEMU would: a persistent key and an NV index.
+    let swtpm_key_opt =
+        swtpm_key.map(|_| format!("file={},mode=aes-256-cbc,format=hex", key_file.display()));
+    let (public, nv, key) = {
+        let sw = Swtpm::start(dir, &swtpm_state, swtpm_key_opt.as_deref());
+        let mut e = SwtpmEngine::connect(&sw.ctrl, &sw.data).unwrap();
+        let code = rc_of(&exec(&mut e, &c::startup(c::TPM_SU_CLEAR)));
+        assert!(code == rc::SUCCESS || code == rc::INITIALIZE, "{code:#x}");
+        let key =
+            c::parse_create_primary_ecc(&exec(&mut e, &c::create_primary_ecc_signing())).unwrap();
+        assert_success(
+            &exec(&mut e, &c::evict_control(key.handle, PERSISTENT)),
+            "EvictControl",
+        );
+        assert_success(
+            &exec(
+                &mut e,
+                &c::nv_define_space(NV_INDEX, 16, c::NV_ORDINARY_ATTRS),
+            ),
+            "NV_DefineSpace",
+        );
+        assert_success(
+            &exec(&mut e, &c::nv_write(NV_INDEX, 0, b"from swtpm 0.7!!")),
+            "NV_Write",
+        );
+        let public = exec(&mut e, &c::read_public(PERSISTENT));
+        assert_success(&public, "ReadPublic");
+        let nv = c::parse_nv_read(&exec(&mut e, &c::nv_read(NV_INDEX, 16, 0))).unwrap();
+        (public, nv, key)
+    };
+    let before: Vec<_> = fs::read_dir(&swtpm_state)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.clone(), fs::read(&p).unwrap())
+        })
+        .collect();
+
+    // Import with the operator command, then serve it with our daemon.
+    let host_key = dir.join("host.key");
+    guest_driver::testbed::ensure_host_key(Path::new(DAEMON), &host_key).unwrap();
+    let mut import = Command::new(STATE_TOOL);
+    import
+        .args(["import-swtpm", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--from")
+        .arg(&swtpm_state)
+        .arg("--host-key-file")
+        .arg(&host_key);
+    if let Some((_, args)) = swtpm_key {
+        import.arg("--swtpm-key").arg(&key_file).args(args);
+    }
+    let out = import.output().unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (p, data) in &before {
+        assert_eq!(
+            &fs::read(p).unwrap(),
+            data,
+            "import changed {}",
+            p.display()
+        );
+    }
+
+    let mut d = Daemon::start_in(dir, &[]);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        assert_eq!(run(&mut client, &c::read_public(PERSISTENT)), public);
+        assert_eq!(
+            c::parse_nv_read(&run(&mut client, &c::nv_read(NV_INDEX, 16, 0))).unwrap(),
+            nv
+        );
+        // The private key came along: it signs, and swtpm's public key verifies it.
+        let digest: [u8; 32] = openssl::sha::sha256(b"imported key signs");
+        let (r, s) = c::parse_sign_ecdsa(&run(
+            &mut client,
+            &c::sign_ecdsa_sha256(PERSISTENT, &digest),
+        ))
+        .expect("Sign with the imported persistent key");
+        use openssl::{bn::BigNum, ec::*, ecdsa::EcdsaSig, nid::Nid};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let public = EcKey::from_public_key_affine_coordinates(
+            &group,
+            &BigNum::from_slice(&key.x).unwrap(),
+            &BigNum::from_slice(&key.y).unwrap(),
+        )
+        .unwrap();
+        let sig = EcdsaSig::from_private_components(
+            BigNum::from_slice(&r).unwrap(),
+            BigNum::from_slice(&s).unwrap(),
+        )
+        .unwrap();
+        assert!(sig.verify(&digest, &public).unwrap());
+    }
+    d.stop();
+
+    // Importing again over an existing instance is refused.
+    let out = import.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds an instance"));
+}
+
+#[test]
+fn swtpm_state_is_imported_with_its_keys_and_nv() {
+    import_case(None);
+}
+
+#[test]
+fn swtpm_state_encrypted_with_its_key_is_imported() {
+    import_case(Some((
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        &["--swtpm-cipher", "aes-256-cbc", "--swtpm-key-format", "hex"],
+    )));
+}
+
+#[test]
+fn reset_command_keeps_a_backup_and_the_daemon_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    write_nv(dir, &[], b"old-data");
+    let state = dir.join("state");
+    let before = files(&state);
+    // Corrupt it: the daemon refuses, the operator decides to reset.
+    let mut bytes = fs::read(state.join("state.vtpm")).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    fs::write(state.join("state.vtpm"), &bytes).unwrap();
+    refused(dir, &[]);
+    let out = Command::new(STATE_TOOL)
+        .args(["reset", "--yes", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("backup-")
+        })
+        .expect("backup directory");
+    let kept = files(&backup);
+    assert_eq!(kept["instance.key"], before["instance.key"]);
+    assert_eq!(
+        kept["state.vtpm"], bytes,
+        "the refused file is kept as it was"
+    );
+    let mut d = Daemon::start_in(dir, &[]);
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        let code = rc_of(&run(&mut client, &c::nv_read(NV_INDEX, 8, 0)));
+        assert_eq!(
+            code & 0xBF,
+            rc::HANDLE,
+            "a fresh TPM has no NV index ({code:#x})"
+        );
+    }
+    d.stop();
+}
