@@ -7,15 +7,23 @@
 //! machine's CPUs). Prints Markdown tables with n, p50, p99, ops/s, the ratio of p50 to the
 //! floor, and the server's CPU time per command.
 //!
-//! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` binary
-//! next to it: `cargo build --release -p vhost-vtpm` first) and swtpm installed.
+//! A second section ([`state`], `--only state` alone) measures what the always-encrypted,
+//! durable state costs: persisting vs non-persisting commands, cold start, memory per
+//! instance, and one instance's latency while another is flooded.
+//!
+//! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
+//! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
+//! installed.
+
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use coprocessor::keys::{generate_host_key_file, HostKey};
 use coprocessor::libtpms::LibtpmsEngine;
-use coprocessor::state::DirStore;
+use coprocessor::state::EncryptedStore;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
 use guest_driver::testbed::{DaemonProcess, SwtpmProcess};
@@ -39,6 +47,24 @@ struct Args {
     /// Directory holding the vhost-vtpm binary (default: next to this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Run only this section (default: all of them).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// State section: cold starts per variant.
+    #[arg(long, default_value_t = 20)]
+    cold_runs: usize,
+    /// State section: mixed commands (incl. ECDSA signs and NV writes) run before the
+    /// "under load" memory sample.
+    #[arg(long, default_value_t = 2000)]
+    load_ops: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Per-command latency of every path and placement.
+    Latency,
+    /// State: durability, cold start, memory, isolation.
+    State,
 }
 
 const NV_INDEX: u32 = 0x0150_0042;
@@ -176,8 +202,13 @@ fn prepare(path: &mut dyn Path_) -> Vec<Op> {
 
 fn measure(label: &str, path: &mut dyn Path_, args: &Args) -> Vec<Row> {
     let ops = prepare(path);
+    measure_ops(label, path, &ops, args)
+}
+
+/// Latency of each of `ops` through `path` (after a warm-up of up to 50 of each).
+fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Vec<Row> {
     let mut rows = Vec::new();
-    for op in &ops {
+    for op in ops {
         let n = if op.slow { args.slow } else { args.fast };
         for i in 0..n.min(50) {
             path.transact(&(op.cmd)(usize::MAX - i));
@@ -289,7 +320,7 @@ fn main() {
     let daemon_bin = bin_dir.join("vhost-vtpm");
     assert!(
         daemon_bin.exists(),
-        "{} not found: cargo build --release -p vhost-vtpm",
+        "{} not found: cargo build --release --workspace",
         daemon_bin.display()
     );
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
@@ -301,20 +332,36 @@ fn main() {
         "Iterations: {} (fast commands), {} (sign, NV write); busy-poll window {} µs.",
         args.fast, args.slow, args.busy_poll_us
     );
+    if args.only != Some(Section::State) {
+        latency_section(&args, &daemon_bin, &all_cpus);
+    }
+    if args.only != Some(Section::Latency) {
+        state::run(&args, &daemon_bin, &all_cpus);
+    }
+}
 
+/// Every path in every placement, one table per placement.
+fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let mut floor_engine = LibtpmsEngine::start(Box::new(
-        DirStore::open(scratch.path().join("floor")).expect("store"),
-    ))
-    .expect("libtpms");
+    // The floor keeps its state exactly as the daemon does (encrypted, durable), so the NV
+    // write rows compare like with like.
+    let floor_key = scratch.path().join("floor.key");
+    generate_host_key_file(&floor_key).expect("host key");
+    let (floor_store, _) = EncryptedStore::open(
+        &scratch.path().join("floor"),
+        &HostKey::File(floor_key),
+        "libtpms",
+    )
+    .expect("state store");
+    let mut floor_engine = LibtpmsEngine::start(Box::new(floor_store)).expect("libtpms");
 
     let last = all_cpus.len() - 1;
     let placements = [
         ("All on CPU 0 (pinned)", vec![0usize], vec![0usize]),
         (
             "Unpinned (scheduler's choice)",
-            all_cpus.clone(),
-            all_cpus.clone(),
+            all_cpus.to_vec(),
+            all_cpus.to_vec(),
         ),
         (
             "Split: client on CPU 0, server on the last CPU",
@@ -331,7 +378,7 @@ fn main() {
                 engine: &mut floor_engine,
                 server: None,
             },
-            &args,
+            args,
         ));
         {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -347,7 +394,7 @@ fn main() {
                     engine: &mut engine,
                     server: Some(pid),
                 },
-                &args,
+                args,
             ));
         }
         for (label, busy) in [
@@ -356,9 +403,9 @@ fn main() {
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
             pin(&server_cpus);
-            let mut path = start_daemon(&daemon_bin, dir.path(), busy);
+            let mut path = start_daemon(daemon_bin, dir.path(), busy);
             pin(&client_cpus);
-            rows.extend(measure(label, &mut path, &args));
+            rows.extend(measure(label, &mut path, args));
         }
         print_table(title, &rows);
     }
