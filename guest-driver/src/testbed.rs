@@ -308,9 +308,309 @@ impl HostTpmSimulator {
     }
 }
 
+/// The files of a local CA that swtpm_localca keeps for [`HostTpmSimulator::manufacture`].
+#[derive(Debug, Clone)]
+pub struct ManufacturerCa {
+    /// swtpm_localca's root certificate (self-signed).
+    pub root: PathBuf,
+    /// Its intermediate that signs the EK certificates.
+    pub issuer: PathBuf,
+}
+
+fn which(program: &str) -> io::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{program} is not installed (scripts/setup.sh installs swtpm-tools)"),
+            )
+        })
+}
+
+impl HostTpmSimulator {
+    /// A host TPM as a manufacturer ships it: `swtpm_setup --createek --create-ek-cert` makes
+    /// the RSA EK and its certificate at NV 0x01c00002, issued by swtpm_localca keeping its
+    /// CA in `dir/manufacturer-ca` (not the system-wide /var/lib/swtpm-localca); then the
+    /// simulator runs on that state (`dir/state`).
+    pub fn manufacture(dir: &Path) -> io::Result<(HostTpmSimulator, ManufacturerCa)> {
+        let state = dir.join("state");
+        let ca = dir.join("manufacturer-ca");
+        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(&ca)?;
+        let localca_conf = dir.join("swtpm-localca.conf");
+        std::fs::write(
+            &localca_conf,
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
+                 certserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        )?;
+        let localca_options = dir.join("swtpm-localca.options");
+        std::fs::write(
+            &localca_options,
+            "--platform-manufacturer vhost-vtpm-tests\n--platform-version 2.1\n\
+             --platform-model swtpm\n",
+        )?;
+        let setup_conf = dir.join("swtpm_setup.conf");
+        std::fs::write(
+            &setup_conf,
+            format!(
+                "create_certs_tool = {}\ncreate_certs_tool_config = {}\n\
+                 create_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                which("swtpm_localca")?.display(),
+                localca_conf.display(),
+                localca_options.display()
+            ),
+        )?;
+        let out = Command::new(which("swtpm_setup")?)
+            .args([
+                "--tpm2",
+                "--createek",
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--overwrite",
+            ])
+            .arg("--tpmstate")
+            .arg(&state)
+            .arg("--config")
+            .arg(&setup_conf)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "swtpm_setup failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let root = ca.join("swtpm-localca-rootca-cert.pem");
+        let issuer = ca.join("issuercert.pem");
+        for p in [&root, &issuer] {
+            if !p.exists() {
+                return Err(io::Error::other(format!(
+                    "swtpm_localca did not write {}",
+                    p.display()
+                )));
+            }
+        }
+        let tpm = HostTpmSimulator::start(&state)?;
+        Ok((tpm, ManufacturerCa { root, issuer }))
+    }
+}
+
 impl Drop for HostTpmSimulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The local CA (`vtpm-ca`): a store made by `vtpm-ca init` and `vtpm-ca serve` on a free
+/// loopback port.
+pub struct CaProcess {
+    child: Option<Child>,
+    bin: PathBuf,
+    /// The CA's store directory.
+    pub store: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The CA root certificate (PEM file in the store).
+    pub ca_cert: PathBuf,
+    /// File holding the admin principal's bearer token.
+    pub admin_token_file: PathBuf,
+}
+
+impl CaProcess {
+    /// `vtpm-ca --store DIR init INIT_ARGS...` (binary `bin`), then serves it.
+    pub fn start(bin: &Path, store: &Path, init_args: &[&str]) -> io::Result<Self> {
+        let out = Command::new(bin)
+            .arg("--store")
+            .arg(store)
+            .arg("init")
+            .args(init_args)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "vtpm-ca init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let mut ca = CaProcess {
+            child: None,
+            bin: bin.to_owned(),
+            store: store.to_owned(),
+            url: String::new(),
+            ca_cert: store.join("ca.pem"),
+            admin_token_file: store.join("admin.token"),
+        };
+        ca.serve()?;
+        Ok(ca)
+    }
+
+    /// Runs another `vtpm-ca --store DIR ARGS...` command on the store; returns stdout.
+    pub fn command(&self, args: &[&str]) -> io::Result<String> {
+        let out = Command::new(&self.bin)
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "vtpm-ca {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        use std::io::BufRead;
+        let mut child = Command::new(&self.bin)
+            .arg("--store")
+            .arg(&self.store)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(File::create(self.store.join("serve.log"))?)
+            .spawn()?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        match line.trim().strip_prefix("listening on ") {
+            Some(url) => {
+                self.url = url.to_owned();
+                self.child = Some(child);
+                Ok(())
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(io::Error::other(format!(
+                    "vtpm-ca serve did not start: {line:?} {}",
+                    std::fs::read_to_string(self.store.join("serve.log")).unwrap_or_default()
+                )))
+            }
+        }
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> io::Result<String> {
+        Ok(std::fs::read_to_string(&self.admin_token_file)?
+            .trim()
+            .to_owned())
+    }
+}
+
+impl Drop for CaProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The whole host side of the certificate chain (ADR 0008), set up with the project's
+/// binaries from `bin_dir`: a manufactured host TPM, the local CA trusting its manufacturer,
+/// the host enrolled (`vtpm-host enroll`) and its coprocessor certified and registered
+/// (`vtpm-host certify-coprocessor`, with a CA principal allowed to write `coprocessor/`).
+pub struct ChainSetup {
+    bin_dir: PathBuf,
+    pub host_tpm: HostTpmSimulator,
+    pub manufacturer: ManufacturerCa,
+    pub ca: CaProcess,
+    /// `vtpm-host --dir`.
+    pub host_dir: PathBuf,
+    pub host_id: String,
+}
+
+impl ChainSetup {
+    pub fn start(bin_dir: &Path, dir: &Path, host_id: &str) -> io::Result<ChainSetup> {
+        let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
+        let root = manufacturer.root.display().to_string();
+        let issuer = manufacturer.issuer.display().to_string();
+        let ca = CaProcess::start(
+            &bin_dir.join("vtpm-ca"),
+            &dir.join("ca"),
+            &["--ek-root", &root, "--ek-root", &issuer],
+        )?;
+        let setup = ChainSetup {
+            bin_dir: bin_dir.to_owned(),
+            host_tpm,
+            manufacturer,
+            ca,
+            host_dir: dir.join("host"),
+            host_id: host_id.to_owned(),
+        };
+        let ca_args = setup.ca_args();
+        let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+        let mut enroll = vec!["enroll", "--host-id", host_id];
+        enroll.extend(&ca_args);
+        setup.host(&enroll).map_err(io::Error::other)?;
+        let token = setup.ca.command(&[
+            "acl",
+            "add",
+            "--name",
+            host_id,
+            "--write-prefix",
+            "coprocessor/",
+        ])?;
+        let token_file = dir.join("host.token");
+        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
+        let token_file = token_file.display().to_string();
+        let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
+        certify.extend(&ca_args);
+        certify.extend(["--token-file", &token_file]);
+        setup.host(&certify).map_err(io::Error::other)?;
+        Ok(setup)
+    }
+
+    /// `--ca URL --ca-cert PEM`.
+    pub fn ca_args(&self) -> Vec<String> {
+        vec![
+            "--ca".into(),
+            self.ca.url.clone(),
+            "--ca-cert".into(),
+            self.ca.ca_cert.display().to_string(),
+        ]
+    }
+
+    /// Runs `vtpm-host --dir HOST_DIR --host-tpm TCTI ARGS...`: its output, or its output as
+    /// the error when it fails.
+    pub fn host(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(self.bin_dir.join("vtpm-host"))
+            .arg("--dir")
+            .arg(&self.host_dir)
+            .args(["--host-tpm", &self.host_tpm.tcti()])
+            .args(args)
+            .output()
+            .map_err(|e| format!("vtpm-host: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Provisions the vEK certificates into the (new or stopped) instance in `state_dir`,
+    /// whose state key the host TPM seals.
+    pub fn provision(&self, state_dir: &Path) -> Result<String, String> {
+        self.host(&["provision", "--state-dir", &state_dir.display().to_string()])
+    }
+
+    /// A PEM file of the host directory (`host-aik.pem`, `coprocessor.pem`, ...).
+    pub fn host_pem(&self, name: &str) -> io::Result<String> {
+        std::fs::read_to_string(self.host_dir.join(name))
     }
 }

@@ -1,21 +1,26 @@
 //! The host's TPM ("hardware security device"), as the rest of vhost-vtpm uses it.
 //!
 //! This crate owns every conversation with the host TPM, through tss-esapi and any TCTI:
-//! `device:/dev/tpmrm0` in production, `swtpm:host=127.0.0.1,port=N` in tests. Today it
-//! seals and unseals small secrets (the per-instance state keys are wrapped this way),
-//! optionally bound to PCR values; the certificate chain and attestation work add their
-//! operations here.
+//! `device:/dev/tpmrm0` in production, `swtpm:host=127.0.0.1,port=N` in tests. It seals and
+//! unseals small secrets (the per-instance state keys are wrapped this way), optionally
+//! bound to PCR values, and provides the host's identity for the certificate chain
+//! (ADR 0008, module [`identity`]): the EK certificate and public key, an attestation key,
+//! credential activation and restricted signing. The few commands tss-esapi 7.7 does not
+//! wrap (hash sequences) are sent as raw bytes built by `tpm-proto`.
 //!
 //! Sealed objects live under the owner hierarchy's storage root key, which is re-derived
-//! from the TPM's persistent seed on every connection (a standard RSA-2048 SRK template), so
+//! from the TPM's persistent seed on every connection (the ECC P-256 SRK template), so
 //! a sealed blob stays usable across daemon and host restarts without anything made
 //! persistent in the TPM.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod blob;
+pub mod identity;
+mod raw;
 
-pub use blob::{BlobError, SealedBlob};
+pub use blob::{BlobError, ObjectBlob, SealedBlob};
+pub use identity::{ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
 
 use std::str::FromStr;
 
@@ -24,13 +29,13 @@ use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::{SessionType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::PolicySession;
 use tss_esapi::structures::{
-    Digest, DigestValues, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
-    Private, Public, PublicBuilder, PublicKeyedHashParameters, RsaExponent, SensitiveData,
-    SymmetricDefinition, SymmetricDefinitionObject,
+    Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -59,8 +64,29 @@ pub enum HostTpmError {
     BadPcr(u8),
     #[error("secret of {0} bytes is too large to seal (at most 128)")]
     SecretTooLarge(usize),
-    #[error("sealed blob: {0}")]
+    #[error(transparent)]
     Blob(#[from] BlobError),
+    #[error("{0:#010x} is not an NV index handle")]
+    BadNvIndex(u32),
+    #[error(
+        "NV index {0:#010x} allows reading neither with its own authorization nor the owner's"
+    )]
+    NvNotReadable(u32),
+    #[error("not an attestation key this host TPM signs with: {}", .0.join("; "))]
+    NotAnAttestationKey(Vec<String>),
+    /// The credential does not open with this TPM's EK and the given key: it was made for
+    /// another key's name or another EK, or is corrupt.
+    #[error(
+        "credential activation failed: the credential was not made for this TPM's EK and \
+         this attestation key, or is corrupt ({0})"
+    )]
+    ActivationFailed(#[source] tss_esapi::Error),
+    #[error("host TPM {operation}: malformed response: {source}")]
+    Malformed {
+        operation: &'static str,
+        #[source]
+        source: tpm_proto::WireError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, HostTpmError>;
@@ -79,7 +105,9 @@ fn is_policy_failure(e: &tss_esapi::Error) -> bool {
 
 /// A connection to the host TPM.
 pub struct HostTpm {
-    ctx: Context,
+    /// The ESAPI connection; `None` while it is closed for raw commands (see
+    /// [`HostTpm::raw_connection`]), reopened on the next use.
+    ctx: Option<Context>,
     tcti: String,
 }
 
@@ -92,16 +120,9 @@ impl std::fmt::Debug for HostTpm {
 impl HostTpm {
     /// Opens the host TPM through `tcti` (tpm2-tss syntax, e.g. `device:/dev/tpmrm0`).
     pub fn connect(tcti: &str) -> Result<Self> {
-        let conf = TctiNameConf::from_str(tcti).map_err(|e| HostTpmError::BadTcti {
-            tcti: tcti.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let ctx = Context::new(conf).map_err(|source| HostTpmError::Connect {
-            tcti: tcti.to_owned(),
-            source,
-        })?;
+        let ctx = Self::open(tcti)?;
         Ok(HostTpm {
-            ctx,
+            ctx: Some(ctx),
             tcti: tcti.to_owned(),
         })
     }
@@ -110,21 +131,85 @@ impl HostTpm {
         &self.tcti
     }
 
+    fn tcti_conf(tcti: &str) -> Result<TctiNameConf> {
+        TctiNameConf::from_str(tcti).map_err(|e| HostTpmError::BadTcti {
+            tcti: tcti.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn open(tcti: &str) -> Result<Context> {
+        Context::new(Self::tcti_conf(tcti)?).map_err(|source| HostTpmError::Connect {
+            tcti: tcti.to_owned(),
+            source,
+        })
+    }
+
+    /// The ESAPI context, reconnecting if a raw command sequence closed it.
+    fn ctx(&mut self) -> Result<&mut Context> {
+        if let Some(ctx) = self.ctx.take() {
+            return Ok(self.ctx.insert(ctx));
+        }
+        let ctx = Self::open(&self.tcti)?;
+        Ok(self.ctx.insert(ctx))
+    }
+
+    /// Closes the ESAPI connection and opens a raw one on the same TCTI, for the commands
+    /// tss-esapi does not wrap. Many TCTIs (swtpm, mssim, `/dev/tpm0`) serve one connection
+    /// at a time, so the two never coexist; with `/dev/tpmrm0` each connection has its own
+    /// resource-manager space, so objects used raw are loaded through the raw connection.
+    /// Nothing transient outlives a [`HostTpm`] call, so nothing is lost by closing.
+    fn raw_connection(&mut self) -> Result<raw::RawTcti> {
+        self.ctx = None;
+        let conf = Self::tcti_conf(&self.tcti)?;
+        raw::RawTcti::open(conf).map_err(|source| HostTpmError::Connect {
+            tcti: self.tcti.clone(),
+            source,
+        })
+    }
+
     /// The owner-hierarchy storage root key, derived again from the persistent seed.
     fn storage_root(&mut self) -> Result<KeyHandle> {
-        let public = tss_esapi::utils::create_restricted_decryption_rsa_public(
-            SymmetricDefinitionObject::AES_128_CFB,
-            RsaKeyBits::Rsa2048,
-            RsaExponent::default(),
-        )
-        .map_err(tpm("SRK template"))?;
+        let public = Self::srk_template()?;
         let srk = self
-            .ctx
+            .ctx()?
             .execute_with_nullauth_session(|ctx| {
                 ctx.create_primary(Hierarchy::Owner, public, None, None, None, None)
             })
             .map_err(tpm("CreatePrimary (SRK)"))?;
         Ok(srk.key_handle)
+    }
+
+    /// The standard RSA-2048 storage root key template (restricted decryption, AES-128-CFB).
+    /// The storage root key: an ECC NIST P-256 restricted decryption key (the TCG SRK
+    /// template's ECC form). ECC rather than RSA-2048 because it is re-derived on every
+    /// connection, and deriving an RSA primary costs tens of milliseconds (far more on a
+    /// hardware TPM) where an ECC primary costs about one.
+    pub fn srk_template() -> Result<Public> {
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_no_da(true)
+            .with_restricted(true)
+            .with_decrypt(true)
+            .build()
+            .map_err(tpm("SRK attributes"))?;
+        let parameters = PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        )
+        .build()
+        .map_err(tpm("SRK parameters"))?;
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_ecc_parameters(parameters)
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .map_err(tpm("SRK template"))
     }
 
     fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList> {
@@ -148,7 +233,7 @@ impl HostTpm {
     fn pcr_policy_session(&mut self, pcrs: &[u8], kind: SessionType) -> Result<PolicySession> {
         let selection = Self::pcr_selection(pcrs)?;
         let session = self
-            .ctx
+            .ctx()?
             .start_auth_session(
                 None,
                 None,
@@ -165,7 +250,7 @@ impl HostTpm {
                 ),
             })?;
         let policy = PolicySession::try_from(session).map_err(tpm("policy session"))?;
-        self.ctx
+        self.ctx()?
             .policy_pcr(policy, Digest::default(), selection)
             .map_err(tpm("PolicyPCR"))?;
         Ok(policy)
@@ -182,10 +267,10 @@ impl HostTpm {
         } else {
             let trial = self.pcr_policy_session(pcrs, SessionType::Trial)?;
             let digest = self
-                .ctx
+                .ctx()?
                 .policy_get_digest(trial)
                 .map_err(tpm("PolicyGetDigest"))?;
-            self.ctx
+            self.ctx()?
                 .flush_context(SessionHandle::from(trial).into())
                 .map_err(tpm("FlushContext"))?;
             digest
@@ -210,7 +295,7 @@ impl HostTpm {
             .map_err(tpm("sealed object template"))?;
         let data = SensitiveData::try_from(secret.to_vec()).map_err(tpm("sensitive data"))?;
         let srk = self.storage_root()?;
-        let created = self.ctx.execute_with_nullauth_session(|ctx| {
+        let created = self.ctx()?.execute_with_nullauth_session(|ctx| {
             ctx.create(srk, public, None, Some(data), None, None)
         });
         self.flush(srk);
@@ -233,33 +318,36 @@ impl HostTpm {
         let private = Private::try_from(blob.private.clone()).map_err(tpm("private blob"))?;
         let srk = self.storage_root()?;
         let loaded = self
-            .ctx
+            .ctx()?
             .execute_with_nullauth_session(|ctx| ctx.load(srk, private, public));
         self.flush(srk);
         let object = loaded.map_err(tpm("Load (sealed object)"))?;
         let result = if blob.pcrs.is_empty() {
-            self.ctx
+            self.ctx()?
                 .execute_with_nullauth_session(|ctx| ctx.unseal(object.into()))
                 .map_err(tpm("Unseal"))
         } else {
             match self.pcr_policy_session(&blob.pcrs, SessionType::Policy) {
                 Ok(policy) => {
-                    let r = self
-                        .ctx
-                        .execute_with_session(Some(policy.into()), |ctx| ctx.unseal(object.into()));
-                    let _ = self.ctx.flush_context(SessionHandle::from(policy).into());
-                    r.map_err(|e| {
-                        if is_policy_failure(&e) {
-                            HostTpmError::PcrPolicyMismatch {
-                                pcrs: blob.pcrs.clone(),
+                    let r = self.ctx().and_then(|ctx| {
+                        ctx.execute_with_session(Some(policy.into()), |ctx| {
+                            ctx.unseal(object.into())
+                        })
+                        .map_err(|e| {
+                            if is_policy_failure(&e) {
+                                HostTpmError::PcrPolicyMismatch {
+                                    pcrs: blob.pcrs.clone(),
+                                }
+                            } else {
+                                HostTpmError::Tpm {
+                                    operation: "Unseal",
+                                    source: e,
+                                }
                             }
-                        } else {
-                            HostTpmError::Tpm {
-                                operation: "Unseal",
-                                source: e,
-                            }
-                        }
-                    })
+                        })
+                    });
+                    self.flush(SessionHandle::from(policy));
+                    r
                 }
                 Err(e) => Err(e),
             }
@@ -276,14 +364,18 @@ impl HostTpm {
             HashingAlgorithm::Sha256,
             Digest::try_from(digest.to_vec()).map_err(tpm("digest"))?,
         );
-        self.ctx
+        self.ctx()?
             .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
             .map_err(tpm("PCR_Extend"))
     }
 
+    /// Flushes a transient object or session, logging (not returning) a failure: used on
+    /// clean-up paths, where the operation's own result matters more.
     fn flush(&mut self, handle: impl Into<ObjectHandle>) {
-        if let Err(e) = self.ctx.flush_context(handle.into()) {
-            debug!("FlushContext: {e}");
+        if let Some(ctx) = self.ctx.as_mut() {
+            if let Err(e) = ctx.flush_context(handle.into()) {
+                debug!("FlushContext: {e}");
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Builders for the commands the tests and benchmarks send, and parsers for their responses.
 //!
-//! All authorizations are empty passwords; objects are created in the owner hierarchy.
+//! All authorizations are empty password sessions (TPM_RS_PW). Objects and NV indices are
+//! created in the owner hierarchy unless a builder takes the hierarchy or authorization
+//! handle (`*_with_auth`, [`create_primary`]): the vTPM's EK certificates, for instance, are
+//! platform-created indices.
 
 use crate::{cc, tag, CommandBuilder, ResponseReader, WireError};
 
@@ -8,6 +11,8 @@ pub const TPM_SU_CLEAR: u16 = 0x0000;
 pub const TPM_SU_STATE: u16 = 0x0001;
 pub const TPM_RH_OWNER: u32 = 0x4000_0001;
 pub const TPM_RH_NULL: u32 = 0x4000_0007;
+pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
+pub const TPM_RH_PLATFORM: u32 = 0x4000_000C;
 pub const TPM_ALG_SHA256: u16 = 0x000B;
 pub const TPM_ALG_NULL: u16 = 0x0010;
 pub const TPM_ALG_ECDSA: u16 = 0x0018;
@@ -19,6 +24,12 @@ pub const NV_ORDINARY_ATTRS: u32 =
     0x0000_0002 | 0x0000_0004 | 0x0002_0000 | 0x0004_0000 | 0x0200_0000;
 /// Same, as a monotonic counter (TPM_NT_COUNTER in bits 4..7).
 pub const NV_COUNTER_ATTRS: u32 = NV_ORDINARY_ATTRS | (1 << 4);
+/// NV attributes of an EK certificate index as swtpm_setup defines them (and as the TCG EK
+/// Credential Profile describes real TPMs'): PPWRITE | WRITEDEFINE | PPREAD | OWNERREAD |
+/// AUTHREAD | NO_DA | PLATFORMCREATE, defined with [`nv_define_space_with_auth`] and
+/// [`TPM_RH_PLATFORM`] and written with [`nv_write_with_auth`] under platform authorization.
+pub const NV_EK_CERT_ATTRS: u32 =
+    0x0000_0001 | 0x0000_2000 | 0x0001_0000 | 0x0002_0000 | 0x0004_0000 | 0x0200_0000 | 0x4000_0000;
 
 pub fn startup(su: u16) -> Vec<u8> {
     CommandBuilder::no_sessions(cc::STARTUP).u16(su).finish()
@@ -81,6 +92,165 @@ pub fn parse_pcr_read_single(resp: &[u8]) -> Result<Vec<u8>, WireError> {
         ));
     }
     Ok(r.tpm2b()?.to_vec())
+}
+
+/// CreatePrimary in `hierarchy` (TPM_RH_OWNER, TPM_RH_ENDORSEMENT, TPM_RH_PLATFORM or
+/// TPM_RH_NULL) from a marshalled TPMT_PUBLIC template, with empty userAuth and sensitive
+/// data, no outsideInfo and no creation PCRs.
+pub fn create_primary(hierarchy: u32, template_tpmt_public: &[u8]) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::CREATE_PRIMARY)
+        .u32(hierarchy)
+        .password_auth(&[])
+        .u16(4) // TPM2B_SENSITIVE_CREATE: empty userAuth + empty data
+        .tpm2b(&[])
+        .tpm2b(&[])
+        .tpm2b(template_tpmt_public)
+        .tpm2b(&[]) // outsideInfo
+        .u32(0) // creationPCR: empty selection
+        .finish()
+}
+
+/// The object handle and the created key's TPMT_PUBLIC (without its TPM2B size) from a
+/// CreatePrimary response.
+pub fn parse_create_primary(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
+    let mut r = ResponseReader::success(resp)?;
+    let handle = r.u32()?;
+    let _param_size = r.u32()?;
+    let public = r.tpm2b()?;
+    if public.is_empty() {
+        return Err(WireError::Unexpected(
+            "CreatePrimary returned an empty public area",
+        ));
+    }
+    Ok((handle, public.to_vec()))
+}
+
+/// Load of an object under `parent` (authorised by an empty password): `private` is the
+/// TPM2B_PRIVATE buffer without its size, `tpmt_public` the marshalled TPMT_PUBLIC.
+pub fn load(parent: u32, private: &[u8], tpmt_public: &[u8]) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::LOAD)
+        .u32(parent)
+        .password_auth(&[])
+        .tpm2b(private)
+        .tpm2b(tpmt_public)
+        .finish()
+}
+
+/// The loaded object's handle and name from a Load response.
+pub fn parse_load(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
+    let mut r = ResponseReader::success(resp)?;
+    let handle = r.u32()?;
+    let _param_size = r.u32()?;
+    Ok((handle, r.tpm2b()?.to_vec()))
+}
+
+/// A TPMT_TK_HASHCHECK: the TPM's proof that it computed a digest itself over data that does
+/// not start with TPM_GENERATED_VALUE, which a restricted signing key requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashCheckTicket {
+    pub tag: u16,
+    pub hierarchy: u32,
+    pub digest: Vec<u8>,
+}
+
+impl HashCheckTicket {
+    /// The NULL ticket (TPM_RH_NULL, empty digest) an unrestricted key accepts.
+    pub fn null() -> Self {
+        HashCheckTicket {
+            tag: tag::HASHCHECK,
+            hierarchy: TPM_RH_NULL,
+            digest: Vec::new(),
+        }
+    }
+
+    fn read(r: &mut ResponseReader<'_>) -> Result<Self, WireError> {
+        let tag = r.u16()?;
+        if tag != tag::HASHCHECK {
+            return Err(WireError::Unexpected("ticket is not a TPMT_TK_HASHCHECK"));
+        }
+        Ok(HashCheckTicket {
+            tag,
+            hierarchy: r.u32()?,
+            digest: r.tpm2b()?.to_vec(),
+        })
+    }
+}
+
+/// Largest buffer TPM2_Hash and TPM2_SequenceUpdate take (MAX_DIGEST_BUFFER on every TPM
+/// this project targets).
+pub const MAX_DIGEST_BUFFER: usize = 1024;
+
+/// TPM2_Hash of `data` (at most [`MAX_DIGEST_BUFFER`] bytes) with `hash_alg`; with a
+/// hierarchy other than TPM_RH_NULL the TPM returns a ticket for it.
+pub fn hash(data: &[u8], hash_alg: u16, hierarchy: u32) -> Vec<u8> {
+    CommandBuilder::no_sessions(cc::HASH)
+        .tpm2b(data)
+        .u16(hash_alg)
+        .u32(hierarchy)
+        .finish()
+}
+
+/// The digest and ticket from a TPM2_Hash response.
+pub fn parse_hash(resp: &[u8]) -> Result<(Vec<u8>, HashCheckTicket), WireError> {
+    let mut r = ResponseReader::success(resp)?;
+    let digest = r.tpm2b()?.to_vec();
+    Ok((digest, HashCheckTicket::read(&mut r)?))
+}
+
+/// TPM2_HashSequenceStart with an empty sequence password.
+pub fn hash_sequence_start(hash_alg: u16) -> Vec<u8> {
+    CommandBuilder::no_sessions(cc::HASH_SEQUENCE_START)
+        .tpm2b(&[])
+        .u16(hash_alg)
+        .finish()
+}
+
+/// The sequence handle from a HashSequenceStart response.
+pub fn parse_hash_sequence_start(resp: &[u8]) -> Result<u32, WireError> {
+    ResponseReader::success(resp)?.u32()
+}
+
+/// TPM2_SequenceUpdate with `data` (at most [`MAX_DIGEST_BUFFER`] bytes).
+pub fn sequence_update(sequence: u32, data: &[u8]) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::SEQUENCE_UPDATE)
+        .u32(sequence)
+        .password_auth(&[])
+        .tpm2b(data)
+        .finish()
+}
+
+/// TPM2_SequenceComplete with the last `data` (at most [`MAX_DIGEST_BUFFER`] bytes); with a
+/// hierarchy other than TPM_RH_NULL the TPM returns a ticket for the digest.
+pub fn sequence_complete(sequence: u32, data: &[u8], hierarchy: u32) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::SEQUENCE_COMPLETE)
+        .u32(sequence)
+        .password_auth(&[])
+        .tpm2b(data)
+        .u32(hierarchy)
+        .finish()
+}
+
+/// The digest and ticket from a SequenceComplete response.
+pub fn parse_sequence_complete(resp: &[u8]) -> Result<(Vec<u8>, HashCheckTicket), WireError> {
+    let mut r = ResponseReader::success(resp)?;
+    let _param_size = r.u32()?;
+    let digest = r.tpm2b()?.to_vec();
+    Ok((digest, HashCheckTicket::read(&mut r)?))
+}
+
+/// TPM2_Sign of a SHA-256 `digest` with an ECDSA/SHA-256 key and the hash-check `ticket`
+/// (from [`parse_hash`] or [`parse_sequence_complete`] for a restricted key).
+pub fn sign_ecdsa_sha256_with_ticket(key: u32, digest: &[u8], ticket: &HashCheckTicket) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::SIGN)
+        .u32(key)
+        .password_auth(&[])
+        .tpm2b(digest)
+        .u16(TPM_ALG_ECDSA)
+        .u16(TPM_ALG_SHA256)
+        .u16(ticket.tag)
+        .u32(ticket.hierarchy)
+        .tpm2b(&ticket.digest)
+        .finish()
 }
 
 /// CreatePrimary of an ECC NIST P-256 ECDSA/SHA-256 signing key under the owner hierarchy.
@@ -156,16 +326,7 @@ pub fn parse_create_primary_ecc(resp: &[u8]) -> Result<EccPrimary, WireError> {
 /// Sign a SHA-256 `digest` with an ECDSA key (the key's own scheme; a NULL hash check
 /// ticket, which an unrestricted key accepts).
 pub fn sign_ecdsa_sha256(key: u32, digest: &[u8; 32]) -> Vec<u8> {
-    CommandBuilder::with_sessions(cc::SIGN)
-        .u32(key)
-        .password_auth(&[])
-        .tpm2b(digest)
-        .u16(TPM_ALG_ECDSA)
-        .u16(TPM_ALG_SHA256)
-        .u16(tag::HASHCHECK)
-        .u32(TPM_RH_NULL)
-        .tpm2b(&[])
-        .finish()
+    sign_ecdsa_sha256_with_ticket(key, digest, &HashCheckTicket::null())
 }
 
 /// (r, s) of an ECDSA signature response.
@@ -207,6 +368,18 @@ pub fn flush_context(handle: u32) -> Vec<u8> {
 
 /// NV_DefineSpace in the owner hierarchy with an empty index password.
 pub fn nv_define_space(index: u32, size: u16, attributes: u32) -> Vec<u8> {
+    nv_define_space_with_auth(TPM_RH_OWNER, index, size, attributes)
+}
+
+/// NV_DefineSpace authorised by `auth_handle` (TPM_RH_OWNER, or TPM_RH_PLATFORM for a
+/// platform-created index such as an EK certificate's, whose attributes must then include
+/// TPMA_NV_PLATFORMCREATE), with an empty index password and SHA-256 name.
+pub fn nv_define_space_with_auth(
+    auth_handle: u32,
+    index: u32,
+    size: u16,
+    attributes: u32,
+) -> Vec<u8> {
     let public = CommandBuilder::new(0, 0)
         .u32(index)
         .u16(TPM_ALG_SHA256)
@@ -215,7 +388,7 @@ pub fn nv_define_space(index: u32, size: u16, attributes: u32) -> Vec<u8> {
         .u16(size)
         .finish();
     CommandBuilder::with_sessions(cc::NV_DEFINE_SPACE)
-        .u32(TPM_RH_OWNER)
+        .u32(auth_handle)
         .password_auth(&[])
         .tpm2b(&[])
         .tpm2b(&public[crate::HEADER_SIZE..])
@@ -223,8 +396,14 @@ pub fn nv_define_space(index: u32, size: u16, attributes: u32) -> Vec<u8> {
 }
 
 pub fn nv_undefine_space(index: u32) -> Vec<u8> {
+    nv_undefine_space_with_auth(TPM_RH_OWNER, index)
+}
+
+/// NV_UndefineSpace authorised by `auth_handle` (TPM_RH_PLATFORM for a platform-created
+/// index).
+pub fn nv_undefine_space_with_auth(auth_handle: u32, index: u32) -> Vec<u8> {
     CommandBuilder::with_sessions(cc::NV_UNDEFINE_SPACE)
-        .u32(TPM_RH_OWNER)
+        .u32(auth_handle)
         .u32(index)
         .password_auth(&[])
         .finish()
@@ -232,8 +411,15 @@ pub fn nv_undefine_space(index: u32) -> Vec<u8> {
 
 /// NV_Write authorised by the index itself.
 pub fn nv_write(index: u32, offset: u16, data: &[u8]) -> Vec<u8> {
+    nv_write_with_auth(index, index, offset, data)
+}
+
+/// NV_Write authorised by `auth_handle`: the index itself (TPMA_NV_AUTHWRITE), TPM_RH_OWNER
+/// (OWNERWRITE) or TPM_RH_PLATFORM (PPWRITE). `data` is at most the TPM's NV buffer size
+/// (1024 bytes on the TPMs this project targets); larger contents take several writes.
+pub fn nv_write_with_auth(auth_handle: u32, index: u32, offset: u16, data: &[u8]) -> Vec<u8> {
     CommandBuilder::with_sessions(cc::NV_WRITE)
-        .u32(index)
+        .u32(auth_handle)
         .u32(index)
         .password_auth(&[])
         .tpm2b(data)
@@ -288,6 +474,15 @@ mod tests {
             flush_context(0x8000_0000),
             evict_control(0x8000_0000, 0x8100_0001),
             read_public(0x8100_0001),
+            create_primary(TPM_RH_ENDORSEMENT, &[0, 1, 0, 0x0b]),
+            load(0x8000_0000, &[1; 40], &[2; 50]),
+            hash(b"abc", TPM_ALG_SHA256, TPM_RH_OWNER),
+            hash_sequence_start(TPM_ALG_SHA256),
+            sequence_update(0x8000_0001, &[3; 1024]),
+            sequence_complete(0x8000_0001, b"", TPM_RH_OWNER),
+            nv_define_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1200, 0),
+            nv_write_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1024, &[4; 176]),
+            nv_undefine_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002),
         ] {
             let h = Header::parse(&cmd).unwrap();
             assert_eq!(h.size as usize, cmd.len());
@@ -307,6 +502,103 @@ mod tests {
         assert_eq!(
             parse_get_random(&resp),
             Err(WireError::Tpm(crate::rc::FAILURE))
+        );
+    }
+
+    #[test]
+    fn ek_cert_attributes_match_swtpm_setup() {
+        // tpm2_nvreadpublic on swtpm_setup's 0x01c00002 shows 0x62072001 once written.
+        assert_eq!(NV_EK_CERT_ATTRS | 0x2000_0000, 0x6207_2001);
+    }
+
+    #[test]
+    fn with_auth_builders_put_the_auth_handle_first() {
+        let define = nv_define_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1200, 0);
+        assert_eq!(&define[10..14], &TPM_RH_PLATFORM.to_be_bytes());
+        assert_eq!(
+            nv_define_space(0x0150_0001, 64, 0)[10..14],
+            TPM_RH_OWNER.to_be_bytes()
+        );
+        let write = nv_write_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 7, b"x");
+        assert_eq!(&write[10..14], &TPM_RH_PLATFORM.to_be_bytes());
+        assert_eq!(&write[14..18], &0x01c0_0002u32.to_be_bytes());
+        // ... data TPM2B then the offset.
+        assert_eq!(&write[write.len() - 5..], &[0, 1, b'x', 0, 7]);
+        assert_eq!(
+            nv_write(0x0150_0001, 0, b"x")[10..14],
+            0x0150_0001u32.to_be_bytes()
+        );
+        let undefine = nv_undefine_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002);
+        assert_eq!(&undefine[10..18], &[0x40, 0, 0, 0x0c, 0x01, 0xc0, 0, 0x02]);
+    }
+
+    fn response(handle: Option<u32>, params: &[u8], sessions: bool) -> Vec<u8> {
+        let mut b = CommandBuilder::new(
+            if sessions {
+                tag::SESSIONS
+            } else {
+                tag::NO_SESSIONS
+            },
+            crate::rc::SUCCESS,
+        );
+        if let Some(h) = handle {
+            b = b.u32(h);
+        }
+        if sessions {
+            b = b.u32(params.len() as u32);
+        }
+        b = b.bytes(params);
+        if sessions {
+            b = b.bytes(&[0, 0, 0, 0, 0]); // one password session: nonce, attrs, hmac
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn create_primary_response_gives_handle_and_public() {
+        let public = [0u8, 0x23, 0, 0x0b, 1, 2, 3, 4];
+        let mut params = (public.len() as u16).to_be_bytes().to_vec();
+        params.extend_from_slice(&public);
+        params.extend_from_slice(&[0; 12]); // creation data etc. (ignored)
+        let resp = response(Some(0x8000_0000), &params, true);
+        assert_eq!(
+            parse_create_primary(&resp).unwrap(),
+            (0x8000_0000, public.to_vec())
+        );
+        for cut in 10..19 {
+            let mut short = resp[..cut].to_vec();
+            short[2..6].copy_from_slice(&(cut as u32).to_be_bytes());
+            assert!(parse_create_primary(&short).is_err(), "cut at {cut}");
+        }
+        let empty = response(Some(0x8000_0000), &[0, 0], true);
+        assert!(parse_create_primary(&empty).is_err());
+    }
+
+    #[test]
+    fn tickets_are_parsed_and_passed_to_sign() {
+        let mut params = vec![0, 2, 0xaa, 0xbb]; // digest
+        params.extend_from_slice(&[0x80, 0x24, 0x40, 0, 0, 1, 0, 1, 0xcc]);
+        let (digest, ticket) = parse_hash(&response(None, &params, false)).unwrap();
+        assert_eq!(digest, [0xaa, 0xbb]);
+        assert_eq!(
+            ticket,
+            HashCheckTicket {
+                tag: tag::HASHCHECK,
+                hierarchy: TPM_RH_OWNER,
+                digest: vec![0xcc]
+            }
+        );
+        let (d2, t2) = parse_sequence_complete(&response(None, &params, true)).unwrap();
+        assert_eq!((d2, t2.clone()), (digest.clone(), ticket.clone()));
+        let sign = sign_ecdsa_sha256_with_ticket(0x8000_0002, &digest, &ticket);
+        assert_eq!(&sign[sign.len() - 9..], &params[4..]);
+        // A ticket of another kind is refused.
+        params[4] = 0x80;
+        params[5] = 0x21;
+        assert!(parse_hash(&response(None, &params, false)).is_err());
+        assert_eq!(
+            parse_hash_sequence_start(&response(Some(0x8000_0003), &[], false)).unwrap(),
+            0x8000_0003
         );
     }
 }

@@ -4,12 +4,14 @@
 //! Library, Part 1 §18 and Part 3): the 10-byte header, response codes, a builder for
 //! commands and a cursor for responses. The device uses it to classify commands and to
 //! synthesise error responses for malformed requests; the driver-side harness, the
-//! integration tests and the benchmarks use the command builders in [`commands`].
+//! integration tests and the benchmarks use the command builders in [`commands`]; the
+//! certificate chain parses public areas and computes TPM names with [`public`].
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.
 
 pub mod commands;
+pub mod public;
 mod wire;
 
 pub use wire::{CommandBuilder, ResponseReader, WireError};
@@ -50,9 +52,12 @@ pub mod cc {
     pub const CREATE_PRIMARY: u32 = 0x131;
     pub const NV_INCREMENT: u32 = 0x134;
     pub const NV_WRITE: u32 = 0x137;
+    pub const SEQUENCE_COMPLETE: u32 = 0x13E;
     pub const STARTUP: u32 = 0x144;
     pub const SHUTDOWN: u32 = 0x145;
     pub const NV_READ: u32 = 0x14E;
+    pub const LOAD: u32 = 0x157;
+    pub const SEQUENCE_UPDATE: u32 = 0x15C;
     pub const SIGN: u32 = 0x15D;
     pub const FLUSH_CONTEXT: u32 = 0x165;
     pub const GET_CAPABILITY: u32 = 0x17A;
@@ -60,6 +65,8 @@ pub mod cc {
     pub const PCR_READ: u32 = 0x17E;
     pub const PCR_EXTEND: u32 = 0x182;
     pub const READ_PUBLIC: u32 = 0x173;
+    pub const HASH: u32 = 0x17D;
+    pub const HASH_SEQUENCE_START: u32 = 0x186;
 }
 
 /// Parsed TPM 2.0 header of a command or a response.
