@@ -13,6 +13,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod identity;
 pub mod keys;
 pub mod libtpms;
 pub mod snapshot;
