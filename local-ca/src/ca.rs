@@ -1,0 +1,158 @@
+//! The CA as one object: a [`Store`], the enrollment sessions and a write lock.
+//!
+//! This module owns serialising the operations that read-modify-write the store
+//! (revocations, registrations, named certificates, issuing) within one process, and the
+//! authentication of bearer tokens against the ACL. The server calls only this; tests and
+//! tools may use it directly instead of HTTPS.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use openssl::x509::X509;
+
+use crate::api::{
+    CertStatus, CoprocessorRequest, CoprocessorResponse, EnrollFinishRequest, EnrollFinishResponse,
+    EnrollStartRequest, EnrollStartResponse, PutCertResponse, RevokeRequest,
+};
+use crate::certstore::{self, Acl, CertStoreError, Principal};
+use crate::enroll::{self, EnrollError, Sessions};
+use crate::revocation::{self, RevocationError, Revoked};
+use crate::store::{Store, StoreError};
+
+/// The local CA.
+#[derive(Debug)]
+pub struct Ca {
+    store: Store,
+    sessions: Sessions,
+    lock: Mutex<()>,
+}
+
+impl Ca {
+    /// Opens the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Ca, StoreError> {
+        Ok(Ca::new(Store::open(dir)?))
+    }
+
+    pub fn new(store: Store) -> Ca {
+        Ca {
+            store,
+            sessions: Sessions::default(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The principal holding `token` (`None` without a token or with an unknown one).
+    pub fn principal(&self, token: Option<&str>) -> Result<Option<Principal>, StoreError> {
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        Ok(Acl::load(&self.store)?.authenticate(token).cloned())
+    }
+
+    /// The root certificate, PEM.
+    pub fn ca_pem(&self) -> Result<String, StoreError> {
+        self.store.ca_pem()
+    }
+
+    pub fn enroll_start(
+        &self,
+        req: &EnrollStartRequest,
+    ) -> Result<EnrollStartResponse, EnrollError> {
+        enroll::start(&self.store, &self.sessions, req)
+    }
+
+    pub fn enroll_finish(
+        &self,
+        req: &EnrollFinishRequest,
+    ) -> Result<EnrollFinishResponse, EnrollError> {
+        let _g = self.lock();
+        enroll::finish(&self.store, &self.sessions, req)
+    }
+
+    pub fn put_cert(
+        &self,
+        name: &str,
+        pem: &str,
+        token: Option<&str>,
+    ) -> Result<PutCertResponse, CertStoreError> {
+        let p = self.principal(token)?;
+        let _g = self.lock();
+        let s = certstore::put(&self.store, name, pem, p.as_ref())?;
+        Ok(PutCertResponse {
+            name: s.name,
+            fingerprint: s.fingerprint,
+            replaced: s.replaced,
+        })
+    }
+
+    pub fn get_cert(&self, name: &str, token: Option<&str>) -> Result<String, CertStoreError> {
+        let p = self.principal(token)?;
+        certstore::get(&self.store, name, p.as_ref())
+    }
+
+    /// Revokes (admin only).
+    pub fn revoke(
+        &self,
+        req: &RevokeRequest,
+        token: Option<&str>,
+    ) -> Result<Revoked, RevocationError> {
+        let p = self.principal(token)?;
+        certstore::authorize_admin(p.as_ref(), "revocations")?;
+        let _g = self.lock();
+        let who = p.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
+        let r = match (&req.serial, &req.certificate) {
+            (Some(s), None) => revocation::revoke_serial(&self.store, s, req.reason.as_deref())?,
+            (None, Some(pem)) => {
+                let cert = X509::from_pem(pem.as_bytes()).map_err(|e| {
+                    RevocationError::BadRequest(format!("certificate is not PEM: {e}"))
+                })?;
+                revocation::revoke_cert(&self.store, &cert, req.reason.as_deref())?
+            }
+            _ => {
+                return Err(RevocationError::BadRequest(
+                    "give exactly one of serial and certificate".into(),
+                ))
+            }
+        };
+        log::info!("{who} revoked {:?} {:?}", r.serial, r.fingerprint);
+        Ok(r)
+    }
+
+    /// The current CRL, DER.
+    pub fn crl(&self) -> Result<Vec<u8>, RevocationError> {
+        revocation::crl(&self.store)
+    }
+
+    pub fn status(&self, fingerprint: &str) -> Result<CertStatus, RevocationError> {
+        revocation::status(&self.store, fingerprint)
+    }
+
+    pub fn register_coprocessor(
+        &self,
+        req: &CoprocessorRequest,
+        token: Option<&str>,
+    ) -> Result<CoprocessorResponse, RevocationError> {
+        let p = self.principal(token)?;
+        let mut chain = Vec::new();
+        for (i, pem) in req.chain.iter().enumerate() {
+            let certs = X509::stack_from_pem(pem.as_bytes()).map_err(|e| {
+                RevocationError::BadRequest(format!("chain entry {i} is not PEM: {e}"))
+            })?;
+            chain.extend(certs);
+        }
+        let _g = self.lock();
+        let r = revocation::register_coprocessor(&self.store, &chain, p.as_ref())?;
+        Ok(CoprocessorResponse {
+            fingerprint: r.fingerprint,
+            name: r.name,
+        })
+    }
+}

@@ -1,0 +1,765 @@
+//! Enrollment by credential activation, in two steps.
+//!
+//! **Start** checks the EK certificate chain (host: up to a configured EK root; vTPM: up to
+//! this CA's root through a registered coprocessor certificate and a host AIK certificate,
+//! nothing revoked) and the AIK (a restricted signing key), then runs `TPM2_MakeCredential`
+//! for the AIK's name with a random 32-byte secret and keeps a session.
+//!
+//! **Finish** consumes the session: the secret `TPM2_ActivateCredential` recovered must be
+//! the one the CA chose, which proves the AIK is in the TPM holding the EK. The CA then
+//! issues the AIK certificate, records it by serial and stores it as `aik/<kind>/<subject>`.
+//!
+//! This module owns those checks, the sessions (in memory, expiring) and the errors.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::memcmp;
+use openssl::x509::X509;
+
+use crate::aik::{AikError, AikPublic};
+use crate::api::{
+    EnrollFinishRequest, EnrollFinishResponse, EnrollStartRequest, EnrollStartResponse,
+};
+use crate::certstore::CertStoreError;
+use crate::credential::{self, CredentialError};
+use crate::issue::{self, IssueError, Kind};
+use crate::revocation::{self, RevocationError};
+use crate::store::{IndexEntry, Store, StoreError};
+use crate::util::{asn1_to_unix, fingerprint, hex, now_unix, random};
+
+/// Size of the secret the CA protects with the credential.
+pub const SECRET_SIZE: usize = 32;
+/// Most sessions kept at once (the oldest are dropped beyond that).
+pub const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error(
+        "invalid subject {0:?}: 1 to 64 characters of [A-Za-z0-9._:@-], not starting with '.'"
+    )]
+    BadSubject(String),
+    #[error("invalid EK certificate chain: {0}")]
+    BadEkCertificate(String),
+    #[error("invalid AIK public area: {0}")]
+    BadAikPublic(#[from] AikError),
+    #[error("the AIK is not a restricted signing key: {}", .0.join("; "))]
+    AikNotRestrictedSigning(Vec<String>),
+    #[error("unsupported EK: {0}")]
+    UnsupportedEk(CredentialError),
+    #[error("the EK certificate does not chain to a trusted EK root: {0}")]
+    UntrustedEk(String),
+    #[error("the vEK certificate chain does not verify up to this CA: {0}")]
+    UntrustedVekChain(String),
+    #[error("certificate {subject} ({fingerprint}) in the chain is revoked: {reason}")]
+    Revoked {
+        subject: String,
+        fingerprint: String,
+        reason: String,
+    },
+    #[error("coprocessor certificate {subject} ({fingerprint}) is not registered with this CA (POST /v1/coprocessor)")]
+    UnregisteredCoprocessor {
+        subject: String,
+        fingerprint: String,
+    },
+    #[error("no enrollment session {0:?} (unknown, finished or expired)")]
+    UnknownSession(String),
+    #[error("enrollment session {0:?} expired")]
+    SessionExpired(String),
+    #[error("credential activation failed: the secret does not match (the AIK is not in the TPM holding that EK); the session is closed")]
+    ActivationFailed,
+    #[error("issuing the certificate: {0}")]
+    Issue(#[from] IssueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    CertStore(#[from] CertStoreError),
+    #[error("OpenSSL: {0}")]
+    Crypto(#[from] ErrorStack),
+}
+
+impl From<RevocationError> for EnrollError {
+    fn from(e: RevocationError) -> Self {
+        match e {
+            RevocationError::Revoked {
+                subject,
+                fingerprint,
+                reason,
+            } => EnrollError::Revoked {
+                subject,
+                fingerprint,
+                reason,
+            },
+            RevocationError::Store(e) => EnrollError::Store(e),
+            RevocationError::Crypto(e) => EnrollError::Crypto(e),
+            other => EnrollError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+/// A started enrollment.
+#[derive(Debug)]
+struct Session {
+    kind: Kind,
+    subject: String,
+    aik: AikPublic,
+    secret: Vec<u8>,
+    ek_cert_sha256: Vec<u8>,
+    expires: Instant,
+}
+
+/// The open enrollment sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of open (possibly expired, not yet pruned) sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks a subject string.
+pub fn validate_subject(s: &str) -> Result<(), EnrollError> {
+    if s.is_empty()
+        || s.len() > 64
+        || s.starts_with('.')
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
+    {
+        return Err(EnrollError::BadSubject(s.to_string()));
+    }
+    Ok(())
+}
+
+fn decode_b64(what: &str, s: &str) -> Result<Vec<u8>, EnrollError> {
+    B64.decode(s.trim())
+        .map_err(|e| EnrollError::BadRequest(format!("{what} is not base64: {e}")))
+}
+
+fn parse_chain(pems: &[String]) -> Result<Vec<X509>, EnrollError> {
+    if pems.is_empty() {
+        return Err(EnrollError::BadEkCertificate(
+            "ek_cert_chain is empty".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, pem) in pems.iter().enumerate() {
+        let certs = X509::stack_from_pem(pem.as_bytes())
+            .map_err(|e| EnrollError::BadEkCertificate(format!("entry {i}: {e}")))?;
+        if certs.is_empty() {
+            return Err(EnrollError::BadEkCertificate(format!(
+                "entry {i}: no CERTIFICATE block"
+            )));
+        }
+        out.extend(certs);
+    }
+    Ok(out)
+}
+
+/// Step 1: checks and `TPM2_MakeCredential`.
+pub fn start(
+    store: &Store,
+    sessions: &Sessions,
+    req: &EnrollStartRequest,
+) -> Result<EnrollStartResponse, EnrollError> {
+    validate_subject(&req.subject)?;
+    let chain = parse_chain(&req.ek_cert_chain)?;
+    let aik = AikPublic::from_tpm2b(&decode_b64("aik_public", &req.aik_public)?)?;
+    let ek = &chain[0];
+    match req.kind {
+        Kind::Host => check_host_chain(store, &chain)?,
+        Kind::Vtpm => check_vtpm_chain(store, &chain)?,
+    }
+    let violations = aik.violations();
+    if !violations.is_empty() {
+        log::warn!(
+            "enroll {} {:?}: AIK refused: {}",
+            req.kind,
+            req.subject,
+            violations.join("; ")
+        );
+        return Err(EnrollError::AikNotRestrictedSigning(violations));
+    }
+    let secret = random(SECRET_SIZE)?;
+    let made = credential::make_credential(ek, aik.name(), &secret).map_err(|e| match e {
+        CredentialError::Crypto(e) => EnrollError::Crypto(e),
+        other => EnrollError::UnsupportedEk(other),
+    })?;
+    let id = hex(&random(16)?);
+    let ttl = store.config()?.session_ttl_secs.max(1);
+    let aik_name = hex(aik.name());
+    {
+        let mut map = sessions.lock();
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        while map.len() >= MAX_SESSIONS {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                kind: req.kind,
+                subject: req.subject.clone(),
+                aik,
+                secret,
+                ek_cert_sha256: ek.digest(MessageDigest::sha256())?.to_vec(),
+                expires: now + Duration::from_secs(ttl),
+            },
+        );
+    }
+    log::info!(
+        "enroll {} {:?}: session {id} started for AIK {aik_name}",
+        req.kind,
+        req.subject
+    );
+    Ok(EnrollStartResponse {
+        session: id,
+        credential_blob: B64.encode(&made.credential_blob),
+        encrypted_secret: B64.encode(&made.encrypted_secret),
+        aik_name,
+        expires_at: now_unix() + ttl,
+    })
+}
+
+/// Host: the EK certificate must chain to a configured EK root (and not be revoked).
+fn check_host_chain(store: &Store, chain: &[X509]) -> Result<(), EnrollError> {
+    let roots = store.ek_roots()?;
+    if roots.is_empty() {
+        return Err(EnrollError::UntrustedEk(
+            "no EK root is configured (vtpm-ca add-ek-root)".into(),
+        ));
+    }
+    let verified = revocation::verify_chain("an EK root", &roots, &chain[0], &chain[1..]).map_err(
+        |e| match e {
+            RevocationError::Untrusted { reason, depth, .. } => {
+                EnrollError::UntrustedEk(format!("{reason} (at depth {depth})"))
+            }
+            other => other.into(),
+        },
+    )?;
+    revocation::check_not_revoked(store, &verified)?;
+    Ok(())
+}
+
+/// vTPM: vEK <- coprocessor <- host AIK <- CA root, none revoked, every intermediate either
+/// issued here (a host AIK certificate) or registered here (a coprocessor certificate).
+fn check_vtpm_chain(store: &Store, chain: &[X509]) -> Result<(), EnrollError> {
+    let ca = store.ca_cert()?;
+    let verified = revocation::verify_chain("the CA root", &[ca], &chain[0], &chain[1..]).map_err(
+        |e| match e {
+            RevocationError::Untrusted { reason, depth, .. } => {
+                EnrollError::UntrustedVekChain(format!("{reason} (at depth {depth})"))
+            }
+            other => other.into(),
+        },
+    )?;
+    revocation::check_not_revoked(store, &verified)?;
+    let require_registered = store.config()?.require_registered_coprocessor;
+    let intermediates = &verified[1..verified.len().saturating_sub(1)];
+    if intermediates.is_empty() {
+        return Err(EnrollError::UntrustedVekChain(
+            "the vEK certificate is issued by the CA root itself, not by a coprocessor".into(),
+        ));
+    }
+    let mut saw_host_aik = false;
+    for c in intermediates {
+        let fp = fingerprint(c)?;
+        match store.lookup(&fp)?.map(|k| k.entry) {
+            Some(IndexEntry::Issued { .. }) => {
+                if issue::host_ek_cert_hash(c).is_none() {
+                    return Err(EnrollError::UntrustedVekChain(format!(
+                        "{} is issued by this CA but is not a host AIK certificate",
+                        revocation::subject_text(c)
+                    )));
+                }
+                saw_host_aik = true;
+            }
+            Some(IndexEntry::Registered) => {}
+            None if require_registered => {
+                return Err(EnrollError::UnregisteredCoprocessor {
+                    subject: revocation::subject_text(c),
+                    fingerprint: fp,
+                })
+            }
+            None => {}
+        }
+    }
+    if !saw_host_aik {
+        return Err(EnrollError::UntrustedVekChain(
+            "no host AIK certificate in the chain".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 2: checks the secret and issues the AIK certificate.
+pub fn finish(
+    store: &Store,
+    sessions: &Sessions,
+    req: &EnrollFinishRequest,
+) -> Result<EnrollFinishResponse, EnrollError> {
+    let secret = decode_b64("secret", &req.secret)?;
+    // The session is consumed whatever happens next: one guess per credential.
+    let session = sessions
+        .lock()
+        .remove(&req.session)
+        .ok_or_else(|| EnrollError::UnknownSession(req.session.clone()))?;
+    if session.expires <= Instant::now() {
+        return Err(EnrollError::SessionExpired(req.session.clone()));
+    }
+    if secret.len() != session.secret.len() || !memcmp::eq(&secret, &session.secret) {
+        log::warn!(
+            "enroll {} {:?}: session {}: activation failed (wrong secret)",
+            session.kind,
+            session.subject,
+            req.session
+        );
+        return Err(EnrollError::ActivationFailed);
+    }
+    let out = issue_aik(
+        store,
+        session.kind,
+        &session.subject,
+        &session.aik,
+        &session.ek_cert_sha256,
+    )?;
+    log::info!(
+        "enroll {} {:?}: issued AIK certificate {} ({})",
+        session.kind,
+        session.subject,
+        out.serial,
+        out.name
+    );
+    Ok(out)
+}
+
+/// Issues, records and stores an AIK certificate (after a successful activation).
+pub fn issue_aik(
+    store: &Store,
+    kind: Kind,
+    subject: &str,
+    aik: &AikPublic,
+    ek_cert_sha256: &[u8],
+) -> Result<EnrollFinishResponse, EnrollError> {
+    validate_subject(subject)?;
+    let config = store.config()?;
+    let ca_cert = store.ca_cert()?;
+    let cert = issue::aik_cert(
+        &*store.ca_key()?,
+        &ca_cert,
+        kind,
+        subject,
+        aik.public_key(),
+        ek_cert_sha256,
+        config.validity_secs,
+    )?;
+    let serial = store.record_issued(&cert)?;
+    let name = format!("aik/{kind}/{subject}");
+    crate::certstore::put_unchecked(store, &name, std::slice::from_ref(&cert))?;
+    Ok(EnrollFinishResponse {
+        certificate: String::from_utf8_lossy(&cert.to_pem()?).into_owned(),
+        ca_certificate: String::from_utf8_lossy(&ca_cert.to_pem()?).into_owned(),
+        serial,
+        fingerprint: fingerprint(&cert)?,
+        name,
+        not_before: asn1_to_unix(cert.not_before())?,
+        not_after: asn1_to_unix(cert.not_after())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aik::tests::ak_pub;
+    use crate::issue::generate_key;
+    use crate::store::tests::new_store;
+    use crate::store::Config;
+    use openssl::pkey::{PKey, Private};
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::{BasicConstraints, KeyUsage};
+    use openssl::x509::{X509Builder, X509NameBuilder};
+
+    /// A certificate for `key` signed by `issuer_key`/`issuer` (self-signed without one).
+    pub(crate) fn cert<T: openssl::pkey::HasPublic>(
+        cn: &str,
+        key: &openssl::pkey::PKeyRef<T>,
+        issuer: Option<(&X509, &PKey<Private>)>,
+        ca: Option<u32>,
+        self_key: Option<&PKey<Private>>,
+    ) -> X509 {
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&issue::random_serial().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(issuer.map(|i| i.0.subject_name()).unwrap_or(&name))
+            .unwrap();
+        b.set_pubkey(key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        match ca {
+            Some(p) => {
+                b.append_extension(
+                    BasicConstraints::new()
+                        .critical()
+                        .ca()
+                        .pathlen(p)
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+                b.append_extension(
+                    KeyUsage::new()
+                        .key_cert_sign()
+                        .digital_signature()
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+            }
+            None => {
+                b.append_extension(BasicConstraints::new().critical().build().unwrap())
+                    .unwrap();
+                b.append_extension(KeyUsage::new().key_encipherment().build().unwrap())
+                    .unwrap();
+            }
+        }
+        let signer = issuer.map(|i| i.1).or(self_key).unwrap();
+        b.sign(signer, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    fn pem(c: &X509) -> String {
+        String::from_utf8(c.to_pem().unwrap()).unwrap()
+    }
+
+    struct Host {
+        root: X509,
+        ek_key: PKey<Private>,
+        ek: X509,
+    }
+
+    /// A software "manufacturer": root CA and an RSA 2048 EK certificate.
+    fn manufacturer() -> Host {
+        let root_key = generate_key().unwrap();
+        let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
+        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek = cert("ek", &ek_key, Some((&root, &root_key)), None, None);
+        Host { root, ek_key, ek }
+    }
+
+    fn start_req(kind: Kind, chain: Vec<String>, aik: &[u8]) -> EnrollStartRequest {
+        EnrollStartRequest {
+            kind,
+            subject: "subject-1".into(),
+            ek_cert_chain: chain,
+            aik_public: B64.encode(aik),
+        }
+    }
+
+    /// Runs a full host enrollment with a software EK and returns the response.
+    fn enroll_host(store: &Store, sessions: &Sessions, host: &Host) -> EnrollFinishResponse {
+        let s = start(
+            store,
+            sessions,
+            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
+        )
+        .unwrap();
+        let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
+        let secret = credential::activate_credential(
+            &host.ek_key,
+            aik.name(),
+            &B64.decode(&s.credential_blob).unwrap(),
+            &B64.decode(&s.encrypted_secret).unwrap(),
+        )
+        .unwrap();
+        finish(
+            store,
+            sessions,
+            &EnrollFinishRequest {
+                session: s.session,
+                secret: B64.encode(secret),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn host_enrollment_with_a_software_ek() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        let host = manufacturer();
+        // No EK root yet.
+        assert!(matches!(
+            start(
+                &store,
+                &sessions,
+                &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub())
+            ),
+            Err(EnrollError::UntrustedEk(_))
+        ));
+        store.add_ek_root(&host.root).unwrap();
+        let out = enroll_host(&store, &sessions, &host);
+        assert_eq!(out.name, "aik/host/subject-1");
+        let cert = X509::from_pem(out.certificate.as_bytes()).unwrap();
+        assert_eq!(
+            issue::host_ek_cert_hash(&cert).unwrap(),
+            host.ek.digest(MessageDigest::sha256()).unwrap().to_vec()
+        );
+        assert!(store.issued(&out.serial).unwrap().is_some());
+        assert!(crate::certstore::get_unchecked(&store, &out.name)
+            .unwrap()
+            .is_some());
+        assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn wrong_secret_fails_and_consumes_the_session() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        let host = manufacturer();
+        store.add_ek_root(&host.root).unwrap();
+        let s = start(
+            &store,
+            &sessions,
+            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
+        )
+        .unwrap();
+        let req = EnrollFinishRequest {
+            session: s.session.clone(),
+            secret: B64.encode([0u8; 32]),
+        };
+        assert!(matches!(
+            finish(&store, &sessions, &req),
+            Err(EnrollError::ActivationFailed)
+        ));
+        assert!(matches!(
+            finish(&store, &sessions, &req),
+            Err(EnrollError::UnknownSession(_))
+        ));
+    }
+
+    #[test]
+    fn bad_aik_and_bad_requests_are_refused() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        let host = manufacturer();
+        store.add_ek_root(&host.root).unwrap();
+        let mut raw = ak_pub();
+        raw[6..10].copy_from_slice(&0x0006_0072u32.to_be_bytes()); // sign|decrypt, not restricted
+        match start(
+            &store,
+            &sessions,
+            &start_req(Kind::Host, vec![pem(&host.ek)], &raw),
+        ) {
+            Err(EnrollError::AikNotRestrictedSigning(v)) => {
+                assert!(
+                    v.iter().any(|s| s.contains("restricted is not set")),
+                    "{v:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        r.subject = "../etc".into();
+        assert!(matches!(
+            start(&store, &sessions, &r),
+            Err(EnrollError::BadSubject(_))
+        ));
+        let r = start_req(Kind::Host, vec!["junk".into()], &ak_pub());
+        assert!(matches!(
+            start(&store, &sessions, &r),
+            Err(EnrollError::BadEkCertificate(_))
+        ));
+        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        r.aik_public = "!!".into();
+        assert!(matches!(
+            start(&store, &sessions, &r),
+            Err(EnrollError::BadRequest(_))
+        ));
+        // An ECC EK is not supported for MakeCredential.
+        let root_key = generate_key().unwrap();
+        let root = cert("ecc maker", &root_key, None, Some(1), Some(&root_key));
+        store.add_ek_root(&root).unwrap();
+        let ecc_ek = cert(
+            "ecc ek",
+            &generate_key().unwrap(),
+            Some((&root, &root_key)),
+            None,
+            None,
+        );
+        assert!(matches!(
+            start(
+                &store,
+                &sessions,
+                &start_req(Kind::Host, vec![pem(&ecc_ek)], &ak_pub())
+            ),
+            Err(EnrollError::UnsupportedEk(_))
+        ));
+    }
+
+    #[test]
+    fn vtpm_chain_rules() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        // The host AIK: a software key standing in, certified by the CA.
+        let host_aik_key = generate_key().unwrap();
+        let host_aik = issue::aik_cert(
+            &store.ca_key().unwrap(),
+            &store.ca_cert().unwrap(),
+            Kind::Host,
+            "host-1",
+            &host_aik_key,
+            &[1; 32],
+            3600,
+        )
+        .unwrap();
+        store.record_issued(&host_aik).unwrap();
+        let cop_key = generate_key().unwrap();
+        let cop = cert(
+            "coprocessor",
+            &cop_key,
+            Some((&host_aik, &host_aik_key)),
+            Some(0),
+            None,
+        );
+        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let chain = vec![pem(&vek), pem(&cop), pem(&host_aik)];
+        let req = start_req(Kind::Vtpm, chain.clone(), &ak_pub());
+
+        // The coprocessor is not registered yet.
+        assert!(matches!(
+            start(&store, &sessions, &req),
+            Err(EnrollError::UnregisteredCoprocessor { .. })
+        ));
+        revocation::register_coprocessor(
+            &store,
+            &[cop.clone(), host_aik.clone()],
+            Some(&crate::certstore::Principal::new(
+                "a",
+                "t",
+                false,
+                vec!["".into()],
+                false,
+            )),
+        )
+        .unwrap();
+        let s = start(&store, &sessions, &req).unwrap();
+        let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
+        let secret = credential::activate_credential(
+            &vek_key,
+            aik.name(),
+            &B64.decode(&s.credential_blob).unwrap(),
+            &B64.decode(&s.encrypted_secret).unwrap(),
+        )
+        .unwrap();
+        let out = finish(
+            &store,
+            &sessions,
+            &EnrollFinishRequest {
+                session: s.session,
+                secret: B64.encode(secret),
+            },
+        )
+        .unwrap();
+        assert_eq!(out.name, "aik/vtpm/subject-1");
+
+        // Missing intermediates: does not verify.
+        let short = start_req(Kind::Vtpm, vec![pem(&vek)], &ak_pub());
+        assert!(matches!(
+            start(&store, &sessions, &short),
+            Err(EnrollError::UntrustedVekChain(_))
+        ));
+        // A host EK chain is not a vEK chain.
+        let host = manufacturer();
+        store.add_ek_root(&host.root).unwrap();
+        assert!(matches!(
+            start(
+                &store,
+                &sessions,
+                &start_req(Kind::Vtpm, vec![pem(&host.ek)], &ak_pub())
+            ),
+            Err(EnrollError::UntrustedVekChain(_))
+        ));
+        // Revoking the coprocessor (by fingerprint) or the host AIK (by serial) stops it.
+        revocation::revoke_cert(&store, &cop, Some("host decommissioned")).unwrap();
+        assert!(matches!(
+            start(&store, &sessions, &req),
+            Err(EnrollError::Revoked { .. })
+        ));
+    }
+
+    #[test]
+    fn revoked_host_aik_stops_vtpm_enrollment() {
+        let (_tmp, store, _) = new_store(Config {
+            require_registered_coprocessor: false,
+            ..Config::default()
+        });
+        let sessions = Sessions::default();
+        let host_aik_key = generate_key().unwrap();
+        let host_aik = issue::aik_cert(
+            &store.ca_key().unwrap(),
+            &store.ca_cert().unwrap(),
+            Kind::Host,
+            "host-1",
+            &host_aik_key,
+            &[1; 32],
+            3600,
+        )
+        .unwrap();
+        let serial = store.record_issued(&host_aik).unwrap();
+        let cop_key = generate_key().unwrap();
+        let cop = cert(
+            "coprocessor",
+            &cop_key,
+            Some((&host_aik, &host_aik_key)),
+            Some(0),
+            None,
+        );
+        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let req = start_req(
+            Kind::Vtpm,
+            vec![pem(&vek), pem(&cop), pem(&host_aik)],
+            &ak_pub(),
+        );
+        start(&store, &sessions, &req).unwrap();
+        revocation::revoke_serial(&store, &serial, None).unwrap();
+        match start(&store, &sessions, &req) {
+            Err(EnrollError::Revoked { subject, .. }) => assert!(subject.contains("host-1")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `vtpm-ca`, vhost-vtpm's local certificate authority (ADR 0008).
+//!
+//! The CA enrolls TPMs by credential activation and issues X.509 AIK certificates:
+//!
+//! * a **host** TPM proves that its AIK lives next to an EK whose certificate chains to a
+//!   configured manufacturer root; it gets a `CA:TRUE, pathlen:1` AIK certificate that binds
+//!   the SHA-256 of the EK certificate ([`issue::HOST_EK_CERT_HASH_OID`]);
+//! * a **vTPM** proves the same against its vEK, whose certificate must chain up to this CA's
+//!   root through a registered coprocessor certificate and the host AIK certificate, with
+//!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate.
+//!
+//! It also keeps an access-controlled store of named certificates ([`certstore`]), a
+//! revocation list published as an X.509 CRL ([`revocation`]) and answers status queries.
+//! Everything persists in one directory ([`store`]); the HTTPS API ([`server`]) and the
+//! blocking client ([`client`]) share the JSON shapes of [`api`].
+//!
+//! Module map:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`ca`] | the CA as one object: store, sessions, write lock, token authentication |
+//! | [`store`] | the on-disk layout, atomic writes, CA key/root, config, issued and registered certificates |
+//! | [`issue`] | building and signing certificates (root, TLS, AIK) |
+//! | [`credential`] | software `TPM2_MakeCredential` for RSA EKs, KDFa, tpm2-tools' credential file |
+//! | [`aik`] | reading a `TPM2B_PUBLIC` AIK: its name, its key, what is wrong with it |
+//! | [`enroll`] | the two-step enrollment protocol and its sessions |
+//! | [`certstore`] | named certificates and the ACL of bearer-token principals |
+//! | [`revocation`] | revocations, the CRL, status answers, coprocessor registration |
+//! | [`api`] | request/response JSON shapes and error codes |
+//! | [`server`] | the axum HTTPS service |
+//! | [`client`] | the blocking HTTPS client |
+//! | [`cli`] | the `vtpm-ca` command line |
+
+pub mod aik;
+pub mod api;
+pub mod ca;
+pub mod certstore;
+pub mod cli;
+pub mod client;
+pub mod credential;
+pub mod enroll;
+pub mod issue;
+pub mod revocation;
+pub mod server;
+pub mod store;
+mod util;
+
+pub use ca::Ca;
+pub use client::{Client, ClientError};
+pub use credential::tpm2_tools_credential_file;
+pub use store::Store;
+
+/// The store directory used when `--store` is not given.
+pub const DEFAULT_STORE: &str = "/var/lib/vtpm-ca";

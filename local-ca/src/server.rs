@@ -1,0 +1,436 @@
+//! The HTTPS service: axum over OpenSSL (axum-server), with the TLS certificate `init`
+//! issued from the CA key.
+//!
+//! This module owns the routes, the mapping of every module error to an HTTP status and a
+//! JSON `{error, detail}` body ([`ApiError`]), bearer-token extraction, running the blocking
+//! CA operations off the async workers, and the server's life cycle (bind, print the
+//! address, graceful stop on SIGTERM/SIGINT). The routes are listed in [`crate::api`].
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
+use axum_server::Handle;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::api::{codes, ErrorBody, GetCertResponse, PutCertRequest};
+use crate::ca::Ca;
+use crate::certstore::CertStoreError;
+use crate::enroll::EnrollError;
+use crate::revocation::RevocationError;
+use crate::store::StoreError;
+
+/// How long a graceful stop waits for open connections.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// An error as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        log::error!("internal error: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            detail: self.detail,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadSerial(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string())
+            }
+            StoreError::BadFingerprint(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FINGERPRINT,
+                e.to_string(),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<CertStoreError> for ApiError {
+    fn from(e: CertStoreError) -> Self {
+        use CertStoreError as E;
+        let (status, code) = match &e {
+            E::Unauthenticated => (StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED),
+            E::Forbidden { .. } => (StatusCode::FORBIDDEN, codes::FORBIDDEN),
+            E::BadName(_) => (StatusCode::BAD_REQUEST, codes::BAD_NAME),
+            E::BadPem(_) => (StatusCode::BAD_REQUEST, codes::BAD_PEM),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
+            E::PrincipalExists(_) | E::BadPrincipal(_) => {
+                (StatusCode::BAD_REQUEST, codes::BAD_REQUEST)
+            }
+            E::Store(_) | E::Crypto(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<RevocationError> for ApiError {
+    fn from(e: RevocationError) -> Self {
+        use RevocationError as E;
+        let (status, code) = match e {
+            E::UnknownSerial(_) => (StatusCode::NOT_FOUND, codes::UNKNOWN_SERIAL),
+            E::Untrusted { .. } => (StatusCode::FORBIDDEN, codes::UNTRUSTED_CHAIN),
+            E::Revoked { .. } => (StatusCode::FORBIDDEN, codes::REVOKED),
+            E::EmptyChain | E::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::Access(e) => return e.into(),
+            E::Store(e) => return e.into(),
+            E::Crypto(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> Self {
+        use EnrollError as E;
+        let (status, code) = match e {
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::BadSubject(_) => (StatusCode::BAD_REQUEST, codes::BAD_SUBJECT),
+            E::BadEkCertificate(_) => (StatusCode::BAD_REQUEST, codes::BAD_EK_CERTIFICATE),
+            E::BadAikPublic(_) => (StatusCode::BAD_REQUEST, codes::BAD_AIK_PUBLIC),
+            E::AikNotRestrictedSigning(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::AIK_NOT_RESTRICTED_SIGNING,
+            ),
+            E::UnsupportedEk(_) => (StatusCode::UNPROCESSABLE_ENTITY, codes::UNSUPPORTED_EK),
+            E::UntrustedEk(_) => (StatusCode::FORBIDDEN, codes::UNTRUSTED_EK),
+            E::UntrustedVekChain(_) => (StatusCode::FORBIDDEN, codes::UNTRUSTED_VEK_CHAIN),
+            E::Revoked { .. } => (StatusCode::FORBIDDEN, codes::REVOKED),
+            E::UnregisteredCoprocessor { .. } => {
+                (StatusCode::FORBIDDEN, codes::UNREGISTERED_COPROCESSOR)
+            }
+            E::UnknownSession(_) => (StatusCode::NOT_FOUND, codes::UNKNOWN_SESSION),
+            E::SessionExpired(_) => (StatusCode::GONE, codes::SESSION_EXPIRED),
+            E::ActivationFailed => (StatusCode::FORBIDDEN, codes::ACTIVATION_FAILED),
+            E::Store(e) => return e.into(),
+            E::CertStore(e) => return e.into(),
+            E::Issue(_) | E::Crypto(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+type Shared = Arc<Ca>;
+
+/// Runs a blocking CA operation on tokio's blocking pool.
+async fn blocking<T, E, F>(ca: &Shared, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce(&Ca) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let ca = Arc::clone(ca);
+    match tokio::task::spawn_blocking(move || f(&ca)).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(ApiError::internal(format!("worker failed: {e}"))),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+/// The API's routes.
+pub fn router(ca: Arc<Ca>) -> Router {
+    Router::new()
+        .route("/v1/ca", get(get_ca))
+        .route("/v1/enroll/start", post(enroll_start))
+        .route("/v1/enroll/finish", post(enroll_finish))
+        .route("/v1/certs/{*name}", get(get_cert).put(put_cert))
+        .route("/v1/revoke", post(revoke))
+        .route("/v1/crl", get(crl))
+        .route("/v1/status", get(status))
+        .route("/v1/coprocessor", post(coprocessor))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                codes::BAD_REQUEST,
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(ca)
+}
+
+async fn get_ca(State(ca): State<Shared>) -> Result<Response, ApiError> {
+    let pem = blocking(&ca, |ca| ca.ca_pem()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+async fn enroll_start(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req = json_body(&body)?;
+    let out = blocking(&ca, move |ca| ca.enroll_start(&req)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn enroll_finish(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req = json_body(&body)?;
+    let out = blocking(&ca, move |ca| ca.enroll_finish(&req)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn put_cert(
+    State(ca): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers);
+    let req: PutCertRequest = match json_body(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("certstore: refused to store {name:?}: {}", e.detail);
+            return Err(e);
+        }
+    };
+    let out = blocking(&ca, move |ca| {
+        ca.put_cert(&name, &req.pem, token.as_deref())
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+async fn get_cert(
+    State(ca): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers);
+    let out = blocking(&ca, move |ca| {
+        ca.get_cert(&name, token.as_deref())
+            .map(|pem| GetCertResponse { name, pem })
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+async fn revoke(
+    State(ca): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers);
+    let req = json_body(&body)?;
+    let out = blocking(&ca, move |ca| ca.revoke(&req, token.as_deref())).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn crl(State(ca): State<Shared>) -> Result<Response, ApiError> {
+    let der = blocking(&ca, |ca| ca.crl()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    fingerprint: Option<String>,
+}
+
+async fn status(
+    State(ca): State<Shared>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let fp = query
+        .ok()
+        .and_then(|Query(q)| q.fingerprint)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_FINGERPRINT,
+                "query parameter fingerprint=<sha256 hex> is required",
+            )
+        })?;
+    let out = blocking(&ca, move |ca| ca.status(&fp)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn coprocessor(
+    State(ca): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers);
+    let req = json_body(&body)?;
+    let out = blocking(&ca, move |ca| {
+        ca.register_coprocessor(&req, token.as_deref())
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+/// The TLS configuration from the store's `tls.pem`/`tls.key`.
+pub fn tls_config(ca: &Ca) -> io::Result<OpenSSLConfig> {
+    let store = ca.store();
+    OpenSSLConfig::from_pem_file(store.tls_cert_path(), store.tls_key_path())
+        .map_err(|e| io::Error::other(format!("TLS configuration: {e}")))
+}
+
+/// Serves `ca` over HTTPS on `listener` until `shutdown` completes, then stops gracefully.
+pub async fn serve(
+    ca: Arc<Ca>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let handle = Handle::new();
+    serve_with_handle(ca, listener, handle.clone(), async move {
+        shutdown.await;
+        handle.graceful_shutdown(Some(GRACE));
+    })
+    .await
+}
+
+async fn serve_with_handle(
+    ca: Arc<Ca>,
+    listener: TcpListener,
+    handle: Handle,
+    stopper: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let config = tls_config(&ca)?;
+    listener.set_nonblocking(true)?;
+    tokio::spawn(stopper);
+    axum_server::from_tcp(listener)
+        .acceptor(OpenSSLAcceptor::new(config))
+        .handle(handle)
+        .serve(router(ca).into_make_service())
+        .await
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => log::info!("SIGTERM: stopping"),
+                _ = i.recv() => log::info!("SIGINT: stopping"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("cannot wait for signals ({e}); stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A server running on its own thread and runtime, for tests and embedding.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: Handle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Binds `listen` (e.g. `127.0.0.1:0`) and serves `ca` in the background.
+    pub fn start(ca: Ca, listen: SocketAddr) -> io::Result<RunningServer> {
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let ca = Arc::new(ca);
+        // Fail here, not in the thread, if the TLS files are unusable.
+        tls_config(&ca)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let handle = Handle::new();
+        let h = handle.clone();
+        let thread = std::thread::Builder::new()
+            .name("vtpm-ca-server".into())
+            .spawn(move || {
+                rt.block_on(serve_with_handle(ca, listener, h, std::future::ready(())))
+            })?;
+        Ok(RunningServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://ADDR`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops gracefully and waits for the thread.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        self.handle.graceful_shutdown(Some(GRACE));
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| io::Error::other("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}

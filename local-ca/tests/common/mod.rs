@@ -1,0 +1,463 @@
+//! Shared helpers of the integration tests: the real `vtpm-ca` binary serving HTTPS on
+//! 127.0.0.1:0, and swtpm + tpm2-tools standing in for a host TPM (or a vTPM).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use local_ca::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vtpm-ca");
+
+/// Runs `vtpm-ca --store DIR ARGS...` to completion.
+pub fn vtpm_ca(store: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run vtpm-ca")
+}
+
+/// Like [`vtpm_ca`], asserting success; returns stdout.
+pub fn vtpm_ca_ok(store: &Path, args: &[&str]) -> String {
+    let out = vtpm_ca(store, args);
+    assert!(
+        out.status.success(),
+        "vtpm-ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A CA store and a `vtpm-ca serve` process on it.
+pub struct CaServer {
+    pub tmp: tempfile::TempDir,
+    pub store: PathBuf,
+    pub url: String,
+    pub ca_pem: Vec<u8>,
+    pub admin_token: String,
+    child: Option<Child>,
+}
+
+impl CaServer {
+    /// `vtpm-ca init --validity-secs VALIDITY EXTRA...`, then `serve --listen 127.0.0.1:0`.
+    pub fn start(validity_secs: u64, extra_init: &[&str]) -> CaServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("ca");
+        let validity = validity_secs.to_string();
+        let mut args = vec!["init", "--validity-secs", &validity];
+        args.extend_from_slice(extra_init);
+        let out = vtpm_ca_ok(&store, &args);
+        assert!(out.contains("admin token"), "{out}");
+        let admin_token = std::fs::read_to_string(store.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let ca_pem = std::fs::read(store.join("ca.pem")).unwrap();
+        let mut server = CaServer {
+            tmp,
+            store,
+            url: String::new(),
+            ca_pem,
+            admin_token,
+            child: None,
+        };
+        server.serve();
+        server
+    }
+
+    /// Starts `vtpm-ca serve` on the store (again after [`CaServer::stop`]).
+    pub fn serve(&mut self) {
+        let mut child = Command::new(BIN)
+            .arg("--store")
+            .arg(&self.store)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vtpm-ca serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vtpm-ca did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Client {
+        Client::new(&self.url, &self.ca_pem, token.map(str::to_string)).unwrap()
+    }
+
+    pub fn admin(&self) -> Client {
+        self.client(Some(&self.admin_token))
+    }
+
+    /// `vtpm-ca acl add` on the running store; returns the token.
+    pub fn add_principal(&self, args: &[&str]) -> String {
+        let mut a = vec!["acl", "add"];
+        a.extend_from_slice(args);
+        vtpm_ca_ok(&self.store, &a).trim().to_string()
+    }
+}
+
+impl Drop for CaServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A swtpm manufactured by swtpm_setup with EK certificates from a private swtpm_localca
+/// (its CA lives in the test's directory), reached by tpm2-tools over TCP.
+pub struct Swtpm {
+    pub dir: PathBuf,
+    port: u16,
+    child: Child,
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl Swtpm {
+    /// Manufactures (EK + EK certificate) and starts a TPM in `dir`.
+    pub fn start(dir: &Path) -> Swtpm {
+        std::fs::create_dir_all(dir.join("localca")).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let lca = dir.join("localca");
+        std::fs::write(
+            dir.join("swtpm-localca.conf"),
+            format!(
+                "statedir = {l}\nsigningkey = {l}/signkey.pem\nissuercert = {l}/issuercert.pem\ncertserial = {l}/certserial\n",
+                l = lca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("swtpm-localca.options"),
+            "--platform-manufacturer vhost-vtpm-test\n--platform-version 2.1\n--platform-model QEMU\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                dir.join("swtpm-localca.conf").display(),
+                dir.join("swtpm-localca.options").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--createek", "--create-ek-cert", "--overwrite"])
+            .arg("--tpmstate")
+            .arg(dir.join("state"))
+            .arg("--config")
+            .arg(dir.join("swtpm_setup.conf"))
+            .output()
+            .expect("swtpm_setup (scripts/setup.sh installs swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.join("state").display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("swtpm");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Swtpm {
+            dir: dir.to_owned(),
+            port,
+            child,
+        }
+    }
+
+    /// The swtpm_localca root (the EK root to trust).
+    pub fn ek_root(&self) -> PathBuf {
+        self.dir.join("localca/swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The swtpm_localca intermediate that signs the EK certificates.
+    pub fn ek_issuer(&self) -> PathBuf {
+        self.dir.join("localca/issuercert.pem")
+    }
+
+    /// Runs a tpm2-tools command in the TPM's directory; returns its output (asserting success).
+    pub fn tpm2(&self, args: &[&str]) -> Output {
+        let out = self.tpm2_raw(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn tpm2_raw(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(&self.dir)
+            .env(
+                "TPM2TOOLS_TCTI",
+                format!("swtpm:host=127.0.0.1,port={}", self.port),
+            )
+            .output()
+            .expect("tpm2-tools (scripts/setup.sh installs them)")
+    }
+
+    /// Flushes transient objects and sessions (swtpm has no resource manager).
+    pub fn flush(&self) {
+        self.tpm2(&["tpm2_flushcontext", "-t"]);
+        self.tpm2(&["tpm2_flushcontext", "-s"]);
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+
+    pub fn read(&self, f: &str) -> Vec<u8> {
+        std::fs::read(self.path(f)).unwrap()
+    }
+
+    /// `tpm2_createek` (RSA, `ek.ctx`) and `tpm2_createak` (restricted ECDSA P-256:
+    /// `ak.ctx`, `ak.pub`, `ak.name`).
+    pub fn create_ek_and_ak(&self) {
+        self.tpm2(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+        self.flush();
+        self.tpm2(&[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+        ]);
+        self.flush();
+    }
+
+    /// The RSA EK certificate from NV (PEM).
+    pub fn ek_cert_pem(&self) -> String {
+        self.tpm2(&["tpm2_getekcertificate", "-o", "ek.crt"]);
+        let der = self.read("ek.crt");
+        let cert = openssl::x509::X509::from_der(&der).unwrap();
+        String::from_utf8(cert.to_pem().unwrap()).unwrap()
+    }
+
+    /// `tpm2_activatecredential` of a tpm2-tools credential file with the EK and the AK;
+    /// returns the recovered secret.
+    pub fn activate(&self, cred_file: &[u8]) -> Vec<u8> {
+        std::fs::write(self.path("cred.in"), cred_file).unwrap();
+        self.flush();
+        self.tpm2(&[
+            "tpm2_startauthsession",
+            "--policy-session",
+            "-S",
+            "session.ctx",
+        ]);
+        self.tpm2(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
+        let out = self.tpm2_raw(&[
+            "tpm2_activatecredential",
+            "-c",
+            "ak.ctx",
+            "-C",
+            "ek.ctx",
+            "-i",
+            "cred.in",
+            "-o",
+            "cred.out",
+            "-P",
+            "session:session.ctx",
+        ]);
+        self.tpm2(&["tpm2_flushcontext", "session.ctx"]);
+        self.flush();
+        assert!(
+            out.status.success(),
+            "tpm2_activatecredential: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.read("cred.out")
+    }
+
+    /// Signs `data` with the AK (the TPM hashes it, so a restricted key may sign): DER ECDSA.
+    pub fn sign_with_ak(&self, data: &[u8]) -> Vec<u8> {
+        std::fs::write(self.path("tosign.bin"), data).unwrap();
+        self.flush();
+        self.tpm2(&[
+            "tpm2_sign",
+            "-c",
+            "ak.ctx",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-f",
+            "plain",
+            "-o",
+            "sig.der",
+            "tosign.bin",
+        ]);
+        self.flush();
+        self.read("sig.der")
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// OpenSSL's verification of `leaf` against `root` with `untrusted` intermediates: Ok or
+/// the verify error code (e.g. 10 = X509_V_ERR_CERT_HAS_EXPIRED).
+pub fn openssl_verify(
+    root: &openssl::x509::X509,
+    untrusted: &[openssl::x509::X509],
+    leaf: &openssl::x509::X509,
+) -> Result<(), (i32, String)> {
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::X509StoreContext;
+    let mut sb = X509StoreBuilder::new().unwrap();
+    sb.add_cert(root.clone()).unwrap();
+    let store = sb.build();
+    let mut chain = Stack::new().unwrap();
+    for c in untrusted {
+        chain.push(c.clone()).unwrap();
+    }
+    let mut ctx = X509StoreContext::new().unwrap();
+    ctx.init(&store, leaf, &chain, |c| {
+        let ok = c.verify_cert()?;
+        Ok(if ok {
+            Ok(())
+        } else {
+            Err((c.error().as_raw(), c.error().error_string().to_string()))
+        })
+    })
+    .unwrap()
+}
+
+/// DER: tag, length, content.
+pub fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The first element inside the outer SEQUENCE of `der` (a certificate's TBSCertificate).
+pub fn first_inner_element(der: &[u8]) -> Vec<u8> {
+    fn header(b: &[u8]) -> (usize, usize) {
+        let l = b[1];
+        if l < 0x80 {
+            (2, l as usize)
+        } else {
+            let k = (l & 0x7f) as usize;
+            let mut n = 0usize;
+            for x in &b[2..2 + k] {
+                n = (n << 8) | *x as usize;
+            }
+            (2 + k, n)
+        }
+    }
+    let (h, _) = header(der);
+    let inner = &der[h..];
+    let (h2, n2) = header(inner);
+    inner[..h2 + n2].to_vec()
+}
+
+/// A certificate whose TBSCertificate is `template`'s and whose ECDSA-SHA256 signature is
+/// made by `sign` (e.g. a TPM key): how the host AIK signs the coprocessor certificate.
+pub fn resign(
+    template: &openssl::x509::X509,
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> openssl::x509::X509 {
+    let tbs = first_inner_element(&template.to_der().unwrap());
+    let sig = sign(&tbs);
+    // AlgorithmIdentifier ecdsa-with-SHA256 (1.2.840.10045.4.3.2), no parameters.
+    let alg = der_tlv(
+        0x30,
+        &der_tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(&sig);
+    let mut body = tbs;
+    body.extend_from_slice(&alg);
+    body.extend_from_slice(&der_tlv(0x03, &bits));
+    openssl::x509::X509::from_der(&der_tlv(0x30, &body)).unwrap()
+}
