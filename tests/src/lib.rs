@@ -467,6 +467,19 @@ impl Vm {
         decode_base64(&b64)
     }
 
+    /// Writes `data` to a guest file (base64 over the console, in chunks short enough for
+    /// the guest's line discipline).
+    pub fn write_file(&mut self, path: &str, data: &[u8]) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        self.must(&format!(": > {path}.b64"));
+        for chunk in b64.as_bytes().chunks(768) {
+            let chunk = std::str::from_utf8(chunk).unwrap_or_default();
+            self.must(&format!("echo {chunk} >> {path}.b64"));
+        }
+        self.must(&format!("base64 -d {path}.b64 > {path} && rm {path}.b64"));
+    }
+
     /// Reboots the guest (`reboot -f`) and waits for its shell again.
     pub fn reboot(&mut self) {
         self.raw_line("reboot -f").unwrap_or_else(|e| panic!("{e}"));
@@ -567,34 +580,13 @@ fn clean_console(text: &str) -> String {
     out
 }
 
-/// Decodes standard base64, ignoring whitespace.
+/// Decodes standard base64, ignoring whitespace (line breaks of `base64` in the guest).
 pub fn decode_base64(text: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        if c == b'=' {
-            break;
-        }
-        if let Some(v) = val(c) {
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .unwrap_or_else(|e| panic!("guest sent invalid base64 ({e}): {text:?}"))
 }
 
 #[cfg(test)]

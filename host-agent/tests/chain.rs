@@ -1,0 +1,231 @@
+//! The certificate chain of ADR 0008 with every real part except the guest: an swtpm as the
+//! host TPM (manufactured with an EK certificate by swtpm_localca, the "manufacturer"), the
+//! `vtpm-ca` service over HTTPS, `vtpm-host` for enrollment, coprocessor certification and
+//! vEK provisioning, and the `vhost-vtpm` daemon serving the instance, whose NV the test
+//! reads like a guest would and verifies with the `openssl verify` command.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use guest_driver::testbed::{CaProcess, ChainSetup, DaemonProcess, HostTpmSimulator};
+use guest_driver::{ClientOptions, VtpmClient};
+use local_ca::api::{EnrollStartRequest, Kind};
+use local_ca::client::Client;
+use tpm_proto::commands as c;
+
+const HOST: &str = env!("CARGO_BIN_EXE_vtpm-host");
+
+/// A sibling binary of the workspace (`cargo build --release --workspace` builds them all).
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(HOST).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --workspace` (scripts/setup.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn vtpm_host(dir: &Path, tcti: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(HOST)
+        .arg("--dir")
+        .arg(dir)
+        .args(["--host-tpm", tcti])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    String::from_utf8(
+        openssl::x509::X509::from_der(der)
+            .unwrap()
+            .to_pem()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// `openssl verify` as a verifier runs it: the CA root as the only trust anchor.
+fn openssl_verify(dir: &Path, ca: &Path, untrusted: &[&str], leaf: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").args(extra).arg("-CAfile").arg(ca);
+    for (i, u) in untrusted.iter().enumerate() {
+        let p = dir.join(format!("untrusted{i}.pem"));
+        std::fs::write(&p, u).unwrap();
+        cmd.arg("-untrusted").arg(p);
+    }
+    let leaf_path = dir.join("leaf.pem");
+    std::fs::write(&leaf_path, leaf).unwrap();
+    let out = cmd.arg(&leaf_path).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn nv_read_all(client: &mut VtpmClient, index: u32) -> Vec<u8> {
+    // The size is what NV_ReadPublic says; read in chunks like a TSS.
+    let public = client
+        .transact_tss(&nv_read_public(index))
+        .expect("NV_ReadPublic");
+    assert_eq!(
+        tpm_proto::response_code(&public).unwrap(),
+        0,
+        "NV_ReadPublic {index:#x}"
+    );
+    // TPM2B_NV_PUBLIC: size u16, nvIndex u32, nameAlg u16, attributes u32, authPolicy
+    // TPM2B, dataSize u16.
+    let body = &public[10..];
+    let policy_len = u16::from_be_bytes([body[12], body[13]]) as usize;
+    let at = 14 + policy_len;
+    let size = u16::from_be_bytes([body[at], body[at + 1]]);
+    let mut out = Vec::new();
+    while out.len() < usize::from(size) {
+        let n = (usize::from(size) - out.len()).min(1024) as u16;
+        let resp = client
+            .transact_tss(&c::nv_read(index, n, out.len() as u16))
+            .unwrap();
+        out.extend(c::parse_nv_read(&resp).expect("NV_Read"));
+    }
+    out
+}
+
+fn nv_read_public(index: u32) -> Vec<u8> {
+    tpm_proto::CommandBuilder::new(tpm_proto::tag::NO_SESSIONS, 0x169)
+        .u32(index)
+        .finish()
+}
+
+/// An ECC P-256 restricted signing key template (what `tpm2_createak -G ecc` makes).
+fn aik_template() -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&0x0023u16.to_be_bytes()); // ECC
+    t.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256 names
+                                                   // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign
+    t.extend_from_slice(&0x0005_0072u32.to_be_bytes());
+    t.extend_from_slice(&0u16.to_be_bytes()); // no policy
+    t.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric: NULL
+    t.extend_from_slice(&0x0018u16.to_be_bytes()); // ECDSA
+    t.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256
+    t.extend_from_slice(&0x0003u16.to_be_bytes()); // NIST P-256
+    t.extend_from_slice(&0x0010u16.to_be_bytes()); // kdf NULL
+    t.extend_from_slice(&[0, 0, 0, 0]); // unique x, y
+    t
+}
+
+#[test]
+fn chain_from_the_host_tpm_to_the_vek_verifies_with_openssl() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1-2. Host enrolled (EK certificate under the manufacturer root, credential
+    //      activation), coprocessor certified by the host TPM and registered with the CA by
+    //      a principal that may write only coprocessor certificates.
+    let s = ChainSetup::start(Path::new(HOST).parent().unwrap(), tmp.path(), "host-1").unwrap();
+    let host_aik = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor = s.host_pem("coprocessor.pem").unwrap();
+    assert!(host_aik.contains("BEGIN CERTIFICATE") && coprocessor.contains("BEGIN CERTIFICATE"));
+
+    // 3. A new vTPM instance gets its vEK certificates and the chain.
+    let vm = tmp.path().join("vm1");
+    let out = s.provision(&vm.join("state")).unwrap();
+    assert!(out.contains("0x01c00100, 0x01c00101"), "{out}");
+
+    // 4. The daemon serves it; read everything from NV as the guest would.
+    let tcti = s.host_tpm.tcti();
+    let daemon = DaemonProcess::start(&bin("vhost-vtpm"), &vm, &["--host-tpm", &tcti]).unwrap();
+    let mut client = VtpmClient::connect(&daemon.socket, ClientOptions::default()).unwrap();
+    let rc = tpm_proto::response_code(&client.transact_tss(&c::startup(c::TPM_SU_CLEAR)).unwrap());
+    assert_eq!(rc.unwrap(), 0);
+    let rsa_vek = der_to_pem(&nv_read_all(&mut client, 0x01c0_0002));
+    let ecc_vek = der_to_pem(&nv_read_all(&mut client, 0x01c0_000a));
+    let chain0 = der_to_pem(&nv_read_all(&mut client, 0x01c0_0100));
+    let chain1 = der_to_pem(&nv_read_all(&mut client, 0x01c0_0101));
+    assert_eq!(
+        chain0, coprocessor,
+        "the coprocessor certificate is in the chain range"
+    );
+    assert_eq!(chain1, host_aik, "then the host AIK certificate");
+
+    // 5. openssl verify: root -> host AIK -> coprocessor -> vEK, for both vEKs.
+    let work = tmp.path().join("verify");
+    std::fs::create_dir_all(&work).unwrap();
+    for vek in [&rsa_vek, &ecc_vek] {
+        let out = openssl_verify(&work, &s.ca.ca_cert, &[&chain0, &chain1], vek, &[]);
+        assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
+    }
+    // Without the host AIK certificate (or with another CA as the anchor) it does not.
+    let out = openssl_verify(&work, &s.ca.ca_cert, &[&chain0], &rsa_vek, &[]);
+    assert!(!out.trim_end().ends_with(": OK"), "{out}");
+    let out = openssl_verify(
+        &work,
+        &s.manufacturer.root,
+        &[&chain0, &chain1],
+        &rsa_vek,
+        &[],
+    );
+    assert!(!out.trim_end().ends_with(": OK"), "{out}");
+
+    // 6. The vTPM enrols an AIK with the CA against that chain ...
+    let resp = client
+        .transact_tss(&c::create_primary(0x4000_0001, &aik_template()))
+        .unwrap();
+    let (_, aik_public) = c::parse_create_primary(&resp).expect("CreatePrimary (AIK)");
+    let mut tpm2b = (aik_public.len() as u16).to_be_bytes().to_vec();
+    tpm2b.extend_from_slice(&aik_public);
+    use base64::Engine;
+    let request = EnrollStartRequest {
+        kind: Kind::Vtpm,
+        subject: "vm1".into(),
+        ek_cert_chain: vec![rsa_vek.clone(), chain0.clone(), chain1.clone()],
+        aik_public: base64::engine::general_purpose::STANDARD.encode(&tpm2b),
+    };
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let ca_client = Client::new(&s.ca.url, &ca_pem, None).unwrap();
+    ca_client
+        .enroll_start(&request)
+        .expect("the CA accepts the vEK chain");
+    // ... until the coprocessor certificate is revoked: then its vEKs are refused.
+    let admin = Client::new(&s.ca.url, &ca_pem, Some(s.ca.admin_token().unwrap())).unwrap();
+    admin
+        .revoke_cert(&coprocessor, Some("key compromise"))
+        .unwrap();
+    let err = ca_client.enroll_start(&request).unwrap_err();
+    assert_eq!(err.code(), Some("revoked"), "{err}");
+    drop(client);
+}
+
+#[test]
+fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (host_tpm, _) = HostTpmSimulator::manufacture(&tmp.path().join("host-tpm")).unwrap();
+    // A CA that trusts no manufacturer.
+    let ca = CaProcess::start(&bin("vtpm-ca"), &tmp.path().join("ca"), &[]).unwrap();
+    let err = vtpm_host(
+        &tmp.path().join("host"),
+        &host_tpm.tcti(),
+        &[
+            "enroll",
+            "--ca",
+            &ca.url,
+            "--ca-cert",
+            ca.ca_cert.to_str().unwrap(),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("untrusted_ek") || err.contains("trusted"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("host/host-aik.pem").exists());
+}
