@@ -303,22 +303,12 @@ pub fn provision_instance(
     Ok(provisioned)
 }
 
-/// How much of a certificate's lifetime is left, as a fraction (0 when expired).
-pub fn remaining_fraction(cert: &X509) -> Result<f64, AgentError> {
-    let asn1 = |t: &openssl::asn1::Asn1TimeRef| -> Result<i64, AgentError> {
-        let epoch = openssl::asn1::Asn1Time::from_unix(0)?;
-        let d = epoch.diff(t)?;
-        Ok(i64::from(d.days) * 86_400 + i64::from(d.secs))
-    };
-    let (nb, na) = (asn1(cert.not_before())?, asn1(cert.not_after())?);
+fn due(cert: &X509) -> Result<bool, AgentError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
-        .as_secs() as i64;
-    if na <= nb {
-        return Ok(0.0);
-    }
-    Ok(((na - now) as f64 / (na - nb) as f64).clamp(0.0, 1.0))
+        .as_secs();
+    Ok(local_ca::client::renewal_due(cert, i64::try_from(now).unwrap_or(i64::MAX))?)
 }
 
 /// Renews what is due: a certificate with less than a third of its lifetime left is issued
@@ -333,12 +323,12 @@ pub fn renew(
     coprocessor_lifetime: Duration,
 ) -> Result<Vec<&'static str>, AgentError> {
     let mut renewed = Vec::new();
-    if remaining_fraction(&dir.host_aik_cert()?)? < 1.0 / 3.0 {
+    if due(&dir.host_aik_cert()?)? {
         enroll_host(tpm, dir, ca, host_id, true)?;
         renewed.push("host AIK certificate");
     }
     let coprocessor_due = match dir.coprocessor_cert() {
-        Ok(cert) => remaining_fraction(&cert)? < 1.0 / 3.0 || !renewed.is_empty(),
+        Ok(cert) => due(&cert)? || !renewed.is_empty(),
         Err(AgentError::Missing { .. }) => true,
         Err(e) => return Err(e),
     };

@@ -298,11 +298,14 @@ mod tests {
     fn renewal_is_due_in_the_last_third() {
         let key = crate::issue::generate_key().unwrap();
         let cert = crate::issue::root_cert(&key, "r", 3000).unwrap();
+        // Lifetime 3000 s plus the backdating.
         let start = crate::util::asn1_to_unix(cert.not_before()).unwrap();
+        let lifetime = 3000 + crate::issue::BACKDATE_SECS;
+        let due_at = start + lifetime - lifetime / 3;
         assert!(!renewal_due(&cert, start).unwrap());
-        assert!(!renewal_due(&cert, start + 1999).unwrap());
-        assert!(renewal_due(&cert, start + 2000).unwrap());
-        assert!(renewal_due(&cert, start + 5000).unwrap());
+        assert!(!renewal_due(&cert, due_at - 1).unwrap());
+        assert!(renewal_due(&cert, due_at).unwrap());
+        assert!(renewal_due(&cert, start + lifetime + 10).unwrap());
     }
 
     #[test]

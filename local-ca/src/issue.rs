@@ -8,6 +8,9 @@
 use std::net::IpAddr;
 
 use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
+
+/// How far before its issue time a certificate's validity starts.
+pub const BACKDATE_SECS: i64 = 300;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
@@ -122,7 +125,9 @@ fn builder<T: HasPublic>(
         None => b.set_issuer_name(&name)?,
     }
     b.set_pubkey(key)?;
-    b.set_not_before(&*Asn1Time::from_unix(now)?)?;
+    // Valid from a little before now: a verifier (a guest, say) whose clock lags the CA's
+    // by up to BACKDATE_SECS must not see a certificate that is "not yet valid".
+    b.set_not_before(&*Asn1Time::from_unix(now - BACKDATE_SECS)?)?;
     b.set_not_after(&*Asn1Time::from_unix(now + validity)?)?;
     Ok(b)
 }

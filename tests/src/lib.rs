@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use guest_driver::testbed::{DaemonProcess, SwtpmProcess};
+pub use guest_driver::testbed::{ChainSetup, DaemonProcess, SwtpmProcess};
 
 /// Paths of the built artefacts.
 #[derive(Debug, Clone)]
