@@ -532,14 +532,22 @@ pub struct ChainSetup {
 
 impl ChainSetup {
     pub fn start(bin_dir: &Path, dir: &Path, host_id: &str) -> io::Result<ChainSetup> {
+        Self::start_with(bin_dir, dir, host_id, &[])
+    }
+
+    /// Like [`ChainSetup::start`], with more `vtpm-ca init` arguments (`--validity-secs N`).
+    pub fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        host_id: &str,
+        ca_init: &[&str],
+    ) -> io::Result<ChainSetup> {
         let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
         let root = manufacturer.root.display().to_string();
         let issuer = manufacturer.issuer.display().to_string();
-        let ca = CaProcess::start(
-            &bin_dir.join("vtpm-ca"),
-            &dir.join("ca"),
-            &["--ek-root", &root, "--ek-root", &issuer],
-        )?;
+        let mut init = vec!["--ek-root", root.as_str(), "--ek-root", issuer.as_str()];
+        init.extend_from_slice(ca_init);
+        let ca = CaProcess::start(&bin_dir.join("vtpm-ca"), &dir.join("ca"), &init)?;
         let setup = ChainSetup {
             bin_dir: bin_dir.to_owned(),
             host_tpm,
@@ -561,7 +569,7 @@ impl ChainSetup {
             "--write-prefix",
             "coprocessor/",
         ])?;
-        let token_file = dir.join("host.token");
+        let token_file = setup.token_file();
         std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
         let token_file = token_file.display().to_string();
         let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
@@ -569,6 +577,11 @@ impl ChainSetup {
         certify.extend(["--token-file", &token_file]);
         setup.host(&certify).map_err(io::Error::other)?;
         Ok(setup)
+    }
+
+    /// The file with the bearer token of this host's CA principal (may write `coprocessor/`).
+    pub fn token_file(&self) -> PathBuf {
+        self.host_dir.with_file_name("host.token")
     }
 
     /// `--ca URL --ca-cert PEM`.

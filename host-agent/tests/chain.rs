@@ -229,3 +229,41 @@ fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
     );
     assert!(!tmp.path().join("host/host-aik.pem").exists());
 }
+
+#[test]
+fn renew_reissues_the_host_certificates_that_are_due() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(HOST).parent().unwrap();
+    // Issued certificates live 60 s (plus the CA's backdating): due at once.
+    let s = ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"])
+        .unwrap();
+    let aik_before = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor_before = s.host_pem("coprocessor.pem").unwrap();
+    let token = s.token_file().display().to_string();
+    let mut args = vec!["renew", "--host-id", "host-1", "--token-file", &token];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    let out = s.host(&args).unwrap();
+    assert!(
+        out.contains("renewed: host AIK certificate, coprocessor certificate"),
+        "{out}"
+    );
+    let aik_after = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor_after = s.host_pem("coprocessor.pem").unwrap();
+    assert_ne!(aik_after, aik_before);
+    assert_ne!(coprocessor_after, coprocessor_before);
+    // The renewed coprocessor certificate chains through the renewed host AIK certificate.
+    let work = tmp.path().join("verify");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = openssl_verify(&work, &s.ca.ca_cert, &[&aik_after], &coprocessor_after, &[]);
+    assert!(out.trim_end().ends_with(": OK"), "{out}");
+
+    // A CA issuing for a year: nothing is due.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::start(bin_dir, tmp.path(), "host-2").unwrap();
+    let token = s.token_file().display().to_string();
+    let mut args = vec!["renew", "--host-id", "host-2", "--token-file", &token];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    assert!(s.host(&args).unwrap().contains("nothing due for renewal"));
+}

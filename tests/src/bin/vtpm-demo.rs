@@ -1,29 +1,41 @@
 //! The main job: boot a Linux guest whose TPM is our virtio device served by vhost-vtpm
 //! (libtpms engine), run unmodified tpm2-tools in it, print what they returned, shut down.
-//! The vTPM's state key is sealed by a host TPM (an swtpm stands in for the host's hardware
-//! TPM, reached through tss-esapi exactly as /dev/tpmrm0 would be); at the end the demo shows
-//! the encrypted state with `vtpm-state inspect`.
+//! The host side is the real chain of ADR 0008: an swtpm stands in for the host's hardware
+//! TPM (manufactured with an EK certificate, reached through tss-esapi exactly as
+//! /dev/tpmrm0 would be), the local CA (`vtpm-ca`) enrols it, the host TPM certifies the
+//! coprocessor, and the vTPM is provisioned with its vEK certificates before the guest boots;
+//! the vTPM's state key is sealed by the host TPM. In the guest, the vEK certificate is read
+//! and its chain verified with openssl; at the end the demo shows the encrypted state with
+//! `vtpm-state inspect`.
 //!
 //! `cargo run --release -p vtpm-e2e --bin vtpm-demo` after `scripts/setup.sh`
 //! (`scripts/demo.sh` does both).
 
-use guest_driver::testbed::HostTpmSimulator;
 use nix::sys::signal::Signal;
-use vtpm_e2e::{accel, start_daemon, Env, TpmFrontend, Vm};
+use vtpm_e2e::{accel, start_daemon, ChainSetup, Env, TpmFrontend, Vm};
 
 fn main() {
     let env = Env::load();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let host_tpm =
-        HostTpmSimulator::start(&dir.path().join("host-tpm")).expect("start the host TPM (swtpm)");
-    let tcti = host_tpm.tcti();
-    let mut daemon = start_daemon(&env, dir.path(), &["--host-tpm", &tcti]);
+    let bin_dir = env.daemon.parent().expect("binary directory").to_owned();
+    println!("host: enrolling the host TPM with the local CA, certifying the coprocessor ...");
+    let chain = ChainSetup::start(&bin_dir, &dir.path().join("host"), "demo-host")
+        .unwrap_or_else(|e| panic!("host set-up: {e}"));
+    let vm_dir = dir.path().join("vm");
+    let provisioned = chain
+        .provision(&vm_dir.join("state"))
+        .unwrap_or_else(|e| panic!("vtpm-host provision: {e}"));
+    println!("host# vtpm-host provision\n{}", provisioned.trim());
+    let tcti = chain.host_tpm.tcti();
+    let mut daemon = start_daemon(&env, &vm_dir, &["--host-tpm", &tcti]);
     println!(
         "vhost-vtpm daemon serving {}, state key sealed by the host TPM at {tcti}",
         daemon.socket.display()
     );
     println!("booting the guest under {:?} ...", accel(&env));
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    let ca_pem = std::fs::read(&chain.ca.ca_cert).expect("CA root");
+    vm.write_file("/tmp/ca.pem", &ca_pem);
     let steps = [
         "uname -r",
         "dmesg | grep -i tpm_virtio",
@@ -40,6 +52,9 @@ fn main() {
         "tpm2_nvdefine 0x1500001 -C o -s 12 -a 'ownerread|ownerwrite' && echo -n 'hello nvram!' > d && tpm2_nvwrite 0x1500001 -C o -i d",
         "tpm2_nvread 0x1500001 -C o -s 12; echo",
         "tpm2_nvundefine 0x1500001 -C o",
+        "cd /tmp && tpm2_getekcertificate -o ek.der -o ecc.der && openssl x509 -inform DER -in ek.der -noout -issuer -ext subjectAltName,extendedKeyUsage",
+        "cd /tmp && tpm2_nvread 0x01c00100 -C o -o c0.der && tpm2_nvread 0x01c00101 -C o -o c1.der && for f in ek c0 c1; do openssl x509 -inform DER -in $f.der -out $f.pem; done && openssl x509 -in c1.pem -noout -subject -issuer",
+        "cd /tmp && openssl verify -CAfile ca.pem -untrusted c0.pem -untrusted c1.pem ek.pem",
     ];
     let mut failures = 0;
     for step in steps {
