@@ -236,3 +236,22 @@ fn in_process_server_for_other_crates_tests() {
     server.stop().unwrap();
     assert!(client.ca().is_err());
 }
+
+#[test]
+fn readme_options_match_the_command_line() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["serve"],
+        &["acl", "add"],
+        &["acl", "list"],
+        &["revoke"],
+        &["crl"],
+        &["add-ek-root"],
+        &["list"],
+    ];
+    guest_driver::testbed::readme_drift(&readme, &[(std::path::Path::new(common::BIN), commands)])
+        .unwrap();
+}

@@ -542,57 +542,26 @@ fn swtpm_engine_serves_the_device() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let help_of = |bin: &str, args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .arg("--help")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    // The daemon's options and those of every `vtpm-state` command.
-    let tool = env!("CARGO_BIN_EXE_vtpm-state");
-    let mut help = help_of(DAEMON, &[]);
-    for sub in [
-        "gen-host-key",
-        "inspect",
-        "reset",
-        "accept-current",
-        "import-swtpm",
-    ] {
-        let text = help_of(tool, &[sub]);
-        assert!(text.contains("Usage"), "vtpm-state {sub} --help");
-        help.push_str(&text);
-    }
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let options = |text: &str| -> std::collections::BTreeSet<String> {
-        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .filter(|w| w.starts_with("--") && w.len() > 2)
-            .map(str::to_owned)
-            .collect()
-    };
-    let (in_help, in_readme) = (options(&help), options(&readme));
-    let cli_only: Vec<_> = in_help
-        .iter()
-        .filter(|o| !["--help", "--version"].contains(&o.as_str()) && !in_readme.contains(*o))
-        .collect();
-    assert!(
-        cli_only.is_empty(),
-        "options missing from README.md: {cli_only:?}"
-    );
-    let table: std::collections::BTreeSet<String> = readme
-        .lines()
-        .filter(|l| l.starts_with("| `--"))
-        .filter_map(|l| l.split('`').nth(1))
-        .filter_map(|o| o.split(' ').next())
-        .map(str::to_owned)
-        .collect();
-    let stale: Vec<_> = table.iter().filter(|o| !in_help.contains(*o)).collect();
-    assert!(
-        stale.is_empty(),
-        "README.md documents options the CLI lacks: {stale:?}"
-    );
+    let state_commands: &[&[&str]] = &[
+        &["gen-host-key"],
+        &["inspect"],
+        &["reset"],
+        &["accept-current"],
+        &["import-swtpm"],
+    ];
+    guest_driver::testbed::readme_drift(
+        &readme,
+        &[
+            (std::path::Path::new(DAEMON), &[&[]]),
+            (
+                std::path::Path::new(env!("CARGO_BIN_EXE_vtpm-state")),
+                state_commands,
+            ),
+        ],
+    )
+    .unwrap();
 }
 
 #[test]
