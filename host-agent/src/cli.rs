@@ -91,6 +91,28 @@ pub enum HostCommand {
         #[arg(long, default_value_t = 3650)]
         validity_days: u64,
     },
+    /// Enrol (or re-issue) the vAIK of a vTPM instance that is not running: a restricted
+    /// ECC P-256 signing key created in the instance, certified by the CA after credential
+    /// activation against the instance's vEK chain, made persistent at --aik-handle (what is
+    /// there is replaced if it is an attestation key); the certificate goes to
+    /// <state-dir>/vaik.pem.
+    EnrollVaik {
+        /// The instance's state directory (the daemon must not be running on it).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        /// CN of the vAIK certificate (default: the instance id).
+        #[arg(long, value_name = "NAME")]
+        subject: Option<String>,
+        /// Persistent handle of the vAIK in the instance (hex, owner range
+        /// 0x81000000-0x817fffff).
+        #[arg(long, value_name = "HEX", default_value = "0x81008001", value_parser = parse_handle)]
+        aik_handle: u32,
+        #[command(flatten)]
+        ca: CaArgs,
+    },
     /// Renew the host AIK and coprocessor certificates that have less than a third of their
     /// lifetime left.
     Renew {
@@ -111,6 +133,15 @@ fn host_id(given: &Option<String>) -> String {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "host".to_owned())
     })
+}
+
+/// A handle in hex, with or without `0x`.
+fn parse_handle(s: &str) -> Result<u32, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex handle: {e}"))
 }
 
 fn days(n: u64) -> Duration {
@@ -191,6 +222,32 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
                     .map(|i| format!("{i:#010x}"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ))
+        }
+        HostCommand::EnrollVaik {
+            state_dir,
+            instance_host_key_file,
+            subject: cn,
+            aik_handle,
+            ca,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let done = crate::vaik::enroll_vaik(
+                &state_dir,
+                &instance_key,
+                &ca.client()?,
+                cn.as_deref(),
+                aik_handle,
+            )?;
+            Ok(format!(
+                "vAIK certificate {} ({}, {}); the vAIK is persistent at handle {:#010x}",
+                state_dir.join(crate::vaik::VAIK_CERT).display(),
+                subject(&done.certificate),
+                done.name,
+                done.aik_handle
             ))
         }
         HostCommand::Renew {

@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cli;
+pub mod vaik;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,21 @@ pub enum AgentError {
     Engine(#[from] coprocessor::Error),
     #[error("cryptography: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
+    #[error(
+        "{} holds no provisioned vTPM instance (no vEK certificate at NV 0x01c00002): run \
+         `vtpm-host provision --state-dir {}` first",
+        .state_dir.display(),
+        .state_dir.display()
+    )]
+    NotProvisioned { state_dir: PathBuf },
+    #[error("vTPM: TPM2_{command} failed with TPM_RC {code:#x}{hint}")]
+    Vtpm {
+        command: &'static str,
+        code: u32,
+        hint: String,
+    },
+    #[error("the vTPM did not activate the CA's credential (TPM2_ActivateCredential failed with TPM_RC {code:#x}): {reason}")]
+    ActivationFailed { code: u32, reason: String },
 }
 
 /// The host identity directory.
@@ -293,9 +309,12 @@ pub fn provision_instance(
         &coprocessor_cert,
         std::slice::from_ref(&host_aik_cert),
         &validity,
-    )?;
-    // Keep whatever volatile state the instance had (a guest paused, not powered off).
-    engine.save()?;
+    );
+    // Keep whatever volatile state the instance had (a guest paused, not powered off),
+    // also when provisioning failed: starting the engine consumed the saved copy.
+    let saved = engine.save();
+    let provisioned = provisioned?;
+    saved?;
     info!(
         "vEK certificates of instance {instance} issued (chain in NV {:x?})",
         provisioned.chain_indices
@@ -308,7 +327,10 @@ fn due(cert: &X509) -> Result<bool, AgentError> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
-    Ok(local_ca::client::renewal_due(cert, i64::try_from(now).unwrap_or(i64::MAX))?)
+    Ok(local_ca::client::renewal_due(
+        cert,
+        i64::try_from(now).unwrap_or(i64::MAX),
+    )?)
 }
 
 /// Renews what is due: a certificate with less than a third of its lifetime left is issued

@@ -235,8 +235,8 @@ fn renew_reissues_the_host_certificates_that_are_due() {
     let tmp = tempfile::tempdir().unwrap();
     let bin_dir = Path::new(HOST).parent().unwrap();
     // Issued certificates live 60 s (plus the CA's backdating): due at once.
-    let s = ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"])
-        .unwrap();
+    let s =
+        ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"]).unwrap();
     let aik_before = s.host_pem("host-aik.pem").unwrap();
     let coprocessor_before = s.host_pem("coprocessor.pem").unwrap();
     let token = s.token_file().display().to_string();
@@ -266,4 +266,19 @@ fn renew_reissues_the_host_certificates_that_are_due() {
     let ca_args = s.ca_args();
     args.extend(ca_args.iter().map(String::as_str));
     assert!(s.host(&args).unwrap().contains("nothing due for renewal"));
+}
+
+#[test]
+fn readme_options_match_the_command_line() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["enroll"],
+        &["certify-coprocessor"],
+        &["provision"],
+        &["enroll-vaik"],
+        &["renew"],
+    ];
+    guest_driver::testbed::readme_drift(&readme, &[(Path::new(HOST), commands)]).unwrap();
 }

@@ -1,9 +1,11 @@
 //! Builders for the commands the tests and benchmarks send, and parsers for their responses.
 //!
-//! All authorizations are empty password sessions (TPM_RS_PW). Objects and NV indices are
-//! created in the owner hierarchy unless a builder takes the hierarchy or authorization
-//! handle (`*_with_auth`, [`create_primary`]): the vTPM's EK certificates, for instance, are
-//! platform-created indices.
+//! All authorizations are empty password sessions (TPM_RS_PW), except the policy session
+//! [`activate_credential`] uses for the EK (started with [`start_auth_session_policy`] and
+//! satisfied with [`policy_secret`]). Objects and NV indices are created in the owner
+//! hierarchy unless a builder takes the hierarchy or authorization handle (`*_with_auth`,
+//! [`create_primary`]): the vTPM's EK certificates, for instance, are platform-created
+//! indices.
 
 use crate::{cc, tag, CommandBuilder, ResponseReader, WireError};
 
@@ -18,6 +20,22 @@ pub const TPM_ALG_NULL: u16 = 0x0010;
 pub const TPM_ALG_ECDSA: u16 = 0x0018;
 pub const TPM_ALG_ECC: u16 = 0x0023;
 pub const TPM_ECC_NIST_P256: u16 = 0x0003;
+/// The password session handle.
+pub const TPM_RS_PW: u32 = 0x4000_0009;
+/// TPM_SE_POLICY, the session type of [`start_auth_session_policy`].
+pub const TPM_SE_POLICY: u8 = 0x01;
+/// TPMA_SESSION continueSession: the session stays loaded after the command.
+pub const TPMA_SESSION_CONTINUE: u8 = 0x01;
+
+/// Command codes of builders here that [`crate::cc`] does not list.
+pub const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
+pub const CC_POLICY_SECRET: u32 = 0x151;
+pub const CC_START_AUTH_SESSION: u32 = 0x176;
+
+/// Attributes of an attestation key (what `tpm2_createak` gives): fixedTPM | fixedParent |
+/// sensitiveDataOrigin | userWithAuth | restricted | sign.
+pub const AIK_ATTRS: u32 =
+    0x0000_0002 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040 | 0x0001_0000 | 0x0004_0000;
 
 /// NV attributes: owner/auth read and write, no dictionary-attack protection.
 pub const NV_ORDINARY_ATTRS: u32 =
@@ -366,6 +384,142 @@ pub fn flush_context(handle: u32) -> Vec<u8> {
         .finish()
 }
 
+/// A reader at the parameters of a successful response that has `handles` handles (returned
+/// too): after the header, the handles and, in a response with sessions (tag
+/// TPM_ST_SESSIONS), the parameterSize, which must fit the response.
+fn response_parameters(
+    resp: &[u8],
+    handles: usize,
+) -> Result<(Vec<u32>, ResponseReader<'_>), WireError> {
+    let sessions = crate::Header::parse(resp)?.tag == tag::SESSIONS;
+    let mut r = ResponseReader::success(resp)?;
+    let handles = (0..handles)
+        .map(|_| r.u32())
+        .collect::<Result<Vec<_>, _>>()?;
+    if sessions {
+        let size = r.u32()? as usize;
+        if size > r.remaining() {
+            return Err(WireError::Unexpected(
+                "parameterSize is larger than the response",
+            ));
+        }
+    }
+    Ok((handles, r))
+}
+
+/// The TPMT_PUBLIC of an attestation key: ECC NIST P-256, ECDSA with SHA-256, SHA-256
+/// names, [`AIK_ATTRS`], no policy (the template `tpm2_createak -G ecc -g sha256 -s ecdsa`
+/// uses, for [`create_primary`]).
+pub fn ecc_p256_aik_template() -> Vec<u8> {
+    let public = CommandBuilder::new(0, 0) // scratch buffer for the TPMT_PUBLIC body
+        .u16(TPM_ALG_ECC)
+        .u16(TPM_ALG_SHA256)
+        .u32(AIK_ATTRS)
+        .tpm2b(&[]) // authPolicy
+        .u16(TPM_ALG_NULL) // symmetric
+        .u16(TPM_ALG_ECDSA)
+        .u16(TPM_ALG_SHA256)
+        .u16(TPM_ECC_NIST_P256)
+        .u16(TPM_ALG_NULL) // kdf
+        .tpm2b(&[]) // unique.x
+        .tpm2b(&[]) // unique.y
+        .finish();
+    public[crate::HEADER_SIZE..].to_vec()
+}
+
+/// ReadPublic's answer: the object's TPMT_PUBLIC (without its size) and its name.
+pub fn parse_read_public(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    let public = r.tpm2b()?.to_vec();
+    let name = r.tpm2b()?.to_vec();
+    let _qualified_name = r.tpm2b()?;
+    if public.is_empty() {
+        return Err(WireError::Unexpected(
+            "ReadPublic returned an empty public area",
+        ));
+    }
+    Ok((public, name))
+}
+
+/// TPM2_StartAuthSession of an unbound, unsalted policy session (tpmKey and bind
+/// TPM_RH_NULL, no parameter encryption, SHA-256). `nonce_caller` is 16 to 32 bytes.
+pub fn start_auth_session_policy(nonce_caller: &[u8]) -> Vec<u8> {
+    CommandBuilder::no_sessions(CC_START_AUTH_SESSION)
+        .u32(TPM_RH_NULL) // tpmKey
+        .u32(TPM_RH_NULL) // bind
+        .tpm2b(nonce_caller)
+        .tpm2b(&[]) // encryptedSalt
+        .u8(TPM_SE_POLICY)
+        .u16(TPM_ALG_NULL) // symmetric
+        .u16(TPM_ALG_SHA256) // authHash
+        .finish()
+}
+
+/// The session handle and nonceTPM from a StartAuthSession response.
+pub fn parse_start_auth_session(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
+    let (handles, mut r) = response_parameters(resp, 1)?;
+    let nonce_tpm = r.tpm2b()?.to_vec();
+    Ok((handles[0], nonce_tpm))
+}
+
+/// TPM2_PolicySecret: adds "`auth_handle`'s authorization was given" to `policy_session`'s
+/// digest, `auth_handle` (TPM_RH_ENDORSEMENT for the EK policy of the TCG EK templates)
+/// being authorised by an empty password. nonceTPM, cpHashA and policyRef are empty and
+/// expiration is 0: no time limit and no ticket.
+pub fn policy_secret(auth_handle: u32, policy_session: u32) -> Vec<u8> {
+    CommandBuilder::with_sessions(CC_POLICY_SECRET)
+        .u32(auth_handle)
+        .u32(policy_session)
+        .password_auth(&[])
+        .tpm2b(&[]) // nonceTPM
+        .tpm2b(&[]) // cpHashA
+        .tpm2b(&[]) // policyRef
+        .u32(0) // expiration
+        .finish()
+}
+
+/// Checks a PolicySecret response (its timeout and ticket, empty with expiration 0, are
+/// parsed and dropped).
+pub fn parse_policy_secret(resp: &[u8]) -> Result<(), WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    let _timeout = r.tpm2b()?;
+    let _ticket_tag = r.u16()?;
+    let _ticket_hierarchy = r.u32()?;
+    let _ticket_digest = r.tpm2b()?;
+    Ok(())
+}
+
+/// TPM2_ActivateCredential: `key_handle` (the EK) decrypts the seed in `encrypted_secret`
+/// (a TPM2B_ENCRYPTED_SECRET buffer, without its size) and recovers the secret from
+/// `credential_blob` (a TPM2B_ID_OBJECT buffer, without its size) if it was made for
+/// `activate_handle`'s name (the AIK). Two sessions: an empty password for the AIK (ADMIN
+/// role, which a key without adminWithPolicy grants to its auth value), then
+/// `policy_session` for the EK, whose policy it must satisfy (PolicySecret(endorsement) for
+/// the TCG templates); a policy session without PolicyAuthValue/PolicyPassword needs no
+/// HMAC. The policy session has continueSession set, so it stays loaded: flush it.
+pub fn activate_credential(
+    activate_handle: u32,
+    key_handle: u32,
+    policy_session: u32,
+    credential_blob: &[u8],
+    encrypted_secret: &[u8],
+) -> Vec<u8> {
+    CommandBuilder::with_sessions(CC_ACTIVATE_CREDENTIAL)
+        .u32(activate_handle)
+        .u32(key_handle)
+        .auth_session(TPM_RS_PW, &[], 0, &[])
+        .auth_session(policy_session, &[], TPMA_SESSION_CONTINUE, &[])
+        .tpm2b(credential_blob)
+        .tpm2b(encrypted_secret)
+        .finish()
+}
+
+/// The recovered secret (certInfo, a TPM2B_DIGEST) from an ActivateCredential response.
+pub fn parse_activate_credential(resp: &[u8]) -> Result<Vec<u8>, WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    Ok(r.tpm2b()?.to_vec())
+}
+
 /// NV_DefineSpace in the owner hierarchy with an empty index password.
 pub fn nv_define_space(index: u32, size: u16, attributes: u32) -> Vec<u8> {
     nv_define_space_with_auth(TPM_RH_OWNER, index, size, attributes)
@@ -483,6 +637,10 @@ mod tests {
             nv_define_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1200, 0),
             nv_write_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1024, &[4; 176]),
             nv_undefine_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002),
+            create_primary(TPM_RH_OWNER, &ecc_p256_aik_template()),
+            start_auth_session_policy(&[5; 16]),
+            policy_secret(TPM_RH_ENDORSEMENT, 0x0300_0000),
+            activate_credential(0x8000_0001, 0x8000_0000, 0x0300_0000, &[1; 68], &[2; 256]),
         ] {
             let h = Header::parse(&cmd).unwrap();
             assert_eq!(h.size as usize, cmd.len());
@@ -572,6 +730,120 @@ mod tests {
         }
         let empty = response(Some(0x8000_0000), &[0, 0], true);
         assert!(parse_create_primary(&empty).is_err());
+    }
+
+    #[test]
+    fn aik_template_is_an_attestation_key() {
+        let t = crate::public::TpmPublic::parse(&ecc_p256_aik_template()).unwrap();
+        assert_eq!(t.attributes, 0x0005_0072);
+        assert!(t.aik_violations().is_empty(), "{:?}", t.aik_violations());
+        assert!(!t.has(crate::public::attr::DECRYPT));
+    }
+
+    #[test]
+    fn start_auth_session_is_a_policy_session_without_salt_or_bind() {
+        let cmd = start_auth_session_policy(&[5; 16]);
+        let h = Header::parse(&cmd).unwrap();
+        assert_eq!((h.tag, h.code), (tag::NO_SESSIONS, CC_START_AUTH_SESSION));
+        let mut r = ResponseReader::new(&cmd[crate::HEADER_SIZE..]);
+        assert_eq!(r.u32().unwrap(), TPM_RH_NULL);
+        assert_eq!(r.u32().unwrap(), TPM_RH_NULL);
+        assert_eq!(r.tpm2b().unwrap(), &[5; 16]);
+        assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
+        assert_eq!(r.u8().unwrap(), TPM_SE_POLICY);
+        assert_eq!(r.u16().unwrap(), TPM_ALG_NULL);
+        assert_eq!(r.u16().unwrap(), TPM_ALG_SHA256);
+        assert_eq!(r.remaining(), 0);
+
+        // Response: the session handle, then nonceTPM (no parameterSize without sessions).
+        let mut params = vec![0, 16];
+        params.extend_from_slice(&[9; 16]);
+        let resp = response(Some(0x0300_0000), &params, false);
+        assert_eq!(
+            parse_start_auth_session(&resp).unwrap(),
+            (0x0300_0000, vec![9; 16])
+        );
+        let short = &resp[..resp.len() - 1];
+        let mut short = short.to_vec();
+        let len = short.len() as u32;
+        short[2..6].copy_from_slice(&len.to_be_bytes());
+        assert!(parse_start_auth_session(&short).is_err());
+    }
+
+    #[test]
+    fn policy_secret_is_authorised_by_an_empty_password() {
+        let cmd = policy_secret(TPM_RH_ENDORSEMENT, 0x0300_0001);
+        assert_eq!(&cmd[10..14], &TPM_RH_ENDORSEMENT.to_be_bytes());
+        assert_eq!(&cmd[14..18], &0x0300_0001u32.to_be_bytes());
+        // Auth area: size 9, TPM_RS_PW, empty nonce, attributes 0, empty hmac.
+        assert_eq!(&cmd[18..22], &9u32.to_be_bytes());
+        assert_eq!(&cmd[22..26], &TPM_RS_PW.to_be_bytes());
+        // nonceTPM, cpHashA, policyRef empty; expiration 0.
+        assert_eq!(&cmd[31..], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // Response: timeout (empty) and a NULL ticket.
+        let params = [0, 0, 0x80, 0x25, 0x40, 0, 0, 7, 0, 0];
+        parse_policy_secret(&response(None, &params, true)).unwrap();
+        assert!(parse_policy_secret(&response(None, &params[..4], true)).is_err());
+        assert_eq!(
+            parse_policy_secret(&crate::error_response(0x9a2)),
+            Err(WireError::Tpm(0x9a2))
+        );
+    }
+
+    #[test]
+    fn activate_credential_has_a_password_then_a_policy_session() {
+        let cmd = activate_credential(0x8000_0001, 0x8000_0000, 0x0300_0000, &[1; 3], &[2; 4]);
+        let h = Header::parse(&cmd).unwrap();
+        assert_eq!((h.tag, h.code), (tag::SESSIONS, CC_ACTIVATE_CREDENTIAL));
+        let mut r = ResponseReader::new(&cmd[crate::HEADER_SIZE..]);
+        assert_eq!(
+            r.u32().unwrap(),
+            0x8000_0001,
+            "activateHandle (the AIK) first"
+        );
+        assert_eq!(r.u32().unwrap(), 0x8000_0000, "then keyHandle (the EK)");
+        assert_eq!(r.u32().unwrap(), 18, "two sessions of 9 bytes");
+        assert_eq!(r.u32().unwrap(), TPM_RS_PW);
+        assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
+        assert_eq!(r.u8().unwrap(), 0);
+        assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
+        assert_eq!(r.u32().unwrap(), 0x0300_0000);
+        assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
+        assert_eq!(r.u8().unwrap(), TPMA_SESSION_CONTINUE);
+        assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
+        assert_eq!(r.tpm2b().unwrap(), &[1; 3], "credentialBlob");
+        assert_eq!(r.tpm2b().unwrap(), &[2; 4], "secret");
+        assert_eq!(r.remaining(), 0);
+
+        // Response: parameterSize, certInfo; then the two sessions' answers.
+        let mut resp = response(None, &[0, 3, 0xaa, 0xbb, 0xcc], true);
+        resp.extend_from_slice(&[0, 0, 1, 0, 0]);
+        let len = resp.len() as u32;
+        resp[2..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            parse_activate_credential(&resp).unwrap(),
+            vec![0xaa, 0xbb, 0xcc]
+        );
+        // A parameterSize beyond the response is refused.
+        let mut bad = resp.clone();
+        bad[10..14].copy_from_slice(&100u32.to_be_bytes());
+        assert!(parse_activate_credential(&bad).is_err());
+        // TPM_RC_INTEGRITY on parameter 1 is surfaced as the TPM's code.
+        assert_eq!(
+            parse_activate_credential(&crate::error_response(0x19f)),
+            Err(WireError::Tpm(0x19f))
+        );
+    }
+
+    #[test]
+    fn read_public_gives_public_area_and_name() {
+        let public = ecc_p256_aik_template();
+        let mut params = (public.len() as u16).to_be_bytes().to_vec();
+        params.extend_from_slice(&public);
+        params.extend_from_slice(&[0, 2, 0, 0x0b, 0, 1, 0x40]);
+        let (p, name) = parse_read_public(&response(None, &params, false)).unwrap();
+        assert_eq!((p, name), (public, vec![0, 0x0b]));
+        assert!(parse_read_public(&response(None, &params[..10], false)).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum WireError {
 pub struct CommandBuilder {
     buf: Vec<u8>,
     auth_size_at: Option<usize>,
+    /// Where the size of an area opened by [`CommandBuilder::auth_session`] is.
+    sessions_at: Option<usize>,
 }
 
 impl CommandBuilder {
@@ -34,6 +36,7 @@ impl CommandBuilder {
         CommandBuilder {
             buf,
             auth_size_at: None,
+            sessions_at: None,
         }
     }
 
@@ -84,6 +87,27 @@ impl CommandBuilder {
             .u8(0)
             .tpm2b(auth)
             .close_auth()
+    }
+
+    /// Appends one session (a TPMS_AUTH_COMMAND: session handle, nonceCaller, attributes,
+    /// hmac) to the authorization area, which the first call opens: several calls make an
+    /// area with several sessions, in the order of the handles they authorise. The area's
+    /// size is kept up to date, so the parameters follow directly. Handles must be pushed
+    /// before, and [`CommandBuilder::password_auth`] is not combined with this.
+    pub fn auth_session(mut self, session: u32, nonce: &[u8], attributes: u8, hmac: &[u8]) -> Self {
+        let at = match self.sessions_at {
+            Some(at) => at,
+            None => {
+                let at = self.buf.len();
+                self.buf.extend_from_slice(&0u32.to_be_bytes());
+                self.sessions_at = Some(at);
+                at
+            }
+        };
+        let mut b = self.u32(session).tpm2b(nonce).u8(attributes).tpm2b(hmac);
+        let size = (b.buf.len() - at - 4) as u32;
+        b.buf[at..at + 4].copy_from_slice(&size.to_be_bytes());
+        b
     }
 
     fn close_auth(mut self) -> Self {
@@ -181,6 +205,38 @@ mod tests {
         assert_eq!(h.size as usize, cmd.len());
         // auth area size: handle 4 + nonce 2 + attrs 1 + hmac 2+2 = 11
         assert_eq!(&cmd[14..18], &11u32.to_be_bytes());
+    }
+
+    #[test]
+    fn auth_sessions_make_one_area() {
+        let cmd = CommandBuilder::with_sessions(0x147)
+            .u32(0x8000_0000)
+            .u32(0x8000_0001)
+            .auth_session(0x4000_0009, &[], 0, &[])
+            .auth_session(0x0300_0000, &[7; 3], 1, &[])
+            .u16(0xabcd)
+            .finish();
+        let h = crate::Header::parse(&cmd).unwrap();
+        assert_eq!(h.size as usize, cmd.len());
+        // Two sessions: (4 + 2 + 1 + 2) + (4 + 2 + 3 + 1 + 2) = 21 bytes.
+        assert_eq!(&cmd[18..22], &21u32.to_be_bytes());
+        assert_eq!(&cmd[22..26], &0x4000_0009u32.to_be_bytes());
+        assert_eq!(&cmd[31..35], &0x0300_0000u32.to_be_bytes());
+        assert_eq!(&cmd[35..40], &[0, 3, 7, 7, 7]);
+        assert_eq!(cmd[40], 1);
+        assert_eq!(&cmd[43..], &[0xab, 0xcd]);
+        // One session written this way is the same as password_auth.
+        let a = CommandBuilder::with_sessions(0x137)
+            .u32(1)
+            .auth_session(0x4000_0009, &[], 0, b"pw")
+            .u8(9)
+            .finish();
+        let b = CommandBuilder::with_sessions(0x137)
+            .u32(1)
+            .password_auth(b"pw")
+            .u8(9)
+            .finish();
+        assert_eq!(a, b);
     }
 
     #[test]

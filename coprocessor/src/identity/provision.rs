@@ -232,7 +232,9 @@ pub fn read_ek_cert(
 }
 
 /// Sends Startup(CLEAR); `true` if it started the TPM, `false` if it was already running.
-fn startup_if_needed(engine: &mut dyn Coprocessor) -> Result<bool, IdentityError> {
+/// Whoever gets `true` should leave the TPM as found: Shutdown(CLEAR), then
+/// [`Coprocessor::power_cycle`] (what [`provision_ek`] does).
+pub fn startup_if_needed(engine: &mut dyn Coprocessor) -> Result<bool, IdentityError> {
     let resp = run(engine, c::startup(c::TPM_SU_CLEAR))?;
     match tpm_proto::response_code(&resp).map_err(|e| wire("Startup", e))? {
         rc::SUCCESS => Ok(true),
@@ -244,7 +246,8 @@ fn startup_if_needed(engine: &mut dyn Coprocessor) -> Result<bool, IdentityError
     }
 }
 
-fn run(engine: &mut dyn Coprocessor, mut cmd: Vec<u8>) -> Result<Vec<u8>, IdentityError> {
+/// Executes one raw command; the response (a TPM error is an `Ok` response).
+pub fn run(engine: &mut dyn Coprocessor, mut cmd: Vec<u8>) -> Result<Vec<u8>, IdentityError> {
     Ok(engine.execute(&mut cmd)?.to_vec())
 }
 
@@ -462,7 +465,7 @@ fn store_nv(engine: &mut dyn Coprocessor, index: u32, data: &[u8]) -> Result<(),
 
 /// Reads the whole of NV index `index` authorised by `auth` (the index itself, owner or
 /// platform); `None` if it is not defined.
-fn read_nv(
+pub fn read_nv(
     engine: &mut dyn Coprocessor,
     index: u32,
     auth: u32,
