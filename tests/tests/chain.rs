@@ -59,9 +59,13 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     vm.must("cd /tmp");
     // The vEK certificates as every attestation client reads them, and the chain range.
     vm.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
-    vm.must("tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der");
+    vm.must(
+        "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
+    );
     for f in ["rsa", "ecc", "chain0", "chain1"] {
-        vm.must(&format!("openssl x509 -inform DER -in {f}.der -out {f}.pem"));
+        vm.must(&format!(
+            "openssl x509 -inform DER -in {f}.der -out {f}.pem"
+        ));
     }
     vm.write_file("/tmp/ca.pem", &ca_pem);
     let out = vm.must(
@@ -72,19 +76,30 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
         "in-guest openssl verify: {out}"
     );
     let subject = vm.must("openssl x509 -in chain1.pem -noout -subject");
-    assert!(subject.contains("e2e-host"), "chain1 is the host AIK: {subject}");
+    assert!(
+        subject.contains("e2e-host"),
+        "chain1 is the host AIK: {subject}"
+    );
 
     // Copied out, the same chain verifies on the host with the CA root as the only anchor.
     let rsa = vm.read_file("/tmp/rsa.der");
     let chain0 = vm.read_file("/tmp/chain0.der");
     let chain1 = vm.read_file("/tmp/chain1.der");
     let out = host_openssl_verify(tmp.path(), &chain.ca.ca_cert, &[&chain0, &chain1], &rsa);
-    assert!(out.trim_end().ends_with(": OK"), "host openssl verify: {out}");
+    assert!(
+        out.trim_end().ends_with(": OK"),
+        "host openssl verify: {out}"
+    );
     // The vEK in the certificate is the EK the guest's tools derive.
     vm.must("tpm2_createek -c ek.ctx -G rsa -u ek.pub");
-    let ek_from_tpm = vm.must("tpm2_readpublic -c ek.ctx -f pem -o ekpub.pem >/dev/null && cat ekpub.pem");
+    let ek_from_tpm =
+        vm.must("tpm2_readpublic -c ek.ctx -f pem -o ekpub.pem >/dev/null && cat ekpub.pem");
     let ek_from_cert = vm.must("openssl x509 -in rsa.pem -noout -pubkey");
-    assert_eq!(ek_from_tpm.trim(), ek_from_cert.trim(), "vEK certificate key vs TPM EK");
+    assert_eq!(
+        ek_from_tpm.trim(),
+        ek_from_cert.trim(),
+        "vEK certificate key vs TPM EK"
+    );
 
     // vAIK: created in the guest, enrolled by credential activation against the vEK chain.
     vm.must("tpm2_createak -C ek.ctx -c ak.ctx -G ecc -g sha256 -s ecdsa -u ak.pub -n ak.name");
@@ -135,11 +150,18 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     let out = vm.must("openssl verify -CAfile ca.pem vaik.pem");
     assert!(out.contains("vaik.pem: OK"), "{out}");
     // It certifies the guest's AK, and expires: a verifier after notAfter refuses it.
-    let ak_key = vm.must("tpm2_readpublic -c ak.ctx -f pem -o akpub.pem >/dev/null && cat akpub.pem");
+    let ak_key =
+        vm.must("tpm2_readpublic -c ak.ctx -f pem -o akpub.pem >/dev/null && cat akpub.pem");
     let cert_key = vm.must("openssl x509 -in vaik.pem -noout -pubkey");
-    assert_eq!(ak_key.trim(), cert_key.trim(), "vAIK certificate key vs the guest's AK");
+    assert_eq!(
+        ak_key.trim(),
+        cert_key.trim(),
+        "vAIK certificate key vs the guest's AK"
+    );
     let after = done.not_after + 60;
-    let (rc, out) = vm.run(&format!("openssl verify -attime {after} -CAfile ca.pem vaik.pem"));
+    let (rc, out) = vm.run(&format!(
+        "openssl verify -attime {after} -CAfile ca.pem vaik.pem"
+    ));
     assert_ne!(rc, 0, "an expired vAIK certificate verified: {out}");
     assert!(out.contains("expired"), "{out}");
     vm.shutdown();
