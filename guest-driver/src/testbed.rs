@@ -469,7 +469,8 @@ impl CaProcess {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn serve(&mut self) -> io::Result<()> {
+    /// Serves the store (again, after [`CaProcess::stop`]) on a new free port.
+    pub fn serve(&mut self) -> io::Result<()> {
         use std::io::BufRead;
         let mut child = Command::new(&self.bin)
             .arg("--store")
@@ -499,6 +500,30 @@ impl CaProcess {
         }
     }
 
+    /// SIGTERM to the server; waits (at most 15 s) for it to exit.
+    pub fn stop(&mut self) -> io::Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other("vtpm-ca is not serving"))?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).map_err(io::Error::from)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "vtpm-ca did not stop on SIGTERM",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The admin bearer token.
     pub fn admin_token(&self) -> io::Result<String> {
         Ok(std::fs::read_to_string(&self.admin_token_file)?
@@ -513,6 +538,24 @@ impl Drop for CaProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Runs a command-line tool to completion: what it printed (stdout, then stderr), as the
+/// error when it failed.
+pub fn run_tool(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
     }
 }
 
@@ -597,23 +640,13 @@ impl ChainSetup {
     /// Runs `vtpm-host --dir HOST_DIR --host-tpm TCTI ARGS...`: its output, or its output as
     /// the error when it fails.
     pub fn host(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(self.bin_dir.join("vtpm-host"))
-            .arg("--dir")
-            .arg(&self.host_dir)
-            .args(["--host-tpm", &self.host_tpm.tcti()])
-            .args(args)
-            .output()
-            .map_err(|e| format!("vtpm-host: {e}"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(text)
-        }
+        run_tool(
+            Command::new(self.bin_dir.join("vtpm-host"))
+                .arg("--dir")
+                .arg(&self.host_dir)
+                .args(["--host-tpm", &self.host_tpm.tcti()])
+                .args(args),
+        )
     }
 
     /// Provisions the vEK certificates into the (new or stopped) instance in `state_dir`,

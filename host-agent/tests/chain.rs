@@ -4,46 +4,27 @@
 //! vEK provisioning, and the `vhost-vtpm` daemon serving the instance, whose NV the test
 //! reads like a guest would and verifies with the `openssl verify` command.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use guest_driver::testbed::{CaProcess, ChainSetup, DaemonProcess, HostTpmSimulator};
+use guest_driver::testbed::{run_tool, CaProcess, ChainSetup, DaemonProcess, HostTpmSimulator};
 use guest_driver::{ClientOptions, VtpmClient};
 use local_ca::api::{EnrollStartRequest, Kind};
 use local_ca::client::Client;
 use tpm_proto::commands as c;
 
-const HOST: &str = env!("CARGO_BIN_EXE_vtpm-host");
+mod common;
 
-/// A sibling binary of the workspace (`cargo build --release --workspace` builds them all).
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(HOST).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release --workspace` (scripts/setup.sh does)",
-        p.display()
-    );
-    p
-}
+use common::{bin, bin_dir, HOST};
 
 fn vtpm_host(dir: &Path, tcti: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(HOST)
-        .arg("--dir")
-        .arg(dir)
-        .args(["--host-tpm", tcti])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
+    run_tool(
+        Command::new(HOST)
+            .arg("--dir")
+            .arg(dir)
+            .args(["--host-tpm", tcti])
+            .args(args),
+    )
 }
 
 fn der_to_pem(der: &[u8]) -> String {
@@ -131,7 +112,7 @@ fn chain_from_the_host_tpm_to_the_vek_verifies_with_openssl() {
     // 1-2. Host enrolled (EK certificate under the manufacturer root, credential
     //      activation), coprocessor certified by the host TPM and registered with the CA by
     //      a principal that may write only coprocessor certificates.
-    let s = ChainSetup::start(Path::new(HOST).parent().unwrap(), tmp.path(), "host-1").unwrap();
+    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-1").unwrap();
     let host_aik = s.host_pem("host-aik.pem").unwrap();
     let coprocessor = s.host_pem("coprocessor.pem").unwrap();
     assert!(host_aik.contains("BEGIN CERTIFICATE") && coprocessor.contains("BEGIN CERTIFICATE"));
@@ -233,7 +214,7 @@ fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
 #[test]
 fn renew_reissues_the_host_certificates_that_are_due() {
     let tmp = tempfile::tempdir().unwrap();
-    let bin_dir = Path::new(HOST).parent().unwrap();
+    let bin_dir = bin_dir();
     // Issued certificates live 60 s (plus the CA's backdating): due at once.
     let s =
         ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"]).unwrap();

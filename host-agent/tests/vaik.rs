@@ -4,7 +4,7 @@
 //! serving the instance afterwards, where the test uses the persistent vAIK like a guest
 //! would and checks its certificate and signatures with the `openssl` command.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use guest_driver::testbed::{ChainSetup, DaemonProcess};
@@ -19,43 +19,20 @@ use openssl::x509::X509;
 use tpm_proto::commands as c;
 use tpm_proto::public::{PublicParams, TpmPublic};
 
-const HOST: &str = env!("CARGO_BIN_EXE_vtpm-host");
-const AIK_HANDLE: u32 = 0x8100_8001;
+mod common;
 
-/// A sibling binary of the workspace (`cargo build --release --workspace` builds them all).
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(HOST).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release --workspace` (scripts/setup.sh does)",
-        p.display()
-    );
-    p
-}
+use common::{bin, bin_dir};
+
+const AIK_HANDLE: u32 = 0x8100_8001;
 
 /// `vtpm-host --dir HOST_DIR --host-tpm TCTI enroll-vaik --state-dir STATE --ca ... EXTRA`.
 fn enroll_vaik(s: &ChainSetup, state: &Path, extra: &[&str]) -> Result<String, String> {
-    let out = Command::new(HOST)
-        .arg("--dir")
-        .arg(&s.host_dir)
-        .args(["--host-tpm", &s.host_tpm.tcti()])
-        .arg("enroll-vaik")
-        .arg("--state-dir")
-        .arg(state)
-        .args(s.ca_args())
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
+    let state = state.display().to_string();
+    let mut args = vec!["enroll-vaik", "--state-dir", state.as_str()];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    s.host(&args)
 }
 
 fn openssl(args: &[&str], dir: &Path) -> String {
@@ -189,7 +166,7 @@ fn stop(daemon: &mut DaemonProcess) {
 #[test]
 fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = ChainSetup::start(Path::new(HOST).parent().unwrap(), tmp.path(), "host-1").unwrap();
+    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-1").unwrap();
     let vm = tmp.path().join("vm1");
     let state = vm.join("state");
     s.provision(&state).unwrap();
@@ -279,7 +256,7 @@ fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
 #[test]
 fn enroll_vaik_refuses_a_running_instance_a_foreign_handle_and_a_revoked_coprocessor() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = ChainSetup::start(Path::new(HOST).parent().unwrap(), tmp.path(), "host-2").unwrap();
+    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-2").unwrap();
     let vm = tmp.path().join("vm2");
     let state = vm.join("state");
     let vaik = state.join("vaik.pem");

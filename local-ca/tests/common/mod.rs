@@ -3,11 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use guest_driver::testbed::{CaProcess, HostTpmSimulator, ManufacturerCa};
 use local_ca::Client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vtpm-ca");
@@ -33,14 +32,14 @@ pub fn vtpm_ca_ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A CA store and a `vtpm-ca serve` process on it.
+/// A CA store and a `vtpm-ca serve` process on it (`guest_driver::testbed::CaProcess`).
 pub struct CaServer {
     pub tmp: tempfile::TempDir,
     pub store: PathBuf,
     pub url: String,
     pub ca_pem: Vec<u8>,
     pub admin_token: String,
-    child: Option<Child>,
+    process: CaProcess,
 }
 
 impl CaServer {
@@ -49,69 +48,35 @@ impl CaServer {
         let tmp = tempfile::tempdir().unwrap();
         let store = tmp.path().join("ca");
         let validity = validity_secs.to_string();
-        let mut args = vec!["init", "--validity-secs", &validity];
+        let mut args = vec!["--validity-secs", &validity];
         args.extend_from_slice(extra_init);
-        let out = vtpm_ca_ok(&store, &args);
-        assert!(out.contains("admin token"), "{out}");
-        let admin_token = std::fs::read_to_string(store.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        let ca_pem = std::fs::read(store.join("ca.pem")).unwrap();
-        let mut server = CaServer {
+        let process = CaProcess::start(Path::new(BIN), &store, &args).expect("start vtpm-ca");
+        let admin_token = process.admin_token().unwrap();
+        let ca_pem = std::fs::read(&process.ca_cert).unwrap();
+        assert!(
+            process.url.starts_with("https://127.0.0.1:"),
+            "{}",
+            process.url
+        );
+        CaServer {
             tmp,
             store,
-            url: String::new(),
+            url: process.url.clone(),
             ca_pem,
             admin_token,
-            child: None,
-        };
-        server.serve();
-        server
-    }
-
-    /// Starts `vtpm-ca serve` on the store (again after [`CaServer::stop`]).
-    pub fn serve(&mut self) {
-        let mut child = Command::new(BIN)
-            .arg("--store")
-            .arg(&self.store)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start vtpm-ca serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-        self.url = url;
-        self.child = Some(child);
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("vtpm-ca did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            process,
         }
+    }
+
+    /// Starts `vtpm-ca serve` on the store again after [`CaServer::stop`].
+    pub fn serve(&mut self) {
+        self.process.serve().expect("vtpm-ca serve");
+        self.url = self.process.url.clone();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.process.stop().expect("stop vtpm-ca")
     }
 
     pub fn client(&self, token: Option<&str>) -> Client {
@@ -130,111 +95,33 @@ impl CaServer {
     }
 }
 
-impl Drop for CaServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// A swtpm manufactured by swtpm_setup with EK certificates from a private swtpm_localca
-/// (its CA lives in the test's directory), reached by tpm2-tools over TCP.
+/// (`guest_driver::testbed::HostTpmSimulator::manufacture`), reached by tpm2-tools over TCP.
 pub struct Swtpm {
     pub dir: PathBuf,
-    port: u16,
-    child: Child,
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
+    tpm: HostTpmSimulator,
+    ca: ManufacturerCa,
 }
 
 impl Swtpm {
     /// Manufactures (EK + EK certificate) and starts a TPM in `dir`.
     pub fn start(dir: &Path) -> Swtpm {
-        std::fs::create_dir_all(dir.join("localca")).unwrap();
-        std::fs::create_dir_all(dir.join("state")).unwrap();
-        let lca = dir.join("localca");
-        std::fs::write(
-            dir.join("swtpm-localca.conf"),
-            format!(
-                "statedir = {l}\nsigningkey = {l}/signkey.pem\nissuercert = {l}/issuercert.pem\ncertserial = {l}/certserial\n",
-                l = lca.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("swtpm-localca.options"),
-            "--platform-manufacturer vhost-vtpm-test\n--platform-version 2.1\n--platform-model QEMU\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("swtpm_setup.conf"),
-            format!(
-                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
-                dir.join("swtpm-localca.conf").display(),
-                dir.join("swtpm-localca.options").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("swtpm_setup")
-            .args(["--tpm2", "--createek", "--create-ek-cert", "--overwrite"])
-            .arg("--tpmstate")
-            .arg(dir.join("state"))
-            .arg("--config")
-            .arg(dir.join("swtpm_setup.conf"))
-            .output()
-            .expect("swtpm_setup (scripts/setup.sh installs swtpm-tools)");
-        assert!(
-            out.status.success(),
-            "swtpm_setup: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.join("state").display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (tpm, ca) = HostTpmSimulator::manufacture(dir).expect("manufacture a TPM");
         Swtpm {
             dir: dir.to_owned(),
-            port,
-            child,
+            tpm,
+            ca,
         }
     }
 
     /// The swtpm_localca root (the EK root to trust).
     pub fn ek_root(&self) -> PathBuf {
-        self.dir.join("localca/swtpm-localca-rootca-cert.pem")
+        self.ca.root.clone()
     }
 
     /// The swtpm_localca intermediate that signs the EK certificates.
     pub fn ek_issuer(&self) -> PathBuf {
-        self.dir.join("localca/issuercert.pem")
+        self.ca.issuer.clone()
     }
 
     /// Runs a tpm2-tools command in the TPM's directory; returns its output (asserting success).
@@ -252,10 +139,7 @@ impl Swtpm {
         Command::new(args[0])
             .args(&args[1..])
             .current_dir(&self.dir)
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.port),
-            )
+            .env("TPM2TOOLS_TCTI", self.tpm.tcti())
             .output()
             .expect("tpm2-tools (scripts/setup.sh installs them)")
     }
@@ -362,13 +246,6 @@ impl Swtpm {
         ]);
         self.flush();
         self.read("sig.der")
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
