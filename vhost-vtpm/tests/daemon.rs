@@ -8,10 +8,6 @@ use std::time::Duration;
 use common::*;
 use guest_driver::testbed::SwtpmProcess;
 use guest_driver::{ClientOptions, Desc, DESC_F_NEXT, DESC_F_WRITE};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::ecdsa::EcdsaSig;
-use openssl::nid::Nid;
 use openssl::sha::sha256;
 use tpm_proto::{commands as c, rc};
 
@@ -67,25 +63,12 @@ fn ecc_primary_signature_verifies_with_openssl() {
     ))
     .expect("Sign");
 
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let public = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(&key.x).unwrap(),
-        &BigNum::from_slice(&key.y).unwrap(),
-    )
-    .unwrap();
-    public.check_key().unwrap();
-    let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(&r).unwrap(),
-        BigNum::from_slice(&s).unwrap(),
-    )
-    .unwrap();
     assert!(
-        sig.verify(&digest, &public).unwrap(),
+        ecdsa_p256_verifies(&key.x, &key.y, &digest, &r, &s),
         "TPM signature does not verify"
     );
     assert!(
-        !sig.verify(&sha256(b"something else"), &public).unwrap(),
+        !ecdsa_p256_verifies(&key.x, &key.y, &sha256(b"something else"), &r, &s),
         "signature verified over the wrong digest"
     );
     assert_success(
