@@ -111,7 +111,7 @@ where
     {
         let mut r = der::Reader::new(der::Reader::new(&template).element()?.content);
         r.element()?;
-        let template_alg = r.expect(der::TAG_SEQUENCE, "signatureAlgorithm")?;
+        let template_alg = r.expect_tag(der::TAG_SEQUENCE, "signatureAlgorithm")?;
         if template_alg.encoded != algorithm.as_slice() {
             return Err(IdentityError::Encoding(
                 "OpenSSL labelled the certificate with an unexpected signature algorithm".into(),
@@ -149,32 +149,5 @@ fn assemble(tbs: &[u8], algorithm: &[u8], r: &[u8], s: &[u8]) -> Result<Vec<u8>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use openssl::bn::BigNum;
-    use openssl::ecdsa::EcdsaSig;
-
-    #[test]
-    fn signature_value_matches_openssl() {
-        // r with the top bit set and s with leading zero bytes: both must be minimal.
-        let r = [0x80u8; 32];
-        let mut s = [0u8; 32];
-        s[2] = 0x01;
-        s[31] = 0x7f;
-        let ours = der::sequence(&[&der::unsigned_integer(&r), &der::unsigned_integer(&s)]);
-        let theirs = EcdsaSig::from_private_components(
-            BigNum::from_slice(&r).unwrap(),
-            BigNum::from_slice(&s).unwrap(),
-        )
-        .unwrap()
-        .to_der()
-        .unwrap();
-        assert_eq!(ours, theirs);
-    }
-
-    #[test]
-    fn zero_signature_is_refused() {
-        assert!(assemble(b"", b"", &[0; 32], &[1]).is_err());
-        assert!(assemble(b"", b"", &[1], &[]).is_err());
-    }
-}
+#[path = "../tests/identity_tpm_signed.rs"]
+mod tests;
