@@ -12,16 +12,22 @@
 //! that swtpm (0.7.1, verified) still reads: a version-1 header followed by the bare blob, and
 //! the bare blob with no header at all, recognised here by libtpms' own magic number.
 //!
-//! State that swtpm encrypted (`--key`) is decrypted by swtpm itself, not here: the encrypted
-//! layout (IV, HMAC, key-size flags, and the older hash-then-encrypt version 1) is swtpm's and
-//! versioned by swtpm, so running swtpm reads every version that swtpm can read, and a wrong
-//! key is judged by swtpm's own integrity check. swtpm writes into the directory it serves (its
-//! lock file, the mode of every file it reads, state when the TPM starts, and it deletes the
-//! volatile state it hands out), so the import copies the `tpm2-00.*` files into a private
-//! directory (mode 0700), starts `swtpm socket` on the copy with the key passed through a pipe,
+//! State that swtpm encrypted (`--key file=...`, or `--key pwdfile=...` as libvirt does it) is
+//! decrypted by swtpm itself, not here: the encrypted layout (IV, HMAC, key-size flags, and the
+//! older hash-then-encrypt version 1) and the derivation of a key from a passphrase are swtpm's
+//! and versioned by swtpm, so running swtpm reads every version that swtpm can read, and a
+//! wrong key or passphrase is judged by swtpm's own integrity check. swtpm writes into the
+//! directory it serves (its lock file, the mode of every file it reads, state when the TPM
+//! starts, and it deletes the volatile state it hands out), so the import copies the
+//! `tpm2-00.*` files into a private directory (mode 0700), starts `swtpm socket` on the copy
+//! with the key or the passphrase passed through a pipe (never on disk or its command line),
 //! powers the TPM on (`CMD_INIT`), asks for each blob decrypted over the control channel
 //! (`CMD_GET_STATEBLOB`), shuts swtpm down and removes the copy. swtpm is killed and reaped on
 //! every error path.
+//!
+//! A passphrase is the passphrase file's bytes exactly as swtpm reads them (swtpm 0.7.1,
+//! verified): the whole file, a trailing newline included, which swtpm turns into the key with
+//! PBKDF2-HMAC-SHA512 (its default, and what swtpm_setup and libvirt use) or one SHA-512.
 //!
 //! With a key, the volatile blob (imported only when the directory has `tpm2-00.volatilestate`)
 //! is swtpm's serialisation of the TPM restored from that file: swtpm hands out volatile state
@@ -74,6 +80,10 @@ const TLV_HEADER_SIZE: usize = 6;
 const MAX_FILE: usize = MAX_BLOB + 4096;
 /// Largest key file read: a 256-bit hex key with a `0x` prefix and generous whitespace.
 const MAX_KEY_FILE: u64 = 4096;
+/// Largest passphrase passed on: swtpm reads its passphrase until a read comes back short, so
+/// it must reach the pipe in one write, which POSIX makes atomic up to `PIPE_BUF` (4096 on
+/// Linux) bytes.
+const MAX_PASSPHRASE: usize = 4096;
 
 // swtpm's blob header flags (swtpm_nvstore.c).
 const BLOB_FLAG_ENCRYPTED: u16 = 0x01;
@@ -176,19 +186,132 @@ impl FromStr for SwtpmKeyFormat {
     }
 }
 
-/// How swtpm's state files are protected (swtpm's `--key file=...,mode=...,format=...`).
+/// How swtpm derives the key from a passphrase (`--key pwdfile=...,kdf=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SwtpmKdf {
+    /// PBKDF2-HMAC-SHA512 (swtpm's default, and what swtpm_setup and libvirt use).
+    #[default]
+    Pbkdf2,
+    /// The first bytes of one SHA-512 of the passphrase.
+    Sha512,
+}
+
+impl fmt::Display for SwtpmKdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwtpmKdf::Pbkdf2 => "pbkdf2",
+            SwtpmKdf::Sha512 => "sha512",
+        })
+    }
+}
+
+impl FromStr for SwtpmKdf {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pbkdf2" => Ok(SwtpmKdf::Pbkdf2),
+            "sha512" => Ok(SwtpmKdf::Sha512),
+            _ => Err(format!("unknown kdf {s:?} (pbkdf2 or sha512)")),
+        }
+    }
+}
+
+/// How swtpm's state files are protected: swtpm's `--key file=...,mode=...,format=...` or
+/// `--key pwdfile=...,mode=...,kdf=...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwtpmKey {
-    pub file: PathBuf,
+    pub source: SwtpmKeySource,
     pub mode: SwtpmCipher,
-    pub format: SwtpmKeyFormat,
+}
+
+/// Where the key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwtpmKeySource {
+    /// `file=`: a file holding the key itself.
+    File {
+        file: PathBuf,
+        format: SwtpmKeyFormat,
+    },
+    /// `pwdfile=`: a file holding a passphrase, from which swtpm derives the key.
+    Passphrase { file: PathBuf, kdf: SwtpmKdf },
+}
+
+/// Which kind of file protects the state, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A key file (`file=`).
+    Key,
+    /// A passphrase file (`pwdfile=`).
+    Passphrase,
+}
+
+impl KeyKind {
+    /// What a failure to decrypt can be blamed on, besides damaged state.
+    fn suspects(self) -> &'static str {
+        match self {
+            KeyKind::Key => "wrong key",
+            KeyKind::Passphrase => "wrong passphrase, cipher mode or kdf",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyKind::Key => "key file",
+            KeyKind::Passphrase => "passphrase file",
+        })
+    }
+}
+
+impl SwtpmKey {
+    /// swtpm's `--key file=<file>,mode=<mode>,format=<format>`.
+    pub fn key_file(file: impl Into<PathBuf>, mode: SwtpmCipher, format: SwtpmKeyFormat) -> Self {
+        SwtpmKey {
+            source: SwtpmKeySource::File {
+                file: file.into(),
+                format,
+            },
+            mode,
+        }
+    }
+
+    /// swtpm's `--key pwdfile=<file>,mode=<mode>,kdf=<kdf>`.
+    pub fn passphrase_file(file: impl Into<PathBuf>, mode: SwtpmCipher, kdf: SwtpmKdf) -> Self {
+        SwtpmKey {
+            source: SwtpmKeySource::Passphrase {
+                file: file.into(),
+                kdf,
+            },
+            mode,
+        }
+    }
+
+    /// The key or passphrase file.
+    pub fn file(&self) -> &Path {
+        match &self.source {
+            SwtpmKeySource::File { file, .. } | SwtpmKeySource::Passphrase { file, .. } => file,
+        }
+    }
+
+    /// Whether [`SwtpmKey::file`] holds a key or a passphrase.
+    pub fn kind(&self) -> KeyKind {
+        match self.source {
+            SwtpmKeySource::File { .. } => KeyKind::Key,
+            SwtpmKeySource::Passphrase { .. } => KeyKind::Passphrase,
+        }
+    }
 }
 
 /// Parses the value of swtpm's own `--key` option, so that an operator can copy it from the
 /// swtpm command line: `file=<path>[,mode=aes-cbc|aes-128-cbc|aes-256-cbc][,format=hex|binary]`
-/// with swtpm's defaults (`aes-cbc`, `hex`). `remove=` is accepted and ignored: the import
-/// never deletes the key file. Passphrase (`pwdfile=`) and descriptor (`fd=`, `pwdfd=`) keys
-/// are refused.
+/// or `pwdfile=<path>[,mode=...][,kdf=pbkdf2|sha512]`, with swtpm's defaults (`aes-cbc`, `hex`,
+/// `pbkdf2`). `remove=` is accepted and ignored: the import never deletes the file. Descriptor
+/// keys (`fd=`, `pwdfd=`, as libvirt passes them) are refused: the descriptor belongs to the
+/// process that launched swtpm; give the same bytes in a file. Options that swtpm would
+/// ignore (`file=` with `pwdfile=`, `format=` with `pwdfile=`, `kdf=` with `file=`) are refused
+/// as contradictory.
 impl FromStr for SwtpmKey {
     type Err = ImportError;
 
@@ -198,28 +321,53 @@ impl FromStr for SwtpmKey {
             reason,
         };
         let mut file = None;
+        let mut pwdfile = None;
         let mut mode = SwtpmCipher::Aes128Cbc;
-        let mut format = SwtpmKeyFormat::Hex;
+        let mut format = None;
+        let mut kdf = None;
         for part in spec.split(',') {
             let (name, value) = part
                 .split_once('=')
                 .ok_or_else(|| bad(format!("{part:?} is not name=value")))?;
             match name {
                 "file" if !value.is_empty() => file = Some(PathBuf::from(value)),
+                "pwdfile" if !value.is_empty() => pwdfile = Some(PathBuf::from(value)),
                 "mode" => mode = value.parse().map_err(bad)?,
-                "format" => format = value.parse().map_err(bad)?,
+                "format" => format = Some(value.parse().map_err(bad)?),
+                "kdf" => kdf = Some(value.parse().map_err(bad)?),
                 "remove" => {}
-                "pwdfile" | "pwdfd" | "kdf" => {
-                    return Err(bad(
-                        "passphrase keys are not supported; give the key itself (file=)".into(),
-                    ))
+                "fd" | "pwdfd" => {
+                    return Err(bad(format!(
+                        "descriptors are not supported: {name}= is a descriptor of the process \
+                         that started swtpm; put the same bytes in a file and use {}=",
+                        if name == "fd" { "file" } else { "pwdfile" }
+                    )))
                 }
-                "fd" => return Err(bad("key descriptors are not supported; use file=".into())),
                 _ => return Err(bad(format!("unknown or empty option {part:?}"))),
             }
         }
-        let file = file.ok_or_else(|| bad("no file=<path>".into()))?;
-        Ok(SwtpmKey { file, mode, format })
+        match (file, pwdfile) {
+            (Some(_), Some(_)) => Err(bad("file= and pwdfile= exclude each other".into())),
+            (Some(file), None) => match kdf {
+                Some(_) => Err(bad("kdf= applies to pwdfile= only".into())),
+                None => Ok(SwtpmKey::key_file(
+                    file,
+                    mode,
+                    format.unwrap_or(SwtpmKeyFormat::Hex),
+                )),
+            },
+            (None, Some(file)) => match format {
+                Some(_) => Err(bad(
+                    "format= applies to file= only; a passphrase is used as it is".into(),
+                )),
+                None => Ok(SwtpmKey::passphrase_file(
+                    file,
+                    mode,
+                    kdf.unwrap_or_default(),
+                )),
+            },
+            (None, None) => Err(bad("no file=<path> or pwdfile=<path>".into())),
+        }
     }
 }
 
@@ -353,15 +501,21 @@ pub enum ImportError {
         source: FormatError,
     },
     #[error(
-        "{}: state is encrypted by swtpm; pass its key (swtpm's --key file=...,mode=...,format=...)",
+        "{}: state is encrypted by swtpm; pass its key (swtpm's --key \
+         file=...,mode=...,format=...) or passphrase (--key pwdfile=...,mode=...,kdf=...)",
         file.display()
     )]
     Encrypted { file: PathBuf },
     #[error(
-        "{} is not encrypted, but key {} was given (swtpm would refuse it too); import without a key",
+        "{} is not encrypted, but {kind} {} was given (swtpm would refuse it too); import without \
+         a key",
         file.display(), key.display()
     )]
-    NotEncrypted { file: PathBuf, key: PathBuf },
+    NotEncrypted {
+        file: PathBuf,
+        key: PathBuf,
+        kind: KeyKind,
+    },
     #[error(
         "{} is encrypted with a {state_bits}-bit key, but key {} is given as {mode}",
         file.display(), key.display()
@@ -374,12 +528,18 @@ pub enum ImportError {
     },
     #[error("invalid swtpm key option {spec:?}: {reason}")]
     KeySpec { spec: String, reason: String },
-    #[error("key file {}: {source}", file.display())]
+    #[error("{kind} {}: {source}", file.display())]
     KeyRead {
         file: PathBuf,
+        kind: KeyKind,
         #[source]
         source: io::Error,
     },
+    #[error(
+        "passphrase file {} has more than {max} bytes; swtpm is given at most that many",
+        file.display()
+    )]
+    PassphraseTooLong { file: PathBuf, max: usize },
     #[error("key file {}: {reason}", file.display())]
     KeyFormat { file: PathBuf, reason: String },
     #[error(
@@ -415,13 +575,14 @@ pub enum ImportError {
         source: io::Error,
     },
     #[error(
-        "swtpm could not open the state in {} with key {} (TPM result {code:#x}): wrong key, \
+        "swtpm could not open the state in {} with {kind} {} (TPM result {code:#x}): {}, \
          or damaged state; swtpm said: {log}",
-        dir.display(), key.display()
+        dir.display(), key.display(), kind.suspects()
     )]
     WrongKey {
         dir: PathBuf,
         key: PathBuf,
+        kind: KeyKind,
         code: u32,
         log: String,
     },
@@ -438,9 +599,11 @@ pub enum ImportError {
 /// Reads the swtpm TPM 2.0 state in `dir` and returns its libtpms blobs.
 ///
 /// Without `key` the files are parsed here and encrypted state is refused
-/// ([`ImportError::Encrypted`]). With `key` the state must be encrypted, and swtpm decrypts a
-/// private copy of it (see the module documentation). A directory that a running swtpm still
-/// holds is refused ([`ImportError::InUse`]): its state would move on after the import.
+/// ([`ImportError::Encrypted`]). With `key` (a key or a passphrase file) the state must be
+/// encrypted, and swtpm decrypts a private copy of it (see the module documentation); a key or
+/// passphrase that does not decrypt it is [`ImportError::WrongKey`]. A directory that a running
+/// swtpm still holds is refused ([`ImportError::InUse`]): its state would move on after the
+/// import.
 pub fn read_swtpm_state(dir: &Path, key: Option<&SwtpmKey>) -> Result<SwtpmBlobs, ImportError> {
     let no_dir = |source| ImportError::NoDir {
         dir: dir.to_owned(),
@@ -590,21 +753,23 @@ fn decrypt_with_swtpm(
     permanent: &StateFile,
     volatile: Option<&StateFile>,
 ) -> Result<SwtpmBlobs, ImportError> {
-    let key_bytes = load_key(key)?;
+    let secret = load_secret(key)?;
     for f in std::iter::once(permanent).chain(volatile) {
         match f.contents {
             Contents::Plain(_) => {
                 return Err(ImportError::NotEncrypted {
                     file: f.path.clone(),
-                    key: key.file.clone(),
+                    key: key.file().to_owned(),
+                    kind: key.kind(),
                 })
             }
+            // A raw key's size is checked here; with a passphrase swtpm judges everything.
             Contents::Encrypted {
                 key_bits: Some(bits),
-            } if bits != key.mode.key_len() * 8 => {
+            } if key.kind() == KeyKind::Key && bits != key.mode.key_len() * 8 => {
                 return Err(ImportError::KeySizeMismatch {
                     file: f.path.clone(),
-                    key: key.file.clone(),
+                    key: key.file().to_owned(),
                     state_bits: bits,
                     mode: key.mode,
                 })
@@ -628,12 +793,13 @@ fn decrypt_with_swtpm(
         &[permanent].into_iter().chain(volatile).collect::<Vec<_>>(),
     )?;
 
-    let mut swtpm = Swtpm::start(&state, Some((key.mode, &key_bytes)), &scratch.path)?;
+    let mut swtpm = Swtpm::start(&state, Some((key.mode, &secret)), &scratch.path)?;
     let code = swtpm.control(CMD_INIT, &0u32.to_be_bytes())?;
     if code != 0 {
         return Err(ImportError::WrongKey {
             dir: dir.to_owned(),
-            key: key.file.clone(),
+            key: key.file().to_owned(),
+            kind: key.kind(),
             code,
             log: swtpm.log(),
         });
@@ -681,29 +847,103 @@ fn copy_state_files(from: &Path, to: &Path, read: &[&StateFile]) -> Result<(), I
     Ok(())
 }
 
-/// Loads and checks the key file; returns the raw key bytes.
-fn load_key(key: &SwtpmKey) -> Result<Vec<u8>, ImportError> {
+/// What swtpm is given through its stdin: the key, or the passphrase it derives the key from.
+#[derive(Clone, PartialEq, Eq)]
+enum Secret {
+    Key(Vec<u8>),
+    Passphrase { bytes: Vec<u8>, kdf: SwtpmKdf },
+}
+
+impl Secret {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Secret::Key(bytes) | Secret::Passphrase { bytes, .. } => bytes,
+        }
+    }
+
+    /// swtpm's `--key` option reading this secret from descriptor 0.
+    fn swtpm_key_option(&self, mode: SwtpmCipher) -> String {
+        match self {
+            Secret::Key(_) => format!("fd=0,mode={},format=binary", mode.swtpm_mode()),
+            Secret::Passphrase { kdf, .. } => {
+                format!("pwdfd=0,mode={},kdf={kdf}", mode.swtpm_mode())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    /// Lengths only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Key(bytes) => write!(f, "Key({} bytes)", bytes.len()),
+            Secret::Passphrase { bytes, kdf } => {
+                write!(f, "Passphrase({} bytes, {kdf})", bytes.len())
+            }
+        }
+    }
+}
+
+/// Loads and checks the key or passphrase file.
+fn load_secret(key: &SwtpmKey) -> Result<Secret, ImportError> {
+    Ok(match &key.source {
+        SwtpmKeySource::File { file, format } => {
+            Secret::Key(load_raw_key(file, *format, key.mode)?)
+        }
+        SwtpmKeySource::Passphrase { file, kdf } => Secret::Passphrase {
+            bytes: load_passphrase(file)?,
+            kdf: *kdf,
+        },
+    })
+}
+
+/// Loads and checks a key file; returns the raw key bytes.
+fn load_raw_key(
+    file: &Path,
+    format: SwtpmKeyFormat,
+    mode: SwtpmCipher,
+) -> Result<Vec<u8>, ImportError> {
     let mut raw = Vec::new();
-    File::open(&key.file)
+    File::open(file)
         .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut raw))
         .map_err(|source| ImportError::KeyRead {
-            file: key.file.clone(),
+            file: file.to_owned(),
+            kind: KeyKind::Key,
             source,
         })?;
-    let bytes = match key.format {
+    let bytes = match format {
         SwtpmKeyFormat::Binary => raw,
         SwtpmKeyFormat::Hex => parse_hex_key(&raw).map_err(|reason| ImportError::KeyFormat {
-            file: key.file.clone(),
+            file: file.to_owned(),
             reason,
         })?,
     };
-    if bytes.len() != key.mode.key_len() {
+    if bytes.len() != mode.key_len() {
         return Err(ImportError::KeyLength {
-            file: key.file.clone(),
-            format: key.format,
-            mode: key.mode,
-            expected: key.mode.key_len(),
+            file: file.to_owned(),
+            format,
+            mode,
+            expected: mode.key_len(),
             actual: bytes.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads a passphrase file as swtpm does: every byte, a trailing newline included.
+fn load_passphrase(file: &Path) -> Result<Vec<u8>, ImportError> {
+    let mut bytes = Vec::new();
+    File::open(file)
+        .and_then(|f| f.take(MAX_PASSPHRASE as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|source| ImportError::KeyRead {
+            file: file.to_owned(),
+            kind: KeyKind::Passphrase,
+            source,
+        })?;
+    if bytes.len() > MAX_PASSPHRASE {
+        return Err(ImportError::PassphraseTooLong {
+            file: file.to_owned(),
+            max: MAX_PASSPHRASE,
         });
     }
     Ok(bytes)
@@ -1010,10 +1250,11 @@ fn unixio(path: &Path) -> OsString {
 
 impl Swtpm {
     /// Starts swtpm on `state` (an absolute path) with its sockets and log in `scratch`; the
-    /// key, if any, goes through a pipe as raw bytes so that it is never copied to disk.
+    /// key or passphrase, if any, goes through a pipe so that it is never copied to disk nor
+    /// shown on swtpm's command line.
     fn start(
         state: &Path,
-        key: Option<(SwtpmCipher, &[u8])>,
+        key: Option<(SwtpmCipher, &Secret)>,
         scratch: &Path,
     ) -> Result<Swtpm, ImportError> {
         let ctrl_path = scratch.join(CTRL_SOCKET);
@@ -1034,18 +1275,20 @@ impl Swtpm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        if let Some((mode, _)) = key {
+        if let Some((mode, secret)) = key {
             cmd.arg("--key")
-                .arg(format!("fd=0,mode={},format=binary", mode.swtpm_mode()))
+                .arg(secret.swtpm_key_option(mode))
                 .stdin(Stdio::piped());
         }
         let mut process = Reaper(
             cmd.spawn()
                 .map_err(|source| ImportError::SwtpmSpawn { source })?,
         );
-        if let (Some((_, bytes)), Some(mut pipe)) = (key, process.0.stdin.take()) {
-            // The key fits the pipe's buffer; a failure means swtpm exited, reported below.
-            if let Err(e) = pipe.write_all(bytes) {
+        if let (Some((_, secret)), Some(mut pipe)) = (key, process.0.stdin.take()) {
+            // One write of at most PIPE_BUF bytes: it lands in the pipe whole, and closing the
+            // pipe (at the end of this block) ends a passphrase. A failure means swtpm exited,
+            // reported below.
+            if let Err(e) = pipe.write_all(secret.bytes()) {
                 warn!("passing the key to swtpm: {e}");
             }
         }

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use coprocessor::keys::{self, HostKey};
 use coprocessor::libtpms::{PERMANENT_BLOB, VOLATILE_BLOB};
 use coprocessor::state::{EncryptedStore, StateError};
-use coprocessor::swtpm_import::{self, SwtpmCipher, SwtpmKey, SwtpmKeyFormat};
+use coprocessor::swtpm_import::{self, SwtpmCipher, SwtpmKdf, SwtpmKey, SwtpmKeyFormat};
 
 use crate::config::{ConfigError, HostKeyArgs};
 
@@ -65,14 +65,39 @@ pub enum StateCommand {
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
         /// swtpm's state key file, if swtpm ran with `--key file=...`.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", group = "swtpm_secret")]
         swtpm_key: Option<PathBuf>,
-        /// Cipher of swtpm's `--key ...,mode=`.
-        #[arg(long, value_enum, default_value_t = Cipher::Aes128Cbc, requires = "swtpm_key")]
+        /// swtpm's passphrase file, if swtpm ran with `--key pwdfile=...` (or `pwdfd=`, as
+        /// libvirt runs it: then a file with the same bytes). Every byte counts, a trailing
+        /// newline too, as in swtpm.
+        #[arg(long, value_name = "PATH", group = "swtpm_secret")]
+        swtpm_passphrase_file: Option<PathBuf>,
+        /// Cipher of swtpm's `--key ...,mode=` (libvirt uses aes-256-cbc).
+        #[arg(
+            long,
+            value_enum,
+            default_value_t = Cipher::Aes128Cbc,
+            requires = "swtpm_secret"
+        )]
         swtpm_cipher: Cipher,
         /// Format of swtpm's key file (`--key ...,format=`).
-        #[arg(long, value_enum, default_value_t = KeyFormat::Hex, requires = "swtpm_key")]
+        #[arg(
+            long,
+            value_enum,
+            default_value_t = KeyFormat::Hex,
+            requires = "swtpm_key",
+            conflicts_with = "swtpm_passphrase_file"
+        )]
         swtpm_key_format: KeyFormat,
+        /// How swtpm derived the key from the passphrase (`--key ...,kdf=`).
+        #[arg(
+            long,
+            value_enum,
+            default_value_t = Kdf::Pbkdf2,
+            requires = "swtpm_passphrase_file",
+            conflicts_with = "swtpm_key"
+        )]
+        swtpm_kdf: Kdf,
         #[command(flatten)]
         host_key: HostKeyArgs,
     },
@@ -90,6 +115,12 @@ pub enum Cipher {
 pub enum KeyFormat {
     Hex,
     Binary,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kdf {
+    Pbkdf2,
+    Sha512,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,23 +212,38 @@ pub fn run(args: StateArgs) -> Result<String, StateCtlError> {
             state_dir,
             from,
             swtpm_key,
+            swtpm_passphrase_file,
             swtpm_cipher,
             swtpm_key_format,
+            swtpm_kdf,
             host_key,
         } => {
             let host_key = required(&host_key)?;
             host_key.check()?;
-            let key = swtpm_key.map(|file| SwtpmKey {
-                file,
-                mode: match swtpm_cipher {
-                    Cipher::Aes128Cbc => SwtpmCipher::Aes128Cbc,
-                    Cipher::Aes256Cbc => SwtpmCipher::Aes256Cbc,
-                },
-                format: match swtpm_key_format {
-                    KeyFormat::Hex => SwtpmKeyFormat::Hex,
-                    KeyFormat::Binary => SwtpmKeyFormat::Binary,
-                },
-            });
+            let mode = match swtpm_cipher {
+                Cipher::Aes128Cbc => SwtpmCipher::Aes128Cbc,
+                Cipher::Aes256Cbc => SwtpmCipher::Aes256Cbc,
+            };
+            // clap lets at most one of the two through.
+            let key = match (swtpm_key, swtpm_passphrase_file) {
+                (Some(file), _) => Some(SwtpmKey::key_file(
+                    file,
+                    mode,
+                    match swtpm_key_format {
+                        KeyFormat::Hex => SwtpmKeyFormat::Hex,
+                        KeyFormat::Binary => SwtpmKeyFormat::Binary,
+                    },
+                )),
+                (None, Some(file)) => Some(SwtpmKey::passphrase_file(
+                    file,
+                    mode,
+                    match swtpm_kdf {
+                        Kdf::Pbkdf2 => SwtpmKdf::Pbkdf2,
+                        Kdf::Sha512 => SwtpmKdf::Sha512,
+                    },
+                )),
+                (None, None) => None,
+            };
             let blobs = swtpm_import::read_swtpm_state(&from, key.as_ref())?;
             let mut map = BTreeMap::new();
             map.insert(PERMANENT_BLOB.to_owned(), blobs.permanent);

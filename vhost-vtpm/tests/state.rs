@@ -256,9 +256,26 @@ fn exec(engine: &mut SwtpmEngine, cmd: &[u8]) -> Vec<u8> {
     engine.execute(&mut cmd).expect("swtpm").to_vec()
 }
 
+/// How the swtpm state of an import case is protected (always aes-256-cbc when it is).
+#[derive(Clone, Copy)]
+enum SwtpmProtection<'a> {
+    Plain,
+    /// swtpm's `--key file=...,format=hex`; `args` are vtpm-state's besides `--swtpm-key`.
+    Key {
+        hex: &'a str,
+        args: &'a [&'a str],
+    },
+    /// swtpm's `--key pwdfile=...` (libvirt's way, with swtpm's default kdf); `args` are
+    /// vtpm-state's besides `--swtpm-passphrase-file`.
+    Passphrase {
+        bytes: &'a [u8],
+        args: &'a [&'a str],
+    },
+}
+
 /// What the guest sees of the imported TPM: the persistent key's public area, a signature
 /// by it, and the NV index.
-fn import_case(swtpm_key: Option<(&str, &[&str])>) {
+fn import_case(protection: SwtpmProtection) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let swtpm_state = dir.join("swtpm-state");
@@ -267,12 +284,33 @@ fn import_case(swtpm_key: Option<(&str, &[&str])>) {
     setup
         .args(["--tpm2", "--createek", "--overwrite", "--tpmstate"])
         .arg(&swtpm_state);
-    let key_file = dir.join("swtpm.key");
-    if let Some((contents, _)) = swtpm_key {
-        fs::write(&key_file, contents).unwrap();
+    // swtpm_setup's option, swtpm's --key option, vtpm-state's option and its other arguments.
+    let secret_file = dir.join("swtpm.secret");
+    let secret = match protection {
+        SwtpmProtection::Plain => None,
+        SwtpmProtection::Key { hex, args } => {
+            fs::write(&secret_file, hex).unwrap();
+            Some((
+                "--keyfile",
+                format!("file={},mode=aes-256-cbc,format=hex", secret_file.display()),
+                "--swtpm-key",
+                args,
+            ))
+        }
+        SwtpmProtection::Passphrase { bytes, args } => {
+            fs::write(&secret_file, bytes).unwrap();
+            Some((
+                "--pwdfile",
+                format!("pwdfile={},mode=aes-256-cbc", secret_file.display()),
+                "--swtpm-passphrase-file",
+                args,
+            ))
+        }
+    };
+    if let Some((setup_option, ..)) = &secret {
         setup
-            .arg("--keyfile")
-            .arg(&key_file)
+            .arg(setup_option)
+            .arg(&secret_file)
             .args(["--cipher", "aes-256-cbc"]);
     }
     let out = setup
@@ -285,10 +323,14 @@ fn import_case(swtpm_key: Option<(&str, &[&str])>) {
     );
 
     // Use it through swtpm as QEMU would: a persistent key and an NV index.
-    let swtpm_key_opt =
-        swtpm_key.map(|_| format!("file={},mode=aes-256-cbc,format=hex", key_file.display()));
     let (public, nv, key) = {
-        let sw = Swtpm::start(dir, &swtpm_state, swtpm_key_opt.as_deref());
+        let sw = Swtpm::start(
+            dir,
+            &swtpm_state,
+            secret
+                .as_ref()
+                .map(|(_, key_option, ..)| key_option.as_str()),
+        );
         let mut e = SwtpmEngine::connect(&sw.ctrl, &sw.data).unwrap();
         let code = rc_of(&exec(&mut e, &c::startup(c::TPM_SU_CLEAR)));
         assert!(code == rc::SUCCESS || code == rc::INITIALIZE, "{code:#x}");
@@ -333,8 +375,8 @@ fn import_case(swtpm_key: Option<(&str, &[&str])>) {
         .arg(&swtpm_state)
         .arg("--host-key-file")
         .arg(&host_key);
-    if let Some((_, args)) = swtpm_key {
-        import.arg("--swtpm-key").arg(&key_file).args(args);
+    if let Some((_, _, import_option, args)) = &secret {
+        import.arg(import_option).arg(&secret_file).args(*args);
     }
     let out = import.output().unwrap();
     assert!(
@@ -380,15 +422,24 @@ fn import_case(swtpm_key: Option<(&str, &[&str])>) {
 
 #[test]
 fn swtpm_state_is_imported_with_its_keys_and_nv() {
-    import_case(None);
+    import_case(SwtpmProtection::Plain);
 }
 
 #[test]
 fn swtpm_state_encrypted_with_its_key_is_imported() {
-    import_case(Some((
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-        &["--swtpm-cipher", "aes-256-cbc", "--swtpm-key-format", "hex"],
-    )));
+    import_case(SwtpmProtection::Key {
+        hex: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        args: &["--swtpm-cipher", "aes-256-cbc", "--swtpm-key-format", "hex"],
+    });
+}
+
+#[test]
+fn swtpm_state_encrypted_with_a_passphrase_is_imported() {
+    // As libvirt has it: aes-256-cbc, swtpm's default kdf; the newline is part of it.
+    import_case(SwtpmProtection::Passphrase {
+        bytes: b"libvirt secret value\n",
+        args: &["--swtpm-cipher", "aes-256-cbc"],
+    });
 }
 
 #[test]

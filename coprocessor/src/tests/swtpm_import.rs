@@ -11,6 +11,9 @@ use super::*;
 const KEY_256: &str = "00112233445566778899aabbccddeeff0123456789abcdef0f1e2d3c4b5a6978";
 const OTHER_KEY_256: &str = "ffeeddccbbaa99887766554433221100fedcba98765432100f1e2d3c4b5a6978";
 const KEY_128: &str = "00112233445566778899aabbccddeeff";
+/// As an operator writes it with `echo`: the newline is part of the passphrase, for swtpm.
+const PASSPHRASE: &[u8] = b"correct horse battery staple\n";
+const WRONG_PASSPHRASE: &[u8] = b"incorrect horse battery staple\n";
 
 const CMD_STORE_VOLATILE: u32 = 0x0a;
 /// TPM2_Startup(TPM_SU_CLEAR).
@@ -60,7 +63,14 @@ impl Fixture {
             SwtpmKeyFormat::Hex => fs::write(&file, format!("{hex}\n")).unwrap(),
             SwtpmKeyFormat::Binary => fs::write(&file, unhex(hex)).unwrap(),
         }
-        SwtpmKey { file, mode, format }
+        SwtpmKey::key_file(file, mode, format)
+    }
+
+    /// Writes a passphrase file.
+    fn passphrase(&self, name: &str, bytes: &[u8], mode: SwtpmCipher, kdf: SwtpmKdf) -> SwtpmKey {
+        let file = self.root.join(name);
+        fs::write(&file, bytes).unwrap();
+        SwtpmKey::passphrase_file(file, mode, kdf)
     }
 
     fn permall(&self) -> Vec<u8> {
@@ -72,22 +82,29 @@ fn unhex(hex: &str) -> Vec<u8> {
     parse_hex_key(hex.as_bytes()).unwrap()
 }
 
-/// Runs swtpm_setup on `state`, with an EK, encrypted with `key` (a hex key file) if given.
+/// Runs swtpm_setup on `state`, with an EK, encrypted with `key` (a hex key file, or a
+/// passphrase file as libvirt has swtpm_setup use it) if given.
 fn swtpm_setup(state: &Path, key: Option<&SwtpmKey>) {
     let mut cmd = Command::new("swtpm_setup");
     cmd.args(["--tpm2", "--tpmstate"])
         .arg(state)
         .args(["--createek", "--overwrite"]);
     if let Some(key) = key {
-        assert_eq!(
-            key.format,
-            SwtpmKeyFormat::Hex,
-            "swtpm_setup reads hex keys"
-        );
-        cmd.arg("--keyfile")
-            .arg(&key.file)
-            .arg("--cipher")
-            .arg(key.mode.to_string());
+        match &key.source {
+            SwtpmKeySource::File { file, format } => {
+                assert_eq!(*format, SwtpmKeyFormat::Hex, "swtpm_setup reads hex keys");
+                cmd.arg("--keyfile").arg(file);
+            }
+            SwtpmKeySource::Passphrase { file, kdf } => {
+                assert_eq!(
+                    *kdf,
+                    SwtpmKdf::Pbkdf2,
+                    "swtpm_setup uses swtpm's default kdf"
+                );
+                cmd.arg("--pwdfile").arg(file);
+            }
+        }
+        cmd.arg("--cipher").arg(key.mode.to_string());
     }
     let out = match cmd.output() {
         Ok(out) => out,
@@ -117,6 +134,19 @@ fn encrypted_state(mode: SwtpmCipher) -> (Fixture, SwtpmKey) {
         SwtpmCipher::Aes256Cbc => KEY_256,
     };
     let key = f.key("state.key", hex, mode, SwtpmKeyFormat::Hex);
+    swtpm_setup(&f.state, Some(&key));
+    (f, key)
+}
+
+/// State encrypted by swtpm_setup with [`PASSPHRASE`] and aes-256-cbc, as libvirt makes it.
+fn passphrase_state() -> (Fixture, SwtpmKey) {
+    let f = Fixture::new();
+    let key = f.passphrase(
+        "state.pw",
+        PASSPHRASE,
+        SwtpmCipher::Aes256Cbc,
+        SwtpmKdf::Pbkdf2,
+    );
     swtpm_setup(&f.state, Some(&key));
     (f, key)
 }
@@ -170,7 +200,7 @@ struct Running {
     _scratch: Scratch,
 }
 
-fn run(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Running {
+fn run(state: &Path, key: Option<(SwtpmCipher, &Secret)>) -> Running {
     let scratch = Scratch::new().unwrap();
     let mut swtpm = Swtpm::start(state, key, &scratch.path).unwrap();
     let code = swtpm.control(CMD_INIT, &0u32.to_be_bytes()).unwrap();
@@ -216,7 +246,7 @@ fn copy_of(state: &Path) -> tempfile::TempDir {
 }
 
 /// The public part of the EK that swtpm serves from `state` (on a throwaway copy).
-fn ek_of(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Vec<u8> {
+fn ek_of(state: &Path, key: Option<(SwtpmCipher, &Secret)>) -> Vec<u8> {
     let copy = copy_of(state);
     let mut tpm = run(&copy.path().canonicalize().unwrap(), key);
     tpm.command(&STARTUP_CLEAR);
@@ -241,7 +271,7 @@ fn plain_dir_with(blobs: &SwtpmBlobs) -> tempfile::TempDir {
 
 /// Starts the TPM in `state`, extends PCR 16 and has swtpm save the volatile state; returns
 /// what PCR_Read of PCR 16 answered.
-fn save_volatile_with_pcr16(state: &Path, key: Option<(SwtpmCipher, &[u8])>) -> Vec<u8> {
+fn save_volatile_with_pcr16(state: &Path, key: Option<(SwtpmCipher, &Secret)>) -> Vec<u8> {
     let mut tpm = run(state, key);
     tpm.command(&STARTUP_CLEAR);
     tpm.command(&extend_pcr16());
@@ -263,8 +293,8 @@ fn pcr16_after_resuming(blobs: &SwtpmBlobs) -> Vec<u8> {
     pcr
 }
 
-fn key_arg(key: &SwtpmKey) -> Vec<u8> {
-    load_key(key).unwrap()
+fn key_arg(key: &SwtpmKey) -> Secret {
+    load_secret(key).unwrap()
 }
 
 #[test]
@@ -296,7 +326,7 @@ fn encrypted_import_is_the_same_tpm_and_leaves_the_directory_alone() {
         let key = match format {
             SwtpmKeyFormat::Hex => hex_key,
             SwtpmKeyFormat::Binary => {
-                let hex = fs::read_to_string(&hex_key.file).unwrap();
+                let hex = fs::read_to_string(hex_key.file()).unwrap();
                 f.key("state.bin", hex.trim(), mode, format)
             }
         };
@@ -372,15 +402,22 @@ fn wrong_key_is_refused_naming_the_key_file() {
     let err = read_swtpm_state(&f.state, Some(&wrong)).unwrap_err();
     assert_eq!(snapshot(&f.state), before);
     match &err {
-        ImportError::WrongKey { dir, key, code, .. } => {
+        ImportError::WrongKey {
+            dir,
+            key,
+            kind,
+            code,
+            ..
+        } => {
             assert_eq!(*dir, f.state);
-            assert_eq!(*key, wrong.file);
+            assert_eq!(key, wrong.file());
+            assert_eq!(*kind, KeyKind::Key);
             assert_ne!(*code, 0);
         }
         other => panic!("{other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains(&wrong.file.display().to_string()), "{msg}");
+    assert!(msg.contains(&wrong.file().display().to_string()), "{msg}");
     assert!(
         !msg.contains(OTHER_KEY_256) && !msg.contains(KEY_256),
         "{msg}"
@@ -412,16 +449,22 @@ fn key_that_cannot_match_is_refused_before_running_swtpm() {
     let plain = plain_state();
     let err = read_swtpm_state(&plain.state, Some(&key)).unwrap_err();
     assert!(
-        matches!(&err, ImportError::NotEncrypted { key: k, .. } if *k == key.file),
+        matches!(&err, ImportError::NotEncrypted { key: k, .. } if k == key.file()),
         "{err:?}"
     );
 
-    let missing = SwtpmKey {
-        file: f.root.join("no.key"),
-        ..key
-    };
+    let missing = SwtpmKey::key_file(f.root.join("no.key"), key.mode, SwtpmKeyFormat::Hex);
     let err = read_swtpm_state(&f.state, Some(&missing)).unwrap_err();
-    assert!(matches!(err, ImportError::KeyRead { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImportError::KeyRead {
+                kind: KeyKind::Key,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -705,7 +748,7 @@ fn key_files_are_checked() {
     let write = |name: &str, bytes: &[u8], mode, format| {
         let file = f.root.join(name);
         fs::write(&file, bytes).unwrap();
-        load_key(&SwtpmKey { file, mode, format })
+        load_raw_key(&file, format, mode)
     };
     use SwtpmCipher::*;
     use SwtpmKeyFormat::*;
@@ -773,34 +816,221 @@ fn key_option_reads_swtpm_syntax() {
         "file=/k,mode=aes-256-cbc,format=binary,remove=true"
             .parse::<SwtpmKey>()
             .unwrap(),
-        SwtpmKey {
-            file: "/k".into(),
-            mode: SwtpmCipher::Aes256Cbc,
-            format: SwtpmKeyFormat::Binary
-        }
+        SwtpmKey::key_file("/k", SwtpmCipher::Aes256Cbc, SwtpmKeyFormat::Binary)
     );
     assert_eq!(
         "file=/k".parse::<SwtpmKey>().unwrap(),
-        SwtpmKey {
-            file: "/k".into(),
-            mode: SwtpmCipher::Aes128Cbc,
-            format: SwtpmKeyFormat::Hex
-        }
+        SwtpmKey::key_file("/k", SwtpmCipher::Aes128Cbc, SwtpmKeyFormat::Hex)
     );
     assert_eq!(
         "mode=aes-128-cbc,file=k".parse::<SwtpmKey>().unwrap().mode,
         SwtpmCipher::Aes128Cbc
     );
+    // Passphrases, with swtpm's defaults (aes-128-cbc, pbkdf2).
+    assert_eq!(
+        "pwdfile=/p".parse::<SwtpmKey>().unwrap(),
+        SwtpmKey::passphrase_file("/p", SwtpmCipher::Aes128Cbc, SwtpmKdf::Pbkdf2)
+    );
+    let key = "pwdfile=/p,mode=aes-256-cbc,kdf=sha512,remove=true"
+        .parse::<SwtpmKey>()
+        .unwrap();
+    assert_eq!(
+        key,
+        SwtpmKey::passphrase_file("/p", SwtpmCipher::Aes256Cbc, SwtpmKdf::Sha512)
+    );
+    assert_eq!(key.file(), Path::new("/p"));
+    assert_eq!(key.kind(), KeyKind::Passphrase);
+    assert_eq!(
+        "kdf=pbkdf2,pwdfile=/p".parse::<SwtpmKey>().unwrap(),
+        SwtpmKey::passphrase_file("/p", SwtpmCipher::Aes128Cbc, SwtpmKdf::Pbkdf2)
+    );
     for bad in [
-        "pwdfile=/p",
-        "fd=3",
         "file=/k,mode=aes-512-cbc",
         "file=/k,format=base64",
         "mode=aes-cbc",
         "file=",
+        "pwdfile=",
         "file=/k,bogus",
+        "pwdfile=/p,kdf=md5",
+        "file=/k,pwdfile=/p",
+        "file=/k,kdf=sha512",
+        "pwdfile=/p,format=hex",
     ] {
         let err = bad.parse::<SwtpmKey>().unwrap_err();
         assert!(matches!(err, ImportError::KeySpec { .. }), "{bad}: {err:?}");
     }
+    // Descriptors (libvirt passes its passphrase as pwdfd=) belong to swtpm's launcher.
+    for (bad, instead) in [("pwdfd=3,mode=aes-256-cbc", "pwdfile="), ("fd=3", "file=")] {
+        let err = bad.parse::<SwtpmKey>().unwrap_err();
+        assert!(matches!(err, ImportError::KeySpec { .. }), "{bad}: {err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("descriptors are not supported") && msg.contains(instead),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn passphrase_encrypted_import_is_the_same_tpm_and_leaves_the_directory_alone() {
+    let (f, key) = passphrase_state();
+    let before = snapshot(&f.state);
+    let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
+    assert_eq!(snapshot(&f.state), before);
+    assert_eq!(blobs.volatile, None);
+    assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
+    let permall = f.permall();
+    assert!(!permall.windows(64).any(|w| blobs.permanent.starts_with(w)));
+    let plain = data_item(&plain_state().permall()).len();
+    assert!(
+        blobs.permanent.len().abs_diff(plain) < 1024,
+        "{} bytes, a plain state has {plain}",
+        blobs.permanent.len()
+    );
+    let imported = plain_dir_with(&blobs);
+    assert_eq!(
+        ek_of(imported.path(), None),
+        ek_of(&f.state, Some((key.mode, &key_arg(&key))))
+    );
+    assert_eq!(read_swtpm_state(imported.path(), None).unwrap(), blobs);
+
+    // The trailing newline is part of the passphrase, as in swtpm: without it, no match.
+    let trimmed = f.passphrase(
+        "trimmed.pw",
+        PASSPHRASE.trim_ascii_end(),
+        key.mode,
+        SwtpmKdf::Pbkdf2,
+    );
+    let err = read_swtpm_state(&f.state, Some(&trimmed)).unwrap_err();
+    assert!(matches!(err, ImportError::WrongKey { .. }), "{err:?}");
+    assert_eq!(snapshot(&f.state), before);
+}
+
+#[test]
+fn wrong_passphrase_is_refused_naming_the_passphrase_file() {
+    let (f, key) = passphrase_state();
+    let before = snapshot(&f.state);
+    let wrong = f.passphrase("wrong.pw", WRONG_PASSPHRASE, key.mode, SwtpmKdf::Pbkdf2);
+    // The right passphrase with the other kdf or cipher derives another key: only swtpm
+    // judges a passphrase, there is no key to check the size of beforehand.
+    let other_kdf = SwtpmKey::passphrase_file(key.file(), key.mode, SwtpmKdf::Sha512);
+    let other_mode =
+        SwtpmKey::passphrase_file(key.file(), SwtpmCipher::Aes128Cbc, SwtpmKdf::Pbkdf2);
+    for bad in [&wrong, &other_kdf, &other_mode] {
+        let err = read_swtpm_state(&f.state, Some(bad)).unwrap_err();
+        assert_eq!(snapshot(&f.state), before);
+        match &err {
+            ImportError::WrongKey {
+                dir,
+                key,
+                kind,
+                code,
+                ..
+            } => {
+                assert_eq!(*dir, f.state);
+                assert_eq!(key, bad.file());
+                assert_eq!(*kind, KeyKind::Passphrase);
+                assert_ne!(*code, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("passphrase file {}", bad.file().display())),
+            "{msg}"
+        );
+        assert!(msg.contains("wrong passphrase"), "{msg}");
+        for secret in [PASSPHRASE, WRONG_PASSPHRASE] {
+            let secret = String::from_utf8_lossy(secret.trim_ascii_end()).into_owned();
+            assert!(!msg.contains(&secret), "the passphrase leaks: {msg}");
+        }
+    }
+
+    // Checked before swtpm runs: plain state, a missing file, an oversized one.
+    let plain = plain_state();
+    let err = read_swtpm_state(&plain.state, Some(&key)).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::NotEncrypted { key: k, kind: KeyKind::Passphrase, .. }
+            if k == key.file()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("passphrase file"), "{err}");
+    let missing = SwtpmKey::passphrase_file(f.root.join("no.pw"), key.mode, SwtpmKdf::Pbkdf2);
+    let err = read_swtpm_state(&f.state, Some(&missing)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImportError::KeyRead {
+                kind: KeyKind::Passphrase,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let long = f.passphrase(
+        "long.pw",
+        &vec![b'x'; MAX_PASSPHRASE + 1],
+        key.mode,
+        SwtpmKdf::Pbkdf2,
+    );
+    let err = read_swtpm_state(&f.state, Some(&long)).unwrap_err();
+    assert!(
+        matches!(&err, ImportError::PassphraseTooLong { file, max: MAX_PASSPHRASE }
+            if file == long.file()),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(&f.state), before);
+}
+
+#[test]
+fn sha512_passphrase_state_with_volatile_state_is_imported() {
+    // swtpm_setup always uses the default kdf; swtpm itself makes a TPM with the other one.
+    let f = Fixture::new();
+    let key = f.passphrase(
+        "state.pw",
+        PASSPHRASE,
+        SwtpmCipher::Aes256Cbc,
+        SwtpmKdf::Sha512,
+    );
+    let pcr = save_volatile_with_pcr16(&f.state, Some((key.mode, &key_arg(&key))));
+    assert!(matches!(
+        parse_state_file(&f.permall(), BlobKind::Permanent),
+        Ok(Contents::Encrypted {
+            key_bits: Some(256)
+        })
+    ));
+    let before = snapshot(&f.state);
+    let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
+    assert_eq!(snapshot(&f.state), before);
+    assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
+    let volatile = blobs.volatile.as_deref().unwrap();
+    assert!(has_libtpms_magic(volatile, BlobKind::Volatile));
+    assert_eq!(pcr16_after_resuming(&blobs), pcr);
+
+    let pbkdf2 = SwtpmKey::passphrase_file(key.file(), key.mode, SwtpmKdf::Pbkdf2);
+    let err = read_swtpm_state(&f.state, Some(&pbkdf2)).unwrap_err();
+    assert!(matches!(err, ImportError::WrongKey { .. }), "{err:?}");
+}
+
+#[test]
+fn secrets_reach_swtpm_as_its_key_option_says() {
+    let key = Secret::Key(unhex(KEY_256));
+    assert_eq!(
+        key.swtpm_key_option(SwtpmCipher::Aes256Cbc),
+        "fd=0,mode=aes-256-cbc,format=binary"
+    );
+    let pw = Secret::Passphrase {
+        bytes: PASSPHRASE.to_vec(),
+        kdf: SwtpmKdf::Sha512,
+    };
+    assert_eq!(
+        pw.swtpm_key_option(SwtpmCipher::Aes128Cbc),
+        "pwdfd=0,mode=aes-cbc,kdf=sha512"
+    );
+    assert_eq!(pw.bytes(), PASSPHRASE);
+    // Debug shows lengths only.
+    assert_eq!(
+        format!("{key:?} {pw:?}"),
+        "Key(32 bytes) Passphrase(29 bytes, sha512)"
+    );
 }
