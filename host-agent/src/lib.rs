@@ -117,27 +117,12 @@ impl HostDir {
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), AgentError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.file(name);
-        let tmp = self.file(&format!(".{name}.tmp"));
-        let io = |source| AgentError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(data).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        fs::File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        coprocessor::state::atomic::replace(&self.path, name, data, true).map_err(|source| {
+            AgentError::Io {
+                path: self.file(name),
+                source,
+            }
+        })
     }
 
     fn read(&self, name: &str, step: &'static str) -> Result<Vec<u8>, AgentError> {

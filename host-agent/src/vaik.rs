@@ -38,8 +38,7 @@
 //! have changed (`tpm2_changeauth`): then this fails with the TPM's error, and the guest has
 //! to enrol its vAIK itself.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use coprocessor::identity::provision::{
     read_nv, run, startup_if_needed, EK_CHAIN_FIRST_INDEX, EK_CHAIN_MAX,
@@ -446,36 +445,21 @@ fn pem(cert: &X509) -> Result<String, AgentError> {
 /// Writes `data` to `path` atomically (temporary file, fsync, rename, directory fsync),
 /// mode 0600.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |path: &Path| {
-        let path: PathBuf = path.to_owned();
-        move |source| AgentError::Io { path, source }
-    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    coprocessor::state::atomic::replace(dir, &name, data, true).map_err(|source| AgentError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn activation_errors_explain_themselves() {

@@ -8,7 +8,7 @@
 //! (temporary file, fsync, rename, fsync of the directory), so a crash at any instant leaves
 //! the old or the new file, never a torn one.
 
-mod atomic;
+pub mod atomic;
 pub mod encrypted;
 pub mod format;
 
