@@ -113,6 +113,26 @@ struct Op {
     slow: bool,
 }
 
+impl Op {
+    /// The same command every time.
+    fn fixed(name: &'static str, cmd: Vec<u8>, slow: bool) -> Op {
+        Op {
+            name,
+            cmd: Box::new(move |_| cmd.clone()),
+            slow,
+        }
+    }
+
+    /// An NV_Write of the iteration number, so that every write changes the data.
+    fn nv_write(name: &'static str, index: u32) -> Op {
+        Op {
+            name,
+            cmd: Box::new(move |i| c::nv_write(index, 0, &(i as u64).to_be_bytes())),
+            slow: true,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Row {
     path: String,
@@ -170,33 +190,16 @@ fn prepare(path: &mut dyn Path_) -> Vec<Op> {
     let digest = [0x5a; 32];
     // The first ECDSA signature triggers libtpms' self-test of the algorithm (TPM_RC_RETRY).
     must(path, &c::sign_ecdsa_sha256(key.handle, &digest), "Sign");
-    let fixed = |cmd: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| cmd.clone()) };
     vec![
-        Op {
-            name: "GetRandom(32)",
-            cmd: fixed(c::get_random(32)),
-            slow: false,
-        },
-        Op {
-            name: "PCR_Extend",
-            cmd: fixed(c::pcr_extend_sha256(16, &digest)),
-            slow: false,
-        },
-        Op {
-            name: "PCR_Read",
-            cmd: fixed(c::pcr_read_sha256(16)),
-            slow: false,
-        },
-        Op {
-            name: "ECDSA P-256 Sign",
-            cmd: fixed(c::sign_ecdsa_sha256(key.handle, &digest)),
-            slow: true,
-        },
-        Op {
-            name: "NV_Write (durable)",
-            cmd: Box::new(|i| c::nv_write(NV_INDEX, 0, &(i as u64).to_be_bytes())),
-            slow: true,
-        },
+        Op::fixed("GetRandom(32)", c::get_random(32), false),
+        Op::fixed("PCR_Extend", c::pcr_extend_sha256(16, &digest), false),
+        Op::fixed("PCR_Read", c::pcr_read_sha256(16), false),
+        Op::fixed(
+            "ECDSA P-256 Sign",
+            c::sign_ecdsa_sha256(key.handle, &digest),
+            true,
+        ),
+        Op::nv_write("NV_Write (durable)", NV_INDEX),
     ]
 }
 

@@ -194,6 +194,20 @@ impl World {
     }
 
     /// swtpm on its state, serving its data socket.
+    /// Runs `f` on a started swtpm (over its data socket through our swtpm engine), with
+    /// the swtpm's pid.
+    fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> T) -> T {
+        let sw = self.start_swtpm();
+        let data = sw.data.as_deref().expect("swtpm data socket");
+        let mut engine = SwtpmEngine::connect(&sw.ctrl, data).expect("connect to swtpm");
+        let mut path = EnginePath {
+            engine: &mut engine,
+            server: Some(sw.pid()),
+        };
+        path_startup(&mut path, "swtpm");
+        f(&mut path, sw.pid())
+    }
+
     fn start_swtpm(&self) -> SwtpmProcess {
         // Sockets left by an swtpm killed earlier would look like listening ones.
         for name in ["swtpm-ctrl.sock", "swtpm-data.sock"] {
@@ -281,28 +295,11 @@ pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
 // ---- 1. Durability -------------------------------------------------------------------
 
 fn durability_ops() -> Vec<Op> {
-    let fixed = |cmd: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| cmd.clone()) };
     vec![
-        Op {
-            name: "GetRandom(32)",
-            cmd: fixed(c::get_random(32)),
-            slow: false,
-        },
-        Op {
-            name: "PCR_Extend",
-            cmd: fixed(c::pcr_extend_sha256(16, &DIGEST)),
-            slow: false,
-        },
-        Op {
-            name: "NV_Write",
-            cmd: Box::new(|i| c::nv_write(NV_INDEX, 0, &(i as u64).to_be_bytes())),
-            slow: true,
-        },
-        Op {
-            name: "NV_Increment",
-            cmd: Box::new(|_| c::nv_increment(COUNTER_INDEX)),
-            slow: true,
-        },
+        Op::fixed("GetRandom(32)", c::get_random(32), false),
+        Op::fixed("PCR_Extend", c::pcr_extend_sha256(16, &DIGEST), false),
+        Op::nv_write("NV_Write", NV_INDEX),
+        Op::fixed("NV_Increment", c::nv_increment(COUNTER_INDEX), true),
     ]
 }
 
@@ -328,17 +325,7 @@ fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
             rows.extend(measure_ops(key.label(), &mut path, &ops, args));
             stop_daemon(path);
         }
-        {
-            let sw = world.start_swtpm();
-            let data = sw.data.as_deref().expect("swtpm data socket");
-            let mut engine = SwtpmEngine::connect(&sw.ctrl, data).expect("connect to swtpm");
-            let mut path = EnginePath {
-                engine: &mut engine,
-                server: Some(sw.pid()),
-            };
-            path_startup(&mut path, "swtpm");
-            rows.extend(measure_ops("swtpm socket", &mut path, &ops, args));
-        }
+        rows.extend(world.with_swtpm(|path, _| measure_ops("swtpm socket", path, &ops, args)));
         println!("\n#### {title}\n");
         println!(
             "| command | persists | path | n | p50 µs | p99 µs | over GetRandom µs | ops/s | server CPU µs/op |"
@@ -748,20 +735,10 @@ fn memory(args: &Args, world: &World) {
         rows.push((key.label(), load_and_sample(&mut path, pid, args.load_ops)));
         stop_daemon(path);
     }
-    {
-        let sw = world.start_swtpm();
-        let data = sw.data.as_deref().expect("swtpm data socket");
-        let mut engine = SwtpmEngine::connect(&sw.ctrl, data).expect("connect to swtpm");
-        let mut path = EnginePath {
-            engine: &mut engine,
-            server: Some(sw.pid()),
-        };
-        path_startup(&mut path, "swtpm");
-        rows.push((
-            "swtpm socket",
-            load_and_sample(&mut path, sw.pid(), args.load_ops),
-        ));
-    }
+    rows.push((
+        "swtpm socket",
+        world.with_swtpm(|path, pid| load_and_sample(path, pid, args.load_ops)),
+    ));
     println!("\n### Memory per instance\n");
     println!(
         "/proc/PID/status and smaps_rollup of the server process (all threads), on the \
