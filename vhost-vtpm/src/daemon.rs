@@ -267,6 +267,31 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     };
     let engine_name = engine.driver_name();
     let device: SharedDevice = Arc::new(Mutex::new(Device::new(engine)));
+    // From here on the engine holds state that only a save keeps (it consumed the volatile
+    // state saved at the last clean stop): every way out saves and clears the run marker,
+    // also a listener that cannot be opened.
+    let served = listen_and_serve(&device, engine_name, signals, config);
+    let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
+    let (stats, busy) = dev.stats();
+    info!(
+        "served {} commands, refused {} chains, {} interrupts; busy-poll {} windows, {} hits, {} µs spinning",
+        stats.commands, stats.refused_chains, stats.interrupts, busy.windows, busy.hits, busy.spin_us
+    );
+    dev.save().map_err(DaemonError::Save)?;
+    if let Some(m) = marker {
+        m.remove();
+    }
+    info!("vTPM state saved, exiting");
+    served
+}
+
+/// Opens the listener, serves frontends until a stop is requested, closes the listener.
+fn listen_and_serve(
+    device: &SharedDevice,
+    engine_name: &str,
+    signals: SigSet,
+    config: &Config,
+) -> Result<(), DaemonError> {
     let mut listener = open_listener(&config.listen)?;
     let stop = Arc::new(Stop {
         requested: AtomicBool::new(false),
@@ -282,24 +307,11 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         },
         config.busy_poll.as_micros()
     );
-
-    let served = serve(&mut listener, &device, &stop, config);
+    let served = serve(&mut listener, device, &stop, config);
     if let Ok(mut fd) = stop.listener_fd.lock() {
         *fd = None;
     }
     drop(listener);
-
-    let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
-    let (stats, busy) = dev.stats();
-    info!(
-        "served {} commands, refused {} chains, {} interrupts; busy-poll {} windows, {} hits, {} µs spinning",
-        stats.commands, stats.refused_chains, stats.interrupts, busy.windows, busy.hits, busy.spin_us
-    );
-    dev.save().map_err(DaemonError::Save)?;
-    if let Some(m) = marker {
-        m.remove();
-    }
-    info!("vTPM state saved, exiting");
     served
 }
 

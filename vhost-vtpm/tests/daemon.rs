@@ -616,3 +616,44 @@ fn instances_are_isolated() {
         "two instances derived the same key"
     );
 }
+
+#[test]
+fn a_start_that_cannot_listen_keeps_the_saved_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &[]);
+    let digest = sha256(b"keep me");
+    let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat()).to_vec();
+    {
+        let mut client = d.connect();
+        startup(&mut client);
+        assert_success(
+            &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
+            "PCR_Extend",
+        );
+    }
+    d.stop();
+    // A start whose listener is unusable (stdin is a plain file) fails after the engine
+    // consumed the saved volatile state: it must save it again, and leave no run marker.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = std::process::Command::new(DAEMON)
+        .args(["--fd", "0", "--state-dir"])
+        .arg(&d.state)
+        .arg("--host-key-file")
+        .arg(d.host_key.as_ref().unwrap())
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    d.respawn();
+    let mut client = d.connect();
+    let code = rc_of(&run(&mut client, &c::startup(c::TPM_SU_CLEAR)));
+    assert_eq!(
+        code,
+        rc::INITIALIZE,
+        "the TPM resumed, it was not powered on afresh"
+    );
+    assert_eq!(pcr_read(&mut client, 16), expected);
+    assert!(!d.log_text().contains("recovered from an unclean stop"));
+}
