@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of everything vhost-vtpm needs on a Debian bookworm machine:
-# Debian packages, the Rust release build, and — when their builders are present — the
-# patched QEMU and the guest image. Safe to re-run; fast when nothing changed.
+# Debian packages, the Rust release build, the patched QEMU and the guest image (both cached
+# in ~/.cache/vhost-vtpm). Safe to re-run; fast when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
 
 APT_PACKAGES=(
   pkg-config libssl-dev openssl        # openssl crate (signature checks in tests)
@@ -19,8 +22,6 @@ apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "setup: installing ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 }
@@ -38,7 +39,7 @@ ensure_backports_headers() {
   dep=$(apt-cache show -t bookworm-backports linux-headers-amd64 2>/dev/null |
         sed -n 's/^Depends: \(linux-headers-[^ ]*-amd64\) .*/\1/p' | sort -V | tail -n 1)
   if [ -z "$dep" ]; then
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
     dep=$(apt-cache show -t bookworm-backports linux-headers-amd64 2>/dev/null |
           sed -n 's/^Depends: \(linux-headers-[^ ]*-amd64\) .*/\1/p' | sort -V | tail -n 1)
   fi

@@ -1,8 +1,9 @@
 //! `vtpm-state`: the operator's commands on a vTPM state directory.
 //!
 //! The daemon never resets, replaces or "repairs" state on its own; these commands are the
-//! explicit, logged ways to do so. Each takes the state directory's lock, so it cannot run
-//! against a directory a daemon is using.
+//! explicit, logged ways to do so. Each one that changes a directory, and `inspect` with a
+//! key, takes the state directory's lock, so it cannot run against a directory a daemon is
+//! using; `inspect` without a key reads only the clear-text header.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
