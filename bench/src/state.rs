@@ -13,11 +13,10 @@
 //! through swtpm (NV indices, a persistent signing key), imported for our daemon with
 //! `vtpm-state import-swtpm`.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -25,8 +24,7 @@ use std::time::{Duration, Instant};
 use coprocessor::swtpm::SwtpmEngine;
 use guest_driver::testbed::{ensure_host_key, DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use guest_driver::{ClientOptions, VtpmClient};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tpm_proto::{commands as c, rc, response_code, Header, HEADER_SIZE};
 
 use crate::{measure_ops, must, pin, Args, DaemonPath, EnginePath, Op, Path_, Row, NV_INDEX};
@@ -193,7 +191,6 @@ impl World {
         }
     }
 
-    /// swtpm on its state, serving its data socket.
     /// Runs `f` on a started swtpm (over its data socket through our swtpm engine), with
     /// the swtpm's pid.
     fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> T) -> T {
@@ -209,10 +206,6 @@ impl World {
     }
 
     fn start_swtpm(&self) -> SwtpmProcess {
-        // Sockets left by an swtpm killed earlier would look like listening ones.
-        for name in ["swtpm-ctrl.sock", "swtpm-data.sock"] {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
         SwtpmProcess::start(&self.dir, true).expect("start swtpm")
     }
 
@@ -367,58 +360,6 @@ fn print_durability_row(r: &Row, rows: &[Row]) {
 
 // ---- 2. Cold start -------------------------------------------------------------------
 
-/// A spawned server process; killed if still running when dropped.
-struct Spawned {
-    child: Child,
-    what: &'static str,
-}
-
-impl Spawned {
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 30 s).
-    fn stop(mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.exited() {
-            if Instant::now() > deadline {
-                eprintln!("{} ignored SIGTERM for 30 s; killing it", self.what);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits (polling every 50 µs) until the server's socket exists.
-fn wait_socket(socket: &Path, server: &mut Spawned, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        if server.exited() {
-            panic!(
-                "{} exited instead of listening:\n{}",
-                server.what,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not listen within 60 s",
-            server.what
-        );
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cold {
     Ours(Key),
@@ -457,38 +398,23 @@ fn cold_once(world: &World, which: Cold, run: usize) -> (Duration, Duration) {
 
 fn cold_ours(world: &World, dir: &Path, key: Key) -> (Duration, Duration) {
     std::fs::create_dir_all(dir).expect("create daemon dir");
-    let socket = dir.join("cold.sock");
-    let _ = std::fs::remove_file(&socket);
-    let log_path = dir.join("cold.log");
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("open daemon log");
-    let mut cmd = Command::new(&world.daemon_bin);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args(world.key_args(key))
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut args = world.key_args(key);
+    args.extend(["--log-level".to_owned(), "warn".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let t0 = Instant::now();
-    let mut server = Spawned {
-        child: cmd.spawn().expect("spawn vhost-vtpm"),
-        what: "vhost-vtpm",
-    };
-    wait_socket(&socket, &mut server, &log_path);
+    let mut daemon = DaemonProcess::start(&world.daemon_bin, dir, &args).expect("start vhost-vtpm");
     let listening = t0.elapsed();
-    let mut client =
-        VtpmClient::connect(&socket, ClientOptions::default()).expect("connect to vhost-vtpm");
+    let mut client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
+        .expect("connect to vhost-vtpm");
     let mut transact = |cmd: &[u8]| client.transact(cmd).expect("vhost-vtpm transact");
     startup(&mut transact, "vhost-vtpm cold start");
     let r = transact(&c::get_random(32));
     let first = t0.elapsed();
     assert_eq!(response_code(&r), Ok(rc::SUCCESS), "GetRandom after start");
-    server.stop();
+    drop(client);
+    daemon
+        .signal(Signal::SIGTERM)
+        .expect("stop vhost-vtpm after the cold start");
     (listening, first)
 }
 
@@ -505,30 +431,14 @@ fn raw_transact(s: &mut UnixStream, cmd: &[u8]) -> Vec<u8> {
 }
 
 fn cold_swtpm(world: &World) -> (Duration, Duration) {
-    let data = world.dir.join("cold-swtpm-data.sock");
-    let ctrl = world.dir.join("cold-swtpm-ctrl.sock");
-    for p in [&data, &ctrl] {
-        let _ = std::fs::remove_file(p);
-    }
-    let mut cmd = Command::new("swtpm");
-    cmd.args(["socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", world.swtpm_state.display()))
-        .arg("--server")
-        .arg(format!("type=unixio,path={}", data.display()))
-        .arg("--ctrl")
-        .arg(format!("type=unixio,path={}", ctrl.display()))
-        .args(["--flags", "not-need-init"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
     let t0 = Instant::now();
-    let mut server = Spawned {
-        child: cmd.spawn().expect("spawn swtpm"),
-        what: "swtpm",
-    };
-    wait_socket(&data, &mut server, Path::new("/dev/null"));
+    let server =
+        SwtpmProcess::start_with(&world.dir.join("cold-swtpm"), &world.swtpm_state, true, &[])
+            .expect("start swtpm");
     let listening = t0.elapsed();
+    let data = server.data.as_deref().expect("swtpm data socket");
     let mut stream = loop {
-        match UnixStream::connect(&data) {
+        match UnixStream::connect(data) {
             Ok(s) => break s,
             // Bound but not yet listening.
             Err(_) if t0.elapsed() < Duration::from_secs(60) => {
@@ -545,7 +455,7 @@ fn cold_swtpm(world: &World) -> (Duration, Duration) {
     let first = t0.elapsed();
     assert_eq!(response_code(&r), Ok(rc::SUCCESS), "GetRandom after start");
     drop(stream);
-    server.stop();
+    server.stop().expect("stop swtpm after the cold start");
     (listening, first)
 }
 

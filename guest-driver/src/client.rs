@@ -138,13 +138,7 @@ impl VtpmClient {
         if offered & protocol_bit == 0 {
             return Err(HarnessError::MissingFeature("PROTOCOL_FEATURES"));
         }
-        let mut features = (1u64 << VIRTIO_F_VERSION_1) | protocol_bit;
-        if self.opts.event_idx {
-            features |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
-        }
-        if self.opts.indirect {
-            features |= 1u64 << VIRTIO_RING_F_INDIRECT_DESC;
-        }
+        let features = Self::driver_features(&self.opts);
         let proto = f.get_protocol_features()?;
         let wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
@@ -397,6 +391,20 @@ impl VtpmClient {
         (SplitRing::cmd_buf(slot), SplitRing::resp_buf(slot))
     }
 
+    /// The features this driver acks: VERSION_1 and vhost-user protocol features always,
+    /// EVENT_IDX and INDIRECT_DESC as the options say. The same at set-up and after a reset.
+    fn driver_features(opts: &ClientOptions) -> u64 {
+        let mut features =
+            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if opts.event_idx {
+            features |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if opts.indirect {
+            features |= 1u64 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
+        features
+    }
+
     /// Resets the device as QEMU does on a guest reset: stop the ring (GET_VRING_BASE),
     /// VHOST_USER_RESET_DEVICE (the TPM is power-cycled), then set the queue up again.
     pub fn reset_device(&mut self) -> Result<(), HarnessError> {
@@ -407,15 +415,8 @@ impl VtpmClient {
             .mem
             .write_slice(&[0u8; 0x3000], GuestAddress(0))
             .map_err(|e| HarnessError::Setup(e.to_string()))?;
-        let mut features =
-            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if self.opts.event_idx {
-            features |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
-        }
-        if self.opts.indirect {
-            features |= 1u64 << VIRTIO_RING_F_INDIRECT_DESC;
-        }
-        self.frontend.set_features(features)?;
+        self.frontend
+            .set_features(Self::driver_features(&self.opts))?;
         self.start_queue()
     }
 
@@ -458,10 +459,5 @@ impl VtpmClient {
         drop(w);
         self.frontend.check_device_state()?;
         self.start_queue()
-    }
-
-    /// Raw fd of the vhost-user socket (tests use it to check for disconnects).
-    pub fn socket_fd(&self) -> i32 {
-        self.frontend.as_raw_fd()
     }
 }

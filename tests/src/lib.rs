@@ -123,7 +123,7 @@ pub struct Vm {
 
 /// How a guest is started.
 #[derive(Debug, Clone, Default)]
-pub struct VmOptions {
+struct VmOptions {
     /// Keep QEMU running across a guest reboot (no `-no-reboot`).
     pub allow_reboot: bool,
     /// Start as a migration destination reading this stream file.

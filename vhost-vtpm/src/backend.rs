@@ -77,10 +77,6 @@ impl Device {
         }
     }
 
-    pub fn engine_name(&self) -> &'static str {
-        self.engine.driver_name()
-    }
-
     pub fn stats(&self) -> (Stats, BusyPollStats) {
         (self.stats, self.busy)
     }

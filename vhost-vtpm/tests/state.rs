@@ -5,13 +5,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
-use guest_driver::testbed::{wait_for_path, DaemonProcess, HostTpmSimulator};
+use guest_driver::testbed::{DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::commands as c;
 use tpm_proto::rc;
 
@@ -213,44 +213,6 @@ fn pcr_bound_state_key_is_refused_after_the_host_pcr_changes() {
     assert!(err.contains("PCRs [16] no longer match"), "{err}");
 }
 
-/// An swtpm on unix sockets over `state`, optionally with swtpm's own state key.
-struct Swtpm {
-    child: Child,
-    ctrl: PathBuf,
-    data: PathBuf,
-}
-
-impl Swtpm {
-    fn start(dir: &Path, state: &Path, key: Option<&str>) -> Swtpm {
-        let ctrl = dir.join("swtpm-ctrl.sock");
-        let data = dir.join("swtpm-data.sock");
-        let mut cmd = Command::new("swtpm");
-        cmd.args(["socket", "--tpm2", "--flags", "not-need-init"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", ctrl.display()))
-            .arg("--server")
-            .arg(format!("type=unixio,path={}", data.display()))
-            .stdout(Stdio::null());
-        if let Some(key) = key {
-            cmd.arg("--key").arg(key);
-        }
-        let child = cmd.spawn().expect("swtpm (scripts/setup.sh installs it)");
-        for p in [&ctrl, &data] {
-            wait_for_path(p, std::time::Duration::from_secs(10)).unwrap();
-        }
-        Swtpm { child, ctrl, data }
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn exec(engine: &mut SwtpmEngine, cmd: &[u8]) -> Vec<u8> {
     let mut cmd = cmd.to_vec();
     engine.execute(&mut cmd).expect("swtpm").to_vec()
@@ -324,14 +286,12 @@ fn import_case(protection: SwtpmProtection) {
 
     // Use it through swtpm as QEMU would: a persistent key and an NV index.
     let (public, nv, key) = {
-        let sw = Swtpm::start(
-            dir,
-            &swtpm_state,
-            secret
-                .as_ref()
-                .map(|(_, key_option, ..)| key_option.as_str()),
-        );
-        let mut e = SwtpmEngine::connect(&sw.ctrl, &sw.data).unwrap();
+        let key_args: Vec<&str> = match &secret {
+            Some((_, key_option, ..)) => vec!["--key", key_option.as_str()],
+            None => Vec::new(),
+        };
+        let sw = SwtpmProcess::start_with(dir, &swtpm_state, true, &key_args).unwrap();
+        let mut e = SwtpmEngine::connect(&sw.ctrl, sw.data.as_deref().unwrap()).unwrap();
         let code = rc_of(&exec(&mut e, &c::startup(c::TPM_SU_CLEAR)));
         assert!(code == rc::SUCCESS || code == rc::INITIALIZE, "{code:#x}");
         let key =
