@@ -385,29 +385,30 @@ pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
             mode,
         });
     }
-    let raw = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut raw = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let decoded = decode_key(&raw);
+    raw.fill(0);
+    let key = decoded.ok_or_else(|| bad("expected 32 raw bytes or 64 hex digits".into()))?;
+    Ok(SecretKey::from_bytes(key))
+}
+
+/// A host key file's contents: 32 raw bytes, or 64 hex digits with optional surrounding
+/// whitespace (a trailing newline). Works on bytes, so any input is safe.
+fn decode_key(raw: &[u8]) -> Option<[u8; KEY_LEN]> {
     let mut key = [0u8; KEY_LEN];
     if raw.len() == KEY_LEN {
-        key.copy_from_slice(&raw);
-    } else {
-        let text = std::str::from_utf8(&raw).map(str::trim).map_err(|_| {
-            bad(format!(
-                "{} bytes: expected 32 raw bytes or 64 hex digits",
-                raw.len()
-            ))
-        })?;
-        if text.len() != 2 * KEY_LEN {
-            return Err(bad(format!(
-                "{} bytes: expected 32 raw bytes or 64 hex digits",
-                raw.len()
-            )));
-        }
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad("not hexadecimal".into()))?;
-        }
+        key.copy_from_slice(raw);
+        return Some(key);
     }
-    Ok(SecretKey::from_bytes(key))
+    let text = raw.trim_ascii();
+    if text.len() != 2 * KEY_LEN {
+        return None;
+    }
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    for (k, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+        *k = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(key)
 }
 
 /// Creates a new host key file (mode 0600) holding 64 hex digits; refuses to overwrite.

@@ -20,7 +20,9 @@ fn host_key_files_in_hex_or_raw() {
     ))
     .unwrap();
     assert_eq!(a.bytes(), b.bytes());
-    for bad in [&b"short"[..], &[b'z'; 64][..]] {
+    // Not hex, too short, and 64 bytes that are not ASCII (no panic on a char boundary).
+    let multibyte = format!("a{}b", "é".repeat(31));
+    for bad in [&b"short"[..], &[b'z'; 64][..], multibyte.as_bytes()] {
         let err = load_host_key_file(&key_file(dir.path(), bad, 0o600)).unwrap_err();
         assert!(matches!(err, KeyError::HostKeyFile { .. }), "{err}");
     }
