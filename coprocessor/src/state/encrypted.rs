@@ -78,13 +78,14 @@ struct Inner {
     blobs: BTreeMap<String, Vec<u8>>,
 }
 
-/// Result of reading and checking a directory, before anything is written.
-struct Checked {
+/// An instance's files, read and authenticated, before any rollback policy or write.
+struct Authenticated {
     instance: InstanceId,
     key: SecretKey,
-    /// `None`: no state yet (new instance, or creation interrupted before the first write).
-    state: Option<(StateHeader, StateContents)>,
-    recorded_generation: Option<u64>,
+    header: StateHeader,
+    contents: StateContents,
+    /// The generation record: missing, or refused (the policy decides what that means).
+    recorded: Result<Option<u64>, StateError>,
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
@@ -120,8 +121,11 @@ fn prepare_dir(dir: &Path) -> Result<Flock<File>, StateError> {
         })
 }
 
-/// Reads and verifies everything in `dir` with `host_key`; writes nothing.
-fn check(dir: &Path, host_key: &HostKey) -> Result<Option<Checked>, StateError> {
+/// Reads `dir` and authenticates its state with `host_key`; writes nothing and judges no
+/// generation. `None`: no instance (no key record and no state). The key record is written
+/// last when an instance is created, so it commits the creation: a key record without a
+/// state file means the state was lost, never an unfinished creation.
+fn read_instance(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>, StateError> {
     let legacy = dir.join(LEGACY_PLAIN_STATE);
     if legacy.exists() {
         return Err(StateError::PlainStateFound { path: legacy });
@@ -141,80 +145,81 @@ fn check(dir: &Path, host_key: &HostKey) -> Result<Option<Checked>, StateError> 
         return Ok(None);
     };
     let (instance, key) = host_key.unwrap(&key_path, &record)?;
-    let state = read(&state_path)?;
+    let Some(bytes) = read(&state_path)? else {
+        return Err(StateError::StateMissing {
+            path: state_path,
+            key_record: key_path,
+        });
+    };
     let invalid = |source| StateError::Invalid {
         path: state_path.clone(),
         source,
     };
     // Whose file it is comes first: a swapped file is named as such, whatever else differs.
-    if let Some(bytes) = &state {
-        let header = format::parse_header(bytes).map_err(invalid)?;
-        if header.instance != instance {
-            return Err(StateError::WrongInstance {
-                path: state_path,
-                found: header.instance,
-                expected: instance,
-            });
-        }
+    let header = format::parse_header(&bytes).map_err(invalid)?;
+    if header.instance != instance {
+        return Err(StateError::WrongInstance {
+            path: state_path,
+            found: header.instance,
+            expected: instance,
+        });
     }
-    let recorded = match read(&anchor_path)? {
-        None => None,
-        Some(bytes) => {
-            let invalid = |source| StateError::AnchorInvalid {
-                path: anchor_path.clone(),
-                source,
-            };
-            let (anchor_instance, generation) =
-                format::decode_anchor(&key, &bytes).map_err(invalid)?;
-            if anchor_instance != instance {
-                return Err(invalid(format::FormatError::Malformed(format!(
-                    "it is for instance {anchor_instance}"
-                ))));
-            }
-            Some(generation)
-        }
-    };
-    let Some(bytes) = state else {
-        if let Some(generation) = recorded {
-            return Err(StateError::StateMissing {
-                path: state_path,
-                anchor: anchor_path,
-                generation,
-            });
-        }
-        return Ok(Some(Checked {
-            instance,
-            key,
-            state: None,
-            recorded_generation: None,
-        }));
-    };
     let (header, contents) = format::decode(&key, &bytes).map_err(invalid)?;
+    let recorded = read(&anchor_path).and_then(|anchor| {
+        let Some(bytes) = anchor else {
+            return Ok(None);
+        };
+        let invalid = |source| StateError::AnchorInvalid {
+            path: anchor_path.clone(),
+            source,
+        };
+        let (anchor_instance, generation) = format::decode_anchor(&key, &bytes).map_err(invalid)?;
+        if anchor_instance != instance {
+            return Err(invalid(format::FormatError::Malformed(format!(
+                "it is for instance {anchor_instance}"
+            ))));
+        }
+        Ok(Some(generation))
+    });
+    Ok(Some(Authenticated {
+        instance,
+        key,
+        header,
+        contents,
+        recorded,
+    }))
+}
+
+/// [`read_instance`] and the rollback policy: the state file must not be older than the
+/// generation record, and the record may be missing only for the first generation.
+fn check(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>, StateError> {
+    let Some(mut found) = read_instance(dir, host_key)? else {
+        return Ok(None);
+    };
+    let generation = found.header.generation;
+    let recorded = std::mem::replace(&mut found.recorded, Ok(None))?;
+    let (path, anchor) = (dir.join(STATE_FILE), dir.join(ANCHOR_FILE));
     match recorded {
-        Some(newest) if header.generation < newest => {
+        Some(newest) if generation < newest => {
             return Err(StateError::RolledBack {
-                path: state_path,
-                anchor: anchor_path,
-                generation: header.generation,
+                path,
+                anchor,
+                generation,
                 newest,
             })
         }
-        // The very first write of an instance may be interrupted before its record exists.
-        None if header.generation > 1 => {
+        // A crash may end creation between the state file and its record.
+        None if generation > 1 => {
             return Err(StateError::AnchorMissing {
-                path: state_path,
-                anchor: anchor_path,
-                generation: header.generation,
+                path,
+                anchor,
+                generation,
             })
         }
         _ => {}
     }
-    Ok(Some(Checked {
-        instance,
-        key,
-        state: Some((header, contents)),
-        recorded_generation: recorded,
-    }))
+    found.recorded = Ok(recorded);
+    Ok(Some(found))
 }
 
 impl EncryptedStore {
@@ -230,56 +235,35 @@ impl EncryptedStore {
         // An unusable key file is reported before anything is created.
         host_key.check()?;
         let lock = prepare_dir(dir)?;
-        match check(dir, host_key)? {
-            None => {
-                let store = Self::create_locked(dir, host_key, engine, BTreeMap::new(), lock)?;
-                Ok((store, Opened::Created))
-            }
-            Some(Checked {
-                instance,
-                key,
-                state: None,
-                ..
-            }) => {
-                // Created but never written (interrupted creation): start it fresh.
-                let store =
-                    EncryptedStore::with(dir, instance, key, engine, 0, BTreeMap::new(), lock);
-                store.persist(&BTreeMap::new(), 1)?;
-                store.set_generation(1);
-                Ok((store, Opened::Created))
-            }
-            Some(Checked {
-                instance,
-                key,
-                state: Some((header, contents)),
-                recorded_generation,
-            }) => {
-                if contents.engine != engine {
-                    return Err(StateError::Invalid {
-                        path: dir.join(STATE_FILE),
-                        source: format::FormatError::Malformed(format!(
-                            "it holds {} state, not {engine}",
-                            contents.engine
-                        )),
-                    });
-                }
-                let generation = header.generation;
-                let store = EncryptedStore::with(
-                    dir,
-                    instance,
-                    key,
-                    engine,
-                    generation,
-                    contents.blobs,
-                    lock,
-                );
-                if recorded_generation != Some(generation) {
-                    // The record lags after a crash between the two writes; bring it level.
-                    store.write_anchor(generation, true)?;
-                }
-                Ok((store, Opened::Existing { generation }))
-            }
+        let Some(found) = check(dir, host_key)? else {
+            let store = Self::create_locked(dir, host_key, engine, BTreeMap::new(), lock)?;
+            return Ok((store, Opened::Created));
+        };
+        if found.contents.engine != engine {
+            return Err(StateError::Invalid {
+                path: dir.join(STATE_FILE),
+                source: format::FormatError::Malformed(format!(
+                    "it holds {} state, not {engine}",
+                    found.contents.engine
+                )),
+            });
         }
+        let generation = found.header.generation;
+        let recorded = found.recorded.ok().flatten();
+        let store = EncryptedStore::with(
+            dir,
+            found.instance,
+            found.key,
+            engine,
+            generation,
+            found.contents.blobs,
+            lock,
+        );
+        if recorded != Some(generation) {
+            // The record lags after a crash between the two writes; bring it level.
+            store.write_anchor(generation, true)?;
+        }
+        Ok((store, Opened::Existing { generation }))
     }
 
     /// Creates a new instance in `dir` holding `blobs` (an import). Refuses a directory that
@@ -315,17 +299,17 @@ impl EncryptedStore {
         let key = SecretKey::random()?;
         let key_path = dir.join(KEY_RECORD);
         let record = host_key.wrap(&instance, &key, &key_path)?;
+        let store = EncryptedStore::with(dir, instance, key, engine, 1, blobs, lock);
+        {
+            let inner = store.inner.lock().unwrap_or_else(|p| p.into_inner());
+            store.persist(&inner.blobs, 1)?;
+        }
+        // The key record last: it commits the creation (see `read_instance`). Until it is
+        // durable, the state file is an orphan that the next start refuses, never a TPM.
         atomic::replace(dir, KEY_RECORD, &record, true).map_err(|source| StateError::Write {
             path: key_path,
             source,
         })?;
-        let store = EncryptedStore::with(dir, instance, key, engine, 0, BTreeMap::new(), lock);
-        store.persist(&blobs, 1)?;
-        {
-            let mut inner = store.inner.lock().unwrap_or_else(|p| p.into_inner());
-            inner.generation = 1;
-            inner.blobs = blobs;
-        }
         Ok(store)
     }
 
@@ -346,13 +330,6 @@ impl EncryptedStore {
             inner: Mutex::new(Inner { generation, blobs }),
             _lock: lock,
         }
-    }
-
-    fn set_generation(&self, generation: u64) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation = generation;
     }
 
     pub fn dir(&self) -> &Path {
@@ -381,16 +358,10 @@ impl EncryptedStore {
         generation: u64,
     ) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
-        let contents = StateContents {
-            engine: self.engine.clone(),
-            blobs: blobs.clone(),
-        };
-        let bytes =
-            format::encode(&self.key, &self.instance, generation, &contents).map_err(|source| {
-                StateError::Invalid {
-                    path: path.clone(),
-                    source,
-                }
+        let bytes = format::encode(&self.key, &self.instance, generation, &self.engine, blobs)
+            .map_err(|source| StateError::Invalid {
+                path: path.clone(),
+                source,
             })?;
         atomic::replace(&self.dir, STATE_FILE, &bytes, true)
             .map_err(|source| StateError::Write { path, source })?;
@@ -413,25 +384,21 @@ impl EncryptedStore {
     /// Reads and verifies `dir` with `host_key` without changing anything (`inspect`).
     pub fn verify(dir: &Path, host_key: &HostKey) -> Result<Option<InstanceInfo>, StateError> {
         let _lock = lock_existing(dir)?;
-        let Some(checked) = check(dir, host_key)? else {
+        let Some(found) = check(dir, host_key)? else {
             return Ok(None);
         };
-        let (generation, version, engine, blobs) = match &checked.state {
-            Some((h, c)) => (
-                h.generation,
-                h.version,
-                Some(c.engine.clone()),
-                c.blobs.iter().map(|(n, d)| (n.clone(), d.len())).collect(),
-            ),
-            None => (0, format::FORMAT_VERSION, None, Vec::new()),
-        };
         Ok(Some(InstanceInfo {
-            instance: checked.instance,
-            format_version: version,
-            generation,
-            recorded_generation: checked.recorded_generation,
-            engine,
-            blobs,
+            instance: found.instance,
+            format_version: found.header.version,
+            generation: found.header.generation,
+            recorded_generation: found.recorded.ok().flatten(),
+            engine: Some(found.contents.engine.clone()),
+            blobs: found
+                .contents
+                .blobs
+                .iter()
+                .map(|(n, d)| (n.clone(), d.len()))
+                .collect(),
         }))
     }
 
@@ -441,46 +408,28 @@ impl EncryptedStore {
     /// Returns the accepted generation.
     pub fn accept_current(dir: &Path, host_key: &HostKey) -> Result<u64, StateError> {
         let lock = lock_existing(dir)?;
-        let key_path = dir.join(KEY_RECORD);
-        let state_path = dir.join(STATE_FILE);
-        let record = read(&key_path)?.ok_or_else(|| StateError::KeyRecordMissing {
-            path: key_path.clone(),
-            state: state_path.clone(),
+        // Everything but the rollback policy: the file must authenticate, whatever the
+        // generation record says (or whether it is there at all).
+        let found = read_instance(dir, host_key)?.ok_or_else(|| StateError::KeyRecordMissing {
+            path: dir.join(KEY_RECORD),
+            state: dir.join(STATE_FILE),
         })?;
-        let (instance, key) = host_key.unwrap(&key_path, &record)?;
-        let bytes = read(&state_path)?.ok_or_else(|| StateError::Read {
-            path: state_path.clone(),
-            source: std::io::ErrorKind::NotFound.into(),
-        })?;
-        let invalid = |source| StateError::Invalid {
-            path: state_path.clone(),
-            source,
-        };
-        let header = format::parse_header(&bytes).map_err(invalid)?;
-        if header.instance != instance {
-            return Err(StateError::WrongInstance {
-                path: state_path,
-                found: header.instance,
-                expected: instance,
-            });
-        }
-        let (header, contents) = format::decode(&key, &bytes).map_err(invalid)?;
+        let generation = found.header.generation;
         let store = EncryptedStore::with(
             dir,
-            instance,
-            key,
-            &contents.engine,
-            header.generation,
+            found.instance,
+            found.key,
+            &found.contents.engine,
+            generation,
             BTreeMap::new(),
             lock,
         );
-        store.write_anchor(header.generation, true)?;
+        store.write_anchor(generation, true)?;
         warn!(
-            "operator accepted state file {} at generation {} as the newest",
-            state_path.display(),
-            header.generation
+            "operator accepted state file {} at generation {generation} as the newest",
+            dir.join(STATE_FILE).display()
         );
-        Ok(header.generation)
+        Ok(generation)
     }
 
     /// Reads the clear-text headers (no key needed): instance, format and generation.

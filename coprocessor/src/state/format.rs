@@ -96,32 +96,38 @@ fn header_bytes(instance: &InstanceId, generation: u64, payload_len: u32) -> Vec
     out
 }
 
-fn plaintext(contents: &StateContents) -> Result<Vec<u8>, FormatError> {
-    let size: usize = contents
-        .blobs
-        .iter()
-        .map(|(n, d)| 5 + n.len() + d.len())
-        .sum();
-    let mut out = Vec::with_capacity(3 + contents.engine.len() + size);
-    let engine = contents.engine.as_bytes();
+/// A buffer holding clear-text state (the TPM's seeds among it), wiped when dropped.
+struct Plaintext(Vec<u8>);
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn plaintext(engine: &str, blobs: &BTreeMap<String, Vec<u8>>) -> Result<Plaintext, FormatError> {
+    let size: usize = blobs.iter().map(|(n, d)| 5 + n.len() + d.len()).sum();
+    let mut out = Plaintext(Vec::with_capacity(3 + engine.len() + size));
+    let engine = engine.as_bytes();
     let engine_len =
         u8::try_from(engine.len()).map_err(|_| FormatError::Malformed("engine name".into()))?;
-    out.push(engine_len);
-    out.extend_from_slice(engine);
-    let count = u16::try_from(contents.blobs.len())
-        .map_err(|_| FormatError::Malformed("too many blobs".into()))?;
-    out.extend_from_slice(&count.to_be_bytes());
-    for (name, data) in &contents.blobs {
+    out.0.push(engine_len);
+    out.0.extend_from_slice(engine);
+    let count =
+        u16::try_from(blobs.len()).map_err(|_| FormatError::Malformed("too many blobs".into()))?;
+    out.0.extend_from_slice(&count.to_be_bytes());
+    for (name, data) in blobs {
         let name_len =
             u8::try_from(name.len()).map_err(|_| FormatError::Malformed("blob name".into()))?;
-        out.push(name_len);
-        out.extend_from_slice(name.as_bytes());
+        out.0.push(name_len);
+        out.0.extend_from_slice(name.as_bytes());
         let len = u32::try_from(data.len()).map_err(|_| FormatError::TooLarge(data.len()))?;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(data);
+        out.0.extend_from_slice(&len.to_be_bytes());
+        out.0.extend_from_slice(data);
     }
-    if out.len() > MAX_STATE_LEN {
-        return Err(FormatError::TooLarge(out.len()));
+    if out.0.len() > MAX_STATE_LEN {
+        return Err(FormatError::TooLarge(out.0.len()));
     }
     Ok(out)
 }
@@ -155,17 +161,18 @@ fn parse_plaintext(mut p: &[u8]) -> Result<StateContents, FormatError> {
     Ok(StateContents { engine, blobs })
 }
 
-/// Encrypts `contents` into a complete state file.
+/// Encrypts the engine's `blobs` into a complete state file.
 pub fn encode(
     key: &SecretKey,
     instance: &InstanceId,
     generation: u64,
-    contents: &StateContents,
+    engine: &str,
+    blobs: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Vec<u8>, FormatError> {
-    let plain = plaintext(contents)?;
-    let payload_len = (plain.len() + SEAL_OVERHEAD) as u32;
+    let plain = plaintext(engine, blobs)?;
+    let payload_len = (plain.0.len() + SEAL_OVERHEAD) as u32;
     let mut out = header_bytes(instance, generation, payload_len);
-    let sealed = key.seal(&out, &plain)?;
+    let sealed = key.seal(&out, &plain.0)?;
     out.extend_from_slice(&sealed);
     Ok(out)
 }
@@ -210,8 +217,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<StateHeader, FormatError> {
 pub fn decode(key: &SecretKey, bytes: &[u8]) -> Result<(StateHeader, StateContents), FormatError> {
     let header = parse_header(bytes)?;
     let (aad, sealed) = bytes.split_at(HEADER_LEN);
-    let plain = key.open(aad, sealed).ok_or(FormatError::Authentication)?;
-    Ok((header, parse_plaintext(&plain)?))
+    let plain = Plaintext(key.open(aad, sealed).ok_or(FormatError::Authentication)?);
+    Ok((header, parse_plaintext(&plain.0)?))
 }
 
 /// A generation record for `instance` at `generation`.

@@ -75,12 +75,8 @@ pub enum StateError {
         #[source]
         source: FormatError,
     },
-    #[error("state file {path} is missing, but generation record {anchor} says generation {generation} was written")]
-    StateMissing {
-        path: PathBuf,
-        anchor: PathBuf,
-        generation: u64,
-    },
+    #[error("state file {path} is missing although the instance's key record {key_record} exists: the state was deleted or lost; restore it from a backup, or reset the instance with `vtpm-state reset`")]
+    StateMissing { path: PathBuf, key_record: PathBuf },
     #[error("key record {path} is missing, so state file {state} cannot be decrypted")]
     KeyRecordMissing { path: PathBuf, state: PathBuf },
     #[error("{path} holds unencrypted state of an earlier vhost-vtpm build; this build keeps state only encrypted")]

@@ -373,3 +373,30 @@ fn state_of_another_engine_is_refused() {
     let err = EncryptedStore::open(&dir, &h.key, "other-engine").unwrap_err();
     assert!(err.to_string().contains("holds libtpms state"), "{err}");
 }
+
+#[test]
+fn deleted_state_is_refused_never_replaced_by_a_fresh_tpm() {
+    let h = host();
+    let dir = populated(&h, "vm");
+    // Both the state file and its generation record gone, the key record left: before, this
+    // looked like an unfinished creation and started a new TPM with new seeds.
+    fs::remove_file(dir.join(STATE_FILE)).unwrap();
+    fs::remove_file(dir.join(ANCHOR_FILE)).unwrap();
+    assert_refused_untouched(&dir, &h.key, |e| {
+        matches!(e, StateError::StateMissing { .. })
+    });
+    assert!(!dir.join(STATE_FILE).exists());
+}
+
+#[test]
+fn creation_commits_with_the_key_record() {
+    let h = host();
+    let dir = h.root.join("vm");
+    drop(open(&dir, &h.key).unwrap());
+    // As if the creation had crashed before its key record was durable: the orphan state is
+    // refused (nothing is lost, a reset cleans it), not silently adopted or overwritten.
+    fs::remove_file(dir.join(KEY_RECORD)).unwrap();
+    assert_refused_untouched(&dir, &h.key, |e| {
+        matches!(e, StateError::KeyRecordMissing { .. })
+    });
+}
