@@ -262,21 +262,22 @@ impl LibtpmsEngine {
     }
 }
 
+/// Runs `f` on the engine's state store. A store that cannot be reached (its lock poisoned by
+/// a panic while it was held, or none registered) is an engine failure, like a store the
+/// libtpms callbacks cannot reach.
 fn with_store<T>(
     f: impl FnOnce(&dyn StateStore) -> std::result::Result<T, crate::state::StateError>,
 ) -> Result<T> {
-    let guard = STORE.lock().map_err(|_| Error::Start {
-        engine: "libtpms",
-        path: Default::default(),
-        reason: "state store lock poisoned".into(),
-    })?;
+    let unavailable = |call| Error::Libtpms {
+        call,
+        code: TPM_FAIL,
+    };
+    let guard = STORE
+        .lock()
+        .map_err(|_| unavailable("state store access (lock poisoned by an earlier panic)"))?;
     match guard.as_deref() {
         Some(store) => Ok(f(store)?),
-        None => Err(Error::Start {
-            engine: "libtpms",
-            path: Default::default(),
-            reason: "no state store registered".into(),
-        }),
+        None => Err(unavailable("state store access (no store registered)")),
     }
 }
 

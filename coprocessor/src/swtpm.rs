@@ -13,12 +13,42 @@ use std::time::Duration;
 use log::info;
 use tpm_proto::{Header, HEADER_SIZE, MAX_BUFFER_SIZE};
 
+use self::ctrl::{CMD_INIT, CMD_STORE_VOLATILE, PTM_INIT_FLAG_DELETE_VOLATILE};
 use crate::snapshot::Snapshot;
 use crate::{Coprocessor, Error, Result};
 
-const CMD_INIT: u32 = 0x02;
-const CMD_STORE_VOLATILE: u32 = 0x0a;
-const PTM_INIT_FLAG_DELETE_VOLATILE: u32 = 1;
+/// swtpm's control channel (swtpm_ioctls(3)), as this engine and the import of swtpm state
+/// ([`crate::swtpm_import`]) use it.
+pub(crate) mod ctrl {
+    use std::io::{self, Read, Write};
+
+    pub const CMD_INIT: u32 = 0x02;
+    pub const CMD_SHUTDOWN: u32 = 0x03;
+    pub const CMD_STORE_VOLATILE: u32 = 0x0a;
+    pub const CMD_GET_STATEBLOB: u32 = 0x0c;
+    /// CMD_INIT flag: drop the volatile state swtpm saved (a power cycle).
+    pub const PTM_INIT_FLAG_DELETE_VOLATILE: u32 = 1;
+
+    /// Sends control command `cmd` with `payload` in one write (swtpm reads each command with
+    /// one `read`) and returns the TPM result that starts every answer; whatever else the
+    /// answer holds is left in `stream`. An I/O error comes with the half of the exchange
+    /// that failed: "control write" or "control read".
+    pub fn command(
+        stream: &mut (impl Read + Write),
+        cmd: u32,
+        payload: &[u8],
+    ) -> Result<u32, (&'static str, io::Error)> {
+        let mut req = Vec::with_capacity(4 + payload.len());
+        req.extend_from_slice(&cmd.to_be_bytes());
+        req.extend_from_slice(payload);
+        stream.write_all(&req).map_err(|e| ("control write", e))?;
+        let mut res = [0u8; 4];
+        stream
+            .read_exact(&mut res)
+            .map_err(|e| ("control read", e))?;
+        Ok(u32::from_be_bytes(res))
+    }
+}
 
 /// Largest response accepted from swtpm (its own default buffer is 4096 as well).
 const MAX_RESPONSE: usize = MAX_BUFFER_SIZE;
@@ -68,13 +98,8 @@ impl SwtpmEngine {
 
     /// Sends a control command and checks the 4-byte result that starts every answer.
     fn control(&mut self, cmd: u32, payload: &[u8]) -> Result<()> {
-        let mut req = Vec::with_capacity(4 + payload.len());
-        req.extend_from_slice(&cmd.to_be_bytes());
-        req.extend_from_slice(payload);
-        self.ctrl.write_all(&req).map_err(io("control write"))?;
-        let mut res = [0u8; 4];
-        self.ctrl.read_exact(&mut res).map_err(io("control read"))?;
-        let code = u32::from_be_bytes(res);
+        let code = ctrl::command(&mut self.ctrl, cmd, payload)
+            .map_err(|(what, source)| Error::SwtpmIo { what, source })?;
         if code != 0 {
             return Err(Error::SwtpmControl { cmd, code });
         }

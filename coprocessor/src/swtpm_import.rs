@@ -45,13 +45,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
 use crate::snapshot::MAX_BLOB;
+use crate::swtpm::ctrl::{self, CMD_GET_STATEBLOB, CMD_INIT, CMD_SHUTDOWN};
 
 /// swtpm's file for TPM 2.0 permanent state (libtpms' `permall`).
 pub const PERMANENT_FILE: &str = "tpm2-00.permall";
@@ -99,10 +100,7 @@ const TAG_ENCRYPTED_MIGRATION_DATA: u16 = 5;
 const TAG_IVEC_ENCRYPTED_DATA: u16 = 6;
 const TAG_IVEC_ENCRYPTED_MIGRATION_DATA: u16 = 7;
 
-// swtpm's control channel (swtpm_ioctls(3)).
-const CMD_INIT: u32 = 0x02;
-const CMD_SHUTDOWN: u32 = 0x03;
-const CMD_GET_STATEBLOB: u32 = 0x0c;
+// CMD_GET_STATEBLOB's flags (swtpm_ioctls(3)).
 const PTM_STATE_FLAG_DECRYPTED: u32 = 1;
 const PTM_STATE_FLAG_ENCRYPTED: u32 = 2;
 
@@ -847,11 +845,35 @@ fn copy_state_files(from: &Path, to: &Path, read: &[&StateFile]) -> Result<(), I
     Ok(())
 }
 
+/// Overwrites secret bytes with zeros, in a way the compiler does not drop as a dead store.
+fn wipe(bytes: &mut [u8]) {
+    bytes.fill(0);
+    compiler_fence(Ordering::SeqCst);
+}
+
+/// A buffer of key material, wiped when dropped.
+struct Wiped(Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
 /// What swtpm is given through its stdin: the key, or the passphrase it derives the key from.
+/// Wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
 enum Secret {
     Key(Vec<u8>),
     Passphrase { bytes: Vec<u8>, kdf: SwtpmKdf },
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        match self {
+            Secret::Key(bytes) | Secret::Passphrase { bytes, .. } => wipe(bytes),
+        }
+    }
 }
 
 impl Secret {
@@ -897,56 +919,63 @@ fn load_secret(key: &SwtpmKey) -> Result<Secret, ImportError> {
     })
 }
 
-/// Loads and checks a key file; returns the raw key bytes.
+/// Loads and checks a key file; returns the raw key bytes. The file's contents are wiped
+/// from memory once read, whatever the outcome.
 fn load_raw_key(
     file: &Path,
     format: SwtpmKeyFormat,
     mode: SwtpmCipher,
 ) -> Result<Vec<u8>, ImportError> {
-    let mut raw = Vec::new();
+    // Room for everything read, so that no reallocation leaves a copy behind.
+    let mut raw = Wiped(Vec::with_capacity(MAX_KEY_FILE as usize + 2));
     File::open(file)
-        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut raw))
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut raw.0))
         .map_err(|source| ImportError::KeyRead {
             file: file.to_owned(),
             kind: KeyKind::Key,
             source,
         })?;
-    let bytes = match format {
-        SwtpmKeyFormat::Binary => raw,
-        SwtpmKeyFormat::Hex => parse_hex_key(&raw).map_err(|reason| ImportError::KeyFormat {
-            file: file.to_owned(),
-            reason,
-        })?,
+    let mut bytes = match format {
+        SwtpmKeyFormat::Binary => Wiped(std::mem::take(&mut raw.0)),
+        SwtpmKeyFormat::Hex => {
+            Wiped(
+                parse_hex_key(&raw.0).map_err(|reason| ImportError::KeyFormat {
+                    file: file.to_owned(),
+                    reason,
+                })?,
+            )
+        }
     };
-    if bytes.len() != mode.key_len() {
+    if bytes.0.len() != mode.key_len() {
         return Err(ImportError::KeyLength {
             file: file.to_owned(),
             format,
             mode,
             expected: mode.key_len(),
-            actual: bytes.len(),
+            actual: bytes.0.len(),
         });
     }
-    Ok(bytes)
+    Ok(std::mem::take(&mut bytes.0))
 }
 
 /// Reads a passphrase file as swtpm does: every byte, a trailing newline included.
 fn load_passphrase(file: &Path) -> Result<Vec<u8>, ImportError> {
-    let mut bytes = Vec::new();
+    // Room for everything read, so that no reallocation leaves a copy behind.
+    let mut bytes = Wiped(Vec::with_capacity(MAX_PASSPHRASE + 2));
     File::open(file)
-        .and_then(|f| f.take(MAX_PASSPHRASE as u64 + 1).read_to_end(&mut bytes))
+        .and_then(|f| f.take(MAX_PASSPHRASE as u64 + 1).read_to_end(&mut bytes.0))
         .map_err(|source| ImportError::KeyRead {
             file: file.to_owned(),
             kind: KeyKind::Passphrase,
             source,
         })?;
-    if bytes.len() > MAX_PASSPHRASE {
+    if bytes.0.len() > MAX_PASSPHRASE {
         return Err(ImportError::PassphraseTooLong {
             file: file.to_owned(),
             max: MAX_PASSPHRASE,
         });
     }
-    Ok(bytes)
+    Ok(std::mem::take(&mut bytes.0))
 }
 
 /// swtpm's hex key syntax: optional `0x`, hex digits, then nothing but whitespace. Errors
@@ -966,25 +995,7 @@ fn parse_hex_key(text: &[u8]) -> Result<Vec<u8>, String> {
     if digits.is_empty() {
         return Err("no hex digits".into());
     }
-    if let Some(at) = digits.iter().position(|b| !b.is_ascii_hexdigit()) {
-        return Err(format!("character {} is not a hex digit", at + 1));
-    }
-    if digits.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({})", digits.len()));
-    }
-    let nibble = |b: u8| match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        b'A'..=b'F' => b - b'A' + 10,
-        _ => 0,
-    };
-    Ok(digits
-        .chunks_exact(2)
-        .map(|pair| match *pair {
-            [hi, lo] => (nibble(hi) << 4) | nibble(lo),
-            _ => 0,
-        })
-        .collect())
+    tpm_proto::hex::decode_bytes(digits).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1326,21 +1337,10 @@ impl Swtpm {
         Ok(Swtpm { ctrl, log, process })
     }
 
-    /// Sends a control command in one write (swtpm reads each command with one `read`) and
-    /// returns the TPM result that starts every answer.
+    /// Sends a control command and returns the TPM result that starts every answer.
     fn control(&mut self, cmd: u32, payload: &[u8]) -> Result<u32, ImportError> {
-        let mut req = Vec::with_capacity(4 + payload.len());
-        req.extend_from_slice(&cmd.to_be_bytes());
-        req.extend_from_slice(payload);
-        self.ctrl
-            .write_all(&req)
-            .map_err(|source| ImportError::SwtpmIo {
-                what: "control write",
-                source,
-            })?;
-        let mut res = [0u8; 4];
-        self.read_exact(&mut res)?;
-        Ok(u32::from_be_bytes(res))
+        ctrl::command(&mut self.ctrl, cmd, payload)
+            .map_err(|(what, source)| ImportError::SwtpmIo { what, source })
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ImportError> {
@@ -1359,54 +1359,38 @@ impl Swtpm {
             kind: file.kind,
             reason,
         };
-        let mut answer = Vec::new();
-        loop {
-            let offset = u32::try_from(answer.len()).map_err(|_| bad("too large".into()))?;
-            let mut req = [0u8; 12];
-            req[..4].copy_from_slice(&PTM_STATE_FLAG_DECRYPTED.to_be_bytes());
-            req[4..8].copy_from_slice(&file.kind.ptm_type().to_be_bytes());
-            req[8..].copy_from_slice(&offset.to_be_bytes());
-            let code = self.control(CMD_GET_STATEBLOB, &req)?;
-            if code != 0 {
-                return Err(ImportError::SwtpmControl {
-                    cmd: CMD_GET_STATEBLOB,
-                    code,
-                    log: self.log(),
-                });
-            }
-            let mut head = [0u8; 12];
-            self.read_exact(&mut head)?;
-            let [f0, f1, f2, f3, t0, t1, t2, t3, l0, l1, l2, l3] = head;
-            let flags = u32::from_be_bytes([f0, f1, f2, f3]);
-            let total = u32::from_be_bytes([t0, t1, t2, t3]) as usize;
-            let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
-            if flags & PTM_STATE_FLAG_ENCRYPTED != 0 {
-                return Err(bad("swtpm left it encrypted".into()));
-            }
-            if length > total {
-                return Err(bad(format!("chunk of {length} bytes of {total}")));
-            }
-            if answer.len() + total > MAX_FILE {
-                return Err(bad(format!(
-                    "{} bytes, more than {MAX_FILE}",
-                    answer.len() + total
-                )));
-            }
-            let start = answer.len();
-            answer.resize(start + length, 0);
-            if let Some(chunk) = answer.get_mut(start..) {
-                self.read_exact(chunk)?;
-            }
-            if length == total {
-                break;
-            }
-            if length == 0 {
-                return Err(bad(format!(
-                    "no data after {start} of {} bytes",
-                    start + total
-                )));
-            }
+        // From offset 0. Over a socket swtpm answers with the whole blob at once (the offset
+        // only matters to its CUSE interface, whose answers are bounded): one request, whose
+        // chunk must be the whole.
+        let mut req = [0u8; 12];
+        req[..4].copy_from_slice(&PTM_STATE_FLAG_DECRYPTED.to_be_bytes());
+        req[4..8].copy_from_slice(&file.kind.ptm_type().to_be_bytes());
+        req[8..].copy_from_slice(&0u32.to_be_bytes());
+        let code = self.control(CMD_GET_STATEBLOB, &req)?;
+        if code != 0 {
+            return Err(ImportError::SwtpmControl {
+                cmd: CMD_GET_STATEBLOB,
+                code,
+                log: self.log(),
+            });
         }
+        let mut head = [0u8; 12];
+        self.read_exact(&mut head)?;
+        let [f0, f1, f2, f3, t0, t1, t2, t3, l0, l1, l2, l3] = head;
+        let flags = u32::from_be_bytes([f0, f1, f2, f3]);
+        let total = u32::from_be_bytes([t0, t1, t2, t3]) as usize;
+        let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        if flags & PTM_STATE_FLAG_ENCRYPTED != 0 {
+            return Err(bad("swtpm left it encrypted".into()));
+        }
+        if length != total {
+            return Err(bad(format!("a chunk of {length} bytes of {total}")));
+        }
+        if total > MAX_FILE {
+            return Err(bad(format!("{total} bytes, more than {MAX_FILE}")));
+        }
+        let mut answer = vec![0u8; total];
+        self.read_exact(&mut answer)?;
         parse_stateblob_answer(&answer, file.kind).map_err(|e| bad(e.to_string()))
     }
 

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use coprocessor::identity::provision::EK_CERT_NV_ATTRIBUTES;
+use coprocessor::identity::provision::tpm_info;
 use coprocessor::identity::{
     create_ek, issue_signed_by, provision_ek, read_ek_cert, CertSpec, CoprocessorKey, EkKind,
-    IdentityError, TpmInfo, Validity,
+    IdentityError, Validity,
 };
 use coprocessor::keys::HostKey;
 use coprocessor::libtpms::LibtpmsEngine;
@@ -33,8 +33,9 @@ use openssl::x509::extension::{
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509StoreContext, X509};
-use tpm_proto::commands as c;
-use tpm_proto::{rc, CommandBuilder, ResponseReader};
+use tpm_proto::commands::{self as c, nv_attr};
+use tpm_proto::public::alg;
+use tpm_proto::{cc, rc, CommandBuilder};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -170,18 +171,13 @@ fn rc_of(resp: &[u8]) -> u32 {
     tpm_proto::response_code(resp).unwrap()
 }
 
-/// NV_ReadPublic → (attributes, size), built here independently of the module.
+/// NV_ReadPublic → (attributes, size).
 fn nv_read_public(e: &mut dyn Coprocessor, index: u32) -> (u32, u16) {
-    let cmd = CommandBuilder::no_sessions(0x169).u32(index).finish();
-    let resp = run(e, &cmd);
-    let mut r = ResponseReader::success(&resp).unwrap();
-    let public = r.tpm2b().unwrap();
-    let mut p = ResponseReader::new(public);
-    assert_eq!(p.u32().unwrap(), index);
-    assert_eq!(p.u16().unwrap(), 0x000B, "SHA-256 name");
-    let attrs = p.u32().unwrap();
-    assert!(p.tpm2b().unwrap().is_empty(), "no authPolicy");
-    (attrs, p.u16().unwrap())
+    let p = c::parse_nv_read_public(&run(e, &c::nv_read_public(index))).unwrap();
+    assert_eq!(p.index, index);
+    assert_eq!(p.name_alg, alg::SHA256, "SHA-256 name");
+    assert!(p.auth_policy.is_empty(), "no authPolicy");
+    (p.attributes, p.data_size)
 }
 
 /// The index's contents read as a guest would: NV_Read authorised by the index's empty auth.
@@ -205,7 +201,7 @@ fn check_stored(e: &mut dyn Coprocessor, kind: EkKind, cert: &X509) {
     let (attrs, size) = nv_read_public(e, index);
     assert_eq!(
         attrs,
-        EK_CERT_NV_ATTRIBUTES | (1 << 29),
+        c::NV_EK_CERT_ATTRS | nv_attr::WRITTEN,
         "attributes + WRITTEN"
     );
     assert_eq!(attrs, 0x6207_2001, "what swtpm_setup gives these indices");
@@ -371,7 +367,7 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
     assert_eq!(ec.group().curve_name(), Some(Nid::X9_62_PRIME256V1));
 
     // Profile contents, with the TPM's own properties (libtpms: IBM).
-    let info = TpmInfo::read(&mut e).unwrap();
+    let info = tpm_info(&mut e).unwrap();
     assert_eq!(info.manufacturer, 0x4942_4D00);
     assert_eq!(info.family, "2.0");
     for (cert, usage) in [
@@ -501,7 +497,7 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
     // A shorter chain leaves no stale certificate behind.
     assert_eq!(second.chain_indices, vec![0x01c0_0100]);
     assert_eq!(
-        rc_of(&run(&mut e, &c::nv_read(0x01c0_0101, 1, 0))) & 0xBF,
+        rc::base(rc_of(&run(&mut e, &c::nv_read(0x01c0_0101, 1, 0)))),
         rc::HANDLE
     );
     assert_ne!(
@@ -533,11 +529,10 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
     check_stored(&mut e, EkKind::EccP256, &second.ecc_cert);
 
     // --- a guest that locked the platform hierarchy: a clear error, nothing changed ---
-    const TPM_RH_PLATFORM: u32 = 0x4000_000C;
-    let disable_platform = CommandBuilder::with_sessions(0x121) // HierarchyControl
-        .u32(TPM_RH_PLATFORM)
+    let disable_platform = CommandBuilder::with_sessions(cc::HIERARCHY_CONTROL)
+        .u32(c::TPM_RH_PLATFORM)
         .password_auth(&[])
-        .u32(TPM_RH_PLATFORM)
+        .u32(c::TPM_RH_PLATFORM)
         .u8(0)
         .finish();
     assert_eq!(rc_of(&run(&mut e, &disable_platform)), rc::SUCCESS);
@@ -702,8 +697,7 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
         "tpm2_nvreadpublic",
     ];
     if let Some(missing) = tools.iter().find(|t| !installed(t)) {
-        eprintln!("SKIPPED: {missing} is not installed");
-        return;
+        panic!("{missing} is not installed: scripts/setup.sh installs it (swtpm, tpm2-tools)");
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("swtpm");

@@ -6,7 +6,7 @@
 //!   CA; the TPM proves the AIK lives next to that EK by activating the CA's credential; the
 //!   CA answers with the host AIK certificate.
 //! - [`certify_coprocessor`]: the coprocessor key (software, wrapped by the host TPM) gets a
-//!   certificate whose signature the host TPM makes with its AIK (TPM2_Hash ticket +
+//!   certificate whose signature the host TPM makes with its AIK (a hash-sequence ticket +
 //!   TPM2_Sign), and is registered with the CA.
 //! - [`provision_instance`]: a vTPM instance (its state directory, offline) gets its vEK
 //!   certificates and the chain in NV, signed by the coprocessor key. Running it again
@@ -187,8 +187,11 @@ fn unb64(what: &str, text: &str) -> Result<Vec<u8>, AgentError> {
         })
 }
 
-/// Runs the CA's credential activation for `aik` with the host TPM and stores the host AIK
-/// certificate. A new AIK is created unless `reuse_aik` and one exists (renewal).
+/// Runs the CA's credential activation for an AIK with the host TPM and stores the host AIK
+/// certificate. A new AIK is created unless `reuse_aik` and one exists (renewal); a stored
+/// AIK that cannot be read is an error, not a reason to make another. A new AIK is kept in
+/// memory until the CA has certified it: only then are its blob and its certificate written,
+/// so a failed enrollment leaves the stored AIK and certificate as they were.
 pub fn enroll_host(
     tpm: &mut HostTpm,
     dir: &HostDir,
@@ -201,13 +204,18 @@ pub fn enroll_host(
         .ok_or(AgentError::NoEkCertificate)?;
     let ek_pem = X509::from_der(&ek_der)?.to_pem()?;
     dir.write(HOST_EK_CERT, &ek_pem)?;
-    let aik = match dir.aik() {
-        Ok(aik) if reuse_aik => aik,
-        _ => {
-            let aik = tpm.create_aik()?;
-            dir.write(HOST_AIK_BLOB, &aik.to_bytes())?;
-            aik
+    let stored = if reuse_aik {
+        match dir.aik() {
+            Ok(aik) => Some(aik),
+            Err(AgentError::Missing { .. }) => None,
+            Err(e) => return Err(e),
         }
+    } else {
+        None
+    };
+    let (aik, new_aik) = match stored {
+        Some(aik) => (aik, false),
+        None => (tpm.create_aik()?, true),
     };
     let start = ca.enroll_start(&EnrollStartRequest {
         kind: Kind::Host,
@@ -225,6 +233,9 @@ pub fn enroll_host(
         secret: b64(&secret),
     })?;
     let cert = X509::from_pem(done.certificate.as_bytes())?;
+    if new_aik {
+        dir.write(HOST_AIK_BLOB, &aik.to_bytes())?;
+    }
     dir.write(HOST_AIK_CERT, done.certificate.as_bytes())?;
     dir.write(CA_CERT, done.ca_certificate.as_bytes())?;
     info!(

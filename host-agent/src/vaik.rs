@@ -43,7 +43,7 @@ use std::path::Path;
 use coprocessor::identity::provision::{
     read_nv, run, startup_if_needed, EK_CHAIN_FIRST_INDEX, EK_CHAIN_MAX,
 };
-use coprocessor::identity::{read_ek_cert, EkKind};
+use coprocessor::identity::{read_ek_cert, EkKind, EkPublic};
 use coprocessor::keys::HostKey;
 use coprocessor::libtpms::LibtpmsEngine;
 use coprocessor::state::EncryptedStore;
@@ -53,7 +53,8 @@ use local_ca::client::Client;
 use log::{info, warn};
 use openssl::x509::X509;
 use tpm_proto::commands as c;
-use tpm_proto::public::{PublicParams, TpmPublic};
+use tpm_proto::public::TpmPublic;
+use tpm_proto::rc::{self, fmt1};
 use tpm_proto::WireError;
 
 use crate::{b64, tpm2b, unb64, AgentError};
@@ -66,23 +67,6 @@ pub const DEFAULT_AIK_HANDLE: u32 = 0x8100_8001;
 pub const VAIK_CERT: &str = "vaik.pem";
 /// Persistent handles the owner hierarchy may use with TPM2_EvictControl.
 pub const OWNER_PERSISTENT: std::ops::RangeInclusive<u32> = 0x8100_0000..=0x817F_FFFF;
-
-/// Base format-one response codes (without handle/parameter/session number).
-const RC_FMT1: u32 = 0x080;
-const RC_VALUE: u32 = 0x084;
-const RC_HIERARCHY: u32 = 0x085;
-const RC_HANDLE: u32 = 0x08B;
-const RC_AUTH_FAIL: u32 = 0x08E;
-const RC_SIZE: u32 = 0x095;
-const RC_INSUFFICIENT: u32 = 0x09A;
-const RC_POLICY_FAIL: u32 = 0x09D;
-const RC_INTEGRITY: u32 = 0x09F;
-const RC_BAD_AUTH: u32 = 0x0A2;
-const RC_ECC_POINT: u32 = 0x0A7;
-const RC_NO_RESULT: u32 = 0x154;
-const RC_RETRY: u32 = 0x922;
-const RC_OBJECT_MEMORY: u32 = 0x902;
-const RC_SESSION_MEMORY: u32 = 0x903;
 
 /// A vAIK certificate issued by [`enroll_vaik`].
 #[derive(Debug, Clone)]
@@ -130,7 +114,8 @@ pub fn enroll_vaik(
     let mut result = enroll_started(&mut engine, state_dir, ca, &subject, aik_handle);
     if started_here {
         // Leave the TPM as found: shut down in order, then waiting for the guest's Startup.
-        let restored = execute(&mut engine, "Shutdown", c::shutdown(c::TPM_SU_CLEAR))
+        let restored = run(&mut engine, c::shutdown(c::TPM_SU_CLEAR))
+            .map_err(AgentError::from)
             .and_then(|resp| check("Shutdown", &resp, |r| success(r).map(drop)))
             .and_then(|()| engine.power_cycle().map_err(AgentError::from));
         if let Err(e) = restored {
@@ -189,7 +174,7 @@ fn flush(
     handle: u32,
 ) -> Result<(), AgentError> {
     loaded.retain(|h| *h != handle);
-    let resp = execute(engine, "FlushContext", c::flush_context(handle))?;
+    let resp = run(engine, c::flush_context(handle))?;
     check("FlushContext", &resp, |r| success(r).map(drop))
 }
 
@@ -208,18 +193,16 @@ fn with_objects(
     let occupied = persistent_aik_at(engine, aik_handle)?;
 
     const PRIMARY: &str = "CreatePrimary";
-    let resp = execute(
+    let resp = run(
         engine,
-        PRIMARY,
         c::create_primary(c::TPM_RH_ENDORSEMENT, &EkKind::Rsa2048.template()),
     )?;
     let (ek, ek_public) = check(PRIMARY, &resp, c::parse_create_primary)?;
     loaded.push(ek);
     check_vek_cert(vek, &ek_public)?;
 
-    let resp = execute(
+    let resp = run(
         engine,
-        PRIMARY,
         c::create_primary(c::TPM_RH_OWNER, &c::ecc_p256_aik_template()),
     )?;
     let (aik, aik_public) = check(PRIMARY, &resp, c::parse_create_primary)?;
@@ -235,19 +218,14 @@ fn with_objects(
     const SESSION: &str = "StartAuthSession";
     let mut nonce = [0u8; 16];
     openssl::rand::rand_bytes(&mut nonce)?;
-    let resp = execute(engine, SESSION, c::start_auth_session_policy(&nonce))?;
+    let resp = run(engine, c::start_auth_session_policy(&nonce))?;
     let (session, _nonce_tpm) = check(SESSION, &resp, c::parse_start_auth_session)?;
     loaded.push(session);
     const POLICY: &str = "PolicySecret";
-    let resp = execute(
-        engine,
-        POLICY,
-        c::policy_secret(c::TPM_RH_ENDORSEMENT, session),
-    )?;
+    let resp = run(engine, c::policy_secret(c::TPM_RH_ENDORSEMENT, session))?;
     check(POLICY, &resp, c::parse_policy_secret)?;
-    let resp = execute(
+    let resp = run(
         engine,
-        "ActivateCredential",
         c::activate_credential(
             aik,
             ek,
@@ -286,10 +264,10 @@ fn with_objects(
 
     const EVICT: &str = "EvictControl";
     if occupied {
-        let resp = execute(engine, EVICT, c::evict_control(aik_handle, aik_handle))?;
+        let resp = run(engine, c::evict_control(aik_handle, aik_handle))?;
         check(EVICT, &resp, |r| success(r).map(drop))?;
     }
-    let resp = execute(engine, EVICT, c::evict_control(aik, aik_handle))?;
+    let resp = run(engine, c::evict_control(aik, aik_handle))?;
     check(EVICT, &resp, |r| success(r).map(drop))?;
     Ok(VaikEnrolled {
         certificate,
@@ -302,9 +280,9 @@ fn with_objects(
 /// error if it holds anything else.
 fn persistent_aik_at(engine: &mut dyn Coprocessor, handle: u32) -> Result<bool, AgentError> {
     const WHAT: &str = "ReadPublic";
-    let resp = execute(engine, WHAT, c::read_public(handle))?;
+    let resp = run(engine, c::read_public(handle))?;
     match c::parse_read_public(&resp) {
-        Err(WireError::Tpm(code)) if base_code(code) == RC_HANDLE => Ok(false),
+        Err(WireError::Tpm(code)) if rc::base(code) == rc::HANDLE => Ok(false),
         Err(e) => Err(wire(WHAT, e)),
         Ok((public, _)) => {
             let violations = TpmPublic::parse(&public)
@@ -329,17 +307,8 @@ fn persistent_aik_at(engine: &mut dyn Coprocessor, handle: u32) -> Result<bool, 
 /// The vEK certificate must be for the EK the TPM derives now (a changed endorsement seed
 /// would make activation fail obscurely).
 fn check_vek_cert(vek: &X509, ek_public: &[u8]) -> Result<(), AgentError> {
-    let matches = match TpmPublic::parse(ek_public).map(|p| p.params) {
-        Ok(PublicParams::Rsa {
-            modulus, exponent, ..
-        }) => {
-            let rsa = vek.public_key()?.rsa()?;
-            let e = if exponent == 0 { 65_537 } else { exponent };
-            openssl::bn::BigNum::from_slice(&modulus)?
-                .ucmp(rsa.n())
-                .is_eq()
-                && openssl::bn::BigNum::from_u32(e)?.ucmp(rsa.e()).is_eq()
-        }
+    let matches = match EkPublic::from_tpmt_public(ek_public) {
+        Ok(ek @ EkPublic::Rsa { .. }) => vek.public_key()?.public_eq(&*ek.to_pkey()?),
         _ => false,
     };
     if matches {
@@ -355,14 +324,14 @@ fn check_vek_cert(vek: &X509, ek_public: &[u8]) -> Result<(), AgentError> {
 }
 
 fn activation_failed(code: u32) -> AgentError {
-    let reason = match base_code(code) {
-        RC_INTEGRITY => {
+    let reason = match rc::base(code) {
+        fmt1::INTEGRITY => {
             "the credential's integrity check failed: the CA made it for another vAIK or vEK"
         }
-        RC_VALUE | RC_SIZE | RC_ECC_POINT | RC_INSUFFICIENT | RC_NO_RESULT => {
+        fmt1::VALUE | fmt1::SIZE | fmt1::ECC_POINT | fmt1::INSUFFICIENT | rc::NO_RESULT => {
             "the encrypted secret does not decrypt with this instance's vEK"
         }
-        RC_POLICY_FAIL | RC_AUTH_FAIL | RC_BAD_AUTH => {
+        fmt1::POLICY_FAIL | fmt1::AUTH_FAIL | fmt1::BAD_AUTH => {
             "the vEK's policy (PolicySecret with the endorsement hierarchy) or the vAIK's \
              authorization was not satisfied"
         }
@@ -374,24 +343,16 @@ fn activation_failed(code: u32) -> AgentError {
     }
 }
 
-fn base_code(code: u32) -> u32 {
-    if code & RC_FMT1 != 0 {
-        code & 0xBF
-    } else {
-        code
-    }
-}
-
 fn wire(command: &'static str, e: WireError) -> AgentError {
     match e {
         WireError::Tpm(code) => {
-            let hint = match base_code(code) {
-                RC_BAD_AUTH | RC_AUTH_FAIL | RC_HIERARCHY => {
+            let hint = match rc::base(code) {
+                fmt1::BAD_AUTH | fmt1::AUTH_FAIL | fmt1::HIERARCHY => {
                     ": the owner or endorsement hierarchy is disabled or no longer has an \
                      empty password (changed by the guest?); the guest has to enrol its vAIK \
                      itself"
                 }
-                _ if code == RC_OBJECT_MEMORY || code == RC_SESSION_MEMORY => {
+                rc::OBJECT_MEMORY | rc::SESSION_MEMORY => {
                     ": the TPM has no free slot (the guest, paused, holds objects or sessions); \
                      power the guest off, or enrol the vAIK in the guest"
                 }
@@ -420,22 +381,6 @@ fn check<T>(
 
 fn success(resp: &[u8]) -> Result<tpm_proto::ResponseReader<'_>, WireError> {
     tpm_proto::ResponseReader::success(resp)
-}
-
-/// Runs a command, resubmitting it (a few times) while the TPM answers TPM_RC_RETRY.
-fn execute(
-    engine: &mut dyn Coprocessor,
-    command: &'static str,
-    cmd: Vec<u8>,
-) -> Result<Vec<u8>, AgentError> {
-    let mut resp = run(engine, cmd.clone())?;
-    for _ in 0..8 {
-        if tpm_proto::response_code(&resp).map_err(|e| wire(command, e))? != RC_RETRY {
-            break;
-        }
-        resp = run(engine, cmd.clone())?;
-    }
-    Ok(resp)
 }
 
 fn pem(cert: &X509) -> Result<String, AgentError> {

@@ -58,52 +58,22 @@ fn openssl_verify(dir: &Path, ca: &Path, untrusted: &[&str], leaf: &str, extra: 
 
 fn nv_read_all(client: &mut VtpmClient, index: u32) -> Vec<u8> {
     // The size is what NV_ReadPublic says; read in chunks like a TSS.
-    let public = client
-        .transact_tss(&nv_read_public(index))
+    let resp = client
+        .transact_tss(&c::nv_read_public(index))
         .expect("NV_ReadPublic");
-    assert_eq!(
-        tpm_proto::response_code(&public).unwrap(),
-        0,
-        "NV_ReadPublic {index:#x}"
-    );
-    // TPM2B_NV_PUBLIC: size u16, nvIndex u32, nameAlg u16, attributes u32, authPolicy
-    // TPM2B, dataSize u16.
-    let body = &public[10..];
-    let policy_len = u16::from_be_bytes([body[12], body[13]]) as usize;
-    let at = 14 + policy_len;
-    let size = u16::from_be_bytes([body[at], body[at + 1]]);
+    let public =
+        c::parse_nv_read_public(&resp).unwrap_or_else(|e| panic!("NV_ReadPublic {index:#x}: {e}"));
+    assert_eq!(public.index, index);
+    let size = public.data_size;
     let mut out = Vec::new();
     while out.len() < usize::from(size) {
-        let n = (usize::from(size) - out.len()).min(1024) as u16;
+        let n = (usize::from(size) - out.len()).min(c::MAX_NV_BUFFER) as u16;
         let resp = client
             .transact_tss(&c::nv_read(index, n, out.len() as u16))
             .unwrap();
         out.extend(c::parse_nv_read(&resp).expect("NV_Read"));
     }
     out
-}
-
-fn nv_read_public(index: u32) -> Vec<u8> {
-    tpm_proto::CommandBuilder::new(tpm_proto::tag::NO_SESSIONS, 0x169)
-        .u32(index)
-        .finish()
-}
-
-/// An ECC P-256 restricted signing key template (what `tpm2_createak -G ecc` makes).
-fn aik_template() -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&0x0023u16.to_be_bytes()); // ECC
-    t.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256 names
-                                                   // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign
-    t.extend_from_slice(&0x0005_0072u32.to_be_bytes());
-    t.extend_from_slice(&0u16.to_be_bytes()); // no policy
-    t.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric: NULL
-    t.extend_from_slice(&0x0018u16.to_be_bytes()); // ECDSA
-    t.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256
-    t.extend_from_slice(&0x0003u16.to_be_bytes()); // NIST P-256
-    t.extend_from_slice(&0x0010u16.to_be_bytes()); // kdf NULL
-    t.extend_from_slice(&[0, 0, 0, 0]); // unique x, y
-    t
 }
 
 #[test]
@@ -158,8 +128,12 @@ fn chain_from_the_host_tpm_to_the_vek_verifies_with_openssl() {
     assert!(!out.trim_end().ends_with(": OK"), "{out}");
 
     // 6. The vTPM enrols an AIK with the CA against that chain ...
+    // An ECC P-256 restricted signing key (what `tpm2_createak -G ecc` makes).
     let resp = client
-        .transact_tss(&c::create_primary(0x4000_0001, &aik_template()))
+        .transact_tss(&c::create_primary(
+            c::TPM_RH_OWNER,
+            &c::ecc_p256_aik_template(),
+        ))
         .unwrap();
     let (_, aik_public) = c::parse_create_primary(&resp).expect("CreatePrimary (AIK)");
     let mut tpm2b = (aik_public.len() as u16).to_be_bytes().to_vec();
@@ -192,23 +166,38 @@ fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
     let (host_tpm, _) = HostTpmSimulator::manufacture(&tmp.path().join("host-tpm")).unwrap();
     // A CA that trusts no manufacturer.
     let ca = CaProcess::start(&bin("vtpm-ca"), &tmp.path().join("ca"), &[]).unwrap();
-    let err = vtpm_host(
-        &tmp.path().join("host"),
-        &host_tpm.tcti(),
-        &[
-            "enroll",
-            "--ca",
-            &ca.url,
-            "--ca-cert",
-            ca.ca_cert.to_str().unwrap(),
-        ],
-    )
-    .unwrap_err();
-    assert!(
-        err.contains("untrusted_ek") || err.contains("trusted"),
-        "{err}"
+    let host = tmp.path().join("host");
+    let enroll = || {
+        vtpm_host(
+            &host,
+            &host_tpm.tcti(),
+            &[
+                "enroll",
+                "--ca",
+                &ca.url,
+                "--ca-cert",
+                ca.ca_cert.to_str().unwrap(),
+            ],
+        )
+        .unwrap_err()
+    };
+    let err = enroll();
+    assert!(err.contains("untrusted_ek"), "{err}");
+    assert!(!host.join("host-aik.pem").exists());
+    // The AIK the CA did not certify is not kept either.
+    assert!(!host.join("host-aik.blob").exists());
+
+    // A host enrolled before keeps its AIK and certificate when an enrollment fails.
+    let (blob, pem) = (
+        b"the enrolled AIK".as_slice(),
+        b"its certificate".as_slice(),
     );
-    assert!(!tmp.path().join("host/host-aik.pem").exists());
+    std::fs::write(host.join("host-aik.blob"), blob).unwrap();
+    std::fs::write(host.join("host-aik.pem"), pem).unwrap();
+    let err = enroll();
+    assert!(err.contains("untrusted_ek"), "{err}");
+    assert_eq!(std::fs::read(host.join("host-aik.blob")).unwrap(), blob);
+    assert_eq!(std::fs::read(host.join("host-aik.pem")).unwrap(), pem);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use tpm_proto::commands as c;
-use tpm_proto::public::{PublicParams, TpmPublic};
+use tpm_proto::public::{alg, PublicParams, TpmPublic};
 
 mod common;
 
@@ -99,7 +99,7 @@ fn guest_uses_the_vaik(client: &mut VtpmClient, cert_pem: &Path, work: &Path) {
 
     let data = b"quote me: the vAIK signs what the guest hashes in its TPM".to_vec();
     let resp = client
-        .transact_tss(&c::hash(&data, c::TPM_ALG_SHA256, c::TPM_RH_OWNER))
+        .transact_tss(&c::hash(&data, alg::SHA256, c::TPM_RH_OWNER))
         .unwrap();
     let (digest, ticket) = c::parse_hash(&resp).expect("Hash");
     let resp = client

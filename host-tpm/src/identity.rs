@@ -7,14 +7,16 @@
 //!   against the EK ([`HostTpm::activate_credential`]);
 //! * signing with the AIK ([`HostTpm::sign_restricted`]): a restricted key signs only
 //!   digests the TPM computed itself (with a hash-check ticket), which is how the
-//!   coprocessor's TBSCertificate gets signed.
+//!   coprocessor's TBSCertificate gets signed. tss-esapi 7.7 does not wrap the hash-sequence
+//!   commands long data takes, so signing is done with raw commands.
 //!
 //! Everything transient (SRK, EK, AIK, sessions, hash sequences) is flushed before a call
 //! returns, on success and on failure.
 
 use log::debug;
 use tpm_proto::commands as cmd;
-use tpm_proto::public::TpmPublic;
+use tpm_proto::der;
+use tpm_proto::public::{alg, TpmPublic};
 use tpm_proto::WireError;
 use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -31,9 +33,8 @@ use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     CapabilityData, Digest, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject,
-    KeyDerivationFunctionScheme, MaxBuffer, MaxNvBuffer, Nonce, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinition,
-    SymmetricDefinitionObject,
+    KeyDerivationFunctionScheme, MaxNvBuffer, Nonce, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
@@ -41,13 +42,7 @@ use tss_esapi::Context;
 use crate::raw::RawTcti;
 use crate::{tpm, HostTpm, HostTpmError, ObjectBlob, Result};
 
-/// NV index of the RSA-2048 EK certificate (TCG EK Credential Profile, low range).
-pub const RSA_EK_CERT_INDEX: u32 = 0x01c0_0002;
-/// NV index of the ECC NIST P-256 EK certificate (low range).
-pub const ECC_EK_CERT_INDEX: u32 = 0x01c0_000a;
-
-/// NV read chunk when the TPM does not report TPM_PT_NV_BUFFER_MAX.
-const NV_CHUNK: usize = 1024;
+pub use tpm_proto::commands::{ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
 
 fn is_kind(e: &tss_esapi::Error, kind: Tss2ResponseCodeKind) -> bool {
     matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(kind))
@@ -76,26 +71,6 @@ fn is_activation_failure(e: &tss_esapi::Error) -> bool {
     .any(|k| is_kind(e, k))
 }
 
-/// The length of the DER element at the start of `der` (tag, length, contents), if its
-/// header is well formed: NV indices may be larger than the certificate they hold.
-fn der_length(der: &[u8]) -> Option<usize> {
-    let first = *der.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let bytes = der.get(2..2 + n)?;
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, 2 + n)
-    };
-    len.checked_add(header)
-}
-
 /// Maps a `tpm-proto` parse error of a raw command: TPM response codes become
 /// [`HostTpmError::Tpm`] like ESAPI's, anything else is a malformed response.
 fn parsed<T>(operation: &'static str, r: std::result::Result<T, WireError>) -> Result<T> {
@@ -112,9 +87,8 @@ fn raw_run(raw: &mut RawTcti, operation: &'static str, command: &[u8]) -> Result
     raw.execute(command).map_err(tpm(operation))
 }
 
-/// Restricted signing with the hash-sequence commands over a raw connection; `loaded`
-/// collects the handles to flush.
-fn raw_sign_sequence(
+/// Restricted signing over a raw connection; `loaded` collects the handles to flush.
+fn raw_sign(
     raw: &mut RawTcti,
     loaded: &mut Vec<u32>,
     srk_template: &[u8],
@@ -133,12 +107,37 @@ fn raw_sign_sequence(
     let resp = raw_run(raw, OP_LOAD, &cmd::load(srk, &aik.private, &aik.public))?;
     let (key, _name) = parsed(OP_LOAD, cmd::parse_load(&resp))?;
     loaded.push(key);
-    const OP_START: &str = "HashSequenceStart";
+    let (digest, ticket) = if data.len() <= cmd::MAX_DIGEST_BUFFER {
+        // One command. It is also the only way to a ticket for data shorter than
+        // TPM_GENERATED_VALUE: a hash sequence tickets no first block of under 4 bytes.
+        const OP_HASH: &str = "Hash";
+        let resp = raw_run(
+            raw,
+            OP_HASH,
+            &cmd::hash(data, alg::SHA256, cmd::TPM_RH_OWNER),
+        )?;
+        parsed(OP_HASH, cmd::parse_hash(&resp))?
+    } else {
+        raw_hash_sequence(raw, loaded, data)?
+    };
+    const OP_SIGN: &str = "Sign (AIK)";
     let resp = raw_run(
         raw,
-        OP_START,
-        &cmd::hash_sequence_start(cmd::TPM_ALG_SHA256),
+        OP_SIGN,
+        &cmd::sign_ecdsa_sha256_with_ticket(key, &digest, &ticket),
     )?;
+    parsed(OP_SIGN, cmd::parse_sign_ecdsa(&resp))
+}
+
+/// The SHA-256 digest of `data` (longer than [`cmd::MAX_DIGEST_BUFFER`]) and its hash-check
+/// ticket in the owner hierarchy, from the hash-sequence commands.
+fn raw_hash_sequence(
+    raw: &mut RawTcti,
+    loaded: &mut Vec<u32>,
+    data: &[u8],
+) -> Result<(Vec<u8>, cmd::HashCheckTicket)> {
+    const OP_START: &str = "HashSequenceStart";
+    let resp = raw_run(raw, OP_START, &cmd::hash_sequence_start(alg::SHA256))?;
     let sequence = parsed(OP_START, cmd::parse_hash_sequence_start(&resp))?;
     loaded.push(sequence);
     let mut chunks: Vec<&[u8]> = data.chunks(cmd::MAX_DIGEST_BUFFER).collect();
@@ -154,16 +153,10 @@ fn raw_sign_sequence(
         OP_COMPLETE,
         &cmd::sequence_complete(sequence, last, cmd::TPM_RH_OWNER),
     )?;
-    let (digest, ticket) = parsed(OP_COMPLETE, cmd::parse_sequence_complete(&resp))?;
+    let digest_and_ticket = parsed(OP_COMPLETE, cmd::parse_sequence_complete(&resp))?;
     // A completed sequence object is gone.
     loaded.retain(|&h| h != sequence);
-    const OP_SIGN: &str = "Sign (AIK)";
-    let resp = raw_run(
-        raw,
-        OP_SIGN,
-        &cmd::sign_ecdsa_sha256_with_ticket(key, &digest, &ticket),
-    )?;
-    parsed(OP_SIGN, cmd::parse_sign_ecdsa(&resp))
+    Ok(digest_and_ticket)
 }
 
 impl HostTpm {
@@ -202,8 +195,10 @@ impl HostTpm {
             Some(data) => data,
             None => return Ok(None),
         };
-        if data.first() == Some(&0x30) {
-            if let Some(len) = der_length(&data).filter(|&len| len <= data.len()) {
+        // NV indices may be larger than the certificate they hold: keep the DER element.
+        if data.first() == Some(&der::TAG_SEQUENCE) {
+            if let Ok(cert) = der::Reader::new(&data).element() {
+                let len = cert.encoded.len();
                 data.truncate(len);
             }
         }
@@ -230,7 +225,7 @@ impl HostTpm {
             .ok()
             .flatten()
             .and_then(|v| usize::try_from(v).ok())
-            .unwrap_or(NV_CHUNK)
+            .unwrap_or(cmd::MAX_NV_BUFFER)
             .clamp(1, MaxNvBuffer::MAX_SIZE);
         let size = public.data_size();
         let mut out = Vec::with_capacity(size);
@@ -424,9 +419,9 @@ impl HostTpm {
     }
 
     /// Signs `data` with a restricted ECDSA P-256 attestation key (from
-    /// [`HostTpm::create_aik`]): the TPM hashes the data with SHA-256 in the owner hierarchy,
-    /// giving the digest and the hash-check ticket a restricted key requires (TPM2_Hash for up
-    /// to 1024 bytes, the HashSequence commands beyond), then signs it with ECDSA/SHA-256.
+    /// [`HostTpm::create_aik`]): the TPM hashes the data with SHA-256 in the owner hierarchy
+    /// (TPM2_Hash for up to 1024 bytes, the hash-sequence commands beyond), giving the digest
+    /// and the hash-check ticket a restricted key requires, then signs it with ECDSA/SHA-256.
     /// Returns (r, s) as big-endian integers. The TPM refuses data that starts with
     /// TPM_GENERATED_VALUE (0xff 'T' 'C' 'G'), so a key used this way cannot forge a quote;
     /// a DER TBSCertificate starts with 0x30.
@@ -441,28 +436,21 @@ impl HostTpm {
         if !violations.is_empty() {
             return Err(HostTpmError::NotAnAttestationKey(violations));
         }
-        if data.len() <= cmd::MAX_DIGEST_BUFFER {
-            let mut loaded = Vec::new();
-            let result = self.sign_hash(&mut loaded, aik, data);
-            for handle in loaded {
-                self.flush(handle);
-            }
-            return result;
-        }
-        // tss-esapi 7.7 does not wrap the hash-sequence commands: send them raw.
+        // tss-esapi 7.7 does not wrap the hash-sequence commands: the whole signature is made
+        // with raw commands, whatever the length.
         let srk_template = Self::srk_template()?
             .marshall()
             .map_err(tpm("marshal SRK template"))?;
         let mut raw = self.raw_connection()?;
         let mut loaded = Vec::new();
-        let result = raw_sign_sequence(&mut raw, &mut loaded, &srk_template, aik, data);
+        let result = raw_sign(&mut raw, &mut loaded, &srk_template, aik, data);
         for handle in loaded.into_iter().rev() {
             if let Err(e) = raw
                 .execute(&cmd::flush_context(handle))
                 .map_err(|e| e.to_string())
                 .and_then(|r| tpm_proto::response_code(&r).map_err(|e| e.to_string()))
                 .and_then(|rc| {
-                    if rc == 0 {
+                    if rc == tpm_proto::rc::SUCCESS {
                         Ok(())
                     } else {
                         Err(format!("response code {rc:#x}"))
@@ -473,47 +461,5 @@ impl HostTpm {
             }
         }
         result
-    }
-
-    fn sign_hash(
-        &mut self,
-        loaded: &mut Vec<ObjectHandle>,
-        aik: &ObjectBlob,
-        data: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>)> {
-        let buffer = MaxBuffer::try_from(data.to_vec()).map_err(tpm("Hash"))?;
-        let key = self.load_object(aik, "Load (AIK)")?;
-        loaded.push(key.into());
-        let ctx = self.ctx()?;
-        let (digest, ticket) = ctx
-            .execute_without_session(|c| c.hash(buffer, HashingAlgorithm::Sha256, Hierarchy::Owner))
-            .map_err(tpm("Hash"))?;
-        let scheme = SignatureScheme::EcDsa {
-            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
-        };
-        let signature = ctx
-            .execute_with_nullauth_session(|c| c.sign(key, digest, scheme, ticket))
-            .map_err(tpm("Sign (AIK)"))?;
-        match signature {
-            Signature::EcDsa(s) => Ok((
-                s.signature_r().value().to_vec(),
-                s.signature_s().value().to_vec(),
-            )),
-            _ => Err(wrong_value("Sign (AIK)")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn der_length_reads_short_and_long_forms() {
-        assert_eq!(der_length(&[0x30, 0x03, 1, 2, 3, 0xff]), Some(5));
-        assert_eq!(der_length(&[0x30, 0x82, 0x01, 0x00]), Some(260));
-        assert_eq!(der_length(&[0x30, 0x80]), None);
-        assert_eq!(der_length(&[0x30]), None);
-        assert_eq!(der_length(&[0x30, 0x82, 0x01]), None);
     }
 }

@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::ptr::null_mut;
 
+use tpm_proto::rc;
 use tss_esapi::constants::response_code::Tss2ResponseCode;
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::tss2_esys::{
@@ -18,10 +19,7 @@ use tss_esapi::WrapperErrorKind;
 /// 4096; the slack costs nothing).
 const MAX_RESPONSE: usize = 8192;
 
-/// Response codes after which the TPM asks for the same command again.
-const RC_RETRY: u32 = 0x922;
-const RC_YIELDED: u32 = 0x908;
-const RC_TESTING: u32 = 0x90A;
+/// How often a command is sent that the TPM keeps answering RETRY, YIELDED or TESTING.
 const RETRIES: usize = 10;
 
 fn tss_error(rc: u32) -> tss_esapi::Error {
@@ -59,9 +57,9 @@ impl RawTcti {
         let mut attempt = 0;
         loop {
             let resp = self.transact(command)?;
-            let rc = tpm_proto::response_code(&resp).unwrap_or(0);
+            let code = tpm_proto::response_code(&resp).unwrap_or(rc::SUCCESS);
             attempt += 1;
-            if !matches!(rc, RC_RETRY | RC_YIELDED | RC_TESTING) || attempt >= RETRIES {
+            if !matches!(code, rc::RETRY | rc::YIELDED | rc::TESTING) || attempt >= RETRIES {
                 return Ok(resp);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -152,7 +150,7 @@ mod tests {
         let tpm = HostTpmSimulator::start(&dir.path().join("tpm")).unwrap();
         let mut raw = RawTcti::open(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
 
-        let index = 0x01c0_0002;
+        let index = RSA_EK_CERT_INDEX;
         let cert: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
         ok(
             &mut raw,
@@ -163,8 +161,8 @@ mod tests {
             .execute(&nv_write_with_auth(TPM_RH_OWNER, index, 0, &cert[..10]))
             .unwrap();
         assert_ne!(tpm_proto::response_code(&resp).unwrap(), 0);
-        for (n, chunk) in cert.chunks(1024).enumerate() {
-            let offset = (n * 1024) as u16;
+        for (n, chunk) in cert.chunks(MAX_NV_BUFFER).enumerate() {
+            let offset = (n * MAX_NV_BUFFER) as u16;
             ok(
                 &mut raw,
                 &nv_write_with_auth(TPM_RH_PLATFORM, index, offset, chunk),

@@ -275,8 +275,8 @@ fn sign_restricted_short_and_long_data_verifies_with_openssl() {
     let aik = host.create_aik().unwrap();
     let public = TpmPublic::parse(&aik.public).unwrap();
     let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 0x30) as u8).collect();
-    // Through TPM2_Hash (up to 1024 bytes), then through the hash-sequence commands, then
-    // through TPM2_Hash again on the reopened ESAPI connection.
+    // Through TPM2_Hash (up to 1024 bytes; data under 4 bytes included, which only it
+    // tickets), then through the hash-sequence commands, then TPM2_Hash again.
     for len in [0, 1, 100, 1024, 1025, 2048, 2049, 5000, 300] {
         let sig = host.sign_restricted(&aik, &data[..len]).unwrap();
         assert!(verify(&public, &data[..len], &sig), "{len} bytes");

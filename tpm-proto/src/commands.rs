@@ -1,4 +1,5 @@
-//! Builders for the commands the tests and benchmarks send, and parsers for their responses.
+//! Builders for the commands the tests, the benchmarks and the identity code send, and parsers
+//! for their responses.
 //!
 //! All authorizations are empty password sessions (TPM_RS_PW), except the policy session
 //! [`activate_credential`] uses for the EK (started with [`start_auth_session_policy`] and
@@ -7,6 +8,7 @@
 //! [`create_primary`]): the vTPM's EK certificates, for instance, are platform-created
 //! indices.
 
+use crate::public::{alg, attr, curve, PublicParams, TpmPublic};
 use crate::{cc, tag, CommandBuilder, ResponseReader, WireError};
 
 pub const TPM_SU_CLEAR: u16 = 0x0000;
@@ -15,11 +17,6 @@ pub const TPM_RH_OWNER: u32 = 0x4000_0001;
 pub const TPM_RH_NULL: u32 = 0x4000_0007;
 pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
 pub const TPM_RH_PLATFORM: u32 = 0x4000_000C;
-pub const TPM_ALG_SHA256: u16 = 0x000B;
-pub const TPM_ALG_NULL: u16 = 0x0010;
-pub const TPM_ALG_ECDSA: u16 = 0x0018;
-pub const TPM_ALG_ECC: u16 = 0x0023;
-pub const TPM_ECC_NIST_P256: u16 = 0x0003;
 /// The password session handle.
 pub const TPM_RS_PW: u32 = 0x4000_0009;
 /// TPM_SE_POLICY, the session type of [`start_auth_session_policy`].
@@ -27,27 +24,75 @@ pub const TPM_SE_POLICY: u8 = 0x01;
 /// TPMA_SESSION continueSession: the session stays loaded after the command.
 pub const TPMA_SESSION_CONTINUE: u8 = 0x01;
 
-/// Command codes of builders here that [`crate::cc`] does not list.
-pub const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
-pub const CC_POLICY_SECRET: u32 = 0x151;
-pub const CC_START_AUTH_SESSION: u32 = 0x176;
-
 /// Attributes of an attestation key (what `tpm2_createak` gives): fixedTPM | fixedParent |
 /// sensitiveDataOrigin | userWithAuth | restricted | sign.
-pub const AIK_ATTRS: u32 =
-    0x0000_0002 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040 | 0x0001_0000 | 0x0004_0000;
+pub const AIK_ATTRS: u32 = attr::FIXED_TPM
+    | attr::FIXED_PARENT
+    | attr::SENSITIVE_DATA_ORIGIN
+    | attr::USER_WITH_AUTH
+    | attr::RESTRICTED
+    | attr::SIGN;
+
+/// TPMA_NV bits (TCG TPM 2.0 Library, Part 2 §13.4).
+pub mod nv_attr {
+    pub const PPWRITE: u32 = 1 << 0;
+    pub const OWNERWRITE: u32 = 1 << 1;
+    pub const AUTHWRITE: u32 = 1 << 2;
+    /// TPM_NT_COUNTER in the index type field (bits 4..7).
+    pub const TYPE_COUNTER: u32 = 1 << 4;
+    pub const POLICY_DELETE: u32 = 1 << 10;
+    pub const WRITEDEFINE: u32 = 1 << 13;
+    pub const PPREAD: u32 = 1 << 16;
+    pub const OWNERREAD: u32 = 1 << 17;
+    pub const AUTHREAD: u32 = 1 << 18;
+    pub const NO_DA: u32 = 1 << 25;
+    /// Set by the TPM once the index has been written.
+    pub const WRITTEN: u32 = 1 << 29;
+    pub const PLATFORMCREATE: u32 = 1 << 30;
+}
 
 /// NV attributes: owner/auth read and write, no dictionary-attack protection.
-pub const NV_ORDINARY_ATTRS: u32 =
-    0x0000_0002 | 0x0000_0004 | 0x0002_0000 | 0x0004_0000 | 0x0200_0000;
-/// Same, as a monotonic counter (TPM_NT_COUNTER in bits 4..7).
-pub const NV_COUNTER_ATTRS: u32 = NV_ORDINARY_ATTRS | (1 << 4);
+pub const NV_ORDINARY_ATTRS: u32 = nv_attr::OWNERWRITE
+    | nv_attr::AUTHWRITE
+    | nv_attr::OWNERREAD
+    | nv_attr::AUTHREAD
+    | nv_attr::NO_DA;
+/// Same, as a monotonic counter.
+pub const NV_COUNTER_ATTRS: u32 = NV_ORDINARY_ATTRS | nv_attr::TYPE_COUNTER;
 /// NV attributes of an EK certificate index as swtpm_setup defines them (and as the TCG EK
 /// Credential Profile describes real TPMs'): PPWRITE | WRITEDEFINE | PPREAD | OWNERREAD |
 /// AUTHREAD | NO_DA | PLATFORMCREATE, defined with [`nv_define_space_with_auth`] and
 /// [`TPM_RH_PLATFORM`] and written with [`nv_write_with_auth`] under platform authorization.
-pub const NV_EK_CERT_ATTRS: u32 =
-    0x0000_0001 | 0x0000_2000 | 0x0001_0000 | 0x0002_0000 | 0x0004_0000 | 0x0200_0000 | 0x4000_0000;
+pub const NV_EK_CERT_ATTRS: u32 = nv_attr::PPWRITE
+    | nv_attr::WRITEDEFINE
+    | nv_attr::PPREAD
+    | nv_attr::OWNERREAD
+    | nv_attr::AUTHREAD
+    | nv_attr::NO_DA
+    | nv_attr::PLATFORMCREATE;
+
+/// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile, section 2.2.1.4, low
+/// range).
+pub const RSA_EK_CERT_INDEX: u32 = 0x01C0_0002;
+/// NV index of the ECC NIST P-256 EK certificate (low range).
+pub const ECC_EK_CERT_INDEX: u32 = 0x01C0_000A;
+
+/// Largest NV_Write / NV_Read payload (MAX_NV_BUFFER_SIZE of libtpms, and the PC Client
+/// profile's minimum): larger contents take several commands.
+pub const MAX_NV_BUFFER: usize = 1024;
+
+/// TPM_CAP_TPM_PROPERTIES, the capability [`get_capability`] reads with [`pt`] properties.
+pub const TPM_CAP_TPM_PROPERTIES: u32 = 6;
+
+/// TPM_PT values (Part 2 §6.13): fixed properties of the TPM.
+pub mod pt {
+    pub const FAMILY_INDICATOR: u32 = 0x100;
+    pub const LEVEL: u32 = 0x101;
+    pub const REVISION: u32 = 0x102;
+    pub const MANUFACTURER: u32 = 0x105;
+    pub const VENDOR_STRING_1: u32 = 0x106;
+    pub const FIRMWARE_VERSION_1: u32 = 0x10B;
+}
 
 pub fn startup(su: u16) -> Vec<u8> {
     CommandBuilder::no_sessions(cc::STARTUP).u16(su).finish()
@@ -74,7 +119,7 @@ pub fn pcr_extend_sha256(pcr: u32, digest: &[u8; 32]) -> Vec<u8> {
         .u32(pcr)
         .password_auth(&[])
         .u32(1)
-        .u16(TPM_ALG_SHA256)
+        .u16(alg::SHA256)
         .bytes(digest)
         .finish()
 }
@@ -87,7 +132,7 @@ pub fn pcr_read_sha256(pcr: u32) -> Vec<u8> {
     }
     CommandBuilder::no_sessions(cc::PCR_READ)
         .u32(1)
-        .u16(TPM_ALG_SHA256)
+        .u16(alg::SHA256)
         .u8(3)
         .bytes(&select)
         .finish()
@@ -131,16 +176,14 @@ pub fn create_primary(hierarchy: u32, template_tpmt_public: &[u8]) -> Vec<u8> {
 /// The object handle and the created key's TPMT_PUBLIC (without its TPM2B size) from a
 /// CreatePrimary response.
 pub fn parse_create_primary(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let handle = r.u32()?;
-    let _param_size = r.u32()?;
+    let (handles, mut r) = response_parameters(resp, 1)?;
     let public = r.tpm2b()?;
     if public.is_empty() {
         return Err(WireError::Unexpected(
             "CreatePrimary returned an empty public area",
         ));
     }
-    Ok((handle, public.to_vec()))
+    Ok((handles[0], public.to_vec()))
 }
 
 /// Load of an object under `parent` (authorised by an empty password): `private` is the
@@ -156,17 +199,15 @@ pub fn load(parent: u32, private: &[u8], tpmt_public: &[u8]) -> Vec<u8> {
 
 /// The loaded object's handle and name from a Load response.
 pub fn parse_load(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let handle = r.u32()?;
-    let _param_size = r.u32()?;
-    Ok((handle, r.tpm2b()?.to_vec()))
+    let (handles, mut r) = response_parameters(resp, 1)?;
+    Ok((handles[0], r.tpm2b()?.to_vec()))
 }
 
-/// A TPMT_TK_HASHCHECK: the TPM's proof that it computed a digest itself over data that does
-/// not start with TPM_GENERATED_VALUE, which a restricted signing key requires.
+/// A TPMT_TK_HASHCHECK (its tag is always TPM_ST_HASHCHECK): the TPM's proof that it
+/// computed a digest itself over data that does not start with TPM_GENERATED_VALUE, which a
+/// restricted signing key requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashCheckTicket {
-    pub tag: u16,
     pub hierarchy: u32,
     pub digest: Vec<u8>,
 }
@@ -175,22 +216,25 @@ impl HashCheckTicket {
     /// The NULL ticket (TPM_RH_NULL, empty digest) an unrestricted key accepts.
     pub fn null() -> Self {
         HashCheckTicket {
-            tag: tag::HASHCHECK,
             hierarchy: TPM_RH_NULL,
             digest: Vec::new(),
         }
     }
 
     fn read(r: &mut ResponseReader<'_>) -> Result<Self, WireError> {
-        let tag = r.u16()?;
-        if tag != tag::HASHCHECK {
+        if r.u16()? != tag::HASHCHECK {
             return Err(WireError::Unexpected("ticket is not a TPMT_TK_HASHCHECK"));
         }
         Ok(HashCheckTicket {
-            tag,
             hierarchy: r.u32()?,
             digest: r.tpm2b()?.to_vec(),
         })
+    }
+
+    fn write(&self, b: CommandBuilder) -> CommandBuilder {
+        b.u16(tag::HASHCHECK)
+            .u32(self.hierarchy)
+            .tpm2b(&self.digest)
     }
 }
 
@@ -250,8 +294,7 @@ pub fn sequence_complete(sequence: u32, data: &[u8], hierarchy: u32) -> Vec<u8> 
 
 /// The digest and ticket from a SequenceComplete response.
 pub fn parse_sequence_complete(resp: &[u8]) -> Result<(Vec<u8>, HashCheckTicket), WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let _param_size = r.u32()?;
+    let (_, mut r) = response_parameters(resp, 0)?;
     let digest = r.tpm2b()?.to_vec();
     Ok((digest, HashCheckTicket::read(&mut r)?))
 }
@@ -259,46 +302,22 @@ pub fn parse_sequence_complete(resp: &[u8]) -> Result<(Vec<u8>, HashCheckTicket)
 /// TPM2_Sign of a SHA-256 `digest` with an ECDSA/SHA-256 key and the hash-check `ticket`
 /// (from [`parse_hash`] or [`parse_sequence_complete`] for a restricted key).
 pub fn sign_ecdsa_sha256_with_ticket(key: u32, digest: &[u8], ticket: &HashCheckTicket) -> Vec<u8> {
-    CommandBuilder::with_sessions(cc::SIGN)
+    let b = CommandBuilder::with_sessions(cc::SIGN)
         .u32(key)
         .password_auth(&[])
         .tpm2b(digest)
-        .u16(TPM_ALG_ECDSA)
-        .u16(TPM_ALG_SHA256)
-        .u16(ticket.tag)
-        .u32(ticket.hierarchy)
-        .tpm2b(&ticket.digest)
-        .finish()
+        .u16(alg::ECDSA)
+        .u16(alg::SHA256);
+    ticket.write(b).finish()
 }
 
-/// CreatePrimary of an ECC NIST P-256 ECDSA/SHA-256 signing key under the owner hierarchy.
+/// CreatePrimary of an ECC NIST P-256 ECDSA/SHA-256 signing key under the owner hierarchy:
+/// the template of [`ecc_p256_aik_template`] without `restricted`, so it signs any digest.
 pub fn create_primary_ecc_signing() -> Vec<u8> {
-    // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | sign
-    const ATTRS: u32 = 0x0000_0002 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040 | 0x0004_0000;
-    let public = CommandBuilder::new(0, 0) // scratch buffer for the TPMT_PUBLIC body
-        .u16(TPM_ALG_ECC)
-        .u16(TPM_ALG_SHA256)
-        .u32(ATTRS)
-        .tpm2b(&[])
-        .u16(TPM_ALG_NULL) // symmetric
-        .u16(TPM_ALG_ECDSA)
-        .u16(TPM_ALG_SHA256)
-        .u16(TPM_ECC_NIST_P256)
-        .u16(TPM_ALG_NULL) // kdf
-        .tpm2b(&[]) // unique.x
-        .tpm2b(&[]) // unique.y
-        .finish();
-    let public = &public[crate::HEADER_SIZE..];
-    CommandBuilder::with_sessions(cc::CREATE_PRIMARY)
-        .u32(TPM_RH_OWNER)
-        .password_auth(&[])
-        .u16(4) // TPM2B_SENSITIVE_CREATE: empty userAuth + empty data
-        .tpm2b(&[])
-        .tpm2b(&[])
-        .tpm2b(public)
-        .tpm2b(&[]) // outsideInfo
-        .u32(0) // creationPCR: empty selection
-        .finish()
+    create_primary(
+        TPM_RH_OWNER,
+        &ecc_p256_ecdsa_template(AIK_ATTRS & !attr::RESTRICTED),
+    )
 }
 
 /// The loaded key's handle and public point from a CreatePrimary response of
@@ -310,35 +329,24 @@ pub struct EccPrimary {
     pub y: Vec<u8>,
 }
 
+/// The handle and public point of the key [`create_primary_ecc_signing`] created: an ECC key
+/// without a symmetric algorithm.
 pub fn parse_create_primary_ecc(resp: &[u8]) -> Result<EccPrimary, WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let handle = r.u32()?;
-    let _param_size = r.u32()?;
-    let public = r.tpm2b()?;
-    let mut p = ResponseReader::new(public);
-    if p.u16()? != TPM_ALG_ECC {
-        return Err(WireError::Unexpected(
-            "CreatePrimary did not return an ECC key",
-        ));
-    }
-    let _name_alg = p.u16()?;
-    let _attrs = p.u32()?;
-    let _policy = p.tpm2b()?;
-    if p.u16()? != TPM_ALG_NULL {
-        return Err(WireError::Unexpected(
+    let (handle, public) = parse_create_primary(resp)?;
+    match TpmPublic::parse(&public)?.params {
+        PublicParams::Ecc {
+            symmetric: None,
+            x,
+            y,
+            ..
+        } => Ok(EccPrimary { handle, x, y }),
+        PublicParams::Ecc { .. } => Err(WireError::Unexpected(
             "signing key with a symmetric algorithm",
-        ));
+        )),
+        _ => Err(WireError::Unexpected(
+            "CreatePrimary did not return an ECC key",
+        )),
     }
-    if p.u16()? != TPM_ALG_NULL {
-        let _scheme_hash = p.u16()?;
-    }
-    let _curve = p.u16()?;
-    if p.u16()? != TPM_ALG_NULL {
-        let _kdf_hash = p.u16()?;
-    }
-    let x = p.tpm2b()?.to_vec();
-    let y = p.tpm2b()?.to_vec();
-    Ok(EccPrimary { handle, x, y })
 }
 
 /// Sign a SHA-256 `digest` with an ECDSA key (the key's own scheme; a NULL hash check
@@ -349,9 +357,8 @@ pub fn sign_ecdsa_sha256(key: u32, digest: &[u8; 32]) -> Vec<u8> {
 
 /// (r, s) of an ECDSA signature response.
 pub fn parse_sign_ecdsa(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let _param_size = r.u32()?;
-    if r.u16()? != TPM_ALG_ECDSA {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    if r.u16()? != alg::ECDSA {
         return Err(WireError::Unexpected("signature is not ECDSA"));
     }
     let _hash = r.u16()?;
@@ -384,9 +391,10 @@ pub fn flush_context(handle: u32) -> Vec<u8> {
         .finish()
 }
 
-/// A reader at the parameters of a successful response that has `handles` handles (returned
-/// too): after the header, the handles and, in a response with sessions (tag
-/// TPM_ST_SESSIONS), the parameterSize, which must fit the response.
+/// A reader over the parameters of a successful response that has `handles` handles
+/// (returned too): after the header and the handles; in a response with sessions (tag
+/// TPM_ST_SESSIONS) the parameterSize follows, which must fit the response, and the reader
+/// ends there (the sessions' answers are not parameters).
 fn response_parameters(
     resp: &[u8],
     handles: usize,
@@ -403,28 +411,35 @@ fn response_parameters(
                 "parameterSize is larger than the response",
             ));
         }
+        return Ok((handles, ResponseReader::new(r.take(size)?)));
     }
     Ok((handles, r))
+}
+
+/// The TPMT_PUBLIC of an ECC NIST P-256 key with `attributes`, ECDSA with SHA-256, SHA-256
+/// names and no policy.
+fn ecc_p256_ecdsa_template(attributes: u32) -> Vec<u8> {
+    let public = CommandBuilder::new(0, 0) // scratch buffer for the TPMT_PUBLIC body
+        .u16(alg::ECC)
+        .u16(alg::SHA256)
+        .u32(attributes)
+        .tpm2b(&[]) // authPolicy
+        .u16(alg::NULL) // symmetric
+        .u16(alg::ECDSA)
+        .u16(alg::SHA256)
+        .u16(curve::NIST_P256)
+        .u16(alg::NULL) // kdf
+        .tpm2b(&[]) // unique.x
+        .tpm2b(&[]) // unique.y
+        .finish();
+    public[crate::HEADER_SIZE..].to_vec()
 }
 
 /// The TPMT_PUBLIC of an attestation key: ECC NIST P-256, ECDSA with SHA-256, SHA-256
 /// names, [`AIK_ATTRS`], no policy (the template `tpm2_createak -G ecc -g sha256 -s ecdsa`
 /// uses, for [`create_primary`]).
 pub fn ecc_p256_aik_template() -> Vec<u8> {
-    let public = CommandBuilder::new(0, 0) // scratch buffer for the TPMT_PUBLIC body
-        .u16(TPM_ALG_ECC)
-        .u16(TPM_ALG_SHA256)
-        .u32(AIK_ATTRS)
-        .tpm2b(&[]) // authPolicy
-        .u16(TPM_ALG_NULL) // symmetric
-        .u16(TPM_ALG_ECDSA)
-        .u16(TPM_ALG_SHA256)
-        .u16(TPM_ECC_NIST_P256)
-        .u16(TPM_ALG_NULL) // kdf
-        .tpm2b(&[]) // unique.x
-        .tpm2b(&[]) // unique.y
-        .finish();
-    public[crate::HEADER_SIZE..].to_vec()
+    ecc_p256_ecdsa_template(AIK_ATTRS)
 }
 
 /// ReadPublic's answer: the object's TPMT_PUBLIC (without its size) and its name.
@@ -444,14 +459,14 @@ pub fn parse_read_public(resp: &[u8]) -> Result<(Vec<u8>, Vec<u8>), WireError> {
 /// TPM2_StartAuthSession of an unbound, unsalted policy session (tpmKey and bind
 /// TPM_RH_NULL, no parameter encryption, SHA-256). `nonce_caller` is 16 to 32 bytes.
 pub fn start_auth_session_policy(nonce_caller: &[u8]) -> Vec<u8> {
-    CommandBuilder::no_sessions(CC_START_AUTH_SESSION)
+    CommandBuilder::no_sessions(cc::START_AUTH_SESSION)
         .u32(TPM_RH_NULL) // tpmKey
         .u32(TPM_RH_NULL) // bind
         .tpm2b(nonce_caller)
         .tpm2b(&[]) // encryptedSalt
         .u8(TPM_SE_POLICY)
-        .u16(TPM_ALG_NULL) // symmetric
-        .u16(TPM_ALG_SHA256) // authHash
+        .u16(alg::NULL) // symmetric
+        .u16(alg::SHA256) // authHash
         .finish()
 }
 
@@ -467,7 +482,7 @@ pub fn parse_start_auth_session(resp: &[u8]) -> Result<(u32, Vec<u8>), WireError
 /// being authorised by an empty password. nonceTPM, cpHashA and policyRef are empty and
 /// expiration is 0: no time limit and no ticket.
 pub fn policy_secret(auth_handle: u32, policy_session: u32) -> Vec<u8> {
-    CommandBuilder::with_sessions(CC_POLICY_SECRET)
+    CommandBuilder::with_sessions(cc::POLICY_SECRET)
         .u32(auth_handle)
         .u32(policy_session)
         .password_auth(&[])
@@ -504,7 +519,7 @@ pub fn activate_credential(
     credential_blob: &[u8],
     encrypted_secret: &[u8],
 ) -> Vec<u8> {
-    CommandBuilder::with_sessions(CC_ACTIVATE_CREDENTIAL)
+    CommandBuilder::with_sessions(cc::ACTIVATE_CREDENTIAL)
         .u32(activate_handle)
         .u32(key_handle)
         .auth_session(TPM_RS_PW, &[], 0, &[])
@@ -536,7 +551,7 @@ pub fn nv_define_space_with_auth(
 ) -> Vec<u8> {
     let public = CommandBuilder::new(0, 0)
         .u32(index)
-        .u16(TPM_ALG_SHA256)
+        .u16(alg::SHA256)
         .u32(attributes)
         .tpm2b(&[])
         .u16(size)
@@ -569,8 +584,8 @@ pub fn nv_write(index: u32, offset: u16, data: &[u8]) -> Vec<u8> {
 }
 
 /// NV_Write authorised by `auth_handle`: the index itself (TPMA_NV_AUTHWRITE), TPM_RH_OWNER
-/// (OWNERWRITE) or TPM_RH_PLATFORM (PPWRITE). `data` is at most the TPM's NV buffer size
-/// (1024 bytes on the TPMs this project targets); larger contents take several writes.
+/// (OWNERWRITE) or TPM_RH_PLATFORM (PPWRITE). `data` is at most [`MAX_NV_BUFFER`] bytes;
+/// larger contents take several writes.
 pub fn nv_write_with_auth(auth_handle: u32, index: u32, offset: u16, data: &[u8]) -> Vec<u8> {
     CommandBuilder::with_sessions(cc::NV_WRITE)
         .u32(auth_handle)
@@ -592,8 +607,15 @@ pub fn nv_increment(index: u32) -> Vec<u8> {
 
 /// NV_Read authorised by the index itself.
 pub fn nv_read(index: u32, size: u16, offset: u16) -> Vec<u8> {
+    nv_read_with_auth(index, index, size, offset)
+}
+
+/// NV_Read of `size` bytes (at most [`MAX_NV_BUFFER`]) from `offset`, authorised by
+/// `auth_handle` with an empty password: the index itself (TPMA_NV_AUTHREAD), TPM_RH_OWNER
+/// (OWNERREAD) or TPM_RH_PLATFORM (PPREAD).
+pub fn nv_read_with_auth(auth_handle: u32, index: u32, size: u16, offset: u16) -> Vec<u8> {
     CommandBuilder::with_sessions(cc::NV_READ)
-        .u32(index)
+        .u32(auth_handle)
         .u32(index)
         .password_auth(&[])
         .u16(size)
@@ -601,10 +623,81 @@ pub fn nv_read(index: u32, size: u16, offset: u16) -> Vec<u8> {
         .finish()
 }
 
+/// The data from an NV_Read response.
 pub fn parse_nv_read(resp: &[u8]) -> Result<Vec<u8>, WireError> {
-    let mut r = ResponseReader::success(resp)?;
-    let _param_size = r.u32()?;
+    let (_, mut r) = response_parameters(resp, 0)?;
     Ok(r.tpm2b()?.to_vec())
+}
+
+/// NV_ReadPublic of `index` (answers TPM_RC_HANDLE for an index that is not defined).
+pub fn nv_read_public(index: u32) -> Vec<u8> {
+    CommandBuilder::no_sessions(cc::NV_READ_PUBLIC)
+        .u32(index)
+        .finish()
+}
+
+/// An NV index's public area (TPMS_NV_PUBLIC), as NV_ReadPublic answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvPublic {
+    pub index: u32,
+    pub name_alg: u16,
+    /// TPMA_NV (see [`nv_attr`]).
+    pub attributes: u32,
+    pub auth_policy: Vec<u8>,
+    /// The size of the index's data.
+    pub data_size: u16,
+}
+
+/// The public area from an NV_ReadPublic response (its name is checked for size and
+/// dropped).
+pub fn parse_nv_read_public(resp: &[u8]) -> Result<NvPublic, WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    let mut p = ResponseReader::new(r.tpm2b()?);
+    let _name = r.tpm2b()?;
+    let public = NvPublic {
+        index: p.u32()?,
+        name_alg: p.u16()?,
+        attributes: p.u32()?,
+        auth_policy: p.tpm2b()?.to_vec(),
+        data_size: p.u16()?,
+    };
+    if p.remaining() != 0 {
+        return Err(WireError::Unexpected(
+            "trailing bytes after a TPMS_NV_PUBLIC",
+        ));
+    }
+    Ok(public)
+}
+
+/// GetCapability of `count` values of `capability` from `property` on (for
+/// [`TPM_CAP_TPM_PROPERTIES`], [`pt`] values; parsed by [`parse_tpm_properties`]).
+pub fn get_capability(capability: u32, property: u32, count: u32) -> Vec<u8> {
+    CommandBuilder::no_sessions(cc::GET_CAPABILITY)
+        .u32(capability)
+        .u32(property)
+        .u32(count)
+        .finish()
+}
+
+/// The (property, value) pairs of a GetCapability response for [`TPM_CAP_TPM_PROPERTIES`]
+/// (the TPM may answer fewer than asked for).
+pub fn parse_tpm_properties(resp: &[u8]) -> Result<Vec<(u32, u32)>, WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    let _more_data = r.u8()?;
+    if r.u32()? != TPM_CAP_TPM_PROPERTIES {
+        return Err(WireError::Unexpected(
+            "GetCapability answered another capability",
+        ));
+    }
+    let count = r.u32()?;
+    // Each pair takes 8 bytes: a count the response cannot hold is refused before anything
+    // is allocated for it.
+    if count as usize > r.remaining() / 8 {
+        return Err(WireError::Unexpected(
+            "GetCapability counts more properties than it holds",
+        ));
+    }
+    (0..count).map(|_| Ok((r.u32()?, r.u32()?))).collect()
 }
 
 #[cfg(test)]
@@ -630,8 +723,8 @@ mod tests {
             read_public(0x8100_0001),
             create_primary(TPM_RH_ENDORSEMENT, &[0, 1, 0, 0x0b]),
             load(0x8000_0000, &[1; 40], &[2; 50]),
-            hash(b"abc", TPM_ALG_SHA256, TPM_RH_OWNER),
-            hash_sequence_start(TPM_ALG_SHA256),
+            hash(b"abc", alg::SHA256, TPM_RH_OWNER),
+            hash_sequence_start(alg::SHA256),
             sequence_update(0x8000_0001, &[3; 1024]),
             sequence_complete(0x8000_0001, b"", TPM_RH_OWNER),
             nv_define_space_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1200, 0),
@@ -641,6 +734,9 @@ mod tests {
             start_auth_session_policy(&[5; 16]),
             policy_secret(TPM_RH_ENDORSEMENT, 0x0300_0000),
             activate_credential(0x8000_0001, 0x8000_0000, 0x0300_0000, &[1; 68], &[2; 256]),
+            nv_read_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 1024, 0),
+            nv_read_public(0x01c0_0002),
+            get_capability(TPM_CAP_TPM_PROPERTIES, pt::FAMILY_INDICATOR, 12),
         ] {
             let h = Header::parse(&cmd).unwrap();
             assert_eq!(h.size as usize, cmd.len());
@@ -667,6 +763,12 @@ mod tests {
     fn ek_cert_attributes_match_swtpm_setup() {
         // tpm2_nvreadpublic on swtpm_setup's 0x01c00002 shows 0x62072001 once written.
         assert_eq!(NV_EK_CERT_ATTRS | 0x2000_0000, 0x6207_2001);
+        assert_eq!(NV_EK_CERT_ATTRS | nv_attr::WRITTEN, 0x6207_2001);
+        assert_eq!(
+            (NV_ORDINARY_ATTRS, NV_COUNTER_ATTRS),
+            (0x0206_0006, 0x0206_0016)
+        );
+        assert_eq!(AIK_ATTRS, 0x0005_0072);
     }
 
     #[test]
@@ -744,15 +846,15 @@ mod tests {
     fn start_auth_session_is_a_policy_session_without_salt_or_bind() {
         let cmd = start_auth_session_policy(&[5; 16]);
         let h = Header::parse(&cmd).unwrap();
-        assert_eq!((h.tag, h.code), (tag::NO_SESSIONS, CC_START_AUTH_SESSION));
+        assert_eq!((h.tag, h.code), (tag::NO_SESSIONS, cc::START_AUTH_SESSION));
         let mut r = ResponseReader::new(&cmd[crate::HEADER_SIZE..]);
         assert_eq!(r.u32().unwrap(), TPM_RH_NULL);
         assert_eq!(r.u32().unwrap(), TPM_RH_NULL);
         assert_eq!(r.tpm2b().unwrap(), &[5; 16]);
         assert_eq!(r.tpm2b().unwrap(), &[] as &[u8]);
         assert_eq!(r.u8().unwrap(), TPM_SE_POLICY);
-        assert_eq!(r.u16().unwrap(), TPM_ALG_NULL);
-        assert_eq!(r.u16().unwrap(), TPM_ALG_SHA256);
+        assert_eq!(r.u16().unwrap(), alg::NULL);
+        assert_eq!(r.u16().unwrap(), alg::SHA256);
         assert_eq!(r.remaining(), 0);
 
         // Response: the session handle, then nonceTPM (no parameterSize without sessions).
@@ -794,7 +896,7 @@ mod tests {
     fn activate_credential_has_a_password_then_a_policy_session() {
         let cmd = activate_credential(0x8000_0001, 0x8000_0000, 0x0300_0000, &[1; 3], &[2; 4]);
         let h = Header::parse(&cmd).unwrap();
-        assert_eq!((h.tag, h.code), (tag::SESSIONS, CC_ACTIVATE_CREDENTIAL));
+        assert_eq!((h.tag, h.code), (tag::SESSIONS, cc::ACTIVATE_CREDENTIAL));
         let mut r = ResponseReader::new(&cmd[crate::HEADER_SIZE..]);
         assert_eq!(
             r.u32().unwrap(),
@@ -855,7 +957,6 @@ mod tests {
         assert_eq!(
             ticket,
             HashCheckTicket {
-                tag: tag::HASHCHECK,
                 hierarchy: TPM_RH_OWNER,
                 digest: vec![0xcc]
             }
@@ -872,5 +973,143 @@ mod tests {
             parse_hash_sequence_start(&response(Some(0x8000_0003), &[], false)).unwrap(),
             0x8000_0003
         );
+    }
+
+    #[test]
+    fn the_ecc_signing_key_is_the_attestation_key_unrestricted() {
+        let aik = ecc_p256_aik_template();
+        let signing = create_primary_ecc_signing();
+        assert_eq!(
+            signing,
+            create_primary(TPM_RH_OWNER, &{
+                let mut t = aik.clone();
+                t[4..8].copy_from_slice(&(AIK_ATTRS & !attr::RESTRICTED).to_be_bytes());
+                t
+            })
+        );
+        let t = TpmPublic::parse(&aik).unwrap();
+        assert_eq!(t.attributes & !attr::RESTRICTED, 0x0004_0072);
+
+        // The response: handle, then the public area with the point.
+        let mut public = aik.clone();
+        public.truncate(public.len() - 4);
+        public.extend_from_slice(&[0, 2, 0xaa, 0xbb, 0, 1, 0xcc]);
+        let mut params = (public.len() as u16).to_be_bytes().to_vec();
+        params.extend_from_slice(&public);
+        let resp = response(Some(0x8000_0000), &params, true);
+        assert_eq!(
+            parse_create_primary_ecc(&resp).unwrap(),
+            EccPrimary {
+                handle: 0x8000_0000,
+                x: vec![0xaa, 0xbb],
+                y: vec![0xcc]
+            }
+        );
+        // An RSA key (the EK template of swtpm's tests) is refused.
+        let mut rsa = vec![
+            0, 1, 0, 0x0b, 0, 0, 0, 0x72, 0, 0, 0, 0x10, 0, 0x14, 0, 0x0b,
+        ];
+        rsa.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 1, 0x99]);
+        let mut params = (rsa.len() as u16).to_be_bytes().to_vec();
+        params.extend_from_slice(&rsa);
+        assert_eq!(
+            parse_create_primary_ecc(&response(Some(0x8000_0000), &params, true)),
+            Err(WireError::Unexpected(
+                "CreatePrimary did not return an ECC key"
+            ))
+        );
+    }
+
+    #[test]
+    fn parameters_end_at_the_parameter_size() {
+        // NV_Read: the data, then a session answer that must not be read as parameters.
+        let resp = response(None, &[0, 2, 7, 8], true);
+        assert_eq!(parse_nv_read(&resp).unwrap(), [7, 8]);
+        let mut short = resp.clone();
+        short[10..14].copy_from_slice(&3u32.to_be_bytes());
+        assert!(parse_nv_read(&short).is_err());
+        let mut long = resp;
+        long[10..14].copy_from_slice(&100u32.to_be_bytes());
+        assert!(parse_nv_read(&long).is_err());
+        // Load: the handle, the name.
+        let resp = response(Some(0x8000_0001), &[0, 2, 0, 0x0b], true);
+        assert_eq!(parse_load(&resp).unwrap(), (0x8000_0001, vec![0, 0x0b]));
+        // Sign: ECDSA, SHA-256, r, s.
+        let resp = response(None, &[0, 0x18, 0, 0x0b, 0, 1, 1, 0, 1, 2], true);
+        assert_eq!(parse_sign_ecdsa(&resp).unwrap(), (vec![1], vec![2]));
+        let resp = response(None, &[0, 0x14, 0, 0x0b, 0, 1, 1, 0, 1, 2], true);
+        assert!(parse_sign_ecdsa(&resp).is_err());
+    }
+
+    #[test]
+    fn nv_read_builders_and_the_public_area() {
+        let read = nv_read_with_auth(TPM_RH_PLATFORM, 0x01c0_0002, 512, 1024);
+        assert_eq!(&read[10..18], &[0x40, 0, 0, 0x0c, 0x01, 0xc0, 0, 0x02]);
+        assert_eq!(&read[read.len() - 4..], &[2, 0, 4, 0]);
+        let own = nv_read(0x0150_0001, 5, 0);
+        assert_eq!(&own[10..18], &[1, 0x50, 0, 1, 1, 0x50, 0, 1]);
+
+        let cmd = nv_read_public(0x01c0_000a);
+        assert_eq!(
+            Header::parse(&cmd).unwrap(),
+            Header {
+                tag: tag::NO_SESSIONS,
+                size: 14,
+                code: cc::NV_READ_PUBLIC
+            }
+        );
+        assert_eq!(&cmd[10..], &ECC_EK_CERT_INDEX.to_be_bytes());
+        // TPM2B_NV_PUBLIC (index, nameAlg, attributes, authPolicy, dataSize), then the name.
+        let mut public = ECC_EK_CERT_INDEX.to_be_bytes().to_vec();
+        public.extend_from_slice(&[0, 0x0b]);
+        public.extend_from_slice(&(NV_EK_CERT_ATTRS | nv_attr::WRITTEN).to_be_bytes());
+        public.extend_from_slice(&[0, 1, 0x55, 0x02, 0x9c]);
+        let mut params = (public.len() as u16).to_be_bytes().to_vec();
+        params.extend_from_slice(&public);
+        params.extend_from_slice(&[0, 2, 0, 0x0b]);
+        let resp = response(None, &params, false);
+        assert_eq!(
+            parse_nv_read_public(&resp).unwrap(),
+            NvPublic {
+                index: ECC_EK_CERT_INDEX,
+                name_alg: alg::SHA256,
+                attributes: 0x6207_2001,
+                auth_policy: vec![0x55],
+                data_size: 668,
+            }
+        );
+        for cut in 10..resp.len() {
+            let mut short = resp[..cut].to_vec();
+            short[2..6].copy_from_slice(&(cut as u32).to_be_bytes());
+            assert!(parse_nv_read_public(&short).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            parse_nv_read_public(&crate::error_response(0x18b)),
+            Err(WireError::Tpm(0x18b))
+        );
+    }
+
+    #[test]
+    fn tpm_properties_are_listed() {
+        let cmd = get_capability(TPM_CAP_TPM_PROPERTIES, pt::FAMILY_INDICATOR, 12);
+        assert_eq!(&cmd[10..], &[0, 0, 0, 6, 0, 0, 1, 0, 0, 0, 0, 12]);
+        let mut params = vec![1, 0, 0, 0, 6, 0, 0, 0, 2];
+        params.extend_from_slice(&[0, 0, 1, 0, 0x32, 0x2e, 0x30, 0]);
+        params.extend_from_slice(&[0, 0, 1, 5, 0x49, 0x42, 0x4d, 0]);
+        let resp = response(None, &params, false);
+        assert_eq!(
+            parse_tpm_properties(&resp).unwrap(),
+            [
+                (pt::FAMILY_INDICATOR, 0x322e_3000),
+                (pt::MANUFACTURER, 0x4942_4d00)
+            ]
+        );
+        // Another capability, or a count the response does not hold, is refused.
+        let mut other = params.clone();
+        other[4] = 5;
+        assert!(parse_tpm_properties(&response(None, &other, false)).is_err());
+        let mut many = params;
+        many[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_tpm_properties(&response(None, &many, false)).is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! commands and a cursor for responses. The device uses it to classify commands and to
 //! synthesise error responses for malformed requests; the driver-side harness, the
 //! integration tests and the benchmarks use the command builders in [`commands`]; the
-//! certificate chain parses public areas and computes TPM names with [`public`].
+//! certificate chain parses public areas and computes TPM names with [`public`], and
+//! encodes the rest with [`der`] (certificate pieces) and [`hex`].
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.
@@ -13,6 +14,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod commands;
+pub mod der;
+pub mod hex;
 pub mod public;
 mod wire;
 
@@ -32,6 +35,10 @@ pub mod tag {
 }
 
 /// Response codes used by this project.
+///
+/// A format-one code (bit 7, [`rc::FMT1`], set) also names the handle, parameter or session
+/// it concerns; [`rc::base`] strips that, and the result compares with [`rc::fmt1`]'s
+/// constants. Format-zero codes (and warnings) are compared as they are.
 pub mod rc {
     pub const SUCCESS: u32 = 0x000;
     pub const INITIALIZE: u32 = 0x100;
@@ -39,17 +46,57 @@ pub mod rc {
     pub const COMMAND_SIZE: u32 = 0x142;
     pub const COMMAND_CODE: u32 = 0x143;
     pub const NV_UNINITIALIZED: u32 = 0x14A;
-    pub const SIZE: u32 = 0x0D5;
-    pub const RETRY: u32 = 0x922;
-    /// Format-one error on a handle: `rc & HANDLE_MASK` with the handle number stripped.
-    pub const HANDLE: u32 = 0x08B;
     pub const NV_DEFINED: u32 = 0x14C;
+    pub const NO_RESULT: u32 = 0x154;
+    /// TPM_RC_SIZE on an (unnumbered) parameter: [`fmt1::SIZE`] | [`P`].
+    pub const SIZE: u32 = fmt1::SIZE | P;
+    /// Warnings: the TPM has no slot free for another object or session.
+    pub const OBJECT_MEMORY: u32 = 0x902;
+    pub const SESSION_MEMORY: u32 = 0x903;
+    /// Warnings after which the TPM asks for the same command again.
+    pub const YIELDED: u32 = 0x908;
+    pub const TESTING: u32 = 0x90A;
+    pub const RETRY: u32 = 0x922;
+    /// Format-one error on a handle, with the handle number stripped (as [`base`] returns
+    /// it).
+    pub use fmt1::HANDLE;
+
+    /// The bit that makes a response code format-one.
+    pub const FMT1: u32 = 0x080;
+    /// TPM_RC_P: in a format-one code, the number in bits 8..11 is a parameter's.
+    pub const P: u32 = 0x040;
+
+    /// Format-one response codes without their handle, parameter or session number: what
+    /// [`base`] returns.
+    pub mod fmt1 {
+        pub const VALUE: u32 = 0x084;
+        pub const HIERARCHY: u32 = 0x085;
+        pub const HANDLE: u32 = 0x08B;
+        pub const AUTH_FAIL: u32 = 0x08E;
+        pub const SIZE: u32 = 0x095;
+        pub const INSUFFICIENT: u32 = 0x09A;
+        pub const POLICY_FAIL: u32 = 0x09D;
+        pub const INTEGRITY: u32 = 0x09F;
+        pub const BAD_AUTH: u32 = 0x0A2;
+        pub const ECC_POINT: u32 = 0x0A7;
+    }
+
+    /// `code` without the handle, parameter or session it names if it is a format-one code
+    /// (compare with [`fmt1`]); any other code as it is.
+    pub const fn base(code: u32) -> u32 {
+        if code & FMT1 != 0 {
+            code & (FMT1 | 0x3F)
+        } else {
+            code
+        }
+    }
 }
 
 /// Command codes used by this project.
 pub mod cc {
-    pub const NV_UNDEFINE_SPACE: u32 = 0x122;
     pub const EVICT_CONTROL: u32 = 0x120;
+    pub const HIERARCHY_CONTROL: u32 = 0x121;
+    pub const NV_UNDEFINE_SPACE: u32 = 0x122;
     pub const NV_DEFINE_SPACE: u32 = 0x12A;
     pub const CREATE_PRIMARY: u32 = 0x131;
     pub const NV_INCREMENT: u32 = 0x134;
@@ -57,17 +104,21 @@ pub mod cc {
     pub const SEQUENCE_COMPLETE: u32 = 0x13E;
     pub const STARTUP: u32 = 0x144;
     pub const SHUTDOWN: u32 = 0x145;
+    pub const ACTIVATE_CREDENTIAL: u32 = 0x147;
     pub const NV_READ: u32 = 0x14E;
+    pub const POLICY_SECRET: u32 = 0x151;
     pub const LOAD: u32 = 0x157;
     pub const SEQUENCE_UPDATE: u32 = 0x15C;
     pub const SIGN: u32 = 0x15D;
     pub const FLUSH_CONTEXT: u32 = 0x165;
+    pub const NV_READ_PUBLIC: u32 = 0x169;
+    pub const READ_PUBLIC: u32 = 0x173;
+    pub const START_AUTH_SESSION: u32 = 0x176;
     pub const GET_CAPABILITY: u32 = 0x17A;
     pub const GET_RANDOM: u32 = 0x17B;
+    pub const HASH: u32 = 0x17D;
     pub const PCR_READ: u32 = 0x17E;
     pub const PCR_EXTEND: u32 = 0x182;
-    pub const READ_PUBLIC: u32 = 0x173;
-    pub const HASH: u32 = 0x17D;
     pub const HASH_SEQUENCE_START: u32 = 0x186;
 }
 
@@ -122,6 +173,26 @@ mod tests {
         let r = error_response(rc::COMMAND_SIZE);
         assert_eq!(response_code(&r).unwrap(), rc::COMMAND_SIZE);
         assert_eq!(Header::parse(&r).unwrap().tag, tag::NO_SESSIONS);
+    }
+
+    #[test]
+    fn base_strips_what_a_format_one_code_names() {
+        // TPM_RC_BAD_AUTH on session 1, TPM_RC_INTEGRITY on parameter 1, TPM_RC_HANDLE on
+        // handle 1.
+        assert_eq!(rc::base(0x9a2), rc::fmt1::BAD_AUTH);
+        assert_eq!(rc::base(0x1df), rc::fmt1::INTEGRITY);
+        assert_eq!(rc::base(0x18b), rc::HANDLE);
+        assert_eq!(rc::base(rc::SIZE), rc::fmt1::SIZE);
+        // Format zero and warnings are left alone.
+        for code in [
+            rc::SUCCESS,
+            rc::INITIALIZE,
+            rc::NV_DEFINED,
+            rc::RETRY,
+            0x902,
+        ] {
+            assert_eq!(rc::base(code), code);
+        }
     }
 
     #[test]

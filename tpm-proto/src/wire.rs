@@ -16,13 +16,13 @@ pub enum WireError {
     Unexpected(&'static str),
 }
 
-/// Builds one TPM 2.0 command. Handles and the password authorization area are written in
-/// order by the caller; [`CommandBuilder::finish`] fixes up the size field.
+/// Builds one TPM 2.0 command. Handles and the authorization area are written in order by
+/// the caller; [`CommandBuilder::finish`] fixes up the size field.
 #[derive(Debug, Clone)]
 pub struct CommandBuilder {
     buf: Vec<u8>,
-    auth_size_at: Option<usize>,
-    /// Where the size of an area opened by [`CommandBuilder::auth_session`] is.
+    /// Where the size of the authorization area opened by [`CommandBuilder::auth_session`]
+    /// is.
     sessions_at: Option<usize>,
 }
 
@@ -35,7 +35,6 @@ impl CommandBuilder {
         buf.extend_from_slice(&cc.to_be_bytes());
         CommandBuilder {
             buf,
-            auth_size_at: None,
             sessions_at: None,
         }
     }
@@ -46,7 +45,7 @@ impl CommandBuilder {
     }
 
     /// A command with an authorization area; handles must be pushed before
-    /// [`CommandBuilder::password_auth`].
+    /// [`CommandBuilder::password_auth`] or [`CommandBuilder::auth_session`].
     pub fn with_sessions(cc: u32) -> Self {
         Self::new(tag::SESSIONS, cc)
     }
@@ -77,23 +76,17 @@ impl CommandBuilder {
         self.u16(len).bytes(&v[..usize::from(len)])
     }
 
-    /// Appends an authorization area holding one password session (TPM_RS_PW) with `auth`.
-    pub fn password_auth(mut self, auth: &[u8]) -> Self {
-        const TPM_RS_PW: u32 = 0x4000_0009;
-        self.auth_size_at = Some(self.buf.len());
-        self.u32(0)
-            .u32(TPM_RS_PW)
-            .tpm2b(&[])
-            .u8(0)
-            .tpm2b(auth)
-            .close_auth()
+    /// Appends a password session (TPM_RS_PW, no nonce, no attributes) with `auth` to the
+    /// authorization area: [`CommandBuilder::auth_session`] of the password session.
+    pub fn password_auth(self, auth: &[u8]) -> Self {
+        self.auth_session(crate::commands::TPM_RS_PW, &[], 0, auth)
     }
 
     /// Appends one session (a TPMS_AUTH_COMMAND: session handle, nonceCaller, attributes,
     /// hmac) to the authorization area, which the first call opens: several calls make an
     /// area with several sessions, in the order of the handles they authorise. The area's
     /// size is kept up to date, so the parameters follow directly. Handles must be pushed
-    /// before, and [`CommandBuilder::password_auth`] is not combined with this.
+    /// before.
     pub fn auth_session(mut self, session: u32, nonce: &[u8], attributes: u8, hmac: &[u8]) -> Self {
         let at = match self.sessions_at {
             Some(at) => at,
@@ -108,14 +101,6 @@ impl CommandBuilder {
         let size = (b.buf.len() - at - 4) as u32;
         b.buf[at..at + 4].copy_from_slice(&size.to_be_bytes());
         b
-    }
-
-    fn close_auth(mut self) -> Self {
-        if let Some(at) = self.auth_size_at.take() {
-            let size = (self.buf.len() - at - 4) as u32;
-            self.buf[at..at + 4].copy_from_slice(&size.to_be_bytes());
-        }
-        self
     }
 
     /// Writes the final size into the header and returns the command bytes.

@@ -18,7 +18,7 @@
 //! - authorityKeyIdentifier = the coprocessor certificate's key identifier.
 //!
 //! The manufacturer, model and version are read from the instance's TPM with
-//! `TPM2_GetCapability` ([`TpmInfo::read`]), so they say what the guest's own
+//! `TPM2_GetCapability` ([`super::provision::tpm_info`]), so they say what the guest's own
 //! `tpm2_getcap properties-fixed` says (libtpms: manufacturer "IBM", 0x49424D00).
 
 use openssl::bn::BigNum;
@@ -29,10 +29,12 @@ use openssl::pkey::{PKey, Public};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509};
+use tpm_proto::der;
+use tpm_proto::public::{curve, PublicParams, TpmPublic};
+use tpm_proto::WireError;
 
 use super::templates::EkKind;
-use super::{der, CoprocessorKey, IdentityError, Validity};
-use crate::Coprocessor;
+use super::{CoprocessorKey, IdentityError, Validity};
 
 /// This project's policy for vEK certificates, version 1: an OID in the UUID arc
 /// (ITU-T X.667, `2.25.<UUID d45a1b56-38e0-47ba-88fe-5ad73f56378e>`), which needs no
@@ -69,11 +71,6 @@ pub struct TpmInfo {
 }
 
 impl TpmInfo {
-    /// Reads the properties from the running TPM.
-    pub fn read(engine: &mut dyn Coprocessor) -> Result<Self, IdentityError> {
-        super::provision::tpm_info(engine)
-    }
-
     /// `id:` and the manufacturer id in 8 hex digits, as the profile writes it.
     pub fn manufacturer_id(&self) -> String {
         format!("id:{:08X}", self.manufacturer)
@@ -105,6 +102,30 @@ impl EkPublic {
         match self {
             EkPublic::Rsa { .. } => EkKind::Rsa2048,
             EkPublic::Ecc { .. } => EkKind::EccP256,
+        }
+    }
+
+    /// The key of a marshalled `TPMT_PUBLIC`: an RSA key, or an ECC key on NIST P-256 (the
+    /// two standard EKs' kinds).
+    pub fn from_tpmt_public(tpmt_public: &[u8]) -> Result<Self, WireError> {
+        match TpmPublic::parse(tpmt_public)?.params {
+            PublicParams::Rsa {
+                modulus, exponent, ..
+            } => Ok(EkPublic::Rsa {
+                modulus,
+                // As marshalled, 0 means the default exponent.
+                exponent: if exponent == 0 { 65_537 } else { exponent },
+            }),
+            PublicParams::Ecc {
+                curve: curve::NIST_P256,
+                x,
+                y,
+                ..
+            } => Ok(EkPublic::Ecc { x, y }),
+            PublicParams::Ecc { .. } => Err(WireError::Unexpected(
+                "an ECC key on another curve than NIST P-256",
+            )),
+            PublicParams::Other(_) => Err(WireError::Unexpected("neither an RSA nor an ECC key")),
         }
     }
 

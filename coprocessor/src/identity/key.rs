@@ -11,7 +11,8 @@
 //! hold 32 secret bytes; instance ids are random, so they cannot collide with it).
 //!
 //! The private key never leaves this type: there is no general `sign(bytes)`. It signs only
-//! the certificates [`super::ek_cert`] builds (through the crate-private [`CoprocessorKey::signing_key`]).
+//! the certificates [`super::ek_cert`] builds (through the crate-private
+//! `CoprocessorKey::signing_key`).
 
 use std::fmt;
 use std::fs;
@@ -87,7 +88,10 @@ impl CoprocessorKey {
         // key appeared meanwhile, and the record is never seen half-written.
         let mut nonce = [0u8; 8];
         openssl::rand::rand_bytes(&mut nonce)?;
-        let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", crate::keys::hex(&nonce)));
+        let tmp = dir.join(format!(
+            ".{KEY_FILE}.{}.tmp",
+            tpm_proto::hex::encode(&nonce)
+        ));
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)

@@ -13,7 +13,6 @@
 //! - [`provision`]: creating the vEKs in an instance and storing their certificates in its NV
 //!   ([`provision_ek`]), idempotent so that migration can re-issue.
 
-mod der;
 pub mod ek_cert;
 pub mod key;
 pub mod provision;
@@ -28,11 +27,12 @@ use openssl::bn::BigNum;
 use openssl::hash::{hash, MessageDigest};
 use openssl::pkey::{HasPublic, PKeyRef};
 use openssl::x509::{X509Extension, X509Ref};
+use tpm_proto::der;
 
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
 pub use key::CoprocessorKey;
 pub use provision::{create_ek, provision_ek, read_ek_cert, CreatedEk, ProvisionedEk};
-pub use templates::{EkKind, ECC_EK_CERT_NV_INDEX, RSA_EK_CERT_NV_INDEX};
+pub use templates::EkKind;
 pub use tpm_signed::{issue_signed_by, CertSpec};
 
 use crate::keys::{InstanceId, KeyError};
@@ -81,6 +81,12 @@ pub enum IdentityError {
     },
 }
 
+impl From<der::DerError> for IdentityError {
+    fn from(e: der::DerError) -> Self {
+        IdentityError::Encoding(e.to_string())
+    }
+}
+
 /// When a certificate is valid, as seconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
@@ -91,13 +97,6 @@ pub struct Validity {
 impl Validity {
     /// Backdating of [`Validity::starting_now`], against verifiers whose clocks lag a little.
     pub const BACKDATE: Duration = Duration::from_secs(300);
-
-    pub fn new(not_before: SystemTime, not_after: SystemTime) -> Self {
-        Validity {
-            not_before: unix_seconds(not_before),
-            not_after: unix_seconds(not_after),
-        }
-    }
 
     /// RFC 5280's "no well-defined expiration date": 99991231235959Z.
     pub const NO_EXPIRY: i64 = 253_402_300_799;

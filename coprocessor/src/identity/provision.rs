@@ -9,7 +9,7 @@
 //!
 //! # NV index attributes
 //!
-//! [`EK_CERT_NV_ATTRIBUTES`] = PPWRITE | WRITEDEFINE | PPREAD | OWNERREAD | AUTHREAD | NO_DA |
+//! [`NV_EK_CERT_ATTRS`] = PPWRITE | WRITEDEFINE | PPREAD | OWNERREAD | AUTHREAD | NO_DA |
 //! PLATFORMCREATE (0x42072001), exactly what `swtpm_setup --create-ek-cert` gives these
 //! indices (checked with `tpm2_nvreadpublic`: it shows 0x62072001, the same plus WRITTEN)
 //! and what hardware TPMs use: defined and written by the platform only, readable by anyone
@@ -31,55 +31,20 @@
 //! [`IdentityError::PlatformUnavailable`].
 
 use openssl::x509::{X509Ref, X509};
-use tpm_proto::commands as c;
-use tpm_proto::{cc, rc, CommandBuilder, ResponseReader, WireError};
+use tpm_proto::commands::{
+    self as c, nv_attr, pt, NvPublic, MAX_NV_BUFFER, NV_EK_CERT_ATTRS, TPM_RH_ENDORSEMENT,
+    TPM_RH_OWNER, TPM_RH_PLATFORM,
+};
+use tpm_proto::rc::{self, fmt1};
+use tpm_proto::{ResponseReader, WireError};
 
 use super::ek_cert::{check_coprocessor_cert, issue_ek_cert, EkPublic, TpmInfo};
-use super::templates::{EkKind, TPM_ALG_ECC, TPM_ALG_NULL, TPM_ALG_RSA};
+use super::templates::EkKind;
 use super::{CoprocessorKey, IdentityError, Validity};
 use crate::Coprocessor;
 
-pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
-pub const TPM_RH_PLATFORM: u32 = 0x4000_000C;
-const TPM_RH_OWNER: u32 = 0x4000_0001;
-
-const TPMA_NV_PPWRITE: u32 = 1 << 0;
-const TPMA_NV_WRITEDEFINE: u32 = 1 << 13;
-const TPMA_NV_PPREAD: u32 = 1 << 16;
-const TPMA_NV_OWNERREAD: u32 = 1 << 17;
-const TPMA_NV_AUTHREAD: u32 = 1 << 18;
-const TPMA_NV_POLICY_DELETE: u32 = 1 << 10;
-const TPMA_NV_NO_DA: u32 = 1 << 25;
-pub const TPMA_NV_WRITTEN: u32 = 1 << 29;
-const TPMA_NV_PLATFORMCREATE: u32 = 1 << 30;
-
-/// Attributes of the EK certificate NV indices (see the module documentation).
-pub const EK_CERT_NV_ATTRIBUTES: u32 = TPMA_NV_PPWRITE
-    | TPMA_NV_WRITEDEFINE
-    | TPMA_NV_PPREAD
-    | TPMA_NV_OWNERREAD
-    | TPMA_NV_AUTHREAD
-    | TPMA_NV_NO_DA
-    | TPMA_NV_PLATFORMCREATE;
-
-/// Largest NV_Write / NV_Read payload sent (MAX_NV_BUFFER_SIZE of libtpms and of the
-/// PC Client profile's minimum).
-pub const NV_CHUNK: usize = 1024;
-
-const CC_NV_READ_PUBLIC: u32 = 0x169;
-const TPM_CAP_TPM_PROPERTIES: u32 = 6;
-const TPM_PT_FAMILY_INDICATOR: u32 = 0x100;
-const TPM_PT_LEVEL: u32 = 0x101;
-const TPM_PT_REVISION: u32 = 0x102;
-const TPM_PT_MANUFACTURER: u32 = 0x105;
-const TPM_PT_VENDOR_STRING_1: u32 = 0x106;
-const TPM_PT_FIRMWARE_VERSION_1: u32 = 0x10B;
-
-/// Format-one response codes, without their handle/parameter/session number.
-const RC_FMT1: u32 = 0x080;
-const RC_HIERARCHY: u32 = 0x085;
-const RC_AUTH_FAIL: u32 = 0x08E;
-const RC_BAD_AUTH: u32 = 0x0A2;
+/// How often [`run`] sends a command again that the TPM answered with TPM_RC_RETRY.
+const RETRIES: usize = 8;
 
 /// First NV index of the EK certificate chain range (TCG EK Credential Profile: intermediate
 /// certificates at 0x01c00100..=0x01c001ff, the one nearest the EK certificate first).
@@ -211,7 +176,13 @@ pub fn create_ek(engine: &mut dyn Coprocessor, kind: EkKind) -> Result<CreatedEk
     let (handle, public) = c::parse_create_primary(&resp).map_err(|e| wire(WHAT, e))?;
     let resp = run(engine, c::flush_context(handle))?;
     success("FlushContext", &resp)?;
-    let ek = parse_ek_public(kind, &public).map_err(|e| wire(WHAT, e))?;
+    let ek = EkPublic::from_tpmt_public(&public).map_err(|e| wire(WHAT, e))?;
+    if ek.kind() != kind {
+        return Err(wire(
+            WHAT,
+            WireError::Unexpected("the EK has another type than its template"),
+        ));
+    }
     Ok(CreatedEk {
         public: ek,
         public_area: public,
@@ -246,16 +217,19 @@ pub fn startup_if_needed(engine: &mut dyn Coprocessor) -> Result<bool, IdentityE
     }
 }
 
-/// Executes one raw command; the response (a TPM error is an `Ok` response).
-pub fn run(engine: &mut dyn Coprocessor, mut cmd: Vec<u8>) -> Result<Vec<u8>, IdentityError> {
-    Ok(engine.execute(&mut cmd)?.to_vec())
-}
-
-fn base_code(code: u32) -> u32 {
-    if code & RC_FMT1 != 0 {
-        code & 0xBF
-    } else {
-        code
+/// Executes one raw command and returns the response (a TPM error is an `Ok` response).
+/// While the TPM answers TPM_RC_RETRY, the command is sent again, up to a few times.
+pub fn run(engine: &mut dyn Coprocessor, cmd: Vec<u8>) -> Result<Vec<u8>, IdentityError> {
+    let mut attempt = 0;
+    loop {
+        // The engine may modify the command in place (libtpms decrypts parameters there):
+        // every attempt gets the original.
+        let mut sent = cmd.clone();
+        let resp = engine.execute(&mut sent)?.to_vec();
+        attempt += 1;
+        if attempt > RETRIES || tpm_proto::response_code(&resp) != Ok(rc::RETRY) {
+            return Ok(resp);
+        }
     }
 }
 
@@ -282,7 +256,10 @@ fn platform_success<'a>(
 ) -> Result<ResponseReader<'a>, IdentityError> {
     ResponseReader::success(resp).map_err(|e| match e {
         WireError::Tpm(code)
-            if matches!(base_code(code), RC_HIERARCHY | RC_AUTH_FAIL | RC_BAD_AUTH) =>
+            if matches!(
+                rc::base(code),
+                fmt1::HIERARCHY | fmt1::AUTH_FAIL | fmt1::BAD_AUTH
+            ) =>
         {
             IdentityError::PlatformUnavailable { command, code }
         }
@@ -290,30 +267,20 @@ fn platform_success<'a>(
     })
 }
 
-pub(super) fn tpm_info(engine: &mut dyn Coprocessor) -> Result<TpmInfo, IdentityError> {
+/// What the running TPM says about itself (TPM2_GetCapability of its fixed properties), as
+/// the vEK certificates record it.
+pub fn tpm_info(engine: &mut dyn Coprocessor) -> Result<TpmInfo, IdentityError> {
     const WHAT: &str = "GetCapability";
-    let cmd = CommandBuilder::no_sessions(cc::GET_CAPABILITY)
-        .u32(TPM_CAP_TPM_PROPERTIES)
-        .u32(TPM_PT_FAMILY_INDICATOR)
-        .u32(TPM_PT_FIRMWARE_VERSION_1 - TPM_PT_FAMILY_INDICATOR + 1)
-        .finish();
+    let cmd = c::get_capability(
+        c::TPM_CAP_TPM_PROPERTIES,
+        pt::FAMILY_INDICATOR,
+        pt::FIRMWARE_VERSION_1 - pt::FAMILY_INDICATOR + 1,
+    );
     let resp = run(engine, cmd)?;
-    let mut r = success(WHAT, &resp)?;
-    let mut props = std::collections::BTreeMap::new();
-    (|| -> Result<(), WireError> {
-        let _more = r.u8()?;
-        if r.u32()? != TPM_CAP_TPM_PROPERTIES {
-            return Err(WireError::Unexpected(
-                "GetCapability answered another capability",
-            ));
-        }
-        for _ in 0..r.u32()? {
-            let property = r.u32()?;
-            props.insert(property, r.u32()?);
-        }
-        Ok(())
-    })()
-    .map_err(|e| wire(WHAT, e))?;
+    let props: std::collections::BTreeMap<u32, u32> = c::parse_tpm_properties(&resp)
+        .map_err(|e| wire(WHAT, e))?
+        .into_iter()
+        .collect();
     let get = |p: u32| {
         props.get(&p).copied().ok_or_else(|| {
             IdentityError::Refused(format!("the TPM does not report property {p:#x}"))
@@ -328,107 +295,47 @@ pub(super) fn tpm_info(engine: &mut dyn Coprocessor) -> Result<TpmInfo, Identity
         String::from_utf8_lossy(&bytes).trim().to_owned()
     };
     let vendor = (0..4)
-        .map(|i| {
-            props
-                .get(&(TPM_PT_VENDOR_STRING_1 + i))
-                .copied()
-                .unwrap_or(0)
-        })
+        .map(|i| props.get(&(pt::VENDOR_STRING_1 + i)).copied().unwrap_or(0))
         .collect::<Vec<_>>();
     Ok(TpmInfo {
-        manufacturer: get(TPM_PT_MANUFACTURER)?,
+        manufacturer: get(pt::MANUFACTURER)?,
         model: text(&vendor),
-        firmware_version: get(TPM_PT_FIRMWARE_VERSION_1)?,
-        family: text(&[get(TPM_PT_FAMILY_INDICATOR)?]),
-        level: get(TPM_PT_LEVEL)?,
-        revision: get(TPM_PT_REVISION)?,
+        firmware_version: get(pt::FIRMWARE_VERSION_1)?,
+        family: text(&[get(pt::FAMILY_INDICATOR)?]),
+        level: get(pt::LEVEL)?,
+        revision: get(pt::REVISION)?,
     })
 }
 
-fn parse_ek_public(kind: EkKind, public: &[u8]) -> Result<EkPublic, WireError> {
-    let mut p = ResponseReader::new(public);
-    let alg = p.u16()?;
-    if alg != kind.alg() {
-        return Err(WireError::Unexpected(
-            "the EK has another type than its template",
-        ));
-    }
-    let _name_alg = p.u16()?;
-    let _attributes = p.u32()?;
-    let _policy = p.tpm2b()?;
-    if p.u16()? != TPM_ALG_NULL {
-        let _key_bits = p.u16()?;
-        let _mode = p.u16()?;
-    }
-    if p.u16()? != TPM_ALG_NULL {
-        let _scheme_hash = p.u16()?;
-    }
-    match alg {
-        TPM_ALG_RSA => {
-            let _key_bits = p.u16()?;
-            let exponent = match p.u32()? {
-                0 => 65537,
-                e => e,
-            };
-            let modulus = p.tpm2b()?.to_vec();
-            Ok(EkPublic::Rsa { modulus, exponent })
-        }
-        TPM_ALG_ECC => {
-            let _curve = p.u16()?;
-            if p.u16()? != TPM_ALG_NULL {
-                let _kdf_hash = p.u16()?;
-            }
-            let x = p.tpm2b()?.to_vec();
-            let y = p.tpm2b()?.to_vec();
-            Ok(EkPublic::Ecc { x, y })
-        }
-        _ => Err(WireError::Unexpected("unknown EK type")),
-    }
-}
-
-/// NV_ReadPublic: the index's attributes and data size, `None` if it is not defined.
+/// NV_ReadPublic: the index's public area, `None` if it is not defined.
 fn nv_read_public(
     engine: &mut dyn Coprocessor,
     index: u32,
-) -> Result<Option<(u32, u16)>, IdentityError> {
+) -> Result<Option<NvPublic>, IdentityError> {
     const WHAT: &str = "NV_ReadPublic";
-    let cmd = CommandBuilder::no_sessions(CC_NV_READ_PUBLIC)
-        .u32(index)
-        .finish();
-    let resp = run(engine, cmd)?;
-    let code = tpm_proto::response_code(&resp).map_err(|e| wire(WHAT, e))?;
-    if code != rc::SUCCESS && base_code(code) == rc::HANDLE {
-        return Ok(None);
+    let resp = run(engine, c::nv_read_public(index))?;
+    let public = match c::parse_nv_read_public(&resp) {
+        Err(WireError::Tpm(code)) if rc::base(code) == rc::HANDLE => return Ok(None),
+        other => other.map_err(|e| wire(WHAT, e))?,
+    };
+    if public.index != index {
+        return Err(wire(
+            WHAT,
+            WireError::Unexpected("NV_ReadPublic answered for another index"),
+        ));
     }
-    let mut r = success(WHAT, &resp)?;
-    (|| -> Result<(u32, u16), WireError> {
-        let public = r.tpm2b()?;
-        let mut p = ResponseReader::new(public);
-        if p.u32()? != index {
-            return Err(WireError::Unexpected(
-                "NV_ReadPublic answered for another index",
-            ));
-        }
-        let _name_alg = p.u16()?;
-        let attributes = p.u32()?;
-        let _policy = p.tpm2b()?;
-        let size = p.u16()?;
-        Ok((attributes, size))
-    })()
-    .map(Some)
-    .map_err(|e| wire(WHAT, e))
+    Ok(Some(public))
 }
 
-/// Replaces NV index `index` with one holding `data`.
 /// Deletes NV index `index` if it exists (platform or owner authorisation, by who made it).
 fn remove_nv_if_defined(engine: &mut dyn Coprocessor, index: u32) -> Result<(), IdentityError> {
-    if let Some((attributes, _)) = nv_read_public(engine, index)? {
-        if attributes & TPMA_NV_POLICY_DELETE != 0 {
+    if let Some(NvPublic { attributes, .. }) = nv_read_public(engine, index)? {
+        if attributes & nv_attr::POLICY_DELETE != 0 {
             return Err(IdentityError::Refused(format!(
                 "NV index {index:#010x} can only be deleted through its policy"
             )));
         }
-        let auth = if attributes & TPMA_NV_PLATFORMCREATE != 0 {
+        let auth = if attributes & nv_attr::PLATFORMCREATE != 0 {
             TPM_RH_PLATFORM
         } else {
             TPM_RH_OWNER
@@ -439,6 +346,7 @@ fn remove_nv_if_defined(engine: &mut dyn Coprocessor, index: u32) -> Result<(), 
     Ok(())
 }
 
+/// Replaces NV index `index` with one holding `data`.
 fn store_nv(engine: &mut dyn Coprocessor, index: u32, data: &[u8]) -> Result<(), IdentityError> {
     let size = u16::try_from(data.len()).map_err(|_| {
         IdentityError::Refused(format!("{} bytes do not fit an NV index", data.len()))
@@ -447,13 +355,13 @@ fn store_nv(engine: &mut dyn Coprocessor, index: u32, data: &[u8]) -> Result<(),
     const DEFINE: &str = "NV_DefineSpace";
     let resp = run(
         engine,
-        c::nv_define_space_with_auth(TPM_RH_PLATFORM, index, size, EK_CERT_NV_ATTRIBUTES),
+        c::nv_define_space_with_auth(TPM_RH_PLATFORM, index, size, NV_EK_CERT_ATTRS),
     )?;
     platform_success(DEFINE, &resp)?;
-    for (i, chunk) in data.chunks(NV_CHUNK).enumerate() {
+    for (i, chunk) in data.chunks(MAX_NV_BUFFER).enumerate() {
         const WRITE: &str = "NV_Write";
         // `size` fits u16, so every offset does.
-        let offset = (i * NV_CHUNK) as u16;
+        let offset = (i * MAX_NV_BUFFER) as u16;
         let resp = run(
             engine,
             c::nv_write_with_auth(TPM_RH_PLATFORM, index, offset, chunk),
@@ -471,10 +379,15 @@ pub fn read_nv(
     auth: u32,
 ) -> Result<Option<Vec<u8>>, IdentityError> {
     const WHAT: &str = "NV_Read";
-    let Some((attributes, size)) = nv_read_public(engine, index)? else {
+    let Some(NvPublic {
+        attributes,
+        data_size: size,
+        ..
+    }) = nv_read_public(engine, index)?
+    else {
         return Ok(None);
     };
-    if attributes & TPMA_NV_WRITTEN == 0 {
+    if attributes & nv_attr::WRITTEN == 0 {
         return Err(IdentityError::Refused(format!(
             "NV index {index:#010x} is defined but was never written"
         )));
@@ -482,15 +395,8 @@ pub fn read_nv(
     let mut data = Vec::with_capacity(usize::from(size));
     while data.len() < usize::from(size) {
         let offset = data.len() as u16;
-        let n = (usize::from(size) - data.len()).min(NV_CHUNK) as u16;
-        let cmd = CommandBuilder::with_sessions(cc::NV_READ)
-            .u32(auth)
-            .u32(index)
-            .password_auth(&[])
-            .u16(n)
-            .u16(offset)
-            .finish();
-        let resp = run(engine, cmd)?;
+        let n = (usize::from(size) - data.len()).min(MAX_NV_BUFFER) as u16;
+        let resp = run(engine, c::nv_read_with_auth(auth, index, n, offset))?;
         let chunk = c::parse_nv_read(&resp).map_err(|e| wire(WHAT, e))?;
         if chunk.is_empty() || chunk.len() > usize::from(n) {
             return Err(IdentityError::Wire {

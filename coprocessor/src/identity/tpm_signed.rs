@@ -5,9 +5,9 @@
 //! certificate signed by a throwaway P-256 key, and since the signature algorithm
 //! (ecdsa-with-SHA256) is part of the TBS and the same for the real signer, that
 //! certificate's TBS is exactly the one the real signer must sign. The signer receives the
-//! TBS (the host TPM hashes it itself, with `TPM2_Hash`, for the ticket a restricted key needs)
-//! and returns `(r, s)`; the certificate is then assembled around it in DER and verified
-//! against the issuer's public key before it is returned.
+//! TBS (the host TPM hashes it itself, with a hash sequence, for the ticket a restricted key
+//! needs) and returns `(r, s)`; the certificate is then assembled around it in DER and
+//! verified against the issuer's public key before it is returned.
 
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
@@ -16,7 +16,9 @@ use openssl::pkey::{HasPublic, Id, PKey, PKeyRef};
 use openssl::x509::extension::{BasicConstraints, KeyUsage};
 use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509};
 
-use super::{der, IdentityError, Validity};
+use tpm_proto::der;
+
+use super::{IdentityError, Validity};
 
 /// ecdsa-with-SHA256 (RFC 5758 §3.2; parameters absent).
 const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";

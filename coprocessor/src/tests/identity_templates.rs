@@ -2,10 +2,7 @@ use super::*;
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    tpm_proto::hex::decode(&s).unwrap()
 }
 
 /// The profile's tables, field by field, written out independently of the builder.

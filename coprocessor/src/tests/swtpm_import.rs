@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 
 use super::*;
+use crate::swtpm::ctrl::CMD_STORE_VOLATILE;
 
 const KEY_256: &str = "00112233445566778899aabbccddeeff0123456789abcdef0f1e2d3c4b5a6978";
 const OTHER_KEY_256: &str = "ffeeddccbbaa99887766554433221100fedcba98765432100f1e2d3c4b5a6978";
@@ -15,7 +16,6 @@ const KEY_128: &str = "00112233445566778899aabbccddeeff";
 const PASSPHRASE: &[u8] = b"correct horse battery staple\n";
 const WRONG_PASSPHRASE: &[u8] = b"incorrect horse battery staple\n";
 
-const CMD_STORE_VOLATILE: u32 = 0x0a;
 /// TPM2_Startup(TPM_SU_CLEAR).
 const STARTUP_CLEAR: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x44, 0, 0];
 /// TPM2_ReadPublic of the RSA EK that swtpm_setup --createek makes persistent at 0x81010001.
@@ -79,7 +79,7 @@ impl Fixture {
 }
 
 fn unhex(hex: &str) -> Vec<u8> {
-    parse_hex_key(hex.as_bytes()).unwrap()
+    tpm_proto::hex::decode(hex).unwrap()
 }
 
 /// Runs swtpm_setup on `state`, with an EK, encrypted with `key` (a hex key file, or a

@@ -1,8 +1,30 @@
 //! Just enough DER (ITU-T X.690) to assemble the parts of certificates OpenSSL's API does not
 //! build for us, and to cut a certificate apart: definite lengths only (short and long form),
-//! single-byte tags.
+//! single-byte tags. The coprocessor assembles its certificates with it; the host TPM's
+//! crate finds where a certificate ends in an NV index larger than it.
 
-use super::IdentityError;
+/// Why DER could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DerError {
+    #[error("invalid object identifier {0:?}")]
+    InvalidOid(String),
+    #[error("DER truncated")]
+    Truncated,
+    #[error("multi-byte DER tags are not supported")]
+    MultiByteTag,
+    #[error("unsupported DER length form {0:#x}")]
+    LengthForm(u8),
+    #[error("DER element overruns its buffer")]
+    Overrun,
+    #[error("{what}: expected DER tag {expected:#04x}, found {found:#04x}")]
+    UnexpectedTag {
+        what: &'static str,
+        expected: u8,
+        found: u8,
+    },
+    #[error("subjectPublicKey is not a whole number of bytes")]
+    PartialKeyBits,
+}
 
 pub const TAG_INTEGER: u8 = 0x02;
 pub const TAG_BIT_STRING: u8 = 0x03;
@@ -100,8 +122,8 @@ pub fn bit_string(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// An OBJECT IDENTIFIER from its dotted form (arcs up to 128 bits, so `2.25.<uuid>` works).
-pub fn oid(dotted: &str) -> Result<Vec<u8>, IdentityError> {
-    let bad = || IdentityError::Encoding(format!("invalid object identifier {dotted:?}"));
+pub fn oid(dotted: &str) -> Result<Vec<u8>, DerError> {
+    let bad = || DerError::InvalidOid(dotted.to_owned());
     let arcs = dotted
         .split('.')
         .map(|a| a.parse::<u128>().map_err(|_| bad()))
@@ -149,28 +171,23 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    #[cfg(test)]
+    /// Whether every element has been read.
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
-    fn byte(&mut self) -> Result<u8, IdentityError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| IdentityError::Encoding("DER truncated".into()))?;
+    fn byte(&mut self) -> Result<u8, DerError> {
+        let b = *self.buf.get(self.pos).ok_or(DerError::Truncated)?;
         self.pos += 1;
         Ok(b)
     }
 
     /// Reads the next element.
-    pub fn element(&mut self) -> Result<Element<'a>, IdentityError> {
+    pub fn element(&mut self) -> Result<Element<'a>, DerError> {
         let start = self.pos;
         let tag = self.byte()?;
         if tag & 0x1f == 0x1f {
-            return Err(IdentityError::Encoding(
-                "multi-byte DER tags are not supported".into(),
-            ));
+            return Err(DerError::MultiByteTag);
         }
         let first = self.byte()?;
         let len = if first < 0x80 {
@@ -178,9 +195,7 @@ impl<'a> Reader<'a> {
         } else {
             let n = usize::from(first & 0x7f);
             if n == 0 || n > 4 {
-                return Err(IdentityError::Encoding(format!(
-                    "unsupported DER length form {first:#x}"
-                )));
+                return Err(DerError::LengthForm(first));
             }
             let mut len = 0usize;
             for _ in 0..n {
@@ -192,7 +207,7 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(len)
             .filter(|end| *end <= self.buf.len())
-            .ok_or_else(|| IdentityError::Encoding("DER element overruns its buffer".into()))?;
+            .ok_or(DerError::Overrun)?;
         let content = &self.buf[self.pos..end];
         self.pos = end;
         Ok(Element {
@@ -203,20 +218,21 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next element and checks its tag.
-    pub fn expect_tag(&mut self, tag: u8, what: &str) -> Result<Element<'a>, IdentityError> {
+    pub fn expect_tag(&mut self, tag: u8, what: &'static str) -> Result<Element<'a>, DerError> {
         let e = self.element()?;
         if e.tag != tag {
-            return Err(IdentityError::Encoding(format!(
-                "{what}: expected DER tag {tag:#04x}, found {:#04x}",
-                e.tag
-            )));
+            return Err(DerError::UnexpectedTag {
+                what,
+                expected: tag,
+                found: e.tag,
+            });
         }
         Ok(e)
     }
 }
 
 /// The DER `tbsCertificate` inside a DER `Certificate`.
-pub fn tbs_certificate(cert_der: &[u8]) -> Result<&[u8], IdentityError> {
+pub fn tbs_certificate(cert_der: &[u8]) -> Result<&[u8], DerError> {
     let cert = Reader::new(cert_der).expect_tag(TAG_SEQUENCE, "Certificate")?;
     let tbs = Reader::new(cert.content).expect_tag(TAG_SEQUENCE, "tbsCertificate")?;
     Ok(tbs.encoded)
@@ -224,19 +240,113 @@ pub fn tbs_certificate(cert_der: &[u8]) -> Result<&[u8], IdentityError> {
 
 /// The key bits (BIT STRING contents without the unused-bits octet) of a DER
 /// SubjectPublicKeyInfo: what RFC 5280 §4.2.1.2 method 1 hashes into a key identifier.
-pub fn spki_key_bits(spki_der: &[u8]) -> Result<&[u8], IdentityError> {
+pub fn spki_key_bits(spki_der: &[u8]) -> Result<&[u8], DerError> {
     let spki = Reader::new(spki_der).expect_tag(TAG_SEQUENCE, "SubjectPublicKeyInfo")?;
     let mut r = Reader::new(spki.content);
     r.expect_tag(TAG_SEQUENCE, "AlgorithmIdentifier")?;
     let bits = r.expect_tag(TAG_BIT_STRING, "subjectPublicKey")?;
     match bits.content.split_first() {
         Some((0, key)) => Ok(key),
-        _ => Err(IdentityError::Encoding(
-            "subjectPublicKey is not a whole number of bytes".into(),
-        )),
+        _ => Err(DerError::PartialKeyBits),
     }
 }
 
 #[cfg(test)]
-#[path = "../tests/identity_der.rs"]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_use_the_long_form_from_128() {
+        assert_eq!(length(0), [0x00]);
+        assert_eq!(length(127), [0x7f]);
+        assert_eq!(length(128), [0x81, 0x80]);
+        assert_eq!(length(255), [0x81, 0xff]);
+        assert_eq!(length(256), [0x82, 0x01, 0x00]);
+        assert_eq!(length(1016), [0x82, 0x03, 0xf8]);
+        assert_eq!(length(0x01_0000), [0x83, 0x01, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn integers_are_minimal_and_positive() {
+        assert_eq!(unsigned_integer(&[]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[0, 0, 0]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[0x7f]), [0x02, 0x01, 0x7f]);
+        assert_eq!(unsigned_integer(&[0x80]), [0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(
+            unsigned_integer(&[0, 0, 0x01, 0x00]),
+            [0x02, 0x02, 0x01, 0x00]
+        );
+        assert_eq!(integer_u64(164), [0x02, 0x02, 0x00, 0xa4]);
+    }
+
+    #[test]
+    fn oids_encode_like_the_standard_examples() {
+        // ecdsa-with-SHA256
+        assert_eq!(
+            oid("1.2.840.10045.4.3.2").unwrap(),
+            [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]
+        );
+        // tcg-at-tpmManufacturer
+        assert_eq!(
+            oid("2.23.133.2.1").unwrap(),
+            [0x06, 0x05, 0x67, 0x81, 0x05, 0x02, 0x01]
+        );
+        // X.667's example UUID OID (bytes from `openssl asn1parse -genstr OID:...`)
+        assert_eq!(
+            oid("2.25.329800735698586629295641978511506172918").unwrap(),
+            [
+                0x06, 0x14, 0x69, 0x83, 0xf0, 0x9d, 0xa7, 0xeb, 0xcf, 0xde, 0xe0, 0xc7, 0xa1, 0xa7,
+                0xb2, 0xc0, 0x94, 0x8c, 0xc8, 0xf9, 0xd7, 0x76
+            ]
+        );
+        assert!(oid("3.1").is_err());
+        assert!(oid("1.40").is_err());
+        assert!(oid("1").is_err());
+        assert!(oid("1.2.x").is_err());
+    }
+
+    #[test]
+    fn reader_round_trips_long_elements() {
+        let big = vec![0xab; 300];
+        let enc = sequence(&[&octet_string(&big), &utf8_string("x")]);
+        assert_eq!(&enc[..4], &[0x30, 0x82, 0x01, 0x33]);
+        let outer = Reader::new(&enc).expect_tag(TAG_SEQUENCE, "outer").unwrap();
+        assert_eq!(outer.encoded, &enc[..]);
+        let mut r = Reader::new(outer.content);
+        assert_eq!(
+            r.expect_tag(TAG_OCTET_STRING, "a").unwrap().content,
+            &big[..]
+        );
+        assert_eq!(r.expect_tag(TAG_UTF8_STRING, "b").unwrap().content, b"x");
+        assert!(r.is_empty());
+        assert!(Reader::new(&enc[..enc.len() - 1]).element().is_err());
+    }
+
+    #[test]
+    fn element_length_covers_header_and_contents() {
+        // What a certificate read from a larger NV index is cut to.
+        let mut r = Reader::new(&[0x30, 0x03, 1, 2, 3, 0xff]);
+        assert_eq!(r.element().unwrap().encoded, &[0x30, 0x03, 1, 2, 3]);
+        assert!(!r.is_empty());
+        let mut long = vec![0x30, 0x82, 0x01, 0x00];
+        long.extend_from_slice(&[7; 256]);
+        long.push(0xff);
+        assert_eq!(Reader::new(&long).element().unwrap().encoded.len(), 260);
+        for bad in [
+            &[0x30, 0x82, 0x01, 0x00][..],
+            &[0x30, 0x80],
+            &[0x30],
+            &[0x30, 0x82, 0x01],
+            &[0x1f, 0x01, 0x00],
+        ] {
+            assert!(Reader::new(bad).element().is_err(), "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn set_of_is_sorted() {
+        let a = integer_u64(2);
+        let b = integer_u64(1);
+        assert_eq!(set_of(&[&a, &b]), [0x31, 0x06, 2, 1, 1, 2, 1, 2]);
+    }
+}
