@@ -44,6 +44,8 @@ pub mod codes {
     pub const UNKNOWN_SESSION: &str = "unknown_session";
     pub const SESSION_EXPIRED: &str = "session_expired";
     pub const ACTIVATION_FAILED: &str = "activation_failed";
+    /// The subject is bound to another endorsement key (`vtpm-ca release` frees it).
+    pub const SUBJECT_TAKEN: &str = "subject_taken";
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";
     pub const BAD_NAME: &str = "bad_name";
@@ -61,7 +63,8 @@ pub struct EnrollStartRequest {
     pub kind: Kind,
     /// Host id or vTPM instance id: the CN of the AIK certificate and the last segment of
     /// its name in the certificate store (`aik/<kind>/<subject>`). 1 to 64 characters of
-    /// `[A-Za-z0-9._:@-]`, not starting with a dot.
+    /// `[A-Za-z0-9._:@-]`, not starting with a dot. Bound on its first enrollment to the
+    /// EK's (vEK's) public key: another key gets `subject_taken`.
     pub subject: String,
     /// The EK certificate first, then intermediates (PEM each). For a vTPM: vEK,
     /// coprocessor, host AIK.

@@ -1,12 +1,13 @@
-//! The CA as one object: a [`Store`], the enrollment sessions and a write lock.
+//! The CA as one object: a [`Store`] and the enrollment sessions.
 //!
-//! This module owns serialising the operations that read-modify-write the store
-//! (revocations, registrations, named certificates, issuing) within one process, and the
-//! authentication of bearer tokens against the ACL. The server calls only this; tests and
+//! This module owns the authentication of bearer tokens against the ACL and the dispatch of
+//! each API operation. The operations that read-modify-write the store (revocations,
+//! registrations, named certificates, issuing) are serialised by the store's own lock
+//! ([`Store::lock`], an `flock` on the store directory), which covers the server's threads
+//! and `vtpm-ca` commands run at the same time alike. The server calls only this; tests and
 //! tools may use it directly instead of HTTPS.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use openssl::x509::X509;
 
@@ -24,7 +25,6 @@ use crate::store::{Store, StoreError};
 pub struct Ca {
     store: Store,
     sessions: Sessions,
-    lock: Mutex<()>,
 }
 
 impl Ca {
@@ -37,16 +37,11 @@ impl Ca {
         Ca {
             store,
             sessions: Sessions::default(),
-            lock: Mutex::new(()),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The principal holding `token` (`None` without a token or with an unknown one).
@@ -73,7 +68,6 @@ impl Ca {
         &self,
         req: &EnrollFinishRequest,
     ) -> Result<EnrollFinishResponse, EnrollError> {
-        let _g = self.lock();
         enroll::finish(&self.store, &self.sessions, req)
     }
 
@@ -84,7 +78,6 @@ impl Ca {
         token: Option<&str>,
     ) -> Result<PutCertResponse, CertStoreError> {
         let p = self.principal(token)?;
-        let _g = self.lock();
         let s = certstore::put(&self.store, name, pem, p.as_ref())?;
         Ok(PutCertResponse {
             name: s.name,
@@ -106,7 +99,6 @@ impl Ca {
     ) -> Result<Revoked, RevocationError> {
         let p = self.principal(token)?;
         certstore::authorize_admin(p.as_ref(), "revocations")?;
-        let _g = self.lock();
         let who = p.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
         let r = match (&req.serial, &req.certificate) {
             (Some(s), None) => revocation::revoke_serial(&self.store, s, req.reason.as_deref())?,
@@ -148,7 +140,6 @@ impl Ca {
             })?;
             chain.extend(certs);
         }
-        let _g = self.lock();
         let r = revocation::register_coprocessor(&self.store, &chain, p.as_ref())?;
         Ok(CoprocessorResponse {
             fingerprint: r.fingerprint,

@@ -3,8 +3,10 @@
 //! This module owns who may read and write which certificate. Principals authenticate with
 //! a bearer token; the ACL (`acl.json`, mode 0600) keeps only the token's SHA-256. A
 //! principal may read every certificate if `read` is set, and may store or replace a
-//! certificate whose name starts with one of its `write` prefixes (`""` = any name). Every
-//! refusal is logged with the principal and the name, and leaves the store unchanged.
+//! certificate whose name is under one of its `write` prefixes, matched on whole segments
+//! ([`prefix_covers`]: `vek/rsa/vm-1` covers `vek/rsa/vm-1` and `vek/rsa/vm-1/...`, not
+//! `vek/rsa/vm-10`; `vek/` covers everything below `vek`; `""` every name). Every refusal is
+//! logged with the principal and the name, and leaves the store unchanged.
 //!
 //! Names are `/`-separated paths of `[A-Za-z0-9._:@-]` segments (`aik/host/host-1`,
 //! `coprocessor/<sha256>`, `vek/rsa/vm-1`); each maps to `certs/<name>.pem` in the store.
@@ -44,6 +46,10 @@ pub enum CertStoreError {
     PrincipalExists(String),
     #[error("invalid principal name {0:?}")]
     BadPrincipal(String),
+    #[error(
+        "invalid write prefix {0:?}: use \"\" (every name) or a certificate name, optionally ending in /"
+    )]
+    BadPrefix(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("OpenSSL: {0}")]
@@ -58,7 +64,8 @@ pub struct Principal {
     pub token_sha256: String,
     /// May read every named certificate.
     pub read: bool,
-    /// May store certificates whose names start with one of these (`""` = every name).
+    /// May store certificates under one of these prefixes ([`prefix_covers`]; `""` = every
+    /// name).
     pub write: Vec<String>,
     /// May revoke certificates and manage the CA.
     #[serde(default)]
@@ -78,7 +85,7 @@ impl Principal {
 
     /// Whether this principal may write `name`.
     pub fn may_write(&self, name: &str) -> bool {
-        self.write.iter().any(|p| name.starts_with(p.as_str()))
+        self.write.iter().any(|p| prefix_covers(p, name))
     }
 }
 
@@ -93,6 +100,7 @@ impl Acl {
         Ok(store.read_json_opt(ACL)?.unwrap_or_default())
     }
 
+    /// Writes the ACL. To change it, hold [`Store::lock`] from the load to the save.
     pub fn save(&self, store: &Store) -> Result<(), StoreError> {
         store.write_json(ACL, self, PRIVATE_FILE)
     }
@@ -121,6 +129,10 @@ impl Acl {
         {
             return Err(CertStoreError::BadPrincipal(name.to_string()));
         }
+        for p in &write {
+            validate_prefix(p)?;
+        }
+        let _lock = store.lock()?;
         let mut acl = Acl::load(store)?;
         if acl.principals.iter().any(|p| p.name == name) {
             return Err(CertStoreError::PrincipalExists(name.to_string()));
@@ -162,6 +174,26 @@ pub fn validate_name(name: &str) -> Result<(), CertStoreError> {
         }
     }
     Ok(())
+}
+
+/// Checks a write prefix: `""` (every name), a certificate name, or a certificate name
+/// followed by `/`.
+pub fn validate_prefix(prefix: &str) -> Result<(), CertStoreError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    validate_name(prefix.strip_suffix('/').unwrap_or(prefix))
+        .map_err(|_| CertStoreError::BadPrefix(prefix.to_string()))
+}
+
+/// Whether the write prefix `prefix` covers the certificate name `name`, on segment
+/// boundaries: `""` covers every name; `a/b` covers `a/b` and `a/b/...` but not `a/bc`;
+/// `a/` covers `a/...`.
+pub fn prefix_covers(prefix: &str, name: &str) -> bool {
+    prefix.is_empty()
+        || name
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
 }
 
 /// Parses the PEM of one or more certificates (a leaf and its chain).
@@ -265,6 +297,7 @@ pub fn put_unchecked(store: &Store, name: &str, certs: &[X509]) -> Result<Stored
         pem.extend_from_slice(&c.to_pem()?);
     }
     let path = store.named_path(name);
+    let _lock = store.lock()?;
     let replaced = path.exists();
     if let Some(parent) = path.parent() {
         store.mkdir(parent)?;
@@ -324,6 +357,73 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
         assert!(validate_name(&"a".repeat(MAX_NAME + 1)).is_err());
+    }
+
+    #[test]
+    fn write_prefixes_match_on_segment_boundaries() {
+        for (prefix, name) in [
+            ("", "anything/at/all"),
+            ("vek/rsa/vm-1", "vek/rsa/vm-1"),
+            ("vek/rsa/vm-1", "vek/rsa/vm-1/chain"),
+            ("vek/", "vek/rsa/vm-10"),
+            ("vek", "vek/rsa/vm-10"),
+            ("coprocessor/", "coprocessor/ab12"),
+        ] {
+            assert!(prefix_covers(prefix, name), "{prefix:?} {name:?}");
+        }
+        for (prefix, name) in [
+            ("vek/rsa/vm-1", "vek/rsa/vm-10"),
+            ("vek/rsa/vm-1", "vek/rsa/vm-1.old"),
+            ("vek/rsa/vm-1", "vek/rsa/vm"),
+            ("vek/", "vek"),
+            ("vek", "vekx/a"),
+            ("aik/host/h1", "aik/host/h1x"),
+        ] {
+            assert!(!prefix_covers(prefix, name), "{prefix:?} {name:?}");
+        }
+        let p = Principal::new("p", "t", false, vec!["vek/rsa/vm-1".into()], false);
+        assert!(p.may_write("vek/rsa/vm-1"));
+        assert!(!p.may_write("vek/rsa/vm-10"));
+        assert!(matches!(
+            authorize_write(Some(&p), "vek/rsa/vm-10"),
+            Err(CertStoreError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn write_prefixes_are_validated_when_added() {
+        for ok in ["", "vek/", "vek", "vek/rsa/vm-1", "coprocessor/"] {
+            validate_prefix(ok).unwrap();
+        }
+        for bad in [
+            "/",
+            "//",
+            "vek//",
+            "../x",
+            "vek/../aik",
+            "/vek",
+            "a b",
+            "vek/.x/",
+        ] {
+            assert!(
+                matches!(validate_prefix(bad), Err(CertStoreError::BadPrefix(_))),
+                "{bad:?}"
+            );
+        }
+        let (_tmp, store, _) = new_store(Config::default());
+        let before = Acl::load(&store).unwrap();
+        assert!(matches!(
+            Acl::add(
+                &store,
+                "w",
+                false,
+                vec!["vek/".into(), "../x".into()],
+                false
+            ),
+            Err(CertStoreError::BadPrefix(_))
+        ));
+        assert_eq!(Acl::load(&store).unwrap(), before);
+        Acl::add(&store, "w", false, vec!["vek/rsa/vm-1".into()], false).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! vtpm-ca [--store DIR] revoke (--serial HEX | --cert PEM) [--reason TEXT]
 //! vtpm-ca [--store DIR] crl [--out FILE]
 //! vtpm-ca [--store DIR] add-ek-root PEM
+//! vtpm-ca [--store DIR] release --kind host|vtpm --subject S
 //! vtpm-ca [--store DIR] list
 //! ```
 
@@ -22,6 +23,7 @@ use openssl::x509::X509;
 
 use crate::ca::Ca;
 use crate::certstore::{Acl, CertStoreError};
+use crate::issue::Kind;
 use crate::revocation::{self, RevocationError, Revocations};
 use crate::store::{self, Config, InitOptions, Store, StoreError};
 use crate::util::{asn1_to_unix, fingerprint};
@@ -107,7 +109,17 @@ pub enum CommandArgs {
         #[arg(value_name = "PEM")]
         pem: PathBuf,
     },
-    /// List issued, registered and named certificates and the EK roots.
+    /// Release an enrolled subject from the endorsement key it is bound to, so that another
+    /// TPM may enroll it (the certificates issued for it stay valid: revoke them apart).
+    Release {
+        /// host or vtpm.
+        #[arg(long, value_name = "KIND")]
+        kind: Kind,
+        /// The subject (host id or vTPM instance id).
+        #[arg(long, value_name = "S")]
+        subject: String,
+    },
+    /// List issued, registered and named certificates, subject bindings and the EK roots.
     List,
 }
 
@@ -171,6 +183,11 @@ pub enum Command {
     AddEkRoot {
         store: PathBuf,
         pem: PathBuf,
+    },
+    Release {
+        store: PathBuf,
+        kind: Kind,
+        subject: String,
     },
     List {
         store: PathBuf,
@@ -312,6 +329,15 @@ impl TryFrom<Args> for Command {
             }
             CommandArgs::Crl { out } => Command::Crl { store, out },
             CommandArgs::AddEkRoot { pem } => Command::AddEkRoot { store, pem },
+            CommandArgs::Release { kind, subject } => {
+                crate::enroll::validate_subject(&subject)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                Command::Release {
+                    store,
+                    kind,
+                    subject,
+                }
+            }
             CommandArgs::List => Command::List { store },
         })
     }
@@ -438,6 +464,34 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Release {
+            store,
+            kind,
+            subject,
+        } => {
+            let s = Store::open(&store)?;
+            match s.release_subject(kind, &subject)? {
+                Some(b) => {
+                    log::info!(
+                        "released aik/{kind}/{subject} from endorsement key {}",
+                        b.ek_public_key_sha256
+                    );
+                    write_out(
+                        out,
+                        format_args!(
+                            "released aik/{kind}/{subject} (was bound to endorsement key {})\n",
+                            b.ek_public_key_sha256
+                        ),
+                    )
+                }
+                None => write_out(
+                    out,
+                    format_args!(
+                        "aik/{kind}/{subject} is not bound to an endorsement key: nothing to release\n"
+                    ),
+                ),
+            }
+        }
         Command::List { store } => list(&Store::open(&store)?, out),
     }
 }
@@ -480,6 +534,16 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
     write_out(out, format_args!("named:\n"))?;
     for n in s.named_all()? {
         write_out(out, format_args!("  {n}\n"))?;
+    }
+    write_out(out, format_args!("subjects:\n"))?;
+    for (kind, subject, b) in s.subject_bindings()? {
+        write_out(
+            out,
+            format_args!(
+                "  aik/{kind}/{subject}\tek_key={}\tsince={}\n",
+                b.ek_public_key_sha256, b.since
+            ),
+        )?;
     }
     write_out(out, format_args!("ek roots:\n"))?;
     for c in s.ek_roots()? {
@@ -569,6 +633,63 @@ mod tests {
             parse(&["init", "--ek-root", "/nonexistent.pem"]),
             Err(CliError::Io { .. })
         ));
+        match parse(&["release", "--kind", "vtpm", "--subject", "vm-1"]).unwrap() {
+            Command::Release { kind, subject, .. } => {
+                assert_eq!((kind, subject.as_str()), (Kind::Vtpm, "vm-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["release", "--kind", "host", "--subject", "../x"]),
+            Err(CliError::Usage(_))
+        ));
+        let mut v = vec!["vtpm-ca", "release", "--kind", "guest", "--subject", "x"];
+        assert!(Args::try_parse_from(&v).is_err());
+        v.truncate(4);
+        assert!(Args::try_parse_from(&v).is_err());
+    }
+
+    #[test]
+    fn release_frees_a_bound_subject_and_list_shows_bindings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let d = dir.to_str().unwrap();
+        run(parse(&["--store", d, "init"]).unwrap(), &mut Vec::new()).unwrap();
+        let s = Store::open(&dir).unwrap();
+        let key = "ab".repeat(32);
+        s.bind_subject(Kind::Host, "host-1", &key, &"cd".repeat(32))
+            .unwrap();
+        let mut out = Vec::new();
+        run(parse(&["--store", d, "list"]).unwrap(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!("aik/host/host-1\tek_key={key}")),
+            "{text}"
+        );
+        // Releasing the vTPM subject of that name changes nothing: kinds are apart.
+        let release = |kind: &str| {
+            let mut out = Vec::new();
+            run(
+                parse(&[
+                    "--store",
+                    d,
+                    "release",
+                    "--kind",
+                    kind,
+                    "--subject",
+                    "host-1",
+                ])
+                .unwrap(),
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(release("vtpm").contains("not bound"));
+        assert!(s.subject_binding(Kind::Host, "host-1").unwrap().is_some());
+        assert!(release("host").starts_with("released aik/host/host-1"));
+        assert!(s.subject_binding(Kind::Host, "host-1").unwrap().is_none());
+        assert!(release("host").contains("not bound"));
     }
 
     #[test]

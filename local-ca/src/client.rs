@@ -95,14 +95,6 @@ impl Client {
         })
     }
 
-    /// The same client with another bearer token.
-    pub fn with_token(&self, token: Option<String>) -> Client {
-        Client {
-            token,
-            ..self.clone()
-        }
-    }
-
     pub fn base_url(&self) -> &str {
         &self.base
     }

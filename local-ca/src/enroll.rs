@@ -9,6 +9,13 @@
 //! the one the CA chose, which proves the AIK is in the TPM holding the EK. The CA then
 //! issues the AIK certificate, records it by serial and stores it as `aik/<kind>/<subject>`.
 //!
+//! Enrollment needs no token and the caller names the subject, so a subject belongs to the
+//! endorsement key that enrolled it first: finish binds `aik/<kind>/<subject>` to the
+//! SHA-256 of the EK's (host) or vEK's (vTPM) SubjectPublicKeyInfo
+//! ([`Store::bind_subject`]), and start and finish refuse another key with
+//! [`EnrollError::SubjectTaken`]. The same key may enroll again (renewal, a re-issued EK or
+//! vEK certificate); `vtpm-ca release` frees a subject.
+//!
 //! This module owns those checks, the sessions (in memory, expiring) and the errors.
 
 use std::collections::HashMap;
@@ -20,7 +27,7 @@ use base64::Engine;
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::memcmp;
-use openssl::x509::X509;
+use openssl::x509::{X509Ref, X509};
 
 use crate::aik::{AikError, AikPublic};
 use crate::api::{
@@ -30,8 +37,8 @@ use crate::certstore::CertStoreError;
 use crate::credential::{self, CredentialError};
 use crate::issue::{self, IssueError, Kind};
 use crate::revocation::{self, RevocationError};
-use crate::store::{IndexEntry, Store, StoreError};
-use crate::util::{asn1_to_unix, fingerprint, hex, now_unix, random};
+use crate::store::{Bind, IndexEntry, Store, StoreError};
+use crate::util::{asn1_to_unix, fingerprint, hex, now_unix, public_key_fingerprint, random};
 
 /// Size of the secret the CA protects with the credential.
 pub const SECRET_SIZE: usize = 32;
@@ -69,6 +76,8 @@ pub enum EnrollError {
         subject: String,
         fingerprint: String,
     },
+    #[error("aik/{kind}/{subject} is enrolled with another endorsement key; an administrator can free it with `vtpm-ca release --kind {kind} --subject {subject}`")]
+    SubjectTaken { kind: Kind, subject: String },
     #[error("no enrollment session {0:?} (unknown, finished or expired)")]
     UnknownSession(String),
     #[error("enrollment session {0:?} expired")]
@@ -104,6 +113,25 @@ impl From<RevocationError> for EnrollError {
     }
 }
 
+/// The endorsement identity an enrollment proved: the EK (host) or vEK (vTPM) certificate
+/// whose key the credential was made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endorsement {
+    /// SHA-256 of the certificate's DER (what a host AIK certificate carries).
+    pub cert_sha256: Vec<u8>,
+    /// SHA-256 of its SubjectPublicKeyInfo, hex: what the subject is bound to.
+    pub key_sha256: String,
+}
+
+impl Endorsement {
+    pub fn of(cert: &X509Ref) -> Result<Endorsement, ErrorStack> {
+        Ok(Endorsement {
+            cert_sha256: cert.digest(MessageDigest::sha256())?.to_vec(),
+            key_sha256: public_key_fingerprint(cert)?,
+        })
+    }
+}
+
 /// A started enrollment.
 #[derive(Debug)]
 struct Session {
@@ -111,7 +139,7 @@ struct Session {
     subject: String,
     aik: AikPublic,
     secret: Vec<u8>,
-    ek_cert_sha256: Vec<u8>,
+    ek: Endorsement,
     expires: Instant,
 }
 
@@ -127,12 +155,9 @@ impl Sessions {
     }
 
     /// Number of open (possibly expired, not yet pruned) sessions.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -199,6 +224,9 @@ pub fn start(
         );
         return Err(EnrollError::AikNotRestrictedSigning(violations));
     }
+    // Checked before any credential is made; checked again (and bound) at finish.
+    let endorsement = Endorsement::of(ek)?;
+    check_subject_free(store, req.kind, &req.subject, &endorsement)?;
     let secret = random(SECRET_SIZE)?;
     let made = credential::make_credential(ek, aik.name(), &secret).map_err(|e| match e {
         CredentialError::Crypto(e) => EnrollError::Crypto(e),
@@ -228,7 +256,7 @@ pub fn start(
                 subject: req.subject.clone(),
                 aik,
                 secret,
-                ek_cert_sha256: ek.digest(MessageDigest::sha256())?.to_vec(),
+                ek: endorsement,
                 expires: now + Duration::from_secs(ttl),
             },
         );
@@ -245,6 +273,34 @@ pub fn start(
         aik_name,
         expires_at: now_unix() + ttl,
     })
+}
+
+/// Fails with [`EnrollError::SubjectTaken`] if `aik/<kind>/<subject>` is bound to an
+/// endorsement key other than `ek`'s.
+fn check_subject_free(
+    store: &Store,
+    kind: Kind,
+    subject: &str,
+    ek: &Endorsement,
+) -> Result<(), EnrollError> {
+    match store.subject_binding(kind, subject)? {
+        Some(b) if b.ek_public_key_sha256 != ek.key_sha256 => {
+            Err(subject_taken(kind, subject, &b.ek_public_key_sha256, ek))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn subject_taken(kind: Kind, subject: &str, bound: &str, ek: &Endorsement) -> EnrollError {
+    log::warn!(
+        "enroll {kind} {subject:?}: refused: the subject is bound to endorsement key {bound}, \
+         the request came with {}",
+        ek.key_sha256
+    );
+    EnrollError::SubjectTaken {
+        kind,
+        subject: subject.to_string(),
+    }
 }
 
 /// Host: the EK certificate must chain to a configured EK root (and not be revoked).
@@ -347,7 +403,7 @@ pub fn finish(
         session.kind,
         &session.subject,
         &session.aik,
-        &session.ek_cert_sha256,
+        &session.ek,
     )?;
     log::info!(
         "enroll {} {:?}: issued AIK certificate {} ({})",
@@ -359,15 +415,26 @@ pub fn finish(
     Ok(out)
 }
 
-/// Issues, records and stores an AIK certificate (after a successful activation).
+/// Issues, records and stores an AIK certificate (after a successful activation against
+/// `ek`), under the store lock: binds the subject to `ek`'s key first, and refuses with
+/// [`EnrollError::SubjectTaken`] (issuing nothing) if it is bound to another key.
 pub fn issue_aik(
     store: &Store,
     kind: Kind,
     subject: &str,
     aik: &AikPublic,
-    ek_cert_sha256: &[u8],
+    ek: &Endorsement,
 ) -> Result<EnrollFinishResponse, EnrollError> {
     validate_subject(subject)?;
+    let _lock = store.lock()?;
+    match store.bind_subject(kind, subject, &ek.key_sha256, &hex(&ek.cert_sha256))? {
+        Bind::Taken(b) => return Err(subject_taken(kind, subject, &b.ek_public_key_sha256, ek)),
+        Bind::New => log::info!(
+            "enroll {kind} {subject:?}: bound to endorsement key {}",
+            ek.key_sha256
+        ),
+        Bind::Same => {}
+    }
     let config = store.config()?;
     let ca_cert = store.ca_cert()?;
     let cert = issue::aik_cert(
@@ -376,7 +443,7 @@ pub fn issue_aik(
         kind,
         subject,
         aik.public_key(),
-        ek_cert_sha256,
+        &ek.cert_sha256,
         config.validity_secs,
     )?;
     let serial = store.record_issued(&cert)?;
@@ -488,17 +555,16 @@ mod tests {
         }
     }
 
-    /// Runs a full host enrollment with a software EK and returns the response.
-    fn enroll_host(store: &Store, sessions: &Sessions, host: &Host) -> EnrollFinishResponse {
-        let s = start(
-            store,
-            sessions,
-            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
-        )
-        .unwrap();
+    /// Activates the credential of `s` with `ek_key` (as the TPM would) and finishes.
+    fn activate_and_finish(
+        store: &Store,
+        sessions: &Sessions,
+        ek_key: &PKey<Private>,
+        s: EnrollStartResponse,
+    ) -> Result<EnrollFinishResponse, EnrollError> {
         let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
         let secret = credential::activate_credential(
-            &host.ek_key,
+            ek_key,
             aik.name(),
             &B64.decode(&s.credential_blob).unwrap(),
             &B64.decode(&s.encrypted_secret).unwrap(),
@@ -512,7 +578,137 @@ mod tests {
                 secret: B64.encode(secret),
             },
         )
-        .unwrap()
+    }
+
+    /// Runs a full host enrollment with a software EK and returns the response.
+    fn enroll_host(store: &Store, sessions: &Sessions, host: &Host) -> EnrollFinishResponse {
+        let s = start(
+            store,
+            sessions,
+            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
+        )
+        .unwrap();
+        activate_and_finish(store, sessions, &host.ek_key, s).unwrap()
+    }
+
+    /// Another EK certificate of the same maker (another TPM).
+    fn sibling(host: &Host, root_key: &PKey<Private>) -> Host {
+        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek = cert("ek 2", &ek_key, Some((&host.root, root_key)), None, None);
+        Host {
+            root: host.root.clone(),
+            ek_key,
+            ek,
+        }
+    }
+
+    fn named(store: &Store, name: &str) -> String {
+        crate::certstore::get_unchecked(store, name)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A second EK with a valid chain asking for an enrolled host's subject: refused at
+    /// start (no credential made) and, if it got a session while the subject was free, at
+    /// finish; the enrolled certificate stays. The first EK renews, also with a re-issued EK
+    /// certificate; after a release the subject is free again.
+    #[test]
+    fn a_host_subject_belongs_to_the_ek_that_enrolled_it() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        let root_key = generate_key().unwrap();
+        let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
+        let first_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let first = Host {
+            ek: cert("ek 1", &first_key, Some((&root, &root_key)), None, None),
+            ek_key: first_key,
+            root,
+        };
+        let second = sibling(&first, &root_key);
+        store.add_ek_root(&first.root).unwrap();
+
+        let out = enroll_host(&store, &sessions, &first);
+        let stored = named(&store, &out.name);
+        let binding = store
+            .subject_binding(Kind::Host, "subject-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            binding.ek_public_key_sha256,
+            public_key_fingerprint(&first.ek).unwrap()
+        );
+        assert_eq!(binding.ek_certificate, fingerprint(&first.ek).unwrap());
+
+        let taken = start_req(Kind::Host, vec![pem(&second.ek)], &ak_pub());
+        match start(&store, &sessions, &taken) {
+            Err(EnrollError::SubjectTaken { kind, subject }) => {
+                assert_eq!((kind, subject.as_str()), (Kind::Host, "subject-1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sessions.len(), 0, "no credential was made");
+        assert_eq!(named(&store, &out.name), stored);
+        // The vTPM subject of the same name is another subject (not bound).
+        assert!(store
+            .subject_binding(Kind::Vtpm, "subject-1")
+            .unwrap()
+            .is_none());
+
+        // Renewal, then a re-issued EK certificate for the same key.
+        let renewed = enroll_host(&store, &sessions, &first);
+        assert_ne!(renewed.serial, out.serial);
+        let reissued = Host {
+            ek: cert(
+                "ek 1",
+                &first.ek_key,
+                Some((&first.root, &root_key)),
+                None,
+                None,
+            ),
+            ek_key: first.ek_key.clone(),
+            root: first.root.clone(),
+        };
+        assert_ne!(
+            fingerprint(&reissued.ek).unwrap(),
+            fingerprint(&first.ek).unwrap()
+        );
+        let again = enroll_host(&store, &sessions, &reissued);
+        assert_eq!(named(&store, &again.name), again.certificate);
+
+        // Released: both may start; the first to finish takes it, the other is refused at
+        // finish and nothing is issued for it.
+        assert!(store
+            .release_subject(Kind::Host, "subject-1")
+            .unwrap()
+            .is_some());
+        let s2 = start(&store, &sessions, &taken).unwrap();
+        let s1 = start(
+            &store,
+            &sessions,
+            &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub()),
+        )
+        .unwrap();
+        let issued_before = store.issued_all().unwrap().len();
+        let won = activate_and_finish(&store, &sessions, &first.ek_key, s1).unwrap();
+        assert!(matches!(
+            activate_and_finish(&store, &sessions, &second.ek_key, s2),
+            Err(EnrollError::SubjectTaken { .. })
+        ));
+        assert_eq!(store.issued_all().unwrap().len(), issued_before + 1);
+        assert_eq!(named(&store, &won.name), won.certificate);
+
+        // Released again, the second TPM takes the subject.
+        store.release_subject(Kind::Host, "subject-1").unwrap();
+        let moved = enroll_host(&store, &sessions, &second);
+        assert_eq!(named(&store, &moved.name), moved.certificate);
+        assert!(matches!(
+            start(
+                &store,
+                &sessions,
+                &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub())
+            ),
+            Err(EnrollError::SubjectTaken { .. })
+        ));
     }
 
     #[test]
@@ -541,7 +737,7 @@ mod tests {
         assert!(crate::certstore::get_unchecked(&store, &out.name)
             .unwrap()
             .is_some());
-        assert!(sessions.is_empty());
+        assert_eq!(sessions.len(), 0);
     }
 
     #[test]
@@ -719,6 +915,67 @@ mod tests {
             start(&store, &sessions, &req),
             Err(EnrollError::Revoked { .. })
         ));
+    }
+
+    /// A vTPM subject is bound to the vEK's key: a re-provisioned vEK certificate (new
+    /// serial, same key) still enrolls it, another vEK does not.
+    #[test]
+    fn a_vtpm_subject_belongs_to_the_vek_key_not_the_certificate() {
+        let (_tmp, store, _) = new_store(Config {
+            require_registered_coprocessor: false,
+            ..Config::default()
+        });
+        let sessions = Sessions::default();
+        let host_aik_key = generate_key().unwrap();
+        let host_aik = issue::aik_cert(
+            &store.ca_key().unwrap(),
+            &store.ca_cert().unwrap(),
+            Kind::Host,
+            "host-1",
+            &host_aik_key,
+            &[1; 32],
+            3600,
+        )
+        .unwrap();
+        store.record_issued(&host_aik).unwrap();
+        let cop_key = generate_key().unwrap();
+        let cop = cert(
+            "coprocessor",
+            &cop_key,
+            Some((&host_aik, &host_aik_key)),
+            Some(0),
+            None,
+        );
+        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let enroll_with = |vek: &X509, key: &PKey<Private>| {
+            let req = start_req(
+                Kind::Vtpm,
+                vec![pem(vek), pem(&cop), pem(&host_aik)],
+                &ak_pub(),
+            );
+            let s = start(&store, &sessions, &req)?;
+            activate_and_finish(&store, &sessions, key, s)
+        };
+        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        enroll_with(&vek, &vek_key).unwrap();
+        let reprovisioned = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let out = enroll_with(&reprovisioned, &vek_key).unwrap();
+        assert_eq!(out.name, "aik/vtpm/subject-1");
+        let other_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let other = cert("vek", &other_key, Some((&cop, &cop_key)), None, None);
+        assert!(matches!(
+            enroll_with(&other, &other_key),
+            Err(EnrollError::SubjectTaken {
+                kind: Kind::Vtpm,
+                ..
+            })
+        ));
+        assert_eq!(named(&store, "aik/vtpm/subject-1"), out.certificate);
+        // The host subject of the same name is free for a host EK.
+        assert!(store
+            .subject_binding(Kind::Host, "subject-1")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

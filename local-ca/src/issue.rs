@@ -24,12 +24,12 @@ use openssl::x509::extension::{
 use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509Ref, X509};
 use serde::{Deserialize, Serialize};
 
+use tpm_proto::der::{self, Reader};
+
 use crate::util::{now_unix, random};
 
 /// `tcg-kp-AIKCertificate`: extended key usage of AIK certificates.
 pub const TCG_KP_AIK_CERTIFICATE: &str = "2.23.133.8.3";
-/// `tcg-kp-EKCertificate`: extended key usage of EK certificates.
-pub const TCG_KP_EK_CERTIFICATE: &str = "2.23.133.8.1";
 /// Non-critical extension of host AIK certificates holding the SHA-256 of the host's EK
 /// certificate (DER) as an OCTET STRING. The arc is 2.25 (UUID-derived OIDs, ITU-T X.667)
 /// with the UUID 5a6b3f16-c6bf-4abc-920b-dbc8f3ce4aa0.
@@ -242,57 +242,91 @@ pub fn aik_cert<T: HasPublic>(
 
 /// The [`HOST_EK_CERT_HASH_OID`] extension: an OCTET STRING holding the hash.
 fn ek_hash_extension(sha256: &[u8]) -> Result<X509Extension, ErrorStack> {
-    let mut der = vec![0x04, sha256.len() as u8];
-    der.extend_from_slice(sha256);
     X509Extension::new_from_der(
         &*Asn1Object::from_str(HOST_EK_CERT_HASH_OID)?,
         false,
-        &*Asn1OctetString::new_from_bytes(&der)?,
+        &*Asn1OctetString::new_from_bytes(&der::octet_string(sha256))?,
     )
 }
 
-/// The EK certificate hash a host AIK certificate carries, if any.
+/// The EK certificate hash a host AIK certificate carries, if any: the contents of the
+/// OCTET STRING in its (single) [`HOST_EK_CERT_HASH_OID`] extension, a SHA-256.
 pub fn host_ek_cert_hash(cert: &X509Ref) -> Option<Vec<u8>> {
-    // Find the extension in the DER: OID, optional critical flag, OCTET STRING wrapping the
-    // inner OCTET STRING. Searching for the encoded OID is enough for our own certificates.
+    let oid = Asn1Object::from_str(HOST_EK_CERT_HASH_OID).ok()?;
     let der = cert.to_der().ok()?;
-    let oid_der = oid_body(HOST_EK_CERT_HASH_OID)?;
-    let mut needle = vec![0x06, oid_der.len() as u8];
-    needle.extend_from_slice(&oid_der);
-    let pos = der.windows(needle.len()).position(|w| w == needle)?;
-    let rest = &der[pos + needle.len()..];
-    // Skip BOOLEAN critical if present.
-    let rest = if rest.first() == Some(&0x01) {
-        rest.get(3..)?
-    } else {
-        rest
-    };
-    // extnValue OCTET STRING (short form length), then the inner OCTET STRING.
-    if rest.first() != Some(&0x04) || rest.get(2) != Some(&0x04) {
+    let exts = extensions(&der)?;
+    let mut ours = exts.iter().filter(|e| e.oid == oid.as_slice());
+    let ext = ours.next()?;
+    if ours.next().is_some() {
+        // RFC 5280 §4.2: an extension appears at most once. Not one of ours.
         return None;
     }
-    let len = usize::from(*rest.get(3)?);
-    rest.get(4..4 + len).map(<[u8]>::to_vec)
+    let mut r = Reader::new(ext.value);
+    let hash = r.expect_tag(der::TAG_OCTET_STRING, "EK hash").ok()?;
+    (r.is_empty() && hash.content.len() == 32).then(|| hash.content.to_vec())
 }
 
-/// The DER body of a dotted OBJECT IDENTIFIER (without tag and length); arcs up to 128 bits.
-fn oid_body(dotted: &str) -> Option<Vec<u8>> {
-    let arcs: Vec<u128> = dotted
-        .split('.')
-        .map(|a| a.parse().ok())
-        .collect::<Option<_>>()?;
-    let (first, second) = (*arcs.first()?, *arcs.get(1)?);
-    let mut out = Vec::new();
-    for arc in std::iter::once(first.checked_mul(40)?.checked_add(second)?)
-        .chain(arcs[2..].iter().copied())
-    {
-        let mut groups = vec![(arc & 0x7f) as u8];
-        let mut rest = arc >> 7;
-        while rest != 0 {
-            groups.push((rest & 0x7f) as u8 | 0x80);
-            rest >>= 7;
+const TAG_BOOLEAN: u8 = 0x01;
+/// `[3] EXPLICIT Extensions` of a TBSCertificate.
+const TAG_EXTENSIONS: u8 = der::context_constructed(3);
+
+/// One certificate extension, as encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extension<'a> {
+    /// The contents of `extnID` (the OID's encoding without tag and length).
+    oid: &'a [u8],
+    critical: bool,
+    /// The contents of `extnValue`: the DER of the extension's value.
+    value: &'a [u8],
+}
+
+/// The extensions of a DER certificate (RFC 5280 §4.1: `Certificate ::= SEQUENCE {
+/// tbsCertificate SEQUENCE { ..., extensions [3] EXPLICIT SEQUENCE OF Extension }, ... }`,
+/// `Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET
+/// STRING }`); `None` if the certificate is not built like that.
+fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
+    let cert = Reader::new(cert_der)
+        .expect_tag(der::TAG_SEQUENCE, "Certificate")
+        .ok()?;
+    let tbs = Reader::new(cert.content)
+        .expect_tag(der::TAG_SEQUENCE, "tbsCertificate")
+        .ok()?;
+    let mut fields = Reader::new(tbs.content);
+    let mut list = None;
+    while !fields.is_empty() {
+        let f = fields.element().ok()?;
+        if f.tag == TAG_EXTENSIONS {
+            list = Some(f.content);
         }
-        out.extend(groups.iter().rev());
+    }
+    let Some(list) = list else {
+        return Some(Vec::new());
+    };
+    let mut outer = Reader::new(list);
+    let seq = outer.expect_tag(der::TAG_SEQUENCE, "Extensions").ok()?;
+    if !outer.is_empty() {
+        return None;
+    }
+    let mut items = Reader::new(seq.content);
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        let ext = items.expect_tag(der::TAG_SEQUENCE, "Extension").ok()?;
+        let mut r = Reader::new(ext.content);
+        let oid = r.expect_tag(der::TAG_OID, "extnID").ok()?;
+        let mut next = r.element().ok()?;
+        let mut critical = false;
+        if next.tag == TAG_BOOLEAN {
+            critical = next.content.iter().any(|b| *b != 0);
+            next = r.element().ok()?;
+        }
+        if next.tag != der::TAG_OCTET_STRING || !r.is_empty() {
+            return None;
+        }
+        out.push(Extension {
+            oid: oid.content,
+            critical,
+            value: next.content,
+        });
     }
     Some(out)
 }
@@ -382,16 +416,50 @@ mod tests {
     }
 
     #[test]
-    fn oid_encoding_matches_openssl() {
-        // 1.2.840.10045.4.3.2 (ecdsa-with-SHA256) is 2a 86 48 ce 3d 04 03 02.
-        assert_eq!(
-            oid_body("1.2.840.10045.4.3.2").unwrap(),
-            [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]
-        );
-        let ext = ek_hash_extension(&[1; 32]).unwrap();
-        let der = ext.to_der().unwrap();
-        let body = oid_body(HOST_EK_CERT_HASH_OID).unwrap();
-        assert!(der.windows(body.len()).any(|w| w == body));
+    fn extensions_are_read_from_the_certificate_structure() {
+        let (ca_key, ca_cert) = ca();
+        let aik = generate_key().unwrap();
+        let cert = aik_cert(&ca_key, &ca_cert, Kind::Host, "h", &aik, &[7; 32], 60).unwrap();
+        let der = cert.to_der().unwrap();
+        let exts = extensions(&der).unwrap();
+        // basicConstraints, keyUsage, extKeyUsage, the EK hash, SKI, AKI.
+        assert_eq!(exts.len(), 6, "{exts:?}");
+        let bc = Asn1Object::from_str("2.5.29.19").unwrap();
+        assert!(exts.iter().any(|e| e.oid == bc.as_slice() && e.critical));
+        let ours = Asn1Object::from_str(HOST_EK_CERT_HASH_OID).unwrap();
+        let e = exts.iter().find(|e| e.oid == ours.as_slice()).unwrap();
+        assert!(!e.critical);
+        assert_eq!(e.value[..2], [0x04, 32]);
+        // The root has no such extension; garbage is no certificate.
+        assert_eq!(host_ek_cert_hash(&ca_cert), None);
+        assert!(extensions(&der[..der.len() / 2]).is_none());
+        assert!(extensions(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
+    }
+
+    /// The hash is found only as the value of the extension itself, not wherever its
+    /// encoding appears in the certificate: here inside another extension's value.
+    #[test]
+    fn an_embedded_copy_of_the_extension_is_not_the_extension() {
+        let (ca_key, ca_cert) = ca();
+        let aik = generate_key().unwrap();
+        let mut b = builder("vm-1", Some(&ca_cert), &aik, 60).unwrap();
+        let fake = ek_hash_extension(&[9; 32]).unwrap().to_der().unwrap();
+        b.append_extension(
+            X509Extension::new_from_der(
+                &Asn1Object::from_str("1.3.6.1.4.1.99999.1").unwrap(),
+                false,
+                &Asn1OctetString::new_from_bytes(&fake).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let cert = finish_issued(b, &ca_key, &ca_cert).unwrap();
+        let ours = Asn1Object::from_str(HOST_EK_CERT_HASH_OID).unwrap();
+        let der = cert.to_der().unwrap();
+        assert!(der
+            .windows(ours.as_slice().len())
+            .any(|w| w == ours.as_slice()));
+        assert_eq!(host_ek_cert_hash(&cert), None);
     }
 
     #[test]

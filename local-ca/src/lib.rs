@@ -5,6 +5,9 @@
 //! * a **host** TPM proves that its AIK lives next to an EK whose certificate chains to a
 //!   configured manufacturer root; it gets a `CA:TRUE, pathlen:1` AIK certificate that binds
 //!   the SHA-256 of the EK certificate ([`issue::HOST_EK_CERT_HASH_OID`]);
+//! * either way the subject (`aik/<kind>/<subject>`) is bound, on its first enrollment, to
+//!   the endorsement key (EK or vEK public key) that enrolled it: another TPM asking for it
+//!   is refused (`subject_taken`) until an administrator releases it;
 //! * a **vTPM** proves the same against its vEK, whose certificate must chain up to this CA's
 //!   root through a registered coprocessor certificate and the host AIK certificate, with
 //!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate.
@@ -18,8 +21,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`ca`] | the CA as one object: store, sessions, write lock, token authentication |
-//! | [`store`] | the on-disk layout, atomic writes, CA key/root, config, issued and registered certificates |
+//! | [`ca`] | the CA as one object: store, sessions, token authentication |
+//! | [`store`] | the on-disk layout, the store lock, atomic writes, CA key/root, config, issued and registered certificates, subject bindings |
 //! | [`issue`] | building and signing certificates (root, TLS, AIK) |
 //! | [`credential`] | software `TPM2_MakeCredential` for RSA EKs, KDFa, tpm2-tools' credential file |
 //! | [`aik`] | reading a `TPM2B_PUBLIC` AIK: its name, its key, what is wrong with it |
@@ -51,6 +54,7 @@ pub use ca::Ca;
 pub use client::{Client, ClientError};
 pub use credential::tpm2_tools_credential_file;
 pub use store::Store;
+pub use util::{fingerprint, public_key_fingerprint};
 
 /// The store directory used when `--store` is not given.
 pub const DEFAULT_STORE: &str = "/var/lib/vtpm-ca";

@@ -2,7 +2,9 @@
 //!
 //! This module owns `revocations.json`: serials of revoked CA-issued certificates and
 //! fingerprints of revoked certificates the CA did not issue (coprocessor certificates,
-//! which a host TPM signed, or vEK certificates), each with its time and reason. From it come
+//! which a host TPM signed, or vEK certificates), each with its time and reason; it is
+//! read, changed and written back holding the store lock ([`Store::lock`]), so revocations
+//! made at once by the server and `vtpm-ca revoke` are all kept. From it come
 //! the DER X.509 CRL (CA-issued serials only, signed by the CA key, with nextUpdate), the
 //! answers of `GET /v1/status`, and the rule that no certificate of a chain the CA relies on
 //! may be revoked. It also owns coprocessor registration (`POST /v1/coprocessor`), which
@@ -96,6 +98,8 @@ impl Revocations {
         Ok(store.read_json_opt(REVOCATIONS)?.unwrap_or_default())
     }
 
+    /// Writes `revocations.json`. To change it, hold [`Store::lock`] from the load to the
+    /// save.
     pub fn save(&self, store: &Store) -> Result<(), StoreError> {
         store.write_json(REVOCATIONS, self, PUBLIC_FILE)
     }
@@ -141,6 +145,7 @@ pub fn revoke_serial(
     reason: Option<&str>,
 ) -> Result<Revoked, RevocationError> {
     let serial = normalize_serial(serial)?;
+    let _lock = store.lock()?;
     let cert = store
         .issued(&serial)?
         .ok_or_else(|| RevocationError::UnknownSerial(serial.clone()))?;
@@ -180,6 +185,7 @@ pub fn revoke_cert(
     reason: Option<&str>,
 ) -> Result<Revoked, RevocationError> {
     let fp = fingerprint(cert)?;
+    let _lock = store.lock()?;
     if let Some(crate::store::Known {
         entry: IndexEntry::Issued { serial },
         ..
@@ -409,6 +415,7 @@ pub fn register_coprocessor(
     let fp = fingerprint(leaf)?;
     let name = format!("coprocessor/{fp}");
     certstore::authorize_write(principal, &name)?;
+    let _lock = store.lock()?;
     let ca = store.ca_cert()?;
     let verified = verify_chain("the CA root", &[ca], leaf, &chain[1..])?;
     check_not_revoked(store, &verified)?;

@@ -96,7 +96,7 @@ impl From<CertStoreError> for ApiError {
             E::BadName(_) => (StatusCode::BAD_REQUEST, codes::BAD_NAME),
             E::BadPem(_) => (StatusCode::BAD_REQUEST, codes::BAD_PEM),
             E::NotFound(_) => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
-            E::PrincipalExists(_) | E::BadPrincipal(_) => {
+            E::PrincipalExists(_) | E::BadPrincipal(_) | E::BadPrefix(_) => {
                 (StatusCode::BAD_REQUEST, codes::BAD_REQUEST)
             }
             E::Store(_) | E::Crypto(_) => return ApiError::internal(e),
@@ -143,6 +143,7 @@ impl From<EnrollError> for ApiError {
             E::UnknownSession(_) => (StatusCode::NOT_FOUND, codes::UNKNOWN_SESSION),
             E::SessionExpired(_) => (StatusCode::GONE, codes::SESSION_EXPIRED),
             E::ActivationFailed => (StatusCode::FORBIDDEN, codes::ACTIVATION_FAILED),
+            E::SubjectTaken { .. } => (StatusCode::FORBIDDEN, codes::SUBJECT_TAKEN),
             E::Store(e) => return e.into(),
             E::CertStore(e) => return e.into(),
             E::Issue(_) | E::Crypto(_) => return ApiError::internal(e),

@@ -5,6 +5,12 @@
 //! old one, then the directory fsynced), the store directory and its subdirectories are
 //! `0700`, secrets (`ca.key`, `tls.key`, `admin.token`, `acl.json`) are `0600`.
 //!
+//! Every change to an existing store is made holding its lock ([`Store::lock`]): an exclusive
+//! `flock(2)` on `DIR/.lock`. The server and any number of `vtpm-ca` commands may work on the
+//! same store at once, and a read-modify-write (`revocations.json`, `acl.json`, a subject
+//! binding, ...) in one of them never loses another's update. The lock is re-entrant within
+//! a thread, so a locked operation may call others that lock.
+//!
 //! ```text
 //! DIR/
 //!   ca.key  ca.pem          CA key (ECC P-256, PKCS#8 PEM) and self-signed root
@@ -17,15 +23,23 @@
 //!   issued/<SERIAL>.pem     every certificate the CA issued, by serial (upper-case hex)
 //!   registered/<sha256>.pem certificates registered but not issued here (coprocessors)
 //!   index/<sha256>.json     fingerprint -> issued serial / registered, for status queries
+//!   index/subjects/<kind>/<subject>.json
+//!                           the endorsement key an enrolled subject is bound to
 //!   certs/<name>.pem        the named certificate store (`aik/host/<id>`, ...)
+//!   .lock                   the store lock
 //! ```
 //!
 //! `init` ([`init`]) creates all of it and refuses to touch an existing store.
 
+use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use openssl::bn::BigNum;
 use openssl::error::ErrorStack;
@@ -34,7 +48,8 @@ use openssl::x509::{X509Ref, X509};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{fingerprint, hex, is_fingerprint, random};
+use crate::issue::Kind;
+use crate::util::{fingerprint, hex, is_fingerprint, now_unix, random};
 
 /// Mode of private files.
 pub const PRIVATE_FILE: u32 = 0o600;
@@ -54,6 +69,8 @@ const ISSUED: &str = "issued";
 const REGISTERED: &str = "registered";
 const INDEX: &str = "index";
 const CERTS: &str = "certs";
+const SUBJECTS: &str = "subjects";
+const LOCK: &str = ".lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -251,6 +268,61 @@ pub enum IndexEntry {
     Registered,
 }
 
+/// What an enrolled subject (`aik/<kind>/<subject>`) is bound to: the endorsement key of the
+/// TPM that enrolled it first (`index/subjects/<kind>/<subject>.json`). Only that key may
+/// enroll the subject again, until an administrator releases it (`vtpm-ca release`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectBinding {
+    /// SHA-256 (lower-case hex) of the DER SubjectPublicKeyInfo of the host EK (host) or
+    /// the vEK (vTPM): a key, not a certificate, so that a re-issued EK/vEK certificate for
+    /// the same key still matches.
+    pub ek_public_key_sha256: String,
+    /// Fingerprint of the EK/vEK certificate of the enrollment that made the binding.
+    pub ek_certificate: String,
+    /// Unix time of that enrollment.
+    pub since: u64,
+}
+
+/// The outcome of [`Store::bind_subject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    /// The subject was free and is now bound.
+    New,
+    /// Already bound to this key (a renewal).
+    Same,
+    /// Bound to another key: nothing changed.
+    Taken(SubjectBinding),
+}
+
+/// The store's lock, held until dropped ([`Store::lock`]). Bound to the thread that took it.
+pub struct StoreLock {
+    /// The flock and the lock file's (device, inode); `None` for a re-entrant guard.
+    held: Option<(Flock<File>, (u64, u64))>,
+    _thread_bound: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreLock")
+            .field("reentrant", &self.held.is_none())
+            .finish()
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if let Some((_, id)) = &self.held {
+            HELD_LOCKS.with(|h| h.borrow_mut().retain(|x| x != id));
+        }
+        // The Flock, dropped after this, unlocks.
+    }
+}
+
+thread_local! {
+    /// The store locks this thread holds, by lock file (device, inode).
+    static HELD_LOCKS: RefCell<Vec<(u64, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A certificate found by fingerprint.
 #[derive(Debug, Clone)]
 pub struct Known {
@@ -320,17 +392,48 @@ impl Store {
         self.read_json(CONFIG)
     }
 
-    pub fn set_config(&self, config: &Config) -> Result<(), StoreError> {
-        self.write_json(CONFIG, config, PUBLIC_FILE)
-    }
-
     /// The trusted EK roots.
     pub fn ek_roots(&self) -> Result<Vec<X509>, StoreError> {
         self.certs_in(EK_ROOTS)
     }
 
+    /// Takes the store's exclusive lock (blocking until it is free): held by the returned
+    /// guard, released when it is dropped. Re-entrant within a thread: if this thread holds
+    /// the lock already, the guard is a no-op.
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.dir.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let md = file.metadata().map_err(io_err(&path))?;
+        let id = (md.dev(), md.ino());
+        if HELD_LOCKS.with(|h| h.borrow().contains(&id)) {
+            return Ok(StoreLock {
+                held: None,
+                _thread_bound: PhantomData,
+            });
+        }
+        let flock = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io_err(&path)(e.into())),
+            }
+        };
+        HELD_LOCKS.with(|h| h.borrow_mut().push(id));
+        Ok(StoreLock {
+            held: Some((flock, id)),
+            _thread_bound: PhantomData,
+        })
+    }
+
     /// Trusts `root` for host enrollment; returns its fingerprint.
     pub fn add_ek_root(&self, root: &X509Ref) -> Result<String, StoreError> {
+        let _lock = self.lock()?;
         let fp = fingerprint(root)?;
         self.write(
             &format!("{EK_ROOTS}/{fp}.pem"),
@@ -342,6 +445,7 @@ impl Store {
 
     /// Records a certificate this CA issued; returns its serial.
     pub fn record_issued(&self, cert: &X509Ref) -> Result<String, StoreError> {
+        let _lock = self.lock()?;
         let serial = serial_of(cert)?;
         self.write(
             &format!("{ISSUED}/{serial}.pem"),
@@ -371,6 +475,7 @@ impl Store {
 
     /// Registers a certificate the CA did not issue; returns its fingerprint.
     pub fn register(&self, cert: &X509Ref) -> Result<String, StoreError> {
+        let _lock = self.lock()?;
         let fp = fingerprint(cert)?;
         if let Some(Known {
             entry: IndexEntry::Issued { .. },
@@ -412,6 +517,105 @@ impl Store {
             IndexEntry::Registered => self.read_cert_opt(&format!("{REGISTERED}/{fp}.pem"))?,
         };
         Ok(cert.map(|cert| Known { entry, cert }))
+    }
+
+    /// The file of a subject's binding (the subject is validated here: it names a file).
+    fn subject_rel(kind: Kind, subject: &str) -> Result<String, StoreError> {
+        crate::enroll::validate_subject(subject)
+            .map_err(|e| StoreError::BadOption(e.to_string()))?;
+        Ok(format!("{INDEX}/{SUBJECTS}/{kind}/{subject}.json"))
+    }
+
+    /// The endorsement key `aik/<kind>/<subject>` is bound to, if it is.
+    pub fn subject_binding(
+        &self,
+        kind: Kind,
+        subject: &str,
+    ) -> Result<Option<SubjectBinding>, StoreError> {
+        self.read_json_opt(&Self::subject_rel(kind, subject)?)
+    }
+
+    /// Binds `aik/<kind>/<subject>` to the endorsement key `ek_public_key_sha256` unless it
+    /// is bound to another one (then nothing changes and the binding is returned as
+    /// [`Bind::Taken`]). `ek_certificate` is the fingerprint of the certificate it came in.
+    pub fn bind_subject(
+        &self,
+        kind: Kind,
+        subject: &str,
+        ek_public_key_sha256: &str,
+        ek_certificate: &str,
+    ) -> Result<Bind, StoreError> {
+        let rel = Self::subject_rel(kind, subject)?;
+        let _lock = self.lock()?;
+        if let Some(b) = self.read_json_opt::<SubjectBinding>(&rel)? {
+            return Ok(if b.ek_public_key_sha256 == ek_public_key_sha256 {
+                Bind::Same
+            } else {
+                Bind::Taken(b)
+            });
+        }
+        let p = self.dir.join(&rel);
+        if let Some(parent) = p.parent() {
+            self.mkdir(parent)?;
+        }
+        self.write_json(
+            &rel,
+            &SubjectBinding {
+                ek_public_key_sha256: ek_public_key_sha256.to_string(),
+                ek_certificate: ek_certificate.to_string(),
+                since: now_unix(),
+            },
+            PUBLIC_FILE,
+        )?;
+        Ok(Bind::New)
+    }
+
+    /// Removes the binding of `aik/<kind>/<subject>` (so that any endorsement key may enroll
+    /// it next); returns it, `None` if there was none.
+    pub fn release_subject(
+        &self,
+        kind: Kind,
+        subject: &str,
+    ) -> Result<Option<SubjectBinding>, StoreError> {
+        let rel = Self::subject_rel(kind, subject)?;
+        let _lock = self.lock()?;
+        let Some(b) = self.read_json_opt::<SubjectBinding>(&rel)? else {
+            return Ok(None);
+        };
+        let p = self.dir.join(&rel);
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        if let Some(parent) = p.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))?;
+        }
+        Ok(Some(b))
+    }
+
+    /// Every subject binding, sorted by kind and subject.
+    pub fn subject_bindings(&self) -> Result<Vec<(Kind, String, SubjectBinding)>, StoreError> {
+        let mut out = Vec::new();
+        for kind in [Kind::Host, Kind::Vtpm] {
+            let d = self.dir.join(INDEX).join(SUBJECTS).join(kind.as_str());
+            let entries = match fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&d)(e)),
+            };
+            let mut subjects: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+                .collect();
+            subjects.sort();
+            for s in subjects {
+                if let Some(b) = self.subject_binding(kind, &s)? {
+                    out.push((kind, s, b));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The named-certificate file for `name` (validated by [`crate::certstore`]).
@@ -696,6 +900,85 @@ pub(crate) mod tests {
         assert!(normalize_serial("0").is_err());
         assert!(normalize_serial("xyz").is_err());
         assert!(normalize_serial("").is_err());
+    }
+
+    #[test]
+    fn the_lock_excludes_other_threads_and_is_reentrant() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_tmp, store, _) = new_store(Config::default());
+        let outer = store.lock().unwrap();
+        // Re-entrant, also through another Store value for the same directory.
+        let inner = Store::open(store.dir()).unwrap().lock().unwrap();
+        drop(inner);
+        let released = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                let _l = store.lock().unwrap();
+                released.load(Ordering::SeqCst)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            released.store(true, Ordering::SeqCst);
+            drop(outer);
+            assert!(
+                t.join().unwrap(),
+                "the other thread got the lock while it was held"
+            );
+        });
+        assert_eq!(mode(&store.dir().join(LOCK)), 0o600);
+        // Free again once every guard is gone.
+        drop(store.lock().unwrap());
+    }
+
+    #[test]
+    fn concurrent_read_modify_writes_lose_nothing() {
+        let (_tmp, store, _) = new_store(Config::default());
+        std::thread::scope(|s| {
+            for i in 0..16 {
+                let store = Store::open(store.dir()).unwrap();
+                s.spawn(move || {
+                    crate::certstore::Acl::add(&store, &format!("p{i}"), true, vec![], false)
+                        .unwrap();
+                });
+            }
+        });
+        let acl = crate::certstore::Acl::load(&store).unwrap();
+        assert_eq!(acl.principals.len(), 17, "{acl:?}");
+    }
+
+    #[test]
+    fn subjects_bind_once_and_release() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let (k1, k2, c) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
+        assert_eq!(store.subject_binding(Kind::Host, "h").unwrap(), None);
+        assert_eq!(
+            store.bind_subject(Kind::Host, "h", &k1, &c).unwrap(),
+            Bind::New
+        );
+        assert_eq!(
+            store.bind_subject(Kind::Host, "h", &k1, &c).unwrap(),
+            Bind::Same
+        );
+        match store.bind_subject(Kind::Host, "h", &k2, &c).unwrap() {
+            Bind::Taken(b) => assert_eq!(b.ek_public_key_sha256, k1),
+            other => panic!("{other:?}"),
+        }
+        // Kinds are separate namespaces.
+        assert_eq!(
+            store.bind_subject(Kind::Vtpm, "h", &k2, &c).unwrap(),
+            Bind::New
+        );
+        assert_eq!(store.subject_bindings().unwrap().len(), 2);
+        assert!(store.release_subject(Kind::Host, "h").unwrap().is_some());
+        assert!(store.release_subject(Kind::Host, "h").unwrap().is_none());
+        assert_eq!(
+            store.bind_subject(Kind::Host, "h", &k2, &c).unwrap(),
+            Bind::New
+        );
+        // Subjects name files: anything else is refused.
+        for bad in ["../x", "a/b", ".h", ""] {
+            assert!(store.subject_binding(Kind::Host, bad).is_err(), "{bad}");
+            assert!(store.release_subject(Kind::Host, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

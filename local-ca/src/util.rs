@@ -45,8 +45,15 @@ pub(crate) fn asn1_to_unix(t: &Asn1TimeRef) -> Result<i64, ErrorStack> {
 }
 
 /// SHA-256 of the certificate's DER, lower-case hex: the fingerprint used everywhere.
-pub(crate) fn fingerprint(cert: &X509Ref) -> Result<String, ErrorStack> {
+pub fn fingerprint(cert: &X509Ref) -> Result<String, ErrorStack> {
     Ok(hex(&cert.digest(MessageDigest::sha256())?))
+}
+
+/// SHA-256 of the certificate's DER SubjectPublicKeyInfo, lower-case hex: what identifies
+/// its key whatever certificate carries it (subject bindings use it).
+pub fn public_key_fingerprint(cert: &X509Ref) -> Result<String, ErrorStack> {
+    let spki = cert.public_key()?.public_key_to_der()?;
+    Ok(hex(&openssl::hash::hash(MessageDigest::sha256(), &spki)?))
 }
 
 /// `n` random bytes from OpenSSL's CSPRNG.

@@ -11,6 +11,18 @@ fn named_file(server: &CaServer, name: &str) -> Option<Vec<u8>> {
     std::fs::read(server.store.join("certs").join(format!("{name}.pem"))).ok()
 }
 
+/// The names of the files and directories at the top of the store (and of its parent).
+fn store_root_files(server: &CaServer) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [server.store.as_path(), server.tmp.path()] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            out.push(e.unwrap().path().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
     let server = CaServer::start(3600, &[]);
@@ -70,8 +82,38 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
     assert_eq!(named_file(&server, "vek/rsa/vm-1").unwrap(), before);
     let e = w.put_cert("vek/has space", &pem).unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(400), Some("bad_name")), "{e}");
-    // Dot segments never reach the store (the URL is normalised or the name refused).
-    assert!(w.put_cert("vek/../../ca", &pem).is_err());
+    // Dot segments never reach the store. The client's URL handling removes plain `..`
+    // segments, so they are sent percent-encoded: the server decodes the name to
+    // `vek/../../ca`, which name validation refuses.
+    let root_files = store_root_files(&server);
+    let ca_before = std::fs::read(server.store.join("ca.pem")).unwrap();
+    for name in [
+        "vek/..%2F..%2Fca",
+        "vek%2F..%2F..%2Fca",
+        "vek/x%2F..%2F..%2F..%2Fca",
+    ] {
+        let e = w.put_cert(name, &pem).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(400), Some("bad_name")),
+            "{name}: {e}"
+        );
+    }
+    // The same names through the CA's handler directly, without any URL in between.
+    let ca = local_ca::Ca::open(&server.store).unwrap();
+    for name in ["vek/../../ca", "vek/../x", "../ca", "vek/./x"] {
+        let e = ca.put_cert(name, &pem, Some(writer.as_str())).unwrap_err();
+        assert!(
+            matches!(e, local_ca::certstore::CertStoreError::BadName(_)),
+            "{name}: {e}"
+        );
+    }
+    assert_eq!(store_root_files(&server), root_files);
+    assert_eq!(
+        std::fs::read(server.store.join("ca.pem")).unwrap(),
+        ca_before
+    );
+    assert!(!server.tmp.path().join("ca.pem").exists());
 
     // Replacing is allowed for the writer and reported.
     assert!(w.put_cert("vek/rsa/vm-1", &other_pem).unwrap().replaced);
@@ -88,6 +130,110 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
 }
 
 #[test]
+fn write_prefixes_match_whole_name_segments() {
+    let server = CaServer::start(3600, &[]);
+    let pem = String::from_utf8(server.ca_pem.clone()).unwrap();
+    let vm1 = server.add_principal(&["--name", "vm-1", "--write-prefix", "vek/rsa/vm-1"]);
+    let w = server.client(Some(&vm1));
+    w.put_cert("vek/rsa/vm-1", &pem).unwrap();
+    w.put_cert("vek/rsa/vm-1/chain", &pem).unwrap();
+    // vm-1's prefix is no licence to write vm-10's certificate.
+    for name in ["vek/rsa/vm-10", "vek/rsa/vm-1x/a", "vek/rsa/vm-1.old"] {
+        let e = w.put_cert(name, &pem).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (Some(403), Some("forbidden")),
+            "{name}: {e}"
+        );
+        assert!(named_file(&server, name).is_none(), "{name}");
+    }
+    // A prefix ending in '/' covers everything below it; "" covers every name.
+    let dir = server.add_principal(&["--name", "vek", "--write-prefix", "vek/"]);
+    server
+        .client(Some(&dir))
+        .put_cert("vek/rsa/vm-10", &pem)
+        .unwrap();
+    let e = server
+        .client(Some(&dir))
+        .put_cert("vekx/a", &pem)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("forbidden"), "{e}");
+    let all = server.add_principal(&["--name", "all", "--write-prefix", ""]);
+    server
+        .client(Some(&all))
+        .put_cert("misc/anything", &pem)
+        .unwrap();
+    // Prefixes that are not name-shaped are refused when the principal is added.
+    for bad in ["../x", "vek//", "vek/../aik", "/vek", "a b"] {
+        let out = vtpm_ca(
+            &server.store,
+            &["acl", "add", "--name", "bad", "--write-prefix", bad],
+        );
+        assert!(!out.status.success(), "{bad}: {out:?}");
+    }
+    let list = vtpm_ca_ok(&server.store, &["acl", "list"]);
+    assert!(!list.contains("bad\t"), "{list}");
+}
+
+/// The CLI and the server revoke at the same time, on the same store: every revocation
+/// must be in `revocations.json` afterwards (the read-modify-write is locked across
+/// processes, not only inside the server).
+#[test]
+fn concurrent_revocations_from_the_cli_and_the_api_are_all_kept() {
+    const EACH: usize = 12;
+    let server = CaServer::start(3600, &[]);
+    let dir = server.tmp.path().join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs: Vec<(std::path::PathBuf, String, String)> = (0..2 * EACH)
+        .map(|i| {
+            let key = local_ca::issue::generate_key().unwrap();
+            let c = local_ca::issue::root_cert(&key, &format!("stranger {i}"), 3600).unwrap();
+            let p = dir.join(format!("{i}.pem"));
+            let pem = String::from_utf8(c.to_pem().unwrap()).unwrap();
+            std::fs::write(&p, &pem).unwrap();
+            (p, pem, local_ca::fingerprint(&c).unwrap())
+        })
+        .collect();
+    let barrier = std::sync::Barrier::new(2 * EACH);
+    std::thread::scope(|s| {
+        for (i, (path, pem, _)) in certs.iter().enumerate() {
+            let (server, barrier) = (&server, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                if i % 2 == 0 {
+                    let out = vtpm_ca_ok(
+                        &server.store,
+                        &[
+                            "revoke",
+                            "--cert",
+                            path.to_str().unwrap(),
+                            "--reason",
+                            "cli",
+                        ],
+                    );
+                    assert!(out.starts_with("revoked"), "{out}");
+                } else {
+                    let r = server.admin().revoke_cert(pem, Some("api")).unwrap();
+                    assert!(r.newly_revoked);
+                }
+            });
+        }
+    });
+    let revs: local_ca::revocation::Revocations =
+        serde_json::from_slice(&std::fs::read(server.store.join("revocations.json")).unwrap())
+            .unwrap();
+    let admin = server.admin();
+    let mut lost = Vec::new();
+    for (i, (_, _, fp)) in certs.iter().enumerate() {
+        if revs.fingerprint(fp).is_none() || admin.status(fp).unwrap().status != Status::Revoked {
+            lost.push(i);
+        }
+    }
+    assert!(lost.is_empty(), "revocations lost: {lost:?}");
+    assert_eq!(revs.fingerprints.len(), 2 * EACH);
+}
+
+#[test]
 fn revocation_crl_and_status_over_https() {
     let server = CaServer::start(3600, &[]);
     let admin = server.admin();
@@ -95,7 +241,7 @@ fn revocation_crl_and_status_over_https() {
 
     // Two CA-issued certificates exist after init: the root and the TLS certificate.
     let tls = X509::from_pem(&std::fs::read(server.store.join("tls.pem")).unwrap()).unwrap();
-    let fp = local_ca_fingerprint(&tls);
+    let fp = local_ca::fingerprint(&tls).unwrap();
     assert_eq!(admin.status(&fp).unwrap().status, Status::Good);
     assert_eq!(
         admin.status(&"00".repeat(32)).unwrap().status,
@@ -151,14 +297,6 @@ fn revocation_crl_and_status_over_https() {
         .revoke(&local_ca::api::RevokeRequest::default())
         .unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
-}
-
-fn local_ca_fingerprint(c: &X509) -> String {
-    c.digest(openssl::hash::MessageDigest::sha256())
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn openssl_crl_text(server: &CaServer, der: &[u8]) -> String {
@@ -250,6 +388,7 @@ fn readme_options_match_the_command_line() {
         &["revoke"],
         &["crl"],
         &["add-ek-root"],
+        &["release"],
         &["list"],
     ];
     guest_driver::testbed::readme_drift(&readme, &[(std::path::Path::new(common::BIN), commands)])

@@ -6,7 +6,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::{openssl_verify, resign, vtpm_ca_ok, CaServer, Swtpm};
+use common::{openssl_verify, vtpm_ca_ok, CaServer, Swtpm};
 use local_ca::api::{EnrollFinishRequest, EnrollFinishResponse, EnrollStartRequest, Kind, Status};
 use local_ca::{tpm2_tools_credential_file, Client};
 use openssl::hash::MessageDigest;
@@ -14,14 +14,6 @@ use openssl::x509::X509;
 
 fn pem_of(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap()
-}
-
-fn fp(c: &X509) -> String {
-    c.digest(MessageDigest::sha256())
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A host TPM with its EK and AK made, and the CA trusting its EK root.
@@ -78,9 +70,46 @@ fn software_make_credential_activates_in_swtpm() {
     let secret = *b"thirty-two bytes of credential!!";
     let made = local_ca::credential::make_credential(&ek, &tpm.read("ak.name"), &secret).unwrap();
     let file = tpm2_tools_credential_file(&made.credential_blob, &made.encrypted_secret);
-    // Same layout as tpm2_makecredential's output: magic, version, two TPM2Bs.
-    assert_eq!(&file[..8], &[0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1]);
+    // The same layout as tpm2_makecredential's own output for that EK and name: header
+    // (magic, version) and the sizes of the two TPM2Bs.
+    std::fs::write(
+        tpm.path("ek.pub.pem"),
+        ek.public_key().unwrap().public_key_to_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(tpm.path("secret.bin"), secret).unwrap();
+    let name_hex: String = tpm
+        .read("ak.name")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = std::process::Command::new("tpm2_makecredential")
+        .current_dir(&tpm.dir)
+        .args([
+            "--tcti",
+            "none",
+            "-G",
+            "rsa",
+            "-e",
+            "ek.pub.pem",
+            "-s",
+            "secret.bin",
+        ])
+        .args(["-n", &name_hex, "-o", "tools.cred"])
+        .output()
+        .expect("tpm2_makecredential (scripts/setup.sh installs tpm2-tools)");
+    assert!(out.status.success(), "{out:?}");
+    let tools = tpm.read("tools.cred");
+    assert_eq!(file[..8], tools[..8], "header");
+    let (blob, enc) = local_ca::credential::parse_tpm2_tools_credential_file(&tools).unwrap();
+    assert_eq!(
+        (made.credential_blob.len(), made.encrypted_secret.len()),
+        (blob.len(), enc.len())
+    );
+    assert_eq!(file.len(), tools.len());
     assert_eq!(tpm.activate(&file), secret);
+    // And the TPM accepts tpm2-tools' file as well: both protect the secret for that AK.
+    assert_eq!(tpm.activate(&tools), secret);
 }
 
 #[test]
@@ -149,6 +178,72 @@ fn host_enrollment_with_swtpm_then_revocation_crl_and_status() {
     let st = admin.status(&out.fingerprint).unwrap();
     assert_eq!(st.status, Status::Revoked);
     assert_eq!(st.serial.as_deref(), Some(out.serial.as_str()));
+}
+
+/// A second TPM (another EK, under another trusted root) asking for a subject that the
+/// first one enrolled is refused before any credential is made, and the first one's
+/// certificate stays; the first one re-enrolls (renewal); after `vtpm-ca release` the
+/// second one may take the subject.
+#[test]
+fn another_ek_cannot_take_over_an_enrolled_subject() {
+    let server = CaServer::start(3600, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let first = host_tpm(&server, &tmp.path().join("first"));
+    let second = host_tpm(&server, &tmp.path().join("second"));
+    let client = server.client(None);
+    let admin = server.admin();
+    let out = enroll(&client, &first, &host_start_request(&first, "host-1"));
+    let stored = admin.get_cert("aik/host/host-1").unwrap();
+    assert_eq!(
+        X509::from_pem(stored.as_bytes()).unwrap().to_der().unwrap(),
+        X509::from_pem(out.certificate.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    );
+
+    // The second TPM's chain is valid, but host-1 belongs to the first EK.
+    let taken = host_start_request(&second, "host-1");
+    let e = client.enroll_start(&taken).unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some("subject_taken")),
+        "{e}"
+    );
+    assert_eq!(admin.get_cert("aik/host/host-1").unwrap(), stored);
+    // It may enroll under a name of its own.
+    let other = enroll(&client, &second, &host_start_request(&second, "host-2"));
+    assert_eq!(other.name, "aik/host/host-2");
+
+    // Renewal: the first TPM enrolls host-1 again with the same EK.
+    let renewed = enroll(&client, &first, &host_start_request(&first, "host-1"));
+    assert_ne!(renewed.serial, out.serial);
+    assert_eq!(
+        admin.get_cert("aik/host/host-1").unwrap(),
+        renewed.certificate
+    );
+
+    // Released by the administrator, host-1 may be enrolled by the second TPM.
+    let text = vtpm_ca_ok(
+        &server.store,
+        &["release", "--kind", "host", "--subject", "host-1"],
+    );
+    assert!(text.starts_with("released aik/host/host-1"), "{text}");
+    let text = vtpm_ca_ok(
+        &server.store,
+        &["release", "--kind", "host", "--subject", "host-1"],
+    );
+    assert!(text.contains("not bound"), "{text}");
+    let moved = enroll(&client, &second, &taken);
+    assert_eq!(
+        admin.get_cert("aik/host/host-1").unwrap(),
+        moved.certificate
+    );
+    // ... and now the first one is the stranger.
+    let e = client
+        .enroll_start(&host_start_request(&first, "host-1"))
+        .unwrap_err();
+    assert_eq!(e.code(), Some("subject_taken"), "{e}");
 }
 
 #[test]
@@ -286,10 +381,11 @@ fn certificates_expire_with_the_configured_validity() {
 /// certificate, and revoking the coprocessor stops further vTPM enrollments.
 #[test]
 fn vtpm_enrollment_through_a_registered_coprocessor() {
-    use openssl::x509::extension::{
-        AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier,
-    };
+    use coprocessor::identity::{issue_signed_by, CertSpec, Validity};
+    use openssl::ecdsa::EcdsaSig;
+    use openssl::x509::extension::{AuthorityKeyIdentifier, BasicConstraints, KeyUsage};
     use openssl::x509::{X509Builder, X509NameBuilder};
+    use std::time::Duration;
 
     let server = CaServer::start(3600, &[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -298,59 +394,22 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     let host_out = enroll(&client, &host, &host_start_request(&host, "host-1"));
     let host_aik = X509::from_pem(host_out.certificate.as_bytes()).unwrap();
 
-    // The coprocessor certificate: software P-256 key, signed by the host AIK in the TPM.
+    // The coprocessor certificate: software P-256 key, signed by the host AIK in the TPM
+    // (`tpm2_sign` gives a DER ECDSA signature; the coprocessor crate wants (r, s)).
     let cop_key = local_ca::issue::generate_key().unwrap();
-    let name = |cn: &str| {
-        let mut n = X509NameBuilder::new().unwrap();
-        n.append_entry_by_text("CN", cn).unwrap();
-        n.build()
-    };
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&local_ca::issue::random_serial().unwrap())
-        .unwrap();
-    b.set_subject_name(&name("coprocessor host-1")).unwrap();
-    b.set_issuer_name(host_aik.subject_name()).unwrap();
-    b.set_pubkey(&cop_key).unwrap();
-    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
-        .unwrap();
-    b.append_extension(
-        BasicConstraints::new()
-            .critical()
-            .ca()
-            .pathlen(0)
-            .build()
-            .unwrap(),
+    let cop = issue_signed_by(
+        &CertSpec::coprocessor(
+            "host-1",
+            Validity::starting_now(Duration::from_secs(86_400)),
+        ),
+        &host_aik,
+        &cop_key,
+        |tbs| -> Result<_, openssl::error::ErrorStack> {
+            let sig = EcdsaSig::from_der(&host.sign_with_ak(tbs))?;
+            Ok((sig.r().to_vec(), sig.s().to_vec()))
+        },
     )
     .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .digital_signature()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(Some(&host_aik), None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&b.x509v3_context(Some(&host_aik), None))
-        .unwrap();
-    b.append_extension(aki).unwrap();
-    // A throwaway ECDSA signature fixes the TBS's signature algorithm; the TPM re-signs.
-    b.sign(
-        &local_ca::issue::generate_key().unwrap(),
-        MessageDigest::sha256(),
-    )
-    .unwrap();
-    let cop = resign(&b.build(), |tbs| host.sign_with_ak(tbs));
     assert!(cop.verify(&host_aik.public_key().unwrap()).unwrap());
     let cop_pem = String::from_utf8(cop.to_pem().unwrap()).unwrap();
 
@@ -372,7 +431,9 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     b.set_version(2).unwrap();
     b.set_serial_number(&local_ca::issue::random_serial().unwrap())
         .unwrap();
-    b.set_subject_name(&name("vek vm-1")).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "vek vm-1").unwrap();
+    b.set_subject_name(&name.build()).unwrap();
     b.set_issuer_name(cop.subject_name()).unwrap();
     b.set_pubkey(&vek_pub).unwrap();
     b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
@@ -420,8 +481,11 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
         .client(Some(&agent))
         .register_coprocessor(&chain)
         .unwrap();
-    assert_eq!(reg.fingerprint, fp(&cop));
-    assert_eq!(reg.name, format!("coprocessor/{}", fp(&cop)));
+    assert_eq!(reg.fingerprint, local_ca::fingerprint(&cop).unwrap());
+    assert_eq!(
+        reg.name,
+        format!("coprocessor/{}", local_ca::fingerprint(&cop).unwrap())
+    );
     assert_eq!(
         client.status(&reg.fingerprint).unwrap().status,
         Status::Good
