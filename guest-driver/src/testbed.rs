@@ -34,6 +34,20 @@ pub fn stop_child(child: &mut Child, sig: Signal, timeout: Duration) -> io::Resu
     }
 }
 
+/// Waits until a Unix socket at `path` accepts connections: swtpm binds its socket (the
+/// file appears) a moment before it listens, and a client in that gap is refused.
+pub fn wait_for_listener(path: &Path, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    wait_for_path(path, timeout)?;
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
 /// Waits until `path` exists.
 pub fn wait_for_path(path: &Path, timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -253,7 +267,7 @@ impl SwtpmProcess {
         })?;
         let mut s = SwtpmProcess { child, ctrl, data };
         for p in [Some(&s.ctrl), s.data.as_ref()].into_iter().flatten() {
-            if let Err(e) = wait_for_path(p, Duration::from_secs(10)) {
+            if let Err(e) = wait_for_listener(p, Duration::from_secs(10)) {
                 let _ = s.child.kill();
                 return Err(e);
             }
