@@ -8,18 +8,16 @@
 //! - [`swtpm::SwtpmEngine`]: an existing swtpm process reached over its control and data
 //!   sockets, for operators who run swtpm today and as a benchmark baseline.
 //!
-//! It also owns where instance state lives ([`state::EncryptedStore`] behind
-//! [`state::StateStore`]) and the keys that protect it ([`keys`]).
+//! An engine reaches durable storage only through the [`StateStore`] seam; the encrypted state
+//! directory behind it lives in the `vtpm-state` crate, how a whole instance travels between
+//! daemons ([`EngineState`] serialised) in `migration`, and the instance's certificates in
+//! `identity`.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
-pub mod identity;
-pub mod keys;
 pub mod libtpms;
-pub mod snapshot;
-pub mod state;
+pub mod store;
 pub mod swtpm;
-pub mod swtpm_import;
+
+pub use store::{StateStore, StoreError};
 
 use std::path::PathBuf;
 
@@ -35,7 +33,7 @@ pub enum Error {
     #[error("command of {0} bytes exceeds the engine's limit")]
     CommandTooLarge(usize),
     #[error("state store: {0}")]
-    State(#[from] state::StateError),
+    Store(#[source] StoreError),
     #[error("swtpm {what}: {source}")]
     SwtpmIo {
         what: &'static str,
@@ -46,8 +44,6 @@ pub enum Error {
     SwtpmControl { cmd: u32, code: u32 },
     #[error("swtpm returned a malformed response: {0}")]
     SwtpmProtocol(String),
-    #[error("snapshot: {0}")]
-    Snapshot(#[from] snapshot::SnapshotError),
     #[error("{0} is not supported by this engine")]
     Unsupported(&'static str),
     #[error("cannot start engine {engine} at {path}: {reason}")]
@@ -59,6 +55,18 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Upper bound for one state blob; libtpms' permanent state is tens of KiB.
+pub const MAX_STATE_BLOB: usize = 4 << 20;
+
+/// A whole instance as an engine exports and imports it: the permanent (NV) state and the
+/// volatile state of the running TPM (loaded objects, sessions, PCRs). How it is serialised
+/// and protected on its way to another daemon is the `migration` crate's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineState {
+    pub permanent: Vec<u8>,
+    pub volatile: Vec<u8>,
+}
 
 /// One vTPM instance's engine, as the device sees it.
 ///
@@ -86,9 +94,9 @@ pub trait Coprocessor: Send {
 
     /// Serialises the whole instance (permanent and volatile state) for live migration.
     /// The caller guarantees no command runs meanwhile.
-    fn export_state(&mut self) -> Result<snapshot::Snapshot>;
+    fn export_state(&mut self) -> Result<EngineState>;
 
     /// Replaces this instance with an exported one: the TPM continues exactly where the
     /// exporter stopped. On failure the previous instance is restored and keeps running.
-    fn import_state(&mut self, snapshot: &snapshot::Snapshot) -> Result<()>;
+    fn import_state(&mut self, state: &EngineState) -> Result<()>;
 }

@@ -14,9 +14,8 @@ use std::sync::Mutex;
 
 use log::{error, info};
 
-use crate::snapshot::Snapshot;
-use crate::state::StateStore;
-use crate::{Coprocessor, Error, Result};
+use crate::store::{StateStore, StoreError};
+use crate::{Coprocessor, EngineState, Error, Result};
 
 type TpmResult = u32;
 const TPM_SUCCESS: TpmResult = 0;
@@ -214,7 +213,7 @@ impl LibtpmsEngine {
             Ok(v) => v.is_some(),
             Err(e) => {
                 ENGINE_IN_USE.store(false, Ordering::SeqCst);
-                return Err(e.into());
+                return Err(Error::Store(e));
             }
         };
         if let Ok(mut g) = STORE.lock() {
@@ -266,7 +265,7 @@ impl LibtpmsEngine {
 /// a panic while it was held, or none registered) is an engine failure, like a store the
 /// libtpms callbacks cannot reach.
 fn with_store<T>(
-    f: impl FnOnce(&dyn StateStore) -> std::result::Result<T, crate::state::StateError>,
+    f: impl FnOnce(&dyn StateStore) -> std::result::Result<T, StoreError>,
 ) -> Result<T> {
     let unavailable = |call| Error::Libtpms {
         call,
@@ -276,7 +275,7 @@ fn with_store<T>(
         .lock()
         .map_err(|_| unavailable("state store access (lock poisoned by an earlier panic)"))?;
     match guard.as_deref() {
-        Some(store) => Ok(f(store)?),
+        Some(store) => f(store).map_err(Error::Store),
         None => Err(unavailable("state store access (no store registered)")),
     }
 }
@@ -337,26 +336,26 @@ impl Coprocessor for LibtpmsEngine {
         Ok(())
     }
 
-    fn export_state(&mut self) -> Result<Snapshot> {
+    fn export_state(&mut self) -> Result<EngineState> {
         let volatile = volatile_state()?;
         let permanent = with_store(|s| s.load(PERMANENT_BLOB))?.ok_or(Error::Libtpms {
             call: "export (no permanent state stored)",
             code: TPM_FAIL,
         })?;
-        Ok(Snapshot {
+        Ok(EngineState {
             permanent,
             volatile,
         })
     }
 
-    fn import_state(&mut self, snapshot: &Snapshot) -> Result<()> {
+    fn import_state(&mut self, state: &EngineState) -> Result<()> {
         let previous = with_store(|s| s.load(PERMANENT_BLOB))?;
         let previous_volatile = volatile_state()?;
         // SAFETY: stop the single engine; `init` below starts it again from the store.
         unsafe { TPMLIB_Terminate() };
         let installed = with_store(|s| {
-            s.store(PERMANENT_BLOB, &snapshot.permanent)?;
-            s.store(VOLATILE_BLOB, &snapshot.volatile)
+            s.store(PERMANENT_BLOB, &state.permanent)?;
+            s.store(VOLATILE_BLOB, &state.volatile)
         })
         .and_then(|()| self.init());
         // The volatile blob is consumed either way (see `start`).
@@ -415,7 +414,3 @@ impl Drop for LibtpmsEngine {
         ENGINE_IN_USE.store(false, Ordering::SeqCst);
     }
 }
-
-#[cfg(test)]
-#[path = "tests/libtpms.rs"]
-mod tests;

@@ -14,12 +14,11 @@ use log::info;
 use tpm_proto::{Header, HEADER_SIZE, MAX_BUFFER_SIZE};
 
 use self::ctrl::{CMD_INIT, CMD_STORE_VOLATILE, PTM_INIT_FLAG_DELETE_VOLATILE};
-use crate::snapshot::Snapshot;
-use crate::{Coprocessor, Error, Result};
+use crate::{Coprocessor, EngineState, Error, Result};
 
 /// swtpm's control channel (swtpm_ioctls(3)), as this engine and the import of swtpm state
-/// ([`crate::swtpm_import`]) use it.
-pub(crate) mod ctrl {
+/// (`vtpm_state::swtpm_import`) use it.
+pub mod ctrl {
     use std::io::{self, Read, Write};
 
     pub const CMD_INIT: u32 = 0x02;
@@ -141,13 +140,13 @@ impl Coprocessor for SwtpmEngine {
         self.control(CMD_STORE_VOLATILE, &[])
     }
 
-    fn export_state(&mut self) -> Result<Snapshot> {
+    fn export_state(&mut self) -> Result<EngineState> {
         Err(Error::Unsupported(
             "live migration of the device state (swtpm engine)",
         ))
     }
 
-    fn import_state(&mut self, _snapshot: &Snapshot) -> Result<()> {
+    fn import_state(&mut self, _state: &EngineState) -> Result<()> {
         Err(Error::Unsupported(
             "live migration of the device state (swtpm engine)",
         ))

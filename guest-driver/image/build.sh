@@ -22,7 +22,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 driver_dir=$(cd "$here/../linux" && pwd)
-tpm_bench_src=$(cd "$here/../../bench/guest" && pwd)/tpm_bench.c
+tpm_bench_src=$(cd "$here/../../vtpm-bench/guest" && pwd)/tpm_bench.c
 cache=${VTPM_CACHE:-$HOME/.cache/vhost-vtpm}
 apt_get=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 export DEBIAN_FRONTEND=noninteractive

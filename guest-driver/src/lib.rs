@@ -7,13 +7,13 @@
 //! interrupt). Nothing in the daemon can tell it from QEMU plus a guest kernel, which makes it
 //! the fastest honest way to test and measure the daemon without a VM.
 //!
-//! [`testbed`] runs the processes the harness talks to (the daemon, swtpm). The Linux
-//! kernel driver (`tpm_virtio`) lives in `linux/` beside this crate.
+//! The Linux kernel driver (`tpm_virtio`) lives in `linux/` beside this crate, and the test
+//! guest that carries it in `image/`; the processes the harness talks to (the daemon, swtpm)
+//! are the `testbed` crate's fixtures.
 
 mod client;
 mod memory;
 mod split_ring;
-pub mod testbed;
 
 pub use client::{ClientOptions, HarnessError, VtpmClient};
 pub use split_ring::{Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};

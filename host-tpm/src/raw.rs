@@ -128,7 +128,7 @@ mod tests {
 
     use std::str::FromStr;
 
-    use guest_driver::testbed::HostTpmSimulator;
+    use testbed::HostTpmSimulator;
     use tpm_proto::commands::*;
     use tpm_proto::public::TpmPublic;
     use tpm_proto::ResponseReader;

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use guest_driver::testbed::HostTpmSimulator;
 use host_tpm::{HostTpm, HostTpmError, ObjectBlob, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -12,6 +11,7 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::sha::sha256;
 use openssl::x509::X509;
+use testbed::HostTpmSimulator;
 use tpm_proto::public::{PublicParams, TpmPublic};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::handles::NvIndexTpmHandle;

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use guest_driver::testbed::HostTpmSimulator;
 use host_tpm::{HostTpm, HostTpmError, SealedBlob};
+use testbed::HostTpmSimulator;
 
-/// The host TPM of these tests: swtpm over TCP (see `guest_driver::testbed`).
+/// The host TPM of these tests: swtpm over TCP (see `testbed::host_tpm`).
 struct Swtpm(HostTpmSimulator);
 
 impl Swtpm {

@@ -8,14 +8,13 @@
 //! next command of a burst is then picked up without the kick→wake-up round trip.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use coprocessor::snapshot::Snapshot;
 use coprocessor::Coprocessor;
 use log::{debug, error, info};
 use vhost::vhost_user::message::{
@@ -86,9 +85,6 @@ impl Device {
         self.engine.save()
     }
 }
-
-/// Largest device state accepted from a migration stream.
-const MAX_DEVICE_STATE: u64 = 16 << 20;
 
 pub type SharedDevice = Arc<Mutex<Device>>;
 
@@ -313,33 +309,17 @@ impl VhostUserBackend for VtpmBackend {
             VhostTransferStateDirection::SAVE => {
                 // Exported now, while the frontend holds the device stopped; written by a
                 // thread because the frontend reads the pipe only after this reply.
-                let snapshot = lock(&device)
-                    .engine
-                    .export_state()
-                    .map_err(io::Error::other)?;
-                let bytes = snapshot.encode();
+                let bytes =
+                    migration::save(lock(&device).engine.as_mut()).map_err(io::Error::other)?;
                 info!("migration: sending device state ({} bytes)", bytes.len());
                 Box::new(move || {
-                    file.write_all(&bytes)
-                        .map_err(|e| format!("writing device state: {e}"))
+                    migration::device_state::send(&bytes, file).map_err(|e| e.to_string())
                 })
             }
             VhostTransferStateDirection::LOAD => Box::new(move || {
-                let mut bytes = Vec::new();
-                (&mut file)
-                    .take(MAX_DEVICE_STATE + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| format!("reading device state: {e}"))?;
-                if bytes.len() as u64 > MAX_DEVICE_STATE {
-                    return Err(format!("device state larger than {MAX_DEVICE_STATE} bytes"));
-                }
-                let snapshot = Snapshot::decode(&bytes).map_err(|e| e.to_string())?;
-                lock(&device)
-                    .engine
-                    .import_state(&snapshot)
-                    .map_err(|e| e.to_string())?;
-                info!("migration: device state loaded ({} bytes)", bytes.len());
-                Ok(())
+                let bytes =
+                    migration::device_state::receive(&mut file).map_err(|e| e.to_string())?;
+                migration::load(lock(&device).engine.as_mut(), &bytes).map_err(|e| e.to_string())
             }),
         };
         let handle = std::thread::Builder::new()

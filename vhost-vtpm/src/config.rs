@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use coprocessor::keys::HostKey;
+use vtpm_state::host_key_args::{HostKeyArgError, HostKeyArgs};
+use vtpm_state::keys::HostKey;
 
 /// vhost-user backend for a virtio TPM 2.0 device.
 #[derive(Parser, Debug, Clone)]
@@ -51,53 +52,6 @@ pub struct Args {
     /// Print the backend's capabilities as JSON (vhost-user.json style) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
-}
-
-/// What protects the instance's state key (shared by the daemon and `vtpm-state`).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct HostKeyArgs {
-    /// Seal the instance's state key with the host TPM reached through this TCTI
-    /// (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, ...).
-    #[arg(long, value_name = "TCTI", conflicts_with = "host_key_file")]
-    pub host_tpm: Option<String>,
-
-    /// With --host-tpm: bind a new instance's key to these SHA-256 PCRs of the host TPM
-    /// (comma-separated, e.g. `0,7`). The key then unseals only while they hold.
-    #[arg(long, value_name = "PCRS", value_delimiter = ',')]
-    pub host_tpm_pcrs: Vec<u8>,
-
-    /// Without a host TPM: wrap the instance's state key with this key file (32 bytes or 64
-    /// hex digits, readable only by the daemon's user; `vtpm-state gen-host-key` makes one).
-    #[arg(long, value_name = "PATH")]
-    pub host_key_file: Option<PathBuf>,
-}
-
-impl HostKeyArgs {
-    fn is_set(&self) -> bool {
-        self.host_tpm.is_some() || self.host_key_file.is_some()
-    }
-
-    /// The validated host key, `None` if neither option was given.
-    pub fn host_key(&self) -> Result<Option<HostKey>, ConfigError> {
-        if !self.host_tpm_pcrs.is_empty() && self.host_tpm.is_none() {
-            return Err(ConfigError::PcrsWithoutHostTpm);
-        }
-        if let Some(&pcr) = self.host_tpm_pcrs.iter().find(|&&p| p > 23) {
-            return Err(ConfigError::BadPcr(pcr));
-        }
-        let mut pcrs = self.host_tpm_pcrs.clone();
-        pcrs.sort_unstable();
-        pcrs.dedup();
-        Ok(match (&self.host_tpm, &self.host_key_file) {
-            (Some(tcti), None) => Some(HostKey::Tpm {
-                tcti: tcti.clone(),
-                pcrs,
-            }),
-            (None, Some(path)) => Some(HostKey::File(path.clone())),
-            // clap rejects both at once.
-            _ => None,
-        })
-    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,10 +113,8 @@ pub enum ConfigError {
     NoHostKey,
     #[error("--host-tpm and --host-key-file are not used with --engine swtpm: swtpm encrypts its own state (its --key option)")]
     HostKeyWithSwtpm,
-    #[error("--host-tpm-pcrs: PCR {0} is out of range 0..=23")]
-    BadPcr(u8),
-    #[error("--host-tpm-pcrs needs --host-tpm: PCRs bind the key to the host TPM")]
-    PcrsWithoutHostTpm,
+    #[error(transparent)]
+    HostKey(#[from] HostKeyArgError),
 }
 
 /// Longest busy-poll window accepted; beyond this it is a spinning thread, not a window.
@@ -225,5 +177,163 @@ pub fn capabilities() -> serde_json::Value {
 }
 
 #[cfg(test)]
-#[path = "tests/config.rs"]
-mod tests;
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["vhost-vtpm"];
+        v.extend_from_slice(args);
+        Config::try_from(Args::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn minimal_libtpms_config() {
+        let c = parse(&[
+            "--socket-path",
+            "/tmp/s",
+            "--state-dir",
+            "/tmp/d",
+            "--host-key-file",
+            "/k",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, Listen::Path("/tmp/s".into()));
+        assert_eq!(
+            c.engine,
+            EngineConfig::Libtpms {
+                state_dir: "/tmp/d".into(),
+                host_key: HostKey::File("/k".into()),
+            }
+        );
+        assert!(c.busy_poll.is_zero());
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        assert_eq!(parse(&["--state-dir", "/d"]), Err(ConfigError::NoListener));
+        assert_eq!(
+            parse(&["--socket-path", "/s"]),
+            Err(ConfigError::NoStateDir)
+        );
+        assert_eq!(
+            parse(&[
+                "--socket-path",
+                "/s",
+                "--engine",
+                "swtpm",
+                "--swtpm-ctrl",
+                "/c"
+            ]),
+            Err(ConfigError::NoSwtpmSockets)
+        );
+        assert_eq!(
+            parse(&[
+                "--socket-path",
+                "/s",
+                "--state-dir",
+                "/d",
+                "--swtpm-data",
+                "/x"
+            ]),
+            Err(ConfigError::SwtpmOptionWithoutSwtpm("swtpm-data"))
+        );
+        assert_eq!(
+            parse(&["--fd=-3", "--state-dir", "/d"]),
+            Err(ConfigError::BadFd(-3))
+        );
+        assert_eq!(
+            parse(&[
+                "--socket-path",
+                "/s",
+                "--state-dir",
+                "/d",
+                "--host-key-file",
+                "/k",
+                "--busy-poll-us",
+                "20000"
+            ]),
+            Err(ConfigError::BusyPollTooLong(20000))
+        );
+    }
+
+    #[test]
+    fn state_is_always_encrypted_under_one_host_key() {
+        let base = ["--socket-path", "/s", "--state-dir", "/d"];
+        assert_eq!(parse(&base), Err(ConfigError::NoHostKey));
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&[
+            "--host-tpm",
+            "device:/dev/tpmrm0",
+            "--host-tpm-pcrs",
+            "7,0,7",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.engine,
+            EngineConfig::Libtpms {
+                state_dir: "/d".into(),
+                host_key: HostKey::Tpm {
+                    tcti: "device:/dev/tpmrm0".into(),
+                    pcrs: vec![0, 7],
+                },
+            }
+        );
+        assert_eq!(
+            with(&["--host-tpm", "device:/dev/tpmrm0", "--host-tpm-pcrs", "24"]),
+            Err(ConfigError::HostKey(HostKeyArgError::BadPcr(24)))
+        );
+        // Both at once, or PCRs without a TPM, are usage errors.
+        let mut v = vec!["x"];
+        v.extend_from_slice(&base);
+        let mut both = v.clone();
+        both.extend(["--host-tpm", "device:/x", "--host-key-file", "/k"]);
+        assert!(Args::try_parse_from(both).is_err());
+        assert_eq!(
+            with(&["--host-key-file", "/k", "--host-tpm-pcrs", "7"]),
+            Err(ConfigError::HostKey(HostKeyArgError::PcrsWithoutHostTpm))
+        );
+        assert_eq!(
+            parse(&[
+                "--socket-path",
+                "/s",
+                "--engine",
+                "swtpm",
+                "--swtpm-ctrl",
+                "/c",
+                "--swtpm-data",
+                "/d",
+                "--host-key-file",
+                "/k"
+            ]),
+            Err(ConfigError::HostKeyWithSwtpm)
+        );
+    }
+
+    #[test]
+    fn socket_path_and_fd_conflict() {
+        assert!(Args::try_parse_from(["x", "--socket-path", "/s", "--fd", "3"]).is_err());
+    }
+
+    #[test]
+    fn swtpm_config() {
+        let c = parse(&[
+            "--fd",
+            "3",
+            "--engine",
+            "swtpm",
+            "--swtpm-ctrl",
+            "/c",
+            "--swtpm-data",
+            "/d",
+            "--busy-poll-us",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(c.listen, Listen::Fd(3));
+        assert_eq!(c.busy_poll, Duration::from_micros(50));
+    }
+}

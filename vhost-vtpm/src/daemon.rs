@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use coprocessor::keys::HostKey;
 use coprocessor::libtpms::LibtpmsEngine;
-use coprocessor::state::{EncryptedStore, Opened, StateError};
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
 use log::{info, warn};
@@ -23,6 +21,8 @@ use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::GuestMemoryAtomic;
+use vtpm_state::keys::HostKey;
+use vtpm_state::{EncryptedStore, Opened, StateError};
 
 use crate::backend::{Device, GuestMem, SharedDevice, VtpmBackend};
 use crate::config::{Config, EngineConfig, Listen};

@@ -14,8 +14,6 @@
 //!   interrupts, the optional busy-poll window.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
-//! - [`statectl`]: the `vtpm-state` operator commands (inspect, reset with backup, accept,
-//!   import from swtpm, host key generation).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -23,5 +21,4 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod request;
-pub mod statectl;
 pub mod virtio_tpm;

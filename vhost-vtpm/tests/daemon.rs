@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use guest_driver::testbed::SwtpmProcess;
 use guest_driver::{ClientOptions, Desc, DESC_F_NEXT, DESC_F_WRITE};
 use openssl::sha::sha256;
+use testbed::SwtpmProcess;
 use tpm_proto::{commands as c, rc};
 
 #[test]
@@ -410,7 +410,7 @@ fn listener_inherited_with_fd() {
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = listener.as_raw_fd();
     let key = dir.path().join("host.key");
-    guest_driver::testbed::ensure_host_key(std::path::Path::new(DAEMON), &key).unwrap();
+    testbed::ensure_host_key(&key).unwrap();
     let mut cmd = std::process::Command::new(DAEMON);
     cmd.arg("--fd")
         .stderr(std::process::Stdio::null())
@@ -470,7 +470,7 @@ fn bad_command_lines_fail_with_a_clear_message() {
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let key = dir.path().join("host.key");
-    guest_driver::testbed::ensure_host_key(std::path::Path::new(DAEMON), &key).unwrap();
+    testbed::ensure_host_key(&key).unwrap();
     let out = std::process::Command::new(DAEMON)
         .args(["--fd", "0", "--host-key-file"])
         .arg(&key)
@@ -527,24 +527,7 @@ fn swtpm_engine_serves_the_device() {
 fn readme_options_match_the_command_line() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let state_commands: &[&[&str]] = &[
-        &["gen-host-key"],
-        &["inspect"],
-        &["reset"],
-        &["accept-current"],
-        &["import-swtpm"],
-    ];
-    guest_driver::testbed::readme_drift(
-        &readme,
-        &[
-            (std::path::Path::new(DAEMON), &[&[]]),
-            (
-                std::path::Path::new(env!("CARGO_BIN_EXE_vtpm-state")),
-                state_commands,
-            ),
-        ],
-    )
-    .unwrap();
+    testbed::readme_drift(&readme, &[(std::path::Path::new(DAEMON), &[&[]])]).unwrap();
 }
 
 #[test]

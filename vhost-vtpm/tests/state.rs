@@ -11,11 +11,10 @@ use std::process::Command;
 use common::*;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
-use guest_driver::testbed::{DaemonProcess, HostTpmSimulator, SwtpmProcess};
+use testbed::{DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::commands as c;
 use tpm_proto::rc;
 
-const STATE_TOOL: &str = env!("CARGO_BIN_EXE_vtpm-state");
 const NV_INDEX: u32 = 0x0150_0030;
 const PERSISTENT: u32 = 0x8100_0077;
 const STATE_FILES: [&str; 3] = ["instance.key", "state.vtpm", "state.gen"];
@@ -190,7 +189,7 @@ fn state_key_sealed_by_the_host_tpm_survives_a_host_reboot() {
     assert!(err.contains("host TPM"), "{err}");
     // Nor can a key file stand in for the TPM.
     let key = dir.join("some.key");
-    guest_driver::testbed::ensure_host_key(Path::new(DAEMON), &key).unwrap();
+    testbed::ensure_host_key(&key).unwrap();
     let err = refused(dir, &["--host-key-file", key.to_str().unwrap()]);
     assert!(err.contains("protected by the host TPM"), "{err}");
     assert_eq!(read_nv(dir, &["--host-tpm", &tcti]), b"sealed!!");
@@ -326,8 +325,8 @@ fn import_case(protection: SwtpmProtection) {
 
     // Import with the operator command, then serve it with our daemon.
     let host_key = dir.join("host.key");
-    guest_driver::testbed::ensure_host_key(Path::new(DAEMON), &host_key).unwrap();
-    let mut import = Command::new(STATE_TOOL);
+    testbed::ensure_host_key(&host_key).unwrap();
+    let mut import = Command::new(testbed::workspace_bin("vtpm-state"));
     import
         .args(["import-swtpm", "--state-dir"])
         .arg(dir.join("state"))
@@ -415,7 +414,7 @@ fn reset_command_keeps_a_backup_and_the_daemon_starts_fresh() {
     bytes[n - 1] ^= 1;
     fs::write(state.join("state.vtpm"), &bytes).unwrap();
     refused(dir, &[]);
-    let out = Command::new(STATE_TOOL)
+    let out = Command::new(testbed::workspace_bin("vtpm-state"))
         .args(["reset", "--yes", "--state-dir"])
         .arg(&state)
         .output()

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_driver::testbed::DaemonProcess;
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sys::signal::Signal;
+use testbed::DaemonProcess;
 use tpm_proto::{commands as c, rc, response_code};
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_vhost-vtpm");

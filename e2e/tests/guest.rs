@@ -1,0 +1,174 @@
+//! A real Linux guest (tpm_virtio driver, unmodified tpm2-tools) in QEMU with our
+//! vhost-user-tpm-pci device, served by the vhost-vtpm daemon with libtpms.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sha::sha256;
+use openssl::sign::Verifier;
+use testbed::{start_daemon, DaemonProcess, Env, TpmFrontend, Vm};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses `tpm2_pcrread sha256:N` output into the PCR value.
+fn pcr_value(out: &str, pcr: u32) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{pcr}: 0x")))
+        .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
+        .trim()
+        .to_lowercase()
+}
+
+fn start() -> (Env, tempfile::TempDir, DaemonProcess) {
+    let env = Env::load();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(&env, dir.path(), &[]);
+    (env, dir, daemon)
+}
+
+#[test]
+fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
+    let (env, _dir, daemon) = start();
+    let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    assert!(vm.must("ls /dev/tpm0 /dev/tpmrm0").contains("/dev/tpmrm0"));
+
+    let rnd = vm.must("tpm2_getrandom --hex 16");
+    assert_eq!(rnd.trim().len(), 32, "tpm2_getrandom: {rnd}");
+    assert_ne!(rnd.trim(), vm.must("tpm2_getrandom --hex 16").trim());
+
+    let before = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    assert_eq!(before, "0".repeat(64));
+    let digest = sha256(b"measured by the guest");
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex(&digest)));
+    let after = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat());
+    assert_eq!(
+        after,
+        hex(&expected),
+        "PCR16 differs from the host's computation"
+    );
+
+    vm.must("tpm2_createprimary -Q -C o -c p.ctx");
+    vm.must("tpm2_create -Q -C p.ctx -G ecc256 -u k.pub -r k.priv");
+    vm.must("tpm2_load -Q -C p.ctx -u k.pub -r k.priv -c k.ctx");
+    vm.must("echo -n 'signed inside the guest' > msg");
+    vm.must("tpm2_sign -Q -c k.ctx -g sha256 -f plain -o sig.der msg");
+    vm.must("tpm2_readpublic -Q -c k.ctx -f pem -o k.pem");
+    let sig = vm.read_file("sig.der");
+    let pem = vm.read_file("k.pem");
+    let key = PKey::public_key_from_pem(&pem).expect("public key PEM from the guest");
+    let mut v = Verifier::new(MessageDigest::sha256(), &key).unwrap();
+    v.update(b"signed inside the guest").unwrap();
+    assert!(
+        v.verify(&sig).unwrap(),
+        "guest signature does not verify on the host"
+    );
+    let mut v = Verifier::new(MessageDigest::sha256(), &key).unwrap();
+    v.update(b"something else").unwrap();
+    assert!(!v.verify(&sig).unwrap());
+    vm.shutdown();
+    assert!(daemon.log_text().contains("frontend connected"));
+}
+
+#[test]
+fn nv_index_survives_guest_reboot_and_pcrs_reset() {
+    let (env, _dir, daemon) = start();
+    let mut vm = Vm::boot_opts(&env, &TpmFrontend::VhostUser(daemon.socket.clone()), true);
+    let data = "persist me across reboot 1234567";
+    vm.must("tpm2_nvdefine 0x1500016 -C o -s 32 -a 'ownerread|ownerwrite|authread|authwrite'");
+    vm.must(&format!(
+        "echo -n '{data}' > d && tpm2_nvwrite 0x1500016 -C o -i d"
+    ));
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex(&sha256(b"x"))));
+    vm.reboot();
+    vm.must("tpm2_nvread 0x1500016 -C o -s 32 -o back");
+    assert_eq!(vm.read_file("back"), data.as_bytes());
+    let pcr = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    assert_eq!(pcr, "0".repeat(64), "a guest reboot power-cycles the TPM");
+    vm.shutdown();
+}
+
+#[test]
+fn daemon_killed_and_restarted_while_the_guest_waits() {
+    let (env, _dir, mut daemon) = start();
+    let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    vm.must("tpm2_nvdefine 0x1500017 -C o -s 8 -a 'ownerread|ownerwrite|authread|authwrite'");
+    vm.must("echo -n 'acked!!!' > d && tpm2_nvwrite 0x1500017 -C o -i d");
+    assert!(!daemon.signal(Signal::SIGKILL).unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.restart().unwrap();
+    // QEMU reconnects on its own (reconnect-ms); then the guest's commands work again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while daemon.log_text().matches("frontend connected").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU did not reconnect:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rnd = vm.must("tpm2_getrandom --hex 8");
+    assert_eq!(
+        rnd.trim().len(),
+        16,
+        "tpm2_getrandom after the restart: {rnd}\n{}",
+        daemon.log_text()
+    );
+    vm.must("tpm2_nvread 0x1500017 -C o -s 8 -o back");
+    assert_eq!(
+        vm.read_file("back"),
+        b"acked!!!",
+        "acknowledged NV write lost"
+    );
+    vm.shutdown();
+}
+
+#[test]
+fn live_migration_carries_the_vtpm_to_a_new_daemon() {
+    let env = Env::load();
+    let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let src_daemon = start_daemon(&env, src_dir.path(), &[]);
+    let mut src = Vm::boot(&env, &TpmFrontend::VhostUser(src_daemon.socket.clone()));
+    src.must("tpm2_nvdefine 0x1500018 -C o -s 8 -a 'ownerread|ownerwrite|authread|authwrite'");
+    src.must("echo -n 'migrate!' > d && tpm2_nvwrite 0x1500018 -C o -i d");
+    src.must(&format!(
+        "tpm2_pcrextend 16:sha256={}",
+        hex(&sha256(b"before migration"))
+    ));
+    let pcr = pcr_value(&src.must("tpm2_pcrread sha256:16"), 16);
+
+    let stream = src_dir.path().join("migration.stream");
+    src.migrate_to_file(&stream);
+    assert!(src_daemon
+        .log_text()
+        .contains("migration: sending device state"));
+    drop(src);
+
+    // A different daemon with an empty state directory receives the vTPM.
+    let dst_daemon = start_daemon(&env, dst_dir.path(), &[]);
+    let mut dst = Vm::incoming(
+        &env,
+        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+        &stream,
+    );
+    assert!(
+        dst_daemon
+            .log_text()
+            .contains("migration: device state loaded"),
+        "{}",
+        dst_daemon.log_text()
+    );
+    assert_eq!(
+        pcr_value(&dst.must("tpm2_pcrread sha256:16"), 16),
+        pcr,
+        "PCRs migrated"
+    );
+    dst.must("tpm2_nvread 0x1500018 -C o -s 8 -o back");
+    assert_eq!(dst.read_file("back"), b"migrate!", "NV migrated");
+    assert_eq!(dst.must("tpm2_getrandom --hex 8").trim().len(), 16);
+    dst.shutdown();
+}

@@ -1,0 +1,90 @@
+//! The serialised form of a whole vTPM instance ([`EngineState`]), as it travels inside a
+//! live migration (vhost-user DEVICE_STATE) between two daemons. Pure: bytes in, bytes out.
+//!
+//! Layout: magic `VTPMSNP1`, then the permanent blob and the volatile blob, each as a
+//! big-endian u32 length and the bytes. The snapshot is not protected here: inside QEMU's
+//! migration stream it is as trusted as the guest's memory.
+
+use coprocessor::{EngineState, MAX_STATE_BLOB};
+
+const MAGIC: &[u8; 8] = b"VTPMSNP1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("not a vTPM snapshot (bad magic)")]
+    BadMagic,
+    #[error("vTPM snapshot truncated")]
+    Truncated,
+    #[error("vTPM snapshot blob of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("{0} trailing bytes after the vTPM snapshot")]
+    Trailing(usize),
+}
+
+/// The snapshot of `state`.
+pub fn encode(state: &EngineState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + state.permanent.len() + state.volatile.len());
+    out.extend_from_slice(MAGIC);
+    for blob in [&state.permanent, &state.volatile] {
+        out.extend_from_slice(&(blob.len() as u32).to_be_bytes());
+        out.extend_from_slice(blob);
+    }
+    out
+}
+
+/// The instance a snapshot holds; every malformed snapshot is refused.
+pub fn decode(mut buf: &[u8]) -> Result<EngineState, SnapshotError> {
+    if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    buf = &buf[MAGIC.len()..];
+    let mut blob = || -> Result<Vec<u8>, SnapshotError> {
+        let len_bytes: [u8; 4] = buf
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(SnapshotError::Truncated)?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len > MAX_STATE_BLOB {
+            return Err(SnapshotError::TooLarge(len));
+        }
+        let data = buf
+            .get(4..4 + len)
+            .ok_or(SnapshotError::Truncated)?
+            .to_vec();
+        buf = &buf[4 + len..];
+        Ok(data)
+    };
+    let permanent = blob()?;
+    let volatile = blob()?;
+    if !buf.is_empty() {
+        return Err(SnapshotError::Trailing(buf.len()));
+    }
+    Ok(EngineState {
+        permanent,
+        volatile,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_truncation_is_refused() {
+        let s = EngineState {
+            permanent: vec![1, 2, 3],
+            volatile: vec![9; 40],
+        };
+        let enc = encode(&s);
+        assert_eq!(decode(&enc).unwrap(), s);
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = enc.clone();
+        extra.push(0);
+        assert_eq!(decode(&extra), Err(SnapshotError::Trailing(1)));
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(decode(&huge), Err(SnapshotError::TooLarge(_))));
+    }
+}

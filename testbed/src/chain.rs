@@ -1,0 +1,110 @@
+//! The host side of the certificate chain, set up with the project's binaries.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::run_tool;
+use crate::{CaProcess, HostTpmSimulator, ManufacturerCa};
+
+/// The whole host side of the certificate chain (ADR 0008), set up with the project's
+/// binaries from `bin_dir`: a manufactured host TPM, the local CA trusting its manufacturer,
+/// the host enrolled (`vtpm-host enroll`) and its coprocessor certified and registered
+/// (`vtpm-host certify-coprocessor`, with a CA principal allowed to write `coprocessor/`).
+pub struct ChainSetup {
+    bin_dir: PathBuf,
+    pub host_tpm: HostTpmSimulator,
+    pub manufacturer: ManufacturerCa,
+    pub ca: CaProcess,
+    /// `vtpm-host --dir`.
+    pub host_dir: PathBuf,
+    pub host_id: String,
+}
+
+impl ChainSetup {
+    pub fn start(bin_dir: &Path, dir: &Path, host_id: &str) -> io::Result<ChainSetup> {
+        Self::start_with(bin_dir, dir, host_id, &[])
+    }
+
+    /// Like [`ChainSetup::start`], with more `vtpm-ca init` arguments (`--validity-secs N`).
+    pub fn start_with(
+        bin_dir: &Path,
+        dir: &Path,
+        host_id: &str,
+        ca_init: &[&str],
+    ) -> io::Result<ChainSetup> {
+        let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
+        let root = manufacturer.root.display().to_string();
+        let issuer = manufacturer.issuer.display().to_string();
+        let mut init = vec!["--ek-root", root.as_str(), "--ek-root", issuer.as_str()];
+        init.extend_from_slice(ca_init);
+        let ca = CaProcess::start(&bin_dir.join("vtpm-ca"), &dir.join("ca"), &init)?;
+        let setup = ChainSetup {
+            bin_dir: bin_dir.to_owned(),
+            host_tpm,
+            manufacturer,
+            ca,
+            host_dir: dir.join("host"),
+            host_id: host_id.to_owned(),
+        };
+        let ca_args = setup.ca_args();
+        let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+        let mut enroll = vec!["enroll", "--host-id", host_id];
+        enroll.extend(&ca_args);
+        setup.host(&enroll).map_err(io::Error::other)?;
+        let token = setup.ca.command(&[
+            "acl",
+            "add",
+            "--name",
+            host_id,
+            "--write-prefix",
+            "coprocessor/",
+        ])?;
+        let token_file = setup.token_file();
+        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
+        let token_file = token_file.display().to_string();
+        let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
+        certify.extend(&ca_args);
+        certify.extend(["--token-file", &token_file]);
+        setup.host(&certify).map_err(io::Error::other)?;
+        Ok(setup)
+    }
+
+    /// The file with the bearer token of this host's CA principal (may write `coprocessor/`).
+    pub fn token_file(&self) -> PathBuf {
+        self.host_dir.with_file_name("host.token")
+    }
+
+    /// `--ca URL --ca-cert PEM`.
+    pub fn ca_args(&self) -> Vec<String> {
+        vec![
+            "--ca".into(),
+            self.ca.url.clone(),
+            "--ca-cert".into(),
+            self.ca.ca_cert.display().to_string(),
+        ]
+    }
+
+    /// Runs `vtpm-host --dir HOST_DIR --host-tpm TCTI ARGS...`: its output, or its output as
+    /// the error when it fails.
+    pub fn host(&self, args: &[&str]) -> Result<String, String> {
+        run_tool(
+            Command::new(self.bin_dir.join("vtpm-host"))
+                .arg("--dir")
+                .arg(&self.host_dir)
+                .args(["--host-tpm", &self.host_tpm.tcti()])
+                .args(args),
+        )
+    }
+
+    /// Provisions the vEK certificates into the (new or stopped) instance in `state_dir`,
+    /// whose state key the host TPM seals.
+    pub fn provision(&self, state_dir: &Path) -> Result<String, String> {
+        self.host(&["provision", "--state-dir", &state_dir.display().to_string()])
+    }
+
+    /// A PEM file of the host directory (`host-aik.pem`, `coprocessor.pem`, ...).
+    pub fn host_pem(&self, name: &str) -> io::Result<String> {
+        std::fs::read_to_string(self.host_dir.join(name))
+    }
+}

@@ -1,0 +1,174 @@
+//! A simulated host TPM: swtpm on loopback TCP, optionally manufactured with an EK
+//! certificate from a private manufacturer CA.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An swtpm standing in for the host's hardware TPM: a TPM 2.0 served on two loopback TCP
+/// ports (data, data + 1 = control), reached through tpm2-tss' swtpm TCTI
+/// ([`HostTpmSimulator::tcti`]) exactly as `device:/dev/tpmrm0` would be in production.
+pub struct HostTpmSimulator {
+    child: Child,
+    port: u16,
+    /// swtpm's state directory: a restart on it is the host rebooting with the same TPM.
+    pub state: PathBuf,
+}
+
+impl HostTpmSimulator {
+    /// Starts (manufacturing on first use) a host TPM whose state lives in `state`.
+    pub fn start(state: &Path) -> io::Result<Self> {
+        let port = loop {
+            let a = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            if a < 65000 && std::net::TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+                break a;
+            }
+        };
+        std::fs::create_dir_all(state)?;
+        let mut child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("swtpm (scripts/setup.sh installs it): {e}"),
+                )
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "host TPM simulator (swtpm) did not listen",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(HostTpmSimulator {
+            child,
+            port,
+            state: state.to_owned(),
+        })
+    }
+
+    /// The TCTI string for tpm2-tss (`swtpm:host=127.0.0.1,port=N`).
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+/// The files of a local CA that swtpm_localca keeps for [`HostTpmSimulator::manufacture`].
+#[derive(Debug, Clone)]
+pub struct ManufacturerCa {
+    /// swtpm_localca's root certificate (self-signed).
+    pub root: PathBuf,
+    /// Its intermediate that signs the EK certificates.
+    pub issuer: PathBuf,
+}
+
+fn which(program: &str) -> io::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{program} is not installed (scripts/setup.sh installs swtpm-tools)"),
+            )
+        })
+}
+
+impl HostTpmSimulator {
+    /// A host TPM as a manufacturer ships it: `swtpm_setup --createek --create-ek-cert` makes
+    /// the RSA EK and its certificate at NV 0x01c00002, issued by swtpm_localca keeping its
+    /// CA in `dir/manufacturer-ca` (not the system-wide /var/lib/swtpm-localca); then the
+    /// simulator runs on that state (`dir/state`).
+    pub fn manufacture(dir: &Path) -> io::Result<(HostTpmSimulator, ManufacturerCa)> {
+        let state = dir.join("state");
+        let ca = dir.join("manufacturer-ca");
+        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(&ca)?;
+        let localca_conf = dir.join("swtpm-localca.conf");
+        std::fs::write(
+            &localca_conf,
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
+                 certserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        )?;
+        let localca_options = dir.join("swtpm-localca.options");
+        std::fs::write(
+            &localca_options,
+            "--platform-manufacturer vhost-vtpm-tests\n--platform-version 2.1\n\
+             --platform-model swtpm\n",
+        )?;
+        let setup_conf = dir.join("swtpm_setup.conf");
+        std::fs::write(
+            &setup_conf,
+            format!(
+                "create_certs_tool = {}\ncreate_certs_tool_config = {}\n\
+                 create_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+                which("swtpm_localca")?.display(),
+                localca_conf.display(),
+                localca_options.display()
+            ),
+        )?;
+        let out = Command::new(which("swtpm_setup")?)
+            .args([
+                "--tpm2",
+                "--createek",
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--overwrite",
+            ])
+            .arg("--tpmstate")
+            .arg(&state)
+            .arg("--config")
+            .arg(&setup_conf)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "swtpm_setup failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let root = ca.join("swtpm-localca-rootca-cert.pem");
+        let issuer = ca.join("issuercert.pem");
+        for p in [&root, &issuer] {
+            if !p.exists() {
+                return Err(io::Error::other(format!(
+                    "swtpm_localca did not write {}",
+                    p.display()
+                )));
+            }
+        }
+        let tpm = HostTpmSimulator::start(&state)?;
+        Ok((tpm, ManufacturerCa { root, issuer }))
+    }
+}
+
+impl Drop for HostTpmSimulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,88 @@
+//! README drift: the options a README documents against the tools' `--help`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Checks a README against the command lines it documents: every option the tools' `--help`
+/// shows must appear in the README, and every option in the README's table rows (rows
+/// starting with `` | `--`` or with `` | `TOOL `` for one of the tools) must exist. `tools`
+/// pairs each binary with the argument lists whose `--help` to read (`&[]` for the top level,
+/// `&["enroll"]` for a subcommand). Returns what drifted.
+pub fn readme_drift(readme: &str, tools: &[(&Path, &[&[&str]])]) -> Result<(), String> {
+    use std::collections::BTreeSet;
+    let options = |text: &str| -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2 && !w.ends_with('-'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut help = String::new();
+    let mut names = Vec::new();
+    for (bin, commands) in tools {
+        names.push(
+            bin.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        for args in *commands {
+            let out = Command::new(bin)
+                .args(*args)
+                .arg("--help")
+                .output()
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !text.contains("Usage") {
+                return Err(format!(
+                    "{} {args:?} --help printed no usage",
+                    bin.display()
+                ));
+            }
+            help.push_str(&text);
+        }
+    }
+    let (in_help, in_readme) = (options(&help), options(readme));
+    let missing: Vec<_> = in_help
+        .iter()
+        .filter(|o| !["--help", "--version"].contains(&o.as_str()) && !in_readme.contains(*o))
+        .collect();
+    let table_rows: String = readme
+        .lines()
+        .filter(|l| {
+            l.starts_with("| `--") || names.iter().any(|n| l.starts_with(&format!("| `{n} ")))
+        })
+        .filter_map(|l| l.split('|').nth(1))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let stale: Vec<_> = options(&table_rows)
+        .into_iter()
+        .filter(|o| !in_help.contains(o))
+        .collect();
+    if missing.is_empty() && stale.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "options missing from the README: {missing:?}; README options the CLI lacks: {stale:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_drift_finds_missing_and_stale_options() {
+        let ls = Path::new("/bin/ls");
+        let all = |extra: &str| {
+            let help = Command::new(ls).arg("--help").output().unwrap().stdout;
+            format!("{}\n{extra}", String::from_utf8_lossy(&help))
+        };
+        let commands: &[&[&str]] = &[&[]];
+        assert!(readme_drift(&all(""), &[(ls, commands)]).is_ok());
+        let err = readme_drift("| `ls --all` | x |", &[(ls, commands)]).unwrap_err();
+        assert!(err.contains("--recursive"), "{err}");
+        let err =
+            readme_drift(&all("| `ls --no-such-option` | x |"), &[(ls, commands)]).unwrap_err();
+        assert!(err.contains("--no-such-option"), "{err}");
+    }
+}

@@ -1,0 +1,442 @@
+//! `vtpm-bench`: per-command latency of the same TPM commands through every path, in one run.
+//!
+//! Paths: libtpms in this process (the floor: no transport at all), swtpm over its Unix
+//! socket (today's standard path minus QEMU), and the vhost-vtpm daemon through a real
+//! vhost-user connection driven by the guest-driver harness (with and without the busy-poll
+//! window). Placements: everything on CPU 0, and unpinned (the scheduler's choice on this
+//! machine's CPUs). Prints Markdown tables with n, p50, p99, ops/s, the ratio of p50 to the
+//! floor, and the server's CPU time per command.
+//!
+//! A second section ([`state`], `--only state` alone) measures what the always-encrypted,
+//! durable state costs: persisting vs non-persisting commands, cold start, memory per
+//! instance, and one instance's latency while another is flooded.
+//!
+//! `vtpm-bench guest` ([`guest`]) measures inside a real guest instead: our device against
+//! QEMU's tpm-crb with swtpm.
+//!
+//! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
+//! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
+//! installed.
+
+mod guest;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use coprocessor::libtpms::LibtpmsEngine;
+use coprocessor::swtpm::SwtpmEngine;
+use coprocessor::Coprocessor;
+use guest_driver::{ClientOptions, VtpmClient};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use testbed::{DaemonProcess, SwtpmProcess};
+use tpm_proto::{commands as c, rc, response_code};
+use vtpm_state::keys::{generate_host_key_file, HostKey};
+use vtpm_state::EncryptedStore;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Latency of TPM commands: in-process libtpms vs swtpm socket vs vhost-vtpm (host \
+             side, the default), or inside a guest: our device vs tpm-crb + swtpm (`guest`)"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Iterations for the fast commands (GetRandom, PCR_Extend, PCR_Read).
+    #[arg(long, default_value_t = 3000)]
+    fast: usize,
+    /// Iterations for the slow ones (ECDSA sign, durable NV write).
+    #[arg(long, default_value_t = 300)]
+    slow: usize,
+    /// Busy-poll window given to the daemon in the busy-poll rows, in µs.
+    #[arg(long, default_value_t = 200)]
+    busy_poll_us: u64,
+    /// Directory holding the vhost-vtpm binary (default: next to this executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Run only this section (default: all of them).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// State section: cold starts per variant.
+    #[arg(long, default_value_t = 20)]
+    cold_runs: usize,
+    /// State section: mixed commands (incl. ECDSA signs and NV writes) run before the
+    /// "under load" memory sample.
+    #[arg(long, default_value_t = 2000)]
+    load_ops: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// TPM command latency inside a guest (after scripts/setup.sh): our virtio device vs
+    /// QEMU's tpm-crb with swtpm, same QEMU, same kernel, same run.
+    Guest {
+        /// Iterations of the fast commands (GetRandom, PCR_Extend, PCR_Read).
+        #[arg(default_value_t = 500)]
+        fast: u32,
+        /// Iterations of ECDSA sign.
+        #[arg(default_value_t = 100)]
+        sign: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Per-command latency of every path and placement.
+    Latency,
+    /// State: durability, cold start, memory, isolation.
+    State,
+}
+
+const NV_INDEX: u32 = 0x0150_0042;
+
+/// One way of getting a command to a TPM and its response back.
+trait Path_ {
+    fn transact(&mut self, cmd: &[u8]) -> Vec<u8>;
+    /// The server process, whose CPU time is charged to the path.
+    fn server_pid(&self) -> Option<i32>;
+}
+
+struct EnginePath<'a> {
+    engine: &'a mut dyn Coprocessor,
+    server: Option<i32>,
+}
+
+impl Path_ for EnginePath<'_> {
+    fn transact(&mut self, cmd: &[u8]) -> Vec<u8> {
+        let mut buf = cmd.to_vec();
+        self.engine.execute(&mut buf).expect("engine").to_vec()
+    }
+    fn server_pid(&self) -> Option<i32> {
+        self.server
+    }
+}
+
+struct DaemonPath {
+    client: VtpmClient,
+    daemon: DaemonProcess,
+}
+
+impl Path_ for DaemonPath {
+    fn transact(&mut self, cmd: &[u8]) -> Vec<u8> {
+        self.client.transact(cmd).expect("daemon transact")
+    }
+    fn server_pid(&self) -> Option<i32> {
+        self.daemon.pid()
+    }
+}
+
+struct Op {
+    name: &'static str,
+    /// Builds the i-th command (NV writes vary their data: libtpms skips the commit of a
+    /// write that changes nothing, which would measure no durability at all).
+    cmd: Box<dyn Fn(usize) -> Vec<u8>>,
+    slow: bool,
+}
+
+impl Op {
+    /// The same command every time.
+    fn fixed(name: &'static str, cmd: Vec<u8>, slow: bool) -> Op {
+        Op {
+            name,
+            cmd: Box::new(move |_| cmd.clone()),
+            slow,
+        }
+    }
+
+    /// An NV_Write of the iteration number, so that every write changes the data.
+    fn nv_write(name: &'static str, index: u32) -> Op {
+        Op {
+            name,
+            cmd: Box::new(move |i| c::nv_write(index, 0, &(i as u64).to_be_bytes())),
+            slow: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Row {
+    path: String,
+    op: &'static str,
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+    ops_per_s: f64,
+    server_cpu_us: Option<f64>,
+}
+
+/// CPU time of all threads of `pid` in nanoseconds (first field of each task's schedstat).
+fn cpu_ns(pid: i32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        total += s.split(' ').next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Sends a command, resubmitting on TPM_RC_RETRY as a TSS would; panics on any other error.
+fn must(path: &mut dyn Path_, cmd: &[u8], what: &str) -> Vec<u8> {
+    for _ in 0..8 {
+        let r = path.transact(cmd);
+        match response_code(&r) {
+            Ok(rc::SUCCESS) => return r,
+            Ok(rc::RETRY) => continue,
+            other => panic!("{what}: {other:x?}"),
+        }
+    }
+    panic!("{what}: TPM kept answering RETRY");
+}
+
+/// Startup, a signing key and an NV index: the state every path needs before measuring.
+fn prepare(path: &mut dyn Path_) -> Vec<Op> {
+    let code = response_code(&path.transact(&c::startup(c::TPM_SU_CLEAR))).expect("Startup");
+    assert!(
+        code == rc::SUCCESS || code == rc::INITIALIZE,
+        "Startup {code:#x}"
+    );
+    let key = c::parse_create_primary_ecc(&must(
+        path,
+        &c::create_primary_ecc_signing(),
+        "CreatePrimary",
+    ))
+    .expect("CreatePrimary");
+    let _ = path.transact(&c::nv_undefine_space(NV_INDEX));
+    must(
+        path,
+        &c::nv_define_space(NV_INDEX, 32, c::NV_ORDINARY_ATTRS),
+        "NV_DefineSpace",
+    );
+    let digest = [0x5a; 32];
+    // The first ECDSA signature triggers libtpms' self-test of the algorithm (TPM_RC_RETRY).
+    must(path, &c::sign_ecdsa_sha256(key.handle, &digest), "Sign");
+    vec![
+        Op::fixed("GetRandom(32)", c::get_random(32), false),
+        Op::fixed("PCR_Extend", c::pcr_extend_sha256(16, &digest), false),
+        Op::fixed("PCR_Read", c::pcr_read_sha256(16), false),
+        Op::fixed(
+            "ECDSA P-256 Sign",
+            c::sign_ecdsa_sha256(key.handle, &digest),
+            true,
+        ),
+        Op::nv_write("NV_Write (durable)", NV_INDEX),
+    ]
+}
+
+fn measure(label: &str, path: &mut dyn Path_, args: &Args) -> Vec<Row> {
+    let ops = prepare(path);
+    measure_ops(label, path, &ops, args)
+}
+
+/// Latency of each of `ops` through `path` (after a warm-up of up to 50 of each).
+fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for op in ops {
+        let n = if op.slow { args.slow } else { args.fast };
+        for i in 0..n.min(50) {
+            path.transact(&(op.cmd)(usize::MAX - i));
+        }
+        let cmds: Vec<Vec<u8>> = (0..n).map(|i| (op.cmd)(i)).collect();
+        let mut lat = Vec::with_capacity(n);
+        let cpu0 = path.server_pid().and_then(cpu_ns);
+        let start = Instant::now();
+        for cmd in &cmds {
+            let t = Instant::now();
+            let r = path.transact(cmd);
+            lat.push(t.elapsed());
+            assert_eq!(response_code(&r), Ok(rc::SUCCESS), "{label} {}", op.name);
+        }
+        let total = start.elapsed();
+        let cpu1 = path.server_pid().and_then(cpu_ns);
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        rows.push(Row {
+            path: label.to_string(),
+            op: op.name,
+            n,
+            p50: pct(0.50),
+            p99: pct(0.99),
+            ops_per_s: n as f64 / total.as_secs_f64(),
+            server_cpu_us: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / n as f64),
+                _ => None,
+            },
+        });
+    }
+    rows
+}
+
+fn pin(cpus: &[usize]) {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c).expect("cpu index");
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
+fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> DaemonPath {
+    let busy = busy_poll_us.to_string();
+    let daemon = DaemonProcess::start(bin, dir, &["--log-level", "warn", "--busy-poll-us", &busy])
+        .expect("start vhost-vtpm");
+    let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
+        .expect("connect to vhost-vtpm");
+    DaemonPath { client, daemon }
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    println!("\n### {title}\n");
+    println!("| path | command | n | p50 µs | p99 µs | ops/s | p50 / floor | server CPU µs/op |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let floor = rows
+            .iter()
+            .find(|f| f.op == r.op && f.path.starts_with("libtpms in-process"))
+            .map(|f| f.p50.as_secs_f64());
+        let ratio = floor
+            .map(|f| format!("{:.2}x", r.p50.as_secs_f64() / f))
+            .unwrap_or_default();
+        let cpu = r
+            .server_cpu_us
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} |",
+            r.path,
+            r.op,
+            r.n,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.ops_per_s,
+            ratio,
+            cpu
+        );
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} CPUs ({model}), Linux {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(Command::Guest { fast, sign }) = args.command {
+        guest::run(fast, sign);
+        return;
+    }
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    });
+    let daemon_bin = bin_dir.join("vhost-vtpm");
+    assert!(
+        daemon_bin.exists(),
+        "{} not found: cargo build --release --workspace",
+        daemon_bin.display()
+    );
+    let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect();
+    println!("# vtpm-bench\n\nMachine: {}", machine());
+    println!(
+        "Iterations: {} (fast commands), {} (sign, NV write); busy-poll window {} µs.",
+        args.fast, args.slow, args.busy_poll_us
+    );
+    if args.only != Some(Section::State) {
+        latency_section(&args, &daemon_bin, &all_cpus);
+    }
+    if args.only != Some(Section::Latency) {
+        state::run(&args, &daemon_bin, &all_cpus);
+    }
+}
+
+/// Every path in every placement, one table per placement.
+fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // The floor keeps its state exactly as the daemon does (encrypted, durable), so the NV
+    // write rows compare like with like.
+    let floor_key = scratch.path().join("floor.key");
+    generate_host_key_file(&floor_key).expect("host key");
+    let (floor_store, _) = EncryptedStore::open(
+        &scratch.path().join("floor"),
+        &HostKey::File(floor_key),
+        "libtpms",
+    )
+    .expect("state store");
+    let mut floor_engine = LibtpmsEngine::start(Box::new(floor_store)).expect("libtpms");
+
+    let last = all_cpus.len() - 1;
+    let placements = [
+        ("All on CPU 0 (pinned)", vec![0usize], vec![0usize]),
+        (
+            "Unpinned (scheduler's choice)",
+            all_cpus.to_vec(),
+            all_cpus.to_vec(),
+        ),
+        (
+            "Split: client on CPU 0, server on the last CPU",
+            vec![0],
+            vec![last],
+        ),
+    ];
+    for (title, client_cpus, server_cpus) in placements {
+        pin(&client_cpus);
+        let mut rows = Vec::new();
+        rows.extend(measure(
+            "libtpms in-process (floor)",
+            &mut EnginePath {
+                engine: &mut floor_engine,
+                server: None,
+            },
+            args,
+        ));
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            pin(&server_cpus);
+            let swtpm = SwtpmProcess::start(dir.path(), true).expect("start swtpm");
+            pin(&client_cpus);
+            let data = swtpm.data.as_deref().expect("data socket");
+            let mut engine = SwtpmEngine::connect(&swtpm.ctrl, data).expect("swtpm connect");
+            let pid = swtpm.pid();
+            rows.extend(measure(
+                "swtpm socket",
+                &mut EnginePath {
+                    engine: &mut engine,
+                    server: Some(pid),
+                },
+                args,
+            ));
+        }
+        for (label, busy) in [
+            ("vhost-vtpm", 0),
+            ("vhost-vtpm + busy-poll", args.busy_poll_us),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            pin(&server_cpus);
+            let mut path = start_daemon(daemon_bin, dir.path(), busy);
+            pin(&client_cpus);
+            rows.extend(measure(label, &mut path, args));
+        }
+        print_table(title, &rows);
+    }
+}

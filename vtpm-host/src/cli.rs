@@ -1,0 +1,282 @@
+//! Command line of `vtpm-host`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use host_tpm::HostTpm;
+use identity::Validity;
+use vtpm_ca::client::Client;
+use vtpm_state::keys::HostKey;
+
+use crate::{certify_coprocessor, enroll_host, provision_instance, renew, AgentError, HostDir};
+
+const DAY: u64 = 86_400;
+
+/// Host side of vhost-vtpm's certificate chain: enrol the host TPM with the local CA,
+/// certify the coprocessor key, provision vEK certificates into vTPM instances.
+#[derive(Parser, Debug)]
+#[command(name = "vtpm-host", version, about)]
+pub struct HostArgs {
+    /// Host identity directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/vtpm/host")]
+    pub dir: PathBuf,
+    /// The host TPM (tpm2-tss TCTI: `device:/dev/tpmrm0`, `swtpm:host=...,port=...`).
+    #[arg(long, value_name = "TCTI", global = true)]
+    pub host_tpm: Option<String>,
+    #[command(subcommand)]
+    pub command: HostCommand,
+}
+
+/// How to reach the local CA.
+#[derive(Args, Debug, Clone)]
+pub struct CaArgs {
+    /// The CA's base URL (`https://ca.example:8443`).
+    #[arg(long, value_name = "URL")]
+    pub ca: String,
+    /// The CA's root certificate (PEM): the only TLS root trusted, and the chain's anchor.
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: PathBuf,
+    /// File holding a bearer token of a CA principal (needed to register certificates).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl CaArgs {
+    fn client(&self) -> Result<Client, AgentError> {
+        let io = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| AgentError::Io { path, source }
+        };
+        let pem = std::fs::read(&self.ca_cert).map_err(io(&self.ca_cert))?;
+        let token = match &self.token_file {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(io(p))?.trim().to_owned()),
+            None => None,
+        };
+        Ok(Client::new(&self.ca, &pem, token)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Enrol the host TPM: its EK certificate and a new AIK go to the CA, the TPM activates
+    /// the CA's credential, the CA issues the host AIK certificate.
+    Enroll {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// This host's identifier (default: /etc/machine-id).
+        #[arg(long)]
+        host_id: Option<String>,
+    },
+    /// Create (once) the coprocessor key and have the host TPM's AIK sign its certificate;
+    /// with --token-file, register it with the CA.
+    CertifyCoprocessor {
+        #[arg(long)]
+        host_id: Option<String>,
+        /// Lifetime of the coprocessor certificate.
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+        #[command(flatten)]
+        ca: Option<CaArgs>,
+    },
+    /// Provision (or re-issue) the vEK certificates and their chain into a vTPM instance
+    /// that is not running.
+    Provision {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        /// Lifetime of the vEK certificates.
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u64,
+    },
+    /// Enrol (or re-issue) the vAIK of a vTPM instance that is not running: a restricted
+    /// ECC P-256 signing key created in the instance, certified by the CA after credential
+    /// activation against the instance's vEK chain, made persistent at --aik-handle (what is
+    /// there is replaced if it is an attestation key); the certificate goes to
+    /// <state-dir>/vaik.pem.
+    EnrollVaik {
+        /// The instance's state directory (the daemon must not be running on it).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        /// CN of the vAIK certificate (default: the instance id).
+        #[arg(long, value_name = "NAME")]
+        subject: Option<String>,
+        /// Persistent handle of the vAIK in the instance (hex, owner range
+        /// 0x81000000-0x817fffff).
+        #[arg(long, value_name = "HEX", default_value = "0x81008001", value_parser = parse_handle)]
+        aik_handle: u32,
+        #[command(flatten)]
+        ca: CaArgs,
+    },
+    /// Renew the host AIK and coprocessor certificates that have less than a third of their
+    /// lifetime left.
+    Renew {
+        #[command(flatten)]
+        ca: CaArgs,
+        #[arg(long)]
+        host_id: Option<String>,
+        #[arg(long, default_value_t = 365)]
+        validity_days: u64,
+    },
+}
+
+fn host_id(given: &Option<String>) -> String {
+    given.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "host".to_owned())
+    })
+}
+
+/// A handle in hex, with or without `0x`.
+fn parse_handle(s: &str) -> Result<u32, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex handle: {e}"))
+}
+
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(DAY))
+}
+
+/// Runs one command; returns what to print.
+pub fn run(args: HostArgs) -> Result<String, AgentError> {
+    let dir = HostDir::open(&args.dir)?;
+    let tcti = args.host_tpm.ok_or_else(|| AgentError::Invalid {
+        what: "--host-tpm".into(),
+        reason: "every vtpm-host command needs the host TPM".into(),
+    })?;
+    let host_key = HostKey::Tpm {
+        tcti: tcti.clone(),
+        pcrs: Vec::new(),
+    };
+    match args.command {
+        HostCommand::Enroll { ca, host_id: id } => {
+            let mut tpm = HostTpm::connect(&tcti)?;
+            let id = host_id(&id);
+            let cert = enroll_host(&mut tpm, &dir, &ca.client()?, &id, false)?;
+            Ok(format!(
+                "host {id} enrolled; host AIK certificate {} ({})",
+                dir.file(crate::HOST_AIK_CERT).display(),
+                subject(&cert)
+            ))
+        }
+        HostCommand::CertifyCoprocessor {
+            host_id: id,
+            validity_days,
+            ca,
+        } => {
+            let mut tpm = HostTpm::connect(&tcti)?;
+            let client = match &ca {
+                Some(ca) => Some(ca.client()?),
+                None => None,
+            };
+            let cert = certify_coprocessor(
+                &mut tpm,
+                &dir,
+                &host_key,
+                &host_id(&id),
+                Validity::starting_now(days(validity_days)),
+                client.as_ref(),
+            )?;
+            Ok(format!(
+                "coprocessor certificate {} ({}), signed by the host TPM{}",
+                dir.file(crate::COPROCESSOR_CERT).display(),
+                subject(&cert),
+                if client.is_some() {
+                    "; registered with the CA"
+                } else {
+                    ""
+                }
+            ))
+        }
+        HostCommand::Provision {
+            state_dir,
+            instance_host_key_file,
+            validity_days,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let done = provision_instance(
+                &state_dir,
+                &instance_key,
+                &dir,
+                &host_key,
+                Validity::starting_now(days(validity_days)),
+            )?;
+            Ok(format!(
+                "vEK certificates in NV 0x01c00002 (RSA) and 0x01c0000a (ECC), chain in {}",
+                done.chain_indices
+                    .iter()
+                    .map(|i| format!("{i:#010x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+        HostCommand::EnrollVaik {
+            state_dir,
+            instance_host_key_file,
+            subject: cn,
+            aik_handle,
+            ca,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let done = crate::vaik::enroll_vaik(
+                &state_dir,
+                &instance_key,
+                &ca.client()?,
+                cn.as_deref(),
+                aik_handle,
+            )?;
+            Ok(format!(
+                "vAIK certificate {} ({}, {}); the vAIK is persistent at handle {:#010x}",
+                state_dir.join(crate::vaik::VAIK_CERT).display(),
+                subject(&done.certificate),
+                done.name,
+                done.aik_handle
+            ))
+        }
+        HostCommand::Renew {
+            ca,
+            host_id: id,
+            validity_days,
+        } => {
+            let mut tpm = HostTpm::connect(&tcti)?;
+            let renewed = renew(
+                &mut tpm,
+                &dir,
+                &ca.client()?,
+                &host_key,
+                &host_id(&id),
+                days(validity_days),
+            )?;
+            Ok(if renewed.is_empty() {
+                "nothing due for renewal".to_owned()
+            } else {
+                format!("renewed: {}", renewed.join(", "))
+            })
+        }
+    }
+}
+
+fn subject(cert: &openssl::x509::X509) -> String {
+    cert.subject_name()
+        .entries()
+        .filter_map(|e| e.data().to_string().ok())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

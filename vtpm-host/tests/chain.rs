@@ -1,0 +1,254 @@
+//! The certificate chain of ADR 0008 with every real part except the guest: an swtpm as the
+//! host TPM (manufactured with an EK certificate by swtpm_localca, the "manufacturer"), the
+//! `vtpm-ca` service over HTTPS, `vtpm-host` for enrollment, coprocessor certification and
+//! vEK provisioning, and the `vhost-vtpm` daemon serving the instance, whose NV the test
+//! reads like a guest would and verifies with the `openssl verify` command.
+
+use std::path::Path;
+use std::process::Command;
+
+use guest_driver::{ClientOptions, VtpmClient};
+use testbed::{run_tool, CaProcess, ChainSetup, DaemonProcess, HostTpmSimulator};
+use tpm_proto::commands as c;
+use vtpm_ca::api::{EnrollStartRequest, Kind};
+use vtpm_ca::client::Client;
+
+mod common;
+
+use common::{bin, bin_dir, HOST};
+
+fn vtpm_host(dir: &Path, tcti: &str, args: &[&str]) -> Result<String, String> {
+    run_tool(
+        Command::new(HOST)
+            .arg("--dir")
+            .arg(dir)
+            .args(["--host-tpm", tcti])
+            .args(args),
+    )
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    String::from_utf8(
+        openssl::x509::X509::from_der(der)
+            .unwrap()
+            .to_pem()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// `openssl verify` as a verifier runs it: the CA root as the only trust anchor.
+fn openssl_verify(dir: &Path, ca: &Path, untrusted: &[&str], leaf: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").args(extra).arg("-CAfile").arg(ca);
+    for (i, u) in untrusted.iter().enumerate() {
+        let p = dir.join(format!("untrusted{i}.pem"));
+        std::fs::write(&p, u).unwrap();
+        cmd.arg("-untrusted").arg(p);
+    }
+    let leaf_path = dir.join("leaf.pem");
+    std::fs::write(&leaf_path, leaf).unwrap();
+    let out = cmd.arg(&leaf_path).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn nv_read_all(client: &mut VtpmClient, index: u32) -> Vec<u8> {
+    // The size is what NV_ReadPublic says; read in chunks like a TSS.
+    let resp = client
+        .transact_tss(&c::nv_read_public(index))
+        .expect("NV_ReadPublic");
+    let public =
+        c::parse_nv_read_public(&resp).unwrap_or_else(|e| panic!("NV_ReadPublic {index:#x}: {e}"));
+    assert_eq!(public.index, index);
+    let size = public.data_size;
+    let mut out = Vec::new();
+    while out.len() < usize::from(size) {
+        let n = (usize::from(size) - out.len()).min(c::MAX_NV_BUFFER) as u16;
+        let resp = client
+            .transact_tss(&c::nv_read(index, n, out.len() as u16))
+            .unwrap();
+        out.extend(c::parse_nv_read(&resp).expect("NV_Read"));
+    }
+    out
+}
+
+#[test]
+fn chain_from_the_host_tpm_to_the_vek_verifies_with_openssl() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1-2. Host enrolled (EK certificate under the manufacturer root, credential
+    //      activation), coprocessor certified by the host TPM and registered with the CA by
+    //      a principal that may write only coprocessor certificates.
+    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-1").unwrap();
+    let host_aik = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor = s.host_pem("coprocessor.pem").unwrap();
+    assert!(host_aik.contains("BEGIN CERTIFICATE") && coprocessor.contains("BEGIN CERTIFICATE"));
+
+    // 3. A new vTPM instance gets its vEK certificates and the chain.
+    let vm = tmp.path().join("vm1");
+    let out = s.provision(&vm.join("state")).unwrap();
+    assert!(out.contains("0x01c00100, 0x01c00101"), "{out}");
+
+    // 4. The daemon serves it; read everything from NV as the guest would.
+    let tcti = s.host_tpm.tcti();
+    let daemon = DaemonProcess::start(&bin("vhost-vtpm"), &vm, &["--host-tpm", &tcti]).unwrap();
+    let mut client = VtpmClient::connect(&daemon.socket, ClientOptions::default()).unwrap();
+    let rc = tpm_proto::response_code(&client.transact_tss(&c::startup(c::TPM_SU_CLEAR)).unwrap());
+    assert_eq!(rc.unwrap(), 0);
+    let rsa_vek = der_to_pem(&nv_read_all(&mut client, 0x01c0_0002));
+    let ecc_vek = der_to_pem(&nv_read_all(&mut client, 0x01c0_000a));
+    let chain0 = der_to_pem(&nv_read_all(&mut client, 0x01c0_0100));
+    let chain1 = der_to_pem(&nv_read_all(&mut client, 0x01c0_0101));
+    assert_eq!(
+        chain0, coprocessor,
+        "the coprocessor certificate is in the chain range"
+    );
+    assert_eq!(chain1, host_aik, "then the host AIK certificate");
+
+    // 5. openssl verify: root -> host AIK -> coprocessor -> vEK, for both vEKs.
+    let work = tmp.path().join("verify");
+    std::fs::create_dir_all(&work).unwrap();
+    for vek in [&rsa_vek, &ecc_vek] {
+        let out = openssl_verify(&work, &s.ca.ca_cert, &[&chain0, &chain1], vek, &[]);
+        assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
+    }
+    // Without the host AIK certificate (or with another CA as the anchor) it does not.
+    let out = openssl_verify(&work, &s.ca.ca_cert, &[&chain0], &rsa_vek, &[]);
+    assert!(!out.trim_end().ends_with(": OK"), "{out}");
+    let out = openssl_verify(
+        &work,
+        &s.manufacturer.root,
+        &[&chain0, &chain1],
+        &rsa_vek,
+        &[],
+    );
+    assert!(!out.trim_end().ends_with(": OK"), "{out}");
+
+    // 6. The vTPM enrols an AIK with the CA against that chain ...
+    // An ECC P-256 restricted signing key (what `tpm2_createak -G ecc` makes).
+    let resp = client
+        .transact_tss(&c::create_primary(
+            c::TPM_RH_OWNER,
+            &c::ecc_p256_aik_template(),
+        ))
+        .unwrap();
+    let (_, aik_public) = c::parse_create_primary(&resp).expect("CreatePrimary (AIK)");
+    let mut tpm2b = (aik_public.len() as u16).to_be_bytes().to_vec();
+    tpm2b.extend_from_slice(&aik_public);
+    use base64::Engine;
+    let request = EnrollStartRequest {
+        kind: Kind::Vtpm,
+        subject: "vm1".into(),
+        ek_cert_chain: vec![rsa_vek.clone(), chain0.clone(), chain1.clone()],
+        aik_public: base64::engine::general_purpose::STANDARD.encode(&tpm2b),
+    };
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let ca_client = Client::new(&s.ca.url, &ca_pem, None).unwrap();
+    ca_client
+        .enroll_start(&request)
+        .expect("the CA accepts the vEK chain");
+    // ... until the coprocessor certificate is revoked: then its vEKs are refused.
+    let admin = Client::new(&s.ca.url, &ca_pem, Some(s.ca.admin_token().unwrap())).unwrap();
+    admin
+        .revoke_cert(&coprocessor, Some("key compromise"))
+        .unwrap();
+    let err = ca_client.enroll_start(&request).unwrap_err();
+    assert_eq!(err.code(), Some("revoked"), "{err}");
+    drop(client);
+}
+
+#[test]
+fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (host_tpm, _) = HostTpmSimulator::manufacture(&tmp.path().join("host-tpm")).unwrap();
+    // A CA that trusts no manufacturer.
+    let ca = CaProcess::start(&bin("vtpm-ca"), &tmp.path().join("ca"), &[]).unwrap();
+    let host = tmp.path().join("host");
+    let enroll = || {
+        vtpm_host(
+            &host,
+            &host_tpm.tcti(),
+            &[
+                "enroll",
+                "--ca",
+                &ca.url,
+                "--ca-cert",
+                ca.ca_cert.to_str().unwrap(),
+            ],
+        )
+        .unwrap_err()
+    };
+    let err = enroll();
+    assert!(err.contains("untrusted_ek"), "{err}");
+    assert!(!host.join("host-aik.pem").exists());
+    // The AIK the CA did not certify is not kept either.
+    assert!(!host.join("host-aik.blob").exists());
+
+    // A host enrolled before keeps its AIK and certificate when an enrollment fails.
+    let (blob, pem) = (
+        b"the enrolled AIK".as_slice(),
+        b"its certificate".as_slice(),
+    );
+    std::fs::write(host.join("host-aik.blob"), blob).unwrap();
+    std::fs::write(host.join("host-aik.pem"), pem).unwrap();
+    let err = enroll();
+    assert!(err.contains("untrusted_ek"), "{err}");
+    assert_eq!(std::fs::read(host.join("host-aik.blob")).unwrap(), blob);
+    assert_eq!(std::fs::read(host.join("host-aik.pem")).unwrap(), pem);
+}
+
+#[test]
+fn renew_reissues_the_host_certificates_that_are_due() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = bin_dir();
+    // Issued certificates live 60 s (plus the CA's backdating): due at once.
+    let s =
+        ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"]).unwrap();
+    let aik_before = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor_before = s.host_pem("coprocessor.pem").unwrap();
+    let token = s.token_file().display().to_string();
+    let mut args = vec!["renew", "--host-id", "host-1", "--token-file", &token];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    let out = s.host(&args).unwrap();
+    assert!(
+        out.contains("renewed: host AIK certificate, coprocessor certificate"),
+        "{out}"
+    );
+    let aik_after = s.host_pem("host-aik.pem").unwrap();
+    let coprocessor_after = s.host_pem("coprocessor.pem").unwrap();
+    assert_ne!(aik_after, aik_before);
+    assert_ne!(coprocessor_after, coprocessor_before);
+    // The renewed coprocessor certificate chains through the renewed host AIK certificate.
+    let work = tmp.path().join("verify");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = openssl_verify(&work, &s.ca.ca_cert, &[&aik_after], &coprocessor_after, &[]);
+    assert!(out.trim_end().ends_with(": OK"), "{out}");
+
+    // A CA issuing for a year: nothing is due.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::start(bin_dir, tmp.path(), "host-2").unwrap();
+    let token = s.token_file().display().to_string();
+    let mut args = vec!["renew", "--host-id", "host-2", "--token-file", &token];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    assert!(s.host(&args).unwrap().contains("nothing due for renewal"));
+}
+
+#[test]
+fn readme_options_match_the_command_line() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["enroll"],
+        &["certify-coprocessor"],
+        &["provision"],
+        &["enroll-vaik"],
+        &["renew"],
+    ];
+    testbed::readme_drift(&readme, &[(Path::new(HOST), commands)]).unwrap();
+}

@@ -1,0 +1,519 @@
+//! Where a vTPM instance's state lives between runs, the keys that protect it, and the
+//! operator's commands on it (`vtpm-state`).
+//!
+//! An engine keeps named blobs (`permall` for the permanent NV state, `volatilestate` for
+//! what a clean shutdown saves) behind the `coprocessor::StateStore` seam.
+//! [`EncryptedStore`] is the store the daemon uses: one state directory per instance holding
+//! the instance's key record, its encrypted and authenticated state file, and a generation
+//! record against replay of older state files (ADR 0007). Every file is replaced atomically
+//! (temporary file, fsync, rename, fsync of the directory), so a crash at any instant leaves
+//! the old or the new file, never a torn one.
+
+//!
+//! Modules: [`encrypted`] (the state directory), [`format`] (the state file and generation
+//! record, pure), [`host_key_args`] (the options shared with the daemon), [`keys`] (host keys, instance keys, key records), [`atomic`] (durable file
+//! replacement and the directory lock), [`swtpm_import`] (reading an swtpm state directory),
+//! [`cli`] (the `vtpm-state` commands).
+
+pub mod atomic;
+pub mod cli;
+pub mod encrypted;
+pub mod format;
+pub mod host_key_args;
+pub mod keys;
+pub mod swtpm_import;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use encrypted::{EncryptedStore, InstanceInfo, Opened};
+pub use format::FormatError;
+
+use crate::keys::{InstanceId, KeyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid state blob name {0:?}")]
+    BadName(String),
+    #[error("state directory {path} is in use by another process (is a daemon running on it?)")]
+    Locked { path: PathBuf },
+    #[error("state file {path} refused: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("state file {path} belongs to instance {found}, but this directory's key record is for instance {expected}: files were swapped between instances")]
+    WrongInstance {
+        path: PathBuf,
+        found: InstanceId,
+        expected: InstanceId,
+    },
+    #[error("state file {path} is generation {generation}, older than generation {newest} recorded in {anchor}: an older state file was put back (replay or rollback)")]
+    RolledBack {
+        path: PathBuf,
+        anchor: PathBuf,
+        generation: u64,
+        newest: u64,
+    },
+    #[error("generation record {anchor} is missing while state file {path} is at generation {generation}: the state cannot be checked for rollback")]
+    AnchorMissing {
+        path: PathBuf,
+        anchor: PathBuf,
+        generation: u64,
+    },
+    #[error("generation record {path} refused: {source}")]
+    AnchorInvalid {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("state file {path} is missing although the instance's key record {key_record} exists: the state was deleted or lost; restore it from a backup, or reset the instance with `vtpm-state reset`")]
+    StateMissing { path: PathBuf, key_record: PathBuf },
+    #[error("key record {path} is missing, so state file {state} cannot be decrypted")]
+    KeyRecordMissing { path: PathBuf, state: PathBuf },
+    #[error("{path} holds unencrypted state of an earlier vhost-vtpm build; this build keeps state only encrypted")]
+    PlainStateFound { path: PathBuf },
+    #[error("state directory {path} already holds an instance")]
+    AlreadyExists { path: PathBuf },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Blob names are short identifiers chosen by the engine.
+fn check_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The encrypted state directory: round trips, and every way a directory is refused.
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, STATE_FILE};
+    use super::*;
+    use crate::keys::{generate_host_key_file, HostKey, KeyError};
+
+    struct Host {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        key: HostKey,
+    }
+
+    fn host() -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        let path = root.join("host.key");
+        generate_host_key_file(&path).unwrap();
+        Host {
+            _tmp: tmp,
+            root,
+            key: HostKey::File(path),
+        }
+    }
+
+    fn open(dir: &Path, key: &HostKey) -> Result<EncryptedStore, StateError> {
+        EncryptedStore::open(dir, key, "libtpms").map(|(s, _)| s)
+    }
+
+    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        [KEY_RECORD, STATE_FILE, ANCHOR_FILE]
+            .iter()
+            .filter_map(|f| fs::read(dir.join(f)).ok().map(|d| (f.to_string(), d)))
+            .collect()
+    }
+
+    #[test]
+    fn blobs_round_trip_and_generations_advance() {
+        let h = host();
+        let dir = h.root.join("vm1");
+        let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
+        assert_eq!(how, Opened::Created);
+        assert_eq!(s.generation(), 1);
+        assert_eq!(s.load("permall").unwrap(), None);
+        s.store("permall", b"one").unwrap();
+        s.store("permall", b"two").unwrap();
+        s.store("volatilestate", b"vol").unwrap();
+        s.delete("volatilestate").unwrap();
+        s.delete("volatilestate").unwrap();
+        assert_eq!(s.generation(), 5);
+        let id = s.instance();
+        drop(s);
+        let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
+        assert_eq!(how, Opened::Existing { generation: 5 });
+        assert_eq!(s.instance(), id);
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(s.load("volatilestate").unwrap(), None);
+        // The secret is not in the file in clear.
+        let raw = fs::read(dir.join(STATE_FILE)).unwrap();
+        assert!(!raw.windows(3).any(|w| w == b"two"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let h = host();
+        let s = open(&h.root.join("vm"), &h.key).unwrap();
+        assert!(matches!(s.store("../x", b""), Err(StateError::BadName(_))));
+        assert!(matches!(s.load(""), Err(StateError::BadName(_))));
+    }
+
+    #[test]
+    fn files_and_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = host();
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", b"secret").unwrap();
+        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+            let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_directory_is_used_by_one_process_at_a_time() {
+        let h = host();
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        assert!(matches!(open(&dir, &h.key), Err(StateError::Locked { .. })));
+        assert!(matches!(
+            EncryptedStore::reset(&dir),
+            Err(StateError::Locked { .. })
+        ));
+        drop(s);
+        open(&dir, &h.key).unwrap();
+    }
+
+    /// Every refusal leaves every file of the instance byte-identical.
+    fn assert_refused_untouched(dir: &Path, key: &HostKey, check: impl Fn(&StateError) -> bool) {
+        let before = snapshot(dir);
+        let err = open(dir, key).expect_err("must be refused");
+        assert!(check(&err), "unexpected error: {err}");
+        assert_eq!(snapshot(dir), before, "refusal changed files: {err}");
+        // The message names the file it refused.
+        let msg = err.to_string();
+        assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    }
+
+    fn populated(h: &Host, name: &str) -> PathBuf {
+        let dir = h.root.join(name);
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", name.as_bytes()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flipped_byte_is_refused() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let path = dir.join(STATE_FILE);
+        let mut raw = fs::read(&path).unwrap();
+        let at = raw.len() - 20;
+        raw[at] ^= 0x01;
+        fs::write(&path, &raw).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(
+                e,
+                StateError::Invalid {
+                    source: FormatError::Authentication,
+                    ..
+                }
+            )
+        });
+        // A flipped generation in the clear header does not authenticate either.
+        raw[at] ^= 0x01;
+        raw[format::HEADER_LEN - 5] ^= 0x01;
+        fs::write(&path, &raw).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(
+                e,
+                StateError::Invalid {
+                    source: FormatError::Authentication,
+                    ..
+                }
+            )
+        });
+        // An altered format version is named as such.
+        raw[format::HEADER_LEN - 5] ^= 0x01;
+        raw[9] = 0;
+        fs::write(&path, &raw).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(
+                e,
+                StateError::Invalid {
+                    source: FormatError::UnsupportedVersion { found: 0 },
+                    ..
+                }
+            )
+        });
+    }
+
+    #[test]
+    fn truncated_file_is_refused() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let path = dir.join(STATE_FILE);
+        let raw = fs::read(&path).unwrap();
+        for len in [raw.len() - 1, format::HEADER_LEN, 20, 0] {
+            fs::write(&path, &raw[..len]).unwrap();
+            assert_refused_untouched(&dir, &h.key, |e| {
+                matches!(
+                    e,
+                    StateError::Invalid {
+                        source: FormatError::Truncated(_) | FormatError::BadMagic,
+                        ..
+                    }
+                )
+            });
+        }
+    }
+
+    #[test]
+    fn state_files_swapped_between_instances_are_refused() {
+        let h = host();
+        let a = populated(&h, "vm-a");
+        let b = populated(&h, "vm-b");
+        let a_state = fs::read(a.join(STATE_FILE)).unwrap();
+        let b_state = fs::read(b.join(STATE_FILE)).unwrap();
+        fs::write(a.join(STATE_FILE), &b_state).unwrap();
+        fs::write(b.join(STATE_FILE), &a_state).unwrap();
+        for dir in [&a, &b] {
+            assert_refused_untouched(dir, &h.key, |e| {
+                matches!(e, StateError::WrongInstance { .. })
+            });
+        }
+        // Relabelling the other instance's file with this instance's id does not help: it is
+        // encrypted under the other instance's key.
+        let mut forged = b_state.clone();
+        forged[12..28].copy_from_slice(&a_state[12..28]);
+        fs::write(a.join(STATE_FILE), &forged).unwrap();
+        assert_refused_untouched(&a, &h.key, |e| {
+            matches!(
+                e,
+                StateError::Invalid {
+                    source: FormatError::Authentication,
+                    ..
+                }
+            )
+        });
+    }
+
+    #[test]
+    fn replayed_older_state_file_is_refused() {
+        let h = host();
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", b"counter=1").unwrap();
+        let old = fs::read(dir.join(STATE_FILE)).unwrap();
+        s.store("permall", b"counter=2").unwrap();
+        drop(s);
+        fs::write(dir.join(STATE_FILE), &old).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(
+                e,
+                StateError::RolledBack {
+                    generation: 2,
+                    newest: 3,
+                    ..
+                }
+            )
+        });
+        // Deleting the generation record as well is noticed too.
+        fs::remove_file(dir.join(ANCHOR_FILE)).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(e, StateError::AnchorMissing { .. })
+        });
+        // The operator may accept it explicitly; then it opens.
+        assert_eq!(EncryptedStore::accept_current(&dir, &h.key).unwrap(), 2);
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(
+            s.load("permall").unwrap().as_deref(),
+            Some(&b"counter=1"[..])
+        );
+    }
+
+    #[test]
+    fn generation_record_one_behind_after_a_crash_is_accepted_and_repaired() {
+        let h = host();
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", b"a").unwrap();
+        let anchor = fs::read(dir.join(ANCHOR_FILE)).unwrap();
+        s.store("permall", b"b").unwrap();
+        drop(s);
+        // As if the crash came after the state file's rename and before the record's.
+        fs::write(dir.join(ANCHOR_FILE), &anchor).unwrap();
+        let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
+        assert_eq!(how, Opened::Existing { generation: 3 });
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"b"[..]));
+        drop(s);
+        assert_ne!(fs::read(dir.join(ANCHOR_FILE)).unwrap(), anchor);
+    }
+
+    #[test]
+    fn wrong_host_key_is_refused() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let other = h.root.join("other.key");
+        generate_host_key_file(&other).unwrap();
+        assert_refused_untouched(&dir, &HostKey::File(other), |e| {
+            matches!(e, StateError::Key(KeyError::WrongHostKey { .. }))
+        });
+        // A missing key file is named too.
+        let missing = HostKey::File(h.root.join("nope.key"));
+        let before = snapshot(&dir);
+        let err = open(&dir, &missing).unwrap_err();
+        assert!(
+            matches!(err, StateError::Key(KeyError::HostKeyFile { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nope.key"));
+        assert_eq!(snapshot(&dir), before);
+    }
+
+    #[test]
+    fn missing_key_record_is_refused_not_replaced() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        fs::remove_file(dir.join(KEY_RECORD)).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(e, StateError::KeyRecordMissing { .. })
+        });
+        assert!(!dir.join(KEY_RECORD).exists());
+    }
+
+    #[test]
+    fn host_key_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = host();
+        let HostKey::File(path) = &h.key else {
+            unreachable!()
+        };
+        fs::set_permissions(path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = open(&h.root.join("vm"), &h.key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Key(KeyError::HostKeyFilePermissions { mode: 0o640, .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unencrypted_state_of_earlier_builds_is_not_ignored() {
+        let h = host();
+        let dir = h.root.join("vm");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("tpm2-permall.bin"), b"plain").unwrap();
+        let err = open(&dir, &h.key).unwrap_err();
+        assert!(matches!(err, StateError::PlainStateFound { .. }), "{err}");
+        assert!(!dir.join(KEY_RECORD).exists());
+    }
+
+    #[test]
+    fn reset_keeps_a_backup_and_starts_fresh() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let before = snapshot(&dir);
+        let backup = EncryptedStore::reset(&dir).unwrap().unwrap();
+        assert_eq!(snapshot(&backup), before, "backup holds the exact files");
+        assert!(snapshot(&dir).is_empty());
+        let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
+        assert_eq!(how, Opened::Created);
+        assert_eq!(s.load("permall").unwrap(), None);
+        drop(s);
+        // Resetting a directory with nothing in it is a no-op.
+        let empty = h.root.join("empty");
+        fs::create_dir(&empty).unwrap();
+        assert_eq!(EncryptedStore::reset(&empty).unwrap(), None);
+    }
+
+    #[test]
+    fn create_imports_blobs_and_refuses_an_existing_instance() {
+        let h = host();
+        let dir = h.root.join("vm");
+        let blobs: BTreeMap<_, _> = [("permall".to_string(), b"imported".to_vec())].into();
+        let s = EncryptedStore::create(&dir, &h.key, "libtpms", blobs.clone()).unwrap();
+        assert_eq!(
+            s.load("permall").unwrap().as_deref(),
+            Some(&b"imported"[..])
+        );
+        drop(s);
+        let before = snapshot(&dir);
+        assert!(matches!(
+            EncryptedStore::create(&dir, &h.key, "libtpms", blobs),
+            Err(StateError::AlreadyExists { .. })
+        ));
+        assert_eq!(snapshot(&dir), before);
+        let info = EncryptedStore::verify(&dir, &h.key).unwrap().unwrap();
+        assert_eq!(info.generation, 1);
+        assert_eq!(info.blobs, vec![("permall".to_string(), 8)]);
+    }
+
+    #[test]
+    fn state_of_another_engine_is_refused() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let err = EncryptedStore::open(&dir, &h.key, "other-engine").unwrap_err();
+        assert!(err.to_string().contains("holds libtpms state"), "{err}");
+    }
+
+    #[test]
+    fn deleted_state_is_refused_never_replaced_by_a_fresh_tpm() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        // Both the state file and its generation record gone, the key record left: before, this
+        // looked like an unfinished creation and started a new TPM with new seeds.
+        fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        fs::remove_file(dir.join(ANCHOR_FILE)).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(e, StateError::StateMissing { .. })
+        });
+        assert!(!dir.join(STATE_FILE).exists());
+    }
+
+    #[test]
+    fn creation_commits_with_the_key_record() {
+        let h = host();
+        let dir = h.root.join("vm");
+        drop(open(&dir, &h.key).unwrap());
+        // As if the creation had crashed before its key record was durable: the orphan state is
+        // refused (nothing is lost, a reset cleans it), not silently adopted or overwritten.
+        fs::remove_file(dir.join(KEY_RECORD)).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(e, StateError::KeyRecordMissing { .. })
+        });
+    }
+}
