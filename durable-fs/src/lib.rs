@@ -1,0 +1,241 @@
+//! Durable, symlink-safe file operations for directories that hold secrets or state.
+//!
+//! Whoever can write into a state directory must not be able to make the process that owns
+//! it write, truncate or lock a file elsewhere. So nothing here follows a symlink at the
+//! final path component:
+//! - [`replace`] writes a temporary file under a fresh random name created with
+//!   `O_CREAT | O_EXCL` (which refuses an existing name, a symlink included) and
+//!   `O_NOFOLLOW`, fsyncs it, renames it over the target (a rename replaces a symlink
+//!   itself, never what it points to) and fsyncs the directory;
+//! - [`read_optional`], [`create_marker`] and the lock functions open with `O_NOFOLLOW`, so
+//!   a symlink planted at those names is an error (`ELOOP`) instead of a redirection.
+//!
+//! Every file is created with the caller's mode whatever the umask.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+/// A lock file held with an exclusive `flock(2)`; released when dropped.
+pub type LockFile = Flock<File>;
+
+/// Replaces `path` with `data` atomically and durably: a crash at any instant leaves the old
+/// or the new contents, never a torn file. With `sync_dir` the directory is fsynced after the
+/// rename, so that the rename itself survives a power loss; a caller that makes several
+/// replacements in one directory may sync it once after the last ([`sync_dir`]).
+pub fn replace(path: &Path, data: &[u8], mode: u32, sync_dir: bool) -> io::Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    // A fresh random name (tempfile retries on a collision), created with O_CREAT | O_EXCL |
+    // O_NOFOLLOW: an existing name, a planted symlink included, is never opened.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .make_in(dir, |name| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc_o_nofollow())
+                .open(name)
+        })?;
+    // The umask may have cleared bits of `mode`.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if sync_dir {
+        self::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// fsync of a directory: makes the renames, creations and removals in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_directory() | libc_o_nofollow())
+        .open(dir)?
+        .sync_all()
+}
+
+/// Reads a regular file, `None` if it does not exist; a symlink at `path` is an error.
+pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refused_link(path, e)),
+    };
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(Some(data))
+}
+
+/// Creates (or truncates) a small marker file holding `data`, durably; a symlink at `path`
+/// is an error. Returns whether the file existed before.
+pub fn create_marker(path: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
+    let existed = match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => {
+            return Err(refused_link(path, Errno::ELOOP.into()))
+        }
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    replace(path, data, mode, true)?;
+    Ok(existed)
+}
+
+/// Opens (creating it if needed) the lock file at `path` without following a symlink.
+fn open_lock(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+        .map_err(|e| refused_link(path, e))
+}
+
+/// Takes an exclusive lock on the lock file `path` if it is free: `None` when another
+/// process (or another open file description in this one) holds it.
+pub fn try_lock(path: &Path, mode: u32) -> io::Result<Option<LockFile>> {
+    match Flock::lock(open_lock(path, mode)?, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// Takes an exclusive lock on the lock file `path`, waiting until it is free.
+pub fn lock(path: &Path, mode: u32) -> io::Result<LockFile> {
+    let mut file = open_lock(path, mode)?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(l) => return Ok(l),
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// `ELOOP` from an `O_NOFOLLOW` open says "this is a symlink": say so, with the path.
+fn refused_link(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(Errno::ELOOP as i32) {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+fn libc_o_directory() -> i32 {
+    nix::fcntl::OFlag::O_DIRECTORY.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn replace_writes_the_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        replace(&path, b"one", 0o600, true).unwrap();
+        replace(&path, b"two", 0o600, false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state")]);
+    }
+
+    #[test]
+    fn symlinks_are_replaced_or_refused_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"outside").unwrap();
+        let link = |name: &str| {
+            let p = dir.path().join(name);
+            symlink(outside.path(), &p).unwrap();
+            p
+        };
+
+        // A replaced file that is a symlink: the link is replaced, its target untouched.
+        let state = link("state");
+        replace(&state, b"new", 0o600, true).unwrap();
+        assert!(!std::fs::symlink_metadata(&state)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&state).unwrap(), b"new");
+
+        let read = link("read");
+        let err = read_optional(&read).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let marker = link("marker");
+        assert!(create_marker(&marker, b"1", 0o600).is_err());
+        let lock_path = link("lock");
+        assert!(try_lock(&lock_path, 0o600).is_err());
+        assert!(lock(&lock_path, 0o600).is_err());
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn lock_excludes_a_second_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = try_lock(&path, 0o600).unwrap().unwrap();
+        assert!(try_lock(&path, 0o600).unwrap().is_none());
+        drop(held);
+        assert!(lock(&path, 0o600).is_ok());
+    }
+
+    #[test]
+    fn marker_reports_a_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running");
+        assert!(!create_marker(&path, b"1", 0o600).unwrap());
+        assert!(create_marker(&path, b"2", 0o600).unwrap());
+        assert_eq!(read_optional(&path).unwrap().unwrap(), b"2");
+        assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
+    }
+}
