@@ -1,6 +1,10 @@
 //! A real Linux guest (tpm_virtio driver, unmodified tpm2-tools) in QEMU with our
 //! vhost-user-tpm-pci device, served by the vhost-vtpm daemon with libtpms.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use nix::sys::signal::Signal;

@@ -2,6 +2,10 @@
 //! bookworm kernel (the test guest's, 6.1) and the bookworm-backports one (6.12), both
 //! installed by scripts/setup.sh.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 #[test]

@@ -12,6 +12,9 @@
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
+// Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod ca;
 pub mod chain;
 pub mod daemon;

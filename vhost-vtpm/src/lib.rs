@@ -15,8 +15,6 @@
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod backend;
 pub mod config;
 pub mod daemon;

@@ -3,6 +3,10 @@
 //! (the command in flight at the kill may or may not have happened, nothing older may be
 //! lost) and the state loads.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

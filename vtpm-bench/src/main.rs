@@ -18,6 +18,9 @@
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
 //! installed.
 
+// Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod guest;
 mod state;
 

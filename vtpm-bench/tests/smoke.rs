@@ -3,6 +3,10 @@
 //! the `vhost-vtpm` and `vtpm-state` binaries beside it, which `cargo test --workspace`
 //! builds.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 /// Runs vtpm-bench with tiny iteration counts and returns what it printed.
 fn run_bench(extra: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vtpm-bench"))

@@ -2,6 +2,10 @@
 //! from a private swtpm_localca) driven by tpm2-tools, the real `vtpm-ca` binary over HTTPS.
 //! The CA's software MakeCredential must be what `tpm2_activatecredential` accepts.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;

@@ -11,6 +11,9 @@
 //! `cargo run --release -p vtpm-demo` after `scripts/setup.sh`
 //! (`scripts/demo.sh` does both).
 
+// Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use nix::sys::signal::Signal;
 use testbed::{accel, start_daemon, ChainSetup, Env, TpmFrontend, Vm};
 

@@ -16,8 +16,6 @@
 //! `host-ek.pem`, `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`,
 //! `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod cli;
 pub mod vaik;
 

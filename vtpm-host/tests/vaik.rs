@@ -4,6 +4,10 @@
 //! serving the instance afterwards, where the test uses the persistent vAIK like a guest
 //! would and checks its certificate and signatures with the `openssl` command.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 

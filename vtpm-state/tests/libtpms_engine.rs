@@ -2,6 +2,10 @@
 //! save and resume, power cycle, export and import. libtpms is a process singleton, so
 //! everything runs in one test, sequentially.
 
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use coprocessor::libtpms::{LibtpmsEngine, VOLATILE_BLOB};
 use coprocessor::{Coprocessor, EngineState, Error};
 use tpm_proto::commands as c;
