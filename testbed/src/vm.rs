@@ -81,7 +81,7 @@ pub fn accel(env: &Env) -> Accel {
             Ok("tcg") => Accel::Tcg,
             _ => probe_accel(env),
         };
-        eprintln!("vtpm-e2e: guests run under {}", decided.arg());
+        eprintln!("testbed: guests run under {}", decided.arg());
         decided
     })
 }

@@ -1,4 +1,4 @@
-//! Shared by the host-agent integration tests.
+//! Shared by the vtpm-host integration tests.
 
 #![allow(dead_code)]
 
