@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use coprocessor::Coprocessor;
 use log::{debug, error, info};
+use migration::DeviceStateError;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
 };
@@ -101,7 +102,7 @@ pub struct VtpmBackend {
     busy_poll: Duration,
     /// The device-state transfer in progress (vhost-user DEVICE_STATE), joined by
     /// CHECK_DEVICE_STATE.
-    transfer: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    transfer: Mutex<Option<JoinHandle<Result<(), DeviceStateError>>>>,
 }
 
 impl VtpmBackend {
@@ -305,21 +306,18 @@ impl VhostUserBackend for VtpmBackend {
             )));
         }
         let device = self.device.clone();
-        let work: Box<dyn FnOnce() -> Result<(), String> + Send> = match direction {
+        let work: Box<dyn FnOnce() -> Result<(), DeviceStateError> + Send> = match direction {
             VhostTransferStateDirection::SAVE => {
                 // Exported now, while the frontend holds the device stopped; written by a
                 // thread because the frontend reads the pipe only after this reply.
                 let bytes =
                     migration::save(lock(&device).engine.as_mut()).map_err(io::Error::other)?;
                 info!("migration: sending device state ({} bytes)", bytes.len());
-                Box::new(move || {
-                    migration::device_state::send(&bytes, file).map_err(|e| e.to_string())
-                })
+                Box::new(move || migration::device_state::send(&bytes, file))
             }
             VhostTransferStateDirection::LOAD => Box::new(move || {
-                let bytes =
-                    migration::device_state::receive(&mut file).map_err(|e| e.to_string())?;
-                migration::load(lock(&device).engine.as_mut(), &bytes).map_err(|e| e.to_string())
+                let bytes = migration::device_state::receive(&mut file)?;
+                migration::load(lock(&device).engine.as_mut(), &bytes)
             }),
         };
         let handle = std::thread::Builder::new()
