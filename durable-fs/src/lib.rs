@@ -17,8 +17,8 @@
 //! holds the directory's lock. Every file is created with the caller's mode whatever the
 //! umask.
 
-use std::fs::{File, OpenOptions};
 use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -304,13 +304,23 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(outside.path(), b"outside").unwrap();
         let d = dir.path();
-        for name in [".state.ab12Cd.tmp", ".state.tmp", ".other.xyz123.tmp", "keep"] {
+        for name in [
+            ".state.ab12Cd.tmp",
+            ".state.tmp",
+            ".other.xyz123.tmp",
+            "keep",
+        ] {
             std::fs::write(d.join(name), b"x").unwrap();
         }
         symlink(outside.path(), d.join(".state.link00.tmp")).unwrap();
         std::fs::create_dir(d.join(".state.dir000.tmp")).unwrap();
         // Not of the pattern: another name's prefix, nothing random, a dot in the middle.
-        for name in [".states.ab12Cd.tmp", ".state..tmp", ".state.a.b.tmp", "state"] {
+        for name in [
+            ".states.ab12Cd.tmp",
+            ".state..tmp",
+            ".state.a.b.tmp",
+            "state",
+        ] {
             std::fs::write(d.join(name), b"x").unwrap();
         }
         let mut removed = remove_stale_temporaries(d, &["state", "other"]).unwrap();
