@@ -93,17 +93,21 @@ pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(data))
 }
 
-/// Creates (or truncates) a small marker file holding `data`, durably; a symlink at `path`
+/// Whether something that is not a symlink exists at `path`; a symlink is an error naming
+/// it, as the other functions here would report it.
+pub fn exists_not_symlink(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => Err(refused_link(path, Errno::ELOOP.into())),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (or replaces) a small marker file holding `data`, durably; a symlink at `path`
 /// is an error. Returns whether the file existed before.
 pub fn create_marker(path: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
-    let existed = match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(refused_link(path, Errno::ELOOP.into()))
-        }
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e),
-    };
+    let existed = exists_not_symlink(path)?;
     replace(path, data, mode, true)?;
     Ok(existed)
 }
@@ -291,6 +295,7 @@ mod tests {
         let err = read_optional(&read).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         let marker = link("marker");
+        assert!(exists_not_symlink(&marker).is_err());
         assert!(create_marker(&marker, b"1", 0o600).is_err());
         let lock_path = link("lock");
         assert!(try_lock(&lock_path, 0o600).is_err());
@@ -386,6 +391,8 @@ mod tests {
         assert!(!create_marker(&path, b"1", 0o600).unwrap());
         assert!(create_marker(&path, b"2", 0o600).unwrap());
         assert_eq!(read_optional(&path).unwrap().unwrap(), b"2");
+        assert!(exists_not_symlink(&path).unwrap());
+        assert!(!exists_not_symlink(&dir.path().join("none")).unwrap());
         assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
     }
 }
