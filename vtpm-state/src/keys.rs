@@ -41,8 +41,16 @@ const RECORD_HEADER_LEN: usize = 8 + 2 + 2 + InstanceId::LEN + 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("host key file {path}: {reason}")]
-    HostKeyFile { path: PathBuf, reason: String },
+    #[error("host key file {path}: {source}")]
+    HostKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host key file {path}: not a regular file")]
+    HostKeyNotFile { path: PathBuf },
+    #[error("host key file {path}: expected 32 raw bytes or 64 hex digits")]
+    HostKeyFormat { path: PathBuf },
     #[error(
         "host key file {path} is accessible to group or others (mode {mode:04o}): it must be \
          readable only by the daemon's user (chmod 600)"
@@ -365,13 +373,15 @@ fn record_bytes(protection: u16, id: &InstanceId, body: &[u8]) -> Vec<u8> {
 /// Reads a host key file, refusing one that others can read.
 pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
     use std::os::unix::fs::MetadataExt;
-    let bad = |reason: String| KeyError::HostKeyFile {
+    let bad = |source| KeyError::HostKeyFile {
         path: path.to_owned(),
-        reason,
+        source,
     };
-    let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let meta = fs::metadata(path).map_err(bad)?;
     if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
+        return Err(KeyError::HostKeyNotFile {
+            path: path.to_owned(),
+        });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -380,8 +390,10 @@ pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
             mode,
         });
     }
-    let raw = Zeroizing::new(fs::read(path).map_err(|e| bad(e.to_string()))?);
-    decode_key(&raw).ok_or_else(|| bad("expected 32 raw bytes or 64 hex digits".into()))
+    let raw = Zeroizing::new(fs::read(path).map_err(bad)?);
+    decode_key(&raw).ok_or_else(|| KeyError::HostKeyFormat {
+        path: path.to_owned(),
+    })
 }
 
 /// A host key file's contents: 32 raw bytes, or 64 hex digits with optional surrounding
@@ -400,9 +412,9 @@ fn decode_key(raw: &[u8]) -> Option<SecretKey> {
 pub fn generate_host_key_file(path: &Path) -> Result<(), KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |e: std::io::Error| KeyError::HostKeyFile {
+    let bad = |source| KeyError::HostKeyFile {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     let key = SecretKey::random()?;
     let mut f = fs::OpenOptions::new()
@@ -447,7 +459,7 @@ mod tests {
         let multibyte = format!("a{}b", "é".repeat(31));
         for bad in [&b"short"[..], &[b'z'; 64][..], multibyte.as_bytes()] {
             let err = load_host_key_file(&key_file(dir.path(), bad, 0o600)).unwrap_err();
-            assert!(matches!(err, KeyError::HostKeyFile { .. }), "{err}");
+            assert!(matches!(err, KeyError::HostKeyFormat { .. }), "{err}");
         }
     }
 
