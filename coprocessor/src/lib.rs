@@ -21,6 +21,8 @@ pub use store::{StateStore, StoreError};
 
 use std::path::PathBuf;
 
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
 /// Errors of the coprocessor drivers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,10 +64,22 @@ pub const MAX_STATE_BLOB: usize = 4 << 20;
 /// A whole instance as an engine exports and imports it: the permanent (NV) state and the
 /// volatile state of the running TPM (loaded objects, sessions, PCRs). How it is serialised
 /// and protected on its way to another daemon is the `migration` crate's business.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Both blobs hold the TPM's secrets (seeds, keys): they are wiped when the value is dropped,
+/// and its `Debug` shows their sizes only.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct EngineState {
     pub permanent: Vec<u8>,
     pub volatile: Vec<u8>,
+}
+
+impl std::fmt::Debug for EngineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineState")
+            .field("permanent_len", &self.permanent.len())
+            .field("volatile_len", &self.volatile.len())
+            .finish()
+    }
 }
 
 /// One vTPM instance's engine, as the device sees it.

@@ -8,20 +8,30 @@
 //!   `O_NOFOLLOW`, fsyncs it, renames it over the target (a rename replaces a symlink
 //!   itself, never what it points to) and fsyncs the directory;
 //! - [`read_optional`], [`create_marker`] and the lock functions open with `O_NOFOLLOW`, so
-//!   a symlink planted at those names is an error (`ELOOP`) instead of a redirection.
+//!   a symlink planted at those names is an error (`ELOOP`) instead of a redirection;
+//! - [`remove`] and [`remove_stale_temporaries`] unlink names, which removes a symlink
+//!   itself, never its target.
 //!
-//! Every file is created with the caller's mode whatever the umask.
+//! A crash during [`replace`] can leave its temporary behind (`.NAME.<random>.tmp` beside
+//! `NAME`); whoever owns a directory removes them with [`remove_stale_temporaries`] while it
+//! holds the directory's lock. Every file is created with the caller's mode whatever the
+//! umask.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 /// A lock file held with an exclusive `flock(2)`; released when dropped.
 pub type LockFile = Flock<File>;
+
+/// What ends the name of every temporary file [`replace`] makes.
+const TEMPORARY_SUFFIX: &str = ".tmp";
 
 /// Replaces `path` with `data` atomically and durably: a crash at any instant leaves the old
 /// or the new contents, never a torn file. With `sync_dir` the directory is fsynced after the
@@ -32,14 +42,12 @@ pub fn replace(path: &Path, data: &[u8], mode: u32, sync_dir: bool) -> io::Resul
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
+    let prefix = temporary_prefix(name.as_bytes());
     // A fresh random name (tempfile retries on a collision), created with O_CREAT | O_EXCL |
     // O_NOFOLLOW: an existing name, a planted symlink included, is never opened.
     let mut tmp = tempfile::Builder::new()
         .prefix(&prefix)
-        .suffix(".tmp")
+        .suffix(TEMPORARY_SUFFIX)
         .make_in(dir, |name| {
             OpenOptions::new()
                 .write(true)
@@ -85,19 +93,94 @@ pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(data))
 }
 
-/// Creates (or truncates) a small marker file holding `data`, durably; a symlink at `path`
+/// Whether something that is not a symlink exists at `path`; a symlink is an error naming
+/// it, as the other functions here would report it.
+pub fn exists_not_symlink(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => Err(refused_link(path, Errno::ELOOP.into())),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (or replaces) a small marker file holding `data`, durably; a symlink at `path`
 /// is an error. Returns whether the file existed before.
 pub fn create_marker(path: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
-    let existed = match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(refused_link(path, Errno::ELOOP.into()))
-        }
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e),
-    };
+    let existed = exists_not_symlink(path)?;
     replace(path, data, mode, true)?;
     Ok(existed)
+}
+
+/// Removes the name `path` (`unlink(2)`: a symlink is removed itself, never what it points
+/// to); with `sync_dir` the removal is made durable. Returns whether there was a file.
+pub fn remove(path: &Path, sync_dir: bool) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if sync_dir {
+        self::sync_dir(parent(path))?;
+    }
+    Ok(true)
+}
+
+/// Removes the temporaries that an interrupted [`replace`] of one of `names` in `dir` left
+/// behind: `.NAME.<random>.tmp`, and `.NAME.tmp`, the fixed name earlier builds of
+/// vhost-vtpm used. Names are unlinked, never followed: a symlink planted at such a name is
+/// removed itself. Directories are left alone. The removals are made durable; returns the
+/// removed paths.
+///
+/// The caller must hold the lock that serialises writers of `dir`: the temporary of a
+/// replacement in progress looks exactly like a stale one.
+pub fn remove_stale_temporaries(dir: &Path, names: &[&str]) -> io::Result<Vec<PathBuf>> {
+    let prefixes: Vec<OsString> = names
+        .iter()
+        .map(|n| temporary_prefix(n.as_bytes()))
+        .collect();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let stale = prefixes.iter().any(|p| {
+            file_name
+                .as_bytes()
+                .strip_prefix(p.as_bytes())
+                .is_some_and(is_temporary_tail)
+        });
+        // The entry's own type (lstat): a symlink is not a directory here.
+        if !stale || entry.file_type()?.is_dir() {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(entry.path()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// `.NAME.`: how the temporaries of `NAME` begin.
+fn temporary_prefix(name: &[u8]) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(std::ffi::OsStr::from_bytes(name));
+    prefix.push(".");
+    prefix
+}
+
+/// What follows [`temporary_prefix`] in a temporary's name: tempfile's random letters and
+/// digits and [`TEMPORARY_SUFFIX`], or `tmp` alone (the fixed name of earlier builds).
+fn is_temporary_tail(tail: &[u8]) -> bool {
+    if tail == &TEMPORARY_SUFFIX.as_bytes()[1..] {
+        return true;
+    }
+    tail.strip_suffix(TEMPORARY_SUFFIX.as_bytes())
+        .is_some_and(|random| !random.is_empty() && random.iter().all(u8::is_ascii_alphanumeric))
 }
 
 /// Opens (creating it if needed) the lock file at `path` without following a symlink.
@@ -212,10 +295,82 @@ mod tests {
         let err = read_optional(&read).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         let marker = link("marker");
+        assert!(exists_not_symlink(&marker).is_err());
         assert!(create_marker(&marker, b"1", 0o600).is_err());
         let lock_path = link("lock");
         assert!(try_lock(&lock_path, 0o600).is_err());
         assert!(lock(&lock_path, 0o600).is_err());
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"outside").unwrap();
+        let d = dir.path();
+        for name in [
+            ".state.ab12Cd.tmp",
+            ".state.tmp",
+            ".other.xyz123.tmp",
+            "keep",
+        ] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        symlink(outside.path(), d.join(".state.link00.tmp")).unwrap();
+        std::fs::create_dir(d.join(".state.dir000.tmp")).unwrap();
+        // Not of the pattern: another name's prefix, nothing random, a dot in the middle.
+        for name in [
+            ".states.ab12Cd.tmp",
+            ".state..tmp",
+            ".state.a.b.tmp",
+            "state",
+        ] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        let mut removed = remove_stale_temporaries(d, &["state", "other"]).unwrap();
+        removed.sort();
+        let expected: Vec<PathBuf> = [
+            ".other.xyz123.tmp",
+            ".state.ab12Cd.tmp",
+            ".state.link00.tmp",
+            ".state.tmp",
+        ]
+        .iter()
+        .map(|n| d.join(n))
+        .collect();
+        assert_eq!(removed, expected);
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"outside");
+        let mut left: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".state..tmp",
+                ".state.a.b.tmp",
+                ".state.dir000.tmp",
+                ".states.ab12Cd.tmp",
+                "keep",
+                "state"
+            ]
+        );
+        // What `replace` leaves is what the cleaner takes.
+        replace(&d.join("state"), b"new", 0o600, true).unwrap();
+        assert!(remove_stale_temporaries(d, &["state"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_unlinks_a_symlink_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"outside").unwrap();
+        let link = dir.path().join("marker");
+        symlink(outside.path(), &link).unwrap();
+        assert!(remove(&link, true).unwrap());
+        assert!(!remove(&link, true).unwrap());
         assert_eq!(std::fs::read(outside.path()).unwrap(), b"outside");
     }
 
@@ -236,6 +391,8 @@ mod tests {
         assert!(!create_marker(&path, b"1", 0o600).unwrap());
         assert!(create_marker(&path, b"2", 0o600).unwrap());
         assert_eq!(read_optional(&path).unwrap().unwrap(), b"2");
+        assert!(exists_not_symlink(&path).unwrap());
+        assert!(!exists_not_symlink(&dir.path().join("none")).unwrap());
         assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Layout: magic `VTPMSNP1`, then the permanent blob and the volatile blob, each as a
 //! big-endian u32 length and the bytes. The snapshot is not protected here: inside QEMU's
-//! migration stream it is as trusted as the guest's memory.
+//! migration stream it is as trusted as the guest's memory. It holds the TPM's secrets, so
+//! every buffer here wipes itself when dropped.
 
 use coprocessor::{EngineState, MAX_STATE_BLOB};
+use zeroize::Zeroizing;
 
 const MAGIC: &[u8; 8] = b"VTPMSNP1";
 
@@ -21,9 +23,11 @@ pub enum SnapshotError {
     Trailing(usize),
 }
 
-/// The snapshot of `state`.
-pub fn encode(state: &EngineState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + state.permanent.len() + state.volatile.len());
+/// The snapshot of `state` (allocated at its final size: no reallocation leaves a copy).
+pub fn encode(state: &EngineState) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        16 + state.permanent.len() + state.volatile.len(),
+    ));
     out.extend_from_slice(MAGIC);
     for blob in [&state.permanent, &state.volatile] {
         out.extend_from_slice(&(blob.len() as u32).to_be_bytes());
@@ -38,7 +42,7 @@ pub fn decode(mut buf: &[u8]) -> Result<EngineState, SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     buf = &buf[MAGIC.len()..];
-    let mut blob = || -> Result<Vec<u8>, SnapshotError> {
+    let mut blob = || -> Result<Zeroizing<Vec<u8>>, SnapshotError> {
         let len_bytes: [u8; 4] = buf
             .get(..4)
             .and_then(|b| b.try_into().ok())
@@ -47,21 +51,19 @@ pub fn decode(mut buf: &[u8]) -> Result<EngineState, SnapshotError> {
         if len > MAX_STATE_BLOB {
             return Err(SnapshotError::TooLarge(len));
         }
-        let data = buf
-            .get(4..4 + len)
-            .ok_or(SnapshotError::Truncated)?
-            .to_vec();
+        let data = buf.get(4..4 + len).ok_or(SnapshotError::Truncated)?;
         buf = &buf[4 + len..];
-        Ok(data)
+        Ok(Zeroizing::new(data.to_vec()))
     };
-    let permanent = blob()?;
-    let volatile = blob()?;
+    let mut permanent = blob()?;
+    let mut volatile = blob()?;
     if !buf.is_empty() {
         return Err(SnapshotError::Trailing(buf.len()));
     }
+    // Moved, not copied, into the state (which wipes them in turn).
     Ok(EngineState {
-        permanent,
-        volatile,
+        permanent: std::mem::take(&mut *permanent),
+        volatile: std::mem::take(&mut *volatile),
     })
 }
 

@@ -207,6 +207,11 @@ fn spawn_signal_thread(set: SigSet, stop: Arc<Stop>) -> Result<(), DaemonError> 
 
 /// A file in the state directory that exists while a daemon runs the instance. Finding it at
 /// start means the previous run ended without a clean stop (crash, SIGKILL, power loss).
+///
+/// Created after the state store locked the directory, through `durable_fs`: written under a
+/// fresh temporary name and renamed into place, and a symlink at its name is refused (the
+/// daemon does not start, naming the file) rather than followed; removed by unlinking the
+/// name itself.
 struct RunMarker {
     path: std::path::PathBuf,
 }
@@ -214,21 +219,40 @@ struct RunMarker {
 impl RunMarker {
     const NAME: &'static str = "daemon.running";
 
+    /// Refuses a symlink at the marker's name before the engine starts (and consumes the
+    /// volatile state saved at the last clean stop), so that such a refusal changes nothing.
+    /// [`RunMarker::create`] refuses it again, whatever was planted meanwhile.
+    fn refuse_symlink(state_dir: &std::path::Path) -> Result<(), DaemonError> {
+        let path = state_dir.join(Self::NAME);
+        match durable_fs::exists_not_symlink(&path) {
+            Err(source) if path.is_symlink() => Err(DaemonError::StateDir { path, source }),
+            // Anything else about the directory is the store's to report, as it opens it.
+            _ => Ok(()),
+        }
+    }
+
     /// Creates the marker; returns it and whether one was already there.
     fn create(state_dir: &std::path::Path) -> Result<(RunMarker, bool), DaemonError> {
         let path = state_dir.join(Self::NAME);
-        let unclean = path.exists();
-        std::fs::write(&path, std::process::id().to_string())
-            .and_then(|()| std::fs::File::open(state_dir)?.sync_all())
-            .map_err(|source| DaemonError::StateDir {
-                path: path.clone(),
-                source,
-            })?;
+        let err = |source| DaemonError::StateDir {
+            path: path.clone(),
+            source,
+        };
+        // Temporaries of a marker write that a crash interrupted (the store holds the lock).
+        if let Err(e) = durable_fs::remove_stale_temporaries(state_dir, &[Self::NAME]) {
+            warn!(
+                "cannot remove stale temporary files of {}: {e}",
+                path.display()
+            );
+        }
+        let unclean =
+            durable_fs::create_marker(&path, std::process::id().to_string().as_bytes(), 0o600)
+                .map_err(err)?;
         Ok((RunMarker { path }, unclean))
     }
 
     fn remove(self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
+        if let Err(e) = durable_fs::remove(&self.path, true) {
             warn!("cannot remove {}: {e}", self.path.display());
         }
     }
@@ -254,6 +278,9 @@ fn recover_after_unclean_stop(engine: &mut dyn Coprocessor) {
 /// Runs the daemon until SIGTERM/SIGINT, then saves the vTPM state.
 pub fn run(config: &Config) -> Result<(), DaemonError> {
     let signals = block_signals()?;
+    if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
+        RunMarker::refuse_symlink(state_dir)?;
+    }
     let mut engine = open_engine(&config.engine)?;
     let marker = match &config.engine {
         EngineConfig::Libtpms { state_dir, .. } => {

@@ -115,7 +115,7 @@ impl HostDir {
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), AgentError> {
-        vtpm_state::atomic::replace(&self.path, name, data, true).map_err(|source| AgentError::Io {
+        durable_fs::replace(&self.file(name), data, 0o600, true).map_err(|source| AgentError::Io {
             path: self.file(name),
             source,
         })

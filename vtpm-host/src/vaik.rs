@@ -386,12 +386,7 @@ fn pem(cert: &X509) -> Result<String, AgentError> {
 /// Writes `data` to `path` atomically (temporary file, fsync, rename, directory fsync),
 /// mode 0600.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    vtpm_state::atomic::replace(dir, &name, data, true).map_err(|source| AgentError::Io {
+    durable_fs::replace(path, data, 0o600, true).map_err(|source| AgentError::Io {
         path: path.to_owned(),
         source,
     })

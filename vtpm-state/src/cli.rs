@@ -245,11 +245,15 @@ pub fn run(args: StateArgs) -> Result<String, StateCtlError> {
                 )),
                 (None, None) => None,
             };
-            let blobs = swtpm_import::read_swtpm_state(&from, key.as_ref())?;
+            let mut blobs = swtpm_import::read_swtpm_state(&from, key.as_ref())?;
+            // Moved, not copied: the store wipes them as `blobs` would have.
             let mut map = BTreeMap::new();
-            map.insert(PERMANENT_BLOB.to_owned(), blobs.permanent);
+            map.insert(
+                PERMANENT_BLOB.to_owned(),
+                std::mem::take(&mut blobs.permanent),
+            );
             let resumes = blobs.volatile.is_some();
-            if let Some(v) = blobs.volatile {
+            if let Some(v) = blobs.volatile.take() {
                 map.insert(VOLATILE_BLOB.to_owned(), v);
             }
             let store = EncryptedStore::create(&state_dir, &host_key, "libtpms", map)?;

@@ -12,25 +12,37 @@
 //! Nothing here ever overwrites, resets or deletes a state file it refused; opening only
 //! reads until every check passed. [`EncryptedStore::reset`] is the explicit way out, and it
 //! moves the old files into a backup directory.
+//!
+//! Whoever can write into the directory must not be able to redirect the process that owns
+//! it, so every file goes through [`durable_fs`]: replaced through a fresh temporary created
+//! with `O_CREAT | O_EXCL | O_NOFOLLOW` and renamed over it, read and locked with
+//! `O_NOFOLLOW` (a symlink at `lock`, `instance.key`, `state.vtpm` or `state.gen` is refused,
+//! naming it). The temporaries a crash left behind are removed when the directory is opened
+//! under its lock.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::warn;
-use nix::fcntl::Flock;
+use durable_fs::LockFile;
+use log::{info, warn};
+use zeroize::Zeroizing;
 
 use coprocessor::{StateStore, StoreError};
 
-use crate::format::{self, StateContents, StateHeader};
+use crate::format::{self, Blobs, StateContents, StateHeader};
 use crate::keys::{HostKey, InstanceId, SecretKey};
-use crate::{atomic, check_name, StateError};
+use crate::{check_name, StateError};
 
 pub const KEY_RECORD: &str = "instance.key";
 pub const STATE_FILE: &str = "state.vtpm";
 pub const ANCHOR_FILE: &str = "state.gen";
+/// The lock file, held (flock) while the directory is in use.
+pub const LOCK_FILE: &str = "lock";
+/// Mode of every file in the directory.
+const FILE_MODE: u32 = 0o600;
 /// The plain permanent-state file of earlier builds.
 const LEGACY_PLAIN_STATE: &str = "tpm2-permall.bin";
 
@@ -63,7 +75,7 @@ pub struct EncryptedStore {
     key: SecretKey,
     engine: String,
     inner: Mutex<Inner>,
-    _lock: Flock<File>,
+    _lock: LockFile,
 }
 
 impl std::fmt::Debug for EncryptedStore {
@@ -77,7 +89,8 @@ impl std::fmt::Debug for EncryptedStore {
 
 struct Inner {
     generation: u64,
-    blobs: BTreeMap<String, Vec<u8>>,
+    /// The engine's blobs in clear, each wiped when replaced or dropped.
+    blobs: Blobs,
 }
 
 /// An instance's files, read and authenticated, before any rollback policy or write.
@@ -91,14 +104,20 @@ struct Authenticated {
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
-    atomic::read_optional(path).map_err(|source| StateError::Read {
+    durable_fs::read_optional(path).map_err(|source| StateError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
+fn write(dir: &Path, name: &str, data: &[u8], sync_dir: bool) -> Result<(), StateError> {
+    let path = dir.join(name);
+    durable_fs::replace(&path, data, FILE_MODE, sync_dir)
+        .map_err(|source| StateError::Write { path, source })
+}
+
 /// Locks an existing state directory (operator commands must not create one).
-fn lock_existing(dir: &Path) -> Result<Flock<File>, StateError> {
+fn lock_existing(dir: &Path) -> Result<LockFile, StateError> {
     if !dir.is_dir() {
         return Err(StateError::Dir {
             path: dir.to_owned(),
@@ -108,7 +127,7 @@ fn lock_existing(dir: &Path) -> Result<Flock<File>, StateError> {
     prepare_dir(dir)
 }
 
-fn prepare_dir(dir: &Path) -> Result<Flock<File>, StateError> {
+fn prepare_dir(dir: &Path) -> Result<LockFile, StateError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| StateError::Dir {
         path: dir.to_owned(),
@@ -116,11 +135,32 @@ fn prepare_dir(dir: &Path) -> Result<Flock<File>, StateError> {
     };
     fs::create_dir_all(dir).map_err(err)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
-    atomic::lock(dir)
-        .map_err(err)?
+    let lock = dir.join(LOCK_FILE);
+    durable_fs::try_lock(&lock, FILE_MODE)
+        .map_err(|source| StateError::Lock { path: lock, source })?
         .ok_or_else(|| StateError::Locked {
             path: dir.to_owned(),
         })
+}
+
+/// Removes the temporaries that a crash during a write left in `dir` (the caller holds the
+/// lock, so no write of ours is in progress). A failure is only logged: leftovers take
+/// space, never the place of a state file.
+fn remove_stale_temporaries(dir: &Path) {
+    match durable_fs::remove_stale_temporaries(dir, &[KEY_RECORD, STATE_FILE, ANCHOR_FILE]) {
+        Ok(removed) => {
+            for path in removed {
+                info!(
+                    "removed {}, left by a write that a crash interrupted",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => warn!(
+            "cannot remove stale temporary files in {}: {e}",
+            dir.display()
+        ),
+    }
 }
 
 /// Reads `dir` and authenticates its state with `host_key`; writes nothing and judges no
@@ -177,9 +217,7 @@ fn read_instance(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>
         };
         let (anchor_instance, generation) = format::decode_anchor(&key, &bytes).map_err(invalid)?;
         if anchor_instance != instance {
-            return Err(invalid(format::FormatError::Malformed(format!(
-                "it is for instance {anchor_instance}"
-            ))));
+            return Err(invalid(format::FormatError::OtherInstance(anchor_instance)));
         }
         Ok(Some(generation))
     });
@@ -237,17 +275,18 @@ impl EncryptedStore {
         // An unusable key file is reported before anything is created.
         host_key.check()?;
         let lock = prepare_dir(dir)?;
+        remove_stale_temporaries(dir);
         let Some(found) = check(dir, host_key)? else {
-            let store = Self::create_locked(dir, host_key, engine, BTreeMap::new(), lock)?;
+            let store = Self::create_locked(dir, host_key, engine, Blobs::new(), lock)?;
             return Ok((store, Opened::Created));
         };
         if found.contents.engine != engine {
             return Err(StateError::Invalid {
                 path: dir.join(STATE_FILE),
-                source: format::FormatError::Malformed(format!(
-                    "it holds {} state, not {engine}",
-                    found.contents.engine
-                )),
+                source: format::FormatError::OtherEngine {
+                    found: found.contents.engine,
+                    expected: engine.to_owned(),
+                },
             });
         }
         let generation = found.header.generation;
@@ -276,6 +315,10 @@ impl EncryptedStore {
         engine: &str,
         blobs: BTreeMap<String, Vec<u8>>,
     ) -> Result<Self, StateError> {
+        let blobs: Blobs = blobs
+            .into_iter()
+            .map(|(name, data)| (name, Zeroizing::new(data)))
+            .collect();
         for name in blobs.keys() {
             check_name(name)?;
         }
@@ -287,6 +330,7 @@ impl EncryptedStore {
                 });
             }
         }
+        remove_stale_temporaries(dir);
         Self::create_locked(dir, host_key, engine, blobs, lock)
     }
 
@@ -294,8 +338,8 @@ impl EncryptedStore {
         dir: &Path,
         host_key: &HostKey,
         engine: &str,
-        blobs: BTreeMap<String, Vec<u8>>,
-        lock: Flock<File>,
+        blobs: Blobs,
+        lock: LockFile,
     ) -> Result<Self, StateError> {
         let instance = InstanceId::random()?;
         let key = SecretKey::random()?;
@@ -308,10 +352,7 @@ impl EncryptedStore {
         }
         // The key record last: it commits the creation (see `read_instance`). Until it is
         // durable, the state file is an orphan that the next start refuses, never a TPM.
-        atomic::replace(dir, KEY_RECORD, &record, true).map_err(|source| StateError::Write {
-            path: key_path,
-            source,
-        })?;
+        write(dir, KEY_RECORD, &record, true)?;
         Ok(store)
     }
 
@@ -321,8 +362,8 @@ impl EncryptedStore {
         key: SecretKey,
         engine: &str,
         generation: u64,
-        blobs: BTreeMap<String, Vec<u8>>,
-        lock: Flock<File>,
+        blobs: Blobs,
+        lock: LockFile,
     ) -> Self {
         EncryptedStore {
             dir: dir.to_owned(),
@@ -354,33 +395,25 @@ impl EncryptedStore {
     /// then the generation record. A crash between the two leaves the record one behind,
     /// which [`EncryptedStore::open`] accepts and repairs; the record's rename becomes durable
     /// with the next write's directory fsync (same directory) or on drop.
-    fn persist(
-        &self,
-        blobs: &BTreeMap<String, Vec<u8>>,
-        generation: u64,
-    ) -> Result<(), StateError> {
-        let path = self.dir.join(STATE_FILE);
+    fn persist(&self, blobs: &Blobs, generation: u64) -> Result<(), StateError> {
         let bytes = format::encode(&self.key, &self.instance, generation, &self.engine, blobs)
             .map_err(|source| StateError::Invalid {
-                path: path.clone(),
+                path: self.dir.join(STATE_FILE),
                 source,
             })?;
-        atomic::replace(&self.dir, STATE_FILE, &bytes, true)
-            .map_err(|source| StateError::Write { path, source })?;
+        write(&self.dir, STATE_FILE, &bytes, true)?;
         self.write_anchor(generation, false)
     }
 
     fn write_anchor(&self, generation: u64, sync_dir: bool) -> Result<(), StateError> {
-        let path = self.dir.join(ANCHOR_FILE);
         let bytes =
             format::encode_anchor(&self.key, &self.instance, generation).map_err(|source| {
                 StateError::AnchorInvalid {
-                    path: path.clone(),
+                    path: self.dir.join(ANCHOR_FILE),
                     source,
                 }
             })?;
-        atomic::replace(&self.dir, ANCHOR_FILE, &bytes, sync_dir)
-            .map_err(|source| StateError::Write { path, source })
+        write(&self.dir, ANCHOR_FILE, &bytes, sync_dir)
     }
 
     /// Reads and verifies `dir` with `host_key` without changing anything (`inspect`).
@@ -423,7 +456,7 @@ impl EncryptedStore {
             found.key,
             &found.contents.engine,
             generation,
-            BTreeMap::new(),
+            Blobs::new(),
             lock,
         );
         store.write_anchor(generation, true)?;
@@ -485,8 +518,8 @@ impl EncryptedStore {
         for f in &present {
             fs::rename(dir.join(f), backup.join(f)).map_err(dir_err(&backup))?;
         }
-        atomic::sync(&backup).map_err(dir_err(&backup))?;
-        atomic::sync(dir).map_err(dir_err(dir))?;
+        durable_fs::sync_dir(&backup).map_err(dir_err(&backup))?;
+        durable_fs::sync_dir(dir).map_err(dir_err(dir))?;
         warn!(
             "vTPM state in {} reset by operator; previous files kept in {}",
             dir.display(),
@@ -501,13 +534,15 @@ impl EncryptedStore {
     pub fn load(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         check_name(name)?;
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(inner.blobs.get(name).cloned())
+        Ok(inner.blobs.get(name).map(|d| d.to_vec()))
     }
 
     pub fn store(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
         check_name(name)?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = inner.blobs.insert(name.to_owned(), data.to_vec());
+        let previous = inner
+            .blobs
+            .insert(name.to_owned(), Zeroizing::new(data.to_vec()));
         let generation = inner.generation + 1;
         match self.persist(&inner.blobs, generation) {
             Ok(()) => {
@@ -561,7 +596,7 @@ impl StateStore for EncryptedStore {
 impl Drop for EncryptedStore {
     fn drop(&mut self) {
         // Makes the last generation record's rename durable.
-        if let Err(e) = atomic::sync(&self.dir) {
+        if let Err(e) = durable_fs::sync_dir(&self.dir) {
             warn!("cannot sync state directory {}: {e}", self.dir.display());
         }
     }

@@ -10,8 +10,14 @@
 //!
 //! Generation record: `"VTPMGEN1" | instance id [16] | generation u64 | nonce [12] | tag [16]`,
 //! an AES-256-GCM tag over the first three fields under the instance key.
+//!
+//! Pure: bytes and keys in, bytes or a [`FormatError`] out. Every buffer that holds blobs in
+//! clear (the TPM's seeds among them) wipes itself when dropped.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use zeroize::Zeroizing;
 
 use crate::keys::{InstanceId, KeyError, SecretKey, SEAL_OVERHEAD};
 
@@ -24,7 +30,10 @@ pub const ANCHOR_LEN: usize = ANCHOR_PREFIX_LEN + SEAL_OVERHEAD;
 /// Upper bound of a state file; libtpms' permanent state is tens of KiB.
 pub const MAX_STATE_LEN: usize = 16 << 20;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// The engine's blobs by name, each wiped when dropped.
+pub type Blobs = BTreeMap<String, Zeroizing<Vec<u8>>>;
+
+#[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("not a vhost-vtpm state file (bad magic)")]
     BadMagic,
@@ -34,7 +43,7 @@ pub enum FormatError {
     )]
     UnsupportedVersion { found: u16 },
     #[error("truncated: {0}")]
-    Truncated(String),
+    Truncated(Truncation),
     #[error("{0} bytes exceed the {MAX_STATE_LEN}-byte limit")]
     TooLarge(usize),
     #[error(
@@ -43,14 +52,47 @@ pub enum FormatError {
     )]
     Authentication,
     #[error("authenticated contents are malformed: {0}")]
-    Malformed(String),
-    #[error("cryptography failed: {0}")]
-    Crypto(String),
+    Malformed(&'static str),
+    #[error("authenticated contents are malformed: it holds {found} state, not {expected}")]
+    OtherEngine { found: String, expected: String },
+    #[error("authenticated contents are malformed: it is for instance {0}")]
+    OtherInstance(InstanceId),
+    /// Boxed: a key error is large, and this one is rare.
+    #[error(transparent)]
+    Crypto(Box<KeyError>),
 }
 
 impl From<KeyError> for FormatError {
     fn from(e: KeyError) -> Self {
-        FormatError::Crypto(e.to_string())
+        FormatError::Crypto(Box::new(e))
+    }
+}
+
+/// How a file is shorter (or longer) than its own header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// A state file shorter than its header.
+    Header { len: usize },
+    /// A state file whose payload is not the length its header gives.
+    Payload { have: usize, declared: u32 },
+    /// A generation record that is not [`ANCHOR_LEN`] bytes.
+    Anchor { len: usize },
+}
+
+impl fmt::Display for Truncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Truncation::Header { len } => {
+                write!(f, "{len} bytes, shorter than the {HEADER_LEN}-byte header")
+            }
+            Truncation::Payload { have, declared } => {
+                write!(
+                    f,
+                    "payload of {have} bytes where the header says {declared}"
+                )
+            }
+            Truncation::Anchor { len } => write!(f, "{len} bytes, expected {ANCHOR_LEN}"),
+        }
     }
 }
 
@@ -64,11 +106,28 @@ pub struct StateHeader {
 }
 
 /// What a state file holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct StateContents {
     /// Engine whose blobs these are (`libtpms`).
     pub engine: String,
-    pub blobs: BTreeMap<String, Vec<u8>>,
+    pub blobs: Blobs,
+}
+
+impl fmt::Debug for StateContents {
+    /// Blob sizes only: the blobs hold the TPM's seeds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateContents")
+            .field("engine", &self.engine)
+            .field(
+                "blob_lens",
+                &self
+                    .blobs
+                    .iter()
+                    .map(|(n, d)| (n, d.len()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .finish()
+    }
 }
 
 fn be_u16(b: &[u8]) -> u16 {
@@ -96,67 +155,55 @@ fn header_bytes(instance: &InstanceId, generation: u64, payload_len: u32) -> Vec
     out
 }
 
-/// A buffer holding clear-text state (the TPM's seeds among it), wiped when dropped.
-struct Plaintext(Vec<u8>);
-
-impl Drop for Plaintext {
-    fn drop(&mut self) {
-        self.0.fill(0);
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-fn plaintext(engine: &str, blobs: &BTreeMap<String, Vec<u8>>) -> Result<Plaintext, FormatError> {
+/// The clear text of a state file's payload (the TPM's seeds among it), wiped when dropped.
+/// Allocated at its final size, so that no reallocation leaves a copy behind.
+fn plaintext(engine: &str, blobs: &Blobs) -> Result<Zeroizing<Vec<u8>>, FormatError> {
     let size: usize = blobs.iter().map(|(n, d)| 5 + n.len() + d.len()).sum();
-    let mut out = Plaintext(Vec::with_capacity(3 + engine.len() + size));
+    let mut out = Zeroizing::new(Vec::with_capacity(3 + engine.len() + size));
     let engine = engine.as_bytes();
     let engine_len =
-        u8::try_from(engine.len()).map_err(|_| FormatError::Malformed("engine name".into()))?;
-    out.0.push(engine_len);
-    out.0.extend_from_slice(engine);
-    let count =
-        u16::try_from(blobs.len()).map_err(|_| FormatError::Malformed("too many blobs".into()))?;
-    out.0.extend_from_slice(&count.to_be_bytes());
+        u8::try_from(engine.len()).map_err(|_| FormatError::Malformed("engine name"))?;
+    out.push(engine_len);
+    out.extend_from_slice(engine);
+    let count = u16::try_from(blobs.len()).map_err(|_| FormatError::Malformed("too many blobs"))?;
+    out.extend_from_slice(&count.to_be_bytes());
     for (name, data) in blobs {
-        let name_len =
-            u8::try_from(name.len()).map_err(|_| FormatError::Malformed("blob name".into()))?;
-        out.0.push(name_len);
-        out.0.extend_from_slice(name.as_bytes());
+        let name_len = u8::try_from(name.len()).map_err(|_| FormatError::Malformed("blob name"))?;
+        out.push(name_len);
+        out.extend_from_slice(name.as_bytes());
         let len = u32::try_from(data.len()).map_err(|_| FormatError::TooLarge(data.len()))?;
-        out.0.extend_from_slice(&len.to_be_bytes());
-        out.0.extend_from_slice(data);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(data);
     }
-    if out.0.len() > MAX_STATE_LEN {
-        return Err(FormatError::TooLarge(out.0.len()));
+    if out.len() > MAX_STATE_LEN {
+        return Err(FormatError::TooLarge(out.len()));
     }
     Ok(out)
 }
 
 fn parse_plaintext(mut p: &[u8]) -> Result<StateContents, FormatError> {
-    let malformed = |what: &str| FormatError::Malformed(what.to_owned());
-    let mut take = |n: usize, what: &str| -> Result<Vec<u8>, FormatError> {
-        if p.len() < n {
-            return Err(malformed(what));
-        }
-        let (a, b) = p.split_at(n);
+    let mut take = |n: usize, what: &'static str| -> Result<&[u8], FormatError> {
+        let (a, b) = p.split_at_checked(n).ok_or(FormatError::Malformed(what))?;
         p = b;
-        Ok(a.to_vec())
+        Ok(a)
     };
     let engine_len = take(1, "engine name length")?[0] as usize;
-    let engine = String::from_utf8(take(engine_len, "engine name")?)
-        .map_err(|_| malformed("engine name is not UTF-8"))?;
-    let count = be_u16(&take(2, "blob count")?);
-    let mut blobs = BTreeMap::new();
+    let engine = std::str::from_utf8(take(engine_len, "engine name")?)
+        .map_err(|_| FormatError::Malformed("engine name is not UTF-8"))?
+        .to_owned();
+    let count = be_u16(take(2, "blob count")?);
+    let mut blobs = Blobs::new();
     for _ in 0..count {
         let name_len = take(1, "blob name length")?[0] as usize;
-        let name = String::from_utf8(take(name_len, "blob name")?)
-            .map_err(|_| malformed("blob name is not UTF-8"))?;
-        let len = be_u32(&take(4, "blob length")?) as usize;
+        let name = std::str::from_utf8(take(name_len, "blob name")?)
+            .map_err(|_| FormatError::Malformed("blob name is not UTF-8"))?
+            .to_owned();
+        let len = be_u32(take(4, "blob length")?) as usize;
         let data = take(len, "blob data")?;
-        blobs.insert(name, data);
+        blobs.insert(name, Zeroizing::new(data.to_vec()));
     }
     if !p.is_empty() {
-        return Err(malformed("trailing bytes"));
+        return Err(FormatError::Malformed("trailing bytes"));
     }
     Ok(StateContents { engine, blobs })
 }
@@ -167,12 +214,12 @@ pub fn encode(
     instance: &InstanceId,
     generation: u64,
     engine: &str,
-    blobs: &BTreeMap<String, Vec<u8>>,
+    blobs: &Blobs,
 ) -> Result<Vec<u8>, FormatError> {
     let plain = plaintext(engine, blobs)?;
-    let payload_len = (plain.0.len() + SEAL_OVERHEAD) as u32;
+    let payload_len = (plain.len() + SEAL_OVERHEAD) as u32;
     let mut out = header_bytes(instance, generation, payload_len);
-    let sealed = key.seal(&out, &plain.0)?;
+    let sealed = key.seal(&out, &plain)?;
     out.extend_from_slice(&sealed);
     Ok(out)
 }
@@ -186,10 +233,9 @@ pub fn parse_header(bytes: &[u8]) -> Result<StateHeader, FormatError> {
         return Err(FormatError::BadMagic);
     }
     if bytes.len() < HEADER_LEN {
-        return Err(FormatError::Truncated(format!(
-            "{} bytes, shorter than the {HEADER_LEN}-byte header",
-            bytes.len()
-        )));
+        return Err(FormatError::Truncated(Truncation::Header {
+            len: bytes.len(),
+        }));
     }
     let version = be_u16(&bytes[8..]);
     if version != FORMAT_VERSION {
@@ -201,9 +247,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<StateHeader, FormatError> {
     let payload_len = be_u32(&bytes[36..]);
     let have = bytes.len() - HEADER_LEN;
     if have != payload_len as usize {
-        return Err(FormatError::Truncated(format!(
-            "payload of {have} bytes where the header says {payload_len}"
-        )));
+        return Err(FormatError::Truncated(Truncation::Payload {
+            have,
+            declared: payload_len,
+        }));
     }
     Ok(StateHeader {
         version,
@@ -217,8 +264,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<StateHeader, FormatError> {
 pub fn decode(key: &SecretKey, bytes: &[u8]) -> Result<(StateHeader, StateContents), FormatError> {
     let header = parse_header(bytes)?;
     let (aad, sealed) = bytes.split_at(HEADER_LEN);
-    let plain = Plaintext(key.open(aad, sealed).ok_or(FormatError::Authentication)?);
-    Ok((header, parse_plaintext(&plain.0)?))
+    let plain = key.open(aad, sealed).ok_or(FormatError::Authentication)?;
+    Ok((header, parse_plaintext(&plain)?))
 }
 
 /// A generation record for `instance` at `generation`.
@@ -242,10 +289,9 @@ pub fn decode_anchor(key: &SecretKey, bytes: &[u8]) -> Result<(InstanceId, u64),
         return Err(FormatError::BadMagic);
     }
     if bytes.len() != ANCHOR_LEN {
-        return Err(FormatError::Truncated(format!(
-            "{} bytes, expected {ANCHOR_LEN}",
-            bytes.len()
-        )));
+        return Err(FormatError::Truncated(Truncation::Anchor {
+            len: bytes.len(),
+        }));
     }
     let (prefix, tag) = bytes.split_at(ANCHOR_PREFIX_LEN);
     key.open(prefix, tag).ok_or(FormatError::Authentication)?;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use host_tpm::{HostTpm, HostTpmError, SealedBlob};
 use openssl::hash::{hash, MessageDigest};
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of an instance key and of a host key file's key.
 pub const KEY_LEN: usize = 32;
@@ -40,8 +41,16 @@ const RECORD_HEADER_LEN: usize = 8 + 2 + 2 + InstanceId::LEN + 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("host key file {path}: {reason}")]
-    HostKeyFile { path: PathBuf, reason: String },
+    #[error("host key file {path}: {source}")]
+    HostKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host key file {path}: not a regular file")]
+    HostKeyNotFile { path: PathBuf },
+    #[error("host key file {path}: expected 32 raw bytes or 64 hex digits")]
+    HostKeyFormat { path: PathBuf },
     #[error(
         "host key file {path} is accessible to group or others (mode {mode:04o}): it must be \
          readable only by the daemon's user (chmod 600)"
@@ -91,7 +100,7 @@ impl InstanceId {
 
 impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -101,22 +110,27 @@ impl fmt::Debug for InstanceId {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A 256-bit secret key, wiped when dropped.
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; KEY_LEN]);
 
 impl SecretKey {
     pub fn random() -> Result<Self, KeyError> {
-        let mut k = [0u8; KEY_LEN];
-        openssl::rand::rand_bytes(&mut k)?;
-        Ok(SecretKey(k))
+        // Filled in place: no copy of the key is left on the stack.
+        let mut k = SecretKey([0u8; KEY_LEN]);
+        openssl::rand::rand_bytes(&mut k.0)?;
+        Ok(k)
     }
 
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         SecretKey(bytes)
+    }
+
+    /// The key in `bytes`, which the caller has checked are [`KEY_LEN`] long.
+    fn copied_from(bytes: &[u8]) -> Self {
+        let mut k = SecretKey([0u8; KEY_LEN]);
+        k.0.copy_from_slice(bytes);
+        k
     }
 
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
@@ -151,14 +165,17 @@ impl SecretKey {
         Ok(out)
     }
 
-    /// Opens what [`SecretKey::seal`] produced; `None` when it does not authenticate.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    /// Opens what [`SecretKey::seal`] produced; `None` when it does not authenticate. The
+    /// plaintext is wiped when dropped.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN + TAG_LEN {
             return None;
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        decrypt_aead(Cipher::aes_256_gcm(), &self.0, Some(nonce), aad, ct, tag).ok()
+        decrypt_aead(Cipher::aes_256_gcm(), &self.0, Some(nonce), aad, ct, tag)
+            .ok()
+            .map(Zeroizing::new)
     }
 }
 
@@ -166,14 +183,6 @@ impl SecretKey {
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// Body of a key-file record: host key id and the wrapped instance key.
 const KEY_FILE_BODY_LEN: usize = HOST_KEY_ID_LEN + KEY_LEN + SEAL_OVERHEAD;
-
-impl Drop for SecretKey {
-    fn drop(&mut self) {
-        self.0.fill(0);
-        // Keep the wipe from being optimised away as a dead store.
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-    }
-}
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,12 +244,10 @@ impl HostKey {
                     source,
                 };
                 let mut tpm = HostTpm::connect(tcti).map_err(tpm_err)?;
-                let mut secret = Vec::with_capacity(InstanceId::LEN + KEY_LEN);
+                let mut secret = Zeroizing::new(Vec::with_capacity(InstanceId::LEN + KEY_LEN));
                 secret.extend_from_slice(&id.0);
                 secret.extend_from_slice(key.bytes());
-                let sealed = tpm.seal(&secret, pcrs);
-                secret.fill(0);
-                let body = sealed.map_err(tpm_err)?.to_bytes();
+                let body = tpm.seal(&secret, pcrs).map_err(tpm_err)?.to_bytes();
                 Ok(record_bytes(PROTECTION_HOST_TPM, id, &body))
             }
             HostKey::File(path) => {
@@ -304,18 +311,14 @@ impl HostKey {
                     source,
                 };
                 let mut tpm = HostTpm::connect(tcti).map_err(tpm_err)?;
-                let mut secret = tpm.unseal(&blob).map_err(tpm_err)?;
-                let result = if secret.len() != InstanceId::LEN + KEY_LEN {
+                let secret = Zeroizing::new(tpm.unseal(&blob).map_err(tpm_err)?);
+                if secret.len() != InstanceId::LEN + KEY_LEN {
                     Err(corrupt("the sealed secret has the wrong length"))
                 } else if secret[..InstanceId::LEN] != id.0 {
                     Err(corrupt("the sealed secret belongs to another instance"))
                 } else {
-                    let mut k = [0u8; KEY_LEN];
-                    k.copy_from_slice(&secret[InstanceId::LEN..]);
-                    Ok((id, SecretKey::from_bytes(k)))
-                };
-                secret.fill(0);
-                result
+                    Ok((id, SecretKey::copied_from(&secret[InstanceId::LEN..])))
+                }
             }
             (HostKey::File(path), PROTECTION_KEY_FILE) => {
                 let host = load_host_key_file(path)?;
@@ -328,19 +331,19 @@ impl HostKey {
                     return Err(KeyError::WrongHostKey {
                         record: record.to_owned(),
                         given: path.clone(),
-                        expected: hex(key_id),
-                        found: hex(&given_id),
+                        expected: hex::encode(key_id),
+                        found: hex::encode(given_id),
                     });
                 }
                 let mut aad = bytes[..RECORD_HEADER_LEN].to_vec();
                 aad.extend_from_slice(key_id);
-                let mut plain = host
+                let plain = host
                     .open(&aad, wrapped)
                     .ok_or_else(|| corrupt("the wrapped key does not authenticate"))?;
-                let mut k = [0u8; KEY_LEN];
-                k.copy_from_slice(&plain[..KEY_LEN]);
-                plain.fill(0);
-                Ok((id, SecretKey::from_bytes(k)))
+                if plain.len() != KEY_LEN {
+                    return Err(corrupt("the wrapped key has the wrong length"));
+                }
+                Ok((id, SecretKey::copied_from(&plain)))
             }
             _ => Err(KeyError::ProtectionMismatch {
                 path: record.to_owned(),
@@ -370,13 +373,15 @@ fn record_bytes(protection: u16, id: &InstanceId, body: &[u8]) -> Vec<u8> {
 /// Reads a host key file, refusing one that others can read.
 pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
     use std::os::unix::fs::MetadataExt;
-    let bad = |reason: String| KeyError::HostKeyFile {
+    let bad = |source| KeyError::HostKeyFile {
         path: path.to_owned(),
-        reason,
+        source,
     };
-    let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let meta = fs::metadata(path).map_err(bad)?;
     if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
+        return Err(KeyError::HostKeyNotFile {
+            path: path.to_owned(),
+        });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -385,29 +390,21 @@ pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
             mode,
         });
     }
-    let mut raw = fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let decoded = decode_key(&raw);
-    raw.fill(0);
-    let key = decoded.ok_or_else(|| bad("expected 32 raw bytes or 64 hex digits".into()))?;
-    Ok(SecretKey::from_bytes(key))
+    let raw = Zeroizing::new(fs::read(path).map_err(bad)?);
+    decode_key(&raw).ok_or_else(|| KeyError::HostKeyFormat {
+        path: path.to_owned(),
+    })
 }
 
 /// A host key file's contents: 32 raw bytes, or 64 hex digits with optional surrounding
 /// whitespace (a trailing newline). Works on bytes, so any input is safe.
-fn decode_key(raw: &[u8]) -> Option<[u8; KEY_LEN]> {
-    let mut key = [0u8; KEY_LEN];
+fn decode_key(raw: &[u8]) -> Option<SecretKey> {
     if raw.len() == KEY_LEN {
-        key.copy_from_slice(raw);
-        return Some(key);
+        return Some(SecretKey::copied_from(raw));
     }
-    let text = raw.trim_ascii();
-    if text.len() != 2 * KEY_LEN {
-        return None;
-    }
-    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
-    for (k, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
-        *k = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    // Decoded into the key itself: a partly decoded key is wiped with it.
+    let mut key = SecretKey([0u8; KEY_LEN]);
+    hex::decode_to_slice(raw.trim_ascii(), &mut key.0).ok()?;
     Some(key)
 }
 
@@ -415,9 +412,9 @@ fn decode_key(raw: &[u8]) -> Option<[u8; KEY_LEN]> {
 pub fn generate_host_key_file(path: &Path) -> Result<(), KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |e: std::io::Error| KeyError::HostKeyFile {
+    let bad = |source| KeyError::HostKeyFile {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     let key = SecretKey::random()?;
     let mut f = fs::OpenOptions::new()
@@ -426,9 +423,11 @@ pub fn generate_host_key_file(path: &Path) -> Result<(), KeyError> {
         .mode(0o600)
         .open(path)
         .map_err(bad)?;
-    let mut text = hex(key.bytes());
-    text.push('\n');
-    f.write_all(text.as_bytes()).map_err(bad)?;
+    // Hex digits and a newline, encoded in place so that no copy of the key is left behind.
+    let mut text = Zeroizing::new([b'\n'; 2 * KEY_LEN + 1]);
+    hex::encode_to_slice(key.bytes(), &mut text[..2 * KEY_LEN])
+        .map_err(|e| bad(std::io::Error::other(e)))?;
+    f.write_all(&text[..]).map_err(bad)?;
     f.sync_all().map_err(bad)
 }
 
@@ -451,7 +450,7 @@ mod tests {
         let a = load_host_key_file(&key_file(dir.path(), &raw, 0o600)).unwrap();
         let b = load_host_key_file(&key_file(
             dir.path(),
-            format!("{}\n", hex(&raw)).as_bytes(),
+            format!("{}\n", hex::encode(raw)).as_bytes(),
             0o400,
         ))
         .unwrap();
@@ -460,7 +459,7 @@ mod tests {
         let multibyte = format!("a{}b", "é".repeat(31));
         for bad in [&b"short"[..], &[b'z'; 64][..], multibyte.as_bytes()] {
             let err = load_host_key_file(&key_file(dir.path(), bad, 0o600)).unwrap_err();
-            assert!(matches!(err, KeyError::HostKeyFile { .. }), "{err}");
+            assert!(matches!(err, KeyError::HostKeyFormat { .. }), "{err}");
         }
     }
 
@@ -514,7 +513,7 @@ mod tests {
         let a = SecretKey::random().unwrap();
         let b = SecretKey::random().unwrap();
         let sealed = a.seal(b"aad", b"secret").unwrap();
-        assert_eq!(a.open(b"aad", &sealed).unwrap(), b"secret");
+        assert_eq!(a.open(b"aad", &sealed).unwrap().as_slice(), b"secret");
         assert!(b.open(b"aad", &sealed).is_none());
         assert!(a.open(b"other", &sealed).is_none());
         assert!(a.open(b"aad", &sealed[..10]).is_none());

@@ -6,16 +6,16 @@
 //! [`EncryptedStore`] is the store the daemon uses: one state directory per instance holding
 //! the instance's key record, its encrypted and authenticated state file, and a generation
 //! record against replay of older state files (ADR 0007). Every file is replaced atomically
-//! (temporary file, fsync, rename, fsync of the directory), so a crash at any instant leaves
-//! the old or the new file, never a torn one.
-
+//! through `durable_fs` (a fresh temporary that is never a symlink, fsync, rename, fsync of
+//! the directory), so a crash at any instant leaves the old or the new file, never a torn
+//! one, and whoever can write into the directory cannot redirect a write elsewhere.
 //!
 //! Modules: [`encrypted`] (the state directory), [`format`] (the state file and generation
-//! record, pure), [`host_key_args`] (the options shared with the daemon), [`keys`] (host keys, instance keys, key records), [`atomic`] (durable file
-//! replacement and the directory lock), [`swtpm_import`] (reading an swtpm state directory),
-//! [`cli`] (the `vtpm-state` commands).
+//! record, pure), [`host_key_args`] (the options shared with the daemon), [`keys`] (host
+//! keys, instance keys, key records), [`swtpm_import`] (reading an swtpm state directory:
+//! its pure file-format parser, its key options, running swtpm on a private copy), [`cli`]
+//! (the `vtpm-state` commands).
 
-pub mod atomic;
 pub mod cli;
 pub mod encrypted;
 pub mod format;
@@ -53,6 +53,12 @@ pub enum StateError {
     },
     #[error("invalid state blob name {0:?}")]
     BadName(String),
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("state directory {path} is in use by another process (is a daemon running on it?)")]
     Locked { path: PathBuf },
     #[error("state file {path} refused: {source}")]
@@ -119,7 +125,7 @@ mod tests {
     use std::fs;
     use std::path::{Path, PathBuf};
 
-    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, STATE_FILE};
+    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, LOCK_FILE, STATE_FILE};
     use super::*;
     use crate::keys::{generate_host_key_file, HostKey, KeyError};
 
@@ -502,6 +508,63 @@ mod tests {
             matches!(e, StateError::StateMissing { .. })
         });
         assert!(!dir.join(STATE_FILE).exists());
+    }
+
+    #[test]
+    fn symlinks_in_the_directory_are_refused_or_removed_never_followed() {
+        use std::os::unix::fs::symlink;
+        let h = host();
+        let outside = h.root.join("outside");
+        fs::write(&outside, b"outside").unwrap();
+        let dir = h.root.join("vm");
+        fs::create_dir(&dir).unwrap();
+
+        // At the lock: refused, naming it, before anything is written.
+        symlink(&outside, dir.join(LOCK_FILE)).unwrap();
+        let err = open(&dir, &h.key).unwrap_err();
+        assert!(matches!(err, StateError::Lock { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.join(LOCK_FILE).display().to_string())
+                && msg.contains("symbolic link"),
+            "{msg}"
+        );
+        assert!(snapshot(&dir).is_empty());
+        fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+
+        // At temporary names, of earlier builds and of this one: removed, never written
+        // through. (A name this build will pick cannot be guessed: it is random and created
+        // with O_EXCL.)
+        let temporaries: Vec<String> = [KEY_RECORD, STATE_FILE, ANCHOR_FILE]
+            .iter()
+            .flat_map(|f| [format!(".{f}.tmp"), format!(".{f}.AbC123.tmp")])
+            .collect();
+        for t in &temporaries {
+            symlink(&outside, dir.join(t)).unwrap();
+        }
+        let s = open(&dir, &h.key).unwrap();
+        for t in &temporaries {
+            assert!(fs::symlink_metadata(dir.join(t)).is_err(), "{t} left");
+        }
+        // Planted again while the directory is in use: a write never uses them.
+        for t in &temporaries {
+            symlink(&outside, dir.join(t)).unwrap();
+        }
+        s.store("permall", b"secret").unwrap();
+        drop(s);
+        assert_eq!(fs::read(&outside).unwrap(), b"outside");
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"secret"[..]));
+        drop(s);
+
+        // At a state file: refused, naming it (its contents are never read through a link).
+        let state = dir.join(STATE_FILE);
+        fs::rename(&state, h.root.join("moved")).unwrap();
+        symlink(h.root.join("moved"), &state).unwrap();
+        let err = open(&dir, &h.key).unwrap_err();
+        assert!(matches!(err, StateError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read(&outside).unwrap(), b"outside");
     }
 
     #[test]
