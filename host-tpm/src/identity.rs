@@ -140,11 +140,14 @@ pub fn aik_violations(public: &Public) -> Vec<String> {
 
 /// The blob's public area, if it is an attestation key this crate signs with.
 fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
-    let public = Public::unmarshall(&aik.public)
-        .ok()
-        // Exactly one structure: the unmarshaller ignores trailing bytes.
-        .filter(|p| p.marshall().is_ok_and(|again| again == aik.public))
-        .ok_or_else(|| HostTpmError::NotAnAttestationKey(vec!["unparseable public area".into()]))?;
+    let unparseable = |why: String| {
+        HostTpmError::NotAnAttestationKey(vec![format!("unparseable public area: {why}")])
+    };
+    let public = Public::unmarshall(&aik.public).map_err(|e| unparseable(e.to_string()))?;
+    // Exactly one structure: the unmarshaller ignores trailing bytes.
+    if public.marshall().ok().as_deref() != Some(aik.public.as_slice()) {
+        return Err(unparseable("not exactly one TPMT_PUBLIC".into()));
+    }
     let violations = aik_violations(&public);
     if !violations.is_empty() {
         return Err(HostTpmError::NotAnAttestationKey(violations));

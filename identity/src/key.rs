@@ -11,7 +11,7 @@
 //! hold 32 secret bytes; instance ids are random, so they cannot collide with it).
 //!
 //! The private key never leaves this type: there is no public `sign(bytes)`. It signs only
-//! the certificates [`crate::ek_cert`] builds, through the crate-private [`KeySigner`]
+//! the certificates [`crate::ek_cert`] builds, through the crate-private `KeySigner`
 //! (a [`signature::Signer`] of ECDSA P-256 / SHA-256 signatures). The private scalar's copies
 //! made while creating or opening the key are wiped when dropped (`zeroize`, and OpenSSL's
 //! `BN_clear` for its big numbers); the key itself lives in OpenSSL, which clears it when

@@ -200,7 +200,7 @@ where
 /// An ECDSA P-256 signature from big-endian `r` and `s` of any width (leading zeros are
 /// ignored); refused if either is zero, longer than 32 significant bytes, or not below the
 /// group order.
-pub fn signature_from_rs(r: &[u8], s: &[u8]) -> Result<Signature, IdentityError> {
+fn signature_from_rs(r: &[u8], s: &[u8]) -> Result<Signature, IdentityError> {
     let fixed = |name: &str, v: &[u8]| -> Result<[u8; 32], IdentityError> {
         let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
         let significant = &v[start..];
