@@ -56,7 +56,7 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 /// (the host AIK is kept this way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectBlob {
-    /// Marshalled TPMT_PUBLIC (parse it with `tpm_proto::public::TpmPublic`).
+    /// Marshalled TPMT_PUBLIC (`tss_esapi::structures::Public::unmarshall` reads it).
     pub public: Vec<u8>,
     /// TPM2B_PRIVATE contents (encrypted by the TPM under its storage root key).
     pub private: Vec<u8>,

@@ -5,21 +5,28 @@
 //! * the host attestation key (AIK): a restricted ECC P-256 signing key under the storage
 //!   root key ([`HostTpm::create_aik`]), enrolled with the local CA by credential activation
 //!   against the EK ([`HostTpm::activate_credential`]);
-//! * signing with the AIK ([`HostTpm::sign_restricted`]): a restricted key signs only
-//!   digests the TPM computed itself (with a hash-check ticket), which is how the
-//!   coprocessor's TBSCertificate gets signed. tss-esapi 7.7 does not wrap the hash-sequence
-//!   commands long data takes, so signing is done with raw commands.
+//! * signing with the AIK ([`HostTpm::sign_restricted`], or as a [`signature::Signer`]:
+//!   [`HostTpm::aik_signer`]): a restricted key signs only digests the TPM computed itself
+//!   (with a hash-check ticket), which is how the coprocessor's TBSCertificate gets signed.
+//!   tss-esapi 7.7 does not wrap the hash-sequence commands long data takes, so signing is
+//!   done with raw commands.
+//!
+//! Public areas are tss-esapi's [`Public`] (unmarshalled from an [`ObjectBlob`]), checked
+//! by [`aik_violations`]; nothing here parses a TPMT_PUBLIC by hand.
 //!
 //! Everything transient (SRK, EK, AIK, sessions, hash sequences) is flushed before a call
 //! returns, on success and on failure.
 
+use std::cell::RefCell;
+
+use der::{Header, Reader, SliceReader, Tag};
 use log::debug;
+use p256::ecdsa::Signature;
 use tpm_proto::commands as cmd;
-use tpm_proto::der;
-use tpm_proto::public::{alg, TpmPublic};
 use tpm_proto::WireError;
 use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
 use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::TPM2_ALG_SHA256;
 use tss_esapi::constants::{
     CapabilityType, PropertyTag, SessionType, Tss2ResponseCode, Tss2ResponseCodeKind,
 };
@@ -38,6 +45,7 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
+use zeroize::Zeroizing;
 
 use crate::raw::RawTcti;
 use crate::{tpm, HostTpm, HostTpmError, ObjectBlob, Result};
@@ -83,6 +91,87 @@ fn parsed<T>(operation: &'static str, r: std::result::Result<T, WireError>) -> R
     })
 }
 
+/// What keeps `public` from being an attestation key this crate signs with (empty: it is
+/// one): a restricted signing-only key (restricted, sign, fixedTPM, fixedParent,
+/// sensitiveDataOrigin; not decrypt) with a SHA-256 name, on NIST P-256 with the ECDSA /
+/// SHA-256 scheme.
+pub fn aik_violations(public: &Public) -> Vec<String> {
+    let mut violations = Vec::new();
+    let attributes = public.object_attributes();
+    for (set, name) in [
+        (attributes.restricted(), "restricted"),
+        (attributes.sign_encrypt(), "sign"),
+        (attributes.fixed_tpm(), "fixedTPM"),
+        (attributes.fixed_parent(), "fixedParent"),
+        (attributes.sensitive_data_origin(), "sensitiveDataOrigin"),
+    ] {
+        if !set {
+            violations.push(format!("attribute {name} is not set"));
+        }
+    }
+    if attributes.decrypt() {
+        violations.push("attribute decrypt is set (an attestation key only signs)".into());
+    }
+    if public.name_hashing_algorithm() != HashingAlgorithm::Sha256 {
+        violations.push(format!(
+            "name algorithm is {:?}, not SHA-256",
+            public.name_hashing_algorithm()
+        ));
+    }
+    match public {
+        Public::Ecc { parameters, .. } => {
+            if parameters.ecc_curve() != EccCurve::NistP256 {
+                violations.push(format!(
+                    "ECC curve {:?} is not NIST P-256",
+                    parameters.ecc_curve()
+                ));
+            }
+            match parameters.ecc_scheme() {
+                EccScheme::EcDsa(hash) if hash.hashing_algorithm() == HashingAlgorithm::Sha256 => {}
+                scheme => violations.push(format!(
+                    "ECC signing scheme {scheme:?} is not ECDSA with SHA-256"
+                )),
+            }
+        }
+        _ => violations.push("only ECDSA attestation keys sign here".into()),
+    }
+    violations
+}
+
+/// The blob's public area, if it is an attestation key this crate signs with.
+fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
+    let unparseable = |why: String| {
+        HostTpmError::NotAnAttestationKey(vec![format!("unparseable public area: {why}")])
+    };
+    let public = Public::unmarshall(&aik.public).map_err(|e| unparseable(e.to_string()))?;
+    // Exactly one structure: the unmarshaller ignores trailing bytes.
+    if public.marshall().ok().as_deref() != Some(aik.public.as_slice()) {
+        return Err(unparseable("not exactly one TPMT_PUBLIC".into()));
+    }
+    let violations = aik_violations(&public);
+    if !violations.is_empty() {
+        return Err(HostTpmError::NotAnAttestationKey(violations));
+    }
+    Ok(public)
+}
+
+/// An ECDSA P-256 signature from the TPM's big-endian `r` and `s` (fixed-width, but any
+/// width is taken: leading zeros are ignored). Zero or out-of-range values are refused.
+fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
+    let fixed = |v: &[u8]| -> Option<[u8; 32]> {
+        let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
+        let significant = &v[start..];
+        let mut out = [0u8; 32];
+        let offset = out.len().checked_sub(significant.len())?;
+        out[offset..].copy_from_slice(significant);
+        Some(out)
+    };
+    fixed(r)
+        .zip(fixed(s))
+        .and_then(|(r, s)| Signature::from_scalars(r, s).ok())
+        .ok_or_else(|| wrong_value("Sign (AIK)"))
+}
+
 fn raw_run(raw: &mut RawTcti, operation: &'static str, command: &[u8]) -> Result<Vec<u8>> {
     raw.execute(command).map_err(tpm(operation))
 }
@@ -114,7 +203,7 @@ fn raw_sign(
         let resp = raw_run(
             raw,
             OP_HASH,
-            &cmd::hash(data, alg::SHA256, cmd::TPM_RH_OWNER),
+            &cmd::hash(data, TPM2_ALG_SHA256, cmd::TPM_RH_OWNER),
         )?;
         parsed(OP_HASH, cmd::parse_hash(&resp))?
     } else {
@@ -137,7 +226,7 @@ fn raw_hash_sequence(
     data: &[u8],
 ) -> Result<(Vec<u8>, cmd::HashCheckTicket)> {
     const OP_START: &str = "HashSequenceStart";
-    let resp = raw_run(raw, OP_START, &cmd::hash_sequence_start(alg::SHA256))?;
+    let resp = raw_run(raw, OP_START, &cmd::hash_sequence_start(TPM2_ALG_SHA256))?;
     let sequence = parsed(OP_START, cmd::parse_hash_sequence_start(&resp))?;
     loaded.push(sequence);
     let mut chunks: Vec<&[u8]> = data.chunks(cmd::MAX_DIGEST_BUFFER).collect();
@@ -157,6 +246,16 @@ fn raw_hash_sequence(
     // A completed sequence object is gone.
     loaded.retain(|&h| h != sequence);
     Ok(digest_and_ticket)
+}
+
+/// The length of the DER `SEQUENCE` at the start of `data` (header included); `None` if
+/// `data` does not start with a whole one.
+fn der_sequence_len(data: &[u8]) -> Option<usize> {
+    let mut reader = SliceReader::new(data).ok()?;
+    if Header::peek(&reader).ok()?.tag() != Tag::Sequence {
+        return None;
+    }
+    reader.tlv_bytes().ok().map(<[u8]>::len)
 }
 
 impl HostTpm {
@@ -196,11 +295,8 @@ impl HostTpm {
             None => return Ok(None),
         };
         // NV indices may be larger than the certificate they hold: keep the DER element.
-        if data.first() == Some(&der::TAG_SEQUENCE) {
-            if let Ok(cert) = der::Reader::new(&data).element() {
-                let len = cert.encoded.len();
-                data.truncate(len);
-            }
+        if let Some(len) = der_sequence_len(&data) {
+            data.truncate(len);
         }
         Ok(Some(data))
     }
@@ -346,7 +442,7 @@ impl HostTpm {
         aik: &ObjectBlob,
         credential_blob: &[u8],
         encrypted_secret: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let id_object =
             IdObject::try_from(credential_blob.to_vec()).map_err(HostTpmError::ActivationFailed)?;
         let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
@@ -365,7 +461,7 @@ impl HostTpm {
         aik: &ObjectBlob,
         id_object: IdObject,
         secret: EncryptedSecret,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let key = self.load_object(aik, "Load (AIK)")?;
         loaded.push(key.into());
         let (ek, _) = self.create_ek_rsa()?;
@@ -415,27 +511,17 @@ impl HostTpm {
                 }
             })?;
         debug!("activated a credential for the attestation key");
-        Ok(secret.value().to_vec())
+        Ok(Zeroizing::new(secret.value().to_vec()))
     }
 
     /// Signs `data` with a restricted ECDSA P-256 attestation key (from
     /// [`HostTpm::create_aik`]): the TPM hashes the data with SHA-256 in the owner hierarchy
     /// (TPM2_Hash for up to 1024 bytes, the hash-sequence commands beyond), giving the digest
     /// and the hash-check ticket a restricted key requires, then signs it with ECDSA/SHA-256.
-    /// Returns (r, s) as big-endian integers. The TPM refuses data that starts with
-    /// TPM_GENERATED_VALUE (0xff 'T' 'C' 'G'), so a key used this way cannot forge a quote;
-    /// a DER TBSCertificate starts with 0x30.
-    pub fn sign_restricted(&mut self, aik: &ObjectBlob, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-        let public = TpmPublic::parse(&aik.public).map_err(|e| {
-            HostTpmError::NotAnAttestationKey(vec![format!("unparseable public area: {e}")])
-        })?;
-        let mut violations = public.aik_violations();
-        if !matches!(public.params, tpm_proto::public::PublicParams::Ecc { .. }) {
-            violations.push("only ECDSA attestation keys sign here".into());
-        }
-        if !violations.is_empty() {
-            return Err(HostTpmError::NotAnAttestationKey(violations));
-        }
+    /// The TPM refuses data that starts with TPM_GENERATED_VALUE (0xff 'T' 'C' 'G'), so a
+    /// key used this way cannot forge a quote; a DER TBSCertificate starts with 0x30.
+    pub fn sign_restricted(&mut self, aik: &ObjectBlob, data: &[u8]) -> Result<Signature> {
+        attestation_key(aik)?;
         // tss-esapi 7.7 does not wrap the hash-sequence commands: the whole signature is made
         // with raw commands, whatever the length.
         let srk_template = Self::srk_template()?
@@ -443,7 +529,8 @@ impl HostTpm {
             .map_err(tpm("marshal SRK template"))?;
         let mut raw = self.raw_connection()?;
         let mut loaded = Vec::new();
-        let result = raw_sign(&mut raw, &mut loaded, &srk_template, aik, data);
+        let result = raw_sign(&mut raw, &mut loaded, &srk_template, aik, data)
+            .and_then(|(r, s)| ecdsa_signature(&r, &s));
         for handle in loaded.into_iter().rev() {
             if let Err(e) = raw
                 .execute(&cmd::flush_context(handle))
@@ -461,5 +548,41 @@ impl HostTpm {
             }
         }
         result
+    }
+
+    /// The attestation key `aik` (checked here: see [`aik_violations`]) as a
+    /// [`signature::Signer`] of ECDSA P-256 / SHA-256 signatures, each made by
+    /// [`HostTpm::sign_restricted`] on this connection.
+    pub fn aik_signer<'a>(&'a mut self, aik: &'a ObjectBlob) -> Result<AikSigner<'a>> {
+        attestation_key(aik)?;
+        Ok(AikSigner {
+            tpm: RefCell::new(self),
+            aik,
+        })
+    }
+}
+
+/// The host TPM's attestation key as a [`signature::Signer`] (from [`HostTpm::aik_signer`]):
+/// what signs the coprocessor certificate. A TPM failure is the signature error's source.
+pub struct AikSigner<'a> {
+    /// `Signer::try_sign` takes `&self`, a TPM conversation `&mut`.
+    tpm: RefCell<&'a mut HostTpm>,
+    aik: &'a ObjectBlob,
+}
+
+impl std::fmt::Debug for AikSigner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AikSigner").finish_non_exhaustive()
+    }
+}
+
+impl signature::Signer<Signature> for AikSigner<'_> {
+    fn try_sign(&self, msg: &[u8]) -> std::result::Result<Signature, signature::Error> {
+        let mut tpm = self
+            .tpm
+            .try_borrow_mut()
+            .map_err(signature::Error::from_source)?;
+        tpm.sign_restricted(self.aik, msg)
+            .map_err(signature::Error::from_source)
     }
 }

@@ -18,7 +18,7 @@ pub mod identity;
 mod raw;
 
 pub use blob::{BlobError, ObjectBlob, SealedBlob};
-pub use identity::{ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
+pub use identity::{aik_violations, AikSigner, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
 
 use std::str::FromStr;
 
@@ -38,6 +38,7 @@ use tss_esapi::structures::{
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
+use zeroize::Zeroizing;
 
 /// Errors talking to the host TPM.
 #[derive(Debug, thiserror::Error)]
@@ -310,8 +311,8 @@ impl HostTpm {
         })
     }
 
-    /// Unseals a blob made by [`HostTpm::seal`] on this TPM.
-    pub fn unseal(&mut self, blob: &SealedBlob) -> Result<Vec<u8>> {
+    /// Unseals a blob made by [`HostTpm::seal`] on this TPM; the secret is wiped when dropped.
+    pub fn unseal(&mut self, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
         let public = Public::unmarshall(&blob.public).map_err(tpm("unmarshal public"))?;
         let private = Private::try_from(blob.private.clone()).map_err(tpm("private blob"))?;
         let srk = self.storage_root()?;
@@ -351,7 +352,7 @@ impl HostTpm {
             }
         };
         self.flush(object);
-        Ok(result?.value().to_vec())
+        Ok(Zeroizing::new(result?.value().to_vec()))
     }
 
     /// Extends a SHA-256 PCR (tests and measurement helpers).

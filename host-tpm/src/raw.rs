@@ -130,11 +130,11 @@ mod tests {
 
     use testbed::HostTpmSimulator;
     use tpm_proto::commands::*;
-    use tpm_proto::public::TpmPublic;
     use tpm_proto::ResponseReader;
     use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
     use tss_esapi::interface_types::key_bits::RsaKeyBits;
-    use tss_esapi::traits::Marshall;
+    use tss_esapi::structures::Public;
+    use tss_esapi::traits::{Marshall, UnMarshall};
 
     use super::*;
 
@@ -192,8 +192,13 @@ mod tests {
         ))
         .unwrap();
         ok(&mut raw, &flush_context(handle));
-        let public = TpmPublic::parse(&public).unwrap();
-        assert_eq!(public.attributes, 0x0003_00b2);
+        let parsed = Public::unmarshall(&public).unwrap();
+        assert_eq!(
+            parsed.marshall().unwrap(),
+            public,
+            "exactly one TPMT_PUBLIC"
+        );
+        assert_eq!(u32::from(parsed.object_attributes()), 0x0003_00b2);
         // The same key, whichever connection derives it.
         let (handle, again) = parse_create_primary(&ok(
             &mut raw,
@@ -201,7 +206,7 @@ mod tests {
         ))
         .unwrap();
         ok(&mut raw, &flush_context(handle));
-        assert_eq!(again, public.raw);
+        assert_eq!(again, public);
     }
 
     #[test]

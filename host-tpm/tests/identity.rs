@@ -8,21 +8,27 @@
 
 use std::path::Path;
 
-use host_tpm::{HostTpm, HostTpmError, ObjectBlob, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
+use host_tpm::{
+    aik_violations, HostTpm, HostTpmError, ObjectBlob, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX,
+};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::sha::sha256;
 use openssl::x509::X509;
+use p256::ecdsa::Signature;
+use signature::Signer;
 use testbed::HostTpmSimulator;
-use tpm_proto::public::{PublicParams, TpmPublic};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::handles::NvIndexTpmHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
-use tss_esapi::structures::{Digest, MaxNvBuffer, Name, NvPublicBuilder, Public};
-use tss_esapi::traits::UnMarshall;
+use tss_esapi::structures::{
+    Digest, MaxNvBuffer, Name, NvPublicBuilder, Public, SymmetricDefinitionObject,
+};
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 /// A manufactured host TPM (see `HostTpmSimulator::manufacture`) and the local CA
@@ -44,15 +50,36 @@ impl Manufactured {
     }
 }
 
-fn ecc_point(public: &TpmPublic) -> (Vec<u8>, Vec<u8>) {
-    match &public.params {
-        PublicParams::Ecc { x, y, .. } => (x.clone(), y.clone()),
+/// A marshalled TPMT_PUBLIC, exactly one, as tss-esapi reads it.
+fn parse(public: &[u8]) -> Public {
+    let parsed = Public::unmarshall(public).unwrap();
+    assert_eq!(
+        parsed.marshall().unwrap(),
+        public,
+        "exactly one TPMT_PUBLIC"
+    );
+    parsed
+}
+
+/// The TPM name of a marshalled TPMT_PUBLIC with a SHA-256 name algorithm.
+fn name(public: &[u8]) -> Vec<u8> {
+    assert_eq!(
+        parse(public).name_hashing_algorithm(),
+        HashingAlgorithm::Sha256
+    );
+    [&[0x00, 0x0b][..], &sha256(public)].concat()
+}
+
+fn ecc_point(public: &Public) -> (Vec<u8>, Vec<u8>) {
+    match public {
+        Public::Ecc { unique, .. } => (unique.x().value().to_vec(), unique.y().value().to_vec()),
         other => panic!("not an ECC key: {other:?}"),
     }
 }
 
-/// Verifies an ECDSA P-256 (r, s) over SHA-256(data) with the TPM key's public point.
-fn verify(public: &TpmPublic, data: &[u8], (r, s): &(Vec<u8>, Vec<u8>)) -> bool {
+/// Verifies an ECDSA P-256 signature over SHA-256(data) with the TPM key's public point.
+fn verify(public: &Public, data: &[u8], sig: &Signature) -> bool {
+    let (r, s) = sig.split_bytes();
     let (x, y) = ecc_point(public);
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = EcKey::from_public_key_affine_coordinates(
@@ -62,8 +89,8 @@ fn verify(public: &TpmPublic, data: &[u8], (r, s): &(Vec<u8>, Vec<u8>)) -> bool 
     )
     .unwrap();
     let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(r).unwrap(),
-        BigNum::from_slice(s).unwrap(),
+        BigNum::from_slice(&r).unwrap(),
+        BigNum::from_slice(&s).unwrap(),
     )
     .unwrap();
     sig.verify(&sha256(data), &key).unwrap()
@@ -83,31 +110,28 @@ fn ek_certificate_from_nv_certifies_the_rsa_ek() {
     assert_eq!(cert.to_der().unwrap(), der, "exactly the DER certificate");
     assert!(cert.verify(&tpm.issuer.public_key().unwrap()).unwrap());
 
-    let ek = TpmPublic::parse(&host.ek_public_rsa().unwrap()).unwrap();
-    let PublicParams::Rsa {
-        modulus,
-        exponent,
-        key_bits,
-        symmetric,
+    let ek = parse(&host.ek_public_rsa().unwrap());
+    let Public::Rsa {
+        parameters,
+        unique: modulus,
         ..
-    } = &ek.params
+    } = &ek
     else {
         panic!("the EK is not RSA: {ek:?}");
     };
-    assert_eq!((*key_bits, *exponent), (2048, 0));
     assert_eq!(
-        *symmetric,
-        Some((
-            tpm_proto::public::alg::AES,
-            128,
-            tpm_proto::public::alg::CFB
-        ))
+        (parameters.key_bits(), parameters.exponent().value()),
+        (RsaKeyBits::Rsa2048, 0)
+    );
+    assert_eq!(
+        parameters.symmetric_definition_object(),
+        SymmetricDefinitionObject::AES_128_CFB
     );
     let rsa = cert.public_key().unwrap().rsa().unwrap();
-    assert_eq!(rsa.n().to_vec(), *modulus);
+    assert_eq!(rsa.n().to_vec(), modulus.value());
     assert_eq!(rsa.e().to_vec(), [1, 0, 1]);
     // The EK is a decryption key, not something a CA may certify as an attestation key.
-    assert!(!ek.aik_violations().is_empty());
+    assert!(!aik_violations(&ek).is_empty());
 
     // swtpm_setup makes its ECC EK on NIST P-384 (high range, 0x01c00016), so the P-256
     // index stays empty.
@@ -129,12 +153,12 @@ fn a_tpm_without_ek_certificate_reads_none() {
     let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
     assert_eq!(host.read_nv_certificate(RSA_EK_CERT_INDEX).unwrap(), None);
     // The EK itself is there on any TPM: derived from the endorsement seed.
-    let ek = TpmPublic::parse(&host.ek_public_rsa().unwrap()).unwrap();
-    assert_eq!(ek.object_type, tpm_proto::public::alg::RSA);
+    let ek = host.ek_public_rsa().unwrap();
+    assert!(matches!(parse(&ek), Public::Rsa { .. }));
     // ... and the same every time.
     assert_eq!(
         host.ek_public_rsa().unwrap(),
-        ek.raw,
+        ek,
         "the EK is derived again from the same seed"
     );
 }
@@ -260,15 +284,12 @@ fn aik_is_a_restricted_p256_signing_key_with_the_tpm_reported_name() {
         host.create_aik().unwrap()
     };
     let blob = ObjectBlob::from_bytes(&blob.to_bytes()).unwrap();
-    let public = TpmPublic::parse(&blob.public).unwrap();
-    assert_eq!(public.aik_violations(), Vec::<String>::new());
+    let public = parse(&blob.public);
+    assert_eq!(aik_violations(&public), Vec::<String>::new());
     let (x, y) = ecc_point(&public);
     assert_eq!((x.len(), y.len()), (32, 32));
     // The host connection is closed: swtpm serves one client at a time.
-    assert_eq!(
-        public.name().unwrap(),
-        tpm_reported_name(&tpm.tcti(), &blob)
-    );
+    assert_eq!(name(&blob.public), tpm_reported_name(&tpm.tcti(), &blob));
 }
 
 #[test]
@@ -277,7 +298,7 @@ fn sign_restricted_short_and_long_data_verifies_with_openssl() {
     let tpm = HostTpmSimulator::start(&dir.path().join("tpm")).unwrap();
     let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
     let aik = host.create_aik().unwrap();
-    let public = TpmPublic::parse(&aik.public).unwrap();
+    let public = parse(&aik.public);
     let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 0x30) as u8).collect();
     // Through TPM2_Hash (up to 1024 bytes; data under 4 bytes included, which only it
     // tickets), then through the hash-sequence commands, then TPM2_Hash again.
@@ -289,7 +310,7 @@ fn sign_restricted_short_and_long_data_verifies_with_openssl() {
     // Other operations work after the raw connection closed the ESAPI one.
     host.sign_restricted(&aik, &data[..2000]).unwrap();
     let sealed = host.seal(b"s", &[]).unwrap();
-    assert_eq!(host.unseal(&sealed).unwrap(), b"s");
+    assert_eq!(*host.unseal(&sealed).unwrap(), b"s");
 
     // A restricted key signs nothing that could pass for a TPM-generated structure.
     let mut forged = b"\xffTCG".to_vec();
@@ -327,6 +348,37 @@ fn sign_restricted_short_and_long_data_verifies_with_openssl() {
             "{err}"
         );
     }
+
+    // The same key as a `signature::Signer`, as the coprocessor certificate is signed.
+    {
+        let signer = host.aik_signer(&aik).unwrap();
+        for len in [100, 3000] {
+            let sig: Signature = signer.try_sign(&data[..len]).unwrap();
+            assert!(verify(&public, &data[..len], &sig), "{len} bytes");
+        }
+        // The TPM's refusal is the signature error's source.
+        let err = signer.try_sign(&forged).unwrap_err();
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("host TPM"), "{source}");
+    }
+    assert!(matches!(
+        host.aik_signer(&not_aik),
+        Err(HostTpmError::NotAnAttestationKey(_))
+    ));
+    let err = other
+        .aik_signer(&aik)
+        .unwrap()
+        .try_sign(b"tbs")
+        .unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("Load (AIK)"), "{source}");
+    // A public area with trailing bytes is no attestation key.
+    let mut trailing = aik.clone();
+    trailing.public.push(0);
+    assert!(matches!(
+        host.sign_restricted(&trailing, b"data"),
+        Err(HostTpmError::NotAnAttestationKey(_))
+    ));
 }
 
 /// TPM2_MakeCredential by the TPM itself, with the EK loaded as a public-only object (what
@@ -362,16 +414,16 @@ fn activate_credential_recovers_the_secret_only_for_the_named_key() {
             host.ek_public_rsa().unwrap(),
         )
     };
-    let name = TpmPublic::parse(&aik.public).unwrap().name().unwrap();
-    let other_name = TpmPublic::parse(&other_aik.public).unwrap().name().unwrap();
+    let aik_name = name(&aik.public);
+    let other_name = name(&other_aik.public);
     let secret = [0x5a; 32];
-    let (blob, encrypted) = make_credential(&tpm.tpm.tcti(), &ek_public, &name, &secret);
+    let (blob, encrypted) = make_credential(&tpm.tpm.tcti(), &ek_public, &aik_name, &secret);
     let (other_blob, other_encrypted) =
         make_credential(&tpm.tpm.tcti(), &ek_public, &other_name, &secret);
 
     let mut host = tpm.connect();
     assert_eq!(
-        host.activate_credential(&aik, &blob, &encrypted).unwrap(),
+        *host.activate_credential(&aik, &blob, &encrypted).unwrap(),
         secret
     );
     // Made for another key's name: the integrity check fails.
@@ -399,7 +451,8 @@ fn activate_credential_recovers_the_secret_only_for_the_named_key() {
     // Nothing leaked: the same activation still works (the TPM holds 3 transient objects).
     for _ in 0..3 {
         assert_eq!(
-            host.activate_credential(&other_aik, &other_blob, &other_encrypted)
+            *host
+                .activate_credential(&other_aik, &other_blob, &other_encrypted)
                 .unwrap(),
             secret
         );

@@ -31,14 +31,14 @@ fn seal_survives_a_tpm_restart_and_unseals() {
         let tpm = Swtpm::start(&dir.path().join("host-tpm"));
         let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
         let blob = host.seal(secret, &[]).unwrap();
-        assert_eq!(host.unseal(&blob).unwrap(), secret);
+        assert_eq!(*host.unseal(&blob).unwrap(), secret);
         blob.to_bytes()
     };
     // A new swtpm process on the same state: the host rebooted, the daemon restarted.
     let tpm = Swtpm::start(&dir.path().join("host-tpm"));
     let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
     let blob = SealedBlob::from_bytes(&blob).unwrap();
-    assert_eq!(host.unseal(&blob).unwrap(), secret);
+    assert_eq!(*host.unseal(&blob).unwrap(), secret);
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn pcr_bound_seal_fails_clearly_after_the_pcr_changes() {
     let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
     let blob = host.seal(b"only while PCR 16 is unchanged", &[16]).unwrap();
     assert_eq!(
-        host.unseal(&blob).unwrap(),
+        *host.unseal(&blob).unwrap(),
         b"only while PCR 16 is unchanged"
     );
     host.pcr_extend_sha256(16, [0x42; 32]).unwrap();

@@ -21,37 +21,50 @@
 //! `TPM2_GetCapability` ([`crate::provision::tpm_info`]), so they say what the guest's own
 //! `tpm2_getcap properties-fixed` says (libtpms: manufacturer "IBM", 0x49424D00).
 
+use const_oid::db::rfc5280::{
+    ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_BASIC_CONSTRAINTS, ID_CE_CERTIFICATE_POLICIES,
+    ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE, ID_CE_SUBJECT_ALT_NAME,
+    ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES, ID_QT_UNOTICE,
+};
+use const_oid::{db::tcgtpm, ObjectIdentifier};
+use der::asn1::{Any, SetOfVec};
+use der::{Sequence, Tag};
+use openssl::asn1::Asn1Object;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Public};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
-use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509};
-use tpm_proto::der;
+use openssl::x509::{X509Ref, X509};
 use tpm_proto::public::{curve, PublicParams, TpmPublic};
 use tpm_proto::WireError;
+use x509_cert::attr::Attribute;
+use x509_cert::ext::pkix::certpolicy::{DisplayText, PolicyQualifierInfo, UserNotice};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectDirectoryAttributes,
+};
+use x509_cert::name::Name;
 
+use crate::cert::{self, Profile};
 use crate::templates::EkKind;
+use crate::tpm_signed::{authority_key_identifier, single_valued_name};
 use crate::{CoprocessorKey, IdentityError, Validity};
 
 /// This project's policy for vEK certificates, version 1: an OID in the UUID arc
 /// (ITU-T X.667, `2.25.<UUID d45a1b56-38e0-47ba-88fe-5ad73f56378e>`), which needs no
-/// registration.
+/// registration. (Kept in dotted form: its 128-bit arc is beyond `const-oid`, whose arcs are
+/// 32-bit, so OpenSSL encodes it.)
 pub const VEK_CERT_POLICY: &str = "2.25.282264196279953873026584430621905794958";
 /// The user notice the TCG EK Credential Profile puts into certificatePolicies.
 pub const EK_POLICY_NOTICE: &str = "TCPA Trusted Platform Module Endorsement";
 
-pub const TCG_AT_TPM_MANUFACTURER: &str = "2.23.133.2.1";
-pub const TCG_AT_TPM_MODEL: &str = "2.23.133.2.2";
-pub const TCG_AT_TPM_VERSION: &str = "2.23.133.2.3";
-pub const TCG_AT_TPM_SPECIFICATION: &str = "2.23.133.2.16";
-pub const TCG_KP_EK_CERTIFICATE: &str = "2.23.133.8.1";
-const ID_QT_UNOTICE: &str = "1.3.6.1.5.5.7.2.2";
-const SUBJECT_ALT_NAME: &str = "2.5.29.17";
-const SUBJECT_DIRECTORY_ATTRIBUTES: &str = "2.5.29.9";
-const CERTIFICATE_POLICIES: &str = "2.5.29.32";
+pub const TCG_AT_TPM_MANUFACTURER: ObjectIdentifier = tcgtpm::TCG_AT_TPM_MANUFACTURER;
+pub const TCG_AT_TPM_MODEL: ObjectIdentifier = tcgtpm::TCG_AT_TPM_MODEL;
+pub const TCG_AT_TPM_VERSION: ObjectIdentifier = tcgtpm::TCG_AT_TPM_VERSION;
+pub const TCG_AT_TPM_SPECIFICATION: ObjectIdentifier = tcgtpm::TCG_AT_TPM_SPECIFICATION;
+pub const TCG_KP_EK_CERTIFICATE: ObjectIdentifier = tcgtpm::TCG_KP_EK_CERTIFICATE;
 
 /// What the TPM says about itself (TPM2_GetCapability, TPM_CAP_TPM_PROPERTIES).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,56 +167,46 @@ pub fn issue_ek_cert(
     validity: &Validity,
 ) -> Result<X509, IdentityError> {
     check_coprocessor_cert(key, coprocessor_cert)?;
-    let (not_before, not_after) = validity.asn1()?;
-    let mut b = X509Builder::new()?;
-    b.set_version(2)?;
-    let serial = crate::random_serial()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&X509NameBuilder::new()?.build())?;
-    b.set_issuer_name(coprocessor_cert.subject_name())?;
-    b.set_not_before(&not_before)?;
-    b.set_not_after(&not_after)?;
-    let ek_key = ek.to_pkey()?;
-    b.set_pubkey(&ek_key)?;
-
-    b.append_extension(crate::extension(
-        CERTIFICATE_POLICIES,
-        false,
-        &certificate_policies()?,
-    )?)?;
-    b.append_extension(crate::extension(
-        SUBJECT_ALT_NAME,
-        true,
-        &subject_alt_name(tpm)?,
-    )?)?;
-    b.append_extension(BasicConstraints::new().critical().build()?)?;
-    b.append_extension(crate::extension(
-        SUBJECT_DIRECTORY_ATTRIBUTES,
-        false,
-        &subject_directory_attributes(tpm)?,
-    )?)?;
-    b.append_extension(crate::authority_key_identifier_ext(
-        &crate::issuer_key_identifier(coprocessor_cert)?,
-    )?)?;
-    let mut usage = KeyUsage::new();
-    usage.critical();
-    match ek.kind() {
-        EkKind::Rsa2048 => usage.key_encipherment(),
-        EkKind::EccP256 => usage.key_agreement(),
+    let usage = match ek.kind() {
+        EkKind::Rsa2048 => KeyUsages::KeyEncipherment,
+        EkKind::EccP256 => KeyUsages::KeyAgreement,
     };
-    b.append_extension(usage.build()?)?;
-    b.append_extension(
-        ExtendedKeyUsage::new()
-            .other(TCG_KP_EK_CERTIFICATE)
-            .build()?,
-    )?;
-    b.sign(key.signing_key(), MessageDigest::sha256())?;
-    let cert = b.build();
-    let issuer_key = coprocessor_cert.public_key()?;
-    if !cert.verify(&issuer_key)? {
-        return Err(IdentityError::SignatureInvalid);
-    }
-    Ok(cert)
+    let extensions = vec![
+        cert::extension(ID_CE_CERTIFICATE_POLICIES, false, &certificate_policies()?)?,
+        cert::extension(ID_CE_SUBJECT_ALT_NAME, true, &subject_alt_name(tpm)?)?,
+        cert::extension(
+            ID_CE_BASIC_CONSTRAINTS,
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        )?,
+        cert::extension(
+            ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES,
+            false,
+            &subject_directory_attributes(tpm)?,
+        )?,
+        cert::extension(
+            ID_CE_AUTHORITY_KEY_IDENTIFIER,
+            false,
+            &authority_key_identifier(coprocessor_cert)?,
+        )?,
+        cert::extension(ID_CE_KEY_USAGE, true, &KeyUsage(usage.into()))?,
+        cert::extension(
+            ID_CE_EXT_KEY_USAGE,
+            false,
+            &ExtendedKeyUsage(vec![TCG_KP_EK_CERTIFICATE]),
+        )?,
+    ];
+    let profile = Profile {
+        issuer: cert::name(coprocessor_cert.subject_name())?,
+        // Empty: the TPM is named by the subjectAltName.
+        subject: Name::default(),
+        extensions,
+    };
+    let ek_key = ek.to_pkey()?;
+    cert::issue(profile, &ek_key, validity, coprocessor_cert, &key.signer())
 }
 
 pub(super) fn check_coprocessor_cert(
@@ -219,41 +222,117 @@ pub(super) fn check_coprocessor_cert(
     Ok(())
 }
 
-/// `GeneralNames` holding one directoryName: `[4] EXPLICIT Name`.
-fn subject_alt_name(tpm: &TpmInfo) -> Result<Vec<u8>, IdentityError> {
-    let rdn = |oid: &str, value: &str| -> Result<Vec<u8>, IdentityError> {
-        Ok(der::set_of(&[&der::sequence(&[
-            &der::oid(oid)?,
-            &der::utf8_string(value),
-        ])]))
-    };
-    let name = der::sequence(&[
-        &rdn(TCG_AT_TPM_MANUFACTURER, &tpm.manufacturer_id())?,
-        &rdn(TCG_AT_TPM_MODEL, &tpm.model)?,
-        &rdn(TCG_AT_TPM_VERSION, &tpm.version_id())?,
-    ]);
-    Ok(der::sequence(&[&der::tlv(
-        der::context_constructed(4),
-        &name,
-    )]))
+/// `GeneralNames` holding one directoryName, one single-valued RDN per attribute.
+fn subject_alt_name(tpm: &TpmInfo) -> Result<SubjectAltName, IdentityError> {
+    let name = single_valued_name(&[
+        (TCG_AT_TPM_MANUFACTURER, &tpm.manufacturer_id()),
+        (TCG_AT_TPM_MODEL, &tpm.model),
+        (TCG_AT_TPM_VERSION, &tpm.version_id()),
+    ])?;
+    Ok(SubjectAltName(vec![GeneralName::DirectoryName(name)]))
 }
 
-/// `SEQUENCE OF Attribute` with tcg-at-tpmSpecification:
-/// `TPMSpecification ::= SEQUENCE { family UTF8String, level INTEGER, revision INTEGER }`.
-fn subject_directory_attributes(tpm: &TpmInfo) -> Result<Vec<u8>, IdentityError> {
-    let spec = der::sequence(&[
-        &der::utf8_string(&tpm.family),
-        &der::integer_u64(u64::from(tpm.level)),
-        &der::integer_u64(u64::from(tpm.revision)),
-    ]);
-    let attribute = der::sequence(&[&der::oid(TCG_AT_TPM_SPECIFICATION)?, &der::set_of(&[&spec])]);
-    Ok(der::sequence(&[&attribute]))
+/// `TPMSpecification ::= SEQUENCE { family UTF8String (SIZE (1..STRMAX)), level INTEGER,
+/// revision INTEGER }` (TCG EK Credential Profile).
+#[derive(Sequence)]
+struct TpmSpecification {
+    family: String,
+    level: u32,
+    revision: u32,
+}
+
+/// `SEQUENCE OF Attribute` with tcg-at-tpmSpecification: family, level and revision.
+fn subject_directory_attributes(
+    tpm: &TpmInfo,
+) -> Result<SubjectDirectoryAttributes, IdentityError> {
+    let spec = TpmSpecification {
+        family: tpm.family.clone(),
+        level: tpm.level,
+        revision: tpm.revision,
+    };
+    Ok(SubjectDirectoryAttributes(vec![Attribute {
+        oid: TCG_AT_TPM_SPECIFICATION,
+        values: SetOfVec::try_from(vec![Any::encode_from(&spec)?])?,
+    }]))
+}
+
+/// `PolicyInformation`, with the policy identifier as an encoded OBJECT IDENTIFIER:
+/// `x509-cert`'s own type holds a `const-oid` identifier, which cannot hold
+/// [`VEK_CERT_POLICY`].
+#[derive(Sequence)]
+struct PolicyInformation {
+    policy_identifier: Any,
+    policy_qualifiers: Option<Vec<PolicyQualifierInfo>>,
 }
 
 /// `certificatePolicies` with [`VEK_CERT_POLICY`] qualified by the profile's user notice.
-fn certificate_policies() -> Result<Vec<u8>, IdentityError> {
-    let notice = der::sequence(&[&der::utf8_string(EK_POLICY_NOTICE)]);
-    let qualifier = der::sequence(&[&der::oid(ID_QT_UNOTICE)?, &notice]);
-    let policy = der::sequence(&[&der::oid(VEK_CERT_POLICY)?, &der::sequence(&[&qualifier])]);
-    Ok(der::sequence(&[&policy]))
+fn certificate_policies() -> Result<Vec<PolicyInformation>, IdentityError> {
+    let notice = UserNotice {
+        notice_ref: None,
+        explicit_text: Some(DisplayText::Utf8String(EK_POLICY_NOTICE.into())),
+    };
+    let policy = Asn1Object::from_str(VEK_CERT_POLICY)?;
+    Ok(vec![PolicyInformation {
+        policy_identifier: Any::new(Tag::ObjectIdentifier, policy.as_slice())?,
+        policy_qualifiers: Some(vec![PolicyQualifierInfo {
+            policy_qualifier_id: ID_QT_UNOTICE,
+            qualifier: Some(Any::encode_from(&notice)?),
+        }]),
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Encode;
+
+    fn info() -> TpmInfo {
+        TpmInfo {
+            manufacturer: 0x4942_4D00,
+            model: "SW   TPM".into(),
+            firmware_version: 0x2019_1023,
+            family: "2.0".into(),
+            level: 0,
+            revision: 164,
+        }
+    }
+
+    /// The extension values encode exactly as the OpenSSL-built certificates of earlier
+    /// versions had them (bytes taken from such a certificate).
+    #[test]
+    fn extension_values_encode_as_before() {
+        let der = |v: &dyn Fn() -> Vec<u8>| hex::encode_upper(v());
+        assert_eq!(
+            der(&|| certificate_policies().unwrap().to_der().unwrap()),
+            "3052305006146983A8DA8DD5C78E829EF588FF96DAF3FAD8EF0E3038303606082B060105050702\
+             02302A0C2854435041205472757374656420506C6174666F726D204D6F64756C6520456E646F72\
+             73656D656E74"
+        );
+        assert_eq!(
+            der(&|| subject_alt_name(&info()).unwrap().to_der().unwrap()),
+            "3049A447304531163014060567810502010C0B69643A343934323444303031133011060567810502\
+             020C08535720202054504D31163014060567810502030C0B69643A3230313931303233"
+        );
+        assert_eq!(
+            der(&|| subject_directory_attributes(&info())
+                .unwrap()
+                .to_der()
+                .unwrap()),
+            "3019301706056781050210310E300C0C03322E30020100020200A4"
+        );
+        let basic = BasicConstraints {
+            ca: false,
+            path_len_constraint: None,
+        };
+        assert_eq!(der(&|| basic.to_der().unwrap()), "3000");
+        let usage = |u: KeyUsages| hex::encode_upper(KeyUsage(u.into()).to_der().unwrap());
+        assert_eq!(usage(KeyUsages::KeyEncipherment), "03020520");
+        assert_eq!(usage(KeyUsages::KeyAgreement), "03020308");
+        assert_eq!(
+            der(&|| ExtendedKeyUsage(vec![TCG_KP_EK_CERTIFICATE])
+                .to_der()
+                .unwrap()),
+            "300706056781050801"
+        );
+    }
 }

@@ -10,9 +10,12 @@
 //! really is a coprocessor key and not some instance's key record copied into place (both
 //! hold 32 secret bytes; instance ids are random, so they cannot collide with it).
 //!
-//! The private key never leaves this type: there is no general `sign(bytes)`. It signs only
-//! the certificates [`crate::ek_cert`] builds (through the crate-private
-//! `CoprocessorKey::signing_key`).
+//! The private key never leaves this type: there is no public `sign(bytes)`. It signs only
+//! the certificates [`crate::ek_cert`] builds, through the crate-private `KeySigner`
+//! (a [`signature::Signer`] of ECDSA P-256 / SHA-256 signatures). The private scalar's copies
+//! made while creating or opening the key are wiped when dropped (`zeroize`, and OpenSSL's
+//! `BN_clear` for its big numbers); the key itself lives in OpenSSL, which clears it when
+//! freed.
 
 use std::fmt;
 use std::fs;
@@ -21,8 +24,11 @@ use std::path::{Path, PathBuf};
 
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private, Public};
+use p256::ecdsa::Signature;
+use zeroize::Zeroizing;
 
 use crate::IdentityError;
 use vtpm_state::keys::{HostKey, InstanceId, SecretKey, KEY_LEN};
@@ -76,22 +82,17 @@ impl CoprocessorKey {
             .map_err(io_err(dir))?;
         let group = p256()?;
         let ec = EcKey::generate(&group)?;
-        let mut scalar = ec.private_key().to_vec_padded(KEY_LEN as i32)?;
-        let mut bytes = [0u8; KEY_LEN];
+        let scalar = Zeroizing::new(ec.private_key().to_vec_padded(KEY_LEN as i32)?);
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         bytes.copy_from_slice(&scalar);
-        scalar.fill(0);
-        let secret = SecretKey::from_bytes(bytes);
-        bytes.fill(0);
+        let secret = SecretKey::from_bytes(*bytes);
         let record = host_key.wrap(&RECORD_ID, &secret, &path)?;
 
         // Write a private temporary file, then link it into place: the link fails if the
         // key appeared meanwhile, and the record is never seen half-written.
         let mut nonce = [0u8; 8];
         openssl::rand::rand_bytes(&mut nonce)?;
-        let tmp = dir.join(format!(
-            ".{KEY_FILE}.{}.tmp",
-            tpm_proto::hex::encode(&nonce)
-        ));
+        let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", hex::encode(nonce)));
         let written = (|| -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -125,11 +126,11 @@ impl CoprocessorKey {
             return Err(IdentityError::NotACoprocessorKey { path, id });
         }
         let group = p256()?;
-        let scalar = BigNum::from_slice(secret.bytes())?;
+        let scalar = SecretBigNum(BigNum::from_slice(secret.bytes())?);
         let mut ctx = BigNumContext::new()?;
         let mut point = EcPoint::new(&group)?;
-        point.mul_generator2(&group, &scalar, &mut ctx)?;
-        let ec = EcKey::from_private_components(&group, &scalar, &point)?;
+        point.mul_generator2(&group, &scalar.0, &mut ctx)?;
+        let ec = EcKey::from_private_components(&group, &scalar.0, &point)?;
         ec.check_key()
             .map_err(|_| IdentityError::NotACoprocessorKey {
                 path: path.clone(),
@@ -154,8 +155,56 @@ impl CoprocessorKey {
         self.public.clone()
     }
 
-    /// The private key, for the certificates this module builds and nothing else.
-    pub(super) fn signing_key(&self) -> &PKey<Private> {
-        &self.pkey
+    /// The signer of the certificates this crate builds, and of nothing else.
+    pub(crate) fn signer(&self) -> KeySigner<'_> {
+        KeySigner(self)
+    }
+}
+
+/// A private big number that is cleared (`BN_clear`) when dropped: OpenSSL frees a plain
+/// `BigNum` without wiping it.
+struct SecretBigNum(BigNum);
+
+impl Drop for SecretBigNum {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The coprocessor key as a [`signature::Signer`]: ECDSA P-256 over the SHA-256 digest of
+/// the message, made by OpenSSL.
+pub(crate) struct KeySigner<'a>(&'a CoprocessorKey);
+
+impl signature::Signer<Signature> for KeySigner<'_> {
+    fn try_sign(&self, msg: &[u8]) -> Result<Signature, signature::Error> {
+        let sign = || -> Result<(Vec<u8>, Vec<u8>), openssl::error::ErrorStack> {
+            let ec = self.0.pkey.ec_key()?;
+            let sig = EcdsaSig::sign(&openssl::sha::sha256(msg), &ec)?;
+            Ok((sig.r().to_vec_padded(32)?, sig.s().to_vec_padded(32)?))
+        };
+        let (r, s) = sign().map_err(signature::Error::from_source)?;
+        Signature::from_slice(&[r, s].concat())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signature::Signer;
+
+    #[test]
+    fn the_signer_makes_ecdsa_p256_sha256_signatures_of_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host.key");
+        vtpm_state::keys::generate_host_key_file(&host_key).unwrap();
+        let key = CoprocessorKey::create(&dir.path().join("id"), &HostKey::File(host_key)).unwrap();
+        let msg = b"a TBSCertificate";
+        let sig: Signature = key.signer().try_sign(msg).unwrap();
+        let ec = key.public_key().ec_key().unwrap();
+        let der = EcdsaSig::from_der(sig.to_der().as_bytes()).unwrap();
+        assert!(der.verify(&openssl::sha::sha256(msg), &ec).unwrap());
+        assert!(!der.verify(&openssl::sha::sha256(b"other"), &ec).unwrap());
+        // ECDSA is randomised: two signatures of one message differ.
+        assert_ne!(sig, key.signer().try_sign(msg).unwrap());
     }
 }

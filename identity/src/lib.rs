@@ -2,17 +2,20 @@
 //! the vEK certificates it signs and provisions into instances (ADR 0008).
 //!
 //! The chain, leaf first: vEK certificate (signed by the [`CoprocessorKey`]) ← coprocessor
-//! certificate (signed by the host TPM's AIK, [`tpm_signed::issue_signed_by`]) ← host AIK
+//! certificate (signed by the host TPM's AIK, [`tpm_signed::issue_signed_with`]) ← host AIK
 //! certificate ← local CA root. Every piece is plain X.509, so `openssl verify` checks it.
 //!
 //! - [`key`]: the host's coprocessor key (software ECC P-256), wrapped by the host key.
-//! - [`tpm_signed`]: a certificate whose signature comes from an external ECDSA signer (the
-//!   host TPM); the coprocessor certificate.
+//! - [`tpm_signed`]: a certificate whose signature comes from an external ECDSA P-256
+//!   [`signature::Signer`] (the host TPM); the coprocessor certificate.
 //! - [`templates`]: the TCG EK templates L-1 (RSA 2048) and L-2 (ECC P-256).
 //! - [`ek_cert`]: the vEK certificate per the TCG EK Credential Profile.
 //! - [`provision`]: creating the vEKs in an instance and storing their certificates in its NV
 //!   ([`provision_ek`]), idempotent so that migration can re-issue.
+//! - `cert` (private): what both certificates share: the `TBSCertificate` built from
+//!   `x509-cert` types, signed through a [`signature::Signer`] and checked with OpenSSL.
 
+mod cert;
 pub mod ek_cert;
 pub mod key;
 pub mod provision;
@@ -22,18 +25,19 @@ pub mod tpm_signed;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
-use openssl::bn::BigNum;
-use openssl::hash::{hash, MessageDigest};
+use der::asn1::GeneralizedTime;
+use der::Decode;
 use openssl::pkey::{HasPublic, PKeyRef};
-use openssl::x509::{X509Extension, X509Ref};
-use tpm_proto::der;
+use openssl::x509::X509Ref;
+use spki::SubjectPublicKeyInfoRef;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Time;
 
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
 pub use key::CoprocessorKey;
 pub use provision::{create_ek, provision_ek, read_ek_cert, CreatedEk, ProvisionedEk};
 pub use templates::EkKind;
-pub use tpm_signed::{issue_signed_by, CertSpec};
+pub use tpm_signed::{issue_signed_by, issue_signed_with, CertSpec};
 
 use vtpm_state::keys::{InstanceId, KeyError};
 
@@ -56,7 +60,7 @@ pub enum IdentityError {
     NotACoprocessorKey { path: PathBuf, id: InstanceId },
     #[error("DER encoding: {0}")]
     Encoding(String),
-    #[error("the external signer failed: {0}")]
+    #[error("the external signer failed: {}", error_chain(.0.as_ref()))]
     Signer(Box<dyn std::error::Error + Send + Sync>),
     #[error("the signature made by the external signer does not verify with the issuer certificate's public key")]
     SignatureInvalid,
@@ -81,10 +85,33 @@ pub enum IdentityError {
     },
 }
 
-impl From<der::DerError> for IdentityError {
-    fn from(e: der::DerError) -> Self {
+impl From<der::Error> for IdentityError {
+    fn from(e: der::Error) -> Self {
         IdentityError::Encoding(e.to_string())
     }
+}
+
+impl From<x509_cert::builder::Error> for IdentityError {
+    fn from(e: x509_cert::builder::Error) -> Self {
+        match e {
+            // A failure of the signer itself (the host TPM refused, the connection broke).
+            x509_cert::builder::Error::Signature(e) => IdentityError::Signer(Box::new(e)),
+            e => IdentityError::Encoding(e.to_string()),
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated: a [`signature::Error`] says only "signature
+/// error" itself, the reason is its source.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// When a certificate is valid, as seconds since the Unix epoch.
@@ -125,11 +152,21 @@ impl Validity {
         Ok(())
     }
 
-    fn asn1(&self) -> Result<(Asn1Time, Asn1Time), IdentityError> {
+    /// The X.509 validity. Times are given as GeneralizedTime; the certificate builder
+    /// encodes those before 2050 as UTCTime, as RFC 5280 §4.1.2.5 requires (and OpenSSL did).
+    fn x509(&self) -> Result<x509_cert::time::Validity, IdentityError> {
         self.check()?;
-        Ok((
-            Asn1Time::from_unix(self.not_before as libc::time_t)?,
-            Asn1Time::from_unix(self.not_after as libc::time_t)?,
+        let time = |t: i64| -> Result<Time, IdentityError> {
+            let secs = u64::try_from(t).map_err(|_| {
+                IdentityError::Refused(format!("a certificate time before 1970 ({t})"))
+            })?;
+            Ok(Time::GeneralTime(GeneralizedTime::from_unix_duration(
+                Duration::from_secs(secs),
+            )?))
+        };
+        Ok(x509_cert::time::Validity::new(
+            time(self.not_before)?,
+            time(self.not_after)?,
         ))
     }
 }
@@ -142,18 +179,19 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// A random positive 16-byte serial number (RFC 5280 §4.1.2.2: positive, at most 20 octets).
-fn random_serial() -> Result<Asn1Integer, IdentityError> {
+fn random_serial() -> Result<SerialNumber, IdentityError> {
     let mut bytes = [0u8; 16];
     openssl::rand::rand_bytes(&mut bytes)?;
     // Positive, and exactly 16 significant octets.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(BigNum::from_slice(&bytes)?.to_asn1_integer()?)
+    Ok(SerialNumber::new(&bytes)?)
 }
 
 /// RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits.
 fn key_identifier<T: HasPublic>(key: &PKeyRef<T>) -> Result<Vec<u8>, IdentityError> {
     let spki = key.public_key_to_der()?;
-    Ok(hash(MessageDigest::sha1(), der::spki_key_bits(&spki)?)?.to_vec())
+    let spki = SubjectPublicKeyInfoRef::from_der(&spki)?;
+    Ok(openssl::sha::sha1(spki.subject_public_key.raw_bytes()).to_vec())
 }
 
 /// The key identifier an issued certificate's AuthorityKeyIdentifier names: the issuer's
@@ -168,48 +206,37 @@ fn issuer_key_identifier(issuer: &X509Ref) -> Result<Vec<u8>, IdentityError> {
     }
 }
 
-/// An extension from its OID and the DER of its value.
-fn extension(oid: &str, critical: bool, value_der: &[u8]) -> Result<X509Extension, IdentityError> {
-    let oid = Asn1Object::from_str(oid)?;
-    let value = Asn1OctetString::new_from_bytes(value_der)?;
-    Ok(X509Extension::new_from_der(&oid, critical, &value)?)
-}
-
-fn subject_key_identifier_ext(key_id: &[u8]) -> Result<X509Extension, IdentityError> {
-    extension("2.5.29.14", false, &der::octet_string(key_id))
-}
-
-fn authority_key_identifier_ext(key_id: &[u8]) -> Result<X509Extension, IdentityError> {
-    let aki = der::sequence(&[&der::tlv(der::context_primitive(0), key_id)]);
-    extension("2.5.29.35", false, &aki)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use der::Encode;
 
     #[test]
     fn validity_saturates_at_no_expiry() {
         let v = Validity::starting_now(Duration::MAX);
         assert_eq!(v.not_after, Validity::NO_EXPIRY);
-        let (_, not_after) = v.asn1().unwrap();
-        assert_eq!(not_after.to_string(), "Dec 31 23:59:59 9999 GMT");
+        let not_after = v.x509().unwrap().not_after;
+        assert_eq!(not_after.to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(not_after.to_der().unwrap(), b"\x18\x0f99991231235959Z");
         let day = Validity::starting_now(Duration::from_secs(86_400));
         assert_eq!(day.not_after - day.not_before, 86_400 + 300);
         assert!(Validity {
             not_before: 10,
             not_after: 10
         }
-        .asn1()
+        .x509()
         .is_err());
     }
 
     #[test]
     fn serials_are_positive_and_16_bytes() {
         for _ in 0..32 {
-            let serial = random_serial().unwrap().to_bn().unwrap();
-            assert_eq!(serial.num_bytes(), 16);
-            assert!(!serial.is_negative());
+            let serial = random_serial().unwrap();
+            let der = serial.to_der().unwrap();
+            // INTEGER, 16 content octets, no sign octet needed: positive.
+            assert_eq!(der[..2], [0x02, 16]);
+            assert_eq!(der[2] & 0xc0, 0x40);
+            assert_eq!(serial.as_bytes().len(), 16);
         }
     }
 }

@@ -97,7 +97,7 @@ mod tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        tpm_proto::hex::decode(&s).unwrap()
+        hex::decode(&s).unwrap()
     }
 
     /// The profile's tables, field by field, written out independently of the builder.

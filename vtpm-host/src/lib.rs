@@ -28,7 +28,7 @@ use coprocessor::libtpms::LibtpmsEngine;
 use coprocessor::Coprocessor;
 use host_tpm::{HostTpm, HostTpmError, ObjectBlob, RSA_EK_CERT_INDEX};
 use identity::provision::provision_ek;
-use identity::tpm_signed::{issue_signed_by, CertSpec};
+use identity::tpm_signed::{issue_signed_with, CertSpec};
 use identity::{CoprocessorKey, IdentityError, ProvisionedEk, Validity};
 use log::info;
 use openssl::x509::X509;
@@ -261,11 +261,11 @@ pub fn certify_coprocessor(
     };
     let aik_cert = dir.host_aik_cert()?;
     let aik = dir.aik()?;
-    let cert = issue_signed_by(
+    let cert = issue_signed_with(
         &CertSpec::coprocessor(host_id, validity),
         &aik_cert,
         &key.public_key(),
-        |tbs| tpm.sign_restricted(&aik, tbs),
+        &tpm.aik_signer(&aik)?,
     )?;
     let pem = cert.to_pem()?;
     dir.write(COPROCESSOR_CERT, &pem)?;
