@@ -1,10 +1,9 @@
-//! Lower-case hexadecimal, as the project writes digests, names and keys in files and logs.
+//! Hexadecimal with errors that say where a text is wrong, never what it holds (it may be a
+//! key), over the `hex` crate.
 //!
-//! [`decode`] works on bytes, so text that is not ASCII is an error at the offending byte,
-//! never a panic on a UTF-8 character boundary. Errors say where the text is wrong, never
-//! what it holds (it may be a key).
-
-use std::fmt::Write as _;
+//! Kept for the crates that still call `tpm_proto::hex` (identity, vtpm-state); new code
+//! uses `hex` directly. [`decode`] works on bytes, so text that is not ASCII is an error at
+//! the offending byte, never a panic on a UTF-8 character boundary.
 
 /// Why a text is not hexadecimal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -20,12 +19,7 @@ pub enum HexError {
 
 /// `bytes` as lower-case hex digits, two per byte.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(bytes)
 }
 
 /// The bytes that `text` spells, two hex digits (either case) per byte and nothing else: no
@@ -36,26 +30,12 @@ pub fn decode(text: &str) -> Result<Vec<u8>, HexError> {
 
 /// [`decode`] of text given as bytes (a file's contents, say), which need not be UTF-8.
 pub fn decode_bytes(text: &[u8]) -> Result<Vec<u8>, HexError> {
+    // The first stray byte is reported before the length: `hex`'s own error would name the
+    // character itself.
     if let Some(at) = text.iter().position(|b| !b.is_ascii_hexdigit()) {
         return Err(HexError::NotHex { position: at + 1 });
     }
-    if !text.len().is_multiple_of(2) {
-        return Err(HexError::OddLength(text.len()));
-    }
-    Ok(text
-        .chunks_exact(2)
-        .map(|pair| (nibble(pair[0]) << 4) | nibble(pair[1]))
-        .collect())
-}
-
-/// The value of an ASCII hex digit (checked by the caller).
-fn nibble(digit: u8) -> u8 {
-    match digit {
-        b'0'..=b'9' => digit - b'0',
-        b'a'..=b'f' => digit - b'a' + 10,
-        b'A'..=b'F' => digit - b'A' + 10,
-        _ => 0,
-    }
+    hex::decode(text).map_err(|_| HexError::OddLength(text.len()))
 }
 
 #[cfg(test)]
