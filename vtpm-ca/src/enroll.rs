@@ -492,7 +492,7 @@ mod tests {
     fn manufacturer() -> Host {
         let root_key = generate_key().unwrap();
         let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
-        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek_key = rsa_key();
         let ek = cert("ek", &ek_key, Some((&root, &root_key)), None, None);
         Host { root, ek_key, ek }
     }
@@ -544,7 +544,7 @@ mod tests {
 
     /// Another EK certificate of the same maker (another TPM).
     fn sibling(host: &Host, root_key: &PKey<Private>) -> Host {
-        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek_key = rsa_key();
         let ek = cert("ek 2", &ek_key, Some((&host.root, root_key)), None, None);
         Host {
             root: host.root.clone(),
@@ -553,41 +553,62 @@ mod tests {
         }
     }
 
-    /// A host AIK certificate the CA issued (for a software key standing in for the host
-    /// TPM's AIK) and a coprocessor certificate that AIK signed.
-    struct HostAndCoprocessor {
+    /// An RSA 2048 key, as EKs and vEKs have.
+    fn rsa_key() -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    /// The upper part of a vEK chain: a host AIK certificate the CA issued (for a software
+    /// key standing in for the host TPM's AIK) and a coprocessor certificate that AIK signed.
+    struct VekIssuers {
         host_aik: X509,
         host_aik_serial: String,
         cop: X509,
         cop_key: PKey<Private>,
     }
 
-    fn host_and_coprocessor(store: &Store) -> HostAndCoprocessor {
-        let host_aik_key = generate_key().unwrap();
-        let host_aik = issue::aik_cert(
-            &store.ca_key().unwrap(),
-            &store.ca_cert().unwrap(),
-            Kind::Host,
-            "host-1",
-            &host_aik_key,
-            &[1; 32],
-            3600,
-        )
-        .unwrap();
-        let host_aik_serial = store.lock().unwrap().record_issued(&host_aik).unwrap();
-        let cop_key = generate_key().unwrap();
-        let cop = cert(
-            "coprocessor",
-            &cop_key,
-            Some((&host_aik, &host_aik_key)),
-            Some(0),
-            None,
-        );
-        HostAndCoprocessor {
-            host_aik,
-            host_aik_serial,
-            cop,
-            cop_key,
+    impl VekIssuers {
+        fn new(store: &Store) -> VekIssuers {
+            let host_aik_key = generate_key().unwrap();
+            let host_aik = issue::aik_cert(
+                &store.ca_key().unwrap(),
+                &store.ca_cert().unwrap(),
+                Kind::Host,
+                "host-1",
+                &host_aik_key,
+                &[1; 32],
+                3600,
+            )
+            .unwrap();
+            let host_aik_serial = store.lock().unwrap().record_issued(&host_aik).unwrap();
+            let cop_key = generate_key().unwrap();
+            let cop = cert(
+                "coprocessor",
+                &cop_key,
+                Some((&host_aik, &host_aik_key)),
+                Some(0),
+                None,
+            );
+            VekIssuers {
+                host_aik,
+                host_aik_serial,
+                cop,
+                cop_key,
+            }
+        }
+
+        /// A vEK certificate for `key`, issued by the coprocessor.
+        fn vek(&self, key: &PKey<Private>) -> X509 {
+            cert("vek", key, Some((&self.cop, &self.cop_key)), None, None)
+        }
+
+        /// The vTPM enrollment request with `vek` and this chain above it.
+        fn request(&self, vek: &X509) -> EnrollStartRequest {
+            start_req(
+                Kind::Vtpm,
+                vec![pem(vek), pem(&self.cop), pem(&self.host_aik)],
+                &ak_pub(),
+            )
         }
     }
 
@@ -607,7 +628,7 @@ mod tests {
         let sessions = Sessions::default();
         let root_key = generate_key().unwrap();
         let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
-        let first_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let first_key = rsa_key();
         let first = Host {
             ek: cert("ek 1", &first_key, Some((&root, &root_key)), None, None),
             ek_key: first_key,
@@ -827,16 +848,10 @@ mod tests {
     fn vtpm_chain_rules() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        let HostAndCoprocessor {
-            host_aik,
-            cop,
-            cop_key,
-            ..
-        } = host_and_coprocessor(&store);
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
-        let chain = vec![pem(&vek), pem(&cop), pem(&host_aik)];
-        let req = start_req(Kind::Vtpm, chain.clone(), &ak_pub());
+        let issuers = VekIssuers::new(&store);
+        let vek_key = rsa_key();
+        let vek = issuers.vek(&vek_key);
+        let req = issuers.request(&vek);
 
         // The coprocessor is not registered yet.
         assert!(matches!(
@@ -845,7 +860,7 @@ mod tests {
         ));
         crate::coprocessor::register(
             &store,
-            &[cop.clone(), host_aik.clone()],
+            &[issuers.cop.clone(), issuers.host_aik.clone()],
             Some(&crate::certstore::Principal::new(
                 "a",
                 "t",
@@ -856,23 +871,7 @@ mod tests {
         )
         .unwrap();
         let s = start(&store, &sessions, &req).unwrap();
-        let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
-        let secret = credential::activate_credential(
-            &vek_key,
-            aik.name(),
-            &B64.decode(&s.credential_blob).unwrap(),
-            &B64.decode(&s.encrypted_secret).unwrap(),
-        )
-        .unwrap();
-        let out = finish(
-            &store,
-            &sessions,
-            &EnrollFinishRequest {
-                session: s.session,
-                secret: B64.encode(secret),
-            },
-        )
-        .unwrap();
+        let out = activate_and_finish(&store, &sessions, &vek_key, s).unwrap();
         assert_eq!(out.name, "aik/vtpm/subject-1");
 
         // Missing intermediates: does not verify.
@@ -893,7 +892,7 @@ mod tests {
             Err(EnrollError::UntrustedVekChain(_))
         ));
         // Revoking the coprocessor (by fingerprint) or the host AIK (by serial) stops it.
-        revocation::revoke_cert(&store, &cop, Some("host decommissioned")).unwrap();
+        revocation::revoke_cert(&store, &issuers.cop, Some("host decommissioned")).unwrap();
         assert!(matches!(
             start(&store, &sessions, &req),
             Err(EnrollError::Revoked { .. })
@@ -909,29 +908,19 @@ mod tests {
             ..Config::default()
         });
         let sessions = Sessions::default();
-        let HostAndCoprocessor {
-            host_aik,
-            cop,
-            cop_key,
-            ..
-        } = host_and_coprocessor(&store);
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let issuers = VekIssuers::new(&store);
+        let vek_key = rsa_key();
         let enroll_with = |vek: &X509, key: &PKey<Private>| {
-            let req = start_req(
-                Kind::Vtpm,
-                vec![pem(vek), pem(&cop), pem(&host_aik)],
-                &ak_pub(),
-            );
-            let s = start(&store, &sessions, &req)?;
+            let s = start(&store, &sessions, &issuers.request(vek))?;
             activate_and_finish(&store, &sessions, key, s)
         };
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let vek = issuers.vek(&vek_key);
         enroll_with(&vek, &vek_key).unwrap();
-        let reprovisioned = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let reprovisioned = issuers.vek(&vek_key);
         let out = enroll_with(&reprovisioned, &vek_key).unwrap();
         assert_eq!(out.name, "aik/vtpm/subject-1");
-        let other_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let other = cert("vek", &other_key, Some((&cop, &cop_key)), None, None);
+        let other_key = rsa_key();
+        let other = issuers.vek(&other_key);
         assert!(matches!(
             enroll_with(&other, &other_key),
             Err(EnrollError::SubjectTaken {
@@ -954,21 +943,10 @@ mod tests {
             ..Config::default()
         });
         let sessions = Sessions::default();
-        let HostAndCoprocessor {
-            host_aik,
-            host_aik_serial: serial,
-            cop,
-            cop_key,
-        } = host_and_coprocessor(&store);
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
-        let req = start_req(
-            Kind::Vtpm,
-            vec![pem(&vek), pem(&cop), pem(&host_aik)],
-            &ak_pub(),
-        );
+        let issuers = VekIssuers::new(&store);
+        let req = issuers.request(&issuers.vek(&rsa_key()));
         start(&store, &sessions, &req).unwrap();
-        revocation::revoke_serial(&store, &serial, None).unwrap();
+        revocation::revoke_serial(&store, &issuers.host_aik_serial, None).unwrap();
         match start(&store, &sessions, &req) {
             Err(EnrollError::Revoked { subject, .. }) => assert!(subject.contains("host-1")),
             other => panic!("{other:?}"),

@@ -196,6 +196,23 @@ where
     Ok(Json(blocking(ca, f).await?).into_response())
 }
 
+/// An operation on a JSON body with the request's bearer token, answered as JSON.
+async fn authorized_json<Req, T, E>(
+    ca: &Shared,
+    headers: &HeaderMap,
+    body: &Bytes,
+    f: fn(&Ca, &Req, Option<&str>) -> Result<T, E>,
+) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let token = bearer(headers);
+    let req: Req = json_body(body)?;
+    blocking_json(ca, move |ca| f(ca, &req, token.as_deref())).await
+}
+
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -291,9 +308,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| ca.revoke(&req, token.as_deref())).await
+    authorized_json(&ca, &headers, &body, Ca::revoke).await
 }
 
 async fn crl(State(ca): State<Shared>) -> Result<Response, ApiError> {
@@ -328,12 +343,7 @@ async fn coprocessor(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| {
-        ca.register_coprocessor(&req, token.as_deref())
-    })
-    .await
+    authorized_json(&ca, &headers, &body, Ca::register_coprocessor).await
 }
 
 /// The TLS configuration from the store's `tls.pem`/`tls.key`.
