@@ -6,14 +6,13 @@
 //! synthesise error responses for malformed requests; the driver-side harness, the
 //! integration tests and the benchmarks use the command builders in [`commands`]; the
 //! certificate chain parses public areas and computes TPM names with [`public`], and
-//! encodes the rest with [`der`] (certificate pieces) and [`hex`].
+//! encodes the rest with [`der`] (certificate pieces). [`hex`] is a thin wrapper over the
+//! `hex` crate, kept while other crates still call it.
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.
 
 pub mod commands;
-pub mod der;
-pub mod hex;
 pub mod public;
 mod wire;
 

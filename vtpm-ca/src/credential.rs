@@ -297,16 +297,15 @@ pub fn parse_tpm2_tools_credential_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::{hex, unhex};
     use openssl::rsa::Rsa;
 
     /// libtpms' KDFa self-test vector (KdfTestData.h, SHA-256 case): 160 bits from label
     /// "KDFSELFTESTLABEL".
     #[test]
     fn kdfa_matches_the_tpm_reference_self_test() {
-        let key = unhex("271fa08bbdc5060ec3dfa928ff9b73123a12da0c").unwrap();
-        let u = unhex("ce244f395dca7391").unwrap();
-        let v = unhex("da504031ddf12e83").unwrap();
+        let key = hex::decode("271fa08bbdc5060ec3dfa928ff9b73123a12da0c").unwrap();
+        let u = hex::decode("ce244f395dca7391").unwrap();
+        let v = hex::decode("da504031ddf12e83").unwrap();
         let out = kdfa(
             MessageDigest::sha256(),
             &key,
@@ -316,7 +315,10 @@ mod tests {
             160,
         )
         .unwrap();
-        assert_eq!(hex(&out), "bb0259e1c8ba607e6a2cd704b69a902e9ade84c4");
+        assert_eq!(
+            hex::encode(&out),
+            "bb0259e1c8ba607e6a2cd704b69a902e9ade84c4"
+        );
     }
 
     #[test]
@@ -340,7 +342,7 @@ mod tests {
     #[test]
     fn make_then_activate_round_trips_and_binds_the_name() {
         let ek = ek();
-        let name = unhex(crate::aik::tests::AK_NAME).unwrap();
+        let name = hex::decode(crate::aik::tests::AK_NAME).unwrap();
         let secret = [7u8; 32];
         let made = make_credential_with_seed(&ek, &name, &secret, &[1; 32]).unwrap();
         assert_eq!(made.encrypted_secret.len(), 256);
@@ -371,7 +373,7 @@ mod tests {
     fn credential_file_round_trips() {
         let file = tpm2_tools_credential_file(&[1, 2, 3], &[4; 5]);
         assert_eq!(
-            hex(&file),
+            hex::encode(&file),
             "badcc0de0000000100030102030005".to_string() + "0404040404"
         );
         let (b, s) = parse_tpm2_tools_credential_file(&file).unwrap();
@@ -411,7 +413,7 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         let file = std::fs::read(dir.path().join("cred")).unwrap();
         let (blob, enc) = parse_tpm2_tools_credential_file(&file).unwrap();
-        let name = unhex(crate::aik::tests::AK_NAME).unwrap();
+        let name = hex::decode(crate::aik::tests::AK_NAME).unwrap();
         assert_eq!(
             activate_credential(&ek, &name, &blob, &enc).unwrap(),
             secret

@@ -363,7 +363,7 @@ fn init_refuses_an_existing_store_and_serve_stops_on_sigterm() {
 fn in_process_server_for_other_crates_tests() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
-    let init = vtpm_ca::store::init(&dir, &vtpm_ca::store::InitOptions::default()).unwrap();
+    let init = vtpm_ca::setup::init(&dir, &vtpm_ca::setup::InitOptions::default()).unwrap();
     let ca_pem = init.store.ca_pem().unwrap();
     let server = vtpm_ca::server::RunningServer::start(
         vtpm_ca::Ca::open(&dir).unwrap(),

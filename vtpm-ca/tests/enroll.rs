@@ -82,11 +82,7 @@ fn software_make_credential_activates_in_swtpm() {
     )
     .unwrap();
     std::fs::write(tpm.path("secret.bin"), secret).unwrap();
-    let name_hex: String = tpm
-        .read("ak.name")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name_hex = hex::encode(tpm.read("ak.name"));
     let out = std::process::Command::new("tpm2_makecredential")
         .current_dir(&tpm.dir)
         .args([
