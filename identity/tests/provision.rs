@@ -38,7 +38,7 @@ use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509StoreContext, X50
 use tpm_proto::commands::{self as c, nv_attr};
 use tpm_proto::public::alg;
 use tpm_proto::{cc, rc, CommandBuilder};
-use vtpm_state::keys::HostKey;
+use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::EncryptedStore;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -236,9 +236,7 @@ fn write_pem(dir: &Path, name: &str, cert: &X509) -> PathBuf {
 #[test]
 fn coprocessor_key_and_vek_certificates_in_libtpms() {
     let dir = tempfile::tempdir().unwrap();
-    let host_key_path = dir.path().join("host.key");
-    vtpm_state::keys::generate_host_key_file(&host_key_path).unwrap();
-    let host_key = HostKey::File(host_key_path);
+    let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
     let id_dir = dir.path().join("identity");
 
     // --- the coprocessor key: created once, reopened, refused when it is not one ---
@@ -250,10 +248,9 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
     let reopened = CoprocessorKey::open(&id_dir, &host_key).unwrap();
     assert!(reopened.public_key().public_eq(&key.public_key()));
     assert!(!format!("{key:?}").contains("Private"));
-    let other_host_key = dir.path().join("other-host.key");
-    vtpm_state::keys::generate_host_key_file(&other_host_key).unwrap();
+    let other_host_key = generate_host_key_file(&dir.path().join("other-host.key")).unwrap();
     assert!(matches!(
-        CoprocessorKey::open(&id_dir, &HostKey::File(other_host_key)),
+        CoprocessorKey::open(&id_dir, &other_host_key),
         Err(IdentityError::Key(_))
     ));
 
@@ -736,10 +733,8 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
 
     // Provision vEK certificates into the swtpm through the same module, then read them with
     // the guest's tools.
-    let host_key_path = dir.path().join("host.key");
-    vtpm_state::keys::generate_host_key_file(&host_key_path).unwrap();
-    let key =
-        CoprocessorKey::create(&dir.path().join("id"), &HostKey::File(host_key_path)).unwrap();
+    let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
+    let key = CoprocessorKey::create(&dir.path().join("id"), &host_key).unwrap();
     let pki = Pki::new();
     let coprocessor_cert = pki.coprocessor_cert(&key);
     let provisioned = {

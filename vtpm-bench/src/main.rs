@@ -36,7 +36,7 @@ use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use testbed::{DaemonProcess, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code};
-use vtpm_state::keys::{generate_host_key_file, HostKey};
+use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::EncryptedStore;
 
 #[derive(Parser, Debug)]
@@ -378,14 +378,10 @@ fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
     let scratch = tempfile::tempdir().expect("tempdir");
     // The floor keeps its state exactly as the daemon does (encrypted, durable), so the NV
     // write rows compare like with like.
-    let floor_key = scratch.path().join("floor.key");
-    generate_host_key_file(&floor_key).expect("host key");
-    let (floor_store, _) = EncryptedStore::open(
-        &scratch.path().join("floor"),
-        &HostKey::File(floor_key),
-        "libtpms",
-    )
-    .expect("state store");
+    let floor_key = generate_host_key_file(&scratch.path().join("floor.key")).expect("host key");
+    let (floor_store, _) =
+        EncryptedStore::open(&scratch.path().join("floor"), &floor_key, "libtpms")
+            .expect("state store");
     let mut floor_engine = LibtpmsEngine::start(Box::new(floor_store)).expect("libtpms");
 
     let last = all_cpus.len() - 1;

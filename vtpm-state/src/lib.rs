@@ -138,12 +138,11 @@ mod tests {
     fn host() -> Host {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_owned();
-        let path = root.join("host.key");
-        generate_host_key_file(&path).unwrap();
+        let key = generate_host_key_file(&root.join("host.key")).unwrap();
         Host {
             _tmp: tmp,
             root,
-            key: HostKey::File(path),
+            key,
         }
     }
 
@@ -392,9 +391,8 @@ mod tests {
     fn wrong_host_key_is_refused() {
         let h = host();
         let dir = populated(&h, "vm");
-        let other = h.root.join("other.key");
-        generate_host_key_file(&other).unwrap();
-        assert_refused_untouched(&dir, &HostKey::File(other), |e| {
+        let other = generate_host_key_file(&h.root.join("other.key")).unwrap();
+        assert_refused_untouched(&dir, &other, |e| {
             matches!(e, StateError::Key(KeyError::WrongHostKey { .. }))
         });
         // A missing key file is named too.
