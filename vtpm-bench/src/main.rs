@@ -170,6 +170,15 @@ struct Row {
     server_cpu_us: Option<f64>,
 }
 
+impl Row {
+    /// The server CPU column: µs per operation, `-` where it was not measured.
+    fn server_cpu_cell(&self) -> String {
+        self.server_cpu_us
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
 /// CPU time of all threads of `pid` in nanoseconds (first field of each task's schedstat).
 fn cpu_ns(pid: i32) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
@@ -301,10 +310,6 @@ fn print_table(title: &str, rows: &[Row]) {
         let ratio = floor
             .map(|f| format!("{:.2}x", r.p50.as_secs_f64() / f))
             .unwrap_or_default();
-        let cpu = r
-            .server_cpu_us
-            .map(|c| format!("{c:.1}"))
-            .unwrap_or_else(|| "-".into());
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} |",
             r.path,
@@ -314,7 +319,7 @@ fn print_table(title: &str, rows: &[Row]) {
             r.p99.as_secs_f64() * 1e6,
             r.ops_per_s,
             ratio,
-            cpu
+            r.server_cpu_cell()
         );
     }
 }
