@@ -31,6 +31,6 @@ pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
-pub use readme::readme_drift;
+pub use readme::{crate_readme_drift, readme_drift};
 pub use swtpm::SwtpmProcess;
 pub use vm::{accel, decode_base64, start_daemon, Accel, TpmFrontend, Vm};

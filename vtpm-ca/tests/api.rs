@@ -381,8 +381,6 @@ fn in_process_server_for_other_crates_tests() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let commands: &[&[&str]] = &[
         &[],
         &["init"],
@@ -395,5 +393,6 @@ fn readme_options_match_the_command_line() {
         &["release"],
         &["list"],
     ];
-    testbed::readme_drift(&readme, &[(std::path::Path::new(common::BIN), commands)]).unwrap();
+    let bin = std::path::Path::new(common::BIN);
+    testbed::crate_readme_drift(env!("CARGO_MANIFEST_DIR"), bin, commands).unwrap();
 }
