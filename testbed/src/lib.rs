@@ -9,6 +9,7 @@
 //! - [`ca`]: the local CA, `vtpm-ca`, as a process ([`CaProcess`]).
 //! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]).
 //! - [`readme`]: README option drift against `--help`.
+//! - [`openssl`]: the `openssl` command line's view of a CRL.
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
@@ -20,6 +21,7 @@ pub mod chain;
 pub mod daemon;
 pub mod env;
 pub mod host_tpm;
+pub mod openssl;
 pub mod process;
 pub mod readme;
 pub mod swtpm;

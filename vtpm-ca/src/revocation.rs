@@ -347,6 +347,7 @@ mod tests {
     use crate::setup::tests::new_store;
     use crate::store::Config;
     use openssl::x509::X509;
+    use testbed::openssl::crl_text;
 
     fn issue(store: &Store, kind: Kind, validity: u64) -> X509 {
         let aik = generate_key().unwrap();
@@ -364,23 +365,11 @@ mod tests {
         c
     }
 
-    fn openssl_crl_text(der: &[u8]) -> String {
-        let tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(tmp.path(), der).unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     #[test]
     fn crl_lists_revoked_serials_and_verifies() {
         let (_tmp, store, _) = new_store(Config::default());
         let empty = crl(&store).unwrap();
-        let t = openssl_crl_text(&empty);
+        let t = crl_text(&empty).unwrap();
         assert!(t.contains("No Revoked Certificates"), "{t}");
         assert!(t.contains("Next Update"), "{t}");
 
@@ -390,7 +379,7 @@ mod tests {
         assert!(r.newly_revoked);
         assert!(!revoke_serial(&store, &serial, None).unwrap().newly_revoked);
         let der = crl(&store).unwrap();
-        let t = openssl_crl_text(&der);
+        let t = crl_text(&der).unwrap();
         assert!(t.contains(&serial), "{t}");
         let parsed = openssl::x509::X509Crl::from_der(&der).unwrap();
         assert!(parsed
@@ -421,7 +410,7 @@ mod tests {
         }
         let before = now_unix();
         let der = crl(&store).unwrap();
-        let t = openssl_crl_text(&der);
+        let t = crl_text(&der).unwrap();
         assert!(t.contains("Version 2 (0x1)"), "{t}");
         assert!(t.contains("Signature Algorithm: ecdsa-with-SHA256"), "{t}");
         assert!(t.contains("X509v3 Authority Key Identifier"), "{t}");
@@ -491,7 +480,7 @@ mod tests {
         assert_eq!(s.status, Status::Revoked);
         assert_eq!(s.reason.as_deref(), Some("retired"));
         // Not in the CRL: the CA did not issue it.
-        let t = openssl_crl_text(&crl(&store).unwrap());
+        let t = crl_text(&crl(&store).unwrap()).unwrap();
         assert_eq!(t.matches("Serial Number").count(), 1, "{t}");
 
         let short = issue(&store, Kind::Vtpm, 1);
