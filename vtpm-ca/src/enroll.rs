@@ -488,6 +488,13 @@ mod tests {
         ek: X509,
     }
 
+    impl Host {
+        /// An enrollment request of `kind` with this host's EK certificate alone.
+        fn request(&self, kind: Kind) -> EnrollStartRequest {
+            start_req(kind, vec![pem(&self.ek)], &ak_pub())
+        }
+    }
+
     /// A software "manufacturer": root CA and an RSA 2048 EK certificate.
     fn manufacturer() -> Host {
         let root_key = generate_key().unwrap();
@@ -495,6 +502,13 @@ mod tests {
         let ek_key = rsa_key();
         let ek = cert("ek", &ek_key, Some((&root, &root_key)), None, None);
         Host { root, ek_key, ek }
+    }
+
+    /// A [`manufacturer`] whose root `store` trusts for host enrollment.
+    fn trusted_manufacturer(store: &Store) -> Host {
+        let host = manufacturer();
+        store.lock().unwrap().add_ek_root(&host.root).unwrap();
+        host
     }
 
     fn start_req(kind: Kind, chain: Vec<String>, aik: &[u8]) -> EnrollStartRequest {
@@ -533,12 +547,7 @@ mod tests {
 
     /// Runs a full host enrollment with a software EK and returns the response.
     fn enroll_host(store: &Store, sessions: &Sessions, host: &Host) -> EnrollFinishResponse {
-        let s = start(
-            store,
-            sessions,
-            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let s = start(store, sessions, &host.request(Kind::Host)).unwrap();
         activate_and_finish(store, sessions, &host.ek_key, s).unwrap()
     }
 
@@ -551,6 +560,15 @@ mod tests {
             ek_key,
             ek,
         }
+    }
+
+    /// A store whose vTPM enrollment does not ask for the coprocessor to be registered.
+    fn store_trusting_unregistered_coprocessors() -> (tempfile::TempDir, Store) {
+        let (tmp, store, _) = new_store(Config {
+            require_registered_coprocessor: false,
+            ..Config::default()
+        });
+        (tmp, store)
     }
 
     /// An RSA 2048 key, as EKs and vEKs have.
@@ -649,7 +667,7 @@ mod tests {
         );
         assert_eq!(binding.ek_certificate, fingerprint(&first.ek).unwrap());
 
-        let taken = start_req(Kind::Host, vec![pem(&second.ek)], &ak_pub());
+        let taken = second.request(Kind::Host);
         match start(&store, &sessions, &taken) {
             Err(EnrollError::SubjectTaken { kind, subject }) => {
                 assert_eq!((kind, subject.as_str()), (Kind::Host, "subject-1"))
@@ -694,12 +712,7 @@ mod tests {
             .unwrap()
             .is_some());
         let s2 = start(&store, &sessions, &taken).unwrap();
-        let s1 = start(
-            &store,
-            &sessions,
-            &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let s1 = start(&store, &sessions, &first.request(Kind::Host)).unwrap();
         let issued_before = store.issued_all().unwrap().len();
         let won = activate_and_finish(&store, &sessions, &first.ek_key, s1).unwrap();
         assert!(matches!(
@@ -718,11 +731,7 @@ mod tests {
         let moved = enroll_host(&store, &sessions, &second);
         assert_eq!(named(&store, &moved.name), moved.certificate);
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &first.request(Kind::Host)),
             Err(EnrollError::SubjectTaken { .. })
         ));
     }
@@ -734,11 +743,7 @@ mod tests {
         let host = manufacturer();
         // No EK root yet.
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &host.request(Kind::Host)),
             Err(EnrollError::UntrustedEk(_))
         ));
         store.lock().unwrap().add_ek_root(&host.root).unwrap();
@@ -760,14 +765,8 @@ mod tests {
     fn wrong_secret_fails_and_consumes_the_session() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        let host = manufacturer();
-        store.lock().unwrap().add_ek_root(&host.root).unwrap();
-        let s = start(
-            &store,
-            &sessions,
-            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let host = trusted_manufacturer(&store);
+        let s = start(&store, &sessions, &host.request(Kind::Host)).unwrap();
         let req = EnrollFinishRequest {
             session: s.session.clone(),
             secret: B64.encode([0u8; 32]),
@@ -786,8 +785,7 @@ mod tests {
     fn bad_aik_and_bad_requests_are_refused() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        let host = manufacturer();
-        store.lock().unwrap().add_ek_root(&host.root).unwrap();
+        let host = trusted_manufacturer(&store);
         let mut raw = ak_pub();
         raw[6..10].copy_from_slice(&0x0006_0072u32.to_be_bytes()); // sign|decrypt, not restricted
         match start(
@@ -803,7 +801,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        let mut r = host.request(Kind::Host);
         r.subject = "../etc".into();
         assert!(matches!(
             start(&store, &sessions, &r),
@@ -814,7 +812,7 @@ mod tests {
             start(&store, &sessions, &r),
             Err(EnrollError::BadEkCertificate(_))
         ));
-        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        let mut r = host.request(Kind::Host);
         r.aik_public = "!!".into();
         assert!(matches!(
             start(&store, &sessions, &r),
@@ -881,14 +879,9 @@ mod tests {
             Err(EnrollError::UntrustedVekChain(_))
         ));
         // A host EK chain is not a vEK chain.
-        let host = manufacturer();
-        store.lock().unwrap().add_ek_root(&host.root).unwrap();
+        let host = trusted_manufacturer(&store);
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Vtpm, vec![pem(&host.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &host.request(Kind::Vtpm)),
             Err(EnrollError::UntrustedVekChain(_))
         ));
         // Revoking the coprocessor (by fingerprint) or the host AIK (by serial) stops it.
@@ -903,10 +896,7 @@ mod tests {
     /// serial, same key) still enrolls it, another vEK does not.
     #[test]
     fn a_vtpm_subject_belongs_to_the_vek_key_not_the_certificate() {
-        let (_tmp, store, _) = new_store(Config {
-            require_registered_coprocessor: false,
-            ..Config::default()
-        });
+        let (_tmp, store) = store_trusting_unregistered_coprocessors();
         let sessions = Sessions::default();
         let issuers = VekIssuers::new(&store);
         let vek_key = rsa_key();
@@ -938,10 +928,7 @@ mod tests {
 
     #[test]
     fn revoked_host_aik_stops_vtpm_enrollment() {
-        let (_tmp, store, _) = new_store(Config {
-            require_registered_coprocessor: false,
-            ..Config::default()
-        });
+        let (_tmp, store) = store_trusting_unregistered_coprocessors();
         let sessions = Sessions::default();
         let issuers = VekIssuers::new(&store);
         let req = issuers.request(&issuers.vek(&rsa_key()));
