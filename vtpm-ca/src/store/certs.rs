@@ -80,11 +80,7 @@ impl Locked<'_> {
     /// Records a certificate this CA issued; returns its serial.
     pub fn record_issued(&self, cert: &X509Ref) -> Result<String, StoreError> {
         let serial = serial_of(cert)?;
-        self.write(
-            &format!("{ISSUED}/{serial}.pem"),
-            &cert.to_pem()?,
-            PUBLIC_FILE,
-        )?;
+        self.write_cert(&format!("{ISSUED}/{serial}.pem"), cert)?;
         self.write_json(
             &format!("{INDEX}/{}.json", fingerprint(cert)?),
             &IndexEntry::Issued {
@@ -102,11 +98,7 @@ impl Locked<'_> {
         if self.issued_serial(cert)?.is_some() {
             return Ok(fp);
         }
-        self.write(
-            &format!("{REGISTERED}/{fp}.pem"),
-            &cert.to_pem()?,
-            PUBLIC_FILE,
-        )?;
+        self.write_cert(&format!("{REGISTERED}/{fp}.pem"), cert)?;
         self.write_json(
             &format!("{INDEX}/{fp}.json"),
             &IndexEntry::Registered,

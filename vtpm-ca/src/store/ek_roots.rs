@@ -2,7 +2,7 @@
 
 use openssl::x509::{X509Ref, X509};
 
-use super::{Locked, Store, StoreError, EK_ROOTS, PUBLIC_FILE};
+use super::{Locked, Store, StoreError, EK_ROOTS};
 use crate::util::fingerprint;
 
 impl Store {
@@ -16,11 +16,7 @@ impl Locked<'_> {
     /// Trusts `root` for host enrollment; returns its fingerprint.
     pub fn add_ek_root(&self, root: &X509Ref) -> Result<String, StoreError> {
         let fp = fingerprint(root)?;
-        self.write(
-            &format!("{EK_ROOTS}/{fp}.pem"),
-            &root.to_pem()?,
-            PUBLIC_FILE,
-        )?;
+        self.write_cert(&format!("{EK_ROOTS}/{fp}.pem"), root)?;
         Ok(fp)
     }
 }

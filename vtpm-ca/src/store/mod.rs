@@ -338,7 +338,7 @@ impl Locked<'_> {
         cert: &X509Ref,
     ) -> Result<(), StoreError> {
         self.write(TLS_KEY, &key.private_key_to_pem_pkcs8()?, PRIVATE_FILE)?;
-        self.write(TLS_CERT, &cert.to_pem()?, PUBLIC_FILE)
+        self.write_cert(TLS_CERT, cert)
     }
 
     pub(crate) fn write_admin_token(&self, token: &str) -> Result<(), StoreError> {
@@ -353,7 +353,7 @@ impl Locked<'_> {
         cert: &X509Ref,
     ) -> Result<(), StoreError> {
         self.write(CA_KEY, &key.private_key_to_pem_pkcs8()?, PRIVATE_FILE)?;
-        self.write(CA_CERT, &cert.to_pem()?, PUBLIC_FILE)
+        self.write_cert(CA_CERT, cert)
     }
 
     /// Creates the directory `rel` and its missing parents, `0700`.
@@ -370,6 +370,11 @@ impl Locked<'_> {
     pub(crate) fn write(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), StoreError> {
         let p = self.dir.join(rel);
         durable_fs::replace(&p, data, mode, true).map_err(io_err(&p))
+    }
+
+    /// [`Locked::write`] of `cert` as PEM, readable by all (certificates are public).
+    pub(crate) fn write_cert(&self, rel: &str, cert: &X509Ref) -> Result<(), StoreError> {
+        self.write(rel, &cert.to_pem()?, PUBLIC_FILE)
     }
 
     /// [`Locked::write`] of `value` as pretty JSON with a final newline.
