@@ -10,11 +10,12 @@
 //! This module also owns tpm2-tools' credential file format (`tpm2_makecredential -o`,
 //! `tpm2_activatecredential -i`), so that a guest with nothing but tpm2-tools can activate.
 
-use openssl::encrypt::{Decrypter, Encrypter};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
+use openssl::md::Md;
 use openssl::memcmp;
 use openssl::pkey::{PKey, PKeyRef, Private, Public};
+use openssl::pkey_ctx::{PkeyCtx, PkeyCtxRef};
 use openssl::rsa::Padding;
 use openssl::sign::Signer;
 use openssl::symm::{decrypt, encrypt, Cipher};
@@ -143,15 +144,9 @@ pub fn make_credential_with_seed<T: openssl::pkey::HasPublic>(
     if object_name.is_empty() {
         return Err(CredentialError::EmptyName);
     }
-    // The seed, encrypted to the EK: RSA-OAEP with SHA-256 and the label "IDENTITY\0".
-    let mut enc = Encrypter::new(ek)?;
-    enc.set_rsa_padding(Padding::PKCS1_OAEP)?;
-    enc.set_rsa_oaep_md(MessageDigest::sha256())?;
-    enc.set_rsa_mgf1_md(MessageDigest::sha256())?;
-    enc.set_rsa_oaep_label(b"IDENTITY\0")?;
-    let mut encrypted_secret = vec![0; enc.encrypt_len(seed)?];
-    let n = enc.encrypt(seed, &mut encrypted_secret)?;
-    encrypted_secret.truncate(n);
+    // The seed, encrypted to the EK.
+    let mut encrypted_secret = Vec::new();
+    identity_oaep(ek, PkeyCtxRef::encrypt_init)?.encrypt_to_vec(seed, &mut encrypted_secret)?;
 
     // The credential as a TPM2B_DIGEST, encrypted under a key bound to the object's name.
     let sym_key = kdfa(
@@ -179,6 +174,21 @@ pub fn make_credential_with_seed<T: openssl::pkey::HasPublic>(
     })
 }
 
+/// The seed's protection to the EK: RSA-OAEP with SHA-256 and the label "IDENTITY\0". An
+/// OpenSSL context for `ek`, made ready by `init` to encrypt or to decrypt.
+fn identity_oaep<T>(
+    ek: &PKeyRef<T>,
+    init: fn(&mut PkeyCtxRef<T>) -> Result<(), ErrorStack>,
+) -> Result<PkeyCtx<T>, ErrorStack> {
+    let mut ctx = PkeyCtx::new(ek)?;
+    init(&mut ctx)?;
+    ctx.set_rsa_padding(Padding::PKCS1_OAEP)?;
+    ctx.set_rsa_oaep_md(Md::sha256())?;
+    ctx.set_rsa_mgf1_md(Md::sha256())?;
+    ctx.set_rsa_oaep_label(b"IDENTITY\0")?;
+    Ok(ctx)
+}
+
 /// `TPM2_ActivateCredential` in software, given the EK's private key: the inverse of
 /// [`make_credential`], for tests and software TPM stand-ins.
 pub fn activate_credential(
@@ -187,16 +197,10 @@ pub fn activate_credential(
     credential_blob: &[u8],
     encrypted_secret: &[u8],
 ) -> Result<Vec<u8>, CredentialError> {
-    let mut dec = Decrypter::new(ek)?;
-    dec.set_rsa_padding(Padding::PKCS1_OAEP)?;
-    dec.set_rsa_oaep_md(MessageDigest::sha256())?;
-    dec.set_rsa_mgf1_md(MessageDigest::sha256())?;
-    dec.set_rsa_oaep_label(b"IDENTITY\0")?;
-    let mut seed = vec![0; dec.decrypt_len(encrypted_secret)?];
-    let n = dec
-        .decrypt(encrypted_secret, &mut seed)
+    let mut seed = Vec::new();
+    identity_oaep(ek, PkeyCtxRef::decrypt_init)?
+        .decrypt_to_vec(encrypted_secret, &mut seed)
         .map_err(|_| CredentialError::Integrity)?;
-    seed.truncate(n);
 
     if credential_blob.len() < 2 {
         return Err(CredentialError::Malformed(
