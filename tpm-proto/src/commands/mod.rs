@@ -67,6 +67,12 @@ fn response_parameters(
     Ok((handles, r))
 }
 
+/// The one parameter, a TPM2B, of a successful response without handles: its contents.
+fn single_tpm2b_parameter(resp: &[u8]) -> Result<Vec<u8>, WireError> {
+    let (_, mut r) = response_parameters(resp, 0)?;
+    Ok(r.tpm2b()?.to_vec())
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use crate::public::alg;
 use crate::{cc, CommandBuilder, ResponseReader, WireError};
 
-use super::{response_parameters, TPM_RH_OWNER};
+use super::{response_parameters, single_tpm2b_parameter, TPM_RH_OWNER};
 
 /// TPMA_NV bits (TCG TPM 2.0 Library, Part 2 §13.4).
 pub mod nv_attr {
@@ -144,8 +144,7 @@ pub fn nv_read_with_auth(auth_handle: u32, index: u32, size: u16, offset: u16) -
 
 /// The data from an NV_Read response.
 pub fn parse_nv_read(resp: &[u8]) -> Result<Vec<u8>, WireError> {
-    let (_, mut r) = response_parameters(resp, 0)?;
-    Ok(r.tpm2b()?.to_vec())
+    single_tpm2b_parameter(resp)
 }
 
 /// NV_ReadPublic of `index` (answers TPM_RC_HANDLE for an index that is not defined).

@@ -4,7 +4,9 @@
 use crate::public::{alg, attr, curve, PublicParams, TpmPublic};
 use crate::{cc, CommandBuilder, WireError};
 
-use super::{response_parameters, TPMA_SESSION_CONTINUE, TPM_RH_OWNER, TPM_RS_PW};
+use super::{
+    response_parameters, single_tpm2b_parameter, TPMA_SESSION_CONTINUE, TPM_RH_OWNER, TPM_RS_PW,
+};
 
 /// Attributes of an attestation key (what `tpm2_createak` gives): fixedTPM | fixedParent |
 /// sensitiveDataOrigin | userWithAuth | restricted | sign.
@@ -190,8 +192,7 @@ pub fn activate_credential(
 
 /// The recovered secret (certInfo, a TPM2B_DIGEST) from an ActivateCredential response.
 pub fn parse_activate_credential(resp: &[u8]) -> Result<Vec<u8>, WireError> {
-    let (_, mut r) = response_parameters(resp, 0)?;
-    Ok(r.tpm2b()?.to_vec())
+    single_tpm2b_parameter(resp)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The TPM as a whole: start-up and shut-down, its random number generator, its properties.
 
-use crate::{cc, CommandBuilder, ResponseReader, WireError};
+use crate::{cc, CommandBuilder, WireError};
 
-use super::response_parameters;
+use super::{response_parameters, single_tpm2b_parameter};
 
 pub const TPM_SU_CLEAR: u16 = 0x0000;
 pub const TPM_SU_STATE: u16 = 0x0001;
@@ -36,7 +36,7 @@ pub fn get_random(bytes: u16) -> Vec<u8> {
 
 /// Parses a GetRandom response into the random bytes.
 pub fn parse_get_random(resp: &[u8]) -> Result<Vec<u8>, WireError> {
-    Ok(ResponseReader::success(resp)?.tpm2b()?.to_vec())
+    single_tpm2b_parameter(resp)
 }
 
 /// GetCapability of `count` values of `capability` from `property` on (for
