@@ -127,21 +127,26 @@ pub enum CommandArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum AclArgs {
     /// Add a principal; prints its bearer token (shown once).
-    Add {
-        #[arg(long, value_name = "NAME")]
-        name: String,
-        /// May read every certificate.
-        #[arg(long)]
-        read: bool,
-        /// May store certificates whose names start with this (repeatable; "" = all).
-        #[arg(long = "write-prefix", value_name = "PREFIX")]
-        write_prefixes: Vec<String>,
-        /// May revoke.
-        #[arg(long)]
-        admin: bool,
-    },
+    Add(NewPrincipal),
     /// List the principals.
     List,
+}
+
+// `vtpm-ca acl add`: the principal to add, as given and, checked, as the command carries it.
+// (A doc comment here would become the subcommand's help text.)
+#[derive(clap::Args, Debug, Clone)]
+pub struct NewPrincipal {
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// May read every certificate.
+    #[arg(long)]
+    pub read: bool,
+    /// May store certificates whose names start with this (repeatable; "" = all).
+    #[arg(long = "write-prefix", value_name = "PREFIX")]
+    pub write_prefixes: Vec<String>,
+    /// May revoke.
+    #[arg(long)]
+    pub admin: bool,
 }
 
 /// What to revoke.
@@ -164,10 +169,7 @@ pub enum Command {
     },
     AclAdd {
         store: PathBuf,
-        name: String,
-        read: bool,
-        write_prefixes: Vec<String>,
-        admin: bool,
+        principal: NewPrincipal,
     },
     AclList {
         store: PathBuf,
@@ -284,26 +286,14 @@ impl TryFrom<Args> for Command {
             }
             CommandArgs::Serve { listen } => Command::Serve { store, listen },
             CommandArgs::Acl {
-                command:
-                    AclArgs::Add {
-                        name,
-                        read,
-                        write_prefixes,
-                        admin,
-                    },
+                command: AclArgs::Add(principal),
             } => {
-                if !read && write_prefixes.is_empty() && !admin {
+                if !principal.read && principal.write_prefixes.is_empty() && !principal.admin {
                     return Err(CliError::Usage(
                         "a principal needs --read, --write-prefix or --admin".into(),
                     ));
                 }
-                Command::AclAdd {
-                    store,
-                    name,
-                    read,
-                    write_prefixes,
-                    admin,
-                }
+                Command::AclAdd { store, principal }
             }
             CommandArgs::Acl {
                 command: AclArgs::List,
@@ -388,14 +378,14 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             )
         }
         Command::Serve { store, listen } => serve(&store, listen, out),
-        Command::AclAdd {
-            store,
-            name,
-            read,
-            write_prefixes,
-            admin,
-        } => {
+        Command::AclAdd { store, principal } => {
             let s = Store::open(&store)?;
+            let NewPrincipal {
+                name,
+                read,
+                write_prefixes,
+                admin,
+            } = principal;
             let token = Acl::add(&s, &name, read, write_prefixes, admin)?;
             write_out(out, format_args!("{token}\n"))
         }
