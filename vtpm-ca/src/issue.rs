@@ -480,7 +480,10 @@ mod tests {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
         let mut b = builder("vm-1", Some(&ca_cert), &aik, 60).unwrap();
-        let fake = ek_hash_extension(HOST_EK_CERT_HASH_OID, &[9; 32]).unwrap().to_der().unwrap();
+        let fake = ek_hash_extension(HOST_EK_CERT_HASH_OID, &[9; 32])
+            .unwrap()
+            .to_der()
+            .unwrap();
         b.append_extension(
             X509Extension::new_from_der(
                 &Asn1Object::from_str("1.3.6.1.4.1.99999.1").unwrap(),
