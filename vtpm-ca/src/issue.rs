@@ -301,19 +301,21 @@ const TAG_EXTENSIONS: u8 = der::context_constructed(3);
 
 /// One certificate extension, as encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Extension<'a> {
+pub struct Extension<'a> {
     /// The contents of `extnID` (the OID's encoding without tag and length).
-    oid: &'a [u8],
-    critical: bool,
+    pub oid: &'a [u8],
+    pub critical: bool,
     /// The contents of `extnValue`: the DER of the extension's value.
-    value: &'a [u8],
+    pub value: &'a [u8],
 }
 
 /// The extensions of a DER certificate (RFC 5280 §4.1: `Certificate ::= SEQUENCE {
 /// tbsCertificate SEQUENCE { ..., extensions [3] EXPLICIT SEQUENCE OF Extension }, ... }`,
 /// `Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET
-/// STRING }`); `None` if the certificate is not built like that.
-fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
+/// STRING }`); `None` if the certificate is not built like that. (Read with `tpm-proto`'s
+/// DER reader: the UUID-arc OIDs of this CA's extensions are beyond what the `der` crate's
+/// OIDs hold.)
+pub fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
     let cert = Reader::new(cert_der)
         .expect_tag(der::TAG_SEQUENCE, "Certificate")
         .ok()?;
