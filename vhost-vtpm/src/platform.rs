@@ -366,6 +366,10 @@ pub fn wrap(
     };
     let host = match (&mirror, &config.host_dir) {
         (Some(_), Some(dir)) => Some(HostIdentity::load(dir)?),
+        (None, Some(_)) => {
+            info!("no PCRs are mirrored (--mirror-pcrs): the deep quote is not offered");
+            None
+        }
         _ => None,
     };
     Ok(Box::new(Firmware::new(
@@ -404,14 +408,8 @@ impl Firmware {
         let mirrored = config.mirror.as_ref().map_or(0, |m| {
             m.pcrs.iter().fold(0, |acc, &p| acc | pcr_bit(u32::from(p)))
         });
-        let host = match (&config.mirror, config.host) {
-            (Some(_), Some(host)) => Some(host),
-            (None, Some(_)) => {
-                info!("no PCRs are mirrored (--mirror-pcrs): the deep quote is not offered");
-                None
-            }
-            (_, None) => None,
-        };
+        // The deep quote covers the mirrored PCRs: without them it is not offered.
+        let host = config.host.filter(|_| config.mirror.is_some());
         let mut fw = Firmware {
             engine,
             mirror: config.mirror,
@@ -479,7 +477,8 @@ impl Firmware {
     fn lock_after_startup(&mut self) -> Result<(), PlatformError> {
         let auth = self.auth.clone();
         let code = self.change_platform_auth(&[], &auth);
-        if code == rc::SUCCESS {
+        // Startup(CLEAR) empties platformAuth; should it still hold ours, it is locked.
+        if code == rc::SUCCESS || self.change_platform_auth(&auth, &auth) == rc::SUCCESS {
             self.platform = Platform::Locked;
             return Ok(());
         }
@@ -540,17 +539,31 @@ impl Firmware {
             return;
         }
         self.platform = Platform::Open;
-        self.mirror_host_pcrs();
+        let start = std::time::Instant::now();
+        let mirrored = self.mirror_host_pcrs();
+        let mirror_us = start.elapsed().as_micros();
+        let start = std::time::Instant::now();
         if let Err(e) = self.lock_after_startup() {
             error!("{e}: answering TPM2_Startup with TPM_RC_FAILURE");
             *resp = error_response(rc::FAILURE).to_vec();
+            return;
+        }
+        let lock_us = start.elapsed().as_micros();
+        match (mirrored, &self.mirror) {
+            (true, Some(m)) => info!(
+                "TPM2_Startup(CLEAR): host PCRs {:?} mirrored into the vTPM in {mirror_us} µs; \
+                 platform hierarchy locked in {lock_us} µs",
+                m.pcrs
+            ),
+            _ => info!("TPM2_Startup(CLEAR): platform hierarchy locked in {lock_us} µs"),
         }
     }
 
-    /// Extends each mirrored vPCR (zero after Startup(CLEAR)) with the host's value.
-    fn mirror_host_pcrs(&mut self) {
+    /// Extends each mirrored vPCR (zero after Startup(CLEAR)) with the host's value;
+    /// whether it did.
+    fn mirror_host_pcrs(&mut self) -> bool {
         let Some(mirror) = self.mirror.clone() else {
-            return;
+            return false;
         };
         let mut attempt = 0;
         let values = loop {
@@ -568,7 +581,7 @@ impl Firmware {
                          which no host quote matches, until the next TPM2_Startup(CLEAR)",
                         mirror.pcrs
                     );
-                    return;
+                    return false;
                 }
             }
         };
@@ -577,14 +590,11 @@ impl Firmware {
                 Ok(rc::SUCCESS) => {}
                 other => {
                     error!("mirroring host PCR {pcr} into the vTPM failed: {other:?}");
-                    return;
+                    return false;
                 }
             }
         }
-        info!(
-            "TPM2_Startup(CLEAR): host PCRs {:?} mirrored into the vTPM",
-            mirror.pcrs
-        );
+        true
     }
 
     /// Answers a deep quote (see `tpm_proto::vendor`).
