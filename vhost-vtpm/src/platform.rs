@@ -16,7 +16,7 @@
 //!   in (a resumed start, an import, a `TPM2_Startup(STATE)`) is locked before the guest's
 //!   next command: so the authorization is never stored, yet the host's own tools
 //!   (`vtpm-host provision` on a stopped instance) and a migration destination can use the
-//!   platform hierarchy, and [`Firmware::with_platform`] opens it for the daemon's own
+//!   platform hierarchy, and `coprocessor::with_platform` opens it for the daemon's own
 //!   platform commands;
 //! - **the PCR guard**: a guest command that would change a mirrored PCR (PCR_Extend,
 //!   PCR_Event, PCR_Reset, PCR_SetAuthValue, EventSequenceComplete naming it in its handle
@@ -443,23 +443,6 @@ impl Firmware {
         self.refused
     }
 
-    /// Runs `f` on the engine with the platform hierarchy usable with the empty password
-    /// (for the daemon's own platform commands, e.g. `identity::provision_ek` re-issuing the
-    /// vEK certificates after a migration), then locks it again. The caller holds the
-    /// device, so no guest command runs meanwhile.
-    pub fn with_platform<T>(&mut self, f: impl FnOnce(&mut dyn Coprocessor) -> T) -> T {
-        let was_locked = self.platform == Platform::Locked;
-        if was_locked {
-            self.unlock();
-        }
-        let result = f(self.engine.as_mut());
-        if was_locked {
-            // Whatever `f` did (a Startup, a power cycle), the lock is taken again.
-            self.ensure_locked();
-        }
-        result
-    }
-
     /// Sends one command to the engine and returns its response code (0 if it has none).
     fn run(&mut self, mut command: Vec<u8>) -> coprocessor::Result<u32> {
         let resp = self.engine.execute(&mut command)?;
@@ -745,6 +728,21 @@ impl Coprocessor for Firmware {
         self.ensure_locked();
         imported
     }
+
+    /// For the daemon's own platform commands (`coprocessor::with_platform`, e.g.
+    /// `identity::provision_ek` re-issuing the vEK certificates after a migration).
+    fn open_platform(&mut self) -> bool {
+        if self.platform != Platform::Locked {
+            return false;
+        }
+        self.unlock();
+        self.platform == Platform::Open
+    }
+
+    fn close_platform(&mut self) {
+        // Whatever happened meanwhile (a Startup, a power cycle), the lock is taken again.
+        self.ensure_locked();
+    }
 }
 
 #[cfg(test)]
@@ -864,6 +862,169 @@ mod tests {
             let _ = classify(&bytes, MIRRORED, true);
             let _ = patch_capability(&bytes, &bytes);
         }
+    }
+
+    /// A TPM reduced to what the platform lock touches: started or not, and platformAuth.
+    /// HierarchyChangeAuth(platform) checks the password and sets the new value; Startup
+    /// (CLEAR) empties it; everything else succeeds once started.
+    #[derive(Default)]
+    struct PlatformTpm {
+        started: bool,
+        platform_auth: Vec<u8>,
+        resp: Vec<u8>,
+    }
+
+    impl PlatformTpm {
+        fn answer(&mut self, code: u32) -> coprocessor::Result<&[u8]> {
+            self.resp = error_response(code).to_vec();
+            Ok(&self.resp)
+        }
+    }
+
+    impl Coprocessor for PlatformTpm {
+        fn driver_name(&self) -> &'static str {
+            "platform-model"
+        }
+        fn execute(&mut self, command: &mut [u8]) -> coprocessor::Result<&[u8]> {
+            let mut r = ResponseReader::new(command);
+            let (_, _, code) = (r.u16().ok(), r.u32().ok(), r.u32().unwrap_or(0));
+            match code {
+                cc::STARTUP => {
+                    if self.started {
+                        return self.answer(rc::INITIALIZE);
+                    }
+                    self.started = true;
+                    if r.u16().ok() == Some(c::TPM_SU_CLEAR) {
+                        self.platform_auth.clear();
+                    }
+                    self.answer(rc::SUCCESS)
+                }
+                _ if !self.started => self.answer(rc::INITIALIZE),
+                cc::HIERARCHY_CHANGE_AUTH => {
+                    let _handle = r.u32().unwrap();
+                    let _area = r.u32().unwrap();
+                    let _session = r.u32().unwrap();
+                    let _nonce = r.tpm2b().unwrap();
+                    let _attrs = r.u8().unwrap();
+                    let password = r.tpm2b().unwrap().to_vec();
+                    let new = r.tpm2b().unwrap().to_vec();
+                    if password != self.platform_auth {
+                        return self.answer(0x9a2);
+                    }
+                    self.platform_auth = new;
+                    self.answer(rc::SUCCESS)
+                }
+                _ => self.answer(rc::SUCCESS),
+            }
+        }
+        fn power_cycle(&mut self) -> coprocessor::Result<()> {
+            self.started = false;
+            Ok(())
+        }
+        fn save(&mut self) -> coprocessor::Result<()> {
+            Ok(())
+        }
+        fn export_state(&mut self) -> coprocessor::Result<EngineState> {
+            Ok(EngineState {
+                permanent: vec![],
+                volatile: self.platform_auth.clone(),
+            })
+        }
+        fn import_state(&mut self, state: &EngineState) -> coprocessor::Result<()> {
+            self.started = true;
+            self.platform_auth = state.volatile.clone();
+            Ok(())
+        }
+    }
+
+    /// The model's platform authorization, through the firmware.
+    fn model_auth(fw: &mut Firmware) -> Vec<u8> {
+        let mut auth = Vec::new();
+        coprocessor::with_platform(fw, |e| {
+            let mut cmd = c::hierarchy_change_auth(c::TPM_RH_PLATFORM, &[], &[]);
+            auth.push(response_code(e.execute(&mut cmd).unwrap()).unwrap() as u8);
+        });
+        auth
+    }
+
+    fn startup_clear(fw: &mut Firmware) -> u32 {
+        response_code(fw.execute(&mut c::startup(c::TPM_SU_CLEAR)).unwrap()).unwrap()
+    }
+
+    fn guest_can_use_platform(fw: &mut Firmware) -> bool {
+        let mut cmd = c::hierarchy_change_auth(c::TPM_RH_PLATFORM, &[], &[]);
+        let ok = response_code(fw.execute(&mut cmd).unwrap()) == Ok(rc::SUCCESS);
+        if ok {
+            // Put the lock back as it was for the next assertion.
+            fw.platform = Platform::Open;
+            fw.ensure_locked();
+        }
+        ok
+    }
+
+    #[test]
+    fn states_leave_open_and_come_in_locked() {
+        let mut fw =
+            Firmware::new(Box::new(PlatformTpm::default()), PlatformConfig::default()).unwrap();
+        assert_eq!(fw.platform, Platform::NotStarted);
+        assert_eq!(startup_clear(&mut fw), rc::SUCCESS);
+        assert_eq!(fw.platform, Platform::Locked);
+        assert!(
+            !guest_can_use_platform(&mut fw),
+            "closed after Startup(CLEAR)"
+        );
+        // The daemon's own platform commands: opened, then closed again.
+        assert_eq!(model_auth(&mut fw), vec![0], "open inside with_platform");
+        assert_eq!(fw.platform, Platform::Locked);
+        assert!(!guest_can_use_platform(&mut fw));
+
+        // A migration export carries the hierarchy open; the exporter stays locked.
+        let exported = fw.export_state().unwrap();
+        assert!(
+            exported.volatile.is_empty(),
+            "exported with an empty platformAuth"
+        );
+        assert!(!guest_can_use_platform(&mut fw));
+        // The destination locks what it imports (with its own value).
+        let mut dest =
+            Firmware::new(Box::new(PlatformTpm::default()), PlatformConfig::default()).unwrap();
+        dest.import_state(&exported).unwrap();
+        assert_eq!(dest.platform, Platform::Locked);
+        assert!(!guest_can_use_platform(&mut dest));
+        assert_ne!(dest.auth, fw.auth);
+
+        // A clean stop saves it open, so the host's tools can provision a stopped instance;
+        // a new daemon on the resumed state locks it at once.
+        fw.save().unwrap();
+        assert_eq!(fw.platform, Platform::Open);
+        let mut empty = c::hierarchy_change_auth(c::TPM_RH_PLATFORM, &[], &[]);
+        assert_eq!(
+            response_code(fw.engine.execute(&mut empty).unwrap()),
+            Ok(rc::SUCCESS),
+            "saved with an empty platformAuth"
+        );
+        let resumed = PlatformTpm {
+            started: true,
+            ..Default::default()
+        };
+        let mut fw = Firmware::new(Box::new(resumed), PlatformConfig::default()).unwrap();
+        assert_eq!(fw.platform, Platform::Locked, "locked at start");
+        assert!(!guest_can_use_platform(&mut fw));
+
+        // A state locked by another process' value stays closed to everybody.
+        let foreign = PlatformTpm {
+            started: true,
+            platform_auth: vec![9; 32],
+            ..Default::default()
+        };
+        let mut fw = Firmware::new(Box::new(foreign), PlatformConfig::default()).unwrap();
+        assert_eq!(fw.platform, Platform::Unknown);
+        assert!(!guest_can_use_platform(&mut fw));
+        // ... until the next Startup(CLEAR), which the hook locks with its own.
+        fw.power_cycle().unwrap();
+        assert_eq!(startup_clear(&mut fw), rc::SUCCESS);
+        assert_eq!(fw.platform, Platform::Locked);
+        assert_eq!(model_auth(&mut fw), vec![0]);
     }
 
     #[test]
