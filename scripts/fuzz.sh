@@ -3,9 +3,10 @@
 # each and prints, per target, executions, coverage (libFuzzer's cov/ft) and the corpus size.
 # What the targets check and the campaigns run so far: docs/FUZZING.md.
 #
-#   scripts/fuzz.sh [--seconds N] [--ci] [TARGET...]
+#   scripts/fuzz.sh [--seconds N] [--ci] [--keep-going] [TARGET...]
 #
 #   --seconds N  time per target (default 60)
+#   --keep-going after a crash, go on with the next target (and fail at the end)
 #   --ci         the short run of scripts/test.sh: 15 s per target, starting from the committed
 #                corpus; what it finds new goes to a temporary directory, not into the tree
 #   TARGET...    only these targets (default: every target of fuzz/Cargo.toml)
@@ -20,12 +21,14 @@ cd "$(dirname "$0")/.."
 
 seconds=60
 ci=0
+keep_going=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
         --ci) ci=1; seconds=15; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --keep-going) keep_going=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -46,6 +49,7 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <("$cargo_fuzz" list)
 fi
 
+failed=()
 started=$(date +%s)
 "$cargo_fuzz" build "${build_flags[@]}"
 echo "fuzz.sh: built in $(( $(date +%s) - started )) s" >&2
@@ -71,7 +75,12 @@ for t in "${targets[@]}"; do
         crash=$(grep -o "Test unit written to [^ ]*" "$log" | tail -n 1 | cut -d' ' -f5 || true)
         echo "fuzz.sh: $t FAILED${crash:+: $crash}" >&2
         [ -n "$crash" ] && echo "reproduce: RUSTC_BOOTSTRAP=1 $cargo_fuzz run ${build_flags[*]} $t $crash" >&2
-        exit 1
+        if [ "$keep_going" = 0 ]; then
+            exit 1
+        fi
+        failed+=("$t")
+        printf '%-13s CRASH %s\n' "$t" "${crash:-?}" >> "$summary"
+        continue
     fi
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
@@ -81,4 +90,8 @@ for t in "${targets[@]}"; do
     printf '%-13s %8s %12s %10s %8s %8s\n' "$t" "$seconds" "$execs" "$rate" "$cov" "$ft" >> "$summary"
 done
 cat "$summary"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz.sh: crashes in ${failed[*]}, $(( $(date +%s) - started )) s in all" >&2
+    exit 1
+fi
 echo "fuzz.sh: ${#targets[@]} targets, no crash, $(( $(date +%s) - started )) s in all" >&2

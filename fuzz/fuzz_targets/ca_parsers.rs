@@ -1,7 +1,7 @@
 //! What the CA parses out of requests, called directly: certificate PEM (the store's
 //! `put_cert`, a coprocessor chain), an AIK's TPM2B_PUBLIC / TPMT_PUBLIC, an EK certificate in
-//! DER all the way to TPM2_MakeCredential, and x509-cert's DER decoder. No panic; a
-//! certificate x509-cert decodes encodes back to the same DER.
+//! DER all the way to TPM2_MakeCredential, and x509-cert's DER decoder. No panic; what
+//! x509-cert decodes re-encodes to a fixed point (the same certificate, the same bytes).
 //!
 //! Input: a mode byte, then the payload (0: PEM; 1: PEM entries separated by NUL; 2: TPM2B_PUBLIC;
 //! 3: TPMT_PUBLIC; 4: an EK certificate in DER; 5: a certificate in DER for x509-cert).
@@ -50,9 +50,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
+            // x509-cert accepts a little more than DER (a version v1 encoded explicitly, which
+            // DER omits as the DEFAULT) and re-encodes it canonically: its own encoding must be
+            // a fixed point.
             if let Ok(cert) = x509_cert::Certificate::from_der(payload) {
                 let der = cert.to_der().expect("a decoded certificate encodes");
-                assert_eq!(der, payload, "DER not canonical");
+                let again = x509_cert::Certificate::from_der(&der).expect("its encoding decodes");
+                assert_eq!(again, cert, "re-encoding changed the certificate");
+                assert_eq!(again.to_der().expect("encodes"), der, "encoding not stable");
             }
         }
     }
