@@ -71,7 +71,10 @@ for t in "${targets[@]}"; do
     if ! "$cargo_fuzz" run "${build_flags[@]}" "$t" "$corpus" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$artifacts/" > "$log" 2>&1; then
-        tail -n 60 "$log" >&2
+        cp "$log" "$artifacts/last-failure.log"
+        grep -E -A4 "panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)" "$log" | head -n 40 >&2 || true
+        tail -n 12 "$log" >&2
+        echo "fuzz.sh: the whole log is in $artifacts/last-failure.log" >&2
         crash=$(grep -o "Test unit written to [^ ]*" "$log" | tail -n 1 | cut -d' ' -f5 || true)
         echo "fuzz.sh: $t FAILED${crash:+: $crash}" >&2
         [ -n "$crash" ] && echo "reproduce: RUSTC_BOOTSTRAP=1 $cargo_fuzz run ${build_flags[*]} $t $crash" >&2

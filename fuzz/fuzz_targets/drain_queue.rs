@@ -31,6 +31,7 @@ struct Case {
     pending: u16,
     next_used: u16,
     used_event: u16,
+    /// Avail entries after the planned chains' heads (any value).
     avail: Vec<u16>,
     image: Image,
     engine: EngineCase,
@@ -38,7 +39,8 @@ struct Case {
 
 fuzz_target!(|case: Case| {
     let size = 1u16 << (case.size_log2 % 9);
-    let mem = memory(&case.image.bytes(size));
+    let (img, planned) = case.image.build(size);
+    let mem = memory(&img);
     let (desc, avail_wanted, used) = match case.rings {
         Rings::Standard => (DESC_TABLE, AVAIL, USED),
         Rings::Moved { desc, avail, used } => (desc, avail, used),
@@ -62,7 +64,8 @@ fuzz_target!(|case: Case| {
         GuestAddress(avail.wrapping_add(2)),
         Ordering::Relaxed,
     );
-    for (i, head) in case.avail.iter().take(usize::from(size)).enumerate() {
+    let entries = planned.iter().chain(case.avail.iter());
+    for (i, head) in entries.take(usize::from(size)).enumerate() {
         let slot = (u64::from(case.next_avail) + i as u64) % u64::from(size);
         let _ = mem.write_obj(head.to_le(), GuestAddress(avail.wrapping_add(4 + 2 * slot)));
     }

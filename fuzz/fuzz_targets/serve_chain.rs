@@ -14,14 +14,16 @@ use vtpm_fuzz::{memory, predict, snapshot, EngineCase, Image, MockEngine, DESC_T
 struct Case {
     size_log2: u8,
     image: Image,
-    heads: Vec<u16>,
+    /// Heads served besides the planned chains' (any value, beyond the queue too).
+    extra_heads: Vec<u16>,
     engine: EngineCase,
 }
 
 fuzz_target!(|case: Case| {
     let queue_size = 1u16 << (case.size_log2 % 9);
-    let img = case.image.bytes(queue_size);
-    for &head in case.heads.iter().take(4) {
+    let (img, mut heads) = case.image.build(queue_size);
+    heads.extend(case.extra_heads.iter().take(2));
+    for &head in heads.iter().take(6) {
         let mem = memory(&img);
         let mut engine = MockEngine::new(case.engine);
         let mut scratch = [0u8; MAX];

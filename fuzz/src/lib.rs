@@ -1,6 +1,7 @@
 //! Shared pieces of the fuzz targets: a model guest (a memory image holding a split queue and
-//! hand-made descriptors), the reference reading of a chain that the device's answers are
-//! checked against, and a mock engine that checks what reaches it.
+//! chains the fuzzer plans well formed and then breaks on purpose), the reference reading of a
+//! chain that the device's answers are checked against, and a mock engine that checks what
+//! reaches it.
 //!
 //! The reference ([`predict`]) is written from docs/virtio-tpm.md, not from the device's code:
 //! the `serve_chain` target holds the two against each other byte for byte.
@@ -67,31 +68,6 @@ impl Len {
     }
 }
 
-/// One descriptor as the fuzzer writes it. `flags`: bit 0 NEXT, bit 1 WRITE, bit 2 INDIRECT,
-/// bit 7 an undefined flag bit.
-#[derive(Arbitrary, Debug, Clone, Copy)]
-pub struct DescIn {
-    pub addr: Addr,
-    pub len: Len,
-    pub flags: u8,
-    pub next: u16,
-}
-
-impl DescIn {
-    pub fn raw(&self) -> [u8; 16] {
-        let mut flags = u16::from(self.flags & 7);
-        if self.flags & 0x80 != 0 {
-            flags |= 0x10;
-        }
-        let mut out = [0u8; 16];
-        out[0..8].copy_from_slice(&self.addr.resolve().to_le_bytes());
-        out[8..12].copy_from_slice(&self.len.resolve().to_le_bytes());
-        out[12..14].copy_from_slice(&flags.to_le_bytes());
-        out[14..16].copy_from_slice(&self.next.to_le_bytes());
-        out
-    }
-}
-
 /// What the mock engine does with a command.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct EngineCase {
@@ -100,36 +76,233 @@ pub struct EngineCase {
     pub resp_len: u16,
 }
 
-/// A guest memory image: descriptors, an indirect table and a command.
+/// One buffer of a planned chain. Without an address it is placed by the plan: readable
+/// buffers one after the other over the command, writable ones one after the other in the
+/// chain's response area.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Segment {
+    pub writable: bool,
+    pub len: Len,
+    pub addr: Option<Addr>,
+}
+
+/// How a planned chain is laid out in the rings.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Layout {
+    Direct,
+    /// One descriptor referring to an indirect table holding every segment.
+    Indirect,
+    /// The first `n` segments direct, then a descriptor referring to a table with the rest.
+    DirectThenIndirect(u8),
+}
+
+/// A change to a planned chain after it is laid out: how the fuzzer breaks good chains.
+/// `index` is the descriptor's position in the chain (direct ones first, then the table's).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Mutation {
+    Flags {
+        index: u8,
+        flags: u8,
+    },
+    Next {
+        index: u8,
+        next: u16,
+    },
+    Len {
+        index: u8,
+        len: Len,
+    },
+    Addr {
+        index: u8,
+        addr: Addr,
+    },
+    /// The length of the descriptor that refers to the table.
+    TableLen(Len),
+}
+
+/// A chain as the fuzzer plans it: well formed unless its segments or mutations say otherwise.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct ChainPlan {
+    pub head: u16,
+    pub layout: Layout,
+    pub segments: Vec<Segment>,
+    pub mutations: Vec<Mutation>,
+}
+
+/// Where the command is: every plan's readable buffers start here.
+pub const COMMAND: u64 = DATA;
+/// Where plan `i`'s response area starts, and how large it is.
+pub fn response_area(i: usize) -> (u64, u64) {
+    (0x4400 + 0x2C00 * i as u64, 0x2C00)
+}
+/// Where plan `i`'s indirect table goes (64 entries each).
+pub fn table_area(i: usize) -> u64 {
+    TABLES + 0x400 * i as u64
+}
+const PLANS: usize = 4;
+const TABLE_ENTRIES: usize = 64;
+
+/// A guest memory image: up to four planned chains, a command, and raw bytes poked over the
+/// ring area afterwards.
 #[derive(Arbitrary, Debug)]
 pub struct Image {
-    pub descs: Vec<DescIn>,
-    pub table: Vec<DescIn>,
+    pub chains: Vec<ChainPlan>,
     pub command: Vec<u8>,
-    /// Make the command's header size field match its length (else it stays as given).
+    /// Put a TPM header whose size is the first plan's readable length before the command
+    /// bytes (else they are the whole command, header included).
     pub fix_header: bool,
+    pub pokes: Vec<(u16, u8)>,
+}
+
+fn put(img: &mut [u8], at: u64, raw: [u8; 16]) {
+    if let Some(slot) = usize::try_from(at)
+        .ok()
+        .and_then(|a| img.get_mut(a..a.checked_add(16)?))
+    {
+        slot.copy_from_slice(&raw);
+    }
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0..8].copy_from_slice(&addr.to_le_bytes());
+    out[8..12].copy_from_slice(&len.to_le_bytes());
+    out[12..14].copy_from_slice(&flags.to_le_bytes());
+    out[14..16].copy_from_slice(&next.to_le_bytes());
+    out
 }
 
 impl Image {
-    /// The memory bytes: descriptor table, table area and command written over zeros.
-    pub fn bytes(&self, queue_size: u16) -> Vec<u8> {
+    /// The memory bytes and the head index of each planned chain.
+    pub fn build(&self, queue_size: u16) -> (Vec<u8>, Vec<u16>) {
         let mut img = vec![0u8; MEM as usize];
-        for (i, d) in self.descs.iter().take(usize::from(queue_size)).enumerate() {
-            let at = DESC_TABLE as usize + 16 * i;
-            img[at..at + 16].copy_from_slice(&d.raw());
+        let mut heads = Vec::new();
+        for (i, plan) in self.chains.iter().take(PLANS).enumerate() {
+            heads.push(plan.head % queue_size);
+            lay_out(&mut img, plan, i, queue_size);
         }
-        for (i, d) in self.table.iter().take(256).enumerate() {
-            let at = TABLES as usize + 16 * i;
-            img[at..at + 16].copy_from_slice(&d.raw());
+        let mut command = Vec::with_capacity(self.command.len() + 10);
+        if self.fix_header {
+            // A TPM header whose size is the first plan's readable length, then the payload.
+            let readable: u64 = self
+                .chains
+                .first()
+                .map(|p| {
+                    p.segments
+                        .iter()
+                        .filter(|s| !s.writable)
+                        .map(|s| u64::from(s.len.resolve()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            command.extend_from_slice(&0x8001u16.to_be_bytes());
+            command.extend_from_slice(&(readable as u32).to_be_bytes());
+            command.extend_from_slice(&0x17Bu32.to_be_bytes());
         }
-        let mut command = self.command.clone();
-        command.truncate((MEM - DATA) as usize);
-        if self.fix_header && command.len() >= 6 {
-            let len = command.len() as u32;
-            command[2..6].copy_from_slice(&len.to_be_bytes());
+        command.extend_from_slice(&self.command);
+        command.truncate(0x1400);
+        img[COMMAND as usize..COMMAND as usize + command.len()].copy_from_slice(&command);
+        for &(at, byte) in self.pokes.iter().take(16) {
+            img[usize::from(at) % DATA as usize] = byte;
         }
-        img[DATA as usize..DATA as usize + command.len()].copy_from_slice(&command);
-        img
+        (img, heads)
+    }
+}
+
+/// Writes plan `i`'s descriptors: direct ones from its head in the queue's table (wrapping at
+/// the queue size), table entries in its table area, then applies its mutations.
+fn lay_out(img: &mut [u8], plan: &ChainPlan, i: usize, queue_size: u16) {
+    let n = plan.segments.len().min(300);
+    let direct = match plan.layout {
+        Layout::Direct => n,
+        Layout::Indirect => 0,
+        Layout::DirectThenIndirect(k) => usize::from(k).min(n),
+    };
+    let with_table = direct < n || matches!(plan.layout, Layout::Indirect);
+    // Buffers in chain order.
+    let (resp_start, resp_size) = response_area(i);
+    let (mut r_off, mut w_off) = (0u64, 0u64);
+    let bufs: Vec<(u64, u32, bool)> = plan.segments[..n]
+        .iter()
+        .map(|s| {
+            let len = s.len.resolve();
+            let addr = match s.addr {
+                Some(a) => a.resolve(),
+                None if s.writable => {
+                    let a = resp_start + w_off % resp_size;
+                    w_off += u64::from(len);
+                    a
+                }
+                None => {
+                    let a = COMMAND + r_off % 0x1400;
+                    r_off += u64::from(len);
+                    a
+                }
+            };
+            (addr, len, s.writable)
+        })
+        .collect();
+    // Positions of the chain's descriptors: (table address, index).
+    let slot = |k: usize| (plan.head as usize + k) % usize::from(queue_size);
+    let mut places: Vec<(u64, u16)> = (0..direct).map(|k| (DESC_TABLE, slot(k) as u16)).collect();
+    let table = table_area(i);
+    let table_slot = slot(direct) as u16;
+    for k in 0..n - direct {
+        places.push((table, (k % TABLE_ENTRIES) as u16));
+    }
+    for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
+        let last = k + 1 == n;
+        let mut flags = if writable { F_WRITE } else { 0 };
+        let mut next = 0u16;
+        if !last && (k + 1 < direct || k >= direct) {
+            flags |= F_NEXT;
+            next = places[k + 1].1;
+        } else if !last && with_table {
+            // The last direct descriptor leads to the one referring to the table.
+            flags |= F_NEXT;
+            next = table_slot;
+        }
+        let (t, idx) = places[k];
+        put(img, t + 16 * u64::from(idx), desc(addr, len, flags, next));
+    }
+    let mut table_len = 16 * (n - direct).min(TABLE_ENTRIES) as u32;
+    for m in plan.mutations.iter().take(8) {
+        if let Mutation::TableLen(l) = m {
+            table_len = l.resolve();
+        }
+    }
+    if with_table {
+        put(
+            img,
+            DESC_TABLE + 16 * u64::from(table_slot),
+            desc(table, table_len, F_INDIRECT, 0),
+        );
+    }
+    for m in plan.mutations.iter().take(8) {
+        let at = |index: u8| {
+            places
+                .get(usize::from(index) % places.len().max(1))
+                .map(|&(t, idx)| t + 16 * u64::from(idx))
+        };
+        let (index, field, value): (u8, u64, Vec<u8>) = match *m {
+            Mutation::Flags { index, flags } => {
+                let mut f = u16::from(flags & 7);
+                if flags & 0x80 != 0 {
+                    f |= 0x10;
+                }
+                (index, 12, f.to_le_bytes().to_vec())
+            }
+            Mutation::Next { index, next } => (index, 14, next.to_le_bytes().to_vec()),
+            Mutation::Len { index, len } => (index, 8, len.resolve().to_le_bytes().to_vec()),
+            Mutation::Addr { index, addr } => (index, 0, addr.resolve().to_le_bytes().to_vec()),
+            Mutation::TableLen(_) => continue,
+        };
+        if let Some(d) = at(index) {
+            let start = (d + field) as usize;
+            if let Some(dst) = img.get_mut(start..start + value.len()) {
+                dst.copy_from_slice(&value);
+            }
+        }
     }
 }
 
