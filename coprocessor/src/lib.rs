@@ -97,6 +97,11 @@ pub trait Coprocessor: Send {
     /// engine itself failed and the caller must answer the guest with `TPM_RC_FAILURE`.
     fn execute(&mut self, command: &mut [u8]) -> Result<&[u8]>;
 
+    /// Wipes the last response from the engine's buffer once the caller has delivered it: a
+    /// response may carry secrets (unsealed data, random bytes, decrypted parameters) that
+    /// must not linger in the daemon's memory until the next command overwrites them.
+    fn wipe_response(&mut self) {}
+
     /// Power-cycles the TPM (`_TPM_Init`): volatile state is lost, the guest must send
     /// TPM2_Startup again. Used when the device is reset.
     fn power_cycle(&mut self) -> Result<()>;
