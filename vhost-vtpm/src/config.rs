@@ -8,6 +8,8 @@ use clap::{Parser, ValueEnum};
 use vtpm_state::host_key_args::{HostKeyArgError, HostKeyArgs};
 use vtpm_state::keys::HostKey;
 
+use crate::sandbox::SeccompMode;
+
 /// vhost-user backend for a virtio TPM 2.0 device.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "vhost-vtpm", version, about)]
@@ -57,6 +59,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub host_dir: Option<PathBuf>,
 
+    /// What a system call outside the daemon's seccomp allow-list does once the daemon serves:
+    /// kill (the process dies with SIGSYS), log (allowed, logged by the kernel), trap (SIGSYS
+    /// in the calling thread) or none (no filter). No-new-privileges is set in every mode.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -105,6 +113,8 @@ pub struct Config {
     pub mirror_pcrs: Vec<u8>,
     /// vtpm-host's host identity directory.
     pub host_dir: Option<PathBuf>,
+    /// The seccomp filter's action on a call outside the allow-list.
+    pub seccomp: SeccompMode,
 }
 
 /// A list of PCR indices, ascending, without duplicates (`--mirror-pcrs`).
@@ -228,6 +238,7 @@ impl TryFrom<Args> for Config {
             busy_poll: Duration::from_micros(args.busy_poll_us),
             mirror_pcrs,
             host_dir: args.host_dir,
+            seccomp: args.seccomp,
         })
     }
 }
@@ -236,7 +247,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "seccomp"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })

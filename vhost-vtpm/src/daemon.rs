@@ -53,6 +53,8 @@ pub enum DaemonError {
     Save(coprocessor::Error),
     #[error("platform: {0}")]
     Platform(#[from] crate::platform::PlatformError),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 /// Shutdown coordination between the signal thread and the serve loop.
@@ -328,13 +330,17 @@ fn listen_and_serve(
         listener_fd: Mutex::new(Some(listener.as_raw_fd())),
     });
     spawn_signal_thread(signals, stop.clone())?;
+    // Everything the daemon opens at start is open: from here on it only serves, so the
+    // sandbox goes up before the first frontend (and its guest) can reach it.
+    crate::sandbox::enter(config.seccomp)?;
     info!(
-        "vhost-vtpm started: engine {engine_name}, listening on {}, busy-poll {} µs",
+        "vhost-vtpm started: engine {engine_name}, listening on {}, busy-poll {} µs, seccomp {:?}",
         match &config.listen {
             Listen::Path(p) => p.display().to_string(),
             Listen::Fd(fd) => format!("fd {fd}"),
         },
-        config.busy_poll.as_micros()
+        config.busy_poll.as_micros(),
+        config.seccomp
     );
     let served = serve(&mut listener, device, &stop, config);
     if let Ok(mut fd) = stop.listener_fd.lock() {

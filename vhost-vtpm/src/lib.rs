@@ -22,4 +22,5 @@ pub mod config;
 pub mod daemon;
 pub mod platform;
 pub mod request;
+pub mod sandbox;
 pub mod virtio_tpm;

@@ -644,3 +644,69 @@ fn a_start_that_cannot_listen_keeps_the_saved_state() {
     assert_eq!(pcr_read(&mut client, 16), expected);
     assert!(!d.log_text().contains("recovered from an unclean stop"));
 }
+
+/// The fields of /proc/PID/status that say whether a process is sandboxed.
+fn sandbox_status(pid: i32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (field("Seccomp:"), field("NoNewPrivs:"))
+}
+
+// Issue 11: by default the daemon serves under a seccomp filter (mode 2) with no new
+// privileges, on every thread, and still does its whole job: commands, a clean stop that
+// saves, a restart on the saved state.
+#[test]
+fn the_daemon_serves_sandboxed_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &[]);
+    let mut client = d.connect();
+    startup(&mut client);
+    assert_success(
+        &run(&mut client, &c::pcr_extend_sha256(16, &[7u8; 32])),
+        "PCR_Extend",
+    );
+    let pid = d.pid();
+    assert_eq!(
+        sandbox_status(pid),
+        ("2".to_string(), "1".to_string()),
+        "Seccomp and NoNewPrivs of the daemon"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", tid.to_string_lossy()))
+                .unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+            "thread {tid:?} is not filtered"
+        );
+    }
+    drop(client);
+    d.stop();
+    d.respawn();
+    let mut client = d.connect();
+    assert_eq!(
+        c::parse_get_random(&run(&mut client, &c::get_random(8)))
+            .unwrap()
+            .len(),
+        8
+    );
+    drop(client);
+    d.stop();
+    assert!(d.log_text().contains("seccomp Kill"), "{}", d.log_text());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &["--seccomp", "none"]);
+    let client = d.connect();
+    assert_eq!(sandbox_status(d.pid()), ("0".to_string(), "1".to_string()));
+    drop(client);
+    d.stop();
+}
