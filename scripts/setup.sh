@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libtpms-dev                          # the embedded engine
   swtpm swtpm-tools                    # swtpm engine, benchmark baseline, import tests
   tpm2-tools libtss2-dev               # TSS tools (host side and guest image)
+  strace                               # tests: how the daemon opens its state files
 )
 
 apt_install() {

@@ -184,16 +184,30 @@ fn is_temporary_tail(tail: &[u8]) -> bool {
 }
 
 /// Opens (creating it if needed) the lock file at `path` without following a symlink.
+///
+/// An existing lock file is opened without `O_CREAT`, a missing one is created with
+/// `O_CREAT | O_EXCL`, so that no name in a state directory is ever created by an open that
+/// could also have opened something already there; a lock file created by another process
+/// between the two attempts is opened on the next round.
 fn open_lock(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
+    let mut options = OpenOptions::new();
+    options
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
         .mode(mode)
-        .custom_flags(libc_o_nofollow())
-        .open(path)
-        .map_err(|e| refused_link(path, e))
+        .custom_flags(libc_o_nofollow());
+    let mut last = None;
+    for _ in 0..4 {
+        match options.create_new(false).open(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other.map_err(|e| refused_link(path, e)),
+        }
+        match options.create_new(true).open(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            other => return other.map_err(|e| refused_link(path, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("lock file keeps appearing and vanishing")))
 }
 
 /// Takes an exclusive lock on the lock file `path` if it is free: `None` when another

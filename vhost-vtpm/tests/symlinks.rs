@@ -12,7 +12,8 @@
 //!   naming the file, before anything is written.
 //!
 //! In every case the file the symlinks point to, outside the state directory, is
-//! byte-identical afterwards.
+//! byte-identical afterwards. And under strace, every open of a name in the state directory
+//! carries `O_NOFOLLOW`, and every open that may create one `O_EXCL`.
 
 // Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
 // only, not the helpers beside them).
@@ -219,4 +220,133 @@ fn symlinks_at_the_lock_and_the_run_marker_are_refused_naming_them() {
     }
     d.stop();
     s.assert_outside_untouched();
+}
+
+/// One `open`-family call of an strace log (`strace -f -y`) on a name inside `dir`: the name
+/// and the flags it was opened with.
+fn opens_inside(trace: &str, dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut opens = Vec::new();
+    for line in trace.lines() {
+        let Some(call) = ["openat(", "open(", "openat2(", "creat("]
+            .iter()
+            .find_map(|c| line.find(c).map(|i| &line[i..]))
+        else {
+            continue;
+        };
+        // openat(DIRFD</dir>, "name", FLAGS...; open("name", FLAGS...
+        let (Some(q1), Some(paren)) = (call.find('"'), call.find('(')) else {
+            continue;
+        };
+        let Some(q2) = call[q1 + 1..].find('"').map(|i| q1 + 1 + i) else {
+            continue;
+        };
+        let name = Path::new(&call[q1 + 1..q2]);
+        let base = call[paren + 1..q1]
+            .split_once('<')
+            .and_then(|(_, rest)| rest.split_once('>'))
+            .map(|(p, _)| PathBuf::from(p));
+        let path = match base {
+            Some(base) if name.is_relative() => base.join(name),
+            _ => name.to_path_buf(),
+        };
+        let flags: String = call[q2 + 1..]
+            .trim_start_matches(", ")
+            .chars()
+            .take_while(|c| !matches!(c, ',' | ')' | ' '))
+            .collect();
+        if path.starts_with(dir) && path != dir {
+            opens.push((path, flags));
+        }
+    }
+    opens
+}
+
+// Issue 11: under strace, every file the daemon opens inside its state directory (creating the
+// instance, durable NV writes, a clean stop, a restart, a SIGKILL and the recovery after it) is
+// opened with O_NOFOLLOW, and every one it may create with O_CREAT also has O_EXCL.
+#[test]
+fn state_files_are_created_exclusively_and_never_opened_through_a_symlink() {
+    let s = Setup::new();
+    let trace = s.dir.join("trace");
+    let wrapper = s.dir.join("traced-daemon");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec strace -f -qq -y -e trace=open,openat,openat2,creat -o {}.$$ -- {DAEMON} \"$@\"\n",
+            trace.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let mut d = DaemonProcess::start(&wrapper, &s.dir, &["--seccomp", "kill"]).unwrap();
+    // The daemon is strace's child; strace itself holds fatal signals while it traces.
+    let daemon_pid = |d: &DaemonProcess| -> i32 {
+        let strace = d.pid().unwrap();
+        let children =
+            fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
+        children.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let stop = |d: &mut DaemonProcess, sig: nix::sys::signal::Signal| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon_pid(d)), sig).unwrap();
+        d.wait_exit().unwrap();
+    };
+    for (round, sig) in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGTERM,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut client = guest_driver::VtpmClient::connect(&d_socket(&s), Default::default())
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", d.log_text()));
+        if round == 0 {
+            startup(&mut client);
+        }
+        for v in 0..3 {
+            write_nv(&mut client, round as u64 * 10 + v);
+        }
+        assert_eq!(read_nv(&mut client), round as u64 * 10 + 2);
+        drop(client);
+        stop(&mut d, sig);
+        d.restart().unwrap();
+    }
+    let client = guest_driver::VtpmClient::connect(&d_socket(&s), Default::default()).unwrap();
+    drop(client);
+    stop(&mut d, nix::sys::signal::Signal::SIGTERM);
+
+    let mut log = String::new();
+    for entry in fs::read_dir(&s.dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with("trace.") {
+            log.push_str(&fs::read_to_string(entry.path()).unwrap());
+        }
+    }
+    let opens = opens_inside(&log, &s.state);
+    for file in STATE_FILES {
+        assert!(
+            opens.iter().any(|(p, _)| p.ends_with(file)),
+            "strace saw no open of {file}:\n{log}"
+        );
+    }
+    let bad: Vec<_> = opens
+        .iter()
+        .filter(|(_, flags)| {
+            !flags.contains("O_NOFOLLOW")
+                || (flags.contains("O_CREAT") && !flags.contains("O_EXCL"))
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "opens in the state directory that may follow a symlink or reuse a name: {bad:#?}"
+    );
+}
+
+fn d_socket(s: &Setup) -> PathBuf {
+    s.dir.join("vtpm.sock")
 }
