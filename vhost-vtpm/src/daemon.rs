@@ -147,10 +147,19 @@ fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonErro
 
 fn open_listener(listen: &Listen) -> Result<Listener, DaemonError> {
     match listen {
-        Listen::Path(path) => Listener::new(path, true).map_err(|e| DaemonError::Listen {
-            what: path.display().to_string(),
-            reason: e.to_string(),
-        }),
+        Listen::Path(path) => {
+            // Whoever connects to a vhost-user socket drives the device: it hands over guest
+            // memory and the vTPM's state passes through it. So the socket file is the
+            // daemon user's alone (0600, whatever the umask), not world-connectable. Only the
+            // main thread runs here, so the process-wide umask is changed for this bind only.
+            let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+            let listener = Listener::new(path, true);
+            nix::sys::stat::umask(umask);
+            listener.map_err(|e| DaemonError::Listen {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
         Listen::Fd(fd) => {
             let err = |reason: String| DaemonError::Listen {
                 what: format!("--fd {fd}"),

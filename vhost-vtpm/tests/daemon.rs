@@ -662,7 +662,7 @@ fn sandbox_status(pid: i32) -> (String, String) {
 // privileges, on every thread, and still does its whole job: commands, a clean stop that
 // saves, a restart on the saved state.
 #[test]
-fn the_daemon_serves_sandboxed_by_default() {
+fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_in(dir.path(), &[]);
     let mut client = d.connect();
@@ -672,6 +672,13 @@ fn the_daemon_serves_sandboxed_by_default() {
         "PCR_Extend",
     );
     let pid = d.pid();
+    // The socket is the daemon user's alone, whatever the umask.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("vtpm.sock"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     assert_eq!(
         sandbox_status(pid),
         ("2".to_string(), "1".to_string()),
