@@ -30,6 +30,13 @@ pub struct Args {
     #[command(flatten)]
     pub host_key: HostKeyArgs,
 
+    /// The VM this vTPM belongs to, as the launcher names it (1-128 characters of
+    /// `A-Za-z0-9._:@-`, e.g. libvirt's domain UUID). A new instance, or one not yet bound, is
+    /// bound to it in its authenticated state; a state directory bound to another VM is
+    /// refused, so a copy of VM A's state directory never serves VM B. With --engine libtpms.
+    #[arg(long, value_name = "ID", value_parser = parse_vm_id)]
+    pub vm_id: Option<String>,
+
     /// Coprocessor engine that executes the TPM commands.
     #[arg(long, value_enum, default_value_t = Engine::Libtpms)]
     pub engine: Engine,
@@ -95,6 +102,8 @@ pub enum EngineConfig {
     Libtpms {
         state_dir: PathBuf,
         host_key: HostKey,
+        /// The VM the instance is bound to (`--vm-id`).
+        vm_id: Option<String>,
     },
     Swtpm {
         ctrl: PathBuf,
@@ -115,6 +124,27 @@ pub struct Config {
     pub host_dir: Option<PathBuf>,
     /// The seccomp filter's action on a call outside the allow-list.
     pub seccomp: SeccompMode,
+}
+
+/// Longest `--vm-id`.
+pub const MAX_VM_ID: usize = 128;
+
+/// Parses a VM id: 1 to [`MAX_VM_ID`] characters of `A-Za-z0-9._:@-`, not starting with `-`
+/// or `.` (so it can never be mistaken for an option or a path component).
+pub fn parse_vm_id(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= MAX_VM_ID
+        && !text.starts_with(['-', '.'])
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b));
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a VM id (1-{MAX_VM_ID} characters of A-Za-z0-9._:@-, not starting with - or .)"
+        ))
+    }
 }
 
 /// A list of PCR indices, ascending, without duplicates (`--mirror-pcrs`).
@@ -176,6 +206,8 @@ pub enum ConfigError {
          (refusing to start rather than run without the mirror)"
     )]
     MirrorWithoutHostTpm,
+    #[error("--vm-id is not used with --engine swtpm: the binding lives in the daemon's own encrypted state")]
+    VmIdWithSwtpm,
     #[error(transparent)]
     HostKey(#[from] HostKeyArgError),
 }
@@ -207,12 +239,14 @@ impl TryFrom<Args> for Config {
                 EngineConfig::Libtpms {
                     state_dir,
                     host_key,
+                    vm_id: args.vm_id,
                 }
             }
             Engine::Swtpm if args.state_dir.is_some() => {
                 return Err(ConfigError::StateDirWithSwtpm)
             }
             Engine::Swtpm if args.host_key.is_set() => return Err(ConfigError::HostKeyWithSwtpm),
+            Engine::Swtpm if args.vm_id.is_some() => return Err(ConfigError::VmIdWithSwtpm),
             Engine::Swtpm => match (args.swtpm_ctrl, args.swtpm_data) {
                 (Some(ctrl), Some(data)) => EngineConfig::Swtpm { ctrl, data },
                 _ => return Err(ConfigError::NoSwtpmSockets),
@@ -247,7 +281,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "seccomp"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "seccomp", "vm-id"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })
@@ -261,6 +295,32 @@ mod tests {
         let mut v = vec!["vhost-vtpm"];
         v.extend_from_slice(args);
         Config::try_from(Args::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn vm_ids() {
+        for ok in ["vm1", "6f1d2c3e-0000-4a4a-9b9b-123456789abc", "a.b:c@d_e-f"] {
+            assert_eq!(parse_vm_id(ok), Ok(ok.to_string()));
+        }
+        let long = "v".repeat(MAX_VM_ID + 1);
+        for bad in ["", "-vm", ".vm", "vm/1", "vm 1", "vm\n", long.as_str()] {
+            assert!(parse_vm_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse(&[
+                "--engine",
+                "swtpm",
+                "--swtpm-ctrl",
+                "/c",
+                "--swtpm-data",
+                "/d",
+                "--socket-path",
+                "/s",
+                "--vm-id",
+                "vm1"
+            ]),
+            Err(ConfigError::VmIdWithSwtpm)
+        );
     }
 
     #[test]
@@ -280,6 +340,7 @@ mod tests {
             EngineConfig::Libtpms {
                 state_dir: "/tmp/d".into(),
                 host_key: HostKey::File("/k".into()),
+                vm_id: None,
             }
         );
         assert!(c.busy_poll.is_zero());
@@ -357,6 +418,7 @@ mod tests {
                     tcti: "device:/dev/tpmrm0".into(),
                     pcrs: vec![0, 7],
                 },
+                vm_id: None,
             }
         );
         assert_eq!(

@@ -53,6 +53,16 @@ pub enum DaemonError {
     Save(coprocessor::Error),
     #[error("platform: {0}")]
     Platform(#[from] crate::platform::PlatformError),
+    #[error(
+        "the vTPM state in {dir} belongs to VM {bound}, not {}: refusing to serve another VM's \
+         TPM (was the state directory copied, or is --vm-id wrong?)",
+        given.as_deref().unwrap_or("a VM without --vm-id")
+    )]
+    OtherVm {
+        dir: std::path::PathBuf,
+        bound: String,
+        given: Option<String>,
+    },
     #[error("sandbox: {0}")]
     Sandbox(#[from] crate::sandbox::SandboxError),
 }
@@ -99,11 +109,51 @@ impl Stop {
     }
 }
 
+/// The blob of an instance's authenticated state that names the VM it belongs to.
+const VM_BINDING: &str = "vm-binding";
+
+/// Checks (or makes) the binding of the instance to the VM `vm_id` before its engine starts.
+///
+/// The binding is a blob of the instance's encrypted, authenticated state, so it travels with
+/// the state files and cannot be changed without the instance key: a copy of VM A's state
+/// directory (key record included) put under VM B is refused, and nothing is written. An
+/// instance not yet bound is bound to the first `--vm-id` it is served with; one served
+/// without `--vm-id` stays unbound, with a warning.
+fn bind_to_vm(store: &EncryptedStore, vm_id: Option<&str>) -> Result<(), DaemonError> {
+    let bound = store
+        .load(VM_BINDING)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    match (bound, vm_id) {
+        (Some(bound), Some(given)) if bound == given => {
+            info!("vTPM instance {} belongs to VM {given}", store.instance());
+            Ok(())
+        }
+        (Some(bound), given) => Err(DaemonError::OtherVm {
+            dir: store.dir().to_owned(),
+            bound,
+            given: given.map(str::to_owned),
+        }),
+        (None, Some(given)) => {
+            store.store(VM_BINDING, given.as_bytes())?;
+            info!("vTPM instance {} bound to VM {given}", store.instance());
+            Ok(())
+        }
+        (None, None) => {
+            warn!(
+                "vTPM instance {} is bound to no VM: a copy of its state directory would serve                  any VM; launch the daemon with --vm-id",
+                store.instance()
+            );
+            Ok(())
+        }
+    }
+}
+
 fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonError> {
     match config {
         EngineConfig::Libtpms {
             state_dir,
             host_key,
+            vm_id,
         } => {
             if let HostKey::File(path) = host_key {
                 warn!(
@@ -127,6 +177,7 @@ fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonErro
                     host_key.describe()
                 ),
             }
+            bind_to_vm(&store, vm_id.as_deref())?;
             let engine =
                 LibtpmsEngine::start(Box::new(store)).map_err(|source| DaemonError::Engine {
                     engine: "libtpms",

@@ -166,6 +166,52 @@ fn one_instances_state_does_not_open_with_anothers_key() {
     assert_eq!(read_nv(b, &key_arg), b"secret-b");
 }
 
+// Issue 11, item 7: a state directory copied from VM A's into VM B's (key record included,
+// under the same host key) is refused by VM B's daemon, which names both VMs and writes
+// nothing; VM A's own daemon still serves it; an unbound instance is bound to the first
+// --vm-id it is served with.
+#[test]
+fn a_copy_of_another_vms_state_directory_is_refused() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    let host_key = a.join("host.key");
+    let key = host_key.to_str().unwrap();
+    // A's daemon makes the host key file in A's directory; B and C use the same one.
+    let vm_a = ["--vm-id", "vm-a"];
+    let vm_b = ["--vm-id", "vm-b", "--host-key-file", key];
+    write_nv(a, &vm_a, b"secret-a");
+    fs::create_dir_all(b.join("state")).unwrap();
+    for f in STATE_FILES {
+        fs::copy(a.join("state").join(f), b.join("state").join(f)).unwrap();
+    }
+    let err = refused(b, &vm_b);
+    assert!(
+        err.contains("belongs to VM vm-a, not vm-b")
+            && err.contains("refusing to serve another VM's TPM"),
+        "{err}"
+    );
+    // Without --vm-id the bound instance is refused too.
+    let err = refused(b, &["--host-key-file", key]);
+    assert!(
+        err.contains("belongs to VM vm-a, not a VM without --vm-id"),
+        "{err}"
+    );
+    assert_eq!(read_nv(a, &vm_a), b"secret-a");
+
+    // An instance made without --vm-id is bound by its first --vm-id, then holds to it.
+    let c = tempfile::tempdir().unwrap();
+    let c = c.path();
+    let key_only = ["--host-key-file", key];
+    write_nv(c, &key_only, b"secret-c");
+    assert_eq!(
+        read_nv(c, &["--vm-id", "vm-c", "--host-key-file", key]),
+        b"secret-c"
+    );
+    let err = refused(c, &vm_b);
+    assert!(err.contains("belongs to VM vm-c, not vm-b"), "{err}");
+    assert!(refused(c, &["--vm-id=.x", "--host-key-file", key]).contains("is not a VM id"));
+}
+
 #[test]
 fn state_key_sealed_by_the_host_tpm_survives_a_host_reboot() {
     let dir = tempfile::tempdir().unwrap();
