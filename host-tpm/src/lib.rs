@@ -34,6 +34,7 @@ use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::PolicySession;
+use tss_esapi::structures::Auth;
 use tss_esapi::structures::{
     Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
     PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
@@ -47,6 +48,11 @@ use zeroize::Zeroizing;
 /// Errors talking to the host TPM.
 #[derive(Debug, thiserror::Error)]
 pub enum HostTpmError {
+    #[error(
+        "the host TPM refused the sealed object's authorization: the authValue given is not \
+         the one it was sealed with"
+    )]
+    AuthFailed,
     #[error("invalid TCTI {tcti:?}: {reason}")]
     BadTcti { tcti: String, reason: String },
     #[error("cannot open the host TPM through {tcti}: {source}")]
@@ -99,6 +105,15 @@ fn tpm(operation: &'static str) -> impl FnOnce(tss_esapi::Error) -> HostTpmError
 }
 
 /// Format-one response code TPM_RC_POLICY_FAIL, whatever session or parameter it names.
+/// A wrong authValue (TPM_RC_AUTH_FAIL, or TPM_RC_BAD_AUTH for a noDA object).
+fn is_auth_failure(e: &tss_esapi::Error) -> bool {
+    matches!(
+        e,
+        tss_esapi::Error::Tss2Error(rc)
+            if matches!(rc.kind(), Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth))
+    )
+}
+
 fn is_policy_failure(e: &tss_esapi::Error) -> bool {
     matches!(
         e,
@@ -232,8 +247,14 @@ impl HostTpm {
     }
 
     /// Starts a policy (or trial) session and applies PolicyPCR over the current values of
-    /// `pcrs`; returns the session.
-    fn pcr_policy_session(&mut self, pcrs: &[u8], kind: SessionType) -> Result<PolicySession> {
+    /// `pcrs`, then, with `password`, PolicyPassword (the object's authValue is needed too);
+    /// returns the session.
+    fn pcr_policy_session(
+        &mut self,
+        pcrs: &[u8],
+        password: bool,
+        kind: SessionType,
+    ) -> Result<PolicySession> {
         let selection = Self::pcr_selection(pcrs)?;
         let session = self
             .ctx()?
@@ -256,19 +277,43 @@ impl HostTpm {
         self.ctx()?
             .policy_pcr(policy, Digest::default(), selection)
             .map_err(tpm("PolicyPCR"))?;
+        if password {
+            self.ctx()?
+                .policy_password(policy)
+                .map_err(tpm("PolicyPassword"))?;
+        }
         Ok(policy)
     }
 
     /// Seals `secret` (at most 128 bytes) under the host TPM. With `pcrs` non-empty, the
-    /// secret unseals only while those SHA-256 PCRs hold the values they hold now.
+    /// secret unseals only while those SHA-256 PCRs hold the values they hold now. The sealed
+    /// object's authValue is empty: whoever can use this TPM and has the blob can unseal it
+    /// (see [`HostTpm::seal_with_auth`]).
     pub fn seal(&mut self, secret: &[u8], pcrs: &[u8]) -> Result<SealedBlob> {
+        self.seal_with_auth(secret, pcrs, &[])
+    }
+
+    /// [`HostTpm::seal`] with the object's authValue `auth` (at most 32 bytes; empty: none):
+    /// unsealing then also needs `auth` (with `pcrs`, the policy is PolicyPCR and
+    /// PolicyPassword).
+    pub fn seal_with_auth(
+        &mut self,
+        secret: &[u8],
+        pcrs: &[u8],
+        auth: &[u8],
+    ) -> Result<SealedBlob> {
         if secret.len() > 128 {
             return Err(HostTpmError::SecretTooLarge(secret.len()));
         }
+        let auth_value = if auth.is_empty() {
+            None
+        } else {
+            Some(Auth::try_from(auth.to_vec()).map_err(tpm("authValue"))?)
+        };
         let policy_digest = if pcrs.is_empty() {
             Digest::default()
         } else {
-            let trial = self.pcr_policy_session(pcrs, SessionType::Trial)?;
+            let trial = self.pcr_policy_session(pcrs, !auth.is_empty(), SessionType::Trial)?;
             let digest = self
                 .ctx()?
                 .policy_get_digest(trial)
@@ -299,7 +344,7 @@ impl HostTpm {
         let data = SensitiveData::try_from(secret.to_vec()).map_err(tpm("sensitive data"))?;
         let srk = self.storage_root()?;
         let created = self.ctx()?.execute_with_nullauth_session(|ctx| {
-            ctx.create(srk, public, None, Some(data), None, None)
+            ctx.create(srk, public, auth_value, Some(data), None, None)
         });
         self.flush(srk);
         let created = created.map_err(tpm("Create (seal)"))?;
@@ -317,6 +362,15 @@ impl HostTpm {
 
     /// Unseals a blob made by [`HostTpm::seal`] on this TPM; the secret is wiped when dropped.
     pub fn unseal(&mut self, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
+        self.unseal_with_auth(blob, &[])
+    }
+
+    /// Unseals a blob made by [`HostTpm::seal_with_auth`] with `auth`.
+    pub fn unseal_with_auth(
+        &mut self,
+        blob: &SealedBlob,
+        auth: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let public = Public::unmarshall(&blob.public).map_err(tpm("unmarshal public"))?;
         let private = Private::try_from(blob.private.clone()).map_err(tpm("private blob"))?;
         let srk = self.storage_root()?;
@@ -325,12 +379,34 @@ impl HostTpm {
             .execute_with_nullauth_session(|ctx| ctx.load(srk, private, public));
         self.flush(srk);
         let object = loaded.map_err(tpm("Load (sealed object)"))?;
+        if !auth.is_empty() {
+            let set = Auth::try_from(auth.to_vec())
+                .map_err(tpm("authValue"))
+                .and_then(|a| {
+                    self.ctx()?
+                        .tr_set_auth(object.into(), a)
+                        .map_err(tpm("TR_SetAuth"))
+                });
+            if let Err(e) = set {
+                self.flush(object);
+                return Err(e);
+            }
+        }
         let result = if blob.pcrs.is_empty() {
             self.ctx()?
                 .execute_with_nullauth_session(|ctx| ctx.unseal(object.into()))
-                .map_err(tpm("Unseal"))
+                .map_err(|e| {
+                    if is_auth_failure(&e) {
+                        HostTpmError::AuthFailed
+                    } else {
+                        HostTpmError::Tpm {
+                            operation: "Unseal",
+                            source: e,
+                        }
+                    }
+                })
         } else {
-            match self.pcr_policy_session(&blob.pcrs, SessionType::Policy) {
+            match self.pcr_policy_session(&blob.pcrs, !auth.is_empty(), SessionType::Policy) {
                 Ok(policy) => {
                     let r = self.ctx().and_then(|ctx| {
                         ctx.execute_with_session(Some(policy.into()), |ctx| {
@@ -341,6 +417,8 @@ impl HostTpm {
                                 HostTpmError::PcrPolicyMismatch {
                                     pcrs: blob.pcrs.clone(),
                                 }
+                            } else if is_auth_failure(&e) {
+                                HostTpmError::AuthFailed
                             } else {
                                 HostTpmError::Tpm {
                                     operation: "Unseal",

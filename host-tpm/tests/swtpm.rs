@@ -92,3 +92,36 @@ fn unreachable_tpm_and_bad_tcti_are_clear_errors() {
     let err = HostTpm::connect("no-such-tcti-kind").unwrap_err();
     assert!(err.to_string().contains("no-such-tcti-kind"), "{err}");
 }
+
+// Issue 11, item 6: a blob sealed with an authValue does not unseal through a nullauth
+// session, nor with a wrong value; with and without a PCR policy.
+#[test]
+fn a_blob_sealed_with_an_auth_value_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&dir.path().join("host-tpm"));
+    let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
+    let auth = [0x5a; 32];
+    for pcrs in [&[][..], &[16][..]] {
+        let blob = host.seal_with_auth(b"instance key", pcrs, &auth).unwrap();
+        assert_eq!(
+            *host.unseal_with_auth(&blob, &auth).unwrap(),
+            b"instance key"
+        );
+        // Through a nullauth session: refused (with PCRs, the session lacks PolicyPassword,
+        // so the policy itself fails).
+        match host.unseal_with_auth(&blob, &[]) {
+            Err(HostTpmError::AuthFailed) if pcrs.is_empty() => {}
+            Err(HostTpmError::PcrPolicyMismatch { .. }) if !pcrs.is_empty() => {}
+            other => panic!("PCRs {pcrs:?}: nullauth unsealed or failed oddly: {other:?}"),
+        }
+        match host.unseal_with_auth(&blob, &[0x5b; 32]) {
+            Err(HostTpmError::AuthFailed) => {}
+            other => panic!("PCRs {pcrs:?}: expected an authorization failure, got {other:?}"),
+        }
+        // The TPM still works for the right value afterwards (noDA: no lockout).
+        assert_eq!(
+            *host.unseal_with_auth(&blob, &auth).unwrap(),
+            b"instance key"
+        );
+    }
+}

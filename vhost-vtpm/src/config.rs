@@ -417,6 +417,7 @@ mod tests {
                 host_key: HostKey::Tpm {
                     tcti: "device:/dev/tpmrm0".into(),
                     pcrs: vec![0, 7],
+                    auth: None,
                 },
                 vm_id: None,
             }

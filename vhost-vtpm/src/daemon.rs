@@ -163,6 +163,13 @@ fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonErro
                     path.display()
                 );
             }
+            if let HostKey::Tpm { auth: None, .. } = host_key {
+                warn!(
+                    "the vTPM state key is sealed by the host TPM with an empty authValue: any \
+                     process that can use the host TPM and read a copy of instance.key can \
+                     unseal it. Give --host-tpm-auth-file to new instances."
+                );
+            }
             let (store, opened) = EncryptedStore::open(state_dir, host_key, "libtpms")?;
             match opened {
                 Opened::Created => info!(

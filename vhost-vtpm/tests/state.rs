@@ -245,6 +245,64 @@ fn state_key_sealed_by_the_host_tpm_survives_a_host_reboot() {
     assert_eq!(read_nv(dir, &["--host-tpm", &tcti]), b"sealed!!");
 }
 
+// Issue 11, item 6: with --host-tpm-auth-file, a process that can use the host TPM and holds
+// a copy of instance.key cannot unseal the instance key: the TPM itself refuses a nullauth
+// unseal of the blob; the daemon without the file, or with another one, is refused with its
+// own error and writes nothing; with the file the state opens.
+#[test]
+fn a_state_key_sealed_with_an_auth_file_does_not_unseal_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let tpm = HostTpmSimulator::start(&dir.join("host-tpm")).unwrap();
+    let tcti = tpm.tcti();
+    let (auth, other) = (dir.join("tpm-auth.key"), dir.join("other-auth.key"));
+    testbed::ensure_host_key(&auth).unwrap();
+    testbed::ensure_host_key(&other).unwrap();
+    let with = |file: &Path| -> Vec<String> {
+        [
+            "--host-tpm",
+            &tcti,
+            "--host-tpm-auth-file",
+            file.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args = with(&auth);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    write_nv(dir, &args, b"authed!!");
+
+    // The record's body is the sealed blob (after the 32-byte record header).
+    let record = fs::read(dir.join("state/instance.key")).unwrap();
+    let blob = host_tpm::SealedBlob::from_bytes(&record[32..]).unwrap();
+    let mut host = host_tpm::HostTpm::connect(&tcti).unwrap();
+    match host.unseal(&blob) {
+        Err(host_tpm::HostTpmError::AuthFailed) => {}
+        other => panic!(
+            "a nullauth unseal of the copied record must fail: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    drop(host);
+
+    let err = refused(dir, &["--host-tpm", &tcti]);
+    assert!(err.contains("--host-tpm-auth-file"), "{err}");
+    let other_args = with(&other);
+    let other_args: Vec<&str> = other_args.iter().map(String::as_str).collect();
+    let err = refused(dir, &other_args);
+    assert!(
+        err.contains("refused the sealed object's authorization"),
+        "{err}"
+    );
+    assert_eq!(read_nv(dir, &args), b"authed!!");
+
+    // Without an auth file the daemon says what it risks.
+    let plain = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(plain.path(), &["--host-tpm", &tcti]);
+    d.stop();
+    assert!(d.log_text().contains("empty authValue"), "{}", d.log_text());
+}
+
 #[test]
 fn pcr_bound_state_key_is_refused_after_the_host_pcr_changes() {
     let dir = tempfile::tempdir().unwrap();

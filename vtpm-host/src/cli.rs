@@ -24,6 +24,11 @@ pub struct HostArgs {
     /// The host TPM (tpm2-tss TCTI: `device:/dev/tpmrm0`, `swtpm:host=...,port=...`).
     #[arg(long, value_name = "TCTI", global = true)]
     pub host_tpm: Option<String>,
+    /// The host TPM auth file the daemons of this host are given (`--host-tpm-auth-file`):
+    /// needed to open instances whose keys were sealed with it (`provision`), and used for
+    /// the keys this tool seals in the host directory.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub host_tpm_auth_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: HostCommand,
 }
@@ -158,6 +163,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
     let host_key = HostKey::Tpm {
         tcti: tcti.clone(),
         pcrs: Vec::new(),
+        auth: args.host_tpm_auth_file.clone(),
     };
     match args.command {
         HostCommand::Enroll { ca, host_id: id } => {

@@ -11,6 +11,8 @@ pub enum HostKeyArgError {
     BadPcr(u8),
     #[error("--host-tpm-pcrs needs --host-tpm: PCRs bind the key to the host TPM")]
     PcrsWithoutHostTpm,
+    #[error("--host-tpm-auth-file needs --host-tpm: it authorises unsealing from the host TPM")]
+    AuthFileWithoutHostTpm,
 }
 
 /// What protects the instance's state key (shared by the daemon and `vtpm-state`).
@@ -25,6 +27,13 @@ pub struct HostKeyArgs {
     /// (comma-separated, e.g. `0,7`). The key then unseals only while they hold.
     #[arg(long, value_name = "PCRS", value_delimiter = ',')]
     pub host_tpm_pcrs: Vec<u8>,
+
+    /// With --host-tpm: a key file (32 bytes or 64 hex digits, mode 0600; `vtpm-state
+    /// gen-host-key` makes one) from which each new instance key's sealed object gets its own
+    /// authValue, so that a copy of `instance.key` does not unseal for whoever else can use
+    /// the host TPM but cannot read this file. Keep it outside the state directories.
+    #[arg(long, value_name = "PATH")]
+    pub host_tpm_auth_file: Option<PathBuf>,
 
     /// Without a host TPM: wrap the instance's state key with this key file (32 bytes or 64
     /// hex digits, readable only by the daemon's user; `vtpm-state gen-host-key` makes one).
@@ -42,6 +51,9 @@ impl HostKeyArgs {
         if !self.host_tpm_pcrs.is_empty() && self.host_tpm.is_none() {
             return Err(HostKeyArgError::PcrsWithoutHostTpm);
         }
+        if self.host_tpm_auth_file.is_some() && self.host_tpm.is_none() {
+            return Err(HostKeyArgError::AuthFileWithoutHostTpm);
+        }
         if let Some(&pcr) = self.host_tpm_pcrs.iter().find(|&&p| p > 23) {
             return Err(HostKeyArgError::BadPcr(pcr));
         }
@@ -52,6 +64,7 @@ impl HostKeyArgs {
             (Some(tcti), None) => Some(HostKey::Tpm {
                 tcti: tcti.clone(),
                 pcrs,
+                auth: self.host_tpm_auth_file.clone(),
             }),
             (None, Some(path)) => Some(HostKey::File(path.clone())),
             // clap rejects both at once.

@@ -5,14 +5,19 @@
 //! (ADR 0007). The instance key never rests in clear: the instance's key record
 //! (`instance.key`) holds it wrapped by the [`HostKey`]:
 //! - [`HostKey::Tpm`]: sealed by the host's TPM (through [`host_tpm`]), optionally to a PCR
-//!   policy, so the record opens only on that TPM (and only while those PCRs hold).
+//!   policy, so the record opens only on that TPM (and only while those PCRs hold). With a
+//!   host TPM auth file (`--host-tpm-auth-file`), the sealed object's authValue is
+//!   HMAC-SHA256(auth file key, "vhost-vtpm instance key authValue" || instance id): a process
+//!   that can use the host TPM and holds a copy of the record, but cannot read the auth file,
+//!   cannot unseal it. Without one the authValue is empty (the daemon warns).
 //! - [`HostKey::File`]: AES-256-GCM under a key file readable only by the daemon's user. It
 //!   protects against leaked state directories and backups, not against root on the host;
 //!   the daemon warns loudly when it is used.
 //!
 //! Record layout (all integers big-endian):
 //! `"VTPMKEY1" | version u16 | protection u16 | instance id [16] | body length u32 | body`.
-//! Body for the host TPM: the sealed blob of `instance id | instance key`. Body for a key
+//! Body for the host TPM (protection 1, empty authValue; 3, authValue from the auth file): the
+//! sealed blob of `instance id | instance key`. Body for a key
 //! file: `host key id [8] | nonce [12] | ciphertext [32] | tag [16]`, with everything before
 //! the nonce as associated data; the host key id (a truncated SHA-256 of the host key) lets
 //! the daemon tell "wrong host key" from "modified record".
@@ -36,6 +41,9 @@ const RECORD_MAGIC: &[u8; 8] = b"VTPMKEY1";
 const RECORD_VERSION: u16 = 1;
 const PROTECTION_HOST_TPM: u16 = 1;
 const PROTECTION_KEY_FILE: u16 = 2;
+const PROTECTION_HOST_TPM_AUTH: u16 = 3;
+/// The label of the sealed object's authValue derivation.
+const AUTH_VALUE_LABEL: &[u8] = b"vhost-vtpm instance key authValue";
 /// Magic, version, protection, instance id, body length.
 const RECORD_HEADER_LEN: usize = 8 + 2 + 2 + InstanceId::LEN + 4;
 
@@ -68,6 +76,11 @@ pub enum KeyError {
     },
     #[error("key record {path} is damaged or was modified: {reason}")]
     RecordCorrupt { path: PathBuf, reason: String },
+    #[error(
+        "key record {path} is sealed by the host TPM with an authValue: give the host TPM auth \
+         file it was made with (--host-tpm-auth-file)"
+    )]
+    AuthFileNeeded { path: PathBuf },
     #[error("key record {path} is protected by {record}, but the daemon was given {configured}")]
     ProtectionMismatch {
         path: PathBuf,
@@ -194,8 +207,13 @@ impl fmt::Debug for SecretKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostKey {
     /// The host TPM reached through `tcti` (e.g. `device:/dev/tpmrm0`); new instance keys are
-    /// sealed to the SHA-256 `pcrs` (empty: no PCR policy).
-    Tpm { tcti: String, pcrs: Vec<u8> },
+    /// sealed to the SHA-256 `pcrs` (empty: no PCR policy), with an authValue derived from the
+    /// key file `auth` (none: an empty authValue).
+    Tpm {
+        tcti: String,
+        pcrs: Vec<u8>,
+        auth: Option<PathBuf>,
+    },
     /// A key file holding 32 bytes (raw, or 64 hex digits).
     File(PathBuf),
 }
@@ -213,6 +231,9 @@ impl HostKey {
     pub fn check(&self) -> Result<(), KeyError> {
         match self {
             HostKey::File(path) => load_host_key_file(path).map(drop),
+            HostKey::Tpm {
+                auth: Some(path), ..
+            } => load_host_key_file(path).map(drop),
             HostKey::Tpm { .. } => Ok(()),
         }
     }
@@ -220,11 +241,18 @@ impl HostKey {
     /// One line for logs saying how state is protected.
     pub fn describe(&self) -> String {
         match self {
-            HostKey::Tpm { tcti, pcrs } if pcrs.is_empty() => {
-                format!("sealed by the host TPM ({tcti})")
-            }
-            HostKey::Tpm { tcti, pcrs } => {
-                format!("sealed by the host TPM ({tcti}) to SHA-256 PCRs {pcrs:?}")
+            HostKey::Tpm { tcti, pcrs, auth } => {
+                let mut text = format!("sealed by the host TPM ({tcti})");
+                if !pcrs.is_empty() {
+                    text.push_str(&format!(" to SHA-256 PCRs {pcrs:?}"));
+                }
+                match auth {
+                    Some(path) => {
+                        text.push_str(&format!(" with an authValue from {}", path.display()))
+                    }
+                    None => text.push_str(" with an empty authValue"),
+                }
+                text
             }
             HostKey::File(p) => format!("wrapped by host key file {}", p.display()),
         }
@@ -238,17 +266,26 @@ impl HostKey {
         record: &Path,
     ) -> Result<Vec<u8>, KeyError> {
         match self {
-            HostKey::Tpm { tcti, pcrs } => {
+            HostKey::Tpm { tcti, pcrs, auth } => {
                 let tpm_err = |source| KeyError::HostTpm {
                     path: record.to_owned(),
                     source,
                 };
+                let auth_value = auth_value(auth.as_deref(), id)?;
                 let mut tpm = HostTpm::connect(tcti).map_err(tpm_err)?;
                 let mut secret = Zeroizing::new(Vec::with_capacity(InstanceId::LEN + KEY_LEN));
                 secret.extend_from_slice(&id.0);
                 secret.extend_from_slice(key.bytes());
-                let body = tpm.seal(&secret, pcrs).map_err(tpm_err)?.to_bytes();
-                Ok(record_bytes(PROTECTION_HOST_TPM, id, &body))
+                let body = tpm
+                    .seal_with_auth(&secret, pcrs, &auth_value)
+                    .map_err(tpm_err)?
+                    .to_bytes();
+                let protection = if auth.is_some() {
+                    PROTECTION_HOST_TPM_AUTH
+                } else {
+                    PROTECTION_HOST_TPM
+                };
+                Ok(record_bytes(protection, id, &body))
             }
             HostKey::File(path) => {
                 let host = load_host_key_file(path)?;
@@ -299,19 +336,31 @@ impl HostKey {
             )));
         }
         let record_kind = match protection {
-            PROTECTION_HOST_TPM => "the host TPM",
+            PROTECTION_HOST_TPM | PROTECTION_HOST_TPM_AUTH => "the host TPM",
             PROTECTION_KEY_FILE => "a host key file",
             other => return Err(corrupt(&format!("unknown protection {other}"))),
         };
         match (self, protection) {
-            (HostKey::Tpm { tcti, .. }, PROTECTION_HOST_TPM) => {
+            (HostKey::Tpm { tcti, auth, .. }, PROTECTION_HOST_TPM | PROTECTION_HOST_TPM_AUTH) => {
                 let blob = SealedBlob::from_bytes(body).map_err(|e| corrupt(&e.to_string()))?;
                 let tpm_err = |source| KeyError::HostTpm {
                     path: record.to_owned(),
                     source,
                 };
+                // A record sealed with an empty authValue (before auth files, or without one)
+                // opens with an empty one, whatever is configured now.
+                let auth_value = match (protection, auth) {
+                    (PROTECTION_HOST_TPM, _) => Zeroizing::new(Vec::new()),
+                    (_, None) => {
+                        return Err(KeyError::AuthFileNeeded {
+                            path: record.to_owned(),
+                        })
+                    }
+                    (_, Some(path)) => auth_value(Some(path), &id)?,
+                };
                 let mut tpm = HostTpm::connect(tcti).map_err(tpm_err)?;
-                let secret = Zeroizing::new(tpm.unseal(&blob).map_err(tpm_err)?);
+                let secret =
+                    Zeroizing::new(tpm.unseal_with_auth(&blob, &auth_value).map_err(tpm_err)?);
                 if secret.len() != InstanceId::LEN + KEY_LEN {
                     Err(corrupt("the sealed secret has the wrong length"))
                 } else if secret[..InstanceId::LEN] != id.0 {
@@ -394,6 +443,20 @@ pub fn load_host_key_file(path: &Path) -> Result<SecretKey, KeyError> {
     decode_key(&raw).ok_or_else(|| KeyError::HostKeyFormat {
         path: path.to_owned(),
     })
+}
+
+/// The authValue of an instance's sealed key: HMAC-SHA256 under the auth file's key of
+/// [`AUTH_VALUE_LABEL`] and the instance id, so each instance's differs; empty without a file.
+fn auth_value(auth_file: Option<&Path>, id: &InstanceId) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let Some(path) = auth_file else {
+        return Ok(Zeroizing::new(Vec::new()));
+    };
+    let key = load_host_key_file(path)?;
+    let pkey = openssl::pkey::PKey::hmac(key.bytes())?;
+    let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), &pkey)?;
+    signer.update(AUTH_VALUE_LABEL)?;
+    signer.update(&id.0)?;
+    Ok(Zeroizing::new(signer.sign_to_vec()?))
 }
 
 /// A host key file's contents: 32 raw bytes, or 64 hex digits with optional surrounding
@@ -503,6 +566,7 @@ mod tests {
         let tpm = HostKey::Tpm {
             tcti: "device:/nonexistent".into(),
             pcrs: vec![],
+            auth: None,
         };
         let err = tpm.unwrap(&record_path, &record).unwrap_err();
         assert!(matches!(err, KeyError::ProtectionMismatch { .. }), "{err}");
