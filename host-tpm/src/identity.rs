@@ -139,7 +139,7 @@ pub fn aik_violations(public: &Public) -> Vec<String> {
 }
 
 /// The blob's public area, if it is an attestation key this crate signs with.
-fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
+pub(crate) fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
     let unparseable = |why: String| {
         HostTpmError::NotAnAttestationKey(vec![format!("unparseable public area: {why}")])
     };
@@ -157,7 +157,7 @@ fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
 
 /// An ECDSA P-256 signature from the TPM's big-endian `r` and `s` (fixed-width, but any
 /// width is taken: leading zeros are ignored). Zero or out-of-range values are refused.
-fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
+pub(crate) fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
     let fixed = |v: &[u8]| -> Option<[u8; 32]> {
         let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
         let significant = &v[start..];
@@ -418,7 +418,11 @@ impl HostTpm {
     }
 
     /// Loads an object blob under the storage root key (flushed again at once).
-    fn load_object(&mut self, blob: &ObjectBlob, operation: &'static str) -> Result<KeyHandle> {
+    pub(crate) fn load_object(
+        &mut self,
+        blob: &ObjectBlob,
+        operation: &'static str,
+    ) -> Result<KeyHandle> {
         let public = Public::unmarshall(&blob.public).map_err(tpm(operation))?;
         let private = Private::try_from(blob.private.clone()).map_err(tpm(operation))?;
         let srk = self.storage_root()?;

@@ -458,3 +458,41 @@ fn activate_credential_recovers_the_secret_only_for_the_named_key() {
         );
     }
 }
+
+#[test]
+fn quote_binds_the_qualifying_data_and_the_pcrs_and_verifies_with_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = HostTpmSimulator::start(&dir.path().join("tpm")).unwrap();
+    let mut host = HostTpm::connect(&tpm.tcti()).unwrap();
+    let aik = host.create_aik().unwrap();
+    let public = parse(&aik.public);
+    let nonce = sha256(b"controller nonce");
+    let q = host.quote(&aik, &nonce, &[0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    assert!(verify(&public, &q.attest, &q.signature), "quote signature");
+    let info = tpm_proto::attest::parse_quote(&q.attest).unwrap();
+    assert_eq!(info.extra_data, nonce);
+    assert_eq!(
+        info.selected(tpm_proto::attest::TPM_ALG_SHA256),
+        vec![0, 1, 2, 3, 4, 5, 6, 7]
+    );
+    // The AIK's qualified name (SHA-256, through its parent SRK's).
+    assert_eq!(info.qualified_signer[..2], [0x00, 0x0b]);
+    assert_eq!(info.qualified_signer.len(), 34);
+    // The PCR digest is SHA-256 over the quoted values, and follows them.
+    let before = info.pcr_digest.clone();
+    host.pcr_extend_sha256(7, sha256(b"measured")).unwrap();
+    let after =
+        tpm_proto::attest::parse_quote(&host.quote(&aik, &nonce, &[7, 0]).unwrap().attest).unwrap();
+    assert_ne!(before, after.pcr_digest);
+    // Too much qualifying data is refused before the TPM sees it.
+    assert!(host.quote(&aik, &[0; 65], &[0]).is_err());
+    // A key that is not an attestation key does not quote.
+    let not_aik = ObjectBlob {
+        public: host.ek_public_rsa().unwrap(),
+        private: aik.private.clone(),
+    };
+    assert!(matches!(
+        host.quote(&not_aik, &nonce, &[0]),
+        Err(HostTpmError::NotAnAttestationKey(_))
+    ));
+}

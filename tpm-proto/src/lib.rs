@@ -6,11 +6,13 @@
 //! synthesise error responses for malformed requests; the driver-side harness, the
 //! integration tests and the benchmarks use the command builders in [`commands`]; the
 //! certificate chain parses public areas and computes TPM names with [`public`], and
-//! encodes the rest with [`der`] (certificate pieces) and [`hex`].
+//! encodes the rest with [`der`] (certificate pieces) and [`hex`]; the migration controller
+//! reads host TPM quotes with [`attest`].
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.
 
+pub mod attest;
 pub mod commands;
 pub mod der;
 pub mod hex;
