@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libtpms-dev                          # the embedded engine
   swtpm swtpm-tools                    # swtpm engine, benchmark baseline, import tests
   tpm2-tools libtss2-dev               # TSS tools (host side and guest image)
+  libsqlite3-dev                       # the migration controller's store (rusqlite)
 )
 
 apt_install() {

@@ -11,10 +11,14 @@
 //! - [`package`]: the package's bytes (pure, bounded, every malformed package named).
 //! - [`seal`]: sealing an instance for a ticket; verifying and opening a package.
 //! - [`refusal`]: the named reasons a destination refuses a package.
+//! - [`api`]: the migration controller's API (JSON shapes, attestation data, signed
+//!   requests); [`client`]: its blocking HTTPS client.
 //! - [`snapshot`]: the instance's serialised form, the plaintext inside a package only.
 //! - [`device_state`]: the DEVICE_STATE pipe: reading and writing, with its limit.
 //! - `wire` (private): the length-prefixed fields both formats are made of.
 
+pub mod api;
+pub mod client;
 pub mod device_state;
 pub mod package;
 pub mod refusal;

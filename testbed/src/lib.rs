@@ -7,7 +7,10 @@
 //! - [`host_tpm`]: a simulated host TPM ([`HostTpmSimulator`]), optionally manufactured with an
 //!   EK certificate.
 //! - [`ca`]: the local CA, `vtpm-ca`, as a process ([`CaProcess`]).
-//! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]).
+//! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]), and more hosts
+//!   enrolled with the same CA ([`HostSetup`]).
+//! - [`controller`]: the migration controller, `vtpm-migrate`, as a process
+//!   ([`ControllerProcess`]).
 //! - [`readme`]: README option drift against `--help`.
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
@@ -17,6 +20,7 @@
 
 pub mod ca;
 pub mod chain;
+pub mod controller;
 pub mod daemon;
 pub mod env;
 pub mod host_tpm;
@@ -26,7 +30,8 @@ pub mod swtpm;
 pub mod vm;
 
 pub use ca::CaProcess;
-pub use chain::ChainSetup;
+pub use chain::{ChainSetup, HostRef, HostSetup};
+pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
