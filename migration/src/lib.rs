@@ -13,22 +13,30 @@
 //! - [`refusal`]: the named reasons a destination refuses a package.
 //! - [`api`]: the migration controller's API (JSON shapes, attestation data, signed
 //!   requests); [`client`]: its blocking HTTPS client.
+//! - [`source`] and [`destination`]: the two flows, for the daemon and the offline CLI;
+//!   [`pending`]: the state directory's record of a migration in progress; [`store`]: the
+//!   engine's store shared with the migration control (scratch import, destruction);
+//!   [`host`]: a host's material (keys, chain, CA root, epochs seen).
 //! - [`snapshot`]: the instance's serialised form, the plaintext inside a package only.
 //! - [`device_state`]: the DEVICE_STATE pipe: reading and writing, with its limit.
 //! - `wire` (private): the length-prefixed fields both formats are made of.
 
 pub mod api;
 pub mod client;
+pub mod destination;
 pub mod device_state;
+pub mod host;
 pub mod package;
+pub mod pending;
 pub mod refusal;
 pub mod seal;
 pub mod snapshot;
+pub mod source;
+pub mod store;
 pub mod ticket;
 mod wire;
 
-// The plain save/load go with the sealed DEVICE_STATE path of the daemon (stage 4).
-pub use device_state::{load, save, DeviceStateError, MAX_DEVICE_STATE};
+pub use device_state::{DeviceStateError, MAX_DEVICE_STATE};
 pub use refusal::Refusal;
 pub use snapshot::SnapshotError;
 pub use ticket::{MigrationId, SignedTicket, Ticket};

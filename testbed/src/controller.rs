@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -12,9 +13,10 @@ use crate::process::{run_tool, stop_child};
 
 /// The migration controller: a directory made by `vtpm-migrate init` and `vtpm-migrate
 /// serve` on a loopback port (the same port again after a restart, so the daemons'
-/// `--migration-controller` URL stays right).
+/// `--migration-controller` URL stays right). The process may be killed and restarted
+/// through a shared reference (a test's supervising thread does).
 pub struct ControllerProcess {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     pub bin: PathBuf,
     /// The controller's directory.
     pub store: PathBuf,
@@ -47,20 +49,29 @@ impl ControllerProcess {
         )
         .map_err(|e| io::Error::other(format!("vtpm-migrate init: {e}")))?;
         let mut c = ControllerProcess {
-            child: None,
+            child: Mutex::new(None),
             bin: bin.to_owned(),
             store: store.to_owned(),
             url: String::new(),
             cert: store.join("controller.pem"),
             token_file: store.join("admin.token"),
         };
-        c.serve(&[])?;
+        c.url = c.spawn(&[])?;
         Ok(c)
     }
 
-    /// Serves the directory (again): on the port it had, or a free one the first time.
-    /// `env` is set for the server process (`VTPM_MIGRATE_CRASH_AFTER`).
-    pub fn serve(&mut self, env: &[(&str, &str)]) -> io::Result<()> {
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves the directory again on its port (after a kill or a crash). `env` is set for
+    /// the server process (`VTPM_MIGRATE_CRASH_AFTER`).
+    pub fn serve(&self, env: &[(&str, &str)]) -> io::Result<()> {
+        self.spawn(env).map(drop)
+    }
+
+    /// Starts the server on the port it had (a free one the first time); its URL.
+    fn spawn(&self, env: &[(&str, &str)]) -> io::Result<String> {
         let listen = self
             .url
             .strip_prefix("https://")
@@ -85,9 +96,8 @@ impl ControllerProcess {
                 io::BufReader::new(out).read_line(&mut line)?;
             }
             if let Some(url) = line.trim().strip_prefix("listening on ") {
-                self.url = url.to_owned();
-                self.child = Some(child);
-                return Ok(());
+                *self.child() = Some(child);
+                return Ok(url.to_owned());
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -103,22 +113,28 @@ impl ControllerProcess {
     }
 
     /// Whether the server process has exited (a crash test hook killed it).
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten();
+    pub fn exited(&self) -> Option<ExitStatus> {
+        let mut child = self.child();
+        let status = child.as_mut()?.try_wait().ok().flatten();
         if status.is_some() {
-            self.child = None;
+            *child = None;
         }
         status
     }
 
+    /// Whether a server process runs (or ran and was not yet found exited).
+    pub fn running(&self) -> bool {
+        self.child().is_some()
+    }
+
     /// Waits (at most `timeout`) for the server to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(st) = self.exited() {
                 return Some(st);
             }
-            if self.child.is_none() || std::time::Instant::now() > deadline {
+            if !self.running() || std::time::Instant::now() > deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -126,17 +142,17 @@ impl ControllerProcess {
     }
 
     /// SIGKILL, no grace.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// SIGTERM; waits for the server to exit.
-    pub fn stop(&mut self) -> io::Result<ExitStatus> {
+    pub fn stop(&self) -> io::Result<ExitStatus> {
         let mut child = self
-            .child
+            .child()
             .take()
             .ok_or_else(|| io::Error::other("vtpm-migrate is not serving"))?;
         stop_child(&mut child, Signal::SIGTERM, Duration::from_secs(15))

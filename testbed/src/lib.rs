@@ -11,6 +11,7 @@
 //!   enrolled with the same CA ([`HostSetup`]).
 //! - [`controller`]: the migration controller, `vtpm-migrate`, as a process
 //!   ([`ControllerProcess`]).
+//! - [`migration`]: two hosts, one CA and the migration controller ([`MigrationBed`]).
 //! - [`readme`]: README option drift against `--help`.
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
@@ -24,6 +25,7 @@ pub mod controller;
 pub mod daemon;
 pub mod env;
 pub mod host_tpm;
+pub mod migration;
 pub mod process;
 pub mod readme;
 pub mod swtpm;
@@ -35,6 +37,7 @@ pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
+pub use migration::MigrationBed;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
 pub use readme::readme_drift;
 pub use swtpm::SwtpmProcess;

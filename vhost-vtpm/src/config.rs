@@ -45,6 +45,30 @@ pub struct Args {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     pub busy_poll_us: u64,
 
+    /// The host identity directory (`vtpm-host --dir`): the host's coprocessor key and
+    /// certificate, host AIK certificate, CA root and migration key.
+    #[arg(long, value_name = "DIR")]
+    pub host_dir: Option<PathBuf>,
+
+    /// The migration controller's URL (`https://controller:8444`): enables sealed migration
+    /// (DEVICE_STATE SAVE and LOAD carry only sealed, signed packages).
+    #[arg(long, value_name = "URL")]
+    pub migration_controller: Option<String>,
+
+    /// The migration controller's certificate (its controller.pem): the TLS root trusted
+    /// for it and the key its tickets are signed with.
+    #[arg(long, value_name = "PEM")]
+    pub migration_controller_cert: Option<PathBuf>,
+
+    /// The local CA's URL, asked for the revocation status of a source's certificates.
+    #[arg(long, value_name = "URL")]
+    pub migration_ca: Option<String>,
+
+    /// Receive this vTPM by migration: the state directory must hold no instance; nothing
+    /// is served until a package is imported and the controller committed it.
+    #[arg(long)]
+    pub migration_incoming: bool,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -82,12 +106,24 @@ pub enum EngineConfig {
     },
 }
 
+/// Sealed migration under a migration controller (ADR 0010).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationConfig {
+    pub controller: String,
+    pub controller_cert: PathBuf,
+    pub host_dir: PathBuf,
+    pub ca: String,
+    /// Started as a migration's destination.
+    pub incoming: bool,
+}
+
 /// Validated daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Listen,
     pub engine: EngineConfig,
     pub busy_poll: Duration,
+    pub migration: Option<MigrationConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,6 +151,10 @@ pub enum ConfigError {
     HostKeyWithSwtpm,
     #[error(transparent)]
     HostKey(#[from] HostKeyArgError),
+    #[error("--{0} is required for sealed migration (--migration-controller, --migration-controller-cert, --migration-ca and --host-dir go together)")]
+    MigrationIncomplete(&'static str),
+    #[error("sealed migration needs --engine libtpms (an external swtpm keeps its own state)")]
+    MigrationWithSwtpm,
 }
 
 /// Longest busy-poll window accepted; beyond this it is a spinning thread, not a window.
@@ -158,10 +198,34 @@ impl TryFrom<Args> for Config {
         if args.busy_poll_us > MAX_BUSY_POLL_US {
             return Err(ConfigError::BusyPollTooLong(args.busy_poll_us));
         }
+        let migration = match (
+            args.migration_controller,
+            args.migration_controller_cert,
+            args.migration_ca,
+            args.host_dir,
+        ) {
+            (None, None, None, _) if !args.migration_incoming => None,
+            (controller, controller_cert, ca, host_dir) => {
+                if matches!(engine, EngineConfig::Swtpm { .. }) {
+                    return Err(ConfigError::MigrationWithSwtpm);
+                }
+                Some(MigrationConfig {
+                    controller: controller
+                        .ok_or(ConfigError::MigrationIncomplete("migration-controller"))?,
+                    controller_cert: controller_cert.ok_or(ConfigError::MigrationIncomplete(
+                        "migration-controller-cert",
+                    ))?,
+                    ca: ca.ok_or(ConfigError::MigrationIncomplete("migration-ca"))?,
+                    host_dir: host_dir.ok_or(ConfigError::MigrationIncomplete("host-dir"))?,
+                    incoming: args.migration_incoming,
+                })
+            }
+        };
         Ok(Config {
             listen,
             engine,
             busy_poll: Duration::from_micros(args.busy_poll_us),
+            migration,
         })
     }
 }
@@ -170,7 +234,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "sealed-migration"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })
@@ -335,5 +399,66 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, Listen::Fd(3));
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+    }
+
+    #[test]
+    fn sealed_migration_options_go_together() {
+        let base = [
+            "--socket-path",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--host-tpm",
+            "device:/dev/tpmrm0",
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert_eq!(with(&[]).unwrap().migration, None);
+        let all = [
+            "--migration-controller",
+            "https://c:8444",
+            "--migration-controller-cert",
+            "/c.pem",
+            "--migration-ca",
+            "https://ca:8443",
+            "--host-dir",
+            "/h",
+        ];
+        let c = with(&all).unwrap();
+        assert_eq!(
+            c.migration,
+            Some(MigrationConfig {
+                controller: "https://c:8444".into(),
+                controller_cert: "/c.pem".into(),
+                host_dir: "/h".into(),
+                ca: "https://ca:8443".into(),
+                incoming: false,
+            })
+        );
+        let mut incoming = all.to_vec();
+        incoming.push("--migration-incoming");
+        assert!(with(&incoming).unwrap().migration.unwrap().incoming);
+        assert_eq!(
+            with(&all[..6]),
+            Err(ConfigError::MigrationIncomplete("host-dir"))
+        );
+        assert_eq!(
+            with(&["--migration-incoming"]),
+            Err(ConfigError::MigrationIncomplete("migration-controller"))
+        );
+        let mut swtpm = vec![
+            "--socket-path",
+            "/s",
+            "--engine",
+            "swtpm",
+            "--swtpm-ctrl",
+            "/c",
+        ];
+        swtpm.extend(["--swtpm-data", "/d"]);
+        swtpm.extend(all);
+        assert_eq!(parse(&swtpm), Err(ConfigError::MigrationWithSwtpm));
     }
 }

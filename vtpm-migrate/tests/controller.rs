@@ -7,7 +7,6 @@
 // only, not the helpers beside them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ struct Bed {
     _tmp: tempfile::TempDir,
     chain: ChainSetup,
     b: testbed::HostSetup,
-    ctl: RefCell<ControllerProcess>,
+    ctl: ControllerProcess,
 }
 
 impl Bed {
@@ -54,7 +53,7 @@ impl Bed {
             _tmp: tmp,
             chain,
             b,
-            ctl: RefCell::new(ctl),
+            ctl,
         }
     }
 
@@ -63,7 +62,7 @@ impl Bed {
     }
 
     fn host_client(&self, host: HostRef<'_>) -> Client {
-        let ctl = self.ctl.borrow();
+        let ctl = &self.ctl;
         vtpm_migrate::host::client(
             &ctl.url,
             &std::fs::read(&ctl.cert).unwrap(),
@@ -74,7 +73,7 @@ impl Bed {
     }
 
     fn operator(&self) -> Client {
-        let ctl = self.ctl.borrow();
+        let ctl = &self.ctl;
         Client::new(
             &ctl.url,
             &std::fs::read(&ctl.cert).unwrap(),
@@ -84,30 +83,27 @@ impl Bed {
     }
 
     fn anonymous(&self) -> Client {
-        let ctl = self.ctl.borrow();
+        let ctl = &self.ctl;
         Client::new(&ctl.url, &std::fs::read(&ctl.cert).unwrap(), Auth::None).unwrap()
     }
 
     fn attest(&self, host: HostRef<'_>, id: &str, role: &str) -> Result<String, String> {
         self.ctl
-            .borrow()
             .attest(host.host_dir, &host.host_tpm.tcti(), id, role)
     }
 
     fn cli(&self, cmd: &str, args: &[&str]) -> Result<String, String> {
-        self.ctl.borrow().operator(cmd, args)
+        self.ctl.operator(cmd, args)
     }
 
     fn register(&self, instance: &str) {
         self.ctl
-            .borrow()
             .operator("register", &["--instance", instance, "--owner", "host-a"])
             .unwrap();
     }
 
     fn start_migration(&self, instance: &str) -> Result<String, String> {
         self.ctl
-            .borrow()
             .operator(
                 "start",
                 &[
@@ -217,7 +213,7 @@ fn a_migration_step_by_step_and_every_refusal_named() {
     let t = a.ticket(&instance).unwrap();
     assert_eq!(t.migration, id);
     let ticket = migration::ticket::decode(&b64.decode(&t.ticket).unwrap()).unwrap();
-    let controller = X509::from_pem(&std::fs::read(&bed.ctl.borrow().cert).unwrap()).unwrap();
+    let controller = X509::from_pem(&std::fs::read(&bed.ctl.cert).unwrap()).unwrap();
     ticket.verify(&controller.public_key().unwrap()).unwrap();
     let b_key = HostDir::open(bed.b.host_dir.as_path())
         .unwrap()
@@ -286,18 +282,15 @@ fn a_migration_step_by_step_and_every_refusal_named() {
 /// Runs `call`; if the controller died (the crash hook) it is restarted without the hook
 /// and the same call repeated: every step is idempotent for the party that made it.
 fn through_crash<T>(
-    ctl: &RefCell<ControllerProcess>,
+    ctl: &ControllerProcess,
     crashed: &mut bool,
     mut call: impl FnMut() -> Result<T, String>,
 ) -> T {
     let first = call();
     let died = match &first {
-        Ok(_) => ctl.borrow_mut().exited().is_some(),
+        Ok(_) => ctl.exited().is_some(),
         Err(e) => {
-            let died = ctl
-                .borrow_mut()
-                .wait_exit(Duration::from_secs(10))
-                .is_some();
+            let died = ctl.wait_exit(Duration::from_secs(10)).is_some();
             assert!(died, "refused without a crash: {e}");
             true
         }
@@ -306,12 +299,10 @@ fn through_crash<T>(
         return first.unwrap_or_else(|_| unreachable!());
     }
     *crashed = true;
-    ctl.borrow_mut().serve(&[]).unwrap();
+    ctl.serve(&[]).unwrap();
     match first {
         Ok(v) => v,
-        Err(_) => {
-            call().unwrap_or_else(|e| panic!("after the restart: {e}\n{}", ctl.borrow().log_text()))
-        }
+        Err(_) => call().unwrap_or_else(|e| panic!("after the restart: {e}\n{}", ctl.log_text())),
     }
 }
 
@@ -336,7 +327,7 @@ fn the_controller_killed_after_every_step_recovers_each_migration() {
         let instance = random_instance();
         bed.register(&instance);
         {
-            let mut ctl = bed.ctl.borrow_mut();
+            let ctl = &bed.ctl;
             ctl.kill();
             ctl.serve(&[("VTPM_MIGRATE_CRASH_AFTER", crash)]).unwrap();
         }
@@ -396,18 +387,14 @@ fn the_controller_killed_after_every_step_recovers_each_migration() {
     a.sealed(&mid, &[5; 32]).unwrap();
     b.claim(&mid, &[5; 32], &[6; 16]).unwrap();
     {
-        let mut ctl = bed.ctl.borrow_mut();
+        let ctl = &bed.ctl;
         ctl.kill();
         ctl.serve(&[("VTPM_MIGRATE_CRASH_AFTER", "imported")])
             .unwrap();
     }
     assert!(b.imported(&mid).is_err());
-    assert!(bed
-        .ctl
-        .borrow_mut()
-        .wait_exit(Duration::from_secs(10))
-        .is_some());
-    bed.ctl.borrow_mut().serve(&[]).unwrap();
+    assert!(bed.ctl.wait_exit(Duration::from_secs(10)).is_some());
+    bed.ctl.serve(&[]).unwrap();
     assert_eq!(
         bed.operator().migration(&mid).unwrap().state,
         State::Committed
