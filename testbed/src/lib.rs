@@ -13,6 +13,8 @@
 //!   ([`ControllerProcess`]).
 //! - [`migration`]: two hosts, one CA and the migration controller ([`MigrationBed`]).
 //! - [`readme`]: README option drift against `--help`.
+//! - [`relay`]: a TCP relay for a migration stream that keeps a copy and can cut it
+//!   ([`Relay`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
@@ -28,6 +30,7 @@ pub mod host_tpm;
 pub mod migration;
 pub mod process;
 pub mod readme;
+pub mod relay;
 pub mod swtpm;
 pub mod vm;
 
@@ -40,5 +43,6 @@ pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use migration::MigrationBed;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
 pub use readme::readme_drift;
+pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
 pub use vm::{accel, decode_base64, start_daemon, Accel, TpmFrontend, Vm};

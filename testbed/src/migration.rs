@@ -124,7 +124,7 @@ impl MigrationBed {
                     to.host_id,
                 ],
             )
-            .map(|out| out.trim().to_owned())
+            .map(|out| out.lines().next().unwrap_or_default().trim().to_owned())
     }
 
     /// `vtpm-migrate status`: the JSON text.
@@ -143,6 +143,22 @@ impl MigrationBed {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         false
+    }
+
+    /// Runs a host's `vtpm-migrate` command (`export`, `import`, `settle`, `attest`) with
+    /// the controller's and the host's options: its output, or its output as the error.
+    pub fn host_cli(&self, cmd: &str, host: HostRef<'_>, args: &[&str]) -> Result<String, String> {
+        crate::run_tool(
+            std::process::Command::new(&self.controller.bin)
+                .arg(cmd)
+                .args(["--controller", &self.controller.url])
+                .arg("--controller-cert")
+                .arg(&self.controller.cert)
+                .arg("--host-dir")
+                .arg(host.host_dir)
+                .args(["--host-tpm", &host.host_tpm.tcti()])
+                .args(args),
+        )
     }
 
     /// The host directory's coprocessor certificate (PEM file).

@@ -515,3 +515,83 @@ fn the_controller_killed_after_each_step_every_migration_ends_with_one_live_copy
         sup.stop.store(true, Ordering::SeqCst);
     });
 }
+
+#[test]
+fn an_offline_move_carries_the_same_sealed_package_through_the_same_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bed = bed(tmp.path());
+    let a_dir = tmp.path().join("vm-a");
+    let (mut src, instance) = source(&bed, &a_dir);
+    let mut a = src.connect();
+    let guest = prepare(&mut a);
+    drop(a);
+    src.stop();
+    let id = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
+    let pkg = tmp.path().join("vm-1.vtpmmig");
+    let a_state = a_dir.join("state").display().to_string();
+    let out = bed
+        .host_cli(
+            "export",
+            bed.a(),
+            &["--state-dir", &a_state, "--out", &pkg.display().to_string()],
+        )
+        .unwrap();
+    assert_eq!(out.lines().next().unwrap_or_default().trim(), id);
+    let package = std::fs::read(&pkg).unwrap();
+    assert!(package.starts_with(b"VTPMMIG1"));
+    assert!(
+        !contains(&package, &guest.marker),
+        "the NV marker is in the package file"
+    );
+    // The exported instance is held: a daemon started on it serves nothing meanwhile.
+    assert!(a_dir.join("state/migration.pending").exists());
+
+    let b_dir = tmp.path().join("vm-b");
+    let b_state = b_dir.join("state").display().to_string();
+    let ca = bed.chain.ca.url.clone();
+    let out = bed
+        .host_cli(
+            "import",
+            bed.b(),
+            &[
+                "--state-dir",
+                &b_state,
+                "--in",
+                &pkg.display().to_string(),
+                "--ca",
+                &ca,
+            ],
+        )
+        .unwrap();
+    assert!(out.contains("committed"), "{out}");
+    // Importing the same file again is refused.
+    let again = bed
+        .host_cli(
+            "import",
+            bed.b(),
+            &[
+                "--state-dir",
+                &tmp.path().join("vm-b2/state").display().to_string(),
+                "--in",
+                &pkg.display().to_string(),
+                "--ca",
+                &ca,
+            ],
+        )
+        .unwrap_err();
+    assert!(again.contains("package refused (replay)"), "{again}");
+    let out = bed
+        .host_cli("settle", bed.a(), &["--state-dir", &a_state])
+        .unwrap();
+    assert!(out.contains("committed"), "{out}");
+    assert!(a_dir.join("state/migrated").exists());
+    assert!(!a_dir.join("state/instance.key").exists());
+    assert!(bed.wait_state(&id, "source_deleted", Duration::from_secs(10)));
+
+    // The destination's daemon resumes the TPM where the source stopped.
+    let dst = daemon(&bed, bed.b(), &b_dir, false);
+    let mut b = dst.connect();
+    check(&mut b, &guest);
+    let err = src.restart().unwrap_err().to_string();
+    assert!(err.contains("is gone"), "{err}");
+}

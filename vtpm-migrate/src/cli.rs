@@ -57,7 +57,7 @@ pub struct OperatorArgs {
 pub struct HostArgs {
     #[command(flatten)]
     pub controller: ControllerArgs,
-    /// The host identity directory (`vtpm-host --dir`).
+    /// The host identity directory (the one `vtpm-host` keeps).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/vtpm/host")]
     pub host_dir: PathBuf,
     /// The host TPM (tpm2-tss TCTI), which holds the host AIK and wraps the host's keys.
@@ -150,6 +150,45 @@ pub enum Command {
         operator: OperatorArgs,
         #[arg(long, value_name = "ID")]
         migration: String,
+    },
+    /// Offline move, on the source host: seal the stopped instance in --state-dir into a
+    /// package file for the authorised migration's destination; the instance is then held
+    /// until the controller decides (`settle`, or a daemon started on it, acts on that).
+    Export {
+        #[command(flatten)]
+        host: HostArgs,
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Offline move, on the destination host: import a package file into the empty
+    /// --state-dir (every check of a live migration's LOAD), report it imported and wait for
+    /// the commit.
+    Import {
+        #[command(flatten)]
+        host: HostArgs,
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// The local CA, asked for the revocation status of the source's certificates.
+        #[arg(long, value_name = "URL")]
+        ca: String,
+        /// How long to wait for the commit.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Wait for the controller's decision about the migration --state-dir is held for, and
+    /// act on it: a committed source is destroyed (tombstone, key record, state), an
+    /// aborted one released; a committed destination released, an aborted one destroyed.
+    Settle {
+        #[command(flatten)]
+        host: HostArgs,
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait_secs: u64,
     },
     /// Attest this host for a migration: a quote of the host TPM over the controller's
     /// nonce and this host's migration key.
@@ -267,6 +306,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             operator,
             migration,
         } => print_json(&operator_client(&operator)?.commit(&parse_migration(&migration)?)?),
+        Command::Export {
+            host,
+            state_dir,
+            out,
+        } => {
+            let id = offline(&host)?.export(&state_dir, &out)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Import {
+            host,
+            state_dir,
+            input,
+            ca,
+            wait_secs,
+        } => {
+            let o = offline(&host)?;
+            let ca_pem = o.host.ca_root.to_pem()?;
+            let ca = vtpm_ca::Client::new(&ca, &ca_pem, None)?;
+            let decision = o.import(&state_dir, &input, &ca, Duration::from_secs(wait_secs))?;
+            println!("{}", decision_text(decision));
+            Ok(())
+        }
+        Command::Settle {
+            host,
+            state_dir,
+            wait_secs,
+        } => {
+            let decision = offline(&host)?.settle(&state_dir, Duration::from_secs(wait_secs))?;
+            println!("{}", decision_text(decision));
+            Ok(())
+        }
         Command::Attest {
             host,
             migration,
@@ -296,6 +367,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+    }
+}
+
+fn offline(host: &HostArgs) -> Result<crate::offline::Offline, CliError> {
+    Ok(crate::offline::Offline::new(
+        &host.host_dir,
+        tpm_host_key(&host.host_tpm),
+        &host.controller.controller,
+        &read(&host.controller.controller_cert)?,
+    )?)
+}
+
+fn decision_text(d: migration::source::Decision) -> String {
+    match d {
+        migration::source::Decision::Committed => "committed".into(),
+        migration::source::Decision::Aborted => "aborted".into(),
+        migration::source::Decision::Undecided(s) => format!("undecided ({})", s.as_str()),
     }
 }
 

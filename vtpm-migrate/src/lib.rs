@@ -18,6 +18,7 @@
 //! | [`server`] | the HTTPS service (axum over OpenSSL) |
 //! | [`setup`] | the controller's directory (keys, certificates, token, config) |
 //! | [`host`] | a host's attestation and credentials |
+//! | [`offline`] | offline moves of a stopped vTPM: export, import, settle |
 //! | [`cli`] | the command line |
 
 pub mod attest;
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod controller;
 pub mod host;
+pub mod offline;
 pub mod server;
 pub mod setup;
 pub mod sqlite;

@@ -400,3 +400,25 @@ fn the_controller_killed_after_every_step_recovers_each_migration() {
         State::Committed
     );
 }
+
+#[test]
+fn readme_options_match_the_command_line() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["serve"],
+        &["register"],
+        &["start"],
+        &["status"],
+        &["list"],
+        &["abort"],
+        &["commit"],
+        &["attest"],
+        &["export"],
+        &["import"],
+        &["settle"],
+    ];
+    testbed::readme_drift(&readme, &[(Path::new(MIGRATE), commands)]).unwrap();
+}
