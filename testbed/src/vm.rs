@@ -127,6 +127,18 @@ impl Vm {
         Self::boot_opts(env, frontend, false)
     }
 
+    /// Boots the guest with `frontend` (which may be none) without asking for a TPM.
+    pub fn boot_any(env: &Env, frontend: &TpmFrontend) -> Vm {
+        Self::try_boot(
+            env,
+            accel(env),
+            frontend,
+            Duration::from_secs(240),
+            &VmOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("guest did not boot: {e}"))
+    }
+
     /// Like [`Vm::boot`]; `allow_reboot` keeps QEMU running across a guest reboot.
     pub fn boot_opts(env: &Env, frontend: &TpmFrontend, allow_reboot: bool) -> Vm {
         let opts = VmOptions {
@@ -158,8 +170,20 @@ impl Vm {
             no_wait: true,
             ..VmOptions::default()
         };
-        Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
-            .unwrap_or_else(|e| panic!("destination QEMU did not start: {e}"))
+        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
+            .unwrap_or_else(|e| panic!("destination QEMU did not start: {e}"));
+        // A probe connection would be taken for the migration stream: watch the socket
+        // table for the listener instead.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tcp_listening(port) {
+            assert!(
+                Instant::now() < deadline,
+                "destination QEMU does not listen on port {port}:\n{}",
+                vm.qemu_messages()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        vm
     }
 
     /// Waits until the migrated guest's shell answers (a destination).
@@ -527,6 +551,20 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether something listens on loopback TCP `port` (from /proc/net/tcp: local address
+/// 127.0.0.1:port, state LISTEN).
+fn tcp_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn pump(mut from: Box<dyn Read + Send>, to: Arc<Mutex<String>>) {
