@@ -12,7 +12,8 @@
 //! instance, and one instance's latency while another is flooded.
 //!
 //! `vtpm-bench guest` ([`guest`]) measures inside a real guest instead: our device against
-//! QEMU's tpm-crb with swtpm.
+//! QEMU's tpm-crb with swtpm. `vtpm-bench migration` ([`migration`]) measures sealed
+//! migration: the package in process, between two daemons, and QEMU's downtime.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -22,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod guest;
+mod migration;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +84,20 @@ enum Command {
         /// Iterations of ECDSA sign.
         #[arg(default_value_t = 100)]
         sign: u32,
+    },
+    /// Sealed migration: one package in process (seal, verify, decrypt, import), migrations
+    /// between two daemons under the controller, and with --guest-runs QEMU's downtime with
+    /// and without our vTPM (after scripts/setup.sh).
+    Migration {
+        /// Packages sealed and opened in process.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Migrations between the two daemons.
+        #[arg(long, default_value_t = 20)]
+        moves: usize,
+        /// Live migrations of a guest of each kind (0: skip).
+        #[arg(long, default_value_t = 0)]
+        guest_runs: usize,
     },
 }
 
@@ -342,6 +358,22 @@ fn main() {
     let args = Args::parse();
     if let Some(Command::Guest { fast, sign }) = args.command {
         guest::run(fast, sign);
+        return;
+    }
+    if let Some(Command::Migration {
+        runs,
+        moves,
+        guest_runs,
+    }) = args.command
+    {
+        let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default()
+        });
+        println!("# vtpm-bench migration\n\nMachine: {}", machine());
+        migration::run(&bin_dir, runs, moves, guest_runs);
         return;
     }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
