@@ -1,18 +1,13 @@
-//! Links the system libtpms (Debian: libtpms-dev). Failing here with a clear message beats a
-//! wall of undefined-symbol errors from the linker.
+//! Links the system libtpms, found with pkg-config (Debian's libtpms-dev ships `libtpms.pc`).
+//! Failing here with a clear message beats a wall of undefined-symbol errors from the linker.
 
 fn main() {
-    let found = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
-        "/usr/local/lib",
-    ]
-    .iter()
-    .any(|dir| std::path::Path::new(dir).join("libtpms.so").exists());
-    if !found {
-        println!("cargo:warning=libtpms.so not found; install libtpms-dev (scripts/setup.sh does)");
-    }
-    println!("cargo:rustc-link-lib=dylib=tpms");
     println!("cargo:rerun-if-changed=build.rs");
+    // Emits the link-search and link-lib lines (and rerun-if-env-changed for PKG_CONFIG_*).
+    if let Err(e) = pkg_config::Config::new().probe("libtpms") {
+        eprintln!(
+            "coprocessor: libtpms not found with pkg-config; install libtpms-dev (scripts/setup.sh does)\n{e}"
+        );
+        std::process::exit(1);
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use log::info;
 use tpm_proto::{Header, HEADER_SIZE, MAX_BUFFER_SIZE};
+use zeroize::Zeroize;
 
 use self::ctrl::{CMD_INIT, CMD_STORE_VOLATILE, PTM_INIT_FLAG_DELETE_VOLATILE};
 use crate::{Coprocessor, EngineState, Error, Result};
@@ -130,6 +131,11 @@ impl Coprocessor for SwtpmEngine {
             .read_exact(&mut self.resp[HEADER_SIZE..])
             .map_err(io("data read"))?;
         Ok(&self.resp)
+    }
+
+    fn wipe_response(&mut self) {
+        // Zeroes the whole capacity (one allocation of MAX_RESPONSE, never regrown).
+        self.resp.zeroize();
     }
 
     fn power_cycle(&mut self) -> Result<()> {

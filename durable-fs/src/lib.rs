@@ -309,25 +309,14 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(outside.path(), b"outside").unwrap();
         let d = dir.path();
-        for name in [
-            ".state.ab12Cd.tmp",
-            ".state.tmp",
-            ".other.xyz123.tmp",
-            "keep",
-        ] {
+        let temporaries = [".state.ab12Cd.tmp", ".state.tmp", ".other.xyz123.tmp"];
+        // Not of the pattern: another name's prefix, nothing random, a dot in the middle.
+        let others = [".states.ab12Cd.tmp", ".state..tmp", ".state.a.b.tmp"];
+        for name in temporaries.iter().chain(&others).chain(&["keep", "state"]) {
             std::fs::write(d.join(name), b"x").unwrap();
         }
         symlink(outside.path(), d.join(".state.link00.tmp")).unwrap();
         std::fs::create_dir(d.join(".state.dir000.tmp")).unwrap();
-        // Not of the pattern: another name's prefix, nothing random, a dot in the middle.
-        for name in [
-            ".states.ab12Cd.tmp",
-            ".state..tmp",
-            ".state.a.b.tmp",
-            "state",
-        ] {
-            std::fs::write(d.join(name), b"x").unwrap();
-        }
         let mut removed = remove_stale_temporaries(d, &["state", "other"]).unwrap();
         removed.sort();
         let expected: Vec<PathBuf> = [

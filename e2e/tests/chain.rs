@@ -47,6 +47,16 @@ fn host_openssl_verify(dir: &Path, ca: &Path, untrusted: &[&[u8]], leaf: &[u8]) 
     )
 }
 
+/// In the guest's /tmp: certificate `cert` (PEM) holds the public key of the TPM object
+/// whose context is `{name}.ctx`.
+fn assert_certifies(vm: &mut Vm, cert: &str, name: &str, what: &str) {
+    let from_tpm = vm.must(&format!(
+        "tpm2_readpublic -c {name}.ctx -f pem -o {name}pub.pem >/dev/null && cat {name}pub.pem"
+    ));
+    let from_cert = vm.must(&format!("openssl x509 -in {cert} -noout -pubkey"));
+    assert_eq!(from_tpm.trim(), from_cert.trim(), "{what}");
+}
+
 #[test]
 fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     let env = Env::load();
@@ -96,14 +106,7 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     );
     // The vEK in the certificate is the EK the guest's tools derive.
     vm.must("tpm2_createek -c ek.ctx -G rsa -u ek.pub");
-    let ek_from_tpm =
-        vm.must("tpm2_readpublic -c ek.ctx -f pem -o ekpub.pem >/dev/null && cat ekpub.pem");
-    let ek_from_cert = vm.must("openssl x509 -in rsa.pem -noout -pubkey");
-    assert_eq!(
-        ek_from_tpm.trim(),
-        ek_from_cert.trim(),
-        "vEK certificate key vs TPM EK"
-    );
+    assert_certifies(&mut vm, "rsa.pem", "ek", "vEK certificate key vs TPM EK");
 
     // vAIK: created in the guest, enrolled by credential activation against the vEK chain.
     vm.must("tpm2_createak -C ek.ctx -c ak.ctx -G ecc -g sha256 -s ecdsa -u ak.pub -n ak.name");
@@ -154,13 +157,11 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     let out = vm.must("openssl verify -CAfile ca.pem vaik.pem");
     assert!(out.contains("vaik.pem: OK"), "{out}");
     // It certifies the guest's AK, and expires: a verifier after notAfter refuses it.
-    let ak_key =
-        vm.must("tpm2_readpublic -c ak.ctx -f pem -o akpub.pem >/dev/null && cat akpub.pem");
-    let cert_key = vm.must("openssl x509 -in vaik.pem -noout -pubkey");
-    assert_eq!(
-        ak_key.trim(),
-        cert_key.trim(),
-        "vAIK certificate key vs the guest's AK"
+    assert_certifies(
+        &mut vm,
+        "vaik.pem",
+        "ak",
+        "vAIK certificate key vs the guest's AK",
     );
     let after = done.not_after + 60;
     let (rc, out) = vm.run(&format!(

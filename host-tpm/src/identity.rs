@@ -81,7 +81,10 @@ fn is_activation_failure(e: &tss_esapi::Error) -> bool {
 
 /// Maps a `tpm-proto` parse error of a raw command: TPM response codes become
 /// [`HostTpmError::Tpm`] like ESAPI's, anything else is a malformed response.
-fn parsed<T>(operation: &'static str, r: std::result::Result<T, WireError>) -> Result<T> {
+pub(crate) fn parsed<T>(
+    operation: &'static str,
+    r: std::result::Result<T, WireError>,
+) -> Result<T> {
     r.map_err(|e| match e {
         WireError::Tpm(rc) => HostTpmError::Tpm {
             operation,
@@ -157,7 +160,7 @@ pub(crate) fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
 
 /// An ECDSA P-256 signature from the TPM's big-endian `r` and `s` (fixed-width, but any
 /// width is taken: leading zeros are ignored). Zero or out-of-range values are refused.
-pub(crate) fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
+fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
     let fixed = |v: &[u8]| -> Option<[u8; 32]> {
         let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
         let significant = &v[start..];
@@ -172,7 +175,11 @@ pub(crate) fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
         .ok_or_else(|| wrong_value("Sign (AIK)"))
 }
 
-fn raw_run(raw: &mut RawTcti, operation: &'static str, command: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn raw_run(
+    raw: &mut RawTcti,
+    operation: &'static str,
+    command: &[u8],
+) -> Result<Vec<u8>> {
     raw.execute(command).map_err(tpm(operation))
 }
 
@@ -418,11 +425,7 @@ impl HostTpm {
     }
 
     /// Loads an object blob under the storage root key (flushed again at once).
-    pub(crate) fn load_object(
-        &mut self,
-        blob: &ObjectBlob,
-        operation: &'static str,
-    ) -> Result<KeyHandle> {
+    fn load_object(&mut self, blob: &ObjectBlob, operation: &'static str) -> Result<KeyHandle> {
         let public = Public::unmarshall(&blob.public).map_err(tpm(operation))?;
         let private = Private::try_from(blob.private.clone()).map_err(tpm(operation))?;
         let srk = self.storage_root()?;

@@ -369,13 +369,13 @@ impl signature::Signer<Signature> for KeySigner<'_> {
 mod tests {
     use super::*;
     use signature::Signer;
+    use vtpm_state::keys::generate_host_key_file;
 
     #[test]
     fn the_signer_makes_ecdsa_p256_sha256_signatures_of_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let host_key = dir.path().join("host.key");
-        vtpm_state::keys::generate_host_key_file(&host_key).unwrap();
-        let key = CoprocessorKey::create(&dir.path().join("id"), &HostKey::File(host_key)).unwrap();
+        let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
+        let key = CoprocessorKey::create(&dir.path().join("id"), &host_key).unwrap();
         let msg = b"a TBSCertificate";
         let sig: Signature = key.signer().try_sign(msg).unwrap();
         let ec = key.public_key().ec_key().unwrap();

@@ -89,7 +89,8 @@ pub fn provision_ek(
         )));
     }
     let started_here = startup_if_needed(engine)?;
-    let result = provision_started(engine, key, coprocessor_cert, issuers, validity);
+    let result = issue_ek_certs(engine, key, coprocessor_cert, validity)
+        .and_then(|certs| store_ek_certs(engine, certs, coprocessor_cert, issuers));
     if started_here {
         // Leave the TPM as found: shut down in order, then waiting for the guest's Startup.
         let restored = run(engine, c::shutdown(c::TPM_SU_CLEAR))
@@ -102,13 +103,14 @@ pub fn provision_ek(
     result
 }
 
-fn provision_started(
+/// Creates the instance's EKs (RSA, then ECC) in the started TPM and issues their
+/// certificates; writes nothing to NV.
+fn issue_ek_certs(
     engine: &mut dyn Coprocessor,
     key: &CoprocessorKey,
     coprocessor_cert: &X509Ref,
-    issuers: &[X509],
     validity: &Validity,
-) -> Result<ProvisionedEk, IdentityError> {
+) -> Result<Vec<(EkKind, X509)>, IdentityError> {
     let info = tpm_info(engine)?;
     let mut certs = Vec::with_capacity(2);
     for kind in EkKind::ALL {
@@ -116,6 +118,18 @@ fn provision_started(
         let cert = issue_ek_cert(key, coprocessor_cert, &ek.public, &info, validity)?;
         certs.push((kind, cert));
     }
+    Ok(certs)
+}
+
+/// Stores the EK certificates `certs` at their indices and the chain above them (the
+/// coprocessor certificate, then `issuers`) from [`EK_CHAIN_FIRST_INDEX`], reading each
+/// back, and removes what is left of a longer old chain.
+fn store_ek_certs(
+    engine: &mut dyn Coprocessor,
+    certs: Vec<(EkKind, X509)>,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+) -> Result<ProvisionedEk, IdentityError> {
     for (kind, cert) in &certs {
         let der = cert.to_der()?;
         store_nv(engine, kind.cert_nv_index(), &der)?;

@@ -287,12 +287,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_certificate_signed_through_the_signer_trait_verifies_with_openssl() {
+    /// What the issuance tests start from: a host AIK's stand-in (key and certificate), a
+    /// subject key, and the coprocessor certificate to issue for it.
+    fn issuance() -> (PKey<Private>, X509, PKey<Private>, CertSpec) {
         let aik_key = p256_key();
         let aik = ca(&aik_key);
-        let subject = p256_key();
         let spec = CertSpec::coprocessor("h1", Validity::starting_now(Duration::from_secs(60)));
+        (aik_key, aik, p256_key(), spec)
+    }
+
+    #[test]
+    fn a_certificate_signed_through_the_signer_trait_verifies_with_openssl() {
+        let (aik_key, aik, subject, spec) = issuance();
         let cert = issue_signed_with(&spec, &aik, &subject, &SoftSigner(aik_key.clone())).unwrap();
         assert!(cert.verify(&aik.public_key().unwrap()).unwrap());
         assert!(cert.public_key().unwrap().public_eq(&subject));
@@ -320,10 +326,7 @@ mod tests {
 
     #[test]
     fn bad_signatures_and_failing_signers_are_refused() {
-        let aik_key = p256_key();
-        let aik = ca(&aik_key);
-        let subject = p256_key();
-        let spec = CertSpec::coprocessor("h1", Validity::starting_now(Duration::from_secs(60)));
+        let (aik_key, aik, subject, spec) = issuance();
         // A valid signature, by another key than the issuer's.
         assert!(matches!(
             issue_signed_with(&spec, &aik, &subject, &SoftSigner(p256_key())),

@@ -10,9 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coprocessor::libtpms::LibtpmsEngine;
@@ -20,7 +20,7 @@ use coprocessor::Coprocessor;
 use identity::provision::tpm_info;
 use identity::{
     create_ek, issue_signed_by, provision_ek, read_ek_cert, CertSpec, CoprocessorKey, EkKind,
-    IdentityError, Validity,
+    EkPublic, IdentityError, Validity,
 };
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -35,10 +35,11 @@ use openssl::x509::extension::{
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509StoreContext, X509};
+use testbed::HostTpmSimulator;
 use tpm_proto::commands::{self as c, nv_attr};
 use tpm_proto::public::alg;
 use tpm_proto::{cc, rc, CommandBuilder};
-use vtpm_state::keys::HostKey;
+use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::EncryptedStore;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -236,9 +237,7 @@ fn write_pem(dir: &Path, name: &str, cert: &X509) -> PathBuf {
 #[test]
 fn coprocessor_key_and_vek_certificates_in_libtpms() {
     let dir = tempfile::tempdir().unwrap();
-    let host_key_path = dir.path().join("host.key");
-    vtpm_state::keys::generate_host_key_file(&host_key_path).unwrap();
-    let host_key = HostKey::File(host_key_path);
+    let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
     let id_dir = dir.path().join("identity");
 
     // --- the coprocessor key: created once, reopened, refused when it is not one ---
@@ -250,10 +249,9 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
     let reopened = CoprocessorKey::open(&id_dir, &host_key).unwrap();
     assert!(reopened.public_key().public_eq(&key.public_key()));
     assert!(!format!("{key:?}").contains("Private"));
-    let other_host_key = dir.path().join("other-host.key");
-    vtpm_state::keys::generate_host_key_file(&other_host_key).unwrap();
+    let other_host_key = generate_host_key_file(&dir.path().join("other-host.key")).unwrap();
     assert!(matches!(
-        CoprocessorKey::open(&id_dir, &HostKey::File(other_host_key)),
+        CoprocessorKey::open(&id_dir, &other_host_key),
         Err(IdentityError::Key(_))
     ));
 
@@ -362,6 +360,11 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
             ek.public_area[..2],
             [0x00, if kind == EkKind::Rsa2048 { 0x01 } else { 0x23 }]
         );
+        // Without the TPM, from the certificate alone: the same public area, so the same
+        // name (what the deep quote binds).
+        let from_cert = EkPublic::from_certificate(cert).unwrap();
+        assert_eq!(from_cert, ek.public);
+        assert_eq!(from_cert.tpmt_public().unwrap(), ek.public_area);
     }
     // The RSA EK is 2048-bit with exponent 65537; the ECC EK is on P-256.
     let rsa = first.rsa_cert.public_key().unwrap().rsa().unwrap();
@@ -599,87 +602,23 @@ impl Coprocessor for TcpTpm {
     }
 }
 
-/// The swtpm process this test started; killed (by its handle) when dropped.
-struct Swtpm {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Swtpm {
-    /// swtpm on 127.0.0.1: data on `port`, control on `port + 1` (the swtpm TCTI's layout).
-    fn start(state: &Path) -> Swtpm {
-        for _ in 0..20 {
-            let data = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = data.local_addr().unwrap().port();
-            let Some(ctrl_port) = port.checked_add(1) else {
-                continue;
-            };
-            let Ok(ctrl) = TcpListener::bind(("127.0.0.1", ctrl_port)) else {
-                continue;
-            };
-            drop((data, ctrl));
-            let mut child = Command::new("swtpm")
-                .arg("socket")
-                .arg("--tpm2")
-                .arg("--tpmstate")
-                .arg(format!("dir={}", state.display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={ctrl_port},bindaddr=127.0.0.1"))
-                .arg("--flags")
-                .arg("not-need-init,startup-clear")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            for _ in 0..100 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // lost the port race: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Swtpm { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start swtpm");
-    }
-
-    /// A fresh connection (swtpm serves one client at a time; drop it before running a tool).
-    fn connect(&self) -> TcpTpm {
+impl TcpTpm {
+    /// A fresh connection to `tpm` (drop it before running a tool).
+    fn connect(tpm: &HostTpmSimulator) -> TcpTpm {
         TcpTpm {
-            stream: TcpStream::connect(("127.0.0.1", self.port)).unwrap(),
+            stream: tpm.connect().unwrap(),
             resp: Vec::new(),
         }
     }
+}
 
-    fn tool(&self, dir: &Path, args: &[&str]) -> std::process::Output {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir)
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.port),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
+/// Runs a tpm2-tools command in `dir` against `tpm`; returns what it printed.
+fn tool(tpm: &HostTpmSimulator, dir: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..])
+        .current_dir(dir)
+        .env("TPM2TOOLS_TCTI", tpm.tcti());
+    testbed::run_tool(&mut cmd).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 fn installed(tool: &str) -> bool {
@@ -704,22 +643,21 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
         panic!("{missing} is not installed: scripts/setup.sh installs it (swtpm, tpm2-tools)");
     }
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("swtpm");
-    std::fs::create_dir(&state).unwrap();
-    let swtpm = Swtpm::start(&state);
+    let swtpm = HostTpmSimulator::start(&dir.path().join("swtpm")).unwrap();
 
     for (kind, alg) in [(EkKind::Rsa2048, "rsa"), (EkKind::EccP256, "ecc")] {
         let ours = {
-            let mut tpm = swtpm.connect();
+            let mut tpm = TcpTpm::connect(&swtpm);
             create_ek(&mut tpm, kind).unwrap()
         };
         let public = format!("{alg}.pub");
         let ctx = format!("{alg}.ctx");
-        swtpm.tool(
+        tool(
+            &swtpm,
             dir.path(),
             &["tpm2_createek", "-G", alg, "-c", &ctx, "-u", &public],
         );
-        swtpm.tool(dir.path(), &["tpm2_flushcontext", "-t"]);
+        tool(&swtpm, dir.path(), &["tpm2_flushcontext", "-t"]);
         // tpm2_createek -u writes a TPM2B_PUBLIC: the size, then the TPMT_PUBLIC.
         let theirs = std::fs::read(dir.path().join(&public)).unwrap();
         assert_eq!(
@@ -736,14 +674,12 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
 
     // Provision vEK certificates into the swtpm through the same module, then read them with
     // the guest's tools.
-    let host_key_path = dir.path().join("host.key");
-    vtpm_state::keys::generate_host_key_file(&host_key_path).unwrap();
-    let key =
-        CoprocessorKey::create(&dir.path().join("id"), &HostKey::File(host_key_path)).unwrap();
+    let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
+    let key = CoprocessorKey::create(&dir.path().join("id"), &host_key).unwrap();
     let pki = Pki::new();
     let coprocessor_cert = pki.coprocessor_cert(&key);
     let provisioned = {
-        let mut tpm = swtpm.connect();
+        let mut tpm = TcpTpm::connect(&swtpm);
         provision_ek(
             &mut tpm,
             &key,
@@ -753,7 +689,8 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
         )
         .unwrap()
     };
-    swtpm.tool(
+    tool(
+        &swtpm,
         dir.path(),
         &["tpm2_getekcertificate", "-o", "rsa.der", "-o", "ecc.der"],
     );
@@ -765,8 +702,7 @@ fn ek_templates_match_tpm2_createek_and_tools_read_the_certificates() {
         std::fs::read(dir.path().join("ecc.der")).unwrap(),
         provisioned.ecc_cert.to_der().unwrap()
     );
-    let out = swtpm.tool(dir.path(), &["tpm2_nvreadpublic"]);
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = tool(&swtpm, dir.path(), &["tpm2_nvreadpublic"]);
     for index in ["0x1c00002:", "0x1c0000a:"] {
         let entry = listing.split(index).nth(1).unwrap();
         assert!(entry.contains("value: 0x62072001"), "{listing}");

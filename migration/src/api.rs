@@ -220,9 +220,10 @@ pub struct AttestRequest {
     pub role: Role,
     /// The host AIK certificate (PEM).
     pub aik_cert: String,
-    /// base64 of the marshalled `TPMS_ATTEST`.
+    /// base64 of the marshalled `TPMS_ATTEST`, as the TPM returned it.
     pub attest: String,
-    /// base64 of the DER ECDSA signature.
+    /// base64 of the marshalled `TPMT_SIGNATURE` (ECDSA P-256, SHA-256), as the TPM returned
+    /// it.
     pub signature: String,
     /// The host's migration key (hex, uncompressed P-256 point).
     pub migration_key: String,

@@ -132,13 +132,17 @@ pub fn install(
     }
     let chain = &host.credentials.chain;
     let validity = Validity::starting_now(VEK_VALIDITY);
-    if let Err(e) = provision_ek(
-        engine,
-        &host.credentials.key,
-        &chain[0],
-        &chain[1..],
-        &validity,
-    ) {
+    // The platform hierarchy of a daemon's engine is locked (its platform firmware locks
+    // every state it takes in, ADR 0011): the vEK indices are written with it opened.
+    if let Err(e) = coprocessor::with_platform(engine, |engine| {
+        provision_ek(
+            engine,
+            &host.credentials.key,
+            &chain[0],
+            &chain[1..],
+            &validity,
+        )
+    }) {
         return Err((Refusal::Rechain(e.to_string()), Some(reserved)));
     }
     let mut exported = match engine.export_state() {

@@ -28,18 +28,6 @@ pub struct CaProcess {
 impl CaProcess {
     /// `vtpm-ca --store DIR init INIT_ARGS...` (binary `bin`), then serves it.
     pub fn start(bin: &Path, store: &Path, init_args: &[&str]) -> io::Result<Self> {
-        let out = Command::new(bin)
-            .arg("--store")
-            .arg(store)
-            .arg("init")
-            .args(init_args)
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "vtpm-ca init: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
         let mut ca = CaProcess {
             child: None,
             bin: bin.to_owned(),
@@ -48,11 +36,12 @@ impl CaProcess {
             ca_cert: store.join("ca.pem"),
             admin_token_file: store.join("admin.token"),
         };
+        ca.command(&[&["init"], init_args].concat())?;
         ca.serve()?;
         Ok(ca)
     }
 
-    /// Runs another `vtpm-ca --store DIR ARGS...` command on the store; returns stdout.
+    /// Runs `vtpm-ca --store DIR ARGS...` on the store to completion; returns stdout.
     pub fn command(&self, args: &[&str]) -> io::Result<String> {
         let out = Command::new(&self.bin)
             .arg("--store")

@@ -30,7 +30,9 @@ pub fn ensure_host_key(path: &Path) -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    vtpm_state::keys::generate_host_key_file(path).map_err(io::Error::other)
+    vtpm_state::keys::generate_host_key_file(path)
+        .map(drop)
+        .map_err(io::Error::other)
 }
 
 impl DaemonProcess {

@@ -68,6 +68,12 @@ impl HostTpmSimulator {
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
+
+    /// A connection to the data channel, for raw TPM commands. swtpm serves one client at a
+    /// time: close it before a TCTI user connects.
+    pub fn connect(&self) -> io::Result<std::net::TcpStream> {
+        std::net::TcpStream::connect(("127.0.0.1", self.port))
+    }
 }
 
 /// The files of a local CA that swtpm_localca keeps for [`HostTpmSimulator::manufacture`].

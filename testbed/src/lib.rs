@@ -12,7 +12,9 @@
 //! - [`controller`]: the migration controller, `vtpm-migrate`, as a process
 //!   ([`ControllerProcess`]).
 //! - [`migration`]: two hosts, one CA and the migration controller ([`MigrationBed`]).
+//! - [`evidence`]: a deep-attestation evidence bundle collected through the harness.
 //! - [`readme`]: README option drift against `--help`.
+//! - [`openssl`]: the `openssl` command line's view of a CRL.
 //! - [`relay`]: a TCP relay for a migration stream that keeps a copy and can cut it
 //!   ([`Relay`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
@@ -26,8 +28,10 @@ pub mod chain;
 pub mod controller;
 pub mod daemon;
 pub mod env;
+pub mod evidence;
 pub mod host_tpm;
 pub mod migration;
+pub mod openssl;
 pub mod process;
 pub mod readme;
 pub mod relay;
@@ -42,7 +46,7 @@ pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use migration::MigrationBed;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
-pub use readme::readme_drift;
+pub use readme::{crate_readme_drift, readme_drift};
 pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
 pub use vm::{accel, decode_base64, start_daemon, Accel, TpmFrontend, Vm};

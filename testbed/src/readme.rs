@@ -66,6 +66,18 @@ pub fn readme_drift(readme: &str, tools: &[(&Path, &[&[&str]])]) -> Result<(), S
     }
 }
 
+/// [`readme_drift`] of the README of the crate in `manifest_dir` (a test's
+/// `env!("CARGO_MANIFEST_DIR")`): `tool` with the argument lists whose `--help` to read.
+pub fn crate_readme_drift(
+    manifest_dir: &str,
+    tool: &Path,
+    commands: &[&[&str]],
+) -> Result<(), String> {
+    let path = Path::new(manifest_dir).join("README.md");
+    let readme = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    readme_drift(&readme, &[(tool, commands)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

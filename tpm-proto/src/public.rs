@@ -361,12 +361,9 @@ impl TpmPublic {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+    /// The bytes of hex text laid out over several lines.
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s.split_whitespace().collect::<String>()).unwrap()
     }
 
     /// The TPMT_PUBLIC of an attestation key made by `HostTpm::create_aik` on swtpm 0.7.
@@ -415,7 +412,7 @@ mod tests {
 
     #[test]
     fn parses_a_tpm_made_attestation_key() {
-        let raw = hex(AIK);
+        let raw = unhex(AIK);
         let p = TpmPublic::parse(&raw).unwrap();
         assert_eq!(p.object_type, alg::ECC);
         assert_eq!(p.name_alg, alg::SHA256);
@@ -452,7 +449,7 @@ mod tests {
         // SHA-256 of the 88 bytes, computed independently (Python hashlib).
         assert_eq!(
             p.name().unwrap(),
-            hex("000b 4be0d153bfc924e813a989a4fcd1bfa44ee72c44861107491ed8c8f5f49c6a54")
+            unhex("000b 4be0d153bfc924e813a989a4fcd1bfa44ee72c44861107491ed8c8f5f49c6a54")
         );
         let mut tpm2b = (raw.len() as u16).to_be_bytes().to_vec();
         tpm2b.extend_from_slice(&raw);
@@ -461,7 +458,7 @@ mod tests {
 
     #[test]
     fn parses_the_rsa_ek_and_refuses_it_as_an_attestation_key() {
-        let p = TpmPublic::parse(&hex(EK)).unwrap();
+        let p = TpmPublic::parse(&unhex(EK)).unwrap();
         assert_eq!(p.object_type, alg::RSA);
         assert_eq!(p.attributes, 0x0003_00b2);
         // TCG EK Credential Profile policy A: PolicySecret(TPM_RH_ENDORSEMENT).
@@ -498,7 +495,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_trailing_byte_is_an_error() {
-        for raw in [hex(AIK), hex(EK), rsa_aik()] {
+        for raw in [unhex(AIK), unhex(EK), rsa_aik()] {
             for cut in 0..raw.len() {
                 assert!(TpmPublic::parse(&raw[..cut]).is_err(), "cut at {cut}");
             }
@@ -528,7 +525,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for raw in [hex(AIK), hex(EK)] {
+        for raw in [unhex(AIK), unhex(EK)] {
             for _ in 0..5000 {
                 let mut m = raw.clone();
                 for _ in 0..1 + next() % 3 {
@@ -551,7 +548,7 @@ mod tests {
 
     #[test]
     fn each_requirement_is_reported() {
-        let raw = hex(AIK);
+        let raw = unhex(AIK);
         let with = |at: usize, bytes: &[u8]| {
             let mut m = raw.clone();
             m[at..at + bytes.len()].copy_from_slice(bytes);

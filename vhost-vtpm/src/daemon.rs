@@ -53,6 +53,8 @@ pub enum DaemonError {
     Save(coprocessor::Error),
     #[error("migration: {0}")]
     Migration(String),
+    #[error("platform: {0}")]
+    Platform(#[from] crate::platform::PlatformError),
 }
 
 /// Shutdown coordination between the signal thread and the serve loop.
@@ -283,7 +285,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
         RunMarker::refuse_symlink(state_dir)?;
     }
-    let (mut engine, control) = match &config.migration {
+    let (engine, control) = match &config.migration {
         Some(m) => {
             let (engine, control) = crate::migration_control::open(&config.engine, m)?;
             (engine, Some(control))
@@ -295,6 +297,9 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             (open_engine(&config.engine)?, None)
         }
     };
+    // The platform firmware wraps whichever engine runs the instance, so that a migrated-in
+    // vTPM is locked and guarded exactly like a freshly started one (ADR 0011).
+    let mut engine = crate::platform::wrap(engine, config)?;
     let marker = match &config.engine {
         EngineConfig::Libtpms { state_dir, .. } => {
             let (marker, unclean) = RunMarker::create(state_dir)?;

@@ -202,14 +202,14 @@ fn stale_quote(bed: &MigrationBed, id: &str) -> String {
     let key = dir.migration_public().unwrap();
     let data = attestation_data(&mid, Role::Source, &random32(), &key);
     let mut tpm = host_tpm::HostTpm::connect(&host.host_tpm.tcti()).unwrap();
-    let quote = tpm.quote(&dir.aik().unwrap(), &data, &QUOTED_PCRS).unwrap();
+    let quote = tpm.quote(&dir.aik().unwrap(), &QUOTED_PCRS, &data).unwrap();
     drop(tpm);
     let b64 = base64::engine::general_purpose::STANDARD;
     let req = AttestRequest {
         role: Role::Source,
         aik_cert: String::from_utf8(dir.host_aik_cert().unwrap().to_pem().unwrap()).unwrap(),
         attest: b64.encode(&quote.attest),
-        signature: b64.encode(quote.signature.to_der().as_bytes()),
+        signature: b64.encode(&quote.signature),
         migration_key: hex::encode(&key),
     };
     let err = client.attest(&mid, &req).unwrap_err();

@@ -12,8 +12,10 @@
 //! instance, and one instance's latency while another is flooded.
 //!
 //! `vtpm-bench guest` ([`guest`]) measures inside a real guest instead: our device against
-//! QEMU's tpm-crb with swtpm. `vtpm-bench migration` ([`migration`]) measures sealed
-//! migration: the package in process, between two daemons, and QEMU's downtime.
+//! QEMU's tpm-crb with swtpm. `vtpm-bench attest` ([`attest`]) measures deep attestation:
+//! the start-up cost of PCR mirroring, collecting and verifying an evidence bundle.
+//! `vtpm-bench migration` ([`migration`]) measures sealed migration: the package in
+//! process, between two daemons, and QEMU's downtime.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -22,6 +24,7 @@
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attest;
 mod guest;
 mod migration;
 mod state;
@@ -38,7 +41,7 @@ use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use testbed::{DaemonProcess, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code};
-use vtpm_state::keys::{generate_host_key_file, HostKey};
+use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::EncryptedStore;
 
 #[derive(Parser, Debug)]
@@ -98,6 +101,16 @@ enum Command {
         /// Live migrations of a guest of each kind (0: skip).
         #[arg(long, default_value_t = 0)]
         guest_runs: usize,
+    },
+    /// Deep attestation: TPM2_Startup with and without PCR mirroring, collecting an evidence
+    /// bundle (through the harness and in a guest), verifying it.
+    Attest {
+        /// Samples per row.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// Skip the part in a guest (it needs scripts/setup.sh).
+        #[arg(long)]
+        no_guest: bool,
     },
 }
 
@@ -184,6 +197,15 @@ struct Row {
     p99: Duration,
     ops_per_s: f64,
     server_cpu_us: Option<f64>,
+}
+
+impl Row {
+    /// The server CPU column: µs per operation, `-` where it was not measured.
+    fn server_cpu_cell(&self) -> String {
+        self.server_cpu_us
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(|| "-".into())
+    }
 }
 
 /// CPU time of all threads of `pid` in nanoseconds (first field of each task's schedstat).
@@ -317,10 +339,6 @@ fn print_table(title: &str, rows: &[Row]) {
         let ratio = floor
             .map(|f| format!("{:.2}x", r.p50.as_secs_f64() / f))
             .unwrap_or_default();
-        let cpu = r
-            .server_cpu_us
-            .map(|c| format!("{c:.1}"))
-            .unwrap_or_else(|| "-".into());
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} |",
             r.path,
@@ -330,7 +348,7 @@ fn print_table(title: &str, rows: &[Row]) {
             r.p99.as_secs_f64() * 1e6,
             r.ops_per_s,
             ratio,
-            cpu
+            r.server_cpu_cell()
         );
     }
 }
@@ -360,22 +378,6 @@ fn main() {
         guest::run(fast, sign);
         return;
     }
-    if let Some(Command::Migration {
-        runs,
-        moves,
-        guest_runs,
-    }) = args.command
-    {
-        let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(Path::to_path_buf))
-                .unwrap_or_default()
-        });
-        println!("# vtpm-bench migration\n\nMachine: {}", machine());
-        migration::run(&bin_dir, runs, moves, guest_runs);
-        return;
-    }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -388,6 +390,20 @@ fn main() {
         "{} not found: cargo build --release --workspace",
         daemon_bin.display()
     );
+    if let Some(Command::Attest { samples, no_guest }) = args.command {
+        attest::run(&bin_dir, samples, !no_guest);
+        return;
+    }
+    if let Some(Command::Migration {
+        runs,
+        moves,
+        guest_runs,
+    }) = args.command
+    {
+        println!("# vtpm-bench migration\n\nMachine: {}", machine());
+        migration::run(&bin_dir, runs, moves, guest_runs);
+        return;
+    }
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1))
@@ -410,14 +426,10 @@ fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
     let scratch = tempfile::tempdir().expect("tempdir");
     // The floor keeps its state exactly as the daemon does (encrypted, durable), so the NV
     // write rows compare like with like.
-    let floor_key = scratch.path().join("floor.key");
-    generate_host_key_file(&floor_key).expect("host key");
-    let (floor_store, _) = EncryptedStore::open(
-        &scratch.path().join("floor"),
-        &HostKey::File(floor_key),
-        "libtpms",
-    )
-    .expect("state store");
+    let floor_key = generate_host_key_file(&scratch.path().join("floor.key")).expect("host key");
+    let (floor_store, _) =
+        EncryptedStore::open(&scratch.path().join("floor"), &floor_key, "libtpms")
+            .expect("state store");
     let mut floor_engine = LibtpmsEngine::start(Box::new(floor_store)).expect("libtpms");
 
     let last = all_cpus.len() - 1;

@@ -207,8 +207,8 @@ fn daemon_section(bed: &MigrationBed, bin_dir: &Path, dir: &Path, moves: usize) 
     let instance = bed.register(&first.join("state"), bed.a()).unwrap();
     let mut src = daemon(bed, bin_dir, bed.a(), &first, false);
     let mut client = VtpmClient::connect(&src.socket, ClientOptions::default()).unwrap();
-    let mut cmd = c::startup(c::TPM_SU_CLEAR);
-    client.transact(&mut cmd).unwrap();
+    let cmd = c::startup(c::TPM_SU_CLEAR);
+    client.transact(&cmd).unwrap();
     let hosts = [bed.a(), bed.b()];
     let (mut save, mut load, mut serving) = (vec![], vec![], vec![]);
     for i in 0..moves {
@@ -276,20 +276,14 @@ fn guest_section(bed: &MigrationBed, dir: &Path, runs: usize) {
         let src_dir = dir.join(format!("guest-{i}-a"));
         bed.a().provision(&src_dir.join("state")).unwrap();
         let instance = bed.register(&src_dir.join("state"), bed.a()).unwrap();
-        let src = daemon(
-            bed,
-            &env.daemon.parent().unwrap().to_owned(),
-            bed.a(),
-            &src_dir,
-            false,
-        );
+        let src = daemon(bed, env.daemon.parent().unwrap(), bed.a(), &src_dir, false);
         let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(src.socket.clone()));
         vm.must("tpm2_getrandom --hex 8");
         bed.authorise(&instance, &format!("guest-{i}"), bed.a(), bed.b())
             .unwrap();
         let dst_daemon = daemon(
             bed,
-            &env.daemon.parent().unwrap().to_owned(),
+            env.daemon.parent().unwrap(),
             bed.b(),
             &dir.join(format!("guest-{i}-b")),
             true,

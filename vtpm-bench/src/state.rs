@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use coprocessor::swtpm::SwtpmEngine;
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sys::signal::Signal;
-use testbed::{ensure_host_key, DaemonProcess, HostTpmSimulator, SwtpmProcess};
+use testbed::{ensure_host_key, run_tool, DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code, Header, HEADER_SIZE};
 
 use crate::{measure_ops, must, pin, Args, DaemonPath, EnginePath, Op, Path_, Row, NV_INDEX};
@@ -85,17 +85,12 @@ impl World {
     fn set_up(dir: &Path, daemon_bin: &Path) -> World {
         let swtpm_state = dir.join("swtpm-state");
         std::fs::create_dir_all(&swtpm_state).expect("create swtpm state dir");
-        let out = Command::new("swtpm_setup")
-            .args(["--tpm2", "--createek", "--create-spk", "--tpmstate"])
-            .arg(&swtpm_state)
-            .output()
-            .expect("swtpm_setup (scripts/setup.sh installs swtpm-tools)");
-        assert!(
-            out.status.success(),
-            "swtpm_setup failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_tool(
+            Command::new("swtpm_setup")
+                .args(["--tpm2", "--createek", "--create-spk", "--tpmstate"])
+                .arg(&swtpm_state),
+        )
+        .unwrap_or_else(|e| panic!("swtpm_setup (scripts/setup.sh installs swtpm-tools): {e}"));
         {
             // Used through swtpm as a guest would: a persistent key and some NV data.
             let sw = SwtpmProcess::start(dir, true).expect("start swtpm");
@@ -156,20 +151,15 @@ impl World {
         };
         for key in [Key::File, Key::Tpm] {
             let tool = daemon_bin.with_file_name("vtpm-state");
-            let out = Command::new(&tool)
-                .args(["import-swtpm", "--state-dir"])
-                .arg(world.ours_dir(key).join("state"))
-                .arg("--from")
-                .arg(&world.swtpm_state)
-                .args(world.key_args(key))
-                .output()
-                .expect("run vtpm-state import-swtpm");
-            assert!(
-                out.status.success(),
-                "vtpm-state import-swtpm failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_tool(
+                Command::new(&tool)
+                    .args(["import-swtpm", "--state-dir"])
+                    .arg(world.ours_dir(key).join("state"))
+                    .arg("--from")
+                    .arg(&world.swtpm_state)
+                    .args(world.key_args(key)),
+            )
+            .unwrap_or_else(|e| panic!("vtpm-state import-swtpm: {e}"));
         }
         world
     }
@@ -340,10 +330,6 @@ fn print_durability_row(r: &Row, rows: &[Row]) {
         .map(|b| us(r.p50) - us(b.p50))
         .map(|d| format!("{d:.1}"))
         .unwrap_or_default();
-    let cpu = r
-        .server_cpu_us
-        .map(|c| format!("{c:.1}"))
-        .unwrap_or_else(|| "-".into());
     println!(
         "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.0} | {} |",
         r.op,
@@ -354,7 +340,7 @@ fn print_durability_row(r: &Row, rows: &[Row]) {
         us(r.p99),
         base,
         r.ops_per_s,
-        cpu
+        r.server_cpu_cell()
     );
 }
 

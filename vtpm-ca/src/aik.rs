@@ -116,14 +116,14 @@ pub(crate) mod tests {
         "000b78bf596c31175a56bc22217e8fd7cf33ed570763d999391189bd07febf87a1fb";
 
     pub(crate) fn ak_pub() -> Vec<u8> {
-        crate::util::unhex(&AK_PUB.replace(' ', "")).unwrap()
+        hex::decode(AK_PUB.replace(' ', "")).unwrap()
     }
 
     #[test]
     fn parses_a_tpm2_tools_ak_and_computes_its_name() {
         let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
         assert_eq!(aik.public.object_type, alg::ECC);
-        assert_eq!(crate::util::hex(aik.name()), AK_NAME);
+        assert_eq!(hex::encode(aik.name()), AK_NAME);
         assert!(aik.violations().is_empty(), "{:?}", aik.violations());
         assert_eq!(aik.public_key().bits(), 256);
     }

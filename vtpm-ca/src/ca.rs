@@ -3,8 +3,8 @@
 //! This module owns the authentication of bearer tokens against the ACL and the dispatch of
 //! each API operation. The operations that read-modify-write the store (revocations,
 //! registrations, named certificates, issuing) are serialised by the store's own lock
-//! ([`Store::lock`], an `flock` on the store directory), which covers the server's threads
-//! and `vtpm-ca` commands run at the same time alike. The server calls only this; tests and
+//! ([`Store::lock`], an `flock` on `DIR/.lock`), which covers the server's threads and
+//! `vtpm-ca` commands run at the same time alike. The server calls only this; tests and
 //! tools may use it directly instead of HTTPS.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::api::{
     EnrollStartRequest, EnrollStartResponse, PutCertResponse, RevokeRequest,
 };
 use crate::certstore::{self, Acl, CertStoreError, Principal};
+use crate::coprocessor::{self, RegistrationError};
 use crate::enroll::{self, EnrollError, Sessions};
 use crate::revocation::{self, RevocationError, Revoked};
 use crate::store::{Store, StoreError};
@@ -99,22 +100,20 @@ impl Ca {
     ) -> Result<Revoked, RevocationError> {
         let p = self.principal(token)?;
         certstore::authorize_admin(p.as_ref(), "revocations")?;
-        let who = p.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
         let r = match (&req.serial, &req.certificate) {
             (Some(s), None) => revocation::revoke_serial(&self.store, s, req.reason.as_deref())?,
             (None, Some(pem)) => {
-                let cert = X509::from_pem(pem.as_bytes()).map_err(|e| {
-                    RevocationError::BadRequest(format!("certificate is not PEM: {e}"))
-                })?;
+                let cert = X509::from_pem(pem.as_bytes()).map_err(RevocationError::BadPem)?;
                 revocation::revoke_cert(&self.store, &cert, req.reason.as_deref())?
             }
-            _ => {
-                return Err(RevocationError::BadRequest(
-                    "give exactly one of serial and certificate".into(),
-                ))
-            }
+            _ => return Err(RevocationError::BadTarget),
         };
-        log::info!("{who} revoked {:?} {:?}", r.serial, r.fingerprint);
+        log::info!(
+            "{} revoked {:?} {:?}",
+            certstore::who(p.as_ref()),
+            r.serial,
+            r.fingerprint
+        );
         Ok(r)
     }
 
@@ -131,16 +130,10 @@ impl Ca {
         &self,
         req: &CoprocessorRequest,
         token: Option<&str>,
-    ) -> Result<CoprocessorResponse, RevocationError> {
+    ) -> Result<CoprocessorResponse, RegistrationError> {
         let p = self.principal(token)?;
-        let mut chain = Vec::new();
-        for (i, pem) in req.chain.iter().enumerate() {
-            let certs = X509::stack_from_pem(pem.as_bytes()).map_err(|e| {
-                RevocationError::BadRequest(format!("chain entry {i} is not PEM: {e}"))
-            })?;
-            chain.extend(certs);
-        }
-        let r = revocation::register_coprocessor(&self.store, &chain, p.as_ref())?;
+        let chain = coprocessor::parse_chain(&req.chain)?;
+        let r = coprocessor::register(&self.store, &chain, p.as_ref())?;
         Ok(CoprocessorResponse {
             fingerprint: r.fingerprint,
             name: r.name,

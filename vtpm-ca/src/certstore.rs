@@ -17,12 +17,21 @@ use openssl::memcmp;
 use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError, PRIVATE_FILE, PUBLIC_FILE};
-use crate::util::{fingerprint, hex, random};
+use crate::names;
+pub use crate::names::MAX_NAME;
+use crate::store::{Locked, Store, StoreError, PRIVATE_FILE};
+use crate::util::{fingerprint, random_hex};
 
 const ACL: &str = "acl.json";
-/// Longest certificate name.
-pub const MAX_NAME: usize = 255;
+
+/// Why a text is not PEM certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("{0}")]
+    Parse(ErrorStack),
+    #[error("no CERTIFICATE block")]
+    NoCertificate,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertStoreError {
@@ -39,7 +48,7 @@ pub enum CertStoreError {
     )]
     BadName(String),
     #[error("not a PEM certificate: {0}")]
-    BadPem(String),
+    BadPem(PemError),
     #[error("no certificate named {0:?}")]
     NotFound(String),
     #[error("a principal named {0:?} already exists")]
@@ -97,11 +106,11 @@ pub struct Acl {
 
 impl Acl {
     pub fn load(store: &Store) -> Result<Acl, StoreError> {
-        Ok(store.read_json_opt(ACL)?.unwrap_or_default())
+        Ok(store.read_json_optional(ACL)?.unwrap_or_default())
     }
 
-    /// Writes the ACL. To change it, hold [`Store::lock`] from the load to the save.
-    pub fn save(&self, store: &Store) -> Result<(), StoreError> {
+    /// Writes the ACL; loaded under the same lock, nothing is lost.
+    pub fn save(&self, store: &Locked<'_>) -> Result<(), StoreError> {
         store.write_json(ACL, self, PRIVATE_FILE)
     }
 
@@ -132,46 +141,35 @@ impl Acl {
         for p in &write {
             validate_prefix(p)?;
         }
-        let _lock = store.lock()?;
-        let mut acl = Acl::load(store)?;
+        let store = store.lock()?;
+        let mut acl = Acl::load(&store)?;
         if acl.principals.iter().any(|p| p.name == name) {
             return Err(CertStoreError::PrincipalExists(name.to_string()));
         }
         let token = new_token()?;
         acl.principals
             .push(Principal::new(name, &token, read, write, admin));
-        acl.save(store)?;
+        acl.save(&store)?;
         Ok(token)
     }
 }
 
 /// A new random bearer token (32 bytes, hex).
 pub fn new_token() -> Result<String, ErrorStack> {
-    Ok(hex(&random(32)?))
+    random_hex(32)
 }
 
 /// SHA-256 of a token, lower-case hex.
 pub fn token_hash(token: &str) -> String {
     hash(MessageDigest::sha256(), token.as_bytes())
-        .map(|d| hex(&d))
+        .map(hex::encode)
         .unwrap_or_default()
 }
 
 /// Checks a certificate name.
 pub fn validate_name(name: &str) -> Result<(), CertStoreError> {
-    let bad = || CertStoreError::BadName(name.to_string());
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(bad());
-    }
-    for seg in name.split('/') {
-        if seg.is_empty()
-            || seg.starts_with('.')
-            || !seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
-        {
-            return Err(bad());
-        }
+    if !names::is_name(name) {
+        return Err(CertStoreError::BadName(name.to_string()));
     }
     Ok(())
 }
@@ -198,10 +196,10 @@ pub fn prefix_covers(prefix: &str, name: &str) -> bool {
 
 /// Parses the PEM of one or more certificates (a leaf and its chain).
 pub fn parse_pem(pem: &str) -> Result<Vec<X509>, CertStoreError> {
-    let certs =
-        X509::stack_from_pem(pem.as_bytes()).map_err(|e| CertStoreError::BadPem(e.to_string()))?;
+    let certs = X509::stack_from_pem(pem.as_bytes())
+        .map_err(|e| CertStoreError::BadPem(PemError::Parse(e)))?;
     if certs.is_empty() {
-        return Err(CertStoreError::BadPem("no CERTIFICATE block".into()));
+        return Err(CertStoreError::BadPem(PemError::NoCertificate));
     }
     Ok(certs)
 }
@@ -214,6 +212,11 @@ pub struct Stored {
     pub fingerprint: String,
     /// Whether a certificate of that name was replaced.
     pub replaced: bool,
+}
+
+/// The principal's name for the log, `-` without one.
+pub fn who(principal: Option<&Principal>) -> &str {
+    principal.map(|p| p.name.as_str()).unwrap_or("-")
 }
 
 fn refuse(principal: Option<&Principal>, action: &'static str, name: &str) -> CertStoreError {
@@ -262,7 +265,7 @@ pub fn put(
     if let Err(e) = validate_name(name) {
         log::warn!(
             "certstore: refused to store {name:?} for principal {:?}: invalid name",
-            principal.map(|p| p.name.as_str()).unwrap_or("-")
+            who(principal)
         );
         return Err(e);
     }
@@ -272,37 +275,35 @@ pub fn put(
         Err(e) => {
             log::warn!(
                 "certstore: refused to store {name:?} for principal {:?}: {e}",
-                principal.map(|p| p.name.as_str()).unwrap_or("-")
+                who(principal)
             );
             return Err(e);
         }
     };
-    let stored = put_unchecked(store, name, &certs)?;
+    let stored = put_unchecked(&store.lock()?, name, &certs)?;
     log::info!(
         "certstore: {} stored {name:?} ({})",
-        principal.map(|p| p.name.as_str()).unwrap_or("-"),
+        who(principal),
         stored.fingerprint
     );
     Ok(stored)
 }
 
 /// Stores `certs` as `name` without an ACL check (for the CA's own use).
-pub fn put_unchecked(store: &Store, name: &str, certs: &[X509]) -> Result<Stored, CertStoreError> {
+pub fn put_unchecked(
+    store: &Locked<'_>,
+    name: &str,
+    certs: &[X509],
+) -> Result<Stored, CertStoreError> {
     validate_name(name)?;
     let first = certs
         .first()
-        .ok_or_else(|| CertStoreError::BadPem("no certificate".into()))?;
+        .ok_or(CertStoreError::BadPem(PemError::NoCertificate))?;
     let mut pem = Vec::new();
     for c in certs {
         pem.extend_from_slice(&c.to_pem()?);
     }
-    let path = store.named_path(name);
-    let _lock = store.lock()?;
-    let replaced = path.exists();
-    if let Some(parent) = path.parent() {
-        store.mkdir(parent)?;
-    }
-    crate::store::write_atomic(&path, &pem, PUBLIC_FILE)?;
+    let replaced = store.put_named(name, &pem)?;
     Ok(Stored {
         name: name.to_string(),
         fingerprint: fingerprint(first)?,
@@ -328,14 +329,14 @@ pub fn get(
 pub fn get_unchecked(store: &Store, name: &str) -> Result<Option<String>, CertStoreError> {
     validate_name(name)?;
     Ok(store
-        .read_opt_path(&store.named_path(name))?
+        .named(name)?
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::new_store;
+    use crate::setup::tests::new_store;
     use crate::store::Config;
 
     #[test]

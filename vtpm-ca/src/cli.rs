@@ -25,8 +25,9 @@ use crate::ca::Ca;
 use crate::certstore::{Acl, CertStoreError};
 use crate::issue::Kind;
 use crate::revocation::{self, RevocationError, Revocations};
-use crate::store::{self, Config, InitOptions, Store, StoreError};
-use crate::util::{asn1_to_unix, fingerprint};
+use crate::setup::{self, InitError, InitOptions};
+use crate::store::{self, Config, Store, StoreError};
+use crate::util::{expired, fingerprint, now_unix, subject_text};
 
 /// vhost-vtpm's local CA: enrolls host TPMs and vTPMs, issues AIK certificates, keeps an
 /// access-controlled certificate store and a CRL.
@@ -126,21 +127,26 @@ pub enum CommandArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum AclArgs {
     /// Add a principal; prints its bearer token (shown once).
-    Add {
-        #[arg(long, value_name = "NAME")]
-        name: String,
-        /// May read every certificate.
-        #[arg(long)]
-        read: bool,
-        /// May store certificates whose names start with this (repeatable; "" = all).
-        #[arg(long = "write-prefix", value_name = "PREFIX")]
-        write_prefixes: Vec<String>,
-        /// May revoke.
-        #[arg(long)]
-        admin: bool,
-    },
+    Add(NewPrincipal),
     /// List the principals.
     List,
+}
+
+// `vtpm-ca acl add`: the principal to add, as given and, checked, as the command carries it.
+// (A doc comment here would become the subcommand's help text.)
+#[derive(clap::Args, Debug, Clone)]
+pub struct NewPrincipal {
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// May read every certificate.
+    #[arg(long)]
+    pub read: bool,
+    /// May store certificates whose names start with this (repeatable; "" = all).
+    #[arg(long = "write-prefix", value_name = "PREFIX")]
+    pub write_prefixes: Vec<String>,
+    /// May revoke.
+    #[arg(long)]
+    pub admin: bool,
 }
 
 /// What to revoke.
@@ -163,10 +169,7 @@ pub enum Command {
     },
     AclAdd {
         store: PathBuf,
-        name: String,
-        read: bool,
-        write_prefixes: Vec<String>,
-        admin: bool,
+        principal: NewPrincipal,
     },
     AclList {
         store: PathBuf,
@@ -205,6 +208,8 @@ pub enum CliError {
     },
     #[error("{0}: no PEM certificate in it")]
     NoCertificate(PathBuf),
+    #[error(transparent)]
+    Init(#[from] InitError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -281,26 +286,14 @@ impl TryFrom<Args> for Command {
             }
             CommandArgs::Serve { listen } => Command::Serve { store, listen },
             CommandArgs::Acl {
-                command:
-                    AclArgs::Add {
-                        name,
-                        read,
-                        write_prefixes,
-                        admin,
-                    },
+                command: AclArgs::Add(principal),
             } => {
-                if !read && write_prefixes.is_empty() && !admin {
+                if !principal.read && principal.write_prefixes.is_empty() && !principal.admin {
                     return Err(CliError::Usage(
                         "a principal needs --read, --write-prefix or --admin".into(),
                     ));
                 }
-                Command::AclAdd {
-                    store,
-                    name,
-                    read,
-                    write_prefixes,
-                    admin,
-                }
+                Command::AclAdd { store, principal }
             }
             CommandArgs::Acl {
                 command: AclArgs::List,
@@ -371,7 +364,7 @@ fn write_out(out: &mut dyn Write, text: std::fmt::Arguments<'_>) -> Result<(), C
 pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         Command::Init { store, options } => {
-            let init = store::init(&store, &options)?;
+            let init = setup::init(&store, &options)?;
             let s = &init.store;
             write_out(
                 out,
@@ -385,14 +378,14 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             )
         }
         Command::Serve { store, listen } => serve(&store, listen, out),
-        Command::AclAdd {
-            store,
-            name,
-            read,
-            write_prefixes,
-            admin,
-        } => {
+        Command::AclAdd { store, principal } => {
             let s = Store::open(&store)?;
+            let NewPrincipal {
+                name,
+                read,
+                write_prefixes,
+                admin,
+            } = principal;
             let token = Acl::add(&s, &name, read, write_prefixes, admin)?;
             write_out(out, format_args!("{token}\n"))
         }
@@ -443,10 +436,8 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             let s = Store::open(&store)?;
             let der = revocation::crl(&s)?;
             match file {
-                Some(p) => {
-                    store::write_atomic(&p, &der, store::PUBLIC_FILE)?;
-                    Ok(())
-                }
+                Some(p) => durable_fs::replace(&p, &der, store::PUBLIC_FILE, true)
+                    .map_err(|source| CliError::Io { path: p, source }),
                 None => out.write_all(&der).map_err(|source| CliError::Io {
                     path: PathBuf::from("<stdout>"),
                     source,
@@ -455,11 +446,12 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
         }
         Command::AddEkRoot { store, pem } => {
             let s = Store::open(&store)?;
+            let s = s.lock()?;
             for c in read_certs(&pem)? {
                 let fp = s.add_ek_root(&c)?;
                 write_out(
                     out,
-                    format_args!("trusted EK root {fp} {}\n", revocation::subject_text(&c)),
+                    format_args!("trusted EK root {fp} {}\n", subject_text(&c)),
                 )?;
             }
             Ok(())
@@ -470,7 +462,8 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             subject,
         } => {
             let s = Store::open(&store)?;
-            match s.release_subject(kind, &subject)? {
+            let released = s.lock()?.release_subject(kind, &subject)?;
+            match released {
                 Some(b) => {
                     log::info!(
                         "released aik/{kind}/{subject} from endorsement key {}",
@@ -503,7 +496,7 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
         let serial = store::serial_of(&c)?;
         let state = if revs.serial(&serial).is_some() {
             "revoked"
-        } else if asn1_to_unix(c.not_after())? < crate::util::now_unix() as i64 {
+        } else if expired(&c, now_unix())? {
             "expired"
         } else {
             "good"
@@ -514,7 +507,7 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
                 "  {serial}\t{state}\tnot_after={}\t{}\t{}\n",
                 c.not_after(),
                 fingerprint(&c)?,
-                revocation::subject_text(&c)
+                subject_text(&c)
             ),
         )?;
     }
@@ -526,10 +519,7 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
         } else {
             "good"
         };
-        write_out(
-            out,
-            format_args!("  {fp}\t{state}\t{}\n", revocation::subject_text(&c)),
-        )?;
+        write_out(out, format_args!("  {fp}\t{state}\t{}\n", subject_text(&c)))?;
     }
     write_out(out, format_args!("named:\n"))?;
     for n in s.named_all()? {
@@ -549,7 +539,7 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
     for c in s.ek_roots()? {
         write_out(
             out,
-            format_args!("  {}\t{}\n", fingerprint(&c)?, revocation::subject_text(&c)),
+            format_args!("  {}\t{}\n", fingerprint(&c)?, subject_text(&c)),
         )?;
     }
     Ok(())
@@ -657,7 +647,9 @@ mod tests {
         run(parse(&["--store", d, "init"]).unwrap(), &mut Vec::new()).unwrap();
         let s = Store::open(&dir).unwrap();
         let key = "ab".repeat(32);
-        s.bind_subject(Kind::Host, "host-1", &key, &"cd".repeat(32))
+        s.lock()
+            .unwrap()
+            .bind_subject(Kind::Host, "host-1", &key, &"cd".repeat(32))
             .unwrap();
         let mut out = Vec::new();
         run(parse(&["--store", d, "list"]).unwrap(), &mut out).unwrap();
@@ -704,7 +696,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(
             run(parse(&["--store", d, "init"]).unwrap(), &mut out),
-            Err(CliError::Store(StoreError::Exists(_)))
+            Err(CliError::Init(InitError::Exists(_)))
         ));
         let mut out = Vec::new();
         run(

@@ -30,10 +30,13 @@ pub enum ClientError {
     BadRoot(native_tls::Error),
     #[error("TLS setup: {0}")]
     Tls(native_tls::Error),
-    #[error("cannot reach the CA at {url}: {detail}")]
-    Transport { url: String, detail: String },
-    #[error("unexpected response from {url}: {detail}")]
-    BadResponse { url: String, detail: String },
+    #[error("cannot reach the CA at {url}: {source}")]
+    Transport {
+        url: String,
+        source: Box<ureq::Transport>,
+    },
+    #[error("unexpected response from {url}: {source}")]
+    BadResponse { url: String, source: std::io::Error },
 }
 
 impl ClientError {
@@ -126,9 +129,9 @@ impl Client {
                     detail,
                 })
             }
-            Err(e) => Err(ClientError::Transport {
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
                 url: url.to_string(),
-                detail: e.to_string(),
+                source: Box::new(t),
             }),
         }
     }
@@ -137,9 +140,9 @@ impl Client {
         url: &str,
         r: ureq::Response,
     ) -> Result<T, ClientError> {
-        r.into_json().map_err(|e| ClientError::BadResponse {
+        r.into_json().map_err(|source| ClientError::BadResponse {
             url: url.to_string(),
-            detail: e.to_string(),
+            source,
         })
     }
 
@@ -148,9 +151,9 @@ impl Client {
         r.into_reader()
             .take(MAX_BODY)
             .read_to_end(&mut out)
-            .map_err(|e| ClientError::BadResponse {
+            .map_err(|source| ClientError::BadResponse {
                 url: url.to_string(),
-                detail: e.to_string(),
+                source,
             })?;
         Ok(out)
     }

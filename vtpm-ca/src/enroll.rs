@@ -8,11 +8,12 @@
 //! **Finish** consumes the session: the secret `TPM2_ActivateCredential` recovered must be
 //! the one the CA chose, which proves the AIK is in the TPM holding the EK. The CA then
 //! issues the AIK certificate, records it by serial and stores it as `aik/<kind>/<subject>`.
+//! The chain rules are [`crate::chain`]'s; this module reports them in its own errors.
 //!
 //! Enrollment needs no token and the caller names the subject, so a subject belongs to the
 //! endorsement key that enrolled it first: finish binds `aik/<kind>/<subject>` to the
 //! SHA-256 of the EK's (host) or vEK's (vTPM) SubjectPublicKeyInfo
-//! ([`Store::bind_subject`]), and start and finish refuse another key with
+//! ([`crate::store::Locked::bind_subject`]), and start and finish refuse another key with
 //! [`EnrollError::SubjectTaken`]. The same key may enroll again (renewal, a re-issued EK or
 //! vEK certificate); `vtpm-ca release` frees a subject.
 //!
@@ -33,28 +34,43 @@ use crate::aik::{AikError, AikPublic};
 use crate::api::{
     EnrollFinishRequest, EnrollFinishResponse, EnrollStartRequest, EnrollStartResponse,
 };
-use crate::certstore::CertStoreError;
+use crate::certstore::{CertStoreError, PemError};
+use crate::chain::{self, ChainError};
 use crate::credential::{self, CredentialError};
 use crate::issue::{self, IssueError, Kind};
-use crate::revocation::{self, RevocationError};
-use crate::store::{Bind, IndexEntry, Store, StoreError};
-use crate::util::{asn1_to_unix, fingerprint, hex, now_unix, public_key_fingerprint, random};
+use crate::names;
+use crate::store::{Bind, Store, StoreError};
+use crate::util::{
+    asn1_to_unix, fingerprint, now_unix, public_key_fingerprint, random, random_hex,
+};
 
 /// Size of the secret the CA protects with the credential.
 pub const SECRET_SIZE: usize = 32;
 /// Most sessions kept at once (the oldest are dropped beyond that).
 pub const MAX_SESSIONS: usize = 10_000;
 
+/// What is wrong with the `ek_cert_chain` of a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EkChainError {
+    #[error("ek_cert_chain is empty")]
+    Empty,
+    #[error("entry {index}: {error}")]
+    Entry { index: usize, error: PemError },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("invalid request: {0}")]
-    BadRequest(String),
+    #[error("invalid request: {what} is not base64: {source}")]
+    BadBase64 {
+        what: &'static str,
+        source: base64::DecodeError,
+    },
     #[error(
         "invalid subject {0:?}: 1 to 64 characters of [A-Za-z0-9._:@-], not starting with '.'"
     )]
     BadSubject(String),
     #[error("invalid EK certificate chain: {0}")]
-    BadEkCertificate(String),
+    BadEkCertificate(EkChainError),
     #[error("invalid AIK public area: {0}")]
     BadAikPublic(#[from] AikError),
     #[error("the AIK is not a restricted signing key: {}", .0.join("; "))]
@@ -62,9 +78,9 @@ pub enum EnrollError {
     #[error("unsupported EK: {0}")]
     UnsupportedEk(CredentialError),
     #[error("the EK certificate does not chain to a trusted EK root: {0}")]
-    UntrustedEk(String),
+    UntrustedEk(ChainError),
     #[error("the vEK certificate chain does not verify up to this CA: {0}")]
-    UntrustedVekChain(String),
+    UntrustedVekChain(ChainError),
     #[error("certificate {subject} ({fingerprint}) in the chain is revoked: {reason}")]
     Revoked {
         subject: String,
@@ -94,10 +110,13 @@ pub enum EnrollError {
     Crypto(#[from] ErrorStack),
 }
 
-impl From<RevocationError> for EnrollError {
-    fn from(e: RevocationError) -> Self {
+impl EnrollError {
+    /// `e`, from checking the chain of a `kind` enrollment, as enrollment reports it: a
+    /// revoked certificate, an unregistered coprocessor and store failures as themselves,
+    /// anything else as an untrusted EK (host) or vEK chain (vTPM).
+    fn from_chain(kind: Kind, e: ChainError) -> Self {
         match e {
-            RevocationError::Revoked {
+            ChainError::Revoked {
                 subject,
                 fingerprint,
                 reason,
@@ -106,9 +125,19 @@ impl From<RevocationError> for EnrollError {
                 fingerprint,
                 reason,
             },
-            RevocationError::Store(e) => EnrollError::Store(e),
-            RevocationError::Crypto(e) => EnrollError::Crypto(e),
-            other => EnrollError::BadRequest(other.to_string()),
+            ChainError::UnregisteredCoprocessor {
+                subject,
+                fingerprint,
+            } => EnrollError::UnregisteredCoprocessor {
+                subject,
+                fingerprint,
+            },
+            ChainError::Store(e) => EnrollError::Store(e),
+            ChainError::Crypto(e) => EnrollError::Crypto(e),
+            other => match kind {
+                Kind::Host => EnrollError::UntrustedEk(other),
+                Kind::Vtpm => EnrollError::UntrustedVekChain(other),
+            },
         }
     }
 }
@@ -121,6 +150,8 @@ pub struct Endorsement {
     pub cert_sha256: Vec<u8>,
     /// SHA-256 of its SubjectPublicKeyInfo, hex: what the subject is bound to.
     pub key_sha256: String,
+    /// The same, as bytes (what a vAIK certificate carries).
+    pub key_digest: Vec<u8>,
 }
 
 impl Endorsement {
@@ -128,6 +159,11 @@ impl Endorsement {
         Ok(Endorsement {
             cert_sha256: cert.digest(MessageDigest::sha256())?.to_vec(),
             key_sha256: public_key_fingerprint(cert)?,
+            key_digest: openssl::hash::hash(
+                MessageDigest::sha256(),
+                &cert.public_key()?.public_key_to_der()?,
+            )?
+            .to_vec(),
         })
     }
 }
@@ -161,39 +197,30 @@ impl Sessions {
     }
 }
 
-/// Checks a subject string.
+/// Checks a subject string ([`names::is_subject`]).
 pub fn validate_subject(s: &str) -> Result<(), EnrollError> {
-    if s.is_empty()
-        || s.len() > 64
-        || s.starts_with('.')
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
-    {
+    if !names::is_subject(s) {
         return Err(EnrollError::BadSubject(s.to_string()));
     }
     Ok(())
 }
 
-fn decode_b64(what: &str, s: &str) -> Result<Vec<u8>, EnrollError> {
+fn decode_b64(what: &'static str, s: &str) -> Result<Vec<u8>, EnrollError> {
     B64.decode(s.trim())
-        .map_err(|e| EnrollError::BadRequest(format!("{what} is not base64: {e}")))
+        .map_err(|source| EnrollError::BadBase64 { what, source })
 }
 
+/// The certificates of `ek_cert_chain`: at least one, and at least one in every entry.
 fn parse_chain(pems: &[String]) -> Result<Vec<X509>, EnrollError> {
+    let bad = |index, error| EnrollError::BadEkCertificate(EkChainError::Entry { index, error });
     if pems.is_empty() {
-        return Err(EnrollError::BadEkCertificate(
-            "ek_cert_chain is empty".into(),
-        ));
+        return Err(EnrollError::BadEkCertificate(EkChainError::Empty));
     }
     let mut out = Vec::new();
     for (i, pem) in pems.iter().enumerate() {
-        let certs = X509::stack_from_pem(pem.as_bytes())
-            .map_err(|e| EnrollError::BadEkCertificate(format!("entry {i}: {e}")))?;
+        let certs = X509::stack_from_pem(pem.as_bytes()).map_err(|e| bad(i, PemError::Parse(e)))?;
         if certs.is_empty() {
-            return Err(EnrollError::BadEkCertificate(format!(
-                "entry {i}: no CERTIFICATE block"
-            )));
+            return Err(bad(i, PemError::NoCertificate));
         }
         out.extend(certs);
     }
@@ -211,9 +238,10 @@ pub fn start(
     let aik = AikPublic::from_tpm2b(&decode_b64("aik_public", &req.aik_public)?)?;
     let ek = &chain[0];
     match req.kind {
-        Kind::Host => check_host_chain(store, &chain)?,
-        Kind::Vtpm => check_vtpm_chain(store, &chain)?,
+        Kind::Host => chain::check_host_ek_chain(store, &chain),
+        Kind::Vtpm => chain::check_vek_chain(store, &chain),
     }
+    .map_err(|e| EnrollError::from_chain(req.kind, e))?;
     let violations = aik.violations();
     if !violations.is_empty() {
         log::warn!(
@@ -232,9 +260,9 @@ pub fn start(
         CredentialError::Crypto(e) => EnrollError::Crypto(e),
         other => EnrollError::UnsupportedEk(other),
     })?;
-    let id = hex(&random(16)?);
+    let id = random_hex(16)?;
     let ttl = store.config()?.session_ttl_secs.max(1);
-    let aik_name = hex(aik.name());
+    let aik_name = hex::encode(aik.name());
     {
         let mut map = sessions.lock();
         let now = Instant::now();
@@ -303,77 +331,6 @@ fn subject_taken(kind: Kind, subject: &str, bound: &str, ek: &Endorsement) -> En
     }
 }
 
-/// Host: the EK certificate must chain to a configured EK root (and not be revoked).
-fn check_host_chain(store: &Store, chain: &[X509]) -> Result<(), EnrollError> {
-    let roots = store.ek_roots()?;
-    if roots.is_empty() {
-        return Err(EnrollError::UntrustedEk(
-            "no EK root is configured (vtpm-ca add-ek-root)".into(),
-        ));
-    }
-    let verified = revocation::verify_chain("an EK root", &roots, &chain[0], &chain[1..]).map_err(
-        |e| match e {
-            RevocationError::Untrusted { reason, depth, .. } => {
-                EnrollError::UntrustedEk(format!("{reason} (at depth {depth})"))
-            }
-            other => other.into(),
-        },
-    )?;
-    revocation::check_not_revoked(store, &verified)?;
-    Ok(())
-}
-
-/// vTPM: vEK <- coprocessor <- host AIK <- CA root, none revoked, every intermediate either
-/// issued here (a host AIK certificate) or registered here (a coprocessor certificate).
-fn check_vtpm_chain(store: &Store, chain: &[X509]) -> Result<(), EnrollError> {
-    let ca = store.ca_cert()?;
-    let verified = revocation::verify_chain("the CA root", &[ca], &chain[0], &chain[1..]).map_err(
-        |e| match e {
-            RevocationError::Untrusted { reason, depth, .. } => {
-                EnrollError::UntrustedVekChain(format!("{reason} (at depth {depth})"))
-            }
-            other => other.into(),
-        },
-    )?;
-    revocation::check_not_revoked(store, &verified)?;
-    let require_registered = store.config()?.require_registered_coprocessor;
-    let intermediates = &verified[1..verified.len().saturating_sub(1)];
-    if intermediates.is_empty() {
-        return Err(EnrollError::UntrustedVekChain(
-            "the vEK certificate is issued by the CA root itself, not by a coprocessor".into(),
-        ));
-    }
-    let mut saw_host_aik = false;
-    for c in intermediates {
-        let fp = fingerprint(c)?;
-        match store.lookup(&fp)?.map(|k| k.entry) {
-            Some(IndexEntry::Issued { .. }) => {
-                if issue::host_ek_cert_hash(c).is_none() {
-                    return Err(EnrollError::UntrustedVekChain(format!(
-                        "{} is issued by this CA but is not a host AIK certificate",
-                        revocation::subject_text(c)
-                    )));
-                }
-                saw_host_aik = true;
-            }
-            Some(IndexEntry::Registered) => {}
-            None if require_registered => {
-                return Err(EnrollError::UnregisteredCoprocessor {
-                    subject: revocation::subject_text(c),
-                    fingerprint: fp,
-                })
-            }
-            None => {}
-        }
-    }
-    if !saw_host_aik {
-        return Err(EnrollError::UntrustedVekChain(
-            "no host AIK certificate in the chain".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Step 2: checks the secret and issues the AIK certificate.
 pub fn finish(
     store: &Store,
@@ -426,8 +383,8 @@ pub fn issue_aik(
     ek: &Endorsement,
 ) -> Result<EnrollFinishResponse, EnrollError> {
     validate_subject(subject)?;
-    let _lock = store.lock()?;
-    match store.bind_subject(kind, subject, &ek.key_sha256, &hex(&ek.cert_sha256))? {
+    let store = store.lock()?;
+    match store.bind_subject(kind, subject, &ek.key_sha256, &hex::encode(&ek.cert_sha256))? {
         Bind::Taken(b) => return Err(subject_taken(kind, subject, &b.ek_public_key_sha256, ek)),
         Bind::New => log::info!(
             "enroll {kind} {subject:?}: bound to endorsement key {}",
@@ -437,18 +394,24 @@ pub fn issue_aik(
     }
     let config = store.config()?;
     let ca_cert = store.ca_cert()?;
+    // Host AIK certificates carry the EK certificate's hash, vAIK certificates the vEK
+    // key's (issue::VTPM_EK_KEY_HASH_OID).
+    let endorsement = match kind {
+        Kind::Host => &ek.cert_sha256,
+        Kind::Vtpm => &ek.key_digest,
+    };
     let cert = issue::aik_cert(
         &*store.ca_key()?,
         &ca_cert,
         kind,
         subject,
         aik.public_key(),
-        &ek.cert_sha256,
+        endorsement,
         config.validity_secs,
     )?;
     let serial = store.record_issued(&cert)?;
     let name = format!("aik/{kind}/{subject}");
-    crate::certstore::put_unchecked(store, &name, std::slice::from_ref(&cert))?;
+    crate::certstore::put_unchecked(&store, &name, std::slice::from_ref(&cert))?;
     Ok(EnrollFinishResponse {
         certificate: String::from_utf8_lossy(&cert.to_pem()?).into_owned(),
         ca_certificate: String::from_utf8_lossy(&ca_cert.to_pem()?).into_owned(),
@@ -465,7 +428,8 @@ mod tests {
     use super::*;
     use crate::aik::tests::ak_pub;
     use crate::issue::generate_key;
-    use crate::store::tests::new_store;
+    use crate::revocation;
+    use crate::setup::tests::new_store;
     use crate::store::Config;
     use openssl::pkey::{PKey, Private};
     use openssl::rsa::Rsa;
@@ -537,13 +501,27 @@ mod tests {
         ek: X509,
     }
 
+    impl Host {
+        /// An enrollment request of `kind` with this host's EK certificate alone.
+        fn request(&self, kind: Kind) -> EnrollStartRequest {
+            start_req(kind, vec![pem(&self.ek)], &ak_pub())
+        }
+    }
+
     /// A software "manufacturer": root CA and an RSA 2048 EK certificate.
     fn manufacturer() -> Host {
         let root_key = generate_key().unwrap();
         let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
-        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek_key = rsa_key();
         let ek = cert("ek", &ek_key, Some((&root, &root_key)), None, None);
         Host { root, ek_key, ek }
+    }
+
+    /// A [`manufacturer`] whose root `store` trusts for host enrollment.
+    fn trusted_manufacturer(store: &Store) -> Host {
+        let host = manufacturer();
+        store.lock().unwrap().add_ek_root(&host.root).unwrap();
+        host
     }
 
     fn start_req(kind: Kind, chain: Vec<String>, aik: &[u8]) -> EnrollStartRequest {
@@ -582,23 +560,86 @@ mod tests {
 
     /// Runs a full host enrollment with a software EK and returns the response.
     fn enroll_host(store: &Store, sessions: &Sessions, host: &Host) -> EnrollFinishResponse {
-        let s = start(
-            store,
-            sessions,
-            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let s = start(store, sessions, &host.request(Kind::Host)).unwrap();
         activate_and_finish(store, sessions, &host.ek_key, s).unwrap()
     }
 
     /// Another EK certificate of the same maker (another TPM).
     fn sibling(host: &Host, root_key: &PKey<Private>) -> Host {
-        let ek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ek_key = rsa_key();
         let ek = cert("ek 2", &ek_key, Some((&host.root, root_key)), None, None);
         Host {
             root: host.root.clone(),
             ek_key,
             ek,
+        }
+    }
+
+    /// A store whose vTPM enrollment does not ask for the coprocessor to be registered.
+    fn store_trusting_unregistered_coprocessors() -> (tempfile::TempDir, Store) {
+        let (tmp, store, _) = new_store(Config {
+            require_registered_coprocessor: false,
+            ..Config::default()
+        });
+        (tmp, store)
+    }
+
+    /// An RSA 2048 key, as EKs and vEKs have.
+    fn rsa_key() -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    /// The upper part of a vEK chain: a host AIK certificate the CA issued (for a software
+    /// key standing in for the host TPM's AIK) and a coprocessor certificate that AIK signed.
+    struct VekIssuers {
+        host_aik: X509,
+        host_aik_serial: String,
+        cop: X509,
+        cop_key: PKey<Private>,
+    }
+
+    impl VekIssuers {
+        fn new(store: &Store) -> VekIssuers {
+            let host_aik_key = generate_key().unwrap();
+            let host_aik = issue::aik_cert(
+                &store.ca_key().unwrap(),
+                &store.ca_cert().unwrap(),
+                Kind::Host,
+                "host-1",
+                &host_aik_key,
+                &[1; 32],
+                3600,
+            )
+            .unwrap();
+            let host_aik_serial = store.lock().unwrap().record_issued(&host_aik).unwrap();
+            let cop_key = generate_key().unwrap();
+            let cop = cert(
+                "coprocessor",
+                &cop_key,
+                Some((&host_aik, &host_aik_key)),
+                Some(0),
+                None,
+            );
+            VekIssuers {
+                host_aik,
+                host_aik_serial,
+                cop,
+                cop_key,
+            }
+        }
+
+        /// A vEK certificate for `key`, issued by the coprocessor.
+        fn vek(&self, key: &PKey<Private>) -> X509 {
+            cert("vek", key, Some((&self.cop, &self.cop_key)), None, None)
+        }
+
+        /// The vTPM enrollment request with `vek` and this chain above it.
+        fn request(&self, vek: &X509) -> EnrollStartRequest {
+            start_req(
+                Kind::Vtpm,
+                vec![pem(vek), pem(&self.cop), pem(&self.host_aik)],
+                &ak_pub(),
+            )
         }
     }
 
@@ -618,14 +659,14 @@ mod tests {
         let sessions = Sessions::default();
         let root_key = generate_key().unwrap();
         let root = cert("maker root", &root_key, None, Some(1), Some(&root_key));
-        let first_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let first_key = rsa_key();
         let first = Host {
             ek: cert("ek 1", &first_key, Some((&root, &root_key)), None, None),
             ek_key: first_key,
             root,
         };
         let second = sibling(&first, &root_key);
-        store.add_ek_root(&first.root).unwrap();
+        store.lock().unwrap().add_ek_root(&first.root).unwrap();
 
         let out = enroll_host(&store, &sessions, &first);
         let stored = named(&store, &out.name);
@@ -639,7 +680,7 @@ mod tests {
         );
         assert_eq!(binding.ek_certificate, fingerprint(&first.ek).unwrap());
 
-        let taken = start_req(Kind::Host, vec![pem(&second.ek)], &ak_pub());
+        let taken = second.request(Kind::Host);
         match start(&store, &sessions, &taken) {
             Err(EnrollError::SubjectTaken { kind, subject }) => {
                 assert_eq!((kind, subject.as_str()), (Kind::Host, "subject-1"))
@@ -678,16 +719,13 @@ mod tests {
         // Released: both may start; the first to finish takes it, the other is refused at
         // finish and nothing is issued for it.
         assert!(store
+            .lock()
+            .unwrap()
             .release_subject(Kind::Host, "subject-1")
             .unwrap()
             .is_some());
         let s2 = start(&store, &sessions, &taken).unwrap();
-        let s1 = start(
-            &store,
-            &sessions,
-            &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let s1 = start(&store, &sessions, &first.request(Kind::Host)).unwrap();
         let issued_before = store.issued_all().unwrap().len();
         let won = activate_and_finish(&store, &sessions, &first.ek_key, s1).unwrap();
         assert!(matches!(
@@ -698,15 +736,15 @@ mod tests {
         assert_eq!(named(&store, &won.name), won.certificate);
 
         // Released again, the second TPM takes the subject.
-        store.release_subject(Kind::Host, "subject-1").unwrap();
+        store
+            .lock()
+            .unwrap()
+            .release_subject(Kind::Host, "subject-1")
+            .unwrap();
         let moved = enroll_host(&store, &sessions, &second);
         assert_eq!(named(&store, &moved.name), moved.certificate);
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Host, vec![pem(&first.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &first.request(Kind::Host)),
             Err(EnrollError::SubjectTaken { .. })
         ));
     }
@@ -718,14 +756,10 @@ mod tests {
         let host = manufacturer();
         // No EK root yet.
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &host.request(Kind::Host)),
             Err(EnrollError::UntrustedEk(_))
         ));
-        store.add_ek_root(&host.root).unwrap();
+        store.lock().unwrap().add_ek_root(&host.root).unwrap();
         let out = enroll_host(&store, &sessions, &host);
         assert_eq!(out.name, "aik/host/subject-1");
         let cert = X509::from_pem(out.certificate.as_bytes()).unwrap();
@@ -744,14 +778,8 @@ mod tests {
     fn wrong_secret_fails_and_consumes_the_session() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        let host = manufacturer();
-        store.add_ek_root(&host.root).unwrap();
-        let s = start(
-            &store,
-            &sessions,
-            &start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub()),
-        )
-        .unwrap();
+        let host = trusted_manufacturer(&store);
+        let s = start(&store, &sessions, &host.request(Kind::Host)).unwrap();
         let req = EnrollFinishRequest {
             session: s.session.clone(),
             secret: B64.encode([0u8; 32]),
@@ -770,8 +798,7 @@ mod tests {
     fn bad_aik_and_bad_requests_are_refused() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        let host = manufacturer();
-        store.add_ek_root(&host.root).unwrap();
+        let host = trusted_manufacturer(&store);
         let mut raw = ak_pub();
         raw[6..10].copy_from_slice(&0x0006_0072u32.to_be_bytes()); // sign|decrypt, not restricted
         match start(
@@ -787,7 +814,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        let mut r = host.request(Kind::Host);
         r.subject = "../etc".into();
         assert!(matches!(
             start(&store, &sessions, &r),
@@ -798,16 +825,19 @@ mod tests {
             start(&store, &sessions, &r),
             Err(EnrollError::BadEkCertificate(_))
         ));
-        let mut r = start_req(Kind::Host, vec![pem(&host.ek)], &ak_pub());
+        let mut r = host.request(Kind::Host);
         r.aik_public = "!!".into();
         assert!(matches!(
             start(&store, &sessions, &r),
-            Err(EnrollError::BadRequest(_))
+            Err(EnrollError::BadBase64 {
+                what: "aik_public",
+                ..
+            })
         ));
         // An ECC EK is not supported for MakeCredential.
         let root_key = generate_key().unwrap();
         let root = cert("ecc maker", &root_key, None, Some(1), Some(&root_key));
-        store.add_ek_root(&root).unwrap();
+        store.lock().unwrap().add_ek_root(&root).unwrap();
         let ecc_ek = cert(
             "ecc ek",
             &generate_key().unwrap(),
@@ -829,40 +859,19 @@ mod tests {
     fn vtpm_chain_rules() {
         let (_tmp, store, _) = new_store(Config::default());
         let sessions = Sessions::default();
-        // The host AIK: a software key standing in, certified by the CA.
-        let host_aik_key = generate_key().unwrap();
-        let host_aik = issue::aik_cert(
-            &store.ca_key().unwrap(),
-            &store.ca_cert().unwrap(),
-            Kind::Host,
-            "host-1",
-            &host_aik_key,
-            &[1; 32],
-            3600,
-        )
-        .unwrap();
-        store.record_issued(&host_aik).unwrap();
-        let cop_key = generate_key().unwrap();
-        let cop = cert(
-            "coprocessor",
-            &cop_key,
-            Some((&host_aik, &host_aik_key)),
-            Some(0),
-            None,
-        );
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
-        let chain = vec![pem(&vek), pem(&cop), pem(&host_aik)];
-        let req = start_req(Kind::Vtpm, chain.clone(), &ak_pub());
+        let issuers = VekIssuers::new(&store);
+        let vek_key = rsa_key();
+        let vek = issuers.vek(&vek_key);
+        let req = issuers.request(&vek);
 
         // The coprocessor is not registered yet.
         assert!(matches!(
             start(&store, &sessions, &req),
             Err(EnrollError::UnregisteredCoprocessor { .. })
         ));
-        revocation::register_coprocessor(
+        crate::coprocessor::register(
             &store,
-            &[cop.clone(), host_aik.clone()],
+            &[issuers.cop.clone(), issuers.host_aik.clone()],
             Some(&crate::certstore::Principal::new(
                 "a",
                 "t",
@@ -873,24 +882,15 @@ mod tests {
         )
         .unwrap();
         let s = start(&store, &sessions, &req).unwrap();
-        let aik = AikPublic::from_tpm2b(&ak_pub()).unwrap();
-        let secret = credential::activate_credential(
-            &vek_key,
-            aik.name(),
-            &B64.decode(&s.credential_blob).unwrap(),
-            &B64.decode(&s.encrypted_secret).unwrap(),
-        )
-        .unwrap();
-        let out = finish(
-            &store,
-            &sessions,
-            &EnrollFinishRequest {
-                session: s.session,
-                secret: B64.encode(secret),
-            },
-        )
-        .unwrap();
+        let out = activate_and_finish(&store, &sessions, &vek_key, s).unwrap();
         assert_eq!(out.name, "aik/vtpm/subject-1");
+        // The vAIK certificate names the vEK it was proved against, by its key's hash.
+        let vaik = X509::from_pem(out.certificate.as_bytes()).unwrap();
+        assert_eq!(
+            issue::vtpm_ek_key_hash(&vaik).unwrap(),
+            openssl::sha::sha256(&vek_key.public_key_to_der().unwrap())
+        );
+        assert_eq!(issue::host_ek_cert_hash(&vaik), None);
 
         // Missing intermediates: does not verify.
         let short = start_req(Kind::Vtpm, vec![pem(&vek)], &ak_pub());
@@ -899,18 +899,13 @@ mod tests {
             Err(EnrollError::UntrustedVekChain(_))
         ));
         // A host EK chain is not a vEK chain.
-        let host = manufacturer();
-        store.add_ek_root(&host.root).unwrap();
+        let host = trusted_manufacturer(&store);
         assert!(matches!(
-            start(
-                &store,
-                &sessions,
-                &start_req(Kind::Vtpm, vec![pem(&host.ek)], &ak_pub())
-            ),
+            start(&store, &sessions, &host.request(Kind::Vtpm)),
             Err(EnrollError::UntrustedVekChain(_))
         ));
         // Revoking the coprocessor (by fingerprint) or the host AIK (by serial) stops it.
-        revocation::revoke_cert(&store, &cop, Some("host decommissioned")).unwrap();
+        revocation::revoke_cert(&store, &issuers.cop, Some("host decommissioned")).unwrap();
         assert!(matches!(
             start(&store, &sessions, &req),
             Err(EnrollError::Revoked { .. })
@@ -921,48 +916,21 @@ mod tests {
     /// serial, same key) still enrolls it, another vEK does not.
     #[test]
     fn a_vtpm_subject_belongs_to_the_vek_key_not_the_certificate() {
-        let (_tmp, store, _) = new_store(Config {
-            require_registered_coprocessor: false,
-            ..Config::default()
-        });
+        let (_tmp, store) = store_trusting_unregistered_coprocessors();
         let sessions = Sessions::default();
-        let host_aik_key = generate_key().unwrap();
-        let host_aik = issue::aik_cert(
-            &store.ca_key().unwrap(),
-            &store.ca_cert().unwrap(),
-            Kind::Host,
-            "host-1",
-            &host_aik_key,
-            &[1; 32],
-            3600,
-        )
-        .unwrap();
-        store.record_issued(&host_aik).unwrap();
-        let cop_key = generate_key().unwrap();
-        let cop = cert(
-            "coprocessor",
-            &cop_key,
-            Some((&host_aik, &host_aik_key)),
-            Some(0),
-            None,
-        );
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let issuers = VekIssuers::new(&store);
+        let vek_key = rsa_key();
         let enroll_with = |vek: &X509, key: &PKey<Private>| {
-            let req = start_req(
-                Kind::Vtpm,
-                vec![pem(vek), pem(&cop), pem(&host_aik)],
-                &ak_pub(),
-            );
-            let s = start(&store, &sessions, &req)?;
+            let s = start(&store, &sessions, &issuers.request(vek))?;
             activate_and_finish(&store, &sessions, key, s)
         };
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let vek = issuers.vek(&vek_key);
         enroll_with(&vek, &vek_key).unwrap();
-        let reprovisioned = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
+        let reprovisioned = issuers.vek(&vek_key);
         let out = enroll_with(&reprovisioned, &vek_key).unwrap();
         assert_eq!(out.name, "aik/vtpm/subject-1");
-        let other_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let other = cert("vek", &other_key, Some((&cop, &cop_key)), None, None);
+        let other_key = rsa_key();
+        let other = issuers.vek(&other_key);
         assert!(matches!(
             enroll_with(&other, &other_key),
             Err(EnrollError::SubjectTaken {
@@ -980,40 +948,12 @@ mod tests {
 
     #[test]
     fn revoked_host_aik_stops_vtpm_enrollment() {
-        let (_tmp, store, _) = new_store(Config {
-            require_registered_coprocessor: false,
-            ..Config::default()
-        });
+        let (_tmp, store) = store_trusting_unregistered_coprocessors();
         let sessions = Sessions::default();
-        let host_aik_key = generate_key().unwrap();
-        let host_aik = issue::aik_cert(
-            &store.ca_key().unwrap(),
-            &store.ca_cert().unwrap(),
-            Kind::Host,
-            "host-1",
-            &host_aik_key,
-            &[1; 32],
-            3600,
-        )
-        .unwrap();
-        let serial = store.record_issued(&host_aik).unwrap();
-        let cop_key = generate_key().unwrap();
-        let cop = cert(
-            "coprocessor",
-            &cop_key,
-            Some((&host_aik, &host_aik_key)),
-            Some(0),
-            None,
-        );
-        let vek_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let vek = cert("vek", &vek_key, Some((&cop, &cop_key)), None, None);
-        let req = start_req(
-            Kind::Vtpm,
-            vec![pem(&vek), pem(&cop), pem(&host_aik)],
-            &ak_pub(),
-        );
+        let issuers = VekIssuers::new(&store);
+        let req = issuers.request(&issuers.vek(&rsa_key()));
         start(&store, &sessions, &req).unwrap();
-        revocation::revoke_serial(&store, &serial, None).unwrap();
+        revocation::revoke_serial(&store, &issuers.host_aik_serial, None).unwrap();
         match start(&store, &sessions, &req) {
             Err(EnrollError::Revoked { subject, .. }) => assert!(subject.contains("host-1")),
             other => panic!("{other:?}"),

@@ -7,10 +7,9 @@
 
 use std::net::IpAddr;
 
+use der::asn1::{AnyRef, BitStringRef, OctetString};
+use der::{Decode, Encode, Sequence, Tag, Tagged};
 use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
-
-/// How far before its issue time a certificate's validity starts.
-pub const BACKDATE_SECS: i64 = 300;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
@@ -24,9 +23,10 @@ use openssl::x509::extension::{
 use openssl::x509::{X509Builder, X509Extension, X509NameBuilder, X509Ref, X509};
 use serde::{Deserialize, Serialize};
 
-use tpm_proto::der::{self, Reader};
-
 use crate::util::{now_unix, random};
+
+/// How far before its issue time a certificate's validity starts.
+pub const BACKDATE_SECS: i64 = 300;
 
 /// `tcg-kp-AIKCertificate`: extended key usage of AIK certificates.
 pub const TCG_KP_AIK_CERTIFICATE: &str = "2.23.133.8.3";
@@ -34,6 +34,13 @@ pub const TCG_KP_AIK_CERTIFICATE: &str = "2.23.133.8.3";
 /// certificate (DER) as an OCTET STRING. The arc is 2.25 (UUID-derived OIDs, ITU-T X.667)
 /// with the UUID 5a6b3f16-c6bf-4abc-920b-dbc8f3ce4aa0.
 pub const HOST_EK_CERT_HASH_OID: &str = "2.25.120187374980839550196451616868684155552";
+/// Non-critical extension of vTPM AIK (vAIK) certificates holding the SHA-256 of the vEK's
+/// SubjectPublicKeyInfo (DER) as an OCTET STRING: the endorsement key the vAIK proved, by
+/// credential activation, to live next to. The key rather than its certificate, because vEK
+/// certificates are re-issued (migration) while the vEK stays. A verifier of a deep quote
+/// binds the vAIK to the vEK through it (vtpm-verify). UUID
+/// 445cc84c-f3bb-4577-afb0-a5757f6215af.
+pub const VTPM_EK_KEY_HASH_OID: &str = "2.25.90869257603051819483422582930302703023";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -45,6 +52,8 @@ pub enum IssueError {
     BadValidity(u64),
     #[error("OpenSSL: {0}")]
     Crypto(#[from] ErrorStack),
+    #[error("DER: {0}")]
+    Der(#[from] der::Error),
 }
 
 /// The two kinds of enrolled TPM.
@@ -73,14 +82,19 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// A kind that is neither `host` nor `vtpm`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind {0:?}: expected host or vtpm")]
+pub struct UnknownKind(pub String);
+
 impl std::str::FromStr for Kind {
-    type Err = String;
+    type Err = UnknownKind;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "host" => Ok(Kind::Host),
             "vtpm" => Ok(Kind::Vtpm),
-            other => Err(format!("unknown kind {other:?}: expected host or vtpm")),
+            other => Err(UnknownKind(other.to_string())),
         }
     }
 }
@@ -201,15 +215,18 @@ pub fn tls_cert(
 /// An AIK certificate.
 ///
 /// * host: CA:TRUE pathlen:1, keyCertSign | digitalSignature, EKU tcg-kp-AIKCertificate,
-///   and [`HOST_EK_CERT_HASH_OID`] = SHA-256 of the host EK certificate (`ek_cert_sha256`);
-/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate.
+///   and [`HOST_EK_CERT_HASH_OID`] = `endorsement_sha256`, the SHA-256 of the host EK
+///   certificate;
+/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate, and (when
+///   `endorsement_sha256` is not empty) [`VTPM_EK_KEY_HASH_OID`] = `endorsement_sha256`,
+///   the SHA-256 of the vEK's SubjectPublicKeyInfo.
 pub fn aik_cert<T: HasPublic>(
     ca_key: &PKeyRef<Private>,
     ca_cert: &X509Ref,
     kind: Kind,
     subject: &str,
     aik: &PKeyRef<T>,
-    ek_cert_sha256: &[u8],
+    endorsement_sha256: &[u8],
     validity_secs: u64,
 ) -> Result<X509, IssueError> {
     let mut b = builder(subject, Some(ca_cert), aik, validity_secs)?;
@@ -234,25 +251,44 @@ pub fn aik_cert<T: HasPublic>(
             .other(TCG_KP_AIK_CERTIFICATE)
             .build()?,
     )?;
-    if kind == Kind::Host {
-        b.append_extension(ek_hash_extension(ek_cert_sha256)?)?;
+    match kind {
+        Kind::Host => b.append_extension(ek_hash_extension(
+            HOST_EK_CERT_HASH_OID,
+            endorsement_sha256,
+        )?)?,
+        Kind::Vtpm if !endorsement_sha256.is_empty() => {
+            b.append_extension(ek_hash_extension(VTPM_EK_KEY_HASH_OID, endorsement_sha256)?)?
+        }
+        Kind::Vtpm => {}
     }
     finish_issued(b, ca_key, ca_cert)
 }
 
-/// The [`HOST_EK_CERT_HASH_OID`] extension: an OCTET STRING holding the hash.
-fn ek_hash_extension(sha256: &[u8]) -> Result<X509Extension, ErrorStack> {
-    X509Extension::new_from_der(
-        &*Asn1Object::from_str(HOST_EK_CERT_HASH_OID)?,
+/// A hash extension ([`HOST_EK_CERT_HASH_OID`], [`VTPM_EK_KEY_HASH_OID`]): an OCTET STRING
+/// holding the hash.
+fn ek_hash_extension(oid: &str, sha256: &[u8]) -> Result<X509Extension, IssueError> {
+    Ok(X509Extension::new_from_der(
+        &*Asn1Object::from_str(oid)?,
         false,
-        &*Asn1OctetString::new_from_bytes(&der::octet_string(sha256))?,
-    )
+        &*Asn1OctetString::new_from_bytes(&OctetString::new(sha256)?.to_der()?)?,
+    )?)
 }
 
 /// The EK certificate hash a host AIK certificate carries, if any: the contents of the
 /// OCTET STRING in its (single) [`HOST_EK_CERT_HASH_OID`] extension, a SHA-256.
 pub fn host_ek_cert_hash(cert: &X509Ref) -> Option<Vec<u8>> {
-    let oid = Asn1Object::from_str(HOST_EK_CERT_HASH_OID).ok()?;
+    hash_extension(cert, HOST_EK_CERT_HASH_OID)
+}
+
+/// The vEK key hash a vAIK certificate carries, if any: the contents of the OCTET STRING in
+/// its (single) [`VTPM_EK_KEY_HASH_OID`] extension, a SHA-256 of the vEK's
+/// SubjectPublicKeyInfo.
+pub fn vtpm_ek_key_hash(cert: &X509Ref) -> Option<Vec<u8>> {
+    hash_extension(cert, VTPM_EK_KEY_HASH_OID)
+}
+
+fn hash_extension(cert: &X509Ref, oid: &str) -> Option<Vec<u8>> {
+    let oid = Asn1Object::from_str(oid).ok()?;
     let der = cert.to_der().ok()?;
     let exts = extensions(&der)?;
     let mut ours = exts.iter().filter(|e| e.oid == oid.as_slice());
@@ -261,74 +297,82 @@ pub fn host_ek_cert_hash(cert: &X509Ref) -> Option<Vec<u8>> {
         // RFC 5280 §4.2: an extension appears at most once. Not one of ours.
         return None;
     }
-    let mut r = Reader::new(ext.value);
-    let hash = r.expect_tag(der::TAG_OCTET_STRING, "EK hash").ok()?;
-    (r.is_empty() && hash.content.len() == 32).then(|| hash.content.to_vec())
+    let hash = OctetString::from_der(ext.value).ok()?;
+    (hash.as_bytes().len() == 32).then(|| hash.as_bytes().to_vec())
 }
-
-const TAG_BOOLEAN: u8 = 0x01;
-/// `[3] EXPLICIT Extensions` of a TBSCertificate.
-const TAG_EXTENSIONS: u8 = der::context_constructed(3);
 
 /// One certificate extension, as encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Extension<'a> {
+pub struct Extension<'a> {
     /// The contents of `extnID` (the OID's encoding without tag and length).
-    oid: &'a [u8],
-    critical: bool,
+    pub oid: &'a [u8],
+    pub critical: bool,
     /// The contents of `extnValue`: the DER of the extension's value.
-    value: &'a [u8],
+    pub value: &'a [u8],
 }
 
-/// The extensions of a DER certificate (RFC 5280 §4.1: `Certificate ::= SEQUENCE {
-/// tbsCertificate SEQUENCE { ..., extensions [3] EXPLICIT SEQUENCE OF Extension }, ... }`,
-/// `Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET
-/// STRING }`); `None` if the certificate is not built like that.
-fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
-    let cert = Reader::new(cert_der)
-        .expect_tag(der::TAG_SEQUENCE, "Certificate")
-        .ok()?;
-    let tbs = Reader::new(cert.content)
-        .expect_tag(der::TAG_SEQUENCE, "tbsCertificate")
-        .ok()?;
-    let mut fields = Reader::new(tbs.content);
-    let mut list = None;
-    while !fields.is_empty() {
-        let f = fields.element().ok()?;
-        if f.tag == TAG_EXTENSIONS {
-            list = Some(f.content);
-        }
+/// The extensions of a DER certificate; `None` if it is not a certificate.
+pub fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
+    let cert = rfc5280::Certificate::from_der(cert_der).ok()?;
+    cert.tbs_certificate
+        .extensions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            (e.extn_id.tag() == Tag::ObjectIdentifier && e.extn_value.tag() == Tag::OctetString)
+                .then_some(Extension {
+                    oid: e.extn_id.value(),
+                    critical: e.critical,
+                    value: e.extn_value.value(),
+                })
+        })
+        .collect()
+}
+
+/// RFC 5280 §4.1's certificate, as much of it as reading the extensions takes, decoded by
+/// `der`. `x509-cert`'s own types cannot be used here: they hold OIDs as `const-oid`
+/// values, whose arcs are 32-bit, and [`HOST_EK_CERT_HASH_OID`] (a UUID arc) is larger, so a
+/// host AIK certificate does not decode with them.
+mod rfc5280 {
+    use super::{AnyRef, BitStringRef, Sequence};
+
+    /// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`.
+    #[derive(Sequence)]
+    pub(super) struct Certificate<'a> {
+        pub tbs_certificate: TbsCertificate<'a>,
+        pub signature_algorithm: AnyRef<'a>,
+        pub signature_value: BitStringRef<'a>,
     }
-    let Some(list) = list else {
-        return Some(Vec::new());
-    };
-    let mut outer = Reader::new(list);
-    let seq = outer.expect_tag(der::TAG_SEQUENCE, "Extensions").ok()?;
-    if !outer.is_empty() {
-        return None;
+
+    /// `TBSCertificate`, its fields other than the extensions left encoded.
+    #[derive(Sequence)]
+    pub(super) struct TbsCertificate<'a> {
+        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+        pub version: Option<AnyRef<'a>>,
+        pub serial_number: AnyRef<'a>,
+        pub signature: AnyRef<'a>,
+        pub issuer: AnyRef<'a>,
+        pub validity: AnyRef<'a>,
+        pub subject: AnyRef<'a>,
+        pub subject_public_key_info: AnyRef<'a>,
+        #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+        pub issuer_unique_id: Option<BitStringRef<'a>>,
+        #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+        pub subject_unique_id: Option<BitStringRef<'a>>,
+        #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+        pub extensions: Option<Vec<Extension<'a>>>,
     }
-    let mut items = Reader::new(seq.content);
-    let mut out = Vec::new();
-    while !items.is_empty() {
-        let ext = items.expect_tag(der::TAG_SEQUENCE, "Extension").ok()?;
-        let mut r = Reader::new(ext.content);
-        let oid = r.expect_tag(der::TAG_OID, "extnID").ok()?;
-        let mut next = r.element().ok()?;
-        let mut critical = false;
-        if next.tag == TAG_BOOLEAN {
-            critical = next.content.iter().any(|b| *b != 0);
-            next = r.element().ok()?;
-        }
-        if next.tag != der::TAG_OCTET_STRING || !r.is_empty() {
-            return None;
-        }
-        out.push(Extension {
-            oid: oid.content,
-            critical,
-            value: next.content,
-        });
+
+    /// `Extension ::= SEQUENCE { extnID OBJECT IDENTIFIER, critical BOOLEAN DEFAULT FALSE,
+    /// extnValue OCTET STRING }`, the OID and the value left encoded (their tags are checked
+    /// by the caller).
+    #[derive(Sequence)]
+    pub(super) struct Extension<'a> {
+        pub extn_id: AnyRef<'a>,
+        #[asn1(default = "Default::default")]
+        pub critical: bool,
+        pub extn_value: AnyRef<'a>,
     }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -397,6 +441,14 @@ mod tests {
         assert!(t.contains("2.23.133.8.3"), "{t}");
         assert!(!t.contains(HOST_EK_CERT_HASH_OID), "{t}");
         assert_eq!(host_ek_cert_hash(&cert), None);
+        assert_eq!(vtpm_ek_key_hash(&cert), None);
+        // With the vEK's key hash, the certificate binds the vEK (and still no host EK).
+        let cert = aik_cert(&ca_key, &ca_cert, Kind::Vtpm, "vm-1", &aik, &[5; 32], 60).unwrap();
+        let t = text(&cert);
+        assert!(t.contains(VTPM_EK_KEY_HASH_OID), "{t}");
+        assert!(t.contains("CA:FALSE"), "{t}");
+        assert_eq!(vtpm_ek_key_hash(&cert).unwrap(), [5; 32]);
+        assert_eq!(host_ek_cert_hash(&cert), None);
     }
 
     #[test]
@@ -443,7 +495,10 @@ mod tests {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
         let mut b = builder("vm-1", Some(&ca_cert), &aik, 60).unwrap();
-        let fake = ek_hash_extension(&[9; 32]).unwrap().to_der().unwrap();
+        let fake = ek_hash_extension(HOST_EK_CERT_HASH_OID, &[9; 32])
+            .unwrap()
+            .to_der()
+            .unwrap();
         b.append_extension(
             X509Extension::new_from_der(
                 &Asn1Object::from_str("1.3.6.1.4.1.99999.1").unwrap(),

@@ -10,25 +10,31 @@
 //!   is refused (`subject_taken`) until an administrator releases it;
 //! * a **vTPM** proves the same against its vEK, whose certificate must chain up to this CA's
 //!   root through a registered coprocessor certificate and the host AIK certificate, with
-//!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate.
+//!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate that binds the
+//!   SHA-256 of the vEK's public key ([`issue::VTPM_EK_KEY_HASH_OID`]), so a verifier knows
+//!   which vEK the vAIK lives next to.
 //!
 //! It also keeps an access-controlled store of named certificates ([`certstore`]), a
 //! revocation list published as an X.509 CRL ([`revocation`]) and answers status queries.
-//! Everything persists in one directory ([`store`]); the HTTPS API ([`server`]) and the
-//! blocking client ([`client`]) share the JSON shapes of [`api`].
+//! Everything persists in one directory ([`store`], created by [`setup`]); the HTTPS API
+//! ([`server`]) and the blocking client ([`client`]) share the JSON shapes of [`api`].
 //!
 //! Module map:
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`ca`] | the CA as one object: store, sessions, token authentication |
-//! | [`store`] | the on-disk layout, the store lock, atomic writes, CA key/root, config, issued and registered certificates, subject bindings |
-//! | [`issue`] | building and signing certificates (root, TLS, AIK) |
+//! | [`setup`] | creating a CA: keys, certificates and a new store (`vtpm-ca init`) |
+//! | [`store`] | the on-disk layout, the store lock and the only way to write ([`store::Locked`]), CA key/root, config; its files per repository: `certs` (issued and registered certificates, the fingerprint index), `subjects` (subject bindings), `named` (named certificate files), `ek_roots` |
+//! | [`names`] | the syntax of subjects and certificate names (they become file names) |
+//! | [`issue`] | building and signing certificates (root, TLS, AIK), reading the host EK hash back |
 //! | [`credential`] | software `TPM2_MakeCredential` for RSA EKs, KDFa, tpm2-tools' credential file |
 //! | [`aik`] | reading a `TPM2B_PUBLIC` AIK: its name, its key, what is wrong with it |
+//! | [`chain`] | verifying the chains the CA relies on, and the policy of each (host EK, vEK, coprocessor) |
 //! | [`enroll`] | the two-step enrollment protocol and its sessions |
 //! | [`certstore`] | named certificates and the ACL of bearer-token principals |
-//! | [`revocation`] | revocations, the CRL, status answers, coprocessor registration |
+//! | [`revocation`] | revocations, the CRL, status answers |
+//! | [`coprocessor`] | coprocessor registration |
 //! | [`api`] | request/response JSON shapes and error codes |
 //! | [`server`] | the axum HTTPS service |
 //! | [`client`] | the blocking HTTPS client |
@@ -38,15 +44,21 @@ pub mod aik;
 pub mod api;
 pub mod ca;
 pub mod certstore;
+pub mod chain;
 pub mod cli;
 pub mod client;
+pub mod coprocessor;
 pub mod credential;
 pub mod enroll;
 pub mod issue;
+pub mod names;
 pub mod revocation;
 pub mod server;
+pub mod setup;
 pub mod store;
 mod util;
+
+pub use util::subject_text;
 
 pub use ca::Ca;
 pub use client::{Client, ClientError};

@@ -1,30 +1,37 @@
-//! Revocation, the CRL, status answers, and the chain checks that depend on them.
+//! Revocation, the CRL and status answers.
 //!
 //! This module owns `revocations.json`: serials of revoked CA-issued certificates and
 //! fingerprints of revoked certificates the CA did not issue (coprocessor certificates,
 //! which a host TPM signed, or vEK certificates), each with its time and reason; it is
 //! read, changed and written back holding the store lock ([`Store::lock`]), so revocations
-//! made at once by the server and `vtpm-ca revoke` are all kept. From it come
-//! the DER X.509 CRL (CA-issued serials only, signed by the CA key, with nextUpdate), the
-//! answers of `GET /v1/status`, and the rule that no certificate of a chain the CA relies on
-//! may be revoked. It also owns coprocessor registration (`POST /v1/coprocessor`), which
-//! makes a coprocessor certificate known by fingerprint.
+//! made at once by the server and `vtpm-ca revoke` are all kept. From it come the DER X.509
+//! CRL (CA-issued serials only, signed by the CA key, with nextUpdate, built with
+//! `x509-cert`), the answers of `GET /v1/status`, and what [`crate::chain`] checks chains
+//! against.
 
-use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
+use std::time::Duration;
+
+use const_oid::db::rfc5280::{ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_CRL_NUMBER};
+use const_oid::db::rfc5912::{ECDSA_WITH_SHA_256, SHA_256_WITH_RSA_ENCRYPTION};
+use der::asn1::{Any, BitString, OctetString, Uint};
+use der::{DateTime, Decode, Encode};
 use openssl::bn::BigNum;
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
-use openssl::stack::Stack;
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{
-    X509CrlBuilder, X509Extension, X509Ref, X509RevokedBuilder, X509StoreContext, X509,
-};
+use openssl::pkey::{Id, PKeyRef, Private};
+use openssl::sign::Signer;
+use openssl::x509::X509Ref;
 use serde::{Deserialize, Serialize};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
+use x509_cert::ext::Extension;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Time;
+use x509_cert::{AlgorithmIdentifier, Certificate, Version};
 
-use crate::api::CertStatus;
-use crate::certstore::{self, CertStoreError, Principal};
-use crate::store::{normalize_serial, IndexEntry, Store, StoreError, PUBLIC_FILE};
-use crate::util::{asn1_to_unix, fingerprint, now_unix};
+use crate::api::{CertStatus, Status};
+use crate::store::{normalize_serial, IndexEntry, Locked, Store, StoreError, PUBLIC_FILE};
+use crate::util::{asn1_to_unix, expired, fingerprint, now_unix, subject_text};
 
 const REVOCATIONS: &str = "revocations.json";
 
@@ -32,28 +39,26 @@ const REVOCATIONS: &str = "revocations.json";
 pub enum RevocationError {
     #[error("no certificate with serial {0} was issued by this CA")]
     UnknownSerial(String),
-    #[error("certificate chain does not verify up to {anchor}: {reason} (at depth {depth})")]
-    Untrusted {
-        anchor: &'static str,
-        reason: String,
-        depth: u32,
-    },
-    #[error("certificate {subject} ({fingerprint}) is revoked: {reason}")]
-    Revoked {
-        subject: String,
-        fingerprint: String,
-        reason: String,
-    },
-    #[error("empty certificate chain")]
-    EmptyChain,
-    #[error("invalid request: {0}")]
-    BadRequest(String),
+    #[error("invalid request: the CA root cannot revoke itself")]
+    RevokeRoot,
+    #[error("invalid request: certificate is not PEM: {0}")]
+    BadPem(ErrorStack),
+    #[error("invalid request: give exactly one of serial and certificate")]
+    BadTarget,
+    #[error("invalid request: the certificate's validity period cannot be read: {0}")]
+    BadValidity(ErrorStack),
+    #[error("invalid request: the CA root has no key identifier")]
+    NoKeyIdentifier,
+    #[error("the CA key is neither an ECC nor an RSA key: cannot sign a CRL with it")]
+    UnsupportedCaKey,
     #[error(transparent)]
-    Access(#[from] CertStoreError),
+    Access(#[from] crate::certstore::CertStoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("OpenSSL: {0}")]
     Crypto(#[from] ErrorStack),
+    #[error("DER: {0}")]
+    Der(#[from] der::Error),
 }
 
 /// A revoked CA-issued certificate.
@@ -95,12 +100,11 @@ pub struct Revoked {
 
 impl Revocations {
     pub fn load(store: &Store) -> Result<Revocations, StoreError> {
-        Ok(store.read_json_opt(REVOCATIONS)?.unwrap_or_default())
+        Ok(store.read_json_optional(REVOCATIONS)?.unwrap_or_default())
     }
 
-    /// Writes `revocations.json`. To change it, hold [`Store::lock`] from the load to the
-    /// save.
-    pub fn save(&self, store: &Store) -> Result<(), StoreError> {
+    /// Writes `revocations.json`; loaded under the same lock, nothing is lost.
+    pub fn save(&self, store: &Locked<'_>) -> Result<(), StoreError> {
         store.write_json(REVOCATIONS, self, PUBLIC_FILE)
     }
 
@@ -114,20 +118,12 @@ impl Revocations {
 
     /// Why `cert` is revoked, if it is (by fingerprint, or by serial if the CA issued it).
     pub fn reason(&self, store: &Store, cert: &X509Ref) -> Result<Option<String>, StoreError> {
-        let fp = fingerprint(cert)?;
-        if let Some(r) = self.fingerprint(&fp) {
+        if let Some(r) = self.fingerprint(&fingerprint(cert)?) {
             return Ok(Some(r.reason.clone()));
         }
-        if let Some(crate::store::Known {
-            entry: IndexEntry::Issued { serial },
-            ..
-        }) = store.lookup(&fp)?
-        {
-            if let Some(r) = self.serial(&serial) {
-                return Ok(Some(r.reason.clone()));
-            }
-        }
-        Ok(None)
+        Ok(store
+            .issued_serial(cert)?
+            .and_then(|serial| self.serial(&serial).map(|r| r.reason.clone())))
     }
 }
 
@@ -145,35 +141,37 @@ pub fn revoke_serial(
     reason: Option<&str>,
 ) -> Result<Revoked, RevocationError> {
     let serial = normalize_serial(serial)?;
-    let _lock = store.lock()?;
+    revoke_issued(&store.lock()?, serial, reason)
+}
+
+/// [`revoke_serial`] under the lock, of a canonical serial.
+fn revoke_issued(
+    store: &Locked<'_>,
+    serial: String,
+    reason: Option<&str>,
+) -> Result<Revoked, RevocationError> {
     let cert = store
         .issued(&serial)?
         .ok_or_else(|| RevocationError::UnknownSerial(serial.clone()))?;
-    if fingerprint(&cert)? == fingerprint(&*store.ca_cert()?)? {
-        return Err(RevocationError::BadRequest(
-            "the CA root cannot revoke itself".into(),
-        ));
+    let fp = fingerprint(&cert)?;
+    if fp == fingerprint(&*store.ca_cert()?)? {
+        return Err(RevocationError::RevokeRoot);
     }
     let mut revs = Revocations::load(store)?;
-    let fp = fingerprint(&cert)?;
-    if revs.serial(&serial).is_some() {
-        return Ok(Revoked {
-            serial: Some(serial),
-            fingerprint: Some(fp),
-            newly_revoked: false,
+    let newly_revoked = revs.serial(&serial).is_none();
+    if newly_revoked {
+        revs.serials.push(RevokedSerial {
+            serial: serial.clone(),
+            time: now_unix(),
+            reason: reason_or_default(reason),
         });
+        revs.save(store)?;
+        log::info!("revoked serial {serial} ({fp})");
     }
-    revs.serials.push(RevokedSerial {
-        serial: serial.clone(),
-        time: now_unix(),
-        reason: reason_or_default(reason),
-    });
-    revs.save(store)?;
-    log::info!("revoked serial {serial} ({fp})");
     Ok(Revoked {
         serial: Some(serial),
         fingerprint: Some(fp),
-        newly_revoked: true,
+        newly_revoked,
     })
 }
 
@@ -184,120 +182,127 @@ pub fn revoke_cert(
     cert: &X509Ref,
     reason: Option<&str>,
 ) -> Result<Revoked, RevocationError> {
+    // OpenSSL parses a certificate whose dates are not valid times; registered, it would make
+    // every later status query for it fail (found by the ca_router fuzz target).
+    asn1_to_unix(cert.not_before())
+        .and_then(|_| asn1_to_unix(cert.not_after()))
+        .map_err(RevocationError::BadValidity)?;
     let fp = fingerprint(cert)?;
-    let _lock = store.lock()?;
-    if let Some(crate::store::Known {
-        entry: IndexEntry::Issued { serial },
-        ..
-    }) = store.lookup(&fp)?
-    {
-        return revoke_serial(store, &serial, reason);
+    let store = store.lock()?;
+    if let Some(serial) = store.issued_serial(cert)? {
+        return revoke_issued(&store, serial, reason);
     }
-    let mut revs = Revocations::load(store)?;
-    if revs.fingerprint(&fp).is_some() {
-        return Ok(Revoked {
-            serial: None,
-            fingerprint: Some(fp),
-            newly_revoked: false,
+    let mut revs = Revocations::load(&store)?;
+    let newly_revoked = revs.fingerprint(&fp).is_none();
+    if newly_revoked {
+        store.register(cert)?;
+        revs.fingerprints.push(RevokedFingerprint {
+            fingerprint: fp.clone(),
+            subject: subject_text(cert),
+            time: now_unix(),
+            reason: reason_or_default(reason),
         });
+        revs.save(&store)?;
+        log::info!("revoked certificate {fp} ({})", subject_text(cert));
     }
-    store.register(cert)?;
-    revs.fingerprints.push(RevokedFingerprint {
-        fingerprint: fp.clone(),
-        subject: subject_text(cert),
-        time: now_unix(),
-        reason: reason_or_default(reason),
-    });
-    revs.save(store)?;
-    log::info!("revoked certificate {fp} ({})", subject_text(cert));
     Ok(Revoked {
         serial: None,
         fingerprint: Some(fp),
-        newly_revoked: true,
+        newly_revoked,
     })
 }
 
-/// A one-line subject (`CN=...`, or the fingerprint's start for an empty subject).
-pub fn subject_text(cert: &X509Ref) -> String {
-    let parts: Vec<String> = cert
-        .subject_name()
-        .entries()
-        .map(|e| {
-            let key = e.object().nid().short_name().unwrap_or("?").to_string();
-            let val = e.data().to_string().unwrap_or_default();
-            format!("{key}={val}")
-        })
-        .collect();
-    if parts.is_empty() {
-        "(empty subject)".to_string()
-    } else {
-        parts.join(",")
+/// An X.509 time (UTCTime until 2049, GeneralizedTime after, as RFC 5280 wants) of a Unix
+/// time.
+fn x509_time(unix: u64) -> Result<Time, der::Error> {
+    Ok(DateTime::from_unix_duration(Duration::from_secs(unix))?.into())
+}
+
+/// An extension holding the DER of `value`.
+fn extension(
+    oid: const_oid::ObjectIdentifier,
+    value: &impl Encode,
+) -> Result<Extension, der::Error> {
+    Ok(Extension {
+        extn_id: oid,
+        critical: false,
+        extn_value: OctetString::new(value.to_der()?)?,
+    })
+}
+
+/// The algorithm the CA key signs with: ECDSA or RSA (PKCS#1 v1.5), SHA-256.
+fn signature_algorithm(key: &PKeyRef<Private>) -> Result<AlgorithmIdentifier, RevocationError> {
+    match key.id() {
+        // ecdsa-with-SHA256: no parameters (RFC 5758 §3.2).
+        Id::EC => Ok(AlgorithmIdentifier {
+            oid: ECDSA_WITH_SHA_256,
+            parameters: None,
+        }),
+        // sha256WithRSAEncryption: NULL parameters (RFC 4055 §5).
+        Id::RSA => Ok(AlgorithmIdentifier {
+            oid: SHA_256_WITH_RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        }),
+        _ => Err(RevocationError::UnsupportedCaKey),
     }
 }
 
-/// DER of `SEQUENCE { [0] keyIdentifier }`.
-fn aki_der(keyid: &[u8]) -> Vec<u8> {
-    let mut inner = vec![0x80, keyid.len() as u8];
-    inner.extend_from_slice(keyid);
-    let mut der = vec![0x30, inner.len() as u8];
-    der.extend_from_slice(&inner);
-    der
-}
-
-/// DER of an INTEGER holding `n`.
-fn integer_der(n: u64) -> Vec<u8> {
-    let mut bytes: Vec<u8> = n
-        .to_be_bytes()
-        .into_iter()
-        .skip_while(|b| *b == 0)
-        .collect();
-    if !matches!(bytes.first(), Some(b) if b & 0x80 == 0) {
-        bytes.insert(0, 0);
-    }
-    let mut der = vec![0x02, bytes.len() as u8];
-    der.extend_from_slice(&bytes);
-    der
-}
-
-/// The CRL: every revoked CA-issued serial, signed by the CA, thisUpdate now, nextUpdate
-/// after the configured CRL lifetime, CRL number = the time of issue. DER.
+/// The CRL: every revoked CA-issued serial (sorted), signed by the CA, thisUpdate now,
+/// nextUpdate after the configured CRL lifetime, with the CA's key identifier and CRL number
+/// = the time of issue. DER.
 pub fn crl(store: &Store) -> Result<Vec<u8>, RevocationError> {
-    let ca_cert = store.ca_cert()?;
+    let ca = Certificate::from_der(&store.ca_cert()?.to_der()?)?;
     let ca_key = store.ca_key()?;
     let config = store.config()?;
     let revs = Revocations::load(store)?;
     let now = now_unix();
-    let mut b = X509CrlBuilder::new()?;
-    b.set_issuer_name(ca_cert.subject_name())?;
-    b.set_last_update(&*Asn1Time::from_unix(now as i64)?)?;
     let next = now.saturating_add(config.crl_validity_secs.max(1));
-    b.set_next_update(&*Asn1Time::from_unix(next as i64)?)?;
-    let ski = ca_cert
-        .subject_key_id()
-        .map(|s| s.as_slice().to_vec())
-        .ok_or_else(|| RevocationError::BadRequest("the CA root has no key identifier".into()))?;
-    b.append_extension(X509Extension::new_from_der(
-        &*Asn1Object::from_str("2.5.29.35")?,
-        false,
-        &*Asn1OctetString::new_from_bytes(&aki_der(&ski))?,
-    )?)?;
-    b.append_extension(X509Extension::new_from_der(
-        &*Asn1Object::from_str("2.5.29.20")?,
-        false,
-        &*Asn1OctetString::new_from_bytes(&integer_der(now))?,
-    )?)?;
-    for r in &revs.serials {
-        let mut e = X509RevokedBuilder::new()?;
-        let serial: Asn1Integer = BigNum::from_hex_str(&r.serial)?.to_asn1_integer()?;
-        e.set_serial_number(&serial)?;
-        e.set_revocation_date(&*Asn1Time::from_unix(r.time as i64)?)?;
-        b.add_revoked(e.build())?;
+    let (_, ski) = ca
+        .tbs_certificate()
+        .get_extension::<SubjectKeyIdentifier>()?
+        .ok_or(RevocationError::NoKeyIdentifier)?;
+    let mut revoked = revs
+        .serials
+        .iter()
+        .map(|r| {
+            Ok(RevokedCert {
+                serial_number: SerialNumber::new(&BigNum::from_hex_str(&r.serial)?.to_vec())?,
+                revocation_date: x509_time(r.time)?,
+                crl_entry_extensions: None,
+            })
+        })
+        .collect::<Result<Vec<RevokedCert>, RevocationError>>()?;
+    // By value, as OpenSSL's X509_CRL_sort does: a shorter serial is a smaller one.
+    revoked.sort_by(|a, b| {
+        let (a, b) = (a.serial_number.as_bytes(), b.serial_number.as_bytes());
+        (a.len(), a).cmp(&(b.len(), b))
+    });
+    let aki = AuthorityKeyIdentifier {
+        key_identifier: Some(ski.0),
+        ..Default::default()
+    };
+    let crl_number = Uint::new(&now.to_be_bytes())?;
+    let algorithm = signature_algorithm(&ca_key)?;
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: algorithm.clone(),
+        issuer: ca.tbs_certificate().subject().clone(),
+        this_update: x509_time(now)?,
+        next_update: Some(x509_time(next)?),
+        revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+        crl_extensions: Some(vec![
+            extension(ID_CE_AUTHORITY_KEY_IDENTIFIER, &aki)?,
+            extension(ID_CE_CRL_NUMBER, &crl_number)?,
+        ]),
+    };
+    let signature =
+        Signer::new(MessageDigest::sha256(), &ca_key)?.sign_oneshot_to_vec(&tbs.to_der()?)?;
+    Ok(CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: algorithm,
+        signature: BitString::from_bytes(&signature)?,
     }
-    if !revs.serials.is_empty() {
-        b.sort()?;
-    }
-    b.sign(&ca_key, MessageDigest::sha256())?;
-    Ok(b.build()?.to_der()?)
+    .to_der()?)
 }
 
 /// The status of the certificate with this fingerprint.
@@ -306,7 +311,7 @@ pub fn status(store: &Store, fp: &str) -> Result<CertStatus, RevocationError> {
     let Some(known) = store.lookup(&fp)? else {
         return Ok(CertStatus {
             fingerprint: fp,
-            status: crate::api::Status::Unknown,
+            status: Status::Unknown,
             serial: None,
             subject: None,
             not_after: None,
@@ -324,121 +329,32 @@ pub fn status(store: &Store, fp: &str) -> Result<CertStatus, RevocationError> {
         .and_then(|s| revs.serial(s))
         .map(|r| (r.time, r.reason.clone()))
         .or_else(|| revs.fingerprint(&fp).map(|r| (r.time, r.reason.clone())));
-    let not_after = asn1_to_unix(known.cert.not_after())?;
     let status = if revoked.is_some() {
-        crate::api::Status::Revoked
-    } else if not_after < i64::try_from(now_unix()).unwrap_or(i64::MAX) {
-        crate::api::Status::Expired
+        Status::Revoked
+    } else if expired(&known.cert, now_unix())? {
+        Status::Expired
     } else {
-        crate::api::Status::Good
+        Status::Good
     };
     Ok(CertStatus {
         fingerprint: fp,
         status,
         serial,
         subject: Some(subject_text(&known.cert)),
-        not_after: Some(not_after),
+        not_after: Some(asn1_to_unix(known.cert.not_after())?),
         revoked_at: revoked.as_ref().map(|r| r.0),
         reason: revoked.map(|r| r.1),
-    })
-}
-
-/// Verifies `leaf` up to one of `trusted` through `intermediates` (OpenSSL's path
-/// validation at the current time); returns the chain, leaf first, anchor last.
-pub fn verify_chain(
-    anchor: &'static str,
-    trusted: &[X509],
-    leaf: &X509Ref,
-    intermediates: &[X509],
-) -> Result<Vec<X509>, RevocationError> {
-    let mut sb = X509StoreBuilder::new()?;
-    for t in trusted {
-        sb.add_cert(t.clone())?;
-    }
-    let st = sb.build();
-    let mut chain = Stack::new()?;
-    for c in intermediates {
-        chain.push(c.clone())?;
-    }
-    let mut ctx = X509StoreContext::new()?;
-    let result = ctx.init(&st, leaf, &chain, |c| {
-        let ok = c.verify_cert()?;
-        let verified: Vec<X509> = c
-            .chain()
-            .map(|s| s.iter().map(|x| x.to_owned()).collect())
-            .unwrap_or_default();
-        Ok((ok, c.error(), c.error_depth(), verified))
-    })?;
-    let (ok, err, depth, verified) = result;
-    if !ok {
-        return Err(RevocationError::Untrusted {
-            anchor,
-            reason: err.error_string().to_string(),
-            depth,
-        });
-    }
-    Ok(verified)
-}
-
-/// Fails if any certificate of `chain` is revoked.
-pub fn check_not_revoked(store: &Store, chain: &[X509]) -> Result<(), RevocationError> {
-    let revs = Revocations::load(store)?;
-    for c in chain {
-        if let Some(reason) = revs.reason(store, c)? {
-            return Err(RevocationError::Revoked {
-                subject: subject_text(c),
-                fingerprint: fingerprint(c)?,
-                reason,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The result of registering a coprocessor certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
-    pub fingerprint: String,
-    /// Where it is in the certificate store: `coprocessor/<fingerprint>`.
-    pub name: String,
-}
-
-/// Registers a coprocessor certificate chain (`[coprocessor, host AIK, ...]`): it must
-/// verify up to the CA root with nothing revoked, and `principal` needs write permission on
-/// `coprocessor/<fingerprint>`.
-pub fn register_coprocessor(
-    store: &Store,
-    chain: &[X509],
-    principal: Option<&Principal>,
-) -> Result<Registered, RevocationError> {
-    let leaf = chain.first().ok_or(RevocationError::EmptyChain)?;
-    let fp = fingerprint(leaf)?;
-    let name = format!("coprocessor/{fp}");
-    certstore::authorize_write(principal, &name)?;
-    let _lock = store.lock()?;
-    let ca = store.ca_cert()?;
-    let verified = verify_chain("the CA root", &[ca], leaf, &chain[1..])?;
-    check_not_revoked(store, &verified)?;
-    store.register(leaf)?;
-    certstore::put_unchecked(store, &name, &verified[..verified.len().saturating_sub(1)])?;
-    log::info!(
-        "registered coprocessor certificate {fp} ({}) for principal {:?}",
-        subject_text(leaf),
-        principal.map(|p| p.name.as_str()).unwrap_or("-")
-    );
-    Ok(Registered {
-        fingerprint: fp,
-        name,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Status;
     use crate::issue::{aik_cert, generate_key, Kind};
-    use crate::store::tests::new_store;
+    use crate::setup::tests::new_store;
     use crate::store::Config;
+    use openssl::x509::X509;
+    use testbed::openssl::crl_text;
 
     fn issue(store: &Store, kind: Kind, validity: u64) -> X509 {
         let aik = generate_key().unwrap();
@@ -452,27 +368,15 @@ mod tests {
             validity,
         )
         .unwrap();
-        store.record_issued(&c).unwrap();
+        store.lock().unwrap().record_issued(&c).unwrap();
         c
-    }
-
-    fn openssl_crl_text(der: &[u8]) -> String {
-        let tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(tmp.path(), der).unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
     }
 
     #[test]
     fn crl_lists_revoked_serials_and_verifies() {
         let (_tmp, store, _) = new_store(Config::default());
         let empty = crl(&store).unwrap();
-        let t = openssl_crl_text(&empty);
+        let t = crl_text(&empty).unwrap();
         assert!(t.contains("No Revoked Certificates"), "{t}");
         assert!(t.contains("Next Update"), "{t}");
 
@@ -482,7 +386,7 @@ mod tests {
         assert!(r.newly_revoked);
         assert!(!revoke_serial(&store, &serial, None).unwrap().newly_revoked);
         let der = crl(&store).unwrap();
-        let t = openssl_crl_text(&der);
+        let t = crl_text(&der).unwrap();
         assert!(t.contains(&serial), "{t}");
         let parsed = openssl::x509::X509Crl::from_der(&der).unwrap();
         assert!(parsed
@@ -496,6 +400,94 @@ mod tests {
             revoke_serial(&store, "0123", None),
             Err(RevocationError::UnknownSerial(_))
         ));
+    }
+
+    // A foreign certificate whose notAfter is not a time (OpenSSL parses it) is refused, so it
+    // is never registered and the public status query never fails on it.
+    #[test]
+    fn a_certificate_with_unreadable_dates_is_not_revoked_or_registered() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let good = issue(&store, Kind::Vtpm, 3600);
+        let mut der = good.to_der().unwrap();
+        let not_after = good.not_after().to_string();
+        assert!(!not_after.is_empty());
+        // The second UTCTime of the validity: its first digit becomes a letter.
+        let times: Vec<usize> = der
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[0] == 0x17 && w[1] == 13)
+            .map(|(i, _)| i)
+            .collect();
+        der[times[1] + 2] = b's';
+        let bad = X509::from_der(&der).expect("OpenSSL parses it");
+        assert!(asn1_to_unix(bad.not_after()).is_err());
+        assert!(matches!(
+            revoke_cert(&store, &bad, None),
+            Err(RevocationError::BadValidity(_))
+        ));
+        let fp = fingerprint(&bad).unwrap();
+        assert_eq!(status(&store, &fp).unwrap().status, Status::Unknown);
+    }
+
+    /// The CRL as `x509-cert` builds it is what OpenSSL's CRL builder made: v2, signed
+    /// with ecdsa-with-SHA256, issued by the root's subject, with the root's key identifier
+    /// and a CRL number (the time of issue), the serials sorted by value.
+    #[test]
+    fn crl_carries_the_issuer_key_identifier_number_and_sorted_serials() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let mut serials = Vec::new();
+        for _ in 0..4 {
+            let c = issue(&store, Kind::Vtpm, 3600);
+            let serial = crate::store::serial_of(&c).unwrap();
+            revoke_serial(&store, &serial, None).unwrap();
+            serials.push(BigNum::from_hex_str(&serial).unwrap().to_vec());
+        }
+        let before = now_unix();
+        let der = crl(&store).unwrap();
+        let t = crl_text(&der).unwrap();
+        assert!(t.contains("Version 2 (0x1)"), "{t}");
+        assert!(t.contains("Signature Algorithm: ecdsa-with-SHA256"), "{t}");
+        assert!(t.contains("X509v3 Authority Key Identifier"), "{t}");
+        assert!(t.contains("X509v3 CRL Number"), "{t}");
+        let ca = store.ca_cert().unwrap();
+        let parsed = openssl::x509::X509Crl::from_der(&der).unwrap();
+        assert_eq!(
+            parsed.issuer_name().to_der().unwrap(),
+            ca.subject_name().to_der().unwrap()
+        );
+
+        let list = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).unwrap();
+        let tbs = &list.tbs_cert_list;
+        let exts = tbs.crl_extensions.as_ref().unwrap();
+        assert_eq!(exts.len(), 2);
+        assert!(exts.iter().all(|e| !e.critical));
+        let aki = AuthorityKeyIdentifier::from_der(exts[0].extn_value.as_bytes()).unwrap();
+        assert_eq!(exts[0].extn_id, ID_CE_AUTHORITY_KEY_IDENTIFIER);
+        assert_eq!(
+            aki.key_identifier.unwrap().as_bytes(),
+            ca.subject_key_id().unwrap().as_slice()
+        );
+        assert_eq!(exts[1].extn_id, ID_CE_CRL_NUMBER);
+        let number = Uint::from_der(exts[1].extn_value.as_bytes()).unwrap();
+        let number = number
+            .as_bytes()
+            .iter()
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b));
+        let this_update = tbs.this_update.to_unix_duration().as_secs();
+        assert_eq!(number, this_update);
+        assert!(this_update >= before && this_update <= now_unix());
+        let next = tbs.next_update.unwrap().to_unix_duration().as_secs();
+        assert_eq!(next - this_update, Config::default().crl_validity_secs);
+
+        serials.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        let listed: Vec<Vec<u8>> = tbs
+            .revoked_certificates
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| r.serial_number.as_bytes().to_vec())
+            .collect();
+        assert_eq!(listed, serials);
     }
 
     #[test]
@@ -522,7 +514,7 @@ mod tests {
         assert_eq!(s.status, Status::Revoked);
         assert_eq!(s.reason.as_deref(), Some("retired"));
         // Not in the CRL: the CA did not issue it.
-        let t = openssl_crl_text(&crl(&store).unwrap());
+        let t = crl_text(&crl(&store).unwrap()).unwrap();
         assert_eq!(t.matches("Serial Number").count(), 1, "{t}");
 
         let short = issue(&store, Kind::Vtpm, 1);
@@ -533,34 +525,5 @@ mod tests {
                 .status,
             Status::Expired
         );
-    }
-
-    #[test]
-    fn chains_are_verified_and_checked_for_revocation() {
-        let (_tmp, store, _) = new_store(Config::default());
-        let ca = store.ca_cert().unwrap();
-        let host = issue(&store, Kind::Host, 3600);
-        let chain = verify_chain("the CA root", std::slice::from_ref(&ca), &host, &[]).unwrap();
-        assert_eq!(chain.len(), 2);
-        check_not_revoked(&store, &chain).unwrap();
-        revoke_cert(&store, &host, None).unwrap();
-        assert!(matches!(
-            check_not_revoked(&store, &chain),
-            Err(RevocationError::Revoked { .. })
-        ));
-        let key = generate_key().unwrap();
-        let stranger = crate::issue::root_cert(&key, "stranger", 3600).unwrap();
-        assert!(matches!(
-            verify_chain("the CA root", &[ca], &stranger, &[]),
-            Err(RevocationError::Untrusted { .. })
-        ));
-    }
-
-    #[test]
-    fn integer_der_is_minimal_and_positive() {
-        assert_eq!(integer_der(0), [2, 1, 0]);
-        assert_eq!(integer_der(0x7f), [2, 1, 0x7f]);
-        assert_eq!(integer_der(0x80), [2, 2, 0, 0x80]);
-        assert_eq!(integer_der(0x0102), [2, 2, 1, 2]);
     }
 }

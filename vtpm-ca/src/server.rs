@@ -22,11 +22,12 @@ use axum::{Json, Router};
 use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
 use axum_server::Handle;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{codes, ErrorBody, GetCertResponse, PutCertRequest};
 use crate::ca::Ca;
 use crate::certstore::CertStoreError;
+use crate::coprocessor::RegistrationError;
 use crate::enroll::EnrollError;
 use crate::revocation::RevocationError;
 use crate::store::StoreError;
@@ -110,9 +111,28 @@ impl From<RevocationError> for ApiError {
         use RevocationError as E;
         let (status, code) = match e {
             E::UnknownSerial(_) => (StatusCode::NOT_FOUND, codes::UNKNOWN_SERIAL),
-            E::Untrusted { .. } => (StatusCode::FORBIDDEN, codes::UNTRUSTED_CHAIN),
+            // A root without a key identifier (no store makes one) is answered as it was
+            // when OpenSSL built the CRL.
+            E::RevokeRoot
+            | E::BadPem(_)
+            | E::BadTarget
+            | E::BadValidity(_)
+            | E::NoKeyIdentifier => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::Access(e) => return e.into(),
+            E::Store(e) => return e.into(),
+            E::UnsupportedCaKey | E::Crypto(_) | E::Der(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<RegistrationError> for ApiError {
+    fn from(e: RegistrationError) -> Self {
+        use RegistrationError as E;
+        let (status, code) = match e {
+            E::Untrusted(_) => (StatusCode::FORBIDDEN, codes::UNTRUSTED_CHAIN),
             E::Revoked { .. } => (StatusCode::FORBIDDEN, codes::REVOKED),
-            E::EmptyChain | E::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::EmptyChain | E::BadPem { .. } => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
             E::Access(e) => return e.into(),
             E::Store(e) => return e.into(),
             E::Crypto(_) => return ApiError::internal(e),
@@ -125,7 +145,7 @@ impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         use EnrollError as E;
         let (status, code) = match e {
-            E::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::BadBase64 { .. } => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
             E::BadSubject(_) => (StatusCode::BAD_REQUEST, codes::BAD_SUBJECT),
             E::BadEkCertificate(_) => (StatusCode::BAD_REQUEST, codes::BAD_EK_CERTIFICATE),
             E::BadAikPublic(_) => (StatusCode::BAD_REQUEST, codes::BAD_AIK_PUBLIC),
@@ -166,6 +186,33 @@ where
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(ApiError::internal(format!("worker failed: {e}"))),
     }
+}
+
+/// [`blocking`], answering the operation's result as JSON.
+async fn blocking_json<T, E, F>(ca: &Shared, f: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(&Ca) -> Result<T, E> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    Ok(Json(blocking(ca, f).await?).into_response())
+}
+
+/// An operation on a JSON body with the request's bearer token, answered as JSON.
+async fn authorized_json<Req, T, E>(
+    ca: &Shared,
+    headers: &HeaderMap,
+    body: &Bytes,
+    f: fn(&Ca, &Req, Option<&str>) -> Result<T, E>,
+) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let token = bearer(headers);
+    let req: Req = json_body(body)?;
+    blocking_json(ca, move |ca| f(ca, &req, token.as_deref())).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -217,14 +264,12 @@ async fn get_ca(State(ca): State<Shared>) -> Result<Response, ApiError> {
 
 async fn enroll_start(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let req = json_body(&body)?;
-    let out = blocking(&ca, move |ca| ca.enroll_start(&req)).await?;
-    Ok(Json(out).into_response())
+    blocking_json(&ca, move |ca| ca.enroll_start(&req)).await
 }
 
 async fn enroll_finish(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let req = json_body(&body)?;
-    let out = blocking(&ca, move |ca| ca.enroll_finish(&req)).await?;
-    Ok(Json(out).into_response())
+    blocking_json(&ca, move |ca| ca.enroll_finish(&req)).await
 }
 
 async fn put_cert(
@@ -241,11 +286,10 @@ async fn put_cert(
             return Err(e);
         }
     };
-    let out = blocking(&ca, move |ca| {
+    blocking_json(&ca, move |ca| {
         ca.put_cert(&name, &req.pem, token.as_deref())
     })
-    .await?;
-    Ok(Json(out).into_response())
+    .await
 }
 
 async fn get_cert(
@@ -254,12 +298,11 @@ async fn get_cert(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers);
-    let out = blocking(&ca, move |ca| {
+    blocking_json(&ca, move |ca| {
         ca.get_cert(&name, token.as_deref())
             .map(|pem| GetCertResponse { name, pem })
     })
-    .await?;
-    Ok(Json(out).into_response())
+    .await
 }
 
 async fn revoke(
@@ -267,10 +310,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let req = json_body(&body)?;
-    let out = blocking(&ca, move |ca| ca.revoke(&req, token.as_deref())).await?;
-    Ok(Json(out).into_response())
+    authorized_json(&ca, &headers, &body, Ca::revoke).await
 }
 
 async fn crl(State(ca): State<Shared>) -> Result<Response, ApiError> {
@@ -297,8 +337,7 @@ async fn status(
                 "query parameter fingerprint=<sha256 hex> is required",
             )
         })?;
-    let out = blocking(&ca, move |ca| ca.status(&fp)).await?;
-    Ok(Json(out).into_response())
+    blocking_json(&ca, move |ca| ca.status(&fp)).await
 }
 
 async fn coprocessor(
@@ -306,13 +345,7 @@ async fn coprocessor(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers);
-    let req = json_body(&body)?;
-    let out = blocking(&ca, move |ca| {
-        ca.register_coprocessor(&req, token.as_deref())
-    })
-    .await?;
-    Ok(Json(out).into_response())
+    authorized_json(&ca, &headers, &body, Ca::register_coprocessor).await
 }
 
 /// The TLS configuration from the store's `tls.pem`/`tls.key`.

@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::{vtpm_ca, vtpm_ca_ok, CaServer};
+use common::{assert_api_error, vtpm_ca, vtpm_ca_ok, CaServer};
 use openssl::x509::X509;
+use testbed::openssl::crl_text;
 use vtpm_ca::api::Status;
 
 fn named_file(server: &CaServer, name: &str) -> Option<Vec<u8>> {
@@ -45,11 +46,7 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
 
     // Outside its prefix: refused, nothing written.
     let e = w.put_cert("aik/host/h1", &pem).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(403), Some("forbidden")),
-        "{e}"
-    );
+    assert_api_error(&e, 403, "forbidden");
     assert!(named_file(&server, "aik/host/h1").is_none());
 
     // A reader may not write (and the existing certificate is unchanged).
@@ -61,11 +58,7 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
     // No token / an unknown token: 401, nothing written.
     for c in [server.client(None), server.client(Some("not-a-token"))] {
         let e = c.put_cert("vek/rsa/vm-1", &other_pem).unwrap_err();
-        assert_eq!(
-            (e.status(), e.code()),
-            (Some(401), Some("unauthenticated")),
-            "{e}"
-        );
+        assert_api_error(&e, 401, "unauthenticated");
         let e = c.get_cert("vek/rsa/vm-1").unwrap_err();
         assert_eq!(e.status(), Some(401), "{e}");
     }
@@ -82,10 +75,10 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
 
     // Bad PEM and bad names are refused, nothing written.
     let e = w.put_cert("vek/rsa/vm-1", "not a certificate").unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(400), Some("bad_pem")), "{e}");
+    assert_api_error(&e, 400, "bad_pem");
     assert_eq!(named_file(&server, "vek/rsa/vm-1").unwrap(), before);
     let e = w.put_cert("vek/has space", &pem).unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(400), Some("bad_name")), "{e}");
+    assert_api_error(&e, 400, "bad_name");
     // Dot segments never reach the store. The client's URL handling removes plain `..`
     // segments, so they are sent percent-encoded: the server decodes the name to
     // `vek/../../ca`, which name validation refuses.
@@ -122,11 +115,7 @@ fn acl_refuses_unauthorised_writers_and_readers_and_changes_nothing() {
     // Replacing is allowed for the writer and reported.
     assert!(w.put_cert("vek/rsa/vm-1", &other_pem).unwrap().replaced);
     let e = r.get_cert("vek/none").unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(404), Some("not_found")),
-        "{e}"
-    );
+    assert_api_error(&e, 404, "not_found");
 
     // Only the admin revokes.
     let e = w.revoke_cert(&other_pem, Some("test")).unwrap_err();
@@ -252,11 +241,7 @@ fn revocation_crl_and_status_over_https() {
         Status::Unknown
     );
     let e = admin.status("xyz").unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(400), Some("bad_fingerprint")),
-        "{e}"
-    );
+    assert_api_error(&e, 400, "bad_fingerprint");
 
     let empty = admin.crl().unwrap();
     let crl = openssl::x509::X509Crl::from_der(&empty).unwrap();
@@ -279,7 +264,7 @@ fn revocation_crl_and_status_over_https() {
     assert_eq!(st.reason.as_deref(), Some("superseded"));
 
     let der = admin.crl().unwrap();
-    let text = openssl_crl_text(&server, &der);
+    let text = crl_text(&der).unwrap();
     assert!(text.contains(&format!("Serial Number: {serial}")), "{text}");
     assert!(text.contains("Next Update"), "{text}");
     let crl = openssl::x509::X509Crl::from_der(&der).unwrap();
@@ -289,30 +274,16 @@ fn revocation_crl_and_status_over_https() {
     // The CLI's CRL is the same list.
     let out = server.tmp.path().join("crl.der");
     vtpm_ca_ok(&server.store, &["crl", "--out", out.to_str().unwrap()]);
-    assert!(openssl_crl_text(&server, &std::fs::read(&out).unwrap()).contains(&serial));
+    assert!(crl_text(&std::fs::read(&out).unwrap())
+        .unwrap()
+        .contains(&serial));
 
     let e = admin.revoke_serial("abcdef", None).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(404), Some("unknown_serial")),
-        "{e}"
-    );
+    assert_api_error(&e, 404, "unknown_serial");
     let e = admin
         .revoke(&vtpm_ca::api::RevokeRequest::default())
         .unwrap_err();
     assert_eq!(e.status(), Some(400), "{e}");
-}
-
-fn openssl_crl_text(server: &CaServer, der: &[u8]) -> String {
-    let p = server.tmp.path().join("check.crl");
-    std::fs::write(&p, der).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -325,11 +296,7 @@ fn errors_are_json_and_tls_is_the_cas() {
             secret: "AAAA".into(),
         })
         .unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(404), Some("unknown_session")),
-        "{e}"
-    );
+    assert_api_error(&e, 404, "unknown_session");
 
     // A client trusting another root does not get through TLS.
     let other = tempfile::tempdir().unwrap();
@@ -363,7 +330,7 @@ fn init_refuses_an_existing_store_and_serve_stops_on_sigterm() {
 fn in_process_server_for_other_crates_tests() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
-    let init = vtpm_ca::store::init(&dir, &vtpm_ca::store::InitOptions::default()).unwrap();
+    let init = vtpm_ca::setup::init(&dir, &vtpm_ca::setup::InitOptions::default()).unwrap();
     let ca_pem = init.store.ca_pem().unwrap();
     let server = vtpm_ca::server::RunningServer::start(
         vtpm_ca::Ca::open(&dir).unwrap(),
@@ -381,8 +348,6 @@ fn in_process_server_for_other_crates_tests() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let commands: &[&[&str]] = &[
         &[],
         &["init"],
@@ -395,5 +360,6 @@ fn readme_options_match_the_command_line() {
         &["release"],
         &["list"],
     ];
-    testbed::readme_drift(&readme, &[(std::path::Path::new(common::BIN), commands)]).unwrap();
+    let bin = std::path::Path::new(common::BIN);
+    testbed::crate_readme_drift(env!("CARGO_MANIFEST_DIR"), bin, commands).unwrap();
 }

@@ -10,7 +10,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::{openssl_verify, vtpm_ca_ok, CaServer, Swtpm};
+use common::{assert_api_error, openssl_verify, vtpm_ca_ok, CaServer, Swtpm};
 use openssl::hash::MessageDigest;
 use openssl::x509::X509;
 use vtpm_ca::api::{EnrollFinishRequest, EnrollFinishResponse, EnrollStartRequest, Kind, Status};
@@ -20,15 +20,25 @@ fn pem_of(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// A host TPM with its EK and AK made, and the CA trusting its EK root.
-fn host_tpm(server: &CaServer, dir: &std::path::Path) -> Swtpm {
-    let tpm = Swtpm::start(dir);
+/// A host TPM in `name` below the CA's temporary directory, with its EK and AK made, and
+/// the CA trusting its EK root.
+fn host_tpm(server: &CaServer, name: &str) -> Swtpm {
+    let tpm = Swtpm::start(&server.tmp.path().join(name));
     tpm.create_ek_and_ak();
     vtpm_ca_ok(
         &server.store,
         &["add-ek-root", tpm.ek_root().to_str().unwrap()],
     );
     tpm
+}
+
+/// A CA issuing certificates valid for `validity_secs`, one host TPM it trusts the EK root
+/// of, and a client without a token.
+fn ca_with_host(validity_secs: u64) -> (CaServer, Swtpm, Client) {
+    let server = CaServer::start(validity_secs, &[]);
+    let tpm = host_tpm(&server, "host");
+    let client = server.client(None);
+    (server, tpm, client)
 }
 
 fn host_start_request(tpm: &Swtpm, subject: &str) -> EnrollStartRequest {
@@ -82,11 +92,7 @@ fn software_make_credential_activates_in_swtpm() {
     )
     .unwrap();
     std::fs::write(tpm.path("secret.bin"), secret).unwrap();
-    let name_hex: String = tpm
-        .read("ak.name")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name_hex = hex::encode(tpm.read("ak.name"));
     let out = std::process::Command::new("tpm2_makecredential")
         .current_dir(&tpm.dir)
         .args([
@@ -118,29 +124,15 @@ fn software_make_credential_activates_in_swtpm() {
 
 #[test]
 fn host_enrollment_with_swtpm_then_revocation_crl_and_status() {
-    let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let tpm = host_tpm(&server, &tmp.path().join("host"));
-    let client = server.client(None);
+    let (server, tpm, client) = ca_with_host(3600);
     let req = host_start_request(&tpm, "host-1");
     let out = enroll(&client, &tpm, &req);
 
     assert_eq!(out.name, "aik/host/host-1");
     let cert = X509::from_pem(out.certificate.as_bytes()).unwrap();
-    let root = X509::from_pem(&server.ca_pem).unwrap();
-    openssl_verify(&root, &[], &cert).unwrap();
+    openssl_verify(&server.root(), &[], &cert).unwrap();
     // The certificate's key is the TPM's AK.
-    tpm.tpm2(&[
-        "tpm2_readpublic",
-        "-c",
-        "ak.ctx",
-        "-f",
-        "pem",
-        "-o",
-        "ak.pem",
-    ]);
-    let ak = openssl::pkey::PKey::public_key_from_pem(&tpm.read("ak.pem")).unwrap();
-    assert!(cert.public_key().unwrap().public_eq(&ak));
+    assert!(cert.public_key().unwrap().public_eq(&tpm.public_key("ak")));
     // It binds the host EK certificate.
     let ek = X509::from_pem(req.ek_cert_chain[0].as_bytes()).unwrap();
     assert_eq!(
@@ -165,16 +157,7 @@ fn host_enrollment_with_swtpm_then_revocation_crl_and_status() {
     admin
         .revoke_serial(&out.serial, Some("key compromise"))
         .unwrap();
-    let der = admin.crl().unwrap();
-    let crl_file = tmp.path().join("crl.der");
-    std::fs::write(&crl_file, &der).unwrap();
-    let o = std::process::Command::new("openssl")
-        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-        .arg(&crl_file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let text = String::from_utf8(o.stdout).unwrap();
+    let text = testbed::openssl::crl_text(&admin.crl().unwrap()).unwrap();
     assert!(
         text.contains(&format!("Serial Number: {}", out.serial)),
         "{text}"
@@ -191,9 +174,8 @@ fn host_enrollment_with_swtpm_then_revocation_crl_and_status() {
 #[test]
 fn another_ek_cannot_take_over_an_enrolled_subject() {
     let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let first = host_tpm(&server, &tmp.path().join("first"));
-    let second = host_tpm(&server, &tmp.path().join("second"));
+    let first = host_tpm(&server, "first");
+    let second = host_tpm(&server, "second");
     let client = server.client(None);
     let admin = server.admin();
     let out = enroll(&client, &first, &host_start_request(&first, "host-1"));
@@ -209,11 +191,7 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     // The second TPM's chain is valid, but host-1 belongs to the first EK.
     let taken = host_start_request(&second, "host-1");
     let e = client.enroll_start(&taken).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(403), Some("subject_taken")),
-        "{e}"
-    );
+    assert_api_error(&e, 403, "subject_taken");
     assert_eq!(admin.get_cert("aik/host/host-1").unwrap(), stored);
     // It may enroll under a name of its own.
     let other = enroll(&client, &second, &host_start_request(&second, "host-2"));
@@ -252,10 +230,7 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
 
 #[test]
 fn wrong_secret_is_activation_failed_and_ends_the_session() {
-    let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let tpm = host_tpm(&server, &tmp.path().join("host"));
-    let client = server.client(None);
+    let (server, tpm, client) = ca_with_host(3600);
     let start = client
         .enroll_start(&host_start_request(&tpm, "host-1"))
         .unwrap();
@@ -264,11 +239,7 @@ fn wrong_secret_is_activation_failed_and_ends_the_session() {
         secret: B64.encode([0x55u8; 32]),
     };
     let e = client.enroll_finish(&req).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(403), Some("activation_failed")),
-        "{e}"
-    );
+    assert_api_error(&e, 403, "activation_failed");
     let e = client.enroll_finish(&req).unwrap_err();
     assert_eq!(e.code(), Some("unknown_session"), "{e}");
     // Nothing was issued.
@@ -279,19 +250,14 @@ fn wrong_secret_is_activation_failed_and_ends_the_session() {
 #[test]
 fn ek_not_under_a_trusted_root_is_refused() {
     let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let tpm = Swtpm::start(&tmp.path().join("host"));
+    let tpm = Swtpm::start(&server.tmp.path().join("host"));
     tpm.create_ek_and_ak();
     let client = server.client(None);
     let req = host_start_request(&tpm, "host-1");
 
     // No EK root at all.
     let e = client.enroll_start(&req).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(403), Some("untrusted_ek")),
-        "{e}"
-    );
+    assert_api_error(&e, 403, "untrusted_ek");
 
     // Trusting some other root (here: the CA's own) does not help.
     let ca_pem = server.store.join("ca.pem");
@@ -315,9 +281,7 @@ fn ek_not_under_a_trusted_root_is_refused() {
 
 #[test]
 fn aik_with_wrong_attributes_is_refused_with_the_list() {
-    let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let tpm = host_tpm(&server, &tmp.path().join("host"));
+    let (_server, tpm, client) = ca_with_host(3600);
     // An ordinary (not restricted) signing-and-decryption ECC key under an owner primary.
     tpm.tpm2(&["tpm2_createprimary", "-C", "o", "-c", "prim.ctx"]);
     tpm.flush();
@@ -335,35 +299,28 @@ fn aik_with_wrong_attributes_is_refused_with_the_list() {
     tpm.flush();
     let mut req = host_start_request(&tpm, "host-1");
     req.aik_public = B64.encode(tpm.read("bad.pub"));
-    let e = server.client(None).enroll_start(&req).unwrap_err();
-    assert_eq!(
-        (e.status(), e.code()),
-        (Some(422), Some("aik_not_restricted_signing")),
-        "{e}"
-    );
+    let e = client.enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 422, "aik_not_restricted_signing");
     let detail = e.to_string();
     assert!(detail.contains("restricted is not set"), "{detail}");
     assert!(detail.contains("decrypt is set"), "{detail}");
 
     // Garbage is a different error.
     req.aik_public = B64.encode([0u8; 10]);
-    let e = server.client(None).enroll_start(&req).unwrap_err();
+    let e = client.enroll_start(&req).unwrap_err();
     assert_eq!(e.code(), Some("bad_aik_public"), "{e}");
 }
 
 #[test]
 fn certificates_expire_with_the_configured_validity() {
-    let server = CaServer::start(2, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let tpm = host_tpm(&server, &tmp.path().join("host"));
-    let client = server.client(None);
+    let (server, tpm, client) = ca_with_host(2);
     let out = enroll(&client, &tpm, &host_start_request(&tpm, "short-lived"));
     assert_eq!(
         out.not_after - out.not_before,
         2 + vtpm_ca::issue::BACKDATE_SECS
     );
     let cert = X509::from_pem(out.certificate.as_bytes()).unwrap();
-    let root = X509::from_pem(&server.ca_pem).unwrap();
+    let root = server.root();
     openssl_verify(&root, &[], &cert).unwrap();
     assert_eq!(
         client.status(&out.fingerprint).unwrap().status,
@@ -391,10 +348,7 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     use openssl::x509::{X509Builder, X509NameBuilder};
     use std::time::Duration;
 
-    let server = CaServer::start(3600, &[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let host = host_tpm(&server, &tmp.path().join("host"));
-    let client = server.client(None);
+    let (server, host, client) = ca_with_host(3600);
     let host_out = enroll(&client, &host, &host_start_request(&host, "host-1"));
     let host_aik = X509::from_pem(host_out.certificate.as_bytes()).unwrap();
 
@@ -418,19 +372,9 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     let cop_pem = String::from_utf8(cop.to_pem().unwrap()).unwrap();
 
     // The vTPM: a second swtpm; its RSA EK certified by the coprocessor key.
-    let vtpm = Swtpm::start(&tmp.path().join("vtpm"));
+    let vtpm = Swtpm::start(&server.tmp.path().join("vtpm"));
     vtpm.create_ek_and_ak();
-    vtpm.tpm2(&[
-        "tpm2_readpublic",
-        "-c",
-        "ek.ctx",
-        "-f",
-        "pem",
-        "-o",
-        "ek.pem",
-    ]);
-    vtpm.flush();
-    let vek_pub = openssl::pkey::PKey::public_key_from_pem(&vtpm.read("ek.pem")).unwrap();
+    let vek_pub = vtpm.public_key("ek");
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
     b.set_serial_number(&vtpm_ca::issue::random_serial().unwrap())
@@ -463,7 +407,7 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     let vek = b.build();
     let vek_pem = String::from_utf8(vek.to_pem().unwrap()).unwrap();
 
-    let root = X509::from_pem(&server.ca_pem).unwrap();
+    let root = server.root();
     openssl_verify(&root, &[host_aik.clone(), cop.clone()], &vek).unwrap();
 
     let vreq = EnrollStartRequest {
@@ -505,7 +449,7 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
 
     // The openssl CLI agrees on the vEK chain (ADR 0008's verification command).
     let f = |n: &str, c: &X509| {
-        let p = tmp.path().join(n);
+        let p = server.tmp.path().join(n);
         std::fs::write(&p, c.to_pem().unwrap()).unwrap();
         p
     };
@@ -533,6 +477,6 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
         Status::Revoked
     );
     let e = client.enroll_start(&vreq).unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(403), Some("revoked")), "{e}");
+    assert_api_error(&e, 403, "revoked");
     assert!(e.to_string().contains("host retired"), "{e}");
 }

@@ -253,8 +253,6 @@ fn renew_reissues_the_host_certificates_that_are_due() {
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let commands: &[&[&str]] = &[
         &[],
         &["enroll"],
@@ -263,5 +261,5 @@ fn readme_options_match_the_command_line() {
         &["enroll-vaik"],
         &["renew"],
     ];
-    testbed::readme_drift(&readme, &[(Path::new(HOST), commands)]).unwrap();
+    testbed::crate_readme_drift(env!("CARGO_MANIFEST_DIR"), Path::new(HOST), commands).unwrap();
 }

@@ -8,19 +8,18 @@
 // only, not the helpers beside them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use guest_driver::{ClientOptions, VtpmClient};
 use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
-use openssl::pkey::PKey;
 use openssl::x509::X509;
 use testbed::{ChainSetup, DaemonProcess};
 use tpm_proto::commands as c;
-use tpm_proto::public::{alg, PublicParams, TpmPublic};
+use tpm_proto::public::{alg, curve, PublicParams};
+use vtpm_ca::aik::AikPublic;
 use vtpm_ca::client::Client;
 
 mod common;
@@ -77,27 +76,24 @@ fn connect(daemon: &DaemonProcess) -> VtpmClient {
 fn guest_uses_the_vaik(client: &mut VtpmClient, cert_pem: &Path, work: &Path) {
     let resp = client.transact_tss(&c::read_public(AIK_HANDLE)).unwrap();
     let (public, _name) = c::parse_read_public(&resp).expect("ReadPublic of the vAIK");
-    let public = TpmPublic::parse(&public).unwrap();
-    assert_eq!(public.attributes, 0x0005_0072, "restricted signing key");
+    // Read as the CA reads the AIKs it certifies.
+    let aik = AikPublic::from_tpmt(&public).unwrap();
+    assert_eq!(aik.public.attributes, 0x0005_0072, "restricted signing key");
+    assert!(aik.violations().is_empty(), "{:?}", aik.violations());
     assert!(
-        public.aik_violations().is_empty(),
-        "{:?}",
-        public.aik_violations()
+        matches!(
+            aik.public.params,
+            PublicParams::Ecc {
+                curve: curve::NIST_P256,
+                ..
+            }
+        ),
+        "the vAIK is not an ECC P-256 key: {:?}",
+        aik.public
     );
-    let PublicParams::Ecc { x, y, .. } = &public.params else {
-        panic!("the vAIK is not an ECC key: {public:?}");
-    };
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(x).unwrap(),
-        &BigNum::from_slice(y).unwrap(),
-    )
-    .unwrap();
-    let key = PKey::from_ec_key(key).unwrap();
     let cert = X509::from_pem(&std::fs::read(cert_pem).unwrap()).unwrap();
     assert!(
-        cert.public_key().unwrap().public_eq(&key),
+        cert.public_key().unwrap().public_eq(aik.public_key()),
         "the persistent vAIK is the certificate's key"
     );
 
@@ -128,32 +124,45 @@ fn guest_uses_the_vaik(client: &mut VtpmClient, cert_pem: &Path, work: &Path) {
         ],
         work,
     );
-    let out = openssl(
-        &[
+    let verify = |file: &str| {
+        let dgst = [
             "dgst",
             "-sha256",
             "-verify",
             "pub.pem",
             "-signature",
             "sig.der",
-            "data",
-        ],
-        work,
-    );
+            file,
+        ];
+        openssl(&dgst, work)
+    };
+    let out = verify("data");
     assert!(out.contains("Verified OK"), "openssl dgst -verify: {out}");
-    let out = openssl(
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            "pub.pem",
-            "-signature",
-            "sig.der",
-            "other",
-        ],
-        work,
-    );
+    let out = verify("other");
     assert!(!out.contains("Verified OK"), "{out}");
+}
+
+/// In a new temporary directory: the chain for `host_id`, and the directory of instance `vm`
+/// with the path of its (not yet provisioned) state.
+fn set_up(host_id: &str, vm: &str) -> (tempfile::TempDir, ChainSetup, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::start(bin_dir(), tmp.path(), host_id).unwrap();
+    let vm = tmp.path().join(vm);
+    let state = vm.join("state");
+    (tmp, s, vm, state)
+}
+
+/// `cert` verifies against the CA root with `openssl verify`.
+fn assert_issued_by_the_ca(s: &ChainSetup, cert: &Path, dir: &Path) {
+    let ca_cert = s.ca.ca_cert.to_str().unwrap();
+    let out = openssl(&["verify", "-CAfile", ca_cert, cert.to_str().unwrap()], dir);
+    assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
+}
+
+/// The `vhost-vtpm` daemon serving the instance in `vm`, with the chain's host TPM.
+fn start_daemon(s: &ChainSetup, vm: &Path) -> DaemonProcess {
+    let tcti = s.host_tpm.tcti();
+    DaemonProcess::start(&bin("vhost-vtpm"), vm, &["--host-tpm", &tcti]).unwrap()
 }
 
 /// Stops the daemon with SIGTERM (it saves the TPM's volatile state, as on a host shutdown).
@@ -169,10 +178,7 @@ fn stop(daemon: &mut DaemonProcess) {
 
 #[test]
 fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-1").unwrap();
-    let vm = tmp.path().join("vm1");
-    let state = vm.join("state");
+    let (tmp, s, vm, state) = set_up("host-1", "vm1");
     s.provision(&state).unwrap();
 
     // 1. The vAIK, enrolled with the CA from the host while the instance is stopped.
@@ -187,16 +193,7 @@ fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
         let mode = std::fs::metadata(&vaik).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let out = openssl(
-        &[
-            "verify",
-            "-CAfile",
-            s.ca.ca_cert.to_str().unwrap(),
-            vaik.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
+    assert_issued_by_the_ca(&s, &vaik, tmp.path());
     let first = X509::from_pem(&std::fs::read(&vaik).unwrap()).unwrap();
     let instance = vtpm_state::EncryptedStore::inspect(&state)
         .unwrap()
@@ -209,8 +206,7 @@ fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
     );
 
     // 2. The guest finds the key at the handle and signs with it.
-    let tcti = s.host_tpm.tcti();
-    let mut daemon = DaemonProcess::start(&bin("vhost-vtpm"), &vm, &["--host-tpm", &tcti]).unwrap();
+    let mut daemon = start_daemon(&s, &vm);
     let mut client = connect(&daemon);
     guest_uses_the_vaik(&mut client, &vaik, &tmp.path().join("sign1"));
     drop(client);
@@ -233,16 +229,7 @@ fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
         "a new certificate"
     );
     assert_eq!(cn(&second), "vm1");
-    let out = openssl(
-        &[
-            "verify",
-            "-CAfile",
-            s.ca.ca_cert.to_str().unwrap(),
-            vaik.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
+    assert_issued_by_the_ca(&s, &vaik, tmp.path());
     daemon.restart().unwrap();
     let mut client = connect(&daemon);
     guest_uses_the_vaik(&mut client, &vaik, &tmp.path().join("sign2"));
@@ -252,17 +239,14 @@ fn vaik_enrolled_from_the_host_verifies_signs_in_the_guest_and_is_reissued() {
     drop(daemon);
     let out = enroll_vaik(&s, &state, &[]).unwrap();
     assert!(out.contains("0x81008001"), "{out}");
-    let daemon = DaemonProcess::start(&bin("vhost-vtpm"), &vm, &["--host-tpm", &tcti]).unwrap();
+    let daemon = start_daemon(&s, &vm);
     let mut client = connect(&daemon);
     guest_uses_the_vaik(&mut client, &vaik, &tmp.path().join("sign3"));
 }
 
 #[test]
 fn enroll_vaik_refuses_a_running_instance_a_foreign_handle_and_a_revoked_coprocessor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-2").unwrap();
-    let vm = tmp.path().join("vm2");
-    let state = vm.join("state");
+    let (tmp, s, vm, state) = set_up("host-2", "vm2");
     let vaik = state.join("vaik.pem");
 
     // Nothing to enrol in a directory without an instance (and none is created).
@@ -277,8 +261,7 @@ fn enroll_vaik_refuses_a_running_instance_a_foreign_handle_and_a_revoked_coproce
     assert!(err.contains("persistent handle"), "{err}");
 
     // While the daemon runs on the instance: the directory lock, clearly.
-    let tcti = s.host_tpm.tcti();
-    let mut daemon = DaemonProcess::start(&bin("vhost-vtpm"), &vm, &["--host-tpm", &tcti]).unwrap();
+    let mut daemon = start_daemon(&s, &vm);
     let err = enroll_vaik(&s, &state, &[]).unwrap_err();
     assert!(
         err.contains("in use by another process") && err.contains("daemon"),

@@ -11,12 +11,14 @@ use base64::Engine as _;
 use migration::api::{attestation_data, AttestRequest, QUOTED_PCRS};
 use migration::seal::{common_name, verify_chain};
 use migration::MigrationId;
+use openssl::bn::BigNum;
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcGroup, EcPoint};
 use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 use openssl::x509::X509;
-use tpm_proto::attest::{parse_quote, TPM_ALG_SHA256};
+use tpm_proto::attest::{QuoteAttest, Signature};
+use tpm_proto::public::alg;
 
 /// Why a quote is refused.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +90,16 @@ pub fn verify_quote(
             "the migration key is not an uncompressed P-256 point",
         ));
     }
-    let info = parse_quote(&attest).map_err(|e| invalid(format!("malformed TPMS_ATTEST: {e}")))?;
-    let sig = EcdsaSig::from_der(&signature).map_err(|_| invalid("malformed signature"))?;
+    let info =
+        QuoteAttest::parse(&attest).map_err(|e| invalid(format!("malformed TPMS_ATTEST: {e}")))?;
+    let sig = match Signature::parse(&signature) {
+        Ok(Signature::Ecdsa { hash, r, s }) if hash == alg::SHA256 => BigNum::from_slice(&r)
+            .and_then(|r| Ok((r, BigNum::from_slice(&s)?)))
+            .and_then(|(r, s)| EcdsaSig::from_private_components(r, s))
+            .map_err(|_| invalid("malformed ECDSA signature"))?,
+        Ok(_) => return Err(invalid("the quote is not signed with ECDSA over SHA-256")),
+        Err(e) => return Err(invalid(format!("malformed TPMT_SIGNATURE: {e}"))),
+    };
     let aik_key = aik_cert
         .public_key()
         .and_then(|k| k.ec_key())
@@ -109,16 +119,19 @@ pub fn verify_quote(
              (a stale or replayed quote)",
         ));
     }
-    if info.selected(TPM_ALG_SHA256) != QUOTED_PCRS {
+    let quoted = info
+        .quote
+        .sha256_pcrs()
+        .map_err(|e| invalid(format!("PCR selection: {e}")))?;
+    if quoted != QUOTED_PCRS {
         return Err(invalid(format!(
-            "quotes SHA-256 PCRs {:?}, not {QUOTED_PCRS:?}",
-            info.selected(TPM_ALG_SHA256)
+            "quotes SHA-256 PCRs {quoted:?}, not {QUOTED_PCRS:?}"
         )));
     }
     Ok(Attested {
         host_id,
         aik_cert,
         migration_key,
-        pcr_digest: info.pcr_digest,
+        pcr_digest: info.quote.pcr_digest,
     })
 }

@@ -68,13 +68,13 @@ pub fn attest(
     .map_err(|_| HostError::BadNonce)?;
     let key = dir.migration_public()?;
     let data = attestation_data(id, role, &nonce, &key);
-    let quote = tpm.quote(&dir.aik()?, &data, &QUOTED_PCRS)?;
+    let quote = tpm.quote(&dir.aik()?, &QUOTED_PCRS, &data)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let req = AttestRequest {
         role,
         aik_cert: String::from_utf8_lossy(&dir.host_aik_cert()?.to_pem()?).into_owned(),
         attest: b64.encode(&quote.attest),
-        signature: b64.encode(quote.signature.to_der().as_bytes()),
+        signature: b64.encode(&quote.signature),
         migration_key: hex::encode(&key),
     };
     Ok(client.attest(id, &req)?)

@@ -173,7 +173,7 @@ fn a_migration_step_by_step_and_every_refusal_named() {
     let key = dir.migration_public().unwrap();
     let stale = attestation_data(&mid, Role::Source, &[0u8; 32], &key);
     let quote = tpm
-        .quote(&dir.aik().unwrap(), &stale, &QUOTED_PCRS)
+        .quote(&dir.aik().unwrap(), &QUOTED_PCRS, &stale)
         .unwrap();
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -181,7 +181,7 @@ fn a_migration_step_by_step_and_every_refusal_named() {
         role: Role::Source,
         aik_cert: String::from_utf8(dir.host_aik_cert().unwrap().to_pem().unwrap()).unwrap(),
         attest: b64.encode(&quote.attest),
-        signature: b64.encode(quote.signature.to_der().as_bytes()),
+        signature: b64.encode(&quote.signature),
         migration_key: hex::encode(&key),
     };
     assert_eq!(code(a.attest(&mid, &req)), "quote_invalid");
@@ -193,7 +193,7 @@ fn a_migration_step_by_step_and_every_refusal_named() {
         &hex::decode(&fresh.source_nonce).unwrap(),
         &key,
     );
-    let quote = tpm.quote(&dir.aik().unwrap(), &data, &QUOTED_PCRS).unwrap();
+    let quote = tpm.quote(&dir.aik().unwrap(), &QUOTED_PCRS, &data).unwrap();
     let mut flipped = quote.attest.clone();
     let at = flipped.len() - 3;
     flipped[at] ^= 1;

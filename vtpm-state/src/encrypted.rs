@@ -667,11 +667,28 @@ impl EncryptedStore {
     }
 
     pub fn store(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
+        self.change(name, Some(data))
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), StateError> {
+        self.change(name, None)
+    }
+
+    /// Sets blob `name` to `data` (`None` deletes it) and persists the next generation. If
+    /// that fails, the blob is put back as it was: memory keeps matching the disk. Deleting
+    /// a blob that does not exist writes nothing.
+    fn change(&self, name: &str, data: Option<&[u8]>) -> Result<(), StateError> {
         check_name(name)?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = inner
-            .blobs
-            .insert(name.to_owned(), Zeroizing::new(data.to_vec()));
+        let previous = match data {
+            Some(data) => inner
+                .blobs
+                .insert(name.to_owned(), Zeroizing::new(data.to_vec())),
+            None => inner.blobs.remove(name),
+        };
+        if data.is_none() && previous.is_none() {
+            return Ok(());
+        }
         let generation = inner.generation + 1;
         match self.persist(&inner.blobs, generation) {
             Ok(()) => {
@@ -683,25 +700,6 @@ impl EncryptedStore {
                     Some(p) => inner.blobs.insert(name.to_owned(), p),
                     None => inner.blobs.remove(name),
                 };
-                Err(e)
-            }
-        }
-    }
-
-    pub fn delete(&self, name: &str) -> Result<(), StateError> {
-        check_name(name)?;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(previous) = inner.blobs.remove(name) else {
-            return Ok(());
-        };
-        let generation = inner.generation + 1;
-        match self.persist(&inner.blobs, generation) {
-            Ok(()) => {
-                inner.generation = generation;
-                Ok(())
-            }
-            Err(e) => {
-                inner.blobs.insert(name.to_owned(), previous);
                 Err(e)
             }
         }

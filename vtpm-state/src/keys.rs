@@ -409,7 +409,8 @@ fn decode_key(raw: &[u8]) -> Option<SecretKey> {
 }
 
 /// Creates a new host key file (mode 0600) holding 64 hex digits; refuses to overwrite.
-pub fn generate_host_key_file(path: &Path) -> Result<(), KeyError> {
+/// Returns the [`HostKey`] that names it.
+pub fn generate_host_key_file(path: &Path) -> Result<HostKey, KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let bad = |source| KeyError::HostKeyFile {
@@ -428,7 +429,8 @@ pub fn generate_host_key_file(path: &Path) -> Result<(), KeyError> {
     hex::encode_to_slice(key.bytes(), &mut text[..2 * KEY_LEN])
         .map_err(|e| bad(std::io::Error::other(e)))?;
     f.write_all(&text[..]).map_err(bad)?;
-    f.sync_all().map_err(bad)
+    f.sync_all().map_err(bad)?;
+    Ok(HostKey::File(path.to_owned()))
 }
 
 #[cfg(test)]
@@ -482,9 +484,7 @@ mod tests {
     #[test]
     fn key_record_round_trip_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("host.key");
-        generate_host_key_file(&p).unwrap();
-        let host = HostKey::File(p);
+        let host = generate_host_key_file(&dir.path().join("host.key")).unwrap();
         let id = InstanceId::random().unwrap();
         let key = SecretKey::random().unwrap();
         let record_path = dir.path().join("instance.key");

@@ -140,12 +140,11 @@ mod tests {
     fn host() -> Host {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_owned();
-        let path = root.join("host.key");
-        generate_host_key_file(&path).unwrap();
+        let key = generate_host_key_file(&root.join("host.key")).unwrap();
         Host {
             _tmp: tmp,
             root,
-            key: HostKey::File(path),
+            key,
         }
     }
 
@@ -234,6 +233,43 @@ mod tests {
         assert!(msg.contains(&dir.display().to_string()), "{msg}");
     }
 
+    fn fails_authentication(e: &StateError) -> bool {
+        matches!(
+            e,
+            StateError::Invalid {
+                source: FormatError::Authentication,
+                ..
+            }
+        )
+    }
+
+    /// A populated instance without `files`: opening it is refused, and none of them is
+    /// made again.
+    fn assert_refused_without(files: &[&str], check: impl Fn(&StateError) -> bool) {
+        let h = host();
+        let dir = populated(&h, "vm");
+        for f in files {
+            fs::remove_file(dir.join(f)).unwrap();
+        }
+        assert_refused_untouched(&dir, &h.key, check);
+        for f in files {
+            assert!(!dir.join(f).exists(), "{f}");
+        }
+    }
+
+    /// A new instance whose `permall` was stored as `first`, then as `second`, with `file`
+    /// put back as it was after the first store; returns the directory and that content.
+    fn rewound(h: &Host, file: &str, first: &[u8], second: &[u8]) -> (PathBuf, Vec<u8>) {
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", first).unwrap();
+        let old = fs::read(dir.join(file)).unwrap();
+        s.store("permall", second).unwrap();
+        drop(s);
+        fs::write(dir.join(file), &old).unwrap();
+        (dir, old)
+    }
+
     fn populated(h: &Host, name: &str) -> PathBuf {
         let dir = h.root.join(name);
         let s = open(&dir, &h.key).unwrap();
@@ -250,28 +286,12 @@ mod tests {
         let at = raw.len() - 20;
         raw[at] ^= 0x01;
         fs::write(&path, &raw).unwrap();
-        assert_refused_untouched(&dir, &h.key, |e| {
-            matches!(
-                e,
-                StateError::Invalid {
-                    source: FormatError::Authentication,
-                    ..
-                }
-            )
-        });
+        assert_refused_untouched(&dir, &h.key, fails_authentication);
         // A flipped generation in the clear header does not authenticate either.
         raw[at] ^= 0x01;
         raw[format::HEADER_LEN - 5] ^= 0x01;
         fs::write(&path, &raw).unwrap();
-        assert_refused_untouched(&dir, &h.key, |e| {
-            matches!(
-                e,
-                StateError::Invalid {
-                    source: FormatError::Authentication,
-                    ..
-                }
-            )
-        });
+        assert_refused_untouched(&dir, &h.key, fails_authentication);
         // An altered format version is named as such.
         raw[format::HEADER_LEN - 5] ^= 0x01;
         raw[9] = 0;
@@ -326,27 +346,13 @@ mod tests {
         let mut forged = b_state.clone();
         forged[12..28].copy_from_slice(&a_state[12..28]);
         fs::write(a.join(STATE_FILE), &forged).unwrap();
-        assert_refused_untouched(&a, &h.key, |e| {
-            matches!(
-                e,
-                StateError::Invalid {
-                    source: FormatError::Authentication,
-                    ..
-                }
-            )
-        });
+        assert_refused_untouched(&a, &h.key, fails_authentication);
     }
 
     #[test]
     fn replayed_older_state_file_is_refused() {
         let h = host();
-        let dir = h.root.join("vm");
-        let s = open(&dir, &h.key).unwrap();
-        s.store("permall", b"counter=1").unwrap();
-        let old = fs::read(dir.join(STATE_FILE)).unwrap();
-        s.store("permall", b"counter=2").unwrap();
-        drop(s);
-        fs::write(dir.join(STATE_FILE), &old).unwrap();
+        let (dir, _) = rewound(&h, STATE_FILE, b"counter=1", b"counter=2");
         assert_refused_untouched(&dir, &h.key, |e| {
             matches!(
                 e,
@@ -374,14 +380,8 @@ mod tests {
     #[test]
     fn generation_record_one_behind_after_a_crash_is_accepted_and_repaired() {
         let h = host();
-        let dir = h.root.join("vm");
-        let s = open(&dir, &h.key).unwrap();
-        s.store("permall", b"a").unwrap();
-        let anchor = fs::read(dir.join(ANCHOR_FILE)).unwrap();
-        s.store("permall", b"b").unwrap();
-        drop(s);
         // As if the crash came after the state file's rename and before the record's.
-        fs::write(dir.join(ANCHOR_FILE), &anchor).unwrap();
+        let (dir, anchor) = rewound(&h, ANCHOR_FILE, b"a", b"b");
         let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
         assert_eq!(how, Opened::Existing { generation: 3 });
         assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"b"[..]));
@@ -393,9 +393,8 @@ mod tests {
     fn wrong_host_key_is_refused() {
         let h = host();
         let dir = populated(&h, "vm");
-        let other = h.root.join("other.key");
-        generate_host_key_file(&other).unwrap();
-        assert_refused_untouched(&dir, &HostKey::File(other), |e| {
+        let other = generate_host_key_file(&h.root.join("other.key")).unwrap();
+        assert_refused_untouched(&dir, &other, |e| {
             matches!(e, StateError::Key(KeyError::WrongHostKey { .. }))
         });
         // A missing key file is named too.
@@ -412,13 +411,9 @@ mod tests {
 
     #[test]
     fn missing_key_record_is_refused_not_replaced() {
-        let h = host();
-        let dir = populated(&h, "vm");
-        fs::remove_file(dir.join(KEY_RECORD)).unwrap();
-        assert_refused_untouched(&dir, &h.key, |e| {
+        assert_refused_without(&[KEY_RECORD], |e| {
             matches!(e, StateError::KeyRecordMissing { .. })
         });
-        assert!(!dir.join(KEY_RECORD).exists());
     }
 
     #[test]
@@ -500,16 +495,11 @@ mod tests {
 
     #[test]
     fn deleted_state_is_refused_never_replaced_by_a_fresh_tpm() {
-        let h = host();
-        let dir = populated(&h, "vm");
         // Both the state file and its generation record gone, the key record left: before, this
         // looked like an unfinished creation and started a new TPM with new seeds.
-        fs::remove_file(dir.join(STATE_FILE)).unwrap();
-        fs::remove_file(dir.join(ANCHOR_FILE)).unwrap();
-        assert_refused_untouched(&dir, &h.key, |e| {
+        assert_refused_without(&[STATE_FILE, ANCHOR_FILE], |e| {
             matches!(e, StateError::StateMissing { .. })
         });
-        assert!(!dir.join(STATE_FILE).exists());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use coprocessor::libtpms::{LibtpmsEngine, VOLATILE_BLOB};
 use coprocessor::{Coprocessor, EngineState, Error};
 use tpm_proto::commands as c;
-use vtpm_state::keys::HostKey;
+use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::{EncryptedStore, StateError};
 
 fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
@@ -20,9 +20,7 @@ fn run(e: &mut LibtpmsEngine, cmd: &[u8]) -> Vec<u8> {
 #[test]
 fn engine_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
-    let host_key = dir.path().join("host.key");
-    vtpm_state::keys::generate_host_key_file(&host_key).unwrap();
-    let host_key = HostKey::File(host_key);
+    let host_key = generate_host_key_file(&dir.path().join("host.key")).unwrap();
     let state = dir.path().join("vm");
     let store =
         |d: &std::path::Path| Box::new(EncryptedStore::open(d, &host_key, "libtpms").unwrap().0);

@@ -7,8 +7,6 @@
 
 #[test]
 fn readme_options_match_the_command_line() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let commands: &[&[&str]] = &[
         &["gen-host-key"],
         &["inspect"],
@@ -16,12 +14,6 @@ fn readme_options_match_the_command_line() {
         &["accept-current"],
         &["import-swtpm"],
     ];
-    testbed::readme_drift(
-        &readme,
-        &[(
-            std::path::Path::new(env!("CARGO_BIN_EXE_vtpm-state")),
-            commands,
-        )],
-    )
-    .unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vtpm-state"));
+    testbed::crate_readme_drift(env!("CARGO_MANIFEST_DIR"), bin, commands).unwrap();
 }

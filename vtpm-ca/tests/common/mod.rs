@@ -83,6 +83,11 @@ impl CaServer {
         Client::new(&self.url, &self.ca_pem, token.map(str::to_string)).unwrap()
     }
 
+    /// The CA root certificate.
+    pub fn root(&self) -> openssl::x509::X509 {
+        openssl::x509::X509::from_pem(&self.ca_pem).unwrap()
+    }
+
     pub fn admin(&self) -> Client {
         self.client(Some(&self.admin_token))
     }
@@ -183,6 +188,14 @@ impl Swtpm {
         self.flush();
     }
 
+    /// The public key of the object in context file `{name}.ctx` (`tpm2_readpublic`).
+    pub fn public_key(&self, name: &str) -> openssl::pkey::PKey<openssl::pkey::Public> {
+        let (ctx, pem) = (format!("{name}.ctx"), format!("{name}.pem"));
+        self.tpm2(&["tpm2_readpublic", "-c", &ctx, "-f", "pem", "-o", &pem]);
+        self.flush();
+        openssl::pkey::PKey::public_key_from_pem(&self.read(&pem)).unwrap()
+    }
+
     /// The RSA EK certificate from NV (PEM).
     pub fn ek_cert_pem(&self) -> String {
         self.tpm2(&["tpm2_getekcertificate", "-o", "ek.crt"]);
@@ -247,6 +260,11 @@ impl Swtpm {
         self.flush();
         self.read("sig.der")
     }
+}
+
+/// `e` is the API's refusal with HTTP `status` and error `code`.
+pub fn assert_api_error(e: &vtpm_ca::ClientError, status: u16, code: &str) {
+    assert_eq!((e.status(), e.code()), (Some(status), Some(code)), "{e}");
 }
 
 /// OpenSSL's verification of `leaf` against `root` with `untrusted` intermediates: Ok or

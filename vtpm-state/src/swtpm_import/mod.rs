@@ -534,6 +534,11 @@ mod tests {
             SwtpmKey::passphrase_file(file, mode, kdf)
         }
 
+        /// Writes [`PASSPHRASE`] as the state's passphrase file, for aes-256-cbc and `kdf`.
+        fn state_passphrase(&self, kdf: SwtpmKdf) -> SwtpmKey {
+            self.passphrase("state.pw", PASSPHRASE, SwtpmCipher::Aes256Cbc, kdf)
+        }
+
         fn permall(&self) -> Vec<u8> {
             fs::read(self.state.join(PERMANENT_FILE)).unwrap()
         }
@@ -602,12 +607,7 @@ mod tests {
     /// State encrypted by swtpm_setup with [`PASSPHRASE`] and aes-256-cbc, as libvirt makes it.
     fn passphrase_state() -> (Fixture, SwtpmKey) {
         let f = Fixture::new();
-        let key = f.passphrase(
-            "state.pw",
-            PASSPHRASE,
-            SwtpmCipher::Aes256Cbc,
-            SwtpmKdf::Pbkdf2,
-        );
+        let key = f.state_passphrase(SwtpmKdf::Pbkdf2);
         swtpm_setup(&f.state, Some(&key));
         (f, key)
     }
@@ -758,12 +758,87 @@ mod tests {
         load_secret(key).unwrap()
     }
 
+    impl Fixture {
+        /// Imports the state directory with `key`, checking that swtpm's directory is left
+        /// exactly as it was, whether the import succeeds or is refused.
+        fn import(&self, key: Option<&SwtpmKey>) -> Result<SwtpmBlobs, ImportError> {
+            let before = snapshot(&self.state);
+            let result = read_swtpm_state(&self.state, key);
+            assert_eq!(snapshot(&self.state), before, "{key:?}");
+            result
+        }
+    }
+
+    /// `blobs`, imported from the encrypted state of `f` with `key`, are that TPM in clear:
+    /// the kind of blob a plain state holds (and not the file's encrypted bytes), which swtpm
+    /// serves with the EK it serves from the encrypted directory, and which reads back
+    /// natively from a plain directory.
+    fn assert_decrypted_same_tpm(f: &Fixture, key: &SwtpmKey, blobs: &SwtpmBlobs) {
+        assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
+        let permall = f.permall();
+        assert!(!permall.windows(64).any(|w| blobs.permanent.starts_with(w)));
+        let plain = data_item(&plain_state().permall()).len();
+        assert!(
+            blobs.permanent.len().abs_diff(plain) < 1024,
+            "{} bytes, a plain state has {plain}",
+            blobs.permanent.len()
+        );
+        let imported = plain_dir_with(blobs);
+        assert_eq!(
+            ek_of(imported.path(), None),
+            ek_of(&f.state, Some((key.mode, &key_arg(key)))),
+            "{key:?}"
+        );
+        assert_eq!(read_swtpm_state(imported.path(), None).unwrap(), *blobs);
+    }
+
+    /// `err` refuses `key` for the state in `dir` as the wrong key (or passphrase), naming
+    /// the key's file.
+    fn assert_wrong_key(err: &ImportError, dir: &Path, key: &SwtpmKey, kind: KeyKind) {
+        match err {
+            ImportError::WrongKey {
+                dir: d,
+                key: k,
+                kind: found,
+                code,
+                ..
+            } => {
+                assert_eq!(d, dir);
+                assert_eq!(k, key.file());
+                assert_eq!(*found, kind);
+                assert_ne!(*code, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&key.file().display().to_string()), "{msg}");
+    }
+
+    /// What is refused before swtpm runs, for a key file and a passphrase file alike: `key`
+    /// for a plain state, and `missing` (a file of the same kind that does not exist) for
+    /// the encrypted state of `f`.
+    fn assert_refused_before_swtpm(f: &Fixture, key: &SwtpmKey, missing: &SwtpmKey) {
+        let kind = key.kind();
+        let plain = plain_state();
+        let err = read_swtpm_state(&plain.state, Some(key)).unwrap_err();
+        assert!(
+            matches!(&err, ImportError::NotEncrypted { key: k, kind: found, .. }
+            if k == key.file() && *found == kind),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&kind.to_string()), "{err}");
+        let err = f.import(Some(missing)).unwrap_err();
+        assert!(
+            matches!(&err, ImportError::Secret(SecretError::KeyRead { kind: found, .. })
+            if *found == kind),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn plain_import_is_the_data_item_and_leaves_the_directory_alone() {
         let f = plain_state();
-        let before = snapshot(&f.state);
-        let blobs = read_swtpm_state(&f.state, None).unwrap();
-        assert_eq!(snapshot(&f.state), before);
+        let blobs = f.import(None).unwrap();
         assert_eq!(blobs.permanent, data_item(&f.permall()));
         assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
         assert_eq!(blobs.volatile, None);
@@ -791,30 +866,9 @@ mod tests {
                     f.key("state.bin", hex.trim(), mode, format)
                 }
             };
-            let before = snapshot(&f.state);
-            let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
-            assert_eq!(snapshot(&f.state), before, "{mode} {format}");
+            let blobs = f.import(Some(&key)).unwrap();
             assert_eq!(blobs.volatile, None);
-            // The kind of blob a plain state holds, and not the file's (encrypted) bytes.
-            assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
-            let permall = f.permall();
-            assert!(!permall.windows(64).any(|w| blobs.permanent.starts_with(w)));
-            let plain = data_item(&plain_state().permall()).len();
-            assert!(
-                blobs.permanent.len().abs_diff(plain) < 1024,
-                "{} bytes, a plain state has {plain}",
-                blobs.permanent.len()
-            );
-            // swtpm serving the imported blob in clear has the EK that it serves from the
-            // encrypted directory with the key: the same TPM.
-            let imported = plain_dir_with(&blobs);
-            assert_eq!(
-                ek_of(imported.path(), None),
-                ek_of(&f.state, Some((mode, &key_arg(&key)))),
-                "{mode} {format}"
-            );
-            // And the clear copy reads back natively to the same blob.
-            assert_eq!(read_swtpm_state(imported.path(), None).unwrap(), blobs);
+            assert_decrypted_same_tpm(&f, &key, &blobs);
         }
     }
 
@@ -822,19 +876,15 @@ mod tests {
     fn volatile_state_is_imported_plain_and_encrypted() {
         let f = plain_state();
         let pcr = save_volatile_with_pcr16(&f.state, None);
-        let before = snapshot(&f.state);
-        let blobs = read_swtpm_state(&f.state, None).unwrap();
-        assert_eq!(snapshot(&f.state), before);
+        let blobs = f.import(None).unwrap();
         let file = fs::read(f.state.join(VOLATILE_FILE)).unwrap();
         assert_eq!(blobs.volatile.as_deref(), Some(data_item(&file)));
         assert_eq!(pcr16_after_resuming(&blobs), pcr);
 
         let (f, key) = encrypted_state(SwtpmCipher::Aes256Cbc);
         let pcr = save_volatile_with_pcr16(&f.state, Some((key.mode, &key_arg(&key))));
-        let before = snapshot(&f.state);
-        let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
         // swtpm deletes the volatile state it hands out: it did so in its copy only.
-        assert_eq!(snapshot(&f.state), before);
+        let blobs = f.import(Some(&key)).unwrap();
         let volatile = blobs.volatile.as_deref().unwrap();
         assert!(has_libtpms_magic(volatile, BlobKind::Volatile));
         assert_eq!(pcr16_after_resuming(&blobs), pcr);
@@ -859,26 +909,9 @@ mod tests {
     fn wrong_key_is_refused_naming_the_key_file() {
         let (f, key) = encrypted_state(SwtpmCipher::Aes256Cbc);
         let wrong = f.key("wrong.key", OTHER_KEY_256, key.mode, SwtpmKeyFormat::Hex);
-        let before = snapshot(&f.state);
-        let err = read_swtpm_state(&f.state, Some(&wrong)).unwrap_err();
-        assert_eq!(snapshot(&f.state), before);
-        match &err {
-            ImportError::WrongKey {
-                dir,
-                key,
-                kind,
-                code,
-                ..
-            } => {
-                assert_eq!(*dir, f.state);
-                assert_eq!(key, wrong.file());
-                assert_eq!(*kind, KeyKind::Key);
-                assert_ne!(*code, 0);
-            }
-            other => panic!("{other:?}"),
-        }
+        let err = f.import(Some(&wrong)).unwrap_err();
+        assert_wrong_key(&err, &f.state, &wrong, KeyKind::Key);
         let msg = err.to_string();
-        assert!(msg.contains(&wrong.file().display().to_string()), "{msg}");
         assert!(
             !msg.contains(OTHER_KEY_256) && !msg.contains(KEY_256),
             "{msg}"
@@ -907,25 +940,8 @@ mod tests {
             "{err:?}"
         );
 
-        let plain = plain_state();
-        let err = read_swtpm_state(&plain.state, Some(&key)).unwrap_err();
-        assert!(
-            matches!(&err, ImportError::NotEncrypted { key: k, .. } if k == key.file()),
-            "{err:?}"
-        );
-
         let missing = SwtpmKey::key_file(f.root.join("no.key"), key.mode, SwtpmKeyFormat::Hex);
-        let err = read_swtpm_state(&f.state, Some(&missing)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ImportError::Secret(SecretError::KeyRead {
-                    kind: KeyKind::Key,
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
+        assert_refused_before_swtpm(&f, &key, &missing);
     }
 
     #[test]
@@ -1153,25 +1169,9 @@ mod tests {
     #[test]
     fn passphrase_encrypted_import_is_the_same_tpm_and_leaves_the_directory_alone() {
         let (f, key) = passphrase_state();
-        let before = snapshot(&f.state);
-        let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
-        assert_eq!(snapshot(&f.state), before);
+        let blobs = f.import(Some(&key)).unwrap();
         assert_eq!(blobs.volatile, None);
-        assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
-        let permall = f.permall();
-        assert!(!permall.windows(64).any(|w| blobs.permanent.starts_with(w)));
-        let plain = data_item(&plain_state().permall()).len();
-        assert!(
-            blobs.permanent.len().abs_diff(plain) < 1024,
-            "{} bytes, a plain state has {plain}",
-            blobs.permanent.len()
-        );
-        let imported = plain_dir_with(&blobs);
-        assert_eq!(
-            ek_of(imported.path(), None),
-            ek_of(&f.state, Some((key.mode, &key_arg(&key))))
-        );
-        assert_eq!(read_swtpm_state(imported.path(), None).unwrap(), blobs);
+        assert_decrypted_same_tpm(&f, &key, &blobs);
 
         // The trailing newline is part of the passphrase, as in swtpm: without it, no match.
         let trimmed = f.passphrase(
@@ -1180,15 +1180,13 @@ mod tests {
             key.mode,
             SwtpmKdf::Pbkdf2,
         );
-        let err = read_swtpm_state(&f.state, Some(&trimmed)).unwrap_err();
-        assert!(matches!(err, ImportError::WrongKey { .. }), "{err:?}");
-        assert_eq!(snapshot(&f.state), before);
+        let err = f.import(Some(&trimmed)).unwrap_err();
+        assert_wrong_key(&err, &f.state, &trimmed, KeyKind::Passphrase);
     }
 
     #[test]
     fn wrong_passphrase_is_refused_naming_the_passphrase_file() {
         let (f, key) = passphrase_state();
-        let before = snapshot(&f.state);
         let wrong = f.passphrase("wrong.pw", WRONG_PASSPHRASE, key.mode, SwtpmKdf::Pbkdf2);
         // The right passphrase with the other kdf or cipher derives another key: only swtpm
         // judges a passphrase, there is no key to check the size of beforehand.
@@ -1196,23 +1194,8 @@ mod tests {
         let other_mode =
             SwtpmKey::passphrase_file(key.file(), SwtpmCipher::Aes128Cbc, SwtpmKdf::Pbkdf2);
         for bad in [&wrong, &other_kdf, &other_mode] {
-            let err = read_swtpm_state(&f.state, Some(bad)).unwrap_err();
-            assert_eq!(snapshot(&f.state), before);
-            match &err {
-                ImportError::WrongKey {
-                    dir,
-                    key,
-                    kind,
-                    code,
-                    ..
-                } => {
-                    assert_eq!(*dir, f.state);
-                    assert_eq!(key, bad.file());
-                    assert_eq!(*kind, KeyKind::Passphrase);
-                    assert_ne!(*code, 0);
-                }
-                other => panic!("{other:?}"),
-            }
+            let err = f.import(Some(bad)).unwrap_err();
+            assert_wrong_key(&err, &f.state, bad, KeyKind::Passphrase);
             let msg = err.to_string();
             assert!(
                 msg.contains(&format!("passphrase file {}", bad.file().display())),
@@ -1226,33 +1209,15 @@ mod tests {
         }
 
         // Checked before swtpm runs: plain state, a missing file, an oversized one.
-        let plain = plain_state();
-        let err = read_swtpm_state(&plain.state, Some(&key)).unwrap_err();
-        assert!(
-            matches!(&err, ImportError::NotEncrypted { key: k, kind: KeyKind::Passphrase, .. }
-            if k == key.file()),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("passphrase file"), "{err}");
         let missing = SwtpmKey::passphrase_file(f.root.join("no.pw"), key.mode, SwtpmKdf::Pbkdf2);
-        let err = read_swtpm_state(&f.state, Some(&missing)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ImportError::Secret(SecretError::KeyRead {
-                    kind: KeyKind::Passphrase,
-                    ..
-                })
-            ),
-            "{err:?}"
-        );
+        assert_refused_before_swtpm(&f, &key, &missing);
         let long = f.passphrase(
             "long.pw",
             &vec![b'x'; MAX_PASSPHRASE + 1],
             key.mode,
             SwtpmKdf::Pbkdf2,
         );
-        let err = read_swtpm_state(&f.state, Some(&long)).unwrap_err();
+        let err = f.import(Some(&long)).unwrap_err();
         assert!(
             matches!(&err, ImportError::Secret(SecretError::PassphraseTooLong {
                 file,
@@ -1260,19 +1225,13 @@ mod tests {
             }) if file == long.file()),
             "{err:?}"
         );
-        assert_eq!(snapshot(&f.state), before);
     }
 
     #[test]
     fn sha512_passphrase_state_with_volatile_state_is_imported() {
         // swtpm_setup always uses the default kdf; swtpm itself makes a TPM with the other one.
         let f = Fixture::new();
-        let key = f.passphrase(
-            "state.pw",
-            PASSPHRASE,
-            SwtpmCipher::Aes256Cbc,
-            SwtpmKdf::Sha512,
-        );
+        let key = f.state_passphrase(SwtpmKdf::Sha512);
         let pcr = save_volatile_with_pcr16(&f.state, Some((key.mode, &key_arg(&key))));
         assert!(matches!(
             parse_state_file(&f.permall(), BlobKind::Permanent),
@@ -1280,16 +1239,14 @@ mod tests {
                 key_bits: Some(256)
             })
         ));
-        let before = snapshot(&f.state);
-        let blobs = read_swtpm_state(&f.state, Some(&key)).unwrap();
-        assert_eq!(snapshot(&f.state), before);
+        let blobs = f.import(Some(&key)).unwrap();
         assert!(has_libtpms_magic(&blobs.permanent, BlobKind::Permanent));
         let volatile = blobs.volatile.as_deref().unwrap();
         assert!(has_libtpms_magic(volatile, BlobKind::Volatile));
         assert_eq!(pcr16_after_resuming(&blobs), pcr);
 
         let pbkdf2 = SwtpmKey::passphrase_file(key.file(), key.mode, SwtpmKdf::Pbkdf2);
-        let err = read_swtpm_state(&f.state, Some(&pbkdf2)).unwrap_err();
-        assert!(matches!(err, ImportError::WrongKey { .. }), "{err:?}");
+        let err = f.import(Some(&pbkdf2)).unwrap_err();
+        assert_wrong_key(&err, &f.state, &pbkdf2, KeyKind::Passphrase);
     }
 }
