@@ -24,10 +24,8 @@ use openssl::md::Md;
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey};
 use openssl::pkey_ctx::PkeyCtx;
-use openssl::stack::Stack;
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509StoreContext, X509};
+use openssl::x509::X509;
 use zeroize::Zeroizing;
 
 use crate::package::{self, Header, Package, NONCE_LEN, TAG_LEN};
@@ -169,29 +167,15 @@ pub fn common_name(cert: &X509) -> Option<String> {
         .and_then(|e| e.data().to_string().ok())
 }
 
-/// Verifies `chain` (leaf first) up to `root` at the current time; the reason if not.
+/// Verifies `chain` (leaf first) up to `root` at the current time (the CA's own path
+/// validation, `vtpm_ca::chain::verify_chain`); the reason if not.
 pub fn verify_chain(root: &X509, chain: &[X509]) -> Result<(), String> {
-    let run = || -> Result<Result<(), String>, openssl::error::ErrorStack> {
-        let Some((leaf, rest)) = chain.split_first() else {
-            return Ok(Err("empty chain".into()));
-        };
-        let mut builder = X509StoreBuilder::new()?;
-        builder.add_cert(root.clone())?;
-        let store = builder.build();
-        let mut untrusted = Stack::new()?;
-        for c in rest {
-            untrusted.push(c.clone())?;
-        }
-        let mut ctx = X509StoreContext::new()?;
-        ctx.init(&store, leaf, &untrusted, |c| {
-            Ok(if c.verify_cert()? {
-                Ok(())
-            } else {
-                Err(c.error().error_string().to_owned())
-            })
-        })
+    let Some((leaf, rest)) = chain.split_first() else {
+        return Err("empty chain".into());
     };
-    run().unwrap_or_else(|e| Err(e.to_string()))
+    vtpm_ca::chain::verify_chain(std::slice::from_ref(root), leaf, rest)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Every check of a package that needs neither the network nor a private key. `known_epoch`
