@@ -136,12 +136,35 @@ fn sealed_migration_carries_the_vtpm_and_destroys_the_source() {
     );
     assert!(src.log_text().contains("package of"), "{}", src.log_text());
 
-    let dst = daemon(&bed, bed.b(), &dst_dir, true);
+    // The destination mirrors host PCRs like any daemon of its host: its platform firmware
+    // serves the migrated-in vTPM as a freshly started one.
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let mut args = bed.daemon_args(bed.b(), true);
+    args.extend(["--mirror-pcrs".to_owned(), "0-7".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dst = Daemon::start_in(&dst_dir, &args);
     let mut b = dst.connect();
     b.load_device_state(&package)
         .unwrap_or_else(|e| panic!("LOAD: {e}\n{}", dst.log_text()));
     // The guest's commands wait for the commit, then find everything.
     check(&mut b, &guest);
+    // The platform hierarchy is locked by the destination (the vEKs were re-issued with it
+    // opened by the daemon only), and the mirrored PCRs are guarded.
+    assert!(
+        matches!(
+            rc::base(rc_of(&run(
+                &mut b,
+                &c::hierarchy_change_auth(c::TPM_RH_PLATFORM, &[], b"mine now")
+            ))),
+            rc::fmt1::BAD_AUTH | rc::fmt1::AUTH_FAIL | rc::fmt1::HIERARCHY
+        ),
+        "the migrated-in vTPM's platform hierarchy is open"
+    );
+    assert_eq!(
+        rc_of(&run(&mut b, &c::pcr_extend_sha256(0, &[1; 32]))),
+        rc::LOCALITY,
+        "a mirrored PCR of the migrated-in vTPM is not guarded"
+    );
     assert!(bed.wait_state(&id, "source_deleted", Duration::from_secs(30)));
     assert!(dst
         .log_text()
