@@ -63,6 +63,20 @@ write("snapshot", "empty-blobs", snapshot(b"", b""))
 write("snapshot", "small", snapshot(libtpms_blob(PERMANENT_MAGIC), libtpms_blob(VOLATILE_MAGIC)))
 write("snapshot", "truncated", snapshot(b"abc", b"defg")[:-2])
 
+# --- migration_package ---------------------------------------------------------------------
+# First byte odd: edits (u16 position, XOR byte; 0xFF cuts) of the real package the target
+# seals at start; even: the bytes as they are.
+write("migration_package", "real", b"\x01")
+write("migration_package", "real-flipped-header", b"\x01" + be16(0x20) + b"\x01")
+write("migration_package", "real-flipped-tail", b"\x01" + be16(0xFFF0) + b"\x80")
+write("migration_package", "real-cut", b"\x01" + be16(0x0100) + b"\xff")
+write("migration_package", "plain-snapshot", b"\x00" + snapshot(b"perm", b"vol"))
+write("migration_package", "other-version", b"\x00VTPMMIG1" + be16(2))
+write(
+    "migration_package", "header-start",
+    b"\x00VTPMMIG1" + be16(1) + bytes(16) + bytes(16) + b"\x04vm-1\x06host-a\x06host-b" + be64(3),
+)
+
 # --- swtpm_state ---------------------------------------------------------------------------
 def swtpm_header(version, flags, total):
     return bytes([version, 1]) + be16(10) + be16(flags) + be32(total)

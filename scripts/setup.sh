@@ -14,6 +14,7 @@ APT_PACKAGES=(
   swtpm swtpm-tools                    # swtpm engine, benchmark baseline, import tests
   tpm2-tools libtss2-dev               # TSS tools (host side and guest image)
   strace                               # tests: how the daemon opens its state files
+  libsqlite3-dev                       # the migration controller's store (rusqlite)
 )
 
 apt_install() {

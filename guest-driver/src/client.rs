@@ -160,10 +160,15 @@ impl VtpmClient {
     }
 
     fn start_queue(&mut self) -> Result<(), HarnessError> {
+        self.start_queue_at(0)
+    }
+
+    /// Sets the queue up with its avail and used indices at `base` and enables it.
+    fn start_queue_at(&mut self, base_index: u16) -> Result<(), HarnessError> {
         let base = self.memory.host_base()?;
         let f = &mut self.frontend;
         f.set_vring_num(0, self.opts.queue_size)?;
-        f.set_vring_base(0, 0)?;
+        f.set_vring_base(0, base_index)?;
         f.set_vring_addr(
             0,
             &VringConfigData {
@@ -510,6 +515,12 @@ impl VtpmClient {
             .map_err(|e| HarnessError::Setup(format!("reading device state: {e}")))?;
         self.frontend.check_device_state()?;
         Ok(state)
+    }
+
+    /// Starts the queue again where [`VtpmClient::save_device_state`] stopped it: what QEMU
+    /// does on the migration source when the migration failed and the VM resumes there.
+    pub fn resume_queue(&mut self) -> Result<(), HarnessError> {
+        self.start_queue_at(self.ring.next_avail())
     }
 
     /// Sends device state to the backend (direction LOAD), checks it, and starts the queue

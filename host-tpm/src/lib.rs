@@ -6,9 +6,10 @@
 //! bound to PCR values, and provides the host's identity for the certificate chain
 //! (ADR 0008, module [`identity`]): the EK certificate and public key, an attestation key,
 //! credential activation and restricted signing. It also reads the host's PCRs and quotes
-//! them with the attestation key (module [`attest`]: PCR mirroring and the deep quote). The
-//! few commands tss-esapi 7.7 does not wrap (hash sequences), and those whose exact output
-//! bytes matter (quotes), are sent as raw bytes built by `tpm-proto`.
+//! them with the attestation key (module [`attest`]: PCR mirroring, the deep quote and the
+//! migration controller's host attestation). The few commands tss-esapi 7.7 does not wrap
+//! (hash sequences), and those whose exact output bytes matter (quotes), are sent as raw
+//! bytes built by `tpm-proto`.
 //!
 //! Sealed objects live under the owner hierarchy's storage root key, which is re-derived
 //! from the TPM's persistent seed on every connection (the ECC P-256 SRK template), so

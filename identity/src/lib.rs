@@ -5,7 +5,9 @@
 //! certificate (signed by the host TPM's AIK, [`tpm_signed::issue_signed_with`]) ← host AIK
 //! certificate ← local CA root. Every piece is plain X.509, so `openssl verify` checks it.
 //!
-//! - [`key`]: the host's coprocessor key (software ECC P-256), wrapped by the host key.
+//! - [`key`]: the host's coprocessor key (software ECC P-256), wrapped by the host key, and
+//!   the host's migration key (ECDH P-256, likewise wrapped) that migration packages are
+//!   sealed to; coprocessor signatures for a [`Purpose`] other than a certificate.
 //! - [`tpm_signed`]: a certificate whose signature comes from an external ECDSA P-256
 //!   [`signature::Signer`] (the host TPM); the coprocessor certificate.
 //! - [`templates`]: the TCG EK templates L-1 (RSA 2048) and L-2 (ECC P-256).
@@ -34,7 +36,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
 
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
-pub use key::CoprocessorKey;
+pub use key::{verify_for, CoprocessorKey, MigrationKey, Purpose};
 pub use provision::{create_ek, provision_ek, read_ek_cert, CreatedEk, ProvisionedEk};
 pub use templates::EkKind;
 pub use tpm_signed::{issue_signed_by, issue_signed_with, CertSpec};
@@ -58,6 +60,8 @@ pub enum IdentityError {
     KeyExists { path: PathBuf },
     #[error("{path} is not a coprocessor key record (record id {id})")]
     NotACoprocessorKey { path: PathBuf, id: InstanceId },
+    #[error("{path} is not a migration key record (record id {id})")]
+    NotAMigrationKey { path: PathBuf, id: InstanceId },
     #[error("DER encoding: {0}")]
     Encoding(String),
     #[error("the external signer failed: {}", error_chain(.0.as_ref()))]

@@ -1,38 +1,24 @@
-//! vhost-user DEVICE_STATE: the device state a daemon sends (SAVE) and accepts (LOAD) through
-//! the pipe QEMU gives it while the device is stopped. The device state holds the TPM's
-//! secrets: every buffer of it here wipes itself when dropped.
+//! vhost-user DEVICE_STATE: moving the device state (a sealed migration package, never a
+//! plain snapshot) through the pipe QEMU gives the daemon while the device is stopped, with
+//! the limit a stream from the VMM is held to. Buffers wipe themselves when dropped (a
+//! package holds no secret in clear, but the limit and the reader are shared with callers
+//! that may).
 
 use std::io::{self, Read, Write};
 
-use coprocessor::Coprocessor;
-use log::info;
 use zeroize::Zeroizing;
-
-use crate::snapshot::{self, SnapshotError};
 
 /// Largest device state accepted from a migration stream.
 pub const MAX_DEVICE_STATE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceStateError {
-    #[error("exporting the engine's state: {0}")]
-    Export(#[source] coprocessor::Error),
     #[error("writing device state: {0}")]
     Write(#[source] std::io::Error),
     #[error("reading device state: {0}")]
     Read(#[source] std::io::Error),
     #[error("device state larger than {MAX_DEVICE_STATE} bytes")]
     TooLarge,
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error("importing the device state: {0}")]
-    Import(#[source] coprocessor::Error),
-}
-
-/// The device state of `engine` as it is now. The caller holds the device stopped.
-pub fn save(engine: &mut dyn Coprocessor) -> Result<Zeroizing<Vec<u8>>, DeviceStateError> {
-    let state = engine.export_state().map_err(DeviceStateError::Export)?;
-    Ok(snapshot::encode(&state))
 }
 
 /// Writes saved device state into the transfer pipe.
@@ -69,17 +55,6 @@ fn read_wiped(mut r: impl Read) -> io::Result<Zeroizing<Vec<u8>>> {
         }
         bytes.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// Makes `engine` the instance `bytes` hold. On failure the engine keeps running the instance
-/// it had.
-pub fn load(engine: &mut dyn Coprocessor, bytes: &[u8]) -> Result<(), DeviceStateError> {
-    let state = snapshot::decode(bytes)?;
-    engine
-        .import_state(&state)
-        .map_err(DeviceStateError::Import)?;
-    info!("migration: device state loaded ({} bytes)", bytes.len());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,15 +1,20 @@
-//! The serialised form of a whole vTPM instance ([`EngineState`]), as it travels inside a
-//! live migration (vhost-user DEVICE_STATE) between two daemons. Pure: bytes in, bytes out.
+//! The serialised form of a whole vTPM instance ([`EngineState`]): the plaintext that a
+//! sealed migration package encrypts ([`crate::seal`]). Pure: bytes in, bytes out.
 //!
 //! Layout: magic `VTPMSNP1`, then the permanent blob and the volatile blob, each as a
-//! big-endian u32 length and the bytes. The snapshot is not protected here: inside QEMU's
-//! migration stream it is as trusted as the guest's memory. It holds the TPM's secrets, so
-//! every buffer here wipes itself when dropped.
+//! big-endian u32 length and the bytes. It exists only inside one process, between the
+//! engine and the package's encryption: it never crosses a wire or rests on disk (a package
+//! decoder refuses one by its magic). It holds the TPM's secrets, so every buffer here wipes
+//! itself when dropped.
+//!
+//! [`encode`] takes the whole [`EngineState`] apart field by field, so a field added to it
+//! does not compile until it is carried here too.
 
 use coprocessor::{EngineState, MAX_STATE_BLOB};
 use zeroize::Zeroizing;
 
-const MAGIC: &[u8; 8] = b"VTPMSNP1";
+/// The snapshot's magic; a package decoder recognises (and refuses) a plain snapshot by it.
+pub const MAGIC: &[u8; 8] = b"VTPMSNP1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -25,11 +30,13 @@ pub enum SnapshotError {
 
 /// The snapshot of `state` (allocated at its final size: no reallocation leaves a copy).
 pub fn encode(state: &EngineState) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(
-        16 + state.permanent.len() + state.volatile.len(),
-    ));
+    let EngineState {
+        permanent,
+        volatile,
+    } = state;
+    let mut out = Zeroizing::new(Vec::with_capacity(16 + permanent.len() + volatile.len()));
     out.extend_from_slice(MAGIC);
-    for blob in [&state.permanent, &state.volatile] {
+    for blob in [permanent, volatile] {
         out.extend_from_slice(&(blob.len() as u32).to_be_bytes());
         out.extend_from_slice(blob);
     }

@@ -120,3 +120,109 @@ impl ChainSetup {
         std::fs::read_to_string(self.host_dir.join(name))
     }
 }
+
+/// Another host enrolled with the CA of a [`ChainSetup`] (its own simulated TPM, from its
+/// own manufacturer, whose roots the CA is told to trust), its coprocessor certified and
+/// registered: the second host of a migration.
+pub struct HostSetup {
+    bin_dir: PathBuf,
+    pub host_tpm: HostTpmSimulator,
+    pub manufacturer: ManufacturerCa,
+    /// `vtpm-host --dir`.
+    pub host_dir: PathBuf,
+    pub host_id: String,
+}
+
+impl ChainSetup {
+    /// Enrols another host with this setup's CA, under `dir`.
+    pub fn add_host(&self, dir: &Path, host_id: &str) -> io::Result<HostSetup> {
+        let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
+        for root in [&manufacturer.root, &manufacturer.issuer] {
+            self.ca
+                .command(&["add-ek-root", &root.display().to_string()])?;
+        }
+        let host = HostSetup {
+            bin_dir: self.bin_dir.clone(),
+            host_tpm,
+            manufacturer,
+            host_dir: dir.join("host"),
+            host_id: host_id.to_owned(),
+        };
+        let ca_args = self.ca_args();
+        let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+        let mut enroll = vec!["enroll", "--host-id", host_id];
+        enroll.extend(&ca_args);
+        host.host(&enroll).map_err(io::Error::other)?;
+        let token = self.ca.command(&[
+            "acl",
+            "add",
+            "--name",
+            host_id,
+            "--write-prefix",
+            "coprocessor/",
+        ])?;
+        let token_file = dir.join("host.token");
+        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
+        let token_file = token_file.display().to_string();
+        let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
+        certify.extend(&ca_args);
+        certify.extend(["--token-file", &token_file]);
+        host.host(&certify).map_err(io::Error::other)?;
+        Ok(host)
+    }
+
+    /// This setup's own host, as a [`HostRef`].
+    pub fn first_host(&self) -> HostRef<'_> {
+        HostRef {
+            bin_dir: &self.bin_dir,
+            host_tpm: &self.host_tpm,
+            host_dir: &self.host_dir,
+            host_id: &self.host_id,
+        }
+    }
+}
+
+impl HostSetup {
+    /// Runs `vtpm-host --dir HOST_DIR --host-tpm TCTI ARGS...`.
+    pub fn host(&self, args: &[&str]) -> Result<String, String> {
+        self.as_ref().host(args)
+    }
+
+    /// This host, as a [`HostRef`].
+    pub fn as_ref(&self) -> HostRef<'_> {
+        HostRef {
+            bin_dir: &self.bin_dir,
+            host_tpm: &self.host_tpm,
+            host_dir: &self.host_dir,
+            host_id: &self.host_id,
+        }
+    }
+}
+
+/// Either host of a migration test: what a test needs of it.
+#[derive(Clone, Copy)]
+pub struct HostRef<'a> {
+    bin_dir: &'a Path,
+    pub host_tpm: &'a HostTpmSimulator,
+    pub host_dir: &'a Path,
+    pub host_id: &'a str,
+}
+
+impl HostRef<'_> {
+    /// Runs `vtpm-host --dir HOST_DIR --host-tpm TCTI ARGS...`.
+    pub fn host(&self, args: &[&str]) -> Result<String, String> {
+        run_tool(
+            Command::new(self.bin_dir.join("vtpm-host"))
+                .arg("--dir")
+                .arg(self.host_dir)
+                .args(["--host-tpm", &self.host_tpm.tcti()])
+                .args(args),
+        )
+    }
+
+    /// Provisions the vEK certificates into the instance in `state_dir` (its state key
+    /// sealed by this host's TPM).
+    pub fn provision(&self, state_dir: &Path) -> Result<String, String> {
+        self.host(&["provision", "--state-dir", &state_dir.display().to_string()])
+    }
+}

@@ -7,10 +7,16 @@
 //! - [`host_tpm`]: a simulated host TPM ([`HostTpmSimulator`]), optionally manufactured with an
 //!   EK certificate.
 //! - [`ca`]: the local CA, `vtpm-ca`, as a process ([`CaProcess`]).
-//! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]).
+//! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]), and more hosts
+//!   enrolled with the same CA ([`HostSetup`]).
+//! - [`controller`]: the migration controller, `vtpm-migrate`, as a process
+//!   ([`ControllerProcess`]).
+//! - [`migration`]: two hosts, one CA and the migration controller ([`MigrationBed`]).
 //! - [`evidence`]: a deep-attestation evidence bundle collected through the harness.
 //! - [`readme`]: README option drift against `--help`.
 //! - [`openssl`]: the `openssl` command line's view of a CRL.
+//! - [`relay`]: a TCP relay for a migration stream that keeps a copy and can cut it
+//!   ([`Relay`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
@@ -19,22 +25,28 @@
 
 pub mod ca;
 pub mod chain;
+pub mod controller;
 pub mod daemon;
 pub mod env;
 pub mod evidence;
 pub mod host_tpm;
+pub mod migration;
 pub mod openssl;
 pub mod process;
 pub mod readme;
+pub mod relay;
 pub mod swtpm;
 pub mod vm;
 
 pub use ca::CaProcess;
-pub use chain::ChainSetup;
+pub use chain::{ChainSetup, HostRef, HostSetup};
+pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
+pub use migration::MigrationBed;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
 pub use readme::{crate_readme_drift, readme_drift};
+pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
 pub use vm::{accel, decode_base64, start_daemon, Accel, TpmFrontend, Vm};

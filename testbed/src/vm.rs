@@ -58,13 +58,24 @@ pub struct Vm {
     _scratch: tempfile::TempDir,
 }
 
+/// Where a migration destination reads the stream from.
+#[derive(Debug, Clone)]
+enum Incoming {
+    /// A stream file written by [`Vm::migrate_to_file`].
+    File(PathBuf),
+    /// A TCP port on loopback the source connects to.
+    Tcp(u16),
+}
+
 /// How a guest is started.
 #[derive(Debug, Clone, Default)]
 struct VmOptions {
     /// Keep QEMU running across a guest reboot (no `-no-reboot`).
     pub allow_reboot: bool,
-    /// Start as a migration destination reading this stream file.
-    pub incoming: Option<PathBuf>,
+    /// Start as a migration destination.
+    pub incoming: Option<Incoming>,
+    /// Return as soon as QEMU runs (a destination waiting for its stream).
+    pub no_wait: bool,
 }
 
 const READY_TPM: &str = "VTPM-GUEST-READY tpm=";
@@ -116,11 +127,23 @@ impl Vm {
         Self::boot_opts(env, frontend, false)
     }
 
+    /// Boots the guest with `frontend` (which may be none) without asking for a TPM.
+    pub fn boot_any(env: &Env, frontend: &TpmFrontend) -> Vm {
+        Self::try_boot(
+            env,
+            accel(env),
+            frontend,
+            Duration::from_secs(240),
+            &VmOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("guest did not boot: {e}"))
+    }
+
     /// Like [`Vm::boot`]; `allow_reboot` keeps QEMU running across a guest reboot.
     pub fn boot_opts(env: &Env, frontend: &TpmFrontend, allow_reboot: bool) -> Vm {
         let opts = VmOptions {
             allow_reboot,
-            incoming: None,
+            ..VmOptions::default()
         };
         let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
             .unwrap_or_else(|e| panic!("guest did not boot: {e}"));
@@ -132,11 +155,80 @@ impl Vm {
     /// by [`Vm::migrate_to_file`]) and returns once the migrated guest's shell answers.
     pub fn incoming(env: &Env, frontend: &TpmFrontend, stream_file: &Path) -> Vm {
         let opts = VmOptions {
-            allow_reboot: false,
-            incoming: Some(stream_file.to_path_buf()),
+            incoming: Some(Incoming::File(stream_file.to_path_buf())),
+            ..VmOptions::default()
         };
         Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
             .unwrap_or_else(|e| panic!("migrated guest did not resume: {e}"))
+    }
+
+    /// Starts QEMU as a migration destination listening on loopback TCP `port` and returns
+    /// at once; [`Vm::wait_migrated`] waits for the migrated guest.
+    pub fn incoming_tcp(env: &Env, frontend: &TpmFrontend, port: u16) -> Vm {
+        let opts = VmOptions {
+            incoming: Some(Incoming::Tcp(port)),
+            no_wait: true,
+            ..VmOptions::default()
+        };
+        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
+            .unwrap_or_else(|e| panic!("destination QEMU did not start: {e}"));
+        // A probe connection would be taken for the migration stream: watch the socket
+        // table for the listener instead.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tcp_listening(port) {
+            assert!(
+                Instant::now() < deadline,
+                "destination QEMU does not listen on port {port}:\n{}",
+                vm.qemu_messages()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        vm
+    }
+
+    /// Waits until the migrated guest's shell answers (a destination).
+    pub fn wait_migrated(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.raw_line("")?;
+            if self.wait_for(PROMPT, Duration::from_secs(2)).is_ok() {
+                self.has_tpm = true;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no prompt after migration:\n{}",
+                    self.qemu_messages()
+                ));
+            }
+        }
+    }
+
+    /// Live-migrates the running guest to a destination listening on loopback TCP `port`
+    /// and waits until QEMU reports the migration completed (`Ok`, with `info migrate`) or
+    /// failed (`Err`, with `info migrate`).
+    pub fn migrate_tcp(&mut self, port: u16, timeout: Duration) -> Result<String, String> {
+        let answer = self.hmp(&format!("migrate -d tcp:127.0.0.1:{port}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.hmp("info migrate");
+            if info.contains("Migration status: completed") || info.contains("status: completed") {
+                return Ok(info);
+            }
+            if info.contains("failed") || info.contains("cancelled") {
+                return Err(format!("{answer}\n{info}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("migration did not finish: {info}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills QEMU (SIGKILL): the host or the network gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn try_boot(
@@ -151,9 +243,15 @@ impl Vm {
         let mut cmd = Command::new(&env.qemu);
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()));
-        if let Some(stream) = &opts.incoming {
-            cmd.arg("-incoming")
-                .arg(format!("exec:cat {}", stream.display()));
+        match &opts.incoming {
+            Some(Incoming::File(stream)) => {
+                cmd.arg("-incoming")
+                    .arg(format!("exec:cat {}", stream.display()));
+            }
+            Some(Incoming::Tcp(port)) => {
+                cmd.arg("-incoming").arg(format!("tcp:127.0.0.1:{port}"));
+            }
+            None => {}
         }
         if let Some(dir) = &env.qemu_data_dir {
             cmd.arg("-L").arg(dir);
@@ -239,6 +337,9 @@ impl Vm {
             monitor,
             _scratch: scratch,
         };
+        if opts.no_wait {
+            return Ok(vm);
+        }
         if opts.incoming.is_some() {
             // The guest resumes mid-session: poke its shell until it shows a prompt.
             let deadline = Instant::now() + timeout;
@@ -450,6 +551,20 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether something listens on loopback TCP `port` (from /proc/net/tcp: local address
+/// 127.0.0.1:port, state LISTEN).
+fn tcp_listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn pump(mut from: Box<dyn Read + Send>, to: Arc<Mutex<String>>) {

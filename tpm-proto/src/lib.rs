@@ -6,8 +6,9 @@
 //! synthesise error responses for malformed requests; the driver-side harness, the
 //! integration tests and the benchmarks use the command builders in [`commands`]; the
 //! certificate chain parses public areas and computes TPM names with [`public`]; a verifier
-//! reads quotes, PCR selections and the structures it checks with [`attest`]; the
-//! project's vendor command (the deep quote) is [`vendor`].
+//! (vtpm-verify, the migration controller's host attestation) reads quotes, PCR selections
+//! and the structures it checks with [`attest`]; the project's vendor command (the deep
+//! quote) is [`vendor`].
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.

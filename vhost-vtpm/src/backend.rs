@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use coprocessor::Coprocessor;
 use log::{debug, error, info};
-use migration::DeviceStateError;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
 };
@@ -31,6 +30,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::migration_control::{self, Control, TransferError};
 use crate::request::{drain_queue, worth_logging, Stats};
 use crate::virtio_tpm::{
     self, VirtioTpmConfig, MAX_BUFFER_SIZE, MAX_QUEUE_SIZE, NUM_QUEUES, REQUEST_QUEUE,
@@ -65,6 +65,8 @@ pub struct Device {
     ring_stalls: u64,
     /// How many times serving stopped on a ring the driver broke (rate-limits the log).
     ring_faults: u64,
+    /// The sealed migration's control and serving gate, when one is configured.
+    control: Option<Arc<Control>>,
 }
 
 impl Device {
@@ -77,7 +79,23 @@ impl Device {
             ring_broken: false,
             ring_stalls: 0,
             ring_faults: 0,
+            control: None,
         }
+    }
+
+    /// Puts the request queue behind a migration's serving gate.
+    pub fn with_control(mut self, control: Option<Arc<Control>>) -> Self {
+        self.control = control;
+        self
+    }
+
+    pub(crate) fn engine(&mut self) -> &mut dyn Coprocessor {
+        self.engine.as_mut()
+    }
+
+    /// Swaps the engine (a migrated instance's for one that refuses everything).
+    pub(crate) fn replace_engine(&mut self, engine: Box<dyn Coprocessor>) -> Box<dyn Coprocessor> {
+        std::mem::replace(&mut self.engine, engine)
     }
 
     pub fn stats(&self) -> (Stats, BusyPollStats) {
@@ -92,7 +110,7 @@ impl Device {
 
 pub type SharedDevice = Arc<Mutex<Device>>;
 
-fn lock(device: &SharedDevice) -> MutexGuard<'_, Device> {
+pub(crate) fn lock(device: &SharedDevice) -> MutexGuard<'_, Device> {
     // A panic while holding the lock cannot leave the engine half-way through a command in
     // a way we could repair; keep serving with the state as it is.
     device.lock().unwrap_or_else(|p| p.into_inner())
@@ -105,7 +123,7 @@ pub struct VtpmBackend {
     busy_poll: Duration,
     /// The device-state transfer in progress (vhost-user DEVICE_STATE), joined by
     /// CHECK_DEVICE_STATE.
-    transfer: Mutex<Option<JoinHandle<Result<(), DeviceStateError>>>>,
+    transfer: Mutex<Option<JoinHandle<Result<(), TransferError>>>>,
 }
 
 impl VtpmBackend {
@@ -122,6 +140,11 @@ impl VtpmBackend {
         let mem = self.mem.memory();
         let mut dev = lock(&self.device);
         let dev = &mut *dev;
+        // The one serving gate: while a migration holds the instance, chains stay in the
+        // ring until the gate opens (GATE_EVENT).
+        if dev.control.as_ref().is_some_and(|c| !c.serving()) {
+            return;
+        }
         let mut vr = vring.get_mut();
         if let Err(e) = self.serve_until_idle(&mut vr, &mem, dev) {
             // A ring the driver broke (rings outside guest memory, an unwritable used ring)
@@ -330,7 +353,7 @@ impl VhostUserBackend for VtpmBackend {
         &self,
         direction: VhostTransferStateDirection,
         phase: VhostTransferStatePhase,
-        mut file: File,
+        file: File,
     ) -> io::Result<Option<File>> {
         if phase != VhostTransferStatePhase::STOPPED {
             return Err(io::Error::other(format!(
@@ -338,20 +361,14 @@ impl VhostUserBackend for VtpmBackend {
             )));
         }
         let device = self.device.clone();
-        let work: Box<dyn FnOnce() -> Result<(), DeviceStateError> + Send> = match direction {
-            VhostTransferStateDirection::SAVE => {
-                // Exported now, while the frontend holds the device stopped; written by a
-                // thread because the frontend reads the pipe only after this reply.
-                let bytes =
-                    migration::save(lock(&device).engine.as_mut()).map_err(io::Error::other)?;
-                info!("migration: sending device state ({} bytes)", bytes.len());
-                Box::new(move || migration::device_state::send(&bytes, file))
-            }
-            VhostTransferStateDirection::LOAD => Box::new(move || {
-                let bytes = migration::device_state::receive(&mut file)?;
-                migration::load(lock(&device).engine.as_mut(), &bytes)
-            }),
+        // A vTPM leaves and arrives only as a sealed package, under a migration controller.
+        let Some(control) = lock(&device).control.clone() else {
+            let why = "DEVICE_STATE refused: sealed migration is not configured \
+                       (--migration-controller); a vTPM never leaves or arrives in clear";
+            error!("migration: {why}");
+            return Err(io::Error::other(why));
         };
+        let work = move || control.transfer(direction, device, file);
         let handle = std::thread::Builder::new()
             .name("device-state".into())
             .spawn(work)?;
@@ -390,14 +407,22 @@ impl VhostUserBackend for VtpmBackend {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
-        if device_event != REQUEST_QUEUE {
-            return Err(io::Error::other(format!(
-                "unknown device event {device_event}"
-            )));
-        }
         let vring = vrings
             .get(usize::from(REQUEST_QUEUE))
             .ok_or_else(|| io::Error::other("request queue missing"))?;
+        match device_event {
+            REQUEST_QUEUE => {}
+            migration_control::GATE_EVENT => {
+                // The migration gate opened: serve what the guest queued meanwhile.
+                if let Some(c) = lock(&self.device).control.clone() {
+                    c.consume_gate();
+                }
+                if !vring.get_ref().get_queue().ready() {
+                    return Ok(());
+                }
+            }
+            other => return Err(io::Error::other(format!("unknown device event {other}"))),
+        }
         self.process_queue(vring);
         Ok(())
     }

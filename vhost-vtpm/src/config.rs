@@ -60,11 +60,31 @@ pub struct Args {
     #[arg(long, value_name = "PCRS", value_parser = parse_pcr_list)]
     pub mirror_pcrs: Option<PcrList>,
 
-    /// vtpm-host's host identity directory (host-aik.blob, host-aik.pem, host-ek.pem): with
-    /// --mirror-pcrs, the daemon answers the deep quote (a host TPM quote of the mirrored
-    /// PCRs by the host AIK, bound to this vTPM) with them.
+    /// vtpm-host's host identity directory (`vtpm-host --dir`): with --mirror-pcrs, the
+    /// daemon answers the deep quote (a host TPM quote of the mirrored PCRs by the host AIK,
+    /// bound to this vTPM) with host-aik.blob and host-aik.pem; sealed migration uses its
+    /// coprocessor key and certificate, host AIK certificate, CA root and migration key.
     #[arg(long, value_name = "DIR")]
     pub host_dir: Option<PathBuf>,
+
+    /// The migration controller's URL (`https://controller:8444`): enables sealed migration
+    /// (DEVICE_STATE SAVE and LOAD carry only sealed, signed packages).
+    #[arg(long, value_name = "URL")]
+    pub migration_controller: Option<String>,
+
+    /// The migration controller's certificate (its controller.pem): the TLS root trusted
+    /// for it and the key its tickets are signed with.
+    #[arg(long, value_name = "PEM")]
+    pub migration_controller_cert: Option<PathBuf>,
+
+    /// The local CA's URL, asked for the revocation status of a source's certificates.
+    #[arg(long, value_name = "URL")]
+    pub migration_ca: Option<String>,
+
+    /// Receive this vTPM by migration: the state directory must hold no instance; nothing
+    /// is served until a package is imported and the controller committed it.
+    #[arg(long)]
+    pub migration_incoming: bool,
 
     /// What a system call outside the daemon's seccomp allow-list does once the daemon serves:
     /// kill (the process dies with SIGSYS), log (allowed, logged by the kernel), trap (SIGSYS
@@ -111,12 +131,25 @@ pub enum EngineConfig {
     },
 }
 
+/// Sealed migration under a migration controller (ADR 0010).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationConfig {
+    pub controller: String,
+    pub controller_cert: PathBuf,
+    /// `--host-dir` (the same directory as [`Config::host_dir`]), required here.
+    pub host_dir: PathBuf,
+    pub ca: String,
+    /// Started as a migration's destination.
+    pub incoming: bool,
+}
+
 /// Validated daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Listen,
     pub engine: EngineConfig,
     pub busy_poll: Duration,
+    pub migration: Option<MigrationConfig>,
     /// Host PCRs mirrored into the vTPM (ascending; empty: none), read through the host
     /// TPM of [`EngineConfig::Libtpms`]'s host key.
     pub mirror_pcrs: Vec<u8>,
@@ -210,6 +243,10 @@ pub enum ConfigError {
     VmIdWithSwtpm,
     #[error(transparent)]
     HostKey(#[from] HostKeyArgError),
+    #[error("--{0} is required for sealed migration (--migration-controller, --migration-controller-cert, --migration-ca and --host-dir go together)")]
+    MigrationIncomplete(&'static str),
+    #[error("sealed migration needs --engine libtpms (an external swtpm keeps its own state)")]
+    MigrationWithSwtpm,
 }
 
 /// Longest busy-poll window accepted; beyond this it is a spinning thread, not a window.
@@ -266,10 +303,34 @@ impl TryFrom<Args> for Config {
         if !mirror_pcrs.is_empty() && !host_tpm {
             return Err(ConfigError::MirrorWithoutHostTpm);
         }
+        let migration = match (
+            args.migration_controller,
+            args.migration_controller_cert,
+            args.migration_ca,
+            args.host_dir.clone(),
+        ) {
+            (None, None, None, _) if !args.migration_incoming => None,
+            (controller, controller_cert, ca, host_dir) => {
+                if matches!(engine, EngineConfig::Swtpm { .. }) {
+                    return Err(ConfigError::MigrationWithSwtpm);
+                }
+                Some(MigrationConfig {
+                    controller: controller
+                        .ok_or(ConfigError::MigrationIncomplete("migration-controller"))?,
+                    controller_cert: controller_cert.ok_or(ConfigError::MigrationIncomplete(
+                        "migration-controller-cert",
+                    ))?,
+                    ca: ca.ok_or(ConfigError::MigrationIncomplete("migration-ca"))?,
+                    host_dir: host_dir.ok_or(ConfigError::MigrationIncomplete("host-dir"))?,
+                    incoming: args.migration_incoming,
+                })
+            }
+        };
         Ok(Config {
             listen,
             engine,
             busy_poll: Duration::from_micros(args.busy_poll_us),
+            migration,
             mirror_pcrs,
             host_dir: args.host_dir,
             seccomp: args.seccomp,
@@ -281,7 +342,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "seccomp", "vm-id"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "sealed-migration", "seccomp", "vm-id"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })
@@ -542,5 +603,68 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, Listen::Fd(3));
         assert_eq!(c.busy_poll, Duration::from_micros(50));
+    }
+
+    #[test]
+    fn sealed_migration_options_go_together() {
+        let base = [
+            "--socket-path",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--host-tpm",
+            "device:/dev/tpmrm0",
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert_eq!(with(&[]).unwrap().migration, None);
+        let all = [
+            "--migration-controller",
+            "https://c:8444",
+            "--migration-controller-cert",
+            "/c.pem",
+            "--migration-ca",
+            "https://ca:8443",
+            "--host-dir",
+            "/h",
+        ];
+        let c = with(&all).unwrap();
+        // One --host-dir: the deep quote and sealed migration read the same directory.
+        assert_eq!(c.host_dir, Some(PathBuf::from("/h")));
+        assert_eq!(
+            c.migration,
+            Some(MigrationConfig {
+                controller: "https://c:8444".into(),
+                controller_cert: "/c.pem".into(),
+                host_dir: "/h".into(),
+                ca: "https://ca:8443".into(),
+                incoming: false,
+            })
+        );
+        let mut incoming = all.to_vec();
+        incoming.push("--migration-incoming");
+        assert!(with(&incoming).unwrap().migration.unwrap().incoming);
+        assert_eq!(
+            with(&all[..6]),
+            Err(ConfigError::MigrationIncomplete("host-dir"))
+        );
+        assert_eq!(
+            with(&["--migration-incoming"]),
+            Err(ConfigError::MigrationIncomplete("migration-controller"))
+        );
+        let mut swtpm = vec![
+            "--socket-path",
+            "/s",
+            "--engine",
+            "swtpm",
+            "--swtpm-ctrl",
+            "/c",
+        ];
+        swtpm.extend(["--swtpm-data", "/d"]);
+        swtpm.extend(all);
+        assert_eq!(parse(&swtpm), Err(ConfigError::MigrationWithSwtpm));
     }
 }

@@ -51,6 +51,8 @@ pub enum DaemonError {
     Signals(nix::Error),
     #[error("cannot save the vTPM state at shutdown: {0}")]
     Save(coprocessor::Error),
+    #[error("migration: {0}")]
+    Migration(String),
     #[error("platform: {0}")]
     Platform(#[from] crate::platform::PlatformError),
     #[error(
@@ -352,7 +354,21 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
         RunMarker::refuse_symlink(state_dir)?;
     }
-    let mut engine = crate::platform::wrap(open_engine(&config.engine)?, config)?;
+    let (engine, control) = match &config.migration {
+        Some(m) => {
+            let (engine, control) = crate::migration_control::open(&config.engine, m)?;
+            (engine, Some(control))
+        }
+        None => {
+            if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
+                crate::migration_control::refuse_pending(state_dir)?;
+            }
+            (open_engine(&config.engine)?, None)
+        }
+    };
+    // The platform firmware wraps whichever engine runs the instance, so that a migrated-in
+    // vTPM is locked and guarded exactly like a freshly started one (ADR 0011).
+    let mut engine = crate::platform::wrap(engine, config)?;
     let marker = match &config.engine {
         EngineConfig::Libtpms { state_dir, .. } => {
             let (marker, unclean) = RunMarker::create(state_dir)?;
@@ -364,11 +380,16 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         EngineConfig::Swtpm { .. } => None,
     };
     let engine_name = engine.driver_name();
-    let device: SharedDevice = Arc::new(Mutex::new(Device::new(engine)));
+    let device: SharedDevice = Arc::new(Mutex::new(
+        Device::new(engine).with_control(control.clone()),
+    ));
+    if let Some(c) = &control {
+        c.resume(&device);
+    }
     // From here on the engine holds state that only a save keeps (it consumed the volatile
     // state saved at the last clean stop): every way out saves and clears the run marker,
     // also a listener that cannot be opened.
-    let served = listen_and_serve(&device, engine_name, signals, config);
+    let served = listen_and_serve(&device, engine_name, signals, config, control.as_ref());
     let mut dev = device.lock().unwrap_or_else(|p| p.into_inner());
     let (stats, busy) = dev.stats();
     info!(
@@ -389,6 +410,7 @@ fn listen_and_serve(
     engine_name: &str,
     signals: SigSet,
     config: &Config,
+    control: Option<&Arc<crate::migration_control::Control>>,
 ) -> Result<(), DaemonError> {
     let mut listener = open_listener(&config.listen)?;
     let stop = Arc::new(Stop {
@@ -409,7 +431,7 @@ fn listen_and_serve(
         config.busy_poll.as_micros(),
         config.seccomp
     );
-    let served = serve(&mut listener, device, &stop, config);
+    let served = serve(&mut listener, device, &stop, config, control);
     if let Ok(mut fd) = stop.listener_fd.lock() {
         *fd = None;
     }
@@ -422,6 +444,7 @@ fn serve(
     device: &SharedDevice,
     stop: &Stop,
     config: &Config,
+    control: Option<&Arc<crate::migration_control::Control>>,
 ) -> Result<(), DaemonError> {
     while !stop.requested() {
         let mem = GuestMemoryAtomic::new(GuestMem::new());
@@ -432,6 +455,18 @@ fn serve(
         ));
         let mut daemon = VhostUserDaemon::new("vhost-vtpm".into(), backend, mem)
             .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+        if let Some(c) = control {
+            // The migration gate's wake-up reaches this connection's vring worker.
+            for handler in daemon.get_epoll_handlers() {
+                handler
+                    .register_listener(
+                        c.gate_fd(),
+                        vmm_sys_util::epoll::EventSet::IN,
+                        u64::from(crate::migration_control::GATE_EVENT),
+                    )
+                    .map_err(|e| DaemonError::VhostUser(format!("gate event: {e}")))?;
+            }
+        }
         // Logged after the daemon (and its vring worker thread) exists, so an observer that
         // sees this line sees the idle thread set.
         info!("waiting for a frontend");

@@ -16,10 +16,13 @@
 //!   mirroring, platform hierarchy lock), the mirrored-PCR guard, the deep quote.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
+//! - [`migration_control`]: sealed migration (ADR 0010): the serving gate, DEVICE_STATE
+//!   SAVE and LOAD of sealed packages, acting on the migration controller's decision.
 
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod migration_control;
 pub mod platform;
 pub mod request;
 pub mod sandbox;

@@ -366,7 +366,8 @@ pub fn wrap(
     };
     let host = match (&mirror, &config.host_dir) {
         (Some(_), Some(dir)) => Some(HostIdentity::load(dir)?),
-        (None, Some(_)) => {
+        // --host-dir also serves sealed migration; only say why it does nothing here.
+        (None, Some(_)) if config.migration.is_none() => {
             info!("no PCRs are mirrored (--mirror-pcrs): the deep quote is not offered");
             None
         }

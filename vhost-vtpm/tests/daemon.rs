@@ -536,10 +536,11 @@ fn readme_options_match_the_command_line() {
 
 #[test]
 fn device_state_migrates_between_daemons() {
-    let src_dir = tempfile::tempdir().unwrap();
-    let dst_dir = tempfile::tempdir().unwrap();
-    let src = Daemon::start_in(src_dir.path(), &[]);
-    let dst = Daemon::start_in(dst_dir.path(), &[]);
+    // Sealed (ADR 0010): two hosts, the CA and the migration controller; every refusal is
+    // in tests/migration.rs.
+    let tmp = tempfile::tempdir().unwrap();
+    let bed = migration_bed(tmp.path());
+    let (src, instance) = migration_source(&bed, &tmp.path().join("src"));
     let mut a = src.connect();
     startup(&mut a);
     define_nv(&mut a, NV_INDEX, 8, c::NV_ORDINARY_ATTRS);
@@ -552,14 +553,18 @@ fn device_state_migrates_between_daemons() {
         "extend",
     );
     let pcr = pcr_read(&mut a, 16);
+    bed.authorise(&instance, "vm", bed.a(), bed.b()).unwrap();
     let state = a.save_device_state().unwrap();
 
+    let dst_dir = tmp.path().join("dst");
+    let dst = migration_daemon(&bed, bed.b(), &dst_dir, true);
     let mut b = dst.connect();
     // A corrupt stream is refused and leaves the destination as it was.
     let mut corrupt = state.clone();
     corrupt.truncate(state.len() / 2);
     assert!(b.load_device_state(&corrupt).is_err());
     assert!(dst.log_text().contains("device state transfer failed"));
+    assert!(!dst_dir.join("state/instance.key").exists());
     drop(b);
 
     let mut b = dst.connect();

@@ -14,6 +14,8 @@
 //! `vtpm-bench guest` ([`guest`]) measures inside a real guest instead: our device against
 //! QEMU's tpm-crb with swtpm. `vtpm-bench attest` ([`attest`]) measures deep attestation:
 //! the start-up cost of PCR mirroring, collecting and verifying an evidence bundle.
+//! `vtpm-bench migration` ([`migration`]) measures sealed migration: the package in
+//! process, between two daemons, and QEMU's downtime.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -24,6 +26,7 @@
 
 mod attest;
 mod guest;
+mod migration;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +87,20 @@ enum Command {
         /// Iterations of ECDSA sign.
         #[arg(default_value_t = 100)]
         sign: u32,
+    },
+    /// Sealed migration: one package in process (seal, verify, decrypt, import), migrations
+    /// between two daemons under the controller, and with --guest-runs QEMU's downtime with
+    /// and without our vTPM (after scripts/setup.sh).
+    Migration {
+        /// Packages sealed and opened in process.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Migrations between the two daemons.
+        #[arg(long, default_value_t = 20)]
+        moves: usize,
+        /// Live migrations of a guest of each kind (0: skip).
+        #[arg(long, default_value_t = 0)]
+        guest_runs: usize,
     },
     /// Deep attestation: TPM2_Startup with and without PCR mirroring, collecting an evidence
     /// bundle (through the harness and in a guest), verifying it.
@@ -375,6 +392,16 @@ fn main() {
     );
     if let Some(Command::Attest { samples, no_guest }) = args.command {
         attest::run(&bin_dir, samples, !no_guest);
+        return;
+    }
+    if let Some(Command::Migration {
+        runs,
+        moves,
+        guest_runs,
+    }) = args.command
+    {
+        println!("# vtpm-bench migration\n\nMachine: {}", machine());
+        migration::run(&bin_dir, runs, moves, guest_runs);
         return;
     }
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()

@@ -14,7 +14,8 @@
 //!
 //! Host identity directory (default `/var/lib/vtpm/host`, mode 0700):
 //! `host-ek.pem`, `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`,
-//! `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`.
+//! `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`,
+//! `migration.key` (the host's migration key, wrapped by the host TPM) and `migration.pub`.
 
 pub mod cli;
 pub mod vaik;
@@ -27,9 +28,10 @@ use base64::Engine as _;
 use coprocessor::libtpms::LibtpmsEngine;
 use coprocessor::Coprocessor;
 use host_tpm::{HostTpm, HostTpmError, ObjectBlob, RSA_EK_CERT_INDEX};
+use identity::key::{MIGRATION_KEY_FILE, MIGRATION_PUBLIC_FILE};
 use identity::provision::provision_ek;
 use identity::tpm_signed::{issue_signed_with, CertSpec};
-use identity::{CoprocessorKey, IdentityError, ProvisionedEk, Validity};
+use identity::{CoprocessorKey, IdentityError, MigrationKey, ProvisionedEk, Validity};
 use log::info;
 use openssl::x509::X509;
 use vtpm_ca::api::{EnrollFinishRequest, EnrollStartRequest, Kind};
@@ -140,7 +142,8 @@ impl HostDir {
         })
     }
 
-    fn aik(&self) -> Result<ObjectBlob, AgentError> {
+    /// The host AIK (usable only in this host's TPM).
+    pub fn aik(&self) -> Result<ObjectBlob, AgentError> {
         let bytes = self.read(HOST_AIK_BLOB, "enroll")?;
         ObjectBlob::from_bytes(&bytes).map_err(|e| AgentError::Invalid {
             what: self.file(HOST_AIK_BLOB).display().to_string(),
@@ -156,6 +159,38 @@ impl HostDir {
     /// The coprocessor certificate.
     pub fn coprocessor_cert(&self) -> Result<X509, AgentError> {
         self.cert(COPROCESSOR_CERT, "certify-coprocessor")
+    }
+
+    /// The CA root the host enrolled with.
+    pub fn ca_cert(&self) -> Result<X509, AgentError> {
+        self.cert(CA_CERT, "enroll")
+    }
+
+    /// This host's id: the common name of its host AIK certificate.
+    pub fn host_id(&self) -> Result<String, AgentError> {
+        let cert = self.host_aik_cert()?;
+        cert.subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .and_then(|e| e.data().to_string().ok())
+            .ok_or_else(|| AgentError::Invalid {
+                what: self.file(HOST_AIK_CERT).display().to_string(),
+                reason: "no common name".into(),
+            })
+    }
+
+    /// The public part of the host's migration key, as an uncompressed P-256 point (what a
+    /// migration ticket names and the host's quote binds).
+    pub fn migration_public(&self) -> Result<Vec<u8>, AgentError> {
+        let pem = self.read(MIGRATION_PUBLIC_FILE, "certify-coprocessor")?;
+        let invalid = |reason: String| AgentError::Invalid {
+            what: self.file(MIGRATION_PUBLIC_FILE).display().to_string(),
+            reason,
+        };
+        let key = openssl::pkey::PKey::public_key_from_pem(&pem)
+            .and_then(|k| k.ec_key())
+            .map_err(|e| invalid(e.to_string()))?;
+        identity::key::public_point(&key).map_err(|e| invalid(e.to_string()))
     }
 }
 
@@ -243,7 +278,8 @@ pub fn enroll_host(
 
 /// Creates the coprocessor key (once; later calls re-certify the existing key) and has the
 /// host TPM's AIK sign its certificate. With `ca` (and a token allowed to write
-/// `coprocessor/...`), registers the certificate with the CA.
+/// `coprocessor/...`), registers the certificate with the CA. Creates the host's migration
+/// key too, once ([`ensure_migration_key`]).
 pub fn certify_coprocessor(
     tpm: &mut HostTpm,
     dir: &HostDir,
@@ -276,7 +312,27 @@ pub fn certify_coprocessor(
         ])?;
     }
     info!("coprocessor certificate issued by the host AIK for host {host_id}");
+    ensure_migration_key(dir, host_key)?;
     Ok(cert)
+}
+
+/// Creates the host's migration key (`migration.key`, wrapped by `host_key`, and
+/// `migration.pub`) unless it exists; an existing key is opened to check it. Migration
+/// packages for this host are sealed to it (ADR 0010).
+pub fn ensure_migration_key(dir: &HostDir, host_key: &HostKey) -> Result<(), AgentError> {
+    if dir.file(MIGRATION_KEY_FILE).exists() {
+        MigrationKey::open(dir.path(), host_key)?;
+        if !dir.file(MIGRATION_PUBLIC_FILE).exists() {
+            return Err(AgentError::Missing {
+                path: dir.file(MIGRATION_PUBLIC_FILE),
+                step: "certify-coprocessor",
+            });
+        }
+        return Ok(());
+    }
+    MigrationKey::create(dir.path(), host_key)?;
+    info!("migration key created in {}", dir.path().display());
+    Ok(())
 }
 
 /// Provisions (or re-issues) the vEK certificates and their chain into the instance in

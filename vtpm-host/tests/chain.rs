@@ -213,6 +213,13 @@ fn renew_reissues_the_host_certificates_that_are_due() {
         ChainSetup::start_with(bin_dir, tmp.path(), "host-1", &["--validity-secs", "60"]).unwrap();
     let aik_before = s.host_pem("host-aik.pem").unwrap();
     let coprocessor_before = s.host_pem("coprocessor.pem").unwrap();
+    // certify-coprocessor made the host's migration key, wrapped like the coprocessor key.
+    let migration_pub = s.host_pem("migration.pub").unwrap();
+    assert!(
+        migration_pub.contains("BEGIN PUBLIC KEY"),
+        "{migration_pub}"
+    );
+    assert!(s.host_dir.join("migration.key").exists());
     let token = s.token_file().display().to_string();
     let mut args = vec!["renew", "--host-id", "host-1", "--token-file", &token];
     let ca_args = s.ca_args();
@@ -231,6 +238,8 @@ fn renew_reissues_the_host_certificates_that_are_due() {
     std::fs::create_dir_all(&work).unwrap();
     let out = openssl_verify(&work, &s.ca.ca_cert, &[&aik_after], &coprocessor_after, &[]);
     assert!(out.trim_end().ends_with(": OK"), "{out}");
+    // Renewal keeps the migration key.
+    assert_eq!(s.host_pem("migration.pub").unwrap(), migration_pub);
 
     // A CA issuing for a year: nothing is due.
     let tmp = tempfile::tempdir().unwrap();

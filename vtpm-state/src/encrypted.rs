@@ -8,6 +8,9 @@
 //! - `state.gen`: the generation record, the newest generation written, authenticated under
 //!   the instance key. A state file older than it was put back by someone: refused.
 //! - `lock`: held (flock) while a daemon or an operator command uses the directory.
+//! - `migrated`: the tombstone of an instance that moved away ([`EncryptedStore::destroy`]):
+//!   the directory refuses to open ([`StateError::MigratedAway`]) until an import
+//!   ([`Reserved::create`]) or a reset puts an instance in it again.
 //!
 //! Nothing here ever overwrites, resets or deletes a state file it refused; opening only
 //! reads until every check passed. [`EncryptedStore::reset`] is the explicit way out, and it
@@ -41,6 +44,10 @@ pub const STATE_FILE: &str = "state.vtpm";
 pub const ANCHOR_FILE: &str = "state.gen";
 /// The lock file, held (flock) while the directory is in use.
 pub const LOCK_FILE: &str = "lock";
+/// The tombstone: the instance left this directory (migrated to another host, or an
+/// aborted import was destroyed); its text says which migration. Written before the key
+/// record is removed, so a directory with a tombstone never opens as an instance again.
+pub const TOMBSTONE: &str = "migrated";
 /// Mode of every file in the directory.
 const FILE_MODE: u32 = 0o600;
 /// The plain permanent-state file of earlier builds.
@@ -147,7 +154,10 @@ fn prepare_dir(dir: &Path) -> Result<LockFile, StateError> {
 /// lock, so no write of ours is in progress). A failure is only logged: leftovers take
 /// space, never the place of a state file.
 fn remove_stale_temporaries(dir: &Path) {
-    match durable_fs::remove_stale_temporaries(dir, &[KEY_RECORD, STATE_FILE, ANCHOR_FILE]) {
+    match durable_fs::remove_stale_temporaries(
+        dir,
+        &[KEY_RECORD, STATE_FILE, ANCHOR_FILE, TOMBSTONE],
+    ) {
         Ok(removed) => {
             for path in removed {
                 info!(
@@ -276,8 +286,9 @@ impl EncryptedStore {
         host_key.check()?;
         let lock = prepare_dir(dir)?;
         remove_stale_temporaries(dir);
+        refuse_tombstone(dir)?;
         let Some(found) = check(dir, host_key)? else {
-            let store = Self::create_locked(dir, host_key, engine, Blobs::new(), lock)?;
+            let store = Self::create_locked(dir, host_key, engine, None, Blobs::new(), lock)?;
             return Ok((store, Opened::Created));
         };
         if found.contents.engine != engine {
@@ -331,17 +342,40 @@ impl EncryptedStore {
             }
         }
         remove_stale_temporaries(dir);
-        Self::create_locked(dir, host_key, engine, blobs, lock)
+        Self::create_locked(dir, host_key, engine, None, blobs, lock)
+    }
+
+    /// Locks `dir` (created if missing) for an instance to be imported into it later
+    /// ([`Reserved::create`]): it must hold no instance; a tombstone of one that moved away
+    /// is allowed (the instance may come back).
+    pub fn reserve(dir: &Path) -> Result<Reserved, StateError> {
+        let lock = prepare_dir(dir)?;
+        remove_stale_temporaries(dir);
+        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE, LEGACY_PLAIN_STATE] {
+            if dir.join(f).exists() {
+                return Err(StateError::AlreadyExists {
+                    path: dir.to_owned(),
+                });
+            }
+        }
+        Ok(Reserved {
+            dir: dir.to_owned(),
+            lock,
+        })
     }
 
     fn create_locked(
         dir: &Path,
         host_key: &HostKey,
         engine: &str,
+        instance: Option<InstanceId>,
         blobs: Blobs,
         lock: LockFile,
     ) -> Result<Self, StateError> {
-        let instance = InstanceId::random()?;
+        let instance = match instance {
+            Some(id) => id,
+            None => InstanceId::random()?,
+        };
         let key = SecretKey::random()?;
         let key_path = dir.join(KEY_RECORD);
         let record = host_key.wrap(&instance, &key, &key_path)?;
@@ -493,10 +527,16 @@ impl EncryptedStore {
     /// Returns the backup directory, or `None` if there was nothing to reset.
     pub fn reset(dir: &Path) -> Result<Option<PathBuf>, StateError> {
         let _lock = lock_existing(dir)?;
-        let present: Vec<&str> = [KEY_RECORD, STATE_FILE, ANCHOR_FILE, LEGACY_PLAIN_STATE]
-            .into_iter()
-            .filter(|f| dir.join(f).exists())
-            .collect();
+        let present: Vec<&str> = [
+            KEY_RECORD,
+            STATE_FILE,
+            ANCHOR_FILE,
+            LEGACY_PLAIN_STATE,
+            TOMBSTONE,
+        ]
+        .into_iter()
+        .filter(|f| dir.join(f).exists())
+        .collect();
         if present.is_empty() {
             return Ok(None);
         }
@@ -526,6 +566,95 @@ impl EncryptedStore {
             backup.display()
         );
         Ok(Some(backup))
+    }
+}
+
+/// A locked, empty state directory waiting for an imported instance (the destination of a
+/// migration).
+#[derive(Debug)]
+pub struct Reserved {
+    dir: PathBuf,
+    lock: LockFile,
+}
+
+impl Reserved {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the instance `instance` (the id it had on its source) holding `blobs`,
+    /// under a new instance key wrapped by `host_key`; the tombstone of an earlier stay, if
+    /// any, goes first. The key record is written last and commits the creation.
+    pub fn create(
+        self,
+        host_key: &HostKey,
+        engine: &str,
+        instance: InstanceId,
+        blobs: BTreeMap<String, Vec<u8>>,
+    ) -> Result<EncryptedStore, StateError> {
+        let blobs: Blobs = blobs
+            .into_iter()
+            .map(|(name, data)| (name, Zeroizing::new(data)))
+            .collect();
+        for name in blobs.keys() {
+            check_name(name)?;
+        }
+        let tombstone = self.dir.join(TOMBSTONE);
+        durable_fs::remove(&tombstone, true).map_err(|source| StateError::Write {
+            path: tombstone,
+            source,
+        })?;
+        EncryptedStore::create_locked(
+            &self.dir,
+            host_key,
+            engine,
+            Some(instance),
+            blobs,
+            self.lock,
+        )
+    }
+}
+
+/// Refuses a directory with a tombstone, after finishing a destruction that a crash
+/// interrupted (the tombstone is written first: whatever is left of the instance goes).
+fn refuse_tombstone(dir: &Path) -> Result<(), StateError> {
+    let path = dir.join(TOMBSTONE);
+    let Some(text) = read(&path)? else {
+        return Ok(());
+    };
+    remove_instance_files(dir)?;
+    Err(StateError::MigratedAway {
+        path,
+        why: String::from_utf8_lossy(&text).trim().to_owned(),
+    })
+}
+
+/// Removes the key record first (without it every copy of the state file is unreadable),
+/// then the state file and the generation record; each removal is durable.
+fn remove_instance_files(dir: &Path) -> Result<(), StateError> {
+    for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+        let path = dir.join(f);
+        durable_fs::remove(&path, true).map_err(|source| StateError::Write { path, source })?;
+    }
+    Ok(())
+}
+
+impl EncryptedStore {
+    /// Destroys the instance for good, because it now lives elsewhere (a committed
+    /// migration) or must not live here (an aborted import): first the tombstone with
+    /// `why` (so the directory never opens as this or a fresh instance again), then the key
+    /// record (every copy of the state file, backups included, becomes unreadable), then
+    /// the state file and the generation record. The instance's key and blobs in memory are
+    /// wiped as the store is dropped.
+    pub fn destroy(self, why: &str) -> Result<(), StateError> {
+        write(&self.dir, TOMBSTONE, why.as_bytes(), true)?;
+        remove_instance_files(&self.dir)?;
+        warn!(
+            "vTPM instance {} destroyed in {}: {why}",
+            self.instance,
+            self.dir.display()
+        );
+        Ok(())
     }
 }
 

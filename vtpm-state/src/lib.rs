@@ -26,7 +26,7 @@ pub mod swtpm_import;
 use std::io;
 use std::path::PathBuf;
 
-pub use encrypted::{EncryptedStore, InstanceInfo, Opened};
+pub use encrypted::{EncryptedStore, InstanceInfo, Opened, Reserved};
 pub use format::FormatError;
 
 use crate::keys::{InstanceId, KeyError};
@@ -100,6 +100,8 @@ pub enum StateError {
     PlainStateFound { path: PathBuf },
     #[error("state directory {path} already holds an instance")]
     AlreadyExists { path: PathBuf },
+    #[error("the vTPM instance of this state directory is gone ({path}: {why}); it is never served here again (`vtpm-state reset` starts a new TPM)")]
+    MigratedAway { path: PathBuf, why: String },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -568,5 +570,59 @@ mod tests {
         assert_refused_untouched(&dir, &h.key, |e| {
             matches!(e, StateError::KeyRecordMissing { .. })
         });
+    }
+
+    #[test]
+    fn a_destroyed_instance_leaves_a_tombstone_and_never_opens_again() {
+        use super::encrypted::TOMBSTONE;
+        let h = host();
+        let dir = populated(&h, "vm");
+        let backup = fs::read(dir.join(STATE_FILE)).unwrap();
+        let s = open(&dir, &h.key).unwrap();
+        let id = s.instance();
+        s.destroy("migrated to host-b by migration 00ff").unwrap();
+        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+            assert!(!dir.join(f).exists(), "{f} left behind");
+        }
+        let err = open(&dir, &h.key).unwrap_err();
+        assert!(matches!(err, StateError::MigratedAway { .. }), "{err}");
+        assert!(err.to_string().contains("host-b"), "{err}");
+        // A copy of the state file put back is refused too (and removed again): the key
+        // record that could read it is gone.
+        fs::write(dir.join(STATE_FILE), &backup).unwrap();
+        assert!(matches!(
+            open(&dir, &h.key),
+            Err(StateError::MigratedAway { .. })
+        ));
+        assert!(!dir.join(STATE_FILE).exists());
+
+        // The instance may come back: an import into the tombstoned directory, with its id.
+        let reserved = EncryptedStore::reserve(&dir).unwrap();
+        assert!(matches!(
+            EncryptedStore::reserve(&dir),
+            Err(StateError::Locked { .. })
+        ));
+        let blobs = [("permall".to_owned(), b"back again".to_vec())].into();
+        let s = reserved.create(&h.key, "libtpms", id, blobs).unwrap();
+        assert_eq!(s.instance(), id);
+        drop(s);
+        assert!(!dir.join(TOMBSTONE).exists());
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.instance(), id);
+        assert_eq!(
+            s.load("permall").unwrap().as_deref(),
+            Some(&b"back again"[..])
+        );
+        drop(s);
+        // A directory that holds an instance cannot be reserved.
+        assert!(matches!(
+            EncryptedStore::reserve(&dir),
+            Err(StateError::AlreadyExists { .. })
+        ));
+        // A reset clears the tombstone like any other instance file.
+        let dir = populated(&h, "vm2");
+        open(&dir, &h.key).unwrap().destroy("gone").unwrap();
+        EncryptedStore::reset(&dir).unwrap().unwrap();
+        open(&dir, &h.key).unwrap();
     }
 }

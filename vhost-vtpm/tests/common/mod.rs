@@ -140,3 +140,32 @@ pub fn ecdsa_p256_verifies(x: &[u8], y: &[u8], digest: &[u8], r: &[u8], s: &[u8]
     .unwrap();
     sig.verify(digest, &public).unwrap()
 }
+
+/// Two hosts, one CA and the migration controller, under `dir` (ADR 0010).
+pub fn migration_bed(dir: &Path) -> testbed::MigrationBed {
+    let bin_dir = Path::new(DAEMON).parent().expect("binary directory");
+    testbed::MigrationBed::start(bin_dir, dir).expect("two hosts, the CA and the controller")
+}
+
+/// A daemon of `host` in `dir` with sealed migration (a destination with `incoming`).
+pub fn migration_daemon(
+    bed: &testbed::MigrationBed,
+    host: testbed::HostRef<'_>,
+    dir: &Path,
+    incoming: bool,
+) -> Daemon {
+    std::fs::create_dir_all(dir).expect("daemon directory");
+    let args = bed.daemon_args(host, incoming);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start_in(dir, &args)
+}
+
+/// A provisioned instance on host A, registered with the controller: its daemon and the
+/// instance id.
+pub fn migration_source(bed: &testbed::MigrationBed, dir: &Path) -> (Daemon, String) {
+    bed.a().provision(&dir.join("state")).expect("provision");
+    let instance = bed
+        .register(&dir.join("state"), bed.a())
+        .expect("register the instance");
+    (migration_daemon(bed, bed.a(), dir, false), instance)
+}

@@ -1,0 +1,288 @@
+//! A real guest migrated live between two QEMU processes on this machine, its vTPM sealed
+//! (ADR 0010): two hosts with simulated host TPMs (swtpm) enrolled with the local CA, the
+//! migration controller, a daemon per host. The stream passes through a relay on loopback
+//! TCP, which keeps a copy of it and can cut it.
+//!
+//! * The move: NV data, PCRs and a loaded key's signature survive; in the destination guest
+//!   the vEK chain verifies through the destination's coprocessor certificate (openssl in
+//!   the guest); the source's state files are gone and its daemon refuses to serve; a random
+//!   marker the guest wrote to NV appears nowhere in the migration stream.
+//! * The destination killed while the package is on its way: the source VM resumes, its
+//!   daemon has the controller abort, the guest's vTPM serves with nothing lost.
+
+// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
+// only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sha::sha256;
+use openssl::sign::Verifier;
+use testbed::{
+    free_port, start_daemon, DaemonProcess, Env, HostRef, MigrationBed, Relay, TpmFrontend, Vm,
+};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pcr_value(out: &str, pcr: u32) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{pcr}: 0x")))
+        .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
+        .trim()
+        .to_lowercase()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn daemon(
+    env: &Env,
+    bed: &MigrationBed,
+    host: HostRef<'_>,
+    dir: &Path,
+    incoming: bool,
+) -> DaemonProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let args = bed.daemon_args(host, incoming);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_daemon(env, dir, &args)
+}
+
+/// The source: a provisioned instance on host A, registered, its daemon, a booted guest
+/// that wrote a random NV marker, extended a PCR and loaded a signing key.
+struct Source {
+    daemon: DaemonProcess,
+    vm: Vm,
+    instance: String,
+    expected: Expected,
+}
+
+/// What the guest's vTPM must still hold.
+struct Expected {
+    marker: String,
+    pcr: String,
+    key_pem: Vec<u8>,
+}
+
+fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
+    bed.a().provision(&dir.join("state")).unwrap();
+    let instance = bed.register(&dir.join("state"), bed.a()).unwrap();
+    let daemon = daemon(env, bed, bed.a(), dir, false);
+    let mut vm = Vm::boot(env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    vm.must("cd /tmp");
+    let mut marker = [0u8; 32];
+    openssl::rand::rand_bytes(&mut marker).unwrap();
+    vm.write_file("/tmp/marker", &marker);
+    vm.must("tpm2_nvdefine 0x1500018 -C o -s 32 -a 'ownerread|ownerwrite|authread|authwrite'");
+    vm.must("tpm2_nvwrite 0x1500018 -C o -i marker && rm marker");
+    vm.must(&format!(
+        "tpm2_pcrextend 16:sha256={}",
+        hex(&sha256(b"before migration"))
+    ));
+    let pcr = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    vm.must("tpm2_createprimary -Q -C o -c p.ctx");
+    vm.must("tpm2_create -Q -C p.ctx -G ecc256 -u k.pub -r k.priv");
+    vm.must("tpm2_load -Q -C p.ctx -u k.pub -r k.priv -c k.ctx");
+    vm.must("tpm2_readpublic -Q -c k.ctx -f pem -o k.pem");
+    let key_pem = vm.read_file("/tmp/k.pem");
+    Source {
+        daemon,
+        vm,
+        instance,
+        expected: Expected {
+            marker: hex(&marker),
+            pcr,
+            key_pem,
+        },
+    }
+}
+
+/// Checks the guest's vTPM: NV marker, PCR 16, the loaded key signs.
+fn check_guest(vm: &mut Vm, src: &Expected) {
+    vm.must("cd /tmp");
+    vm.must("tpm2_nvread 0x1500018 -C o -s 32 -o back");
+    assert_eq!(hex(&vm.read_file("/tmp/back")), src.marker, "NV marker");
+    assert_eq!(
+        pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16),
+        src.pcr,
+        "PCR 16"
+    );
+    vm.must("echo -n 'signed after the move' > msg");
+    vm.must("tpm2_sign -Q -c k.ctx -g sha256 -f plain -o sig.der msg");
+    let sig = vm.read_file("/tmp/sig.der");
+    let key = PKey::public_key_from_pem(&src.key_pem).unwrap();
+    let mut v = Verifier::new(MessageDigest::sha256(), &key).unwrap();
+    v.update(b"signed after the move").unwrap();
+    assert!(
+        v.verify(&sig).unwrap(),
+        "the key loaded before the move signs"
+    );
+}
+
+#[test]
+fn live_migration_carries_the_vtpm_to_a_new_daemon() {
+    let env = Env::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = env.daemon.parent().unwrap().to_owned();
+    let bed = MigrationBed::start(&bin_dir, tmp.path()).unwrap();
+    let src_dir = tmp.path().join("vm-a");
+    let mut src = boot_source(&env, &bed, &src_dir);
+    let id = bed
+        .authorise(&src.instance, "vm-1", bed.a(), bed.b())
+        .unwrap();
+
+    let dst_dir = tmp.path().join("vm-b");
+    let dst_daemon = daemon(&env, &bed, bed.b(), &dst_dir, true);
+    let port = free_port().unwrap();
+    let mut dst = Vm::incoming_tcp(
+        &env,
+        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+        port,
+    );
+    let relay = Relay::start(port, None).unwrap();
+    src.vm
+        .migrate_tcp(relay.port, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("migration failed: {e}\n{}", src.daemon.log_text()));
+    let stream = relay.finish().unwrap();
+    dst.wait_migrated(Duration::from_secs(240)).unwrap();
+
+    // Only the sealed package crossed: no plain snapshot, not the NV marker.
+    assert!(
+        contains(&stream, b"VTPMMIG1"),
+        "no sealed package in the stream"
+    );
+    assert!(
+        !contains(&stream, b"VTPMSNP1"),
+        "a plain snapshot in the stream"
+    );
+    let marker = (0..32)
+        .map(|i| u8::from_str_radix(&src.expected.marker[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    assert!(
+        !contains(&stream, &marker),
+        "the NV marker is in the stream"
+    );
+    std::fs::write(tmp.path().join("migration.stream"), &stream).unwrap();
+
+    check_guest(&mut dst, &src.expected);
+    assert!(
+        dst_daemon
+            .log_text()
+            .contains("committed, this host owns the vTPM"),
+        "{}",
+        dst_daemon.log_text()
+    );
+
+    // In the destination guest, the vEK chain now verifies through host B's coprocessor.
+    dst.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
+    dst.must(
+        "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
+    );
+    for f in ["rsa", "ecc", "chain0", "chain1"] {
+        dst.must(&format!(
+            "openssl x509 -inform DER -in {f}.der -out {f}.pem"
+        ));
+    }
+    dst.write_file(
+        "/tmp/ca.pem",
+        &std::fs::read(&bed.chain.ca.ca_cert).unwrap(),
+    );
+    let out = dst.must(
+        "openssl verify -CAfile ca.pem -untrusted chain0.pem -untrusted chain1.pem rsa.pem ecc.pem",
+    );
+    assert!(
+        out.contains("rsa.pem: OK") && out.contains("ecc.pem: OK"),
+        "{out}"
+    );
+    let subject = dst.must("openssl x509 -in chain0.pem -noout -subject");
+    assert!(subject.contains("coprocessor host-b"), "{subject}");
+
+    // The source: its files gone, its daemon refuses to serve.
+    assert!(bed.wait_state(&id, "source_deleted", Duration::from_secs(60)));
+    let state = src_dir.join("state");
+    for f in ["instance.key", "state.vtpm", "state.gen"] {
+        assert!(!state.join(f).exists(), "{f} left on the source");
+    }
+    assert!(state.join("migrated").exists());
+    drop(src.vm);
+    assert!(src.daemon.log_text().contains("source deleted"));
+    src.daemon
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let err = src.daemon.restart().unwrap_err().to_string();
+    assert!(err.contains("is gone"), "{err}");
+    dst.shutdown();
+}
+
+#[test]
+fn destination_killed_mid_transfer_the_source_resumes_with_nothing_lost() {
+    let env = Env::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = env.daemon.parent().unwrap().to_owned();
+    let bed = MigrationBed::start(&bin_dir, tmp.path()).unwrap();
+    let mut src = boot_source(&env, &bed, &tmp.path().join("vm-a"));
+    let id = bed
+        .authorise(&src.instance, "vm-1", bed.a(), bed.b())
+        .unwrap();
+    let dst_daemon = daemon(&env, &bed, bed.b(), &tmp.path().join("vm-b"), true);
+    let port = free_port().unwrap();
+    let mut dst = Vm::incoming_tcp(
+        &env,
+        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+        port,
+    );
+    // The stream is cut, and the destination QEMU killed, as the sealed package (released
+    // by the source daemon) is on its way.
+    let relay = Relay::start(port, Some(b"VTPMMIG1".to_vec())).unwrap();
+    // With a return path the source learns that the destination never completed (as a
+    // source on a real network learns that its peer is gone).
+    let caps = src.vm.hmp("migrate_set_capability return-path on");
+    assert!(!caps.contains("rror"), "{caps}");
+    let hmp = src
+        .vm
+        .hmp(&format!("migrate -d tcp:127.0.0.1:{}", relay.port));
+    assert!(
+        relay.wait_cut(Duration::from_secs(300)),
+        "the package never came: {hmp}\n{}",
+        src.daemon.log_text()
+    );
+    // The stream was cut at the package: the destination never had it whole.
+    assert!(contains(&relay.captured(), b"VTPMMIG1"));
+    dst.kill();
+    relay.sever();
+    assert!(src.daemon.log_text().contains("package of"));
+    // QEMU resumes the source VM; its vTPM serves again once the controller aborted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = src.vm.hmp("info migrate");
+        if info.contains("failed") || info.contains("cancelled") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{info}\n--- destination daemon ---\n{}\n--- source daemon ---\n{}",
+            dst_daemon.log_text(),
+            src.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_guest(&mut src.vm, &src.expected);
+    assert!(bed.wait_state(&id, "aborted", Duration::from_secs(30)));
+    assert!(
+        src.daemon
+            .log_text()
+            .contains("aborted, the source resumes with nothing lost"),
+        "{}",
+        src.daemon.log_text()
+    );
+    assert!(src.vm.must("tpm2_getrandom --hex 8").trim().len() == 16);
+    // The destination's daemon imported nothing.
+    assert!(!tmp.path().join("vm-b/state/instance.key").exists());
+    src.vm.shutdown();
+}
