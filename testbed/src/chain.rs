@@ -33,6 +33,19 @@ impl ChainSetup {
         host_id: &str,
         ca_init: &[&str],
     ) -> io::Result<ChainSetup> {
+        let setup = Self::enrolled(bin_dir, dir, host_id, ca_init)?;
+        setup.certify_coprocessor().map_err(io::Error::other)?;
+        Ok(setup)
+    }
+
+    /// The first half of [`ChainSetup::start_with`]: the host TPM, the CA, and the host
+    /// enrolled; the coprocessor not certified yet ([`ChainSetup::certify_coprocessor`]).
+    pub fn enrolled(
+        bin_dir: &Path,
+        dir: &Path,
+        host_id: &str,
+        ca_init: &[&str],
+    ) -> io::Result<ChainSetup> {
         let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
         let root = manufacturer.root.display().to_string();
         let issuer = manufacturer.issuer.display().to_string();
@@ -52,22 +65,32 @@ impl ChainSetup {
         let mut enroll = vec!["enroll", "--host-id", host_id];
         enroll.extend(&ca_args);
         setup.host(&enroll).map_err(io::Error::other)?;
-        let token = setup.ca.command(&[
-            "acl",
-            "add",
-            "--name",
-            host_id,
-            "--write-prefix",
-            "coprocessor/",
-        ])?;
-        let token_file = setup.token_file();
-        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
-        let token_file = token_file.display().to_string();
-        let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
-        certify.extend(&ca_args);
-        certify.extend(["--token-file", &token_file]);
-        setup.host(&certify).map_err(io::Error::other)?;
         Ok(setup)
+    }
+
+    /// Adds this host's CA principal (allowed to write `coprocessor/`; its token in
+    /// [`ChainSetup::token_file`]) and runs `vtpm-host certify-coprocessor` with it.
+    pub fn certify_coprocessor(&self) -> Result<String, String> {
+        let token = self
+            .ca
+            .command(&[
+                "acl",
+                "add",
+                "--name",
+                &self.host_id,
+                "--write-prefix",
+                "coprocessor/",
+            ])
+            .map_err(|e| e.to_string())?;
+        let token_file = self.token_file();
+        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())
+            .map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let token_file = token_file.display().to_string();
+        let ca_args = self.ca_args();
+        let mut certify = vec!["certify-coprocessor", "--host-id", &self.host_id];
+        certify.extend(ca_args.iter().map(String::as_str));
+        certify.extend(["--token-file", &token_file]);
+        self.host(&certify)
     }
 
     /// The file with the bearer token of this host's CA principal (may write `coprocessor/`).

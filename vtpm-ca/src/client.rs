@@ -102,6 +102,11 @@ impl Client {
         &self.base
     }
 
+    /// Whether requests carry a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn request(&self, method: &str, path: &str) -> (String, ureq::Request) {
         let url = format!("{}{path}", self.base);
         let mut r = self.agent.request(method, &url);

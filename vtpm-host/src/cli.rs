@@ -68,8 +68,9 @@ pub enum HostCommand {
         #[arg(long)]
         host_id: Option<String>,
     },
-    /// Create (once) the coprocessor key and have the host TPM's AIK sign its certificate;
-    /// with --token-file, register it with the CA.
+    /// Create (once) the coprocessor key, have the host TPM's AIK sign its certificate and
+    /// register it with the CA (--token-file: a principal allowed to write coprocessor/...).
+    /// All or nothing: if the CA does not register it, no key or certificate is kept.
     CertifyCoprocessor {
         #[arg(long)]
         host_id: Option<String>,
@@ -77,7 +78,7 @@ pub enum HostCommand {
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
         #[command(flatten)]
-        ca: Option<CaArgs>,
+        ca: CaArgs,
     },
     /// Provision (or re-issue) the vEK certificates and their chain into a vTPM instance
     /// that is not running.
@@ -175,28 +176,28 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             validity_days,
             ca,
         } => {
+            if ca.token_file.is_none() {
+                return Err(AgentError::Invalid {
+                    what: "--token-file".into(),
+                    reason: "certify-coprocessor registers the certificate with the CA: give \
+                             the token of a principal allowed to write coprocessor/..."
+                        .into(),
+                });
+            }
+            let client = ca.client()?;
             let mut tpm = HostTpm::connect(&tcti)?;
-            let client = match &ca {
-                Some(ca) => Some(ca.client()?),
-                None => None,
-            };
             let cert = certify_coprocessor(
                 &mut tpm,
                 &dir,
                 &host_key,
                 &host_id(&id),
                 Validity::starting_now(days(validity_days)),
-                client.as_ref(),
+                &client,
             )?;
             Ok(format!(
-                "coprocessor certificate {} ({}), signed by the host TPM{}",
+                "coprocessor certificate {} ({}), signed by the host TPM; registered with the CA",
                 dir.file(crate::COPROCESSOR_CERT).display(),
                 subject(&cert),
-                if client.is_some() {
-                    "; registered with the CA"
-                } else {
-                    ""
-                }
             ))
         }
         HostCommand::Provision {

@@ -42,6 +42,9 @@ pub const HOST_AIK_BLOB: &str = "host-aik.blob";
 pub const HOST_AIK_CERT: &str = "host-aik.pem";
 pub const CA_CERT: &str = "ca.pem";
 pub const COPROCESSOR_CERT: &str = "coprocessor.pem";
+/// Where `certify-coprocessor` makes a new coprocessor key until the CA has registered its
+/// certificate.
+pub const COPROCESSOR_STAGING: &str = ".coprocessor.staging";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -241,42 +244,106 @@ pub fn enroll_host(
     Ok(cert)
 }
 
-/// Creates the coprocessor key (once; later calls re-certify the existing key) and has the
-/// host TPM's AIK sign its certificate. With `ca` (and a token allowed to write
-/// `coprocessor/...`), registers the certificate with the CA.
+/// Creates the coprocessor key (once; later calls re-certify the existing key), has the host
+/// TPM's AIK sign its certificate and registers it with the CA (`ca` must carry a token
+/// allowed to write `coprocessor/...`).
+///
+/// All or nothing: a new key is made in a staging directory and the certificate kept in
+/// memory until the CA has registered it; only then are the key moved into place and
+/// `coprocessor.pem` written. A refusal (no token, no permission, an untrusted chain, the
+/// TPM failing) leaves the host directory as it was, so `provision` never finds a
+/// coprocessor certificate the CA does not know.
 pub fn certify_coprocessor(
     tpm: &mut HostTpm,
     dir: &HostDir,
     host_key: &HostKey,
     host_id: &str,
     validity: Validity,
-    ca: Option<&Client>,
+    ca: &Client,
 ) -> Result<X509, AgentError> {
-    let key = match CoprocessorKey::open(dir.path(), host_key) {
-        Ok(key) => key,
+    if !ca.has_token() {
+        return Err(AgentError::Invalid {
+            what: "the CA client".into(),
+            reason: "registering the coprocessor certificate needs a token of a CA principal \
+                     allowed to write coprocessor/... (--token-file)"
+                .into(),
+        });
+    }
+    let aik_cert = dir.host_aik_cert()?;
+    let aik = dir.aik()?;
+    let staging = dir.file(COPROCESSOR_STAGING);
+    let (key, new_key) = match CoprocessorKey::open(dir.path(), host_key) {
+        Ok(key) => (key, false),
         Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            CoprocessorKey::create(dir.path(), host_key)?
+            // A staging directory left by an interrupted run holds nothing registered.
+            remove_dir_if_present(&staging)?;
+            (CoprocessorKey::create(&staging, host_key)?, true)
         }
         Err(e) => return Err(e.into()),
     };
-    let aik_cert = dir.host_aik_cert()?;
-    let aik = dir.aik()?;
-    let cert = issue_signed_with(
-        &CertSpec::coprocessor(host_id, validity),
-        &aik_cert,
-        &key.public_key(),
-        &tpm.aik_signer(&aik)?,
-    )?;
-    let pem = cert.to_pem()?;
-    dir.write(COPROCESSOR_CERT, &pem)?;
-    if let Some(ca) = ca {
+    let certified = (|| {
+        let cert = issue_signed_with(
+            &CertSpec::coprocessor(host_id, validity),
+            &aik_cert,
+            &key.public_key(),
+            &tpm.aik_signer(&aik)?,
+        )?;
+        let pem = cert.to_pem()?;
         ca.register_coprocessor(&[
             String::from_utf8_lossy(&pem).into_owned(),
             String::from_utf8_lossy(&aik_cert.to_pem()?).into_owned(),
         ])?;
+        Ok::<_, AgentError>((cert, pem))
+    })();
+    let (cert, pem) = match certified {
+        Ok(done) => done,
+        Err(e) => {
+            if new_key {
+                remove_dir_if_present(&staging)?;
+            }
+            return Err(e);
+        }
+    };
+    if new_key {
+        commit_staged_key(dir, &staging)?;
     }
-    info!("coprocessor certificate issued by the host AIK for host {host_id}");
+    dir.write(COPROCESSOR_CERT, &pem)?;
+    info!(
+        "coprocessor certificate issued by the host AIK for host {host_id}, registered with the CA"
+    );
     Ok(cert)
+}
+
+/// Moves the coprocessor key made in `staging` into the host directory (never replacing
+/// one) and removes `staging`.
+fn commit_staged_key(dir: &HostDir, staging: &Path) -> Result<(), AgentError> {
+    let from = staging.join(identity::key::KEY_FILE);
+    let to = dir.file(identity::key::KEY_FILE);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::Io { path, source }
+    };
+    match fs::hard_link(&from, &to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_dir_if_present(staging)?;
+            return Err(IdentityError::KeyExists { path: to }.into());
+        }
+        Err(e) => return Err(io(&to)(e)),
+    }
+    durable_fs::sync_dir(dir.path()).map_err(io(dir.path()))?;
+    remove_dir_if_present(staging)
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), AgentError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Provisions (or re-issues) the vEK certificates and their chain into the instance in
@@ -289,9 +356,11 @@ pub fn provision_instance(
     coprocessor_key: &HostKey,
     validity: Validity,
 ) -> Result<ProvisionedEk, AgentError> {
-    let key = CoprocessorKey::open(dir.path(), coprocessor_key)?;
+    // The certificate first: `certify-coprocessor` writes it only once the CA registered
+    // it, so without it there is nothing to provision with (whatever key is there).
     let coprocessor_cert = dir.coprocessor_cert()?;
     let host_aik_cert = dir.host_aik_cert()?;
+    let key = CoprocessorKey::open(dir.path(), coprocessor_key)?;
     let (store, _) = EncryptedStore::open(state_dir, instance_key, "libtpms")?;
     let instance = store.instance();
     let mut engine = LibtpmsEngine::start(Box::new(store))?;
@@ -353,7 +422,7 @@ pub fn renew(
             host_key,
             host_id,
             Validity::starting_now(coprocessor_lifetime),
-            Some(ca),
+            ca,
         )?;
         renewed.push("coprocessor certificate");
     }

@@ -242,6 +242,73 @@ fn renew_reissues_the_host_certificates_that_are_due() {
     assert!(s.host(&args).unwrap().contains("nothing due for renewal"));
 }
 
+/// `certify-coprocessor` is all or nothing: without a token, or with a token that may not
+/// register coprocessors, it keeps no coprocessor key or certificate, so `provision` has
+/// nothing to provision with; a failed re-certification keeps the registered key and
+/// certificate as they were.
+#[test]
+fn certify_coprocessor_keeps_nothing_the_ca_did_not_register() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::enrolled(bin_dir(), tmp.path(), "host-1", &[]).unwrap();
+    let key = s.host_dir.join("coprocessor.key");
+    let cert = s.host_dir.join("coprocessor.pem");
+    let leftovers = || {
+        let mut names: Vec<String> = std::fs::read_dir(&s.host_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("coprocessor") || n.starts_with(".coprocessor"))
+            .collect();
+        names.sort();
+        names
+    };
+    let ca_args = s.ca_args();
+    let certify = |extra: &[&str]| {
+        let mut args = vec!["certify-coprocessor", "--host-id", "host-1"];
+        args.extend(ca_args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        s.host(&args)
+    };
+    let vm = tmp.path().join("vm1").join("state");
+
+    // No token: refused before anything is made.
+    let err = certify(&[]).unwrap_err();
+    assert!(err.contains("--token-file"), "{err}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+    // A principal that may not write coprocessor/...: the host TPM signs, the CA refuses
+    // the registration, nothing is kept.
+    let other =
+        s.ca.command(&["acl", "add", "--name", "reader", "--write-prefix", "vek/"])
+            .unwrap();
+    let other_file = tmp.path().join("reader.token");
+    std::fs::write(&other_file, other.trim()).unwrap();
+    let other_file = other_file.display().to_string();
+    let err = certify(&["--token-file", &other_file]).unwrap_err();
+    assert!(err.contains("forbidden"), "{err}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let err = s.provision(&vm).unwrap_err();
+    assert!(err.contains("certify-coprocessor"), "{err}");
+
+    // With the host's principal: registered, kept, and provision works.
+    s.certify_coprocessor().unwrap();
+    assert_eq!(leftovers(), vec!["coprocessor.key", "coprocessor.pem"]);
+    let (key_before, cert_before) = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+    let fp = vtpm_ca::fingerprint(&openssl::x509::X509::from_pem(&cert_before).unwrap()).unwrap();
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let status = Client::new(&s.ca.url, &ca_pem, None)
+        .unwrap()
+        .status(&fp)
+        .unwrap();
+    assert_eq!(status.status, vtpm_ca::api::Status::Good);
+    s.provision(&vm).unwrap();
+
+    // A failed re-certification keeps the registered key and certificate.
+    let err = certify(&["--token-file", &other_file]).unwrap_err();
+    assert!(err.contains("forbidden"), "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), key_before);
+    assert_eq!(std::fs::read(&cert).unwrap(), cert_before);
+    assert_eq!(leftovers(), vec!["coprocessor.key", "coprocessor.pem"]);
+}
+
 #[test]
 fn readme_options_match_the_command_line() {
     let commands: &[&[&str]] = &[
