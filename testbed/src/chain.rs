@@ -9,7 +9,8 @@ use crate::{CaProcess, HostTpmSimulator, ManufacturerCa};
 
 /// The whole host side of the certificate chain (ADR 0008), set up with the project's
 /// binaries from `bin_dir`: a manufactured host TPM, the local CA trusting its manufacturer,
-/// the host enrolled (`vtpm-host enroll`) and its coprocessor certified and registered
+/// the host enrolled (`vtpm-host enroll` with an enrolment token from `vtpm-ca
+/// enroll-token`) and its coprocessor certified and registered
 /// (`vtpm-host certify-coprocessor`, with a CA principal allowed to write `coprocessor/`).
 pub struct ChainSetup {
     bin_dir: PathBuf,
@@ -60,12 +61,24 @@ impl ChainSetup {
             host_dir: dir.join("host"),
             host_id: host_id.to_owned(),
         };
+        let token_file = setup.enroll_token_file(dir, host_id)?;
+        let token_file = token_file.display().to_string();
         let ca_args = setup.ca_args();
         let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
         let mut enroll = vec!["enroll", "--host-id", host_id];
         enroll.extend(&ca_args);
+        enroll.extend(["--enroll-token-file", &token_file]);
         setup.host(&enroll).map_err(io::Error::other)?;
         Ok(setup)
+    }
+
+    /// Has the CA issue an enrolment token for host `subject` (`vtpm-ca enroll-token`) and
+    /// writes it to `DIR/<subject>.enroll-token`, for `vtpm-host enroll --enroll-token-file`.
+    pub fn enroll_token_file(&self, dir: &Path, subject: &str) -> io::Result<PathBuf> {
+        let token = self.ca.command(&["enroll-token", "--subject", subject])?;
+        let path = dir.join(format!("{subject}.enroll-token"));
+        std::fs::write(&path, token.lines().last().unwrap_or_default().trim())?;
+        Ok(path)
     }
 
     /// Adds this host's CA principal (allowed to write `coprocessor/`; its token in

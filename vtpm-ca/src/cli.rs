@@ -9,6 +9,7 @@
 //! vtpm-ca [--store DIR] revoke (--serial HEX | --cert PEM) [--reason TEXT]
 //! vtpm-ca [--store DIR] crl [--out FILE]
 //! vtpm-ca [--store DIR] add-ek-root PEM
+//! vtpm-ca [--store DIR] enroll-token --subject S [--validity-secs N]
 //! vtpm-ca [--store DIR] release --kind host|vtpm --subject S
 //! vtpm-ca [--store DIR] list
 //! ```
@@ -110,6 +111,16 @@ pub enum CommandArgs {
         #[arg(value_name = "PEM")]
         pem: PathBuf,
     },
+    /// Issue a host enrolment token: it lets one host TPM enroll the host subject S, once,
+    /// within its lifetime (prints the token; the CA keeps only its hash).
+    EnrollToken {
+        /// The host subject (host id) it is for.
+        #[arg(long, value_name = "S")]
+        subject: String,
+        /// Lifetime of the token, seconds (at most 30 days).
+        #[arg(long, value_name = "N", default_value_t = crate::tokens::DEFAULT_TOKEN_VALIDITY_SECS)]
+        validity_secs: u64,
+    },
     /// Release an enrolled subject from the endorsement key it is bound to, so that another
     /// TPM may enroll it (the certificates issued for it stay valid: revoke them apart).
     Release {
@@ -192,6 +203,11 @@ pub enum Command {
         kind: Kind,
         subject: String,
     },
+    EnrollToken {
+        store: PathBuf,
+        subject: String,
+        validity_secs: u64,
+    },
     List {
         store: PathBuf,
     },
@@ -216,6 +232,8 @@ pub enum CliError {
     CertStore(#[from] CertStoreError),
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    #[error(transparent)]
+    Token(#[from] crate::tokens::TokenError),
     #[error("server: {0}")]
     Server(std::io::Error),
     #[error("OpenSSL: {0}")]
@@ -280,6 +298,7 @@ impl TryFrom<Args> for Command {
                             crl_validity_secs,
                             session_ttl_secs,
                             require_registered_coprocessor: !allow_unregistered_coprocessor,
+                            ..Config::default()
                         },
                     }),
                 }
@@ -329,6 +348,23 @@ impl TryFrom<Args> for Command {
                     store,
                     kind,
                     subject,
+                }
+            }
+            CommandArgs::EnrollToken {
+                subject,
+                validity_secs,
+            } => {
+                crate::enroll::validate_subject(&subject)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                if validity_secs == 0 || validity_secs > crate::tokens::MAX_TOKEN_VALIDITY_SECS {
+                    return Err(CliError::Usage(format!(
+                        "--validity-secs {validity_secs} is out of range (1 second to 30 days)"
+                    )));
+                }
+                Command::EnrollToken {
+                    store,
+                    subject,
+                    validity_secs,
                 }
             }
             CommandArgs::List => Command::List { store },
@@ -485,6 +521,15 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
                 ),
             }
         }
+        Command::EnrollToken {
+            store,
+            subject,
+            validity_secs,
+        } => {
+            let s = Store::open(&store)?;
+            let issued = crate::tokens::issue(&s, &subject, validity_secs, "cli")?;
+            write_out(out, format_args!("{}\n", issued.token))
+        }
         Command::List { store } => list(&Store::open(&store)?, out),
     }
 }
@@ -532,6 +577,22 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
             format_args!(
                 "  aik/{kind}/{subject}\tek_key={}\tsince={}\n",
                 b.ek_public_key_sha256, b.since
+            ),
+        )?;
+    }
+    write_out(out, format_args!("enrolment tokens:\n"))?;
+    let now = now_unix();
+    for t in crate::tokens::EnrollTokens::load(s)?.tokens {
+        let state = match &t.used {
+            Some(u) => format!("used={} serial={}", u.time, u.serial),
+            None if t.expires <= now => "expired".to_string(),
+            None => "open".to_string(),
+        };
+        write_out(
+            out,
+            format_args!(
+                "  aik/host/{}\t{state}\texpires={}\tissued_by={}\n",
+                t.subject, t.expires, t.issued_by
             ),
         )?;
     }

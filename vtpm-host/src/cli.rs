@@ -42,17 +42,27 @@ pub struct CaArgs {
     pub token_file: Option<PathBuf>,
 }
 
+fn read_token(path: &PathBuf) -> Result<String, AgentError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })
+}
+
 impl CaArgs {
     fn client(&self) -> Result<Client, AgentError> {
-        let io = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| AgentError::Io { path, source }
-        };
-        let pem = std::fs::read(&self.ca_cert).map_err(io(&self.ca_cert))?;
-        let token = match &self.token_file {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(io(p))?.trim().to_owned()),
-            None => None,
-        };
+        let token = self.token_file.as_ref().map(read_token).transpose()?;
+        self.client_with(token)
+    }
+
+    /// A client sending `token` as its bearer token.
+    fn client_with(&self, token: Option<String>) -> Result<Client, AgentError> {
+        let pem = std::fs::read(&self.ca_cert).map_err(|source| AgentError::Io {
+            path: self.ca_cert.clone(),
+            source,
+        })?;
         Ok(Client::new(&self.ca, &pem, token)?)
     }
 }
@@ -67,6 +77,11 @@ pub enum HostCommand {
         /// This host's identifier (default: /etc/machine-id).
         #[arg(long)]
         host_id: Option<String>,
+        /// File holding the enrolment token an administrator issued for this host id
+        /// (`vtpm-ca enroll-token`); needed unless the host id is already enrolled with this
+        /// TPM (then enrolling again is a renewal).
+        #[arg(long, value_name = "PATH")]
+        enroll_token_file: Option<PathBuf>,
     },
     /// Create (once) the coprocessor key, have the host TPM's AIK sign its certificate and
     /// register it with the CA (--token-file: a principal allowed to write coprocessor/...).
@@ -161,10 +176,20 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
         pcrs: Vec::new(),
     };
     match args.command {
-        HostCommand::Enroll { ca, host_id: id } => {
+        HostCommand::Enroll {
+            ca,
+            host_id: id,
+            enroll_token_file,
+        } => {
+            // The enrolment token is the bearer token of enroll/start; without one, a
+            // principal's (--token-file; an admin's authorises too) or none (a renewal).
+            let client = match &enroll_token_file {
+                Some(p) => ca.client_with(Some(read_token(p)?))?,
+                None => ca.client()?,
+            };
             let mut tpm = HostTpm::connect(&tcti)?;
             let id = host_id(&id);
-            let cert = enroll_host(&mut tpm, &dir, &ca.client()?, &id, false)?;
+            let cert = enroll_host(&mut tpm, &dir, &client, &id, false)?;
             Ok(format!(
                 "host {id} enrolled; host AIK certificate {} ({})",
                 dir.file(crate::HOST_AIK_CERT).display(),

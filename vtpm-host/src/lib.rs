@@ -187,7 +187,9 @@ fn unb64(what: &str, text: &str) -> Result<Vec<u8>, AgentError> {
 }
 
 /// Runs the CA's credential activation for an AIK with the host TPM and stores the host AIK
-/// certificate. A new AIK is created unless `reuse_aik` and one exists (renewal); a stored
+/// certificate. The first enrolment of `host_id` needs `ca` to carry the enrolment token the
+/// administrator issued for it (`vtpm-ca enroll-token`); enrolling again with the same TPM
+/// (renewal) needs none. A new AIK is created unless `reuse_aik` and one exists (renewal); a stored
 /// AIK that cannot be read is an error, not a reason to make another. A new AIK is kept in
 /// memory until the CA has certified it: only then are its blob and its certificate written,
 /// so a failed enrollment leaves the stored AIK and certificate as they were.

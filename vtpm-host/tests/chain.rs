@@ -204,6 +204,62 @@ fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
     assert_eq!(std::fs::read(host.join("host-aik.pem")).unwrap(), pem);
 }
 
+/// `vtpm-host enroll` of a new host id needs the administrator's enrolment token: without
+/// one (or with one for another host id) the CA refuses and nothing is kept; with it the
+/// host is enrolled, and enrolling again with the same TPM (a renewal) needs no token.
+#[test]
+fn enroll_needs_the_enrolment_token_for_its_host_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (host_tpm, maker) = HostTpmSimulator::manufacture(&tmp.path().join("host-tpm")).unwrap();
+    let (root, issuer) = (
+        maker.root.display().to_string(),
+        maker.issuer.display().to_string(),
+    );
+    let ca = CaProcess::start(
+        &bin("vtpm-ca"),
+        &tmp.path().join("ca"),
+        &["--ek-root", &root, "--ek-root", &issuer],
+    )
+    .unwrap();
+    let host = tmp.path().join("host");
+    let enroll = |extra: &[&str]| {
+        let mut args = vec![
+            "enroll",
+            "--host-id",
+            "host-1",
+            "--ca",
+            &ca.url,
+            "--ca-cert",
+            ca.ca_cert.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vtpm_host(&host, &host_tpm.tcti(), &args)
+    };
+    let token_file = |subject: &str| {
+        let token = ca.command(&["enroll-token", "--subject", subject]).unwrap();
+        let p = tmp.path().join(format!("{subject}.token"));
+        std::fs::write(&p, token.trim()).unwrap();
+        p.display().to_string()
+    };
+    let err = enroll(&[]).unwrap_err();
+    assert!(err.contains("enrollment_token_required"), "{err}");
+    assert!(!host.join("host-aik.pem").exists() && !host.join("host-aik.blob").exists());
+    let other = token_file("host-2");
+    let err = enroll(&["--enroll-token-file", &other]).unwrap_err();
+    assert!(err.contains("enrollment_token_invalid"), "{err}");
+    assert!(!host.join("host-aik.pem").exists());
+
+    let mine = token_file("host-1");
+    enroll(&["--enroll-token-file", &mine]).unwrap();
+    let first = std::fs::read_to_string(host.join("host-aik.pem")).unwrap();
+    // The token is spent; the same TPM enrolls again without one.
+    enroll(&[]).unwrap();
+    assert_ne!(
+        std::fs::read_to_string(host.join("host-aik.pem")).unwrap(),
+        first
+    );
+}
+
 #[test]
 fn renew_reissues_the_host_certificates_that_are_due() {
     let tmp = tempfile::tempdir().unwrap();

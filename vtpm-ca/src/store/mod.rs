@@ -132,6 +132,8 @@ pub struct Config {
     /// vTPM enrollment requires every non-CA-issued intermediate (the coprocessor
     /// certificate) to have been registered with `POST /v1/coprocessor`.
     pub require_registered_coprocessor: bool,
+    /// What anonymous clients may cost the CA (enrollment rates, sessions, connections).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Config {
@@ -141,6 +143,7 @@ impl Default for Config {
             crl_validity_secs: 86_400,
             session_ttl_secs: 300,
             require_registered_coprocessor: true,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
