@@ -35,7 +35,9 @@ use x509_cert::time::Time;
 
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
 pub use key::CoprocessorKey;
-pub use provision::{create_ek, provision_ek, read_ek_cert, CreatedEk, ProvisionedEk};
+pub use provision::{
+    create_ek, provision_ek, read_ek_cert, refresh_ek_chain, CreatedEk, ProvisionedEk, Refreshed,
+};
 pub use templates::EkKind;
 pub use tpm_signed::{issue_signed_by, issue_signed_with, CertSpec};
 
@@ -140,6 +142,25 @@ impl Validity {
             not_before: unix_seconds(now.checked_sub(Validity::BACKDATE).unwrap_or(now)),
             not_after,
         }
+    }
+
+    /// This validity, ending no later than `issuer`'s notAfter (a certificate does not
+    /// outlive its issuer). Refused if the issuer has expired.
+    pub fn capped_at(&self, issuer: &X509Ref) -> Result<Validity, IdentityError> {
+        let epoch = openssl::asn1::Asn1Time::from_unix(0)?;
+        let d = epoch.diff(issuer.not_after())?;
+        let end = i64::from(d.days) * 86_400 + i64::from(d.secs);
+        let now = unix_seconds(SystemTime::now());
+        if end <= now {
+            return Err(IdentityError::Refused(format!(
+                "the issuer certificate expired at {} (Unix time {end}): it cannot issue",
+                issuer.not_after()
+            )));
+        }
+        Ok(Validity {
+            not_before: self.not_before,
+            not_after: self.not_after.min(end),
+        })
     }
 
     fn check(&self) -> Result<(), IdentityError> {

@@ -28,6 +28,9 @@ use crate::tokens::{self, TokenError};
 pub struct Ca {
     store: Store,
     sessions: Sessions,
+    /// The CRL URL of the address the server listens on, for a store whose config names
+    /// none ([`Ca::crl_url`]).
+    served_crl_url: std::sync::OnceLock<String>,
 }
 
 impl Ca {
@@ -40,11 +43,28 @@ impl Ca {
         Ca {
             store,
             sessions: Sessions::default(),
+            served_crl_url: std::sync::OnceLock::new(),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Sets the CRL URL certificates name when the store's config has none: the server
+    /// calls this with `https://<its address>/v1/crl` (only the first call counts).
+    pub fn set_served_crl_url(&self, url: String) {
+        let _ = self.served_crl_url.set(url);
+    }
+
+    /// The CRL distribution point of the AIK certificates issued now: the config's
+    /// `crl_url`, else the server's address, else none.
+    pub fn crl_url(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .config()?
+            .crl_url
+            .or_else(|| self.served_crl_url.get().cloned()))
     }
 
     /// The principal holding `token` (`None` without a token or with an unknown one).
@@ -91,7 +111,8 @@ impl Ca {
         req: &EnrollFinishRequest,
         caller: &Caller,
     ) -> Result<EnrollFinishResponse, EnrollError> {
-        enroll::finish(&self.store, &self.sessions, req, caller)
+        let url = self.crl_url()?;
+        enroll::finish(&self.store, &self.sessions, req, caller, url.as_deref())
     }
 
     /// Issues a host enrolment token (admin only).

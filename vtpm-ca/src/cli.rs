@@ -2,7 +2,7 @@
 //! (`TryFrom<Args>`), and [`run`], which carries one out.
 //!
 //! ```text
-//! vtpm-ca [--store DIR] init [--tls-name NAME]... [--validity-secs N] [--ek-root PEM]...
+//! vtpm-ca [--store DIR] init [--tls-name NAME]... [--validity-secs N] [--ek-root PEM]... [--crl-url URL]
 //! vtpm-ca [--store DIR] serve [--listen ADDR]
 //! vtpm-ca [--store DIR] acl add --name N [--read] [--write-prefix P]... [--admin]
 //! vtpm-ca [--store DIR] acl list
@@ -76,6 +76,10 @@ pub enum CommandArgs {
         /// Common name of the root certificate.
         #[arg(long, value_name = "CN", default_value = "vhost-vtpm local CA")]
         root_name: String,
+        /// URL of the CRL that issued certificates name as their CRL distribution point
+        /// (default: `https://<serve address>/v1/crl`).
+        #[arg(long, value_name = "URL")]
+        crl_url: Option<String>,
     },
     /// Serve the HTTPS API; prints `listening on https://ADDR` first.
     Serve {
@@ -258,7 +262,12 @@ impl TryFrom<Args> for Command {
                 ek_roots,
                 allow_unregistered_coprocessor,
                 root_name,
+                crl_url,
             } => {
+                if let Some(url) = &crl_url {
+                    crate::issue::crl_distribution_points(url)
+                        .map_err(|e| CliError::Usage(format!("--crl-url: {e}")))?;
+                }
                 for (what, v) in [
                     ("--validity-secs", validity_secs),
                     ("--tls-validity-secs", tls_validity_secs),
@@ -298,6 +307,7 @@ impl TryFrom<Args> for Command {
                             crl_validity_secs,
                             session_ttl_secs,
                             require_registered_coprocessor: !allow_unregistered_coprocessor,
+                            crl_url,
                             ..Config::default()
                         },
                     }),

@@ -552,11 +552,14 @@ fn renewal(store: &Store, subject: &str, ek: &Endorsement) -> Result<Renewal, En
 }
 
 /// Step 2: checks the secret and issues the AIK certificate.
+///
+/// The certificate names `crl_url` as its CRL distribution point, if given.
 pub fn finish(
     store: &Store,
     sessions: &Sessions,
     req: &EnrollFinishRequest,
     caller: &Caller,
+    crl_url: Option<&str>,
 ) -> Result<EnrollFinishResponse, EnrollError> {
     sessions
         .limiter
@@ -587,6 +590,7 @@ pub fn finish(
         &session.aik,
         &session.ek,
         &session.auth,
+        crl_url,
     )?;
     log::info!(
         "enroll {} {:?}: issued AIK certificate {} ({})",
@@ -610,6 +614,7 @@ pub fn issue_aik(
     aik: &AikPublic,
     ek: &Endorsement,
     auth: &Authorization,
+    crl_url: Option<&str>,
 ) -> Result<EnrollFinishResponse, EnrollError> {
     validate_subject(subject)?;
     let store = store.lock()?;
@@ -650,7 +655,7 @@ pub fn issue_aik(
     }
     let config = store.config()?;
     let ca_cert = store.ca_cert()?;
-    let cert = issue::aik_cert(
+    let cert = issue::aik_cert_with(
         &*store.ca_key()?,
         &ca_cert,
         kind,
@@ -658,6 +663,7 @@ pub fn issue_aik(
         aik.public_key(),
         &ek.cert_sha256,
         config.validity_secs,
+        crl_url,
     )?;
     let serial = store.record_issued(&cert)?;
     let name = format!("aik/{kind}/{subject}");
@@ -715,7 +721,7 @@ mod tests {
         sessions: &Sessions,
         req: &EnrollFinishRequest,
     ) -> Result<EnrollFinishResponse, EnrollError> {
-        super::finish(store, sessions, req, &Caller::local())
+        super::finish(store, sessions, req, &Caller::local(), None)
     }
 
     /// A certificate for `key` signed by `issuer_key`/`issuer` (self-signed without one).

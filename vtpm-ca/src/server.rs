@@ -445,6 +445,10 @@ async fn serve_with_handle(
         .config()
         .map_err(|e| io::Error::other(e.to_string()))?
         .limits;
+    ca.set_served_crl_url(format!(
+        "{}/v1/crl",
+        public_base(&ca, listener.local_addr()?)
+    ));
     listener.set_nonblocking(true)?;
     tokio::spawn(stopper);
     let acceptor = OpenSSLAcceptor::new(config)
@@ -457,6 +461,31 @@ async fn serve_with_handle(
         .handle(handle)
         .serve(router(ca).into_make_service_with_connect_info::<SocketAddr>())
         .await
+}
+
+/// `https://HOST:PORT` of a server listening on `addr`: its address, or for an unspecified
+/// one (`0.0.0.0`, `::`) the first name of its TLS certificate.
+fn public_base(ca: &Ca, addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read(ca.store().tls_cert_path())
+            .ok()
+            .and_then(|pem| openssl::x509::X509::from_pem(&pem).ok())
+            .and_then(|c| {
+                c.subject_name()
+                    .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                    .next()
+                    .and_then(|e| e.data().to_string().ok())
+                    .map(|s| s.to_string())
+            })
+            .unwrap_or_else(|| "localhost".to_string())
+    } else {
+        addr.ip().to_string()
+    };
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("https://[{host}]:{}", addr.port())
+    } else {
+        format!("https://{host}:{}", addr.port())
+    }
 }
 
 /// Takes a [`ConnectionPermit`] for every accepted connection, before the TLS handshake; a

@@ -129,6 +129,31 @@ pub enum HostCommand {
         #[command(flatten)]
         ca: CaArgs,
     },
+    /// Bring the identity in the NV of a vTPM instance that is not running up to date with
+    /// the host directory (after `renew`): the chain becomes the current coprocessor and
+    /// host AIK certificates; the vEK certificates are issued again only if they are due,
+    /// would outlive the coprocessor certificate, or do not verify under it.
+    Refresh {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        /// Lifetime of re-issued vEK certificates (capped at the coprocessor certificate's).
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u64,
+    },
+    /// Write the certificates in the NV of a vTPM instance that is not running, as PEM, to
+    /// OUT: rsa-vek.pem, ecc-vek.pem, chain-0.pem (coprocessor), chain-1.pem (host AIK).
+    Certificates {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        #[arg(long, value_name = "OUT")]
+        out: PathBuf,
+    },
     /// Renew the host AIK and coprocessor certificates that have less than a third of their
     /// lifetime left.
     Renew {
@@ -275,6 +300,68 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
                 done.name,
                 done.aik_handle
             ))
+        }
+        HostCommand::Refresh {
+            state_dir,
+            instance_host_key_file,
+            validity_days,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let done = crate::instance::refresh(
+                &state_dir,
+                &instance_key,
+                &dir,
+                &host_key,
+                Validity::starting_now(days(validity_days)),
+            )?;
+            Ok(format!(
+                "vEK certificates {}; chain {}",
+                if done.reissued { "re-issued" } else { "kept" },
+                if done.chain_rewritten {
+                    "rewritten"
+                } else {
+                    "unchanged"
+                }
+            ))
+        }
+        HostCommand::Certificates {
+            state_dir,
+            instance_host_key_file,
+            out,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let certs = crate::instance::certificates(&state_dir, &instance_key)?;
+            let named = [
+                ("rsa-vek.pem", certs.rsa_vek),
+                ("ecc-vek.pem", certs.ecc_vek),
+            ]
+            .into_iter()
+            .filter_map(|(n, c)| c.map(|c| (n.to_owned(), c)))
+            .chain(
+                certs
+                    .chain
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("chain-{i}.pem"), c)),
+            );
+            std::fs::create_dir_all(&out).map_err(|source| AgentError::Io {
+                path: out.clone(),
+                source,
+            })?;
+            let mut written = Vec::new();
+            for (name, cert) in named {
+                let path = out.join(&name);
+                std::fs::write(&path, cert.to_pem()?)
+                    .map_err(|source| AgentError::Io { path, source })?;
+                written.push(name);
+            }
+            Ok(format!("{}: {}", out.display(), written.join(", ")))
         }
         HostCommand::Renew {
             ca,

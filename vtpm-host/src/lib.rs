@@ -11,12 +11,15 @@
 //! - [`provision_instance`]: a vTPM instance (its state directory, offline) gets its vEK
 //!   certificates and the chain in NV, signed by the coprocessor key. Running it again
 //!   re-issues them (what migration calls).
+//! - [`instance`]: a stopped instance's certificates read from NV, and its identity
+//!   refreshed after the host's certificates were renewed (ADR 0012).
 //!
 //! Host identity directory (default `/var/lib/vtpm/host`, mode 0700):
 //! `host-ek.pem`, `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`,
 //! `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`.
 
 pub mod cli;
+pub mod instance;
 pub mod vaik;
 
 use std::fs;
@@ -385,7 +388,8 @@ pub fn provision_instance(
     Ok(provisioned)
 }
 
-fn due(cert: &X509) -> Result<bool, AgentError> {
+/// Whether `cert` is due for renewal now (a third of its lifetime left, or expired).
+pub(crate) fn due(cert: &openssl::x509::X509Ref) -> Result<bool, AgentError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -408,7 +412,8 @@ pub fn renew(
     coprocessor_lifetime: Duration,
 ) -> Result<Vec<&'static str>, AgentError> {
     let mut renewed = Vec::new();
-    if due(&dir.host_aik_cert()?)? {
+    let host_aik_cert = dir.host_aik_cert()?;
+    if due(&host_aik_cert)? {
         enroll_host(tpm, dir, ca, host_id, true)?;
         renewed.push("host AIK certificate");
     }

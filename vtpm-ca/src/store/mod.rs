@@ -134,6 +134,11 @@ pub struct Config {
     pub require_registered_coprocessor: bool,
     /// What anonymous clients may cost the CA (enrollment rates, sessions, connections).
     pub limits: crate::limits::Limits,
+    /// The URL of the CRL that AIK certificates name as their CRL distribution point (and,
+    /// through them, the coprocessor and vEK certificates). Unset, `vtpm-ca serve` uses
+    /// `https://<its address>/v1/crl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
 }
 
 impl Default for Config {
@@ -144,6 +149,7 @@ impl Default for Config {
             session_ttl_secs: 300,
             require_registered_coprocessor: true,
             limits: crate::limits::Limits::default(),
+            crl_url: None,
         }
     }
 }
