@@ -97,6 +97,11 @@ pub trait Coprocessor: Send {
     /// engine itself failed and the caller must answer the guest with `TPM_RC_FAILURE`.
     fn execute(&mut self, command: &mut [u8]) -> Result<&[u8]>;
 
+    /// Wipes the last response from the engine's buffer once the caller has delivered it: a
+    /// response may carry secrets (unsealed data, random bytes, decrypted parameters) that
+    /// must not linger in the daemon's memory until the next command overwrites them.
+    fn wipe_response(&mut self) {}
+
     /// Power-cycles the TPM (`_TPM_Init`): volatile state is lost, the guest must send
     /// TPM2_Startup again. Used when the device is reset.
     fn power_cycle(&mut self) -> Result<()>;
@@ -113,4 +118,31 @@ pub trait Coprocessor: Send {
     /// Replaces this instance with an exported one: the TPM continues exactly where the
     /// exporter stopped. On failure the previous instance is restored and keeps running.
     fn import_state(&mut self, state: &EngineState) -> Result<()>;
+
+    /// Opens the platform hierarchy to its empty password for the host's own platform
+    /// commands on a running instance (re-issuing vEK certificates after a migration);
+    /// `true` if it was closed and [`Coprocessor::close_platform`] must close it again. A
+    /// bare engine has nothing in front of it (`false`); the daemon's platform firmware
+    /// keeps the hierarchy closed to the guest (docs/adr/0011). Use [`with_platform`].
+    fn open_platform(&mut self) -> bool {
+        false
+    }
+
+    /// Closes what [`Coprocessor::open_platform`] opened.
+    fn close_platform(&mut self) {}
+}
+
+/// Runs `f` on `engine` with the platform hierarchy usable with its empty password (see
+/// [`Coprocessor::open_platform`]), and closes it again afterwards. The caller holds the
+/// engine, so no guest command runs meanwhile.
+pub fn with_platform<T>(
+    engine: &mut dyn Coprocessor,
+    f: impl FnOnce(&mut dyn Coprocessor) -> T,
+) -> T {
+    let opened = engine.open_platform();
+    let result = f(&mut *engine);
+    if opened {
+        engine.close_platform();
+    }
+    result
 }

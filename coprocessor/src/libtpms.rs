@@ -6,6 +6,10 @@
 //! `tpm_nvram_storedata` callback *during* the command that changed it, before the response
 //! exists: with a store whose `store` is durable on return, every persistent effect the guest
 //! sees acknowledged is already on disk.
+//!
+//! Every copy of the TPM's state this module makes (blobs loaded from the store, the
+//! volatile state libtpms serialises, the previous instance kept during an import) and every
+//! response is wiped once used (`zeroize`): they hold seeds, keys and unsealed data.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr;
@@ -13,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use log::{error, info};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::store::{StateStore, StoreError};
 use crate::{Coprocessor, EngineState, Error, Result};
@@ -104,7 +109,7 @@ unsafe extern "C" fn cb_loaddata(
     let Some(store) = guard.as_ref() else {
         return TPM_FAIL;
     };
-    match store.load(name) {
+    match store.load(name).map(|b| b.map(Zeroizing::new)) {
         Ok(None) => TPM_RETRY,
         Ok(Some(blob)) => {
             let Ok(len) = u32::try_from(blob.len()) else {
@@ -210,7 +215,7 @@ impl LibtpmsEngine {
             return Err(Error::EngineInUse);
         }
         let resumed = match store.load(VOLATILE_BLOB) {
-            Ok(v) => v.is_some(),
+            Ok(v) => v.map(Zeroizing::new).is_some(),
             Err(e) => {
                 ENGINE_IN_USE.store(false, Ordering::SeqCst);
                 return Err(Error::Store(e));
@@ -285,6 +290,15 @@ impl Coprocessor for LibtpmsEngine {
         "libtpms"
     }
 
+    fn wipe_response(&mut self) {
+        if self.resp.is_null() {
+            return;
+        }
+        // SAFETY: `resp` holds `resp_cap` bytes owned by this engine (libtpms' allocation),
+        // not borrowed by anyone while we hold `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.resp, self.resp_cap as usize) }.zeroize();
+    }
+
     fn execute(&mut self, command: &mut [u8]) -> Result<&[u8]> {
         let len =
             u32::try_from(command.len()).map_err(|_| Error::CommandTooLarge(command.len()))?;
@@ -337,19 +351,20 @@ impl Coprocessor for LibtpmsEngine {
     }
 
     fn export_state(&mut self) -> Result<EngineState> {
-        let volatile = volatile_state()?;
+        let mut volatile = volatile_state()?;
         let permanent = with_store(|s| s.load(PERMANENT_BLOB))?.ok_or(Error::Libtpms {
             call: "export (no permanent state stored)",
             code: TPM_FAIL,
         })?;
+        // Moved, not copied: EngineState wipes them when it is dropped.
         Ok(EngineState {
             permanent,
-            volatile,
+            volatile: std::mem::take(&mut *volatile),
         })
     }
 
     fn import_state(&mut self, state: &EngineState) -> Result<()> {
-        let previous = with_store(|s| s.load(PERMANENT_BLOB))?;
+        let previous = with_store(|s| s.load(PERMANENT_BLOB))?.map(Zeroizing::new);
         let previous_volatile = volatile_state()?;
         // SAFETY: stop the single engine; `init` below starts it again from the store.
         unsafe { TPMLIB_Terminate() };
@@ -383,8 +398,9 @@ impl Coprocessor for LibtpmsEngine {
     }
 }
 
-/// The running TPM's volatile state, as libtpms serialises it.
-fn volatile_state() -> Result<Vec<u8>> {
+/// The running TPM's volatile state, as libtpms serialises it. libtpms' own copy is wiped
+/// before it is freed.
+fn volatile_state() -> Result<Zeroizing<Vec<u8>>> {
     let mut buf: *mut u8 = ptr::null_mut();
     let mut len: u32 = 0;
     // SAFETY: out-pointers are valid; libtpms allocates `buf` with malloc.
@@ -392,10 +408,12 @@ fn volatile_state() -> Result<Vec<u8>> {
         TPMLIB_VolatileAll_Store(&mut buf, &mut len)
     })?;
     if buf.is_null() {
-        return Ok(Vec::new());
+        return Ok(Zeroizing::new(Vec::new()));
     }
-    // SAFETY: libtpms returned `len` bytes at `buf`; we copy then free them.
-    let v = unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec();
+    // SAFETY: libtpms returned `len` bytes at `buf`, ours until we free them below.
+    let theirs = unsafe { std::slice::from_raw_parts_mut(buf, len as usize) };
+    let v = Zeroizing::new(theirs.to_vec());
+    theirs.zeroize();
     // SAFETY: `buf` came from libtpms' malloc and is not used after this.
     unsafe { libc::free(buf.cast()) };
     Ok(v)
@@ -403,6 +421,7 @@ fn volatile_state() -> Result<Vec<u8>> {
 
 impl Drop for LibtpmsEngine {
     fn drop(&mut self) {
+        self.wipe_response();
         // SAFETY: the engine is the only user of libtpms; `resp` came from libtpms' realloc.
         unsafe {
             TPMLIB_Terminate();
@@ -412,5 +431,49 @@ impl Drop for LibtpmsEngine {
             *g = None;
         }
         ENGINE_IN_USE.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tpm_proto::commands as c;
+
+    /// A state store in memory: this test is about what stays in the engine's buffers.
+    #[derive(Default)]
+    struct MemoryStore(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl StateStore for MemoryStore {
+        fn load(&self, name: &str) -> std::result::Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.lock().unwrap().get(name).cloned())
+        }
+        fn store(&self, name: &str, data: &[u8]) -> std::result::Result<(), StoreError> {
+            self.0.lock().unwrap().insert(name.into(), data.to_vec());
+            Ok(())
+        }
+        fn delete(&self, name: &str) -> std::result::Result<(), StoreError> {
+            self.0.lock().unwrap().remove(name);
+            Ok(())
+        }
+    }
+
+    // Issue 11, item 8: a response (here random bytes; as well unsealed data) does not linger
+    // in the engine's buffer after the device delivered it. One test only: libtpms is one
+    // engine per process.
+    #[test]
+    fn the_response_buffer_is_wiped_after_delivery() {
+        let mut engine = LibtpmsEngine::start(Box::<MemoryStore>::default()).unwrap();
+        engine.execute(&mut c::startup(c::TPM_SU_CLEAR)).unwrap();
+        let random = c::parse_get_random(engine.execute(&mut c::get_random(32)).unwrap()).unwrap();
+        assert_eq!(random.len(), 32);
+        assert!(engine.resp_cap >= 44);
+        engine.wipe_response();
+        // SAFETY: the engine's response buffer, `resp_cap` bytes, not in use by libtpms now.
+        let buffer = unsafe { std::slice::from_raw_parts(engine.resp, engine.resp_cap as usize) };
+        assert!(
+            buffer.iter().all(|b| *b == 0),
+            "response left in the buffer"
+        );
     }
 }

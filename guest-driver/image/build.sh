@@ -79,7 +79,7 @@ inputs_hash=$(
     {
         echo "format 1 $kver $kpkg_version ${VTPM_GUEST_MODULES:-}"
         pkg_versions
-        for f in "$here/build.sh" "$here/init" "$here/vtpm-smoke" "$tpm_bench_src" \
+        for f in "$here/build.sh" "$here/init" "$here/vtpm-smoke" "$here/vtpm-evidence" "$tpm_bench_src" \
                  "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild"; do
             sha256sum < "$f"
         done
@@ -184,6 +184,8 @@ for t in /usr/bin/tpm2_*; do
 done
 cp /usr/bin/openssl "$root/usr/bin/openssl"
 install -m 0755 "$here/vtpm-smoke" "$root/usr/bin/vtpm-smoke"
+# Deep-attestation evidence for vtpm-verify (tpm2-tools + busybox).
+install -m 0755 "$here/vtpm-evidence" "$root/usr/bin/vtpm-evidence"
 # The in-guest latency benchmark (raw commands to /dev/tpmrm0), static so it needs no libs.
 gcc -static -O2 -Wall -Wextra -Werror -o "$root/usr/bin/tpm_bench" "$tpm_bench_src"
 

@@ -345,6 +345,77 @@ impl VtpmClient {
         Ok(heads)
     }
 
+    /// Publishes raw avail entries naming `heads`, whatever the descriptor table holds there
+    /// (a head beyond the queue, say), and kicks if the device asks for it.
+    pub fn publish_raw_heads(&mut self, heads: &[u16]) -> Result<(), HarnessError> {
+        let mem = &self.memory.mem;
+        let old = self.ring.next_avail();
+        for head in heads {
+            self.ring.push_avail(mem, *head)?;
+        }
+        if self.ring.publish(mem, old)? {
+            self.kick.write(1).map_err(HarnessError::EventFd)?;
+        }
+        Ok(())
+    }
+
+    /// Writes descriptors at consecutive entries of a table at guest address `table` (the
+    /// queue's descriptor table is at [`VtpmClient::desc_table`]; elsewhere: an indirect table).
+    pub fn write_descs(&self, table: u64, first: u16, descs: &[Desc]) -> Result<(), HarnessError> {
+        for (i, d) in descs.iter().enumerate() {
+            let index = first
+                .checked_add(i as u16)
+                .ok_or_else(|| HarnessError::Setup("descriptor index beyond u16".into()))?;
+            SplitRing::write_desc(&self.memory.mem, table, index, *d)?;
+        }
+        Ok(())
+    }
+
+    /// Guest address of the queue's descriptor table.
+    pub fn desc_table() -> u64 {
+        DESC_TABLE
+    }
+
+    /// Writes `used_event` (EVENT_IDX: "interrupt me once the used index passes this") as a
+    /// hostile driver might; the harness itself rewrites it whenever it waits for an
+    /// interrupt, so pair this with [`VtpmClient::poll_used`].
+    pub fn set_used_event(&self, value: u16) -> Result<(), HarnessError> {
+        self.ring.set_used_event(&self.memory.mem, value)
+    }
+
+    /// Kicks the device without publishing anything.
+    pub fn kick(&self) -> Result<(), HarnessError> {
+        self.kick.write(1).map_err(HarnessError::EventFd)
+    }
+
+    /// Waits for `n` used elements by polling the used ring, without asking for an interrupt
+    /// (so a used_event set by the test stays as it is).
+    pub fn poll_used(&mut self, n: usize) -> Result<Vec<(u32, u32)>, HarnessError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.ring.pop_used(&self.memory.mem)? {
+                Some(e) => out.push(e),
+                None if Instant::now() >= deadline => {
+                    return Err(HarnessError::Timeout(self.opts.timeout))
+                }
+                None => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The device's used index as the driver sees it.
+    pub fn used_index(&self) -> Result<u16, HarnessError> {
+        self.ring.used_index(&self.memory.mem)
+    }
+
+    /// Another handle on the guest memory (the same mapping), for a test thread that plays
+    /// a racing vCPU rewriting the ring while the device works.
+    pub fn guest_memory(&self) -> vm_memory::GuestMemoryMmap {
+        self.memory.mem.clone()
+    }
+
     /// Publishes an arbitrary avail index and kicks, as a buggy or hostile driver might.
     pub fn publish_avail_index_and_kick(&mut self, idx: u16) -> Result<(), HarnessError> {
         self.memory

@@ -202,6 +202,23 @@ impl SplitRing {
         Ok(Some((id, len)))
     }
 
+    /// Writes `used_event` directly (a hostile driver's value).
+    pub fn set_used_event(&self, mem: &GuestMemoryMmap, value: u16) -> Result<(), HarnessError> {
+        mem.store(
+            value.to_le(),
+            GuestAddress(self.used_event_addr()),
+            Ordering::Release,
+        )
+        .map_err(mem_err)
+    }
+
+    /// The device's used index.
+    pub fn used_index(&self, mem: &GuestMemoryMmap) -> Result<u16, HarnessError> {
+        mem.load(GuestAddress(USED_RING + 2), Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(mem_err)
+    }
+
     /// Asks for an interrupt at the next used entry (EVENT_IDX's used_event), then reports
     /// whether something arrived meanwhile, so the caller may sleep only if not.
     pub fn arm_interrupt(&self, mem: &GuestMemoryMmap) -> Result<bool, HarnessError> {

@@ -81,7 +81,10 @@ fn is_activation_failure(e: &tss_esapi::Error) -> bool {
 
 /// Maps a `tpm-proto` parse error of a raw command: TPM response codes become
 /// [`HostTpmError::Tpm`] like ESAPI's, anything else is a malformed response.
-fn parsed<T>(operation: &'static str, r: std::result::Result<T, WireError>) -> Result<T> {
+pub(crate) fn parsed<T>(
+    operation: &'static str,
+    r: std::result::Result<T, WireError>,
+) -> Result<T> {
     r.map_err(|e| match e {
         WireError::Tpm(rc) => HostTpmError::Tpm {
             operation,
@@ -139,7 +142,7 @@ pub fn aik_violations(public: &Public) -> Vec<String> {
 }
 
 /// The blob's public area, if it is an attestation key this crate signs with.
-fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
+pub(crate) fn attestation_key(aik: &ObjectBlob) -> Result<Public> {
     let unparseable = |why: String| {
         HostTpmError::NotAnAttestationKey(vec![format!("unparseable public area: {why}")])
     };
@@ -172,7 +175,11 @@ fn ecdsa_signature(r: &[u8], s: &[u8]) -> Result<Signature> {
         .ok_or_else(|| wrong_value("Sign (AIK)"))
 }
 
-fn raw_run(raw: &mut RawTcti, operation: &'static str, command: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn raw_run(
+    raw: &mut RawTcti,
+    operation: &'static str,
+    command: &[u8],
+) -> Result<Vec<u8>> {
     raw.execute(command).map_err(tpm(operation))
 }
 

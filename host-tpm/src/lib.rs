@@ -5,18 +5,22 @@
 //! unseals small secrets (the per-instance state keys are wrapped this way), optionally
 //! bound to PCR values, and provides the host's identity for the certificate chain
 //! (ADR 0008, module [`identity`]): the EK certificate and public key, an attestation key,
-//! credential activation and restricted signing. The few commands tss-esapi 7.7 does not
-//! wrap (hash sequences) are sent as raw bytes built by `tpm-proto`.
+//! credential activation and restricted signing. It also reads the host's PCRs and quotes
+//! them with the attestation key (module [`attest`]: PCR mirroring and the deep quote). The
+//! few commands tss-esapi 7.7 does not wrap (hash sequences), and those whose exact output
+//! bytes matter (quotes), are sent as raw bytes built by `tpm-proto`.
 //!
 //! Sealed objects live under the owner hierarchy's storage root key, which is re-derived
 //! from the TPM's persistent seed on every connection (the ECC P-256 SRK template), so
 //! a sealed blob stays usable across daemon and host restarts without anything made
 //! persistent in the TPM.
 
+pub mod attest;
 mod blob;
 pub mod identity;
 mod raw;
 
+pub use attest::HostQuote;
 pub use blob::{BlobError, ObjectBlob, SealedBlob};
 pub use identity::{aik_violations, AikSigner, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX};
 

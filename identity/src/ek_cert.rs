@@ -142,6 +142,69 @@ impl EkPublic {
         }
     }
 
+    /// The key a vEK certificate certifies: an RSA key, or an ECC key on NIST P-256.
+    pub fn from_certificate(cert: &X509Ref) -> Result<Self, IdentityError> {
+        let key = cert.public_key()?;
+        if let Ok(rsa) = key.rsa() {
+            let e = rsa.e().to_vec();
+            if e.len() > 4 {
+                return Err(IdentityError::Refused("an RSA exponent above 2^32".into()));
+            }
+            let exponent = e.iter().fold(0u32, |a, b| a << 8 | u32::from(*b));
+            return Ok(EkPublic::Rsa {
+                modulus: rsa.n().to_vec(),
+                exponent,
+            });
+        }
+        let ec = key.ec_key().map_err(|_| {
+            IdentityError::Refused("the certificate's key is neither RSA nor ECC".into())
+        })?;
+        if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+            return Err(IdentityError::Refused(
+                "the certificate's ECC key is not on NIST P-256".into(),
+            ));
+        }
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
+        ec.public_key()
+            .affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)?;
+        Ok(EkPublic::Ecc {
+            x: x.to_vec_padded(32)?,
+            y: y.to_vec_padded(32)?,
+        })
+    }
+
+    /// The TPMT_PUBLIC that CreatePrimary returns for this key under its kind's standard
+    /// template ([`EkKind::template`] with `unique` filled in): so its TPM name is the EK's
+    /// name, computed without the TPM. Refuses a key no standard template produces (another
+    /// modulus size or exponent).
+    pub fn tpmt_public(&self) -> Result<Vec<u8>, IdentityError> {
+        let mut public = self.kind().template();
+        let unique: Vec<u8> = match self {
+            EkPublic::Rsa { modulus, exponent } => {
+                if modulus.len() != 256 || *exponent != 65_537 {
+                    return Err(IdentityError::Refused(
+                        "not an RSA 2048 key with exponent 65537 (template L-1)".into(),
+                    ));
+                }
+                modulus.clone()
+            }
+            EkPublic::Ecc { x, y } => {
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(IdentityError::Refused(
+                        "not a NIST P-256 point (template L-2)".into(),
+                    ));
+                }
+                [&[0, 32][..], x, &[0, 32], y].concat()
+            }
+        };
+        // The template ends with `unique` (RSA: the modulus' TPM2B body; ECC: both TPM2Bs),
+        // zero-filled at exactly this size.
+        let at = public.len() - unique.len();
+        public[at..].copy_from_slice(&unique);
+        Ok(public)
+    }
+
     pub fn to_pkey(&self) -> Result<PKey<Public>, IdentityError> {
         Ok(match self {
             EkPublic::Rsa { modulus, exponent } => PKey::from_rsa(Rsa::from_public_components(

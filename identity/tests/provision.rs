@@ -20,7 +20,7 @@ use coprocessor::Coprocessor;
 use identity::provision::tpm_info;
 use identity::{
     create_ek, issue_signed_by, provision_ek, read_ek_cert, CertSpec, CoprocessorKey, EkKind,
-    IdentityError, Validity,
+    EkPublic, IdentityError, Validity,
 };
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -360,6 +360,11 @@ fn coprocessor_key_and_vek_certificates_in_libtpms() {
             ek.public_area[..2],
             [0x00, if kind == EkKind::Rsa2048 { 0x01 } else { 0x23 }]
         );
+        // Without the TPM, from the certificate alone: the same public area, so the same
+        // name (what the deep quote binds).
+        let from_cert = EkPublic::from_certificate(cert).unwrap();
+        assert_eq!(from_cert, ek.public);
+        assert_eq!(from_cert.tpmt_public().unwrap(), ek.public_area);
     }
     // The RSA EK is 2048-bit with exponent 65537; the ECC EK is on P-256.
     let rsa = first.rsa_cert.public_key().unwrap().rsa().unwrap();

@@ -139,6 +139,18 @@ impl ChainSetup {
         self.host(&["provision", "--state-dir", &state_dir.display().to_string()])
     }
 
+    /// Enrols a vAIK for the stopped instance in `state_dir` (`vtpm-host enroll-vaik`: a
+    /// restricted key made persistent at 0x81008001, certified by the CA as `subject`);
+    /// returns its certificate's path (`state_dir/vaik.pem`).
+    pub fn enroll_vaik(&self, state_dir: &Path, subject: &str) -> Result<PathBuf, String> {
+        let state = state_dir.display().to_string();
+        let ca_args = self.ca_args();
+        let mut args = vec!["enroll-vaik", "--state-dir", &state, "--subject", subject];
+        args.extend(ca_args.iter().map(String::as_str));
+        self.host(&args)?;
+        Ok(state_dir.join("vaik.pem"))
+    }
+
     /// A PEM file of the host directory (`host-aik.pem`, `coprocessor.pem`, ...).
     pub fn host_pem(&self, name: &str) -> io::Result<String> {
         std::fs::read_to_string(self.host_dir.join(name))

@@ -8,6 +8,7 @@
 //!   EK certificate.
 //! - [`ca`]: the local CA, `vtpm-ca`, as a process ([`CaProcess`]).
 //! - [`chain`]: the host side of the certificate chain ([`ChainSetup`]).
+//! - [`evidence`]: a deep-attestation evidence bundle collected through the harness.
 //! - [`readme`]: README option drift against `--help`.
 //! - [`openssl`]: the `openssl` command line's view of a CRL.
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
@@ -20,6 +21,7 @@ pub mod ca;
 pub mod chain;
 pub mod daemon;
 pub mod env;
+pub mod evidence;
 pub mod host_tpm;
 pub mod openssl;
 pub mod process;

@@ -5,15 +5,17 @@
 //! commands and a cursor for responses. The device uses it to classify commands and to
 //! synthesise error responses for malformed requests; the driver-side harness, the
 //! integration tests and the benchmarks use the command builders in [`commands`]; the
-//! certificate chain parses public areas and computes TPM names with [`public`], and
-//! encodes the rest with [`der`] (certificate pieces). [`hex`] is a thin wrapper over the
-//! `hex` crate, kept while other crates still call it.
+//! certificate chain parses public areas and computes TPM names with [`public`]; a verifier
+//! reads quotes, PCR selections and the structures it checks with [`attest`]; the
+//! project's vendor command (the deep quote) is [`vendor`].
 //!
 //! It is deliberately not a TSS: there is no session HMAC, no parameter encryption and no
 //! object model. Anything richer belongs to tpm2-tss/tss-esapi in a real guest.
 
+pub mod attest;
 pub mod commands;
 pub mod public;
+pub mod vendor;
 mod wire;
 
 pub use wire::{CommandBuilder, ResponseReader, WireError};
@@ -42,6 +44,8 @@ pub mod rc {
     pub const FAILURE: u32 = 0x101;
     pub const COMMAND_SIZE: u32 = 0x142;
     pub const COMMAND_CODE: u32 = 0x143;
+    /// TPM_RC_LOCALITY: the command is not allowed at the locality it came from.
+    pub const LOCALITY: u32 = 0x107;
     pub const NV_UNINITIALIZED: u32 = 0x14A;
     pub const NV_DEFINED: u32 = 0x14C;
     pub const NO_RESULT: u32 = 0x154;
@@ -93,6 +97,10 @@ pub mod rc {
 pub mod cc {
     pub const EVICT_CONTROL: u32 = 0x120;
     pub const HIERARCHY_CONTROL: u32 = 0x121;
+    pub const HIERARCHY_CHANGE_AUTH: u32 = 0x129;
+    pub const PCR_SET_AUTH_POLICY: u32 = 0x12C;
+    pub const PCR_EVENT: u32 = 0x13C;
+    pub const PCR_RESET: u32 = 0x13D;
     pub const NV_UNDEFINE_SPACE: u32 = 0x122;
     pub const NV_DEFINE_SPACE: u32 = 0x12A;
     pub const CREATE_PRIMARY: u32 = 0x131;
@@ -105,6 +113,7 @@ pub mod cc {
     pub const NV_READ: u32 = 0x14E;
     pub const POLICY_SECRET: u32 = 0x151;
     pub const LOAD: u32 = 0x157;
+    pub const QUOTE: u32 = 0x158;
     pub const SEQUENCE_UPDATE: u32 = 0x15C;
     pub const SIGN: u32 = 0x15D;
     pub const FLUSH_CONTEXT: u32 = 0x165;
@@ -116,6 +125,8 @@ pub mod cc {
     pub const HASH: u32 = 0x17D;
     pub const PCR_READ: u32 = 0x17E;
     pub const PCR_EXTEND: u32 = 0x182;
+    pub const PCR_SET_AUTH_VALUE: u32 = 0x183;
+    pub const EVENT_SEQUENCE_COMPLETE: u32 = 0x185;
     pub const HASH_SEQUENCE_START: u32 = 0x186;
 }
 

@@ -4,7 +4,7 @@
 use crate::{tag, HEADER_SIZE};
 
 /// Errors from parsing TPM structures.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("TPM structure truncated: needed {needed} more bytes at offset {offset}")]
     Truncated { offset: usize, needed: usize },

@@ -31,7 +31,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::request::{drain_queue, Stats};
+use crate::request::{drain_queue, worth_logging, Stats};
 use crate::virtio_tpm::{
     self, VirtioTpmConfig, MAX_BUFFER_SIZE, MAX_QUEUE_SIZE, NUM_QUEUES, REQUEST_QUEUE,
 };
@@ -61,8 +61,10 @@ pub struct Device {
     busy: BusyPollStats,
     /// Set while the driver's avail index is impossible; cleared when it is sane again.
     ring_broken: bool,
-    /// Set while the avail ring cannot be read although its index says there is work.
-    ring_unreadable: bool,
+    /// How many times the avail index became impossible (rate-limits the log).
+    ring_stalls: u64,
+    /// How many times serving stopped on a ring the driver broke (rate-limits the log).
+    ring_faults: u64,
 }
 
 impl Device {
@@ -73,7 +75,8 @@ impl Device {
             stats: Stats::default(),
             busy: BusyPollStats::default(),
             ring_broken: false,
-            ring_unreadable: false,
+            ring_stalls: 0,
+            ring_faults: 0,
         }
     }
 
@@ -115,53 +118,75 @@ impl VtpmBackend {
         }
     }
 
-    fn process_queue(&self, vring: &VringRwLock<Mem>) -> io::Result<()> {
+    fn process_queue(&self, vring: &VringRwLock<Mem>) {
         let mem = self.mem.memory();
         let mut dev = lock(&self.device);
         let dev = &mut *dev;
         let mut vr = vring.get_mut();
-        let mut empty_rounds = 0u32;
+        if let Err(e) = self.serve_until_idle(&mut vr, &mem, dev) {
+            // A ring the driver broke (rings outside guest memory, an unwritable used ring)
+            // must not kill the worker thread: the next kick, reset or reconnect may bring a
+            // usable ring. The driver can break it on every kick: rate-limited.
+            dev.ring_faults += 1;
+            let n = dev.ring_faults;
+            if worth_logging(n) {
+                error!("request queue processing failed ({n} times so far): {e}");
+            }
+        }
+        // Whatever ended the loop, leave notifications enabled: a device that stops with them
+        // disabled never hears from the driver again (it would not kick for its next command).
+        // Under EVENT_IDX this also moves avail_event past every entry consumed. A ring that
+        // cannot take it was reported above.
+        let _ = vr.enable_notification();
+    }
+
+    /// Serves batch after batch until the driver has published nothing more, then returns with
+    /// notifications enabled (or stops early on a ring it cannot use).
+    fn serve_until_idle(
+        &self,
+        vr: &mut VringState<Mem>,
+        mem: &GuestMem,
+        dev: &mut Device,
+    ) -> io::Result<()> {
+        let mut idle_rounds = 0u32;
         loop {
-            if !ring_index_sane(&vr, &mem, &mut dev.ring_broken) {
+            if !ring_index_sane(vr, mem, dev) {
                 return Ok(());
             }
             vr.disable_notification().map_err(io::Error::other)?;
-            let served = drain_queue(
+            let queue = vr.get_queue();
+            let (avail_before, used_before) = (queue.next_avail(), queue.next_used());
+            let drained = drain_queue(
                 vr.get_queue_mut(),
-                &*mem,
+                mem,
                 dev.engine.as_mut(),
                 &mut dev.scratch,
                 &mut dev.stats,
-            )
-            .map_err(io::Error::other)?;
-            if served > 0 && vr.needs_notification().map_err(io::Error::other)? {
+            );
+            let queue = vr.get_queue();
+            let consumed = queue.next_avail() != avail_before;
+            let returned = queue.next_used() != used_before;
+            // Chains returned before a ring fault are owed their interrupt too.
+            if returned && vr.needs_notification().map_err(io::Error::other)? {
                 vr.signal_used_queue()?;
                 dev.stats.interrupts += 1;
             }
-            if served > 0
-                && !self.busy_poll.is_zero()
-                && self.poll_for_more(&vr, &mem, &mut dev.busy)
-            {
+            drained.map_err(io::Error::other)?;
+            if returned && !self.busy_poll.is_zero() && self.poll_for_more(vr, mem, &mut dev.busy) {
                 continue;
             }
             if !vr.enable_notification().map_err(io::Error::other)? {
                 return Ok(());
             }
-            if served > 0 {
-                empty_rounds = 0;
-                dev.ring_unreadable = false;
+            // More was published while notifications were off: serve it. A round that consumed
+            // nothing although the index says there is work is the driver publishing at that
+            // very moment; twice in a row would be spinning: wait for the next kick instead.
+            if consumed {
+                idle_rounds = 0;
                 continue;
             }
-            // Nothing was popped although the avail index says there is work. Once can be a
-            // chain published just before notifications were re-enabled: drain again. Twice
-            // means the avail ring itself is unreadable: looping would spin forever, so wait
-            // for the next kick or a reset instead.
-            empty_rounds += 1;
-            if empty_rounds >= 2 {
-                if !dev.ring_unreadable {
-                    error!("request queue: avail ring unreadable; waiting for the driver to fix or reset it");
-                    dev.ring_unreadable = true;
-                }
+            idle_rounds += 1;
+            if idle_rounds >= 2 {
                 return Ok(());
             }
         }
@@ -207,28 +232,35 @@ impl VtpmBackend {
 /// Checks that the driver has not published more chains than the queue can hold. A driver
 /// that does (a bug, a reset in progress, or hostile) would otherwise have the device spin
 /// on a ring it can never drain; the queue instead stays stalled until the index is sane
-/// again (typically after the driver resets the device). Logged once per stall.
-fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMem, broken: &mut bool) -> bool {
+/// again (typically after the driver resets the device). Logged once per stall, and stalls
+/// themselves rate-limited (a driver can toggle the index forever).
+fn ring_index_sane(vr: &VringState<Mem>, mem: &GuestMem, dev: &mut Device) -> bool {
     let queue = vr.get_queue();
     let pending = queue
         .avail_idx(mem, Ordering::Acquire)
         .map(|idx| (idx - Wrapping(queue.next_avail())).0);
     match pending {
         Ok(n) if n <= queue.size() => {
-            if *broken {
-                info!("request queue index is sane again; serving");
-                *broken = false;
+            if dev.ring_broken {
+                if worth_logging(dev.ring_stalls) {
+                    info!("request queue index is sane again; serving");
+                }
+                dev.ring_broken = false;
             }
             true
         }
         other => {
-            if !*broken {
-                error!(
-                    "driver published an impossible avail index ({other:?} pending, queue size {}); \
-                     queue stalled until the driver resets it",
-                    queue.size()
-                );
-                *broken = true;
+            if !dev.ring_broken {
+                dev.ring_stalls += 1;
+                let n = dev.ring_stalls;
+                if worth_logging(n) {
+                    error!(
+                        "driver published an impossible avail index ({other:?} pending, queue size {}); \
+                         queue stalled until the driver resets it ({n} stalls so far)",
+                        queue.size()
+                    );
+                }
+                dev.ring_broken = true;
             }
             false
         }
@@ -366,11 +398,7 @@ impl VhostUserBackend for VtpmBackend {
         let vring = vrings
             .get(usize::from(REQUEST_QUEUE))
             .ok_or_else(|| io::Error::other("request queue missing"))?;
-        if let Err(e) = self.process_queue(vring) {
-            // A broken ring (e.g. rings outside guest memory) must not kill the worker
-            // thread: the next kick, reset or reconnect may bring a usable ring.
-            error!("request queue processing failed: {e}");
-        }
+        self.process_queue(vring);
         Ok(())
     }
 }

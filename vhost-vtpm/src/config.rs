@@ -45,6 +45,18 @@ pub struct Args {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     pub busy_poll_us: u64,
 
+    /// Mirror these host PCRs (SHA-256 bank, e.g. `0-7` or `0,2,4-7`) into the vTPM at every
+    /// TPM2_Startup(CLEAR): vPCR[i] = SHA-256(32 zero bytes || hostPCR[i]); the guest can
+    /// neither extend nor reset them. Needs --host-tpm (the host TPM they are read from).
+    #[arg(long, value_name = "PCRS", value_parser = parse_pcr_list)]
+    pub mirror_pcrs: Option<PcrList>,
+
+    /// vtpm-host's host identity directory (host-aik.blob, host-aik.pem, host-ek.pem): with
+    /// --mirror-pcrs, the daemon answers the deep quote (a host TPM quote of the mirrored
+    /// PCRs by the host AIK, bound to this vTPM) with them.
+    #[arg(long, value_name = "DIR")]
+    pub host_dir: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -88,6 +100,42 @@ pub struct Config {
     pub listen: Listen,
     pub engine: EngineConfig,
     pub busy_poll: Duration,
+    /// Host PCRs mirrored into the vTPM (ascending; empty: none), read through the host
+    /// TPM of [`EngineConfig::Libtpms`]'s host key.
+    pub mirror_pcrs: Vec<u8>,
+    /// vtpm-host's host identity directory.
+    pub host_dir: Option<PathBuf>,
+}
+
+/// A list of PCR indices, ascending, without duplicates (`--mirror-pcrs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrList(pub Vec<u8>);
+
+/// Parses a PCR list: comma-separated indices and ranges (`0-7`, `0,2,4-7`), each below 24.
+pub fn parse_pcr_list(text: &str) -> Result<PcrList, String> {
+    let mut pcrs = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let one = |s: &str| -> Result<u8, String> {
+            match s.trim().parse::<u8>() {
+                Ok(p) if p < 24 => Ok(p),
+                _ => Err(format!("{s:?} is not a PCR index 0..=23")),
+            }
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (one(a)?, one(b)?);
+                if a > b {
+                    return Err(format!("empty PCR range {part:?}"));
+                }
+                pcrs.extend(a..=b);
+            }
+            None => pcrs.push(one(part)?),
+        }
+    }
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    Ok(PcrList(pcrs))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +161,11 @@ pub enum ConfigError {
     NoHostKey,
     #[error("--host-tpm and --host-key-file are not used with --engine swtpm: swtpm encrypts its own state (its --key option)")]
     HostKeyWithSwtpm,
+    #[error(
+        "--mirror-pcrs needs --host-tpm: the mirrored values are the host TPM's PCRs \
+         (refusing to start rather than run without the mirror)"
+    )]
+    MirrorWithoutHostTpm,
     #[error(transparent)]
     HostKey(#[from] HostKeyArgError),
 }
@@ -158,10 +211,23 @@ impl TryFrom<Args> for Config {
         if args.busy_poll_us > MAX_BUSY_POLL_US {
             return Err(ConfigError::BusyPollTooLong(args.busy_poll_us));
         }
+        let mirror_pcrs = args.mirror_pcrs.map(|l| l.0).unwrap_or_default();
+        let host_tpm = matches!(
+            &engine,
+            EngineConfig::Libtpms {
+                host_key: HostKey::Tpm { .. },
+                ..
+            }
+        );
+        if !mirror_pcrs.is_empty() && !host_tpm {
+            return Err(ConfigError::MirrorWithoutHostTpm);
+        }
         Ok(Config {
             listen,
             engine,
             busy_poll: Duration::from_micros(args.busy_poll_us),
+            mirror_pcrs,
+            host_dir: args.host_dir,
         })
     }
 }
@@ -170,7 +236,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })
@@ -311,6 +377,73 @@ mod tests {
             ]),
             Err(ConfigError::HostKeyWithSwtpm)
         );
+    }
+
+    #[test]
+    fn mirrored_pcrs_need_the_host_tpm() {
+        let base = ["--socket-path", "/s", "--state-dir", "/d"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&[
+            "--host-tpm",
+            "device:/dev/tpmrm0",
+            "--mirror-pcrs",
+            "7,0-3,2",
+        ])
+        .unwrap();
+        assert_eq!(c.mirror_pcrs, vec![0, 1, 2, 3, 7]);
+        assert_eq!(c.host_dir, None);
+        let c = with(&[
+            "--host-tpm",
+            "device:/dev/tpmrm0",
+            "--mirror-pcrs",
+            "0-7",
+            "--host-dir",
+            "/var/lib/vtpm/host",
+        ])
+        .unwrap();
+        assert_eq!(c.mirror_pcrs, (0..8).collect::<Vec<u8>>());
+        assert_eq!(c.host_dir, Some("/var/lib/vtpm/host".into()));
+        // Never silently without the mirror: no host TPM is a refusal.
+        assert_eq!(
+            with(&["--host-key-file", "/k", "--mirror-pcrs", "0-7"]),
+            Err(ConfigError::MirrorWithoutHostTpm)
+        );
+        assert_eq!(
+            parse(&[
+                "--socket-path",
+                "/s",
+                "--engine",
+                "swtpm",
+                "--swtpm-ctrl",
+                "/c",
+                "--swtpm-data",
+                "/d",
+                "--mirror-pcrs",
+                "0"
+            ]),
+            Err(ConfigError::MirrorWithoutHostTpm)
+        );
+        // Without the option nothing is mirrored.
+        let c = with(&["--host-tpm", "device:/dev/tpmrm0"]).unwrap();
+        assert!(c.mirror_pcrs.is_empty());
+    }
+
+    #[test]
+    fn pcr_lists_are_parsed_strictly() {
+        assert_eq!(
+            parse_pcr_list("0-7").unwrap().0,
+            (0..8).collect::<Vec<u8>>()
+        );
+        assert_eq!(parse_pcr_list("23").unwrap().0, vec![23]);
+        assert_eq!(parse_pcr_list(" 4 , 1-2 ").unwrap().0, vec![1, 2, 4]);
+        for bad in ["24", "0-24", "7-3", "", "a", "1,,2", "-1", "0-", "300"] {
+            assert!(parse_pcr_list(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Args::try_parse_from(["x", "--mirror-pcrs", "0-30"]).is_err());
     }
 
     #[test]

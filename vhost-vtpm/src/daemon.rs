@@ -51,6 +51,8 @@ pub enum DaemonError {
     Signals(nix::Error),
     #[error("cannot save the vTPM state at shutdown: {0}")]
     Save(coprocessor::Error),
+    #[error("platform: {0}")]
+    Platform(#[from] crate::platform::PlatformError),
 }
 
 /// Shutdown coordination between the signal thread and the serve loop.
@@ -281,7 +283,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
         RunMarker::refuse_symlink(state_dir)?;
     }
-    let mut engine = open_engine(&config.engine)?;
+    let mut engine = crate::platform::wrap(open_engine(&config.engine)?, config)?;
     let marker = match &config.engine {
         EngineConfig::Libtpms { state_dir, .. } => {
             let (marker, unclean) = RunMarker::create(state_dir)?;

@@ -12,11 +12,14 @@
 //!   every malformed chain without disturbing the others.
 //! - [`backend`]: the `VhostUserBackend` implementation: queue draining, EVENT_IDX, batched
 //!   interrupts, the optional busy-poll window.
+//! - [`platform`]: the platform firmware around the engine: the TPM2_Startup hook (host PCR
+//!   mirroring, platform hierarchy lock), the mirrored-PCR guard, the deep quote.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
 
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod platform;
 pub mod request;
 pub mod virtio_tpm;

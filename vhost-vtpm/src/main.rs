@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     }
     env_logger::Builder::new()
         .filter_level(args.log_level)
+        // tss-esapi logs every host TPM connection it closes at info level; the daemon
+        // opens one per Startup hook and per deep quote.
+        .filter_module("tss_esapi", args.log_level.min(log::LevelFilter::Warn))
         .format_timestamp_micros()
         .init();
     let config = match Config::try_from(args) {

@@ -21,6 +21,12 @@ pub const MAX_QUEUE_SIZE: usize = 256;
 /// Largest command, and largest response, carried by the device (Linux `TPM_BUFSIZE`).
 pub const MAX_BUFFER_SIZE: u32 = tpm_proto::MAX_BUFFER_SIZE as u32;
 
+/// Most descriptors one chain may visit, counting the one that refers to an indirect table and
+/// the table's entries: the device reads no more than this many per chain, whatever the
+/// guest's tables say. It equals [`MAX_QUEUE_SIZE`], so no direct chain the queue can hold is
+/// refused for its length.
+pub const MAX_CHAIN_DESCRIPTORS: usize = MAX_QUEUE_SIZE;
+
 /// Virtio feature bits the device offers (LOG_ALL: dirty-page logging for live migration).
 pub fn device_features() -> u64 {
     (1u64 << VIRTIO_F_VERSION_1)

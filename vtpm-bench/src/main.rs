@@ -12,7 +12,8 @@
 //! instance, and one instance's latency while another is flooded.
 //!
 //! `vtpm-bench guest` ([`guest`]) measures inside a real guest instead: our device against
-//! QEMU's tpm-crb with swtpm.
+//! QEMU's tpm-crb with swtpm. `vtpm-bench attest` ([`attest`]) measures deep attestation:
+//! the start-up cost of PCR mirroring, collecting and verifying an evidence bundle.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -21,6 +22,7 @@
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attest;
 mod guest;
 mod state;
 
@@ -82,6 +84,16 @@ enum Command {
         /// Iterations of ECDSA sign.
         #[arg(default_value_t = 100)]
         sign: u32,
+    },
+    /// Deep attestation: TPM2_Startup with and without PCR mirroring, collecting an evidence
+    /// bundle (through the harness and in a guest), verifying it.
+    Attest {
+        /// Samples per row.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// Skip the part in a guest (it needs scripts/setup.sh).
+        #[arg(long)]
+        no_guest: bool,
     },
 }
 
@@ -361,6 +373,10 @@ fn main() {
         "{} not found: cargo build --release --workspace",
         daemon_bin.display()
     );
+    if let Some(Command::Attest { samples, no_guest }) = args.command {
+        attest::run(&bin_dir, samples, !no_guest);
+        return;
+    }
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1))

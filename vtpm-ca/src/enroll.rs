@@ -177,6 +177,8 @@ pub struct Endorsement {
     pub cert_sha256: Vec<u8>,
     /// SHA-256 of its SubjectPublicKeyInfo, hex: what the subject is bound to.
     pub key_sha256: String,
+    /// The same, as bytes (what a vAIK certificate carries).
+    pub key_digest: Vec<u8>,
 }
 
 impl Endorsement {
@@ -184,6 +186,11 @@ impl Endorsement {
         Ok(Endorsement {
             cert_sha256: cert.digest(MessageDigest::sha256())?.to_vec(),
             key_sha256: public_key_fingerprint(cert)?,
+            key_digest: openssl::hash::hash(
+                MessageDigest::sha256(),
+                &cert.public_key()?.public_key_to_der()?,
+            )?
+            .to_vec(),
         })
     }
 }
@@ -655,13 +662,19 @@ pub fn issue_aik(
     }
     let config = store.config()?;
     let ca_cert = store.ca_cert()?;
+    // Host AIK certificates carry the EK certificate's hash, vAIK certificates the vEK
+    // key's (issue::VTPM_EK_KEY_HASH_OID).
+    let endorsement = match kind {
+        Kind::Host => &ek.cert_sha256,
+        Kind::Vtpm => &ek.key_digest,
+    };
     let cert = issue::aik_cert_with(
         &*store.ca_key()?,
         &ca_cert,
         kind,
         subject,
         aik.public_key(),
-        &ek.cert_sha256,
+        endorsement,
         config.validity_secs,
         crl_url,
     )?;
@@ -1172,6 +1185,13 @@ mod tests {
         let s = start(&store, &sessions, &req).unwrap();
         let out = activate_and_finish(&store, &sessions, &vek_key, s).unwrap();
         assert_eq!(out.name, "aik/vtpm/subject-1");
+        // The vAIK certificate names the vEK it was proved against, by its key's hash.
+        let vaik = X509::from_pem(out.certificate.as_bytes()).unwrap();
+        assert_eq!(
+            issue::vtpm_ek_key_hash(&vaik).unwrap(),
+            openssl::sha::sha256(&vek_key.public_key_to_der().unwrap())
+        );
+        assert_eq!(issue::host_ek_cert_hash(&vaik), None);
 
         // Missing intermediates: does not verify.
         let short = start_req(Kind::Vtpm, vec![pem(&vek)], &ak_pub());

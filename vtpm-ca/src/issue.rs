@@ -37,6 +37,13 @@ pub const TCG_KP_AIK_CERTIFICATE: &str = "2.23.133.8.3";
 /// certificate (DER) as an OCTET STRING. The arc is 2.25 (UUID-derived OIDs, ITU-T X.667)
 /// with the UUID 5a6b3f16-c6bf-4abc-920b-dbc8f3ce4aa0.
 pub const HOST_EK_CERT_HASH_OID: &str = "2.25.120187374980839550196451616868684155552";
+/// Non-critical extension of vTPM AIK (vAIK) certificates holding the SHA-256 of the vEK's
+/// SubjectPublicKeyInfo (DER) as an OCTET STRING: the endorsement key the vAIK proved, by
+/// credential activation, to live next to. The key rather than its certificate, because vEK
+/// certificates are re-issued (migration) while the vEK stays. A verifier of a deep quote
+/// binds the vAIK to the vEK through it (vtpm-verify). UUID
+/// 445cc84c-f3bb-4577-afb0-a5757f6215af.
+pub const VTPM_EK_KEY_HASH_OID: &str = "2.25.90869257603051819483422582930302703023";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -229,7 +236,7 @@ pub fn aik_cert<T: HasPublic>(
     kind: Kind,
     subject: &str,
     aik: &PKeyRef<T>,
-    ek_cert_sha256: &[u8],
+    endorsement_sha256: &[u8],
     validity_secs: u64,
 ) -> Result<X509, IssueError> {
     aik_cert_with(
@@ -238,7 +245,7 @@ pub fn aik_cert<T: HasPublic>(
         kind,
         subject,
         aik,
-        ek_cert_sha256,
+        endorsement_sha256,
         validity_secs,
         None,
     )
@@ -247,8 +254,11 @@ pub fn aik_cert<T: HasPublic>(
 /// An AIK certificate, valid for `validity_secs` but never past the root's notAfter.
 ///
 /// * host: CA:TRUE pathlen:1, keyCertSign | digitalSignature, EKU tcg-kp-AIKCertificate,
-///   and [`HOST_EK_CERT_HASH_OID`] = SHA-256 of the host EK certificate (`ek_cert_sha256`);
-/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate;
+///   and [`HOST_EK_CERT_HASH_OID`] = `endorsement_sha256`, the SHA-256 of the host EK
+///   certificate;
+/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate, and (when
+///   `endorsement_sha256` is not empty) [`VTPM_EK_KEY_HASH_OID`] = `endorsement_sha256`,
+///   the SHA-256 of the vEK's SubjectPublicKeyInfo;
 /// * with `crl_url`: cRLDistributionPoints, one point with that URI as its full name.
 #[allow(clippy::too_many_arguments)]
 pub fn aik_cert_with<T: HasPublic>(
@@ -257,7 +267,7 @@ pub fn aik_cert_with<T: HasPublic>(
     kind: Kind,
     subject: &str,
     aik: &PKeyRef<T>,
-    ek_cert_sha256: &[u8],
+    endorsement_sha256: &[u8],
     validity_secs: u64,
     crl_url: Option<&str>,
 ) -> Result<X509, IssueError> {
@@ -283,8 +293,15 @@ pub fn aik_cert_with<T: HasPublic>(
             .other(TCG_KP_AIK_CERTIFICATE)
             .build()?,
     )?;
-    if kind == Kind::Host {
-        b.append_extension(ek_hash_extension(ek_cert_sha256)?)?;
+    match kind {
+        Kind::Host => b.append_extension(ek_hash_extension(
+            HOST_EK_CERT_HASH_OID,
+            endorsement_sha256,
+        )?)?,
+        Kind::Vtpm if !endorsement_sha256.is_empty() => {
+            b.append_extension(ek_hash_extension(VTPM_EK_KEY_HASH_OID, endorsement_sha256)?)?
+        }
+        Kind::Vtpm => {}
     }
     if let Some(url) = crl_url {
         b.append_extension(crl_distribution_points(url)?)?;
@@ -316,10 +333,11 @@ pub fn crl_distribution_points(url: &str) -> Result<X509Extension, IssueError> {
     )?)
 }
 
-/// The [`HOST_EK_CERT_HASH_OID`] extension: an OCTET STRING holding the hash.
-fn ek_hash_extension(sha256: &[u8]) -> Result<X509Extension, IssueError> {
+/// A hash extension ([`HOST_EK_CERT_HASH_OID`], [`VTPM_EK_KEY_HASH_OID`]): an OCTET STRING
+/// holding the hash.
+fn ek_hash_extension(oid: &str, sha256: &[u8]) -> Result<X509Extension, IssueError> {
     Ok(X509Extension::new_from_der(
-        &*Asn1Object::from_str(HOST_EK_CERT_HASH_OID)?,
+        &*Asn1Object::from_str(oid)?,
         false,
         &*Asn1OctetString::new_from_bytes(&OctetString::new(sha256)?.to_der()?)?,
     )?)
@@ -328,7 +346,18 @@ fn ek_hash_extension(sha256: &[u8]) -> Result<X509Extension, IssueError> {
 /// The EK certificate hash a host AIK certificate carries, if any: the contents of the
 /// OCTET STRING in its (single) [`HOST_EK_CERT_HASH_OID`] extension, a SHA-256.
 pub fn host_ek_cert_hash(cert: &X509Ref) -> Option<Vec<u8>> {
-    let oid = Asn1Object::from_str(HOST_EK_CERT_HASH_OID).ok()?;
+    hash_extension(cert, HOST_EK_CERT_HASH_OID)
+}
+
+/// The vEK key hash a vAIK certificate carries, if any: the contents of the OCTET STRING in
+/// its (single) [`VTPM_EK_KEY_HASH_OID`] extension, a SHA-256 of the vEK's
+/// SubjectPublicKeyInfo.
+pub fn vtpm_ek_key_hash(cert: &X509Ref) -> Option<Vec<u8>> {
+    hash_extension(cert, VTPM_EK_KEY_HASH_OID)
+}
+
+fn hash_extension(cert: &X509Ref, oid: &str) -> Option<Vec<u8>> {
+    let oid = Asn1Object::from_str(oid).ok()?;
     let der = cert.to_der().ok()?;
     let exts = extensions(&der)?;
     let mut ours = exts.iter().filter(|e| e.oid == oid.as_slice());
@@ -343,16 +372,16 @@ pub fn host_ek_cert_hash(cert: &X509Ref) -> Option<Vec<u8>> {
 
 /// One certificate extension, as encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Extension<'a> {
+pub struct Extension<'a> {
     /// The contents of `extnID` (the OID's encoding without tag and length).
-    oid: &'a [u8],
-    critical: bool,
+    pub oid: &'a [u8],
+    pub critical: bool,
     /// The contents of `extnValue`: the DER of the extension's value.
-    value: &'a [u8],
+    pub value: &'a [u8],
 }
 
 /// The extensions of a DER certificate; `None` if it is not a certificate.
-fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
+pub fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
     let cert = rfc5280::Certificate::from_der(cert_der).ok()?;
     cert.tbs_certificate
         .extensions
@@ -481,6 +510,14 @@ mod tests {
         assert!(t.contains("2.23.133.8.3"), "{t}");
         assert!(!t.contains(HOST_EK_CERT_HASH_OID), "{t}");
         assert_eq!(host_ek_cert_hash(&cert), None);
+        assert_eq!(vtpm_ek_key_hash(&cert), None);
+        // With the vEK's key hash, the certificate binds the vEK (and still no host EK).
+        let cert = aik_cert(&ca_key, &ca_cert, Kind::Vtpm, "vm-1", &aik, &[5; 32], 60).unwrap();
+        let t = text(&cert);
+        assert!(t.contains(VTPM_EK_KEY_HASH_OID), "{t}");
+        assert!(t.contains("CA:FALSE"), "{t}");
+        assert_eq!(vtpm_ek_key_hash(&cert).unwrap(), [5; 32]);
+        assert_eq!(host_ek_cert_hash(&cert), None);
     }
 
     #[test]
@@ -527,7 +564,10 @@ mod tests {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
         let mut b = builder("vm-1", Some(&ca_cert), &aik, 60).unwrap();
-        let fake = ek_hash_extension(&[9; 32]).unwrap().to_der().unwrap();
+        let fake = ek_hash_extension(HOST_EK_CERT_HASH_OID, &[9; 32])
+            .unwrap()
+            .to_der()
+            .unwrap();
         b.append_extension(
             X509Extension::new_from_der(
                 &Asn1Object::from_str("1.3.6.1.4.1.99999.1").unwrap(),

@@ -12,7 +12,9 @@
 //!   is refused (`subject_taken`) until an administrator releases it;
 //! * a **vTPM** proves the same against its vEK, whose certificate must chain up to this CA's
 //!   root through a registered coprocessor certificate and the host AIK certificate, with
-//!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate.
+//!   nothing in the chain revoked; it gets a `CA:FALSE` AIK certificate that binds the
+//!   SHA-256 of the vEK's public key ([`issue::VTPM_EK_KEY_HASH_OID`]), so a verifier knows
+//!   which vEK the vAIK lives next to.
 //!
 //! It also keeps an access-controlled store of named certificates ([`certstore`]), a
 //! revocation list published as an X.509 CRL ([`revocation`]) and answers status queries.
@@ -61,6 +63,8 @@ pub mod setup;
 pub mod store;
 pub mod tokens;
 mod util;
+
+pub use util::subject_text;
 
 pub use ca::Ca;
 pub use client::{Client, ClientError};

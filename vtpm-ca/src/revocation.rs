@@ -59,6 +59,8 @@ pub enum RevocationError {
     BadPem(ErrorStack),
     #[error("invalid request: give exactly one of serial and certificate")]
     BadTarget,
+    #[error("invalid request: the certificate's validity period cannot be read: {0}")]
+    BadValidity(ErrorStack),
     #[error("invalid request: the CA root has no key identifier")]
     NoKeyIdentifier,
     #[error("the CA key is neither an ECC nor an RSA key: cannot sign a CRL with it")]
@@ -194,6 +196,11 @@ pub fn revoke_cert(
     cert: &X509Ref,
     reason: Option<&str>,
 ) -> Result<Revoked, RevocationError> {
+    // OpenSSL parses a certificate whose dates are not valid times; registered, it would make
+    // every later status query for it fail (found by the ca_router fuzz target).
+    asn1_to_unix(cert.not_before())
+        .and_then(|_| asn1_to_unix(cert.not_after()))
+        .map_err(RevocationError::BadValidity)?;
     let fp = fingerprint(cert)?;
     let store = store.lock()?;
     if let Some(serial) = store.issued_serial(cert)? {
@@ -459,6 +466,33 @@ mod tests {
             revoke_serial(&store, "0123", None),
             Err(RevocationError::UnknownSerial(_))
         ));
+    }
+
+    // A foreign certificate whose notAfter is not a time (OpenSSL parses it) is refused, so it
+    // is never registered and the public status query never fails on it.
+    #[test]
+    fn a_certificate_with_unreadable_dates_is_not_revoked_or_registered() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let good = issue(&store, Kind::Vtpm, 3600);
+        let mut der = good.to_der().unwrap();
+        let not_after = good.not_after().to_string();
+        assert!(!not_after.is_empty());
+        // The second UTCTime of the validity: its first digit becomes a letter.
+        let times: Vec<usize> = der
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[0] == 0x17 && w[1] == 13)
+            .map(|(i, _)| i)
+            .collect();
+        der[times[1] + 2] = b's';
+        let bad = X509::from_der(&der).expect("OpenSSL parses it");
+        assert!(asn1_to_unix(bad.not_after()).is_err());
+        assert!(matches!(
+            revoke_cert(&store, &bad, None),
+            Err(RevocationError::BadValidity(_))
+        ));
+        let fp = fingerprint(&bad).unwrap();
+        assert_eq!(status(&store, &fp).unwrap().status, Status::Unknown);
     }
 
     /// The CRL as `x509-cert` builds it is what OpenSSL's CRL builder made: v2, signed

@@ -129,9 +129,11 @@ impl From<RevocationError> for ApiError {
             E::UnknownSerial(_) => (StatusCode::NOT_FOUND, codes::UNKNOWN_SERIAL),
             // A root without a key identifier (no store makes one) is answered as it was
             // when OpenSSL built the CRL.
-            E::RevokeRoot | E::BadPem(_) | E::BadTarget | E::NoKeyIdentifier => {
-                (StatusCode::BAD_REQUEST, codes::BAD_REQUEST)
-            }
+            E::RevokeRoot
+            | E::BadPem(_)
+            | E::BadTarget
+            | E::BadValidity(_)
+            | E::NoKeyIdentifier => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
             E::Access(e) => return e.into(),
             E::Store(e) => return e.into(),
             E::UnsupportedCaKey | E::Crypto(_) | E::Der(_) => return ApiError::internal(e),

@@ -43,7 +43,7 @@ pub fn public_key_fingerprint(cert: &X509Ref) -> Result<String, ErrorStack> {
 }
 
 /// A one-line subject (`CN=...`, or `(empty subject)`), for messages and listings.
-pub(crate) fn subject_text(cert: &X509Ref) -> String {
+pub fn subject_text(cert: &X509Ref) -> String {
     let parts: Vec<String> = cert
         .subject_name()
         .entries()

@@ -4,6 +4,26 @@ use crate::public::alg;
 use crate::{cc, CommandBuilder, ResponseReader, WireError};
 
 /// PCR_Extend of one SHA-256 digest into `pcr`.
+/// First handle of the PCRs (TPM_HT_PCR << 24): PCR `i` is handle `i`.
+pub const HR_PCR: u32 = 0x0000_0000;
+
+/// PCR_Reset of `pcr` (empty password).
+pub fn pcr_reset(pcr: u32) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::PCR_RESET)
+        .u32(pcr)
+        .password_auth(&[])
+        .finish()
+}
+
+/// PCR_Event of `data` (at most 1024 bytes) into `pcr` (empty password).
+pub fn pcr_event(pcr: u32, data: &[u8]) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::PCR_EVENT)
+        .u32(pcr)
+        .password_auth(&[])
+        .tpm2b(data)
+        .finish()
+}
+
 pub fn pcr_extend_sha256(pcr: u32, digest: &[u8; 32]) -> Vec<u8> {
     CommandBuilder::with_sessions(cc::PCR_EXTEND)
         .u32(pcr)

@@ -9,6 +9,8 @@ pub const TPM_SU_STATE: u16 = 0x0001;
 
 /// TPM_CAP_TPM_PROPERTIES, the capability [`get_capability`] reads with [`pt`] properties.
 pub const TPM_CAP_TPM_PROPERTIES: u32 = 6;
+/// TPM_CAP_COMMANDS: the TPMA_CC of each implemented command.
+pub const TPM_CAP_COMMANDS: u32 = 2;
 
 /// TPM_PT values (Part 2 §6.13): fixed properties of the TPM.
 pub mod pt {
@@ -18,6 +20,11 @@ pub mod pt {
     pub const MANUFACTURER: u32 = 0x105;
     pub const VENDOR_STRING_1: u32 = 0x106;
     pub const FIRMWARE_VERSION_1: u32 = 0x10B;
+    /// Commands implemented, library and vendor ones together.
+    pub const TOTAL_COMMANDS: u32 = 0x129;
+    pub const LIBRARY_COMMANDS: u32 = 0x12A;
+    /// Vendor-specific commands implemented.
+    pub const VENDOR_COMMANDS: u32 = 0x12B;
 }
 
 pub fn startup(su: u16) -> Vec<u8> {
@@ -31,6 +38,26 @@ pub fn shutdown(su: u16) -> Vec<u8> {
 pub fn get_random(bytes: u16) -> Vec<u8> {
     CommandBuilder::no_sessions(cc::GET_RANDOM)
         .u16(bytes)
+        .finish()
+}
+
+/// HierarchyChangeAuth: sets the authorization value of `hierarchy` (TPM_RH_PLATFORM,
+/// TPM_RH_OWNER, ...) to `new_auth`, authorised by its current value `current`.
+pub fn hierarchy_change_auth(hierarchy: u32, current: &[u8], new_auth: &[u8]) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::HIERARCHY_CHANGE_AUTH)
+        .u32(hierarchy)
+        .password_auth(current)
+        .tpm2b(new_auth)
+        .finish()
+}
+
+/// HierarchyControl: `auth_handle` (authorised with `auth`) sets hierarchy `enable` on or off.
+pub fn hierarchy_control(auth_handle: u32, auth: &[u8], enable: u32, state: bool) -> Vec<u8> {
+    CommandBuilder::with_sessions(cc::HIERARCHY_CONTROL)
+        .u32(auth_handle)
+        .password_auth(auth)
+        .u32(enable)
+        .u8(u8::from(state))
         .finish()
 }
 
