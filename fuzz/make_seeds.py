@@ -195,6 +195,17 @@ request(
     f'{{"kind":"host","subject":"host-1","ek_cert_chain":["{json_str(ek_pem)}"],'
     f'"aik_public":"{aik_b64}"}}'.encode(),
 )
+# The same with the admin's token, which authorises a host enrolment as an enrolment token
+# does (vtpm-ca enroll.rs), and an enrolment token being issued.
+request(
+    "enroll-start-admin", "POST", "/v1/enroll/start",
+    f'{{"kind":"host","subject":"host-1","ek_cert_chain":["{json_str(ek_pem)}"],'
+    f'"aik_public":"{aik_b64}"}}'.encode(), ["Authorization: Bearer ADMIN"],
+)
+request(
+    "enroll-token", "POST", "/v1/enroll-tokens", b'{"subject":"host-2","validity_secs":600}',
+    ["Authorization: Bearer ADMIN"],
+)
 request("enroll-finish", "POST", "/v1/enroll/finish", b'{"session":"00ff","secret":"AAAA"}')
 request(
     "put-cert", "PUT", "/v1/certs/host/fuzz.pem",

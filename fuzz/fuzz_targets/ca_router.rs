@@ -3,7 +3,9 @@
 //! no request makes the CA fail with 500: whatever a client sends is its fault (4xx) or served.
 //!
 //! Input, hand-writable: `METHOD PATH`, then header lines `Name: value`, an empty line, the
-//! body. `ADMIN` in a header value stands for the store's admin token.
+//! body. `ADMIN` in a header value stands for the store's admin token. The enrolment rate
+//! and session limits are lifted (one client sends everything); the limits themselves are
+//! tested in vtpm-ca.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -29,8 +31,25 @@ fn ca() -> &'static Ca {
             .or_else(|_| tempfile::tempdir())
             .expect("tempdir");
         let store = dir.path().join("ca");
-        let init = vtpm_ca::setup::init(&store, &vtpm_ca::setup::InitOptions::default())
-            .expect("init the CA store");
+        // Every request comes from the same (unknown) client address: without room in the
+        // enrolment rate and session limits, all but the first few enrolments would stop
+        // at `rate_limited` and the fuzzer would never reach the handlers behind it.
+        let unlimited = vtpm_ca::limits::Limits {
+            enroll_burst_per_client: u32::MAX,
+            enroll_per_minute_per_client: u32::MAX,
+            enroll_burst: u32::MAX,
+            enroll_per_minute: u32::MAX,
+            sessions_per_client: u32::MAX,
+            ..vtpm_ca::limits::Limits::default()
+        };
+        let options = vtpm_ca::setup::InitOptions {
+            config: vtpm_ca::store::Config {
+                limits: unlimited,
+                ..vtpm_ca::store::Config::default()
+            },
+            ..vtpm_ca::setup::InitOptions::default()
+        };
+        let init = vtpm_ca::setup::init(&store, &options).expect("init the CA store");
         let router = vtpm_ca::server::router(Arc::new(vtpm_ca::Ca::new(init.store)));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

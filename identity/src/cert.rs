@@ -8,11 +8,21 @@
 //! identifier) comes from the issuer certificate, through [`IssuerSigner`]. The issuer's
 //! key is used for nothing else than that and the final verification: the authority key
 //! identifier comes from the issuer certificate ([`crate::issuer_key_identifier`]).
+//!
+//! Two rules hold for every certificate issued here (ADR 0012):
+//! - it never outlives its issuer: its notAfter is capped at the issuer's, and an issuer
+//!   that has expired issues nothing;
+//! - it is on the CRL its issuer is on: if the issuer certificate has CRL distribution
+//!   points, the new certificate gets the same points, each naming as its cRLIssuer
+//!   whoever issues that CRL (the point's own cRLIssuer, or else the issuer's issuer). The
+//!   host AIK certificate points at the local CA's CRL, so the coprocessor and vEK
+//!   certificates do too, as entries of that indirect CRL.
 
+use const_oid::db::rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS;
 use const_oid::db::rfc5912::ECDSA_WITH_SHA_256;
 use const_oid::ObjectIdentifier;
-use der::asn1::OctetString;
-use der::{Decode, Encode};
+use der::asn1::{AnyRef, BitStringRef, OctetString};
+use der::{Decode, Encode, Sequence, Tag, Tagged};
 use openssl::pkey::{HasPublic, PKeyRef};
 use openssl::x509::{X509NameRef, X509Ref, X509};
 use p256::ecdsa::{DerSignature, Signature};
@@ -24,6 +34,9 @@ use spki::{
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::certificate::TbsCertificate;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::CrlDistributionPoints;
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 
@@ -125,11 +138,13 @@ impl<S: Signer<Signature>> Signer<DerSignature> for IssuerSigner<'_, S> {
 }
 
 /// Builds the certificate of `subject_key` that `profile` describes, with a random serial
-/// number, valid for `validity`, signed by `signer` (whose key must be `issuer`'s). The
-/// result is parsed by OpenSSL, must encode back to the same bytes, and must verify with
-/// the issuer's public key ([`IdentityError::SignatureInvalid`] otherwise).
+/// number, valid for `validity` (but not past the issuer's notAfter), with the CRL
+/// distribution points it inherits from `issuer` after the profile's extensions, signed by
+/// `signer` (whose key must be `issuer`'s). The result is parsed by OpenSSL, must encode
+/// back to the same bytes, and must verify with the issuer's public key
+/// ([`IdentityError::SignatureInvalid`] otherwise).
 pub(crate) fn issue<T, S>(
-    profile: Profile,
+    mut profile: Profile,
     subject_key: &PKeyRef<T>,
     validity: &Validity,
     issuer: &X509Ref,
@@ -139,6 +154,12 @@ where
     T: HasPublic,
     S: Signer<Signature>,
 {
+    let validity = validity.capped_at(issuer)?;
+    if let Some(points) = inherited_crl_distribution_points(issuer)? {
+        profile
+            .extensions
+            .push(extension(ID_CE_CRL_DISTRIBUTION_POINTS, false, &points)?);
+    }
     let issuer_key = issuer.public_key()?;
     let signer = IssuerSigner {
         signer,
@@ -161,4 +182,87 @@ where
         return Err(IdentityError::SignatureInvalid);
     }
     Ok(cert)
+}
+
+/// The CRL distribution points of a certificate `issuer` signs (see the module
+/// documentation): `issuer`'s own, each with its cRLIssuer, or `issuer`'s issuer as one;
+/// `None` if `issuer` has none.
+pub(crate) fn inherited_crl_distribution_points(
+    issuer: &X509Ref,
+) -> Result<Option<CrlDistributionPoints>, IdentityError> {
+    let der = issuer.to_der()?;
+    let Some(value) = extension_value(&der, &ID_CE_CRL_DISTRIBUTION_POINTS)? else {
+        return Ok(None);
+    };
+    let points = CrlDistributionPoints::from_der(value)?;
+    let issuers_issuer = vec![GeneralName::DirectoryName(name(issuer.issuer_name())?)];
+    Ok(Some(CrlDistributionPoints(
+        points
+            .0
+            .into_iter()
+            .map(|p| DistributionPoint {
+                distribution_point: p.distribution_point,
+                reasons: p.reasons,
+                crl_issuer: Some(p.crl_issuer.unwrap_or_else(|| issuers_issuer.clone())),
+            })
+            .collect(),
+    )))
+}
+
+/// The DER value of the extension `oid` of a DER certificate, if it has one. The
+/// certificate is walked with `der`'s generic types: `x509-cert`'s own cannot decode every
+/// certificate of the chain (a host AIK certificate carries an extension in the UUID arc,
+/// 2.25, whose 128-bit arc is beyond `const-oid`).
+fn extension_value<'a>(
+    cert_der: &'a [u8],
+    oid: &const_oid::ObjectIdentifier,
+) -> Result<Option<&'a [u8]>, IdentityError> {
+    let cert = rfc5280::Certificate::from_der(cert_der)?;
+    for e in cert.tbs_certificate.extensions.unwrap_or_default() {
+        if e.extn_id.tag() == Tag::ObjectIdentifier
+            && e.extn_id.value() == oid.as_bytes()
+            && e.extn_value.tag() == Tag::OctetString
+        {
+            return Ok(Some(e.extn_value.value()));
+        }
+    }
+    Ok(None)
+}
+
+/// As much of RFC 5280's certificate as reading its extensions takes.
+mod rfc5280 {
+    use super::{AnyRef, BitStringRef, Sequence};
+
+    #[derive(Sequence)]
+    pub(super) struct Certificate<'a> {
+        pub tbs_certificate: TbsCertificate<'a>,
+        pub signature_algorithm: AnyRef<'a>,
+        pub signature_value: BitStringRef<'a>,
+    }
+
+    #[derive(Sequence)]
+    pub(super) struct TbsCertificate<'a> {
+        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+        pub version: Option<AnyRef<'a>>,
+        pub serial_number: AnyRef<'a>,
+        pub signature: AnyRef<'a>,
+        pub issuer: AnyRef<'a>,
+        pub validity: AnyRef<'a>,
+        pub subject: AnyRef<'a>,
+        pub subject_public_key_info: AnyRef<'a>,
+        #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+        pub issuer_unique_id: Option<BitStringRef<'a>>,
+        #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+        pub subject_unique_id: Option<BitStringRef<'a>>,
+        #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+        pub extensions: Option<Vec<Extension<'a>>>,
+    }
+
+    #[derive(Sequence)]
+    pub(super) struct Extension<'a> {
+        pub extn_id: AnyRef<'a>,
+        #[asn1(default = "Default::default")]
+        pub critical: bool,
+        pub extn_value: AnyRef<'a>,
+    }
 }

@@ -37,7 +37,9 @@ use x509_cert::time::Time;
 
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
 pub use key::{verify_for, CoprocessorKey, MigrationKey, Purpose};
-pub use provision::{create_ek, provision_ek, read_ek_cert, CreatedEk, ProvisionedEk};
+pub use provision::{
+    create_ek, provision_ek, read_ek_cert, refresh_ek_chain, CreatedEk, ProvisionedEk, Refreshed,
+};
 pub use templates::EkKind;
 pub use tpm_signed::{issue_signed_by, issue_signed_with, CertSpec};
 
@@ -146,6 +148,25 @@ impl Validity {
         }
     }
 
+    /// This validity, ending no later than `issuer`'s notAfter (a certificate does not
+    /// outlive its issuer). Refused if the issuer has expired.
+    pub fn capped_at(&self, issuer: &X509Ref) -> Result<Validity, IdentityError> {
+        let epoch = openssl::asn1::Asn1Time::from_unix(0)?;
+        let d = epoch.diff(issuer.not_after())?;
+        let end = i64::from(d.days) * 86_400 + i64::from(d.secs);
+        let now = unix_seconds(SystemTime::now());
+        if end <= now {
+            return Err(IdentityError::Refused(format!(
+                "the issuer certificate expired at {} (Unix time {end}): it cannot issue",
+                issuer.not_after()
+            )));
+        }
+        Ok(Validity {
+            not_before: self.not_before,
+            not_after: self.not_after.min(end),
+        })
+    }
+
     fn check(&self) -> Result<(), IdentityError> {
         if self.not_after <= self.not_before {
             return Err(IdentityError::Refused(format!(
@@ -230,6 +251,46 @@ mod tests {
         }
         .x509()
         .is_err());
+    }
+
+    /// A self-signed certificate ending at Unix time `not_after`.
+    fn issuer_ending_at(not_after: i64) -> openssl::x509::X509 {
+        let key = openssl::pkey::PKey::from_ec_key(
+            openssl::ec::EcKey::generate(
+                &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::from_unix(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::from_unix(not_after).unwrap())
+            .unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        b.build()
+    }
+
+    /// ADR 0012: what an issuer signs ends no later than the issuer, and an expired issuer
+    /// signs nothing.
+    #[test]
+    fn validity_is_capped_at_the_issuers_end() {
+        let now = unix_seconds(SystemTime::now());
+        let ten_years = Validity::starting_now(Duration::from_secs(3650 * 86_400));
+        let issuer = issuer_ending_at(now + 3600);
+        let capped = ten_years.capped_at(&issuer).unwrap();
+        assert_eq!(capped.not_before, ten_years.not_before);
+        assert_eq!(capped.not_after, now + 3600);
+        let short = Validity::starting_now(Duration::from_secs(60));
+        assert_eq!(short.capped_at(&issuer).unwrap().not_after, short.not_after);
+        let expired = issuer_ending_at(now - 1);
+        assert!(matches!(
+            ten_years.capped_at(&expired),
+            Err(IdentityError::Refused(_))
+        ));
     }
 
     #[test]

@@ -142,6 +142,26 @@ fn store_ek_certs(
             )));
         }
     }
+    let chain_indices = store_chain(engine, coprocessor_cert, issuers)?;
+    let mut certs = certs.into_iter().map(|(_, cert)| cert);
+    match (certs.next(), certs.next()) {
+        (Some(rsa_cert), Some(ecc_cert)) => Ok(ProvisionedEk {
+            rsa_cert,
+            ecc_cert,
+            chain_indices,
+        }),
+        _ => Err(IdentityError::Refused("EK certificates missing".into())),
+    }
+}
+
+/// Stores the chain above the EK certificates (the coprocessor certificate, then `issuers`)
+/// from [`EK_CHAIN_FIRST_INDEX`], reading each back, and removes what is left of a longer
+/// old chain. Returns the indices used.
+fn store_chain(
+    engine: &mut dyn Coprocessor,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+) -> Result<Vec<u32>, IdentityError> {
     let mut chain_indices = Vec::new();
     let chain = std::iter::once(coprocessor_cert).chain(issuers.iter().map(|c| c.as_ref()));
     for (i, cert) in chain.enumerate() {
@@ -159,12 +179,123 @@ fn store_ek_certs(
     for i in chain_indices.len()..EK_CHAIN_MAX {
         remove_nv_if_defined(engine, EK_CHAIN_FIRST_INDEX + i as u32)?;
     }
-    let mut certs = certs.into_iter().map(|(_, cert)| cert);
-    match (certs.next(), certs.next()) {
-        (Some(rsa_cert), Some(ecc_cert)) => Ok(ProvisionedEk {
+    Ok(chain_indices)
+}
+
+/// The chain stored from [`EK_CHAIN_FIRST_INDEX`] (DER each, nearest the EK first).
+pub fn read_chain(engine: &mut dyn Coprocessor) -> Result<Vec<Vec<u8>>, IdentityError> {
+    let mut chain = Vec::new();
+    for i in 0..EK_CHAIN_MAX as u32 {
+        let index = EK_CHAIN_FIRST_INDEX + i;
+        match read_nv(engine, index, index)? {
+            Some(der) => chain.push(der),
+            None => break,
+        }
+    }
+    Ok(chain)
+}
+
+/// What [`refresh_ek_chain`] did.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    /// The vEK certificates were issued again (see [`refresh_ek_chain`] for when).
+    pub reissued: bool,
+    /// The chain in NV was rewritten (it was not the coprocessor certificate and `issuers`).
+    pub chain_rewritten: bool,
+    /// The vEK certificates now in NV.
+    pub rsa_cert: X509,
+    pub ecc_cert: X509,
+}
+
+/// Brings the identity in an instance's NV up to date with the host's current certificates
+/// (after `vtpm-host renew`, or a re-certified coprocessor), changing only what must change:
+///
+/// - the vEK certificates are issued again (as [`provision_ek`] does) if one is missing
+///   ([`IdentityError::Refused`]: provision first), is `due` (for renewal), would outlive
+///   `coprocessor_cert`, or does not verify under it (another coprocessor key or name);
+/// - otherwise, the chain from [`EK_CHAIN_FIRST_INDEX`] is rewritten if it is not
+///   `coprocessor_cert` followed by `issuers`: the vEK certificates stay, since they verify
+///   under the renewed coprocessor certificate (same key, same name).
+///
+/// The TPM is handled as [`provision_ek`] handles it (started and left waiting for Startup
+/// if it was not running; the platform hierarchy must be usable).
+pub fn refresh_ek_chain(
+    engine: &mut dyn Coprocessor,
+    key: &CoprocessorKey,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+    validity: &Validity,
+    due: &dyn Fn(&X509Ref) -> bool,
+) -> Result<Refreshed, IdentityError> {
+    check_coprocessor_cert(key, coprocessor_cert)?;
+    let started_here = startup_if_needed(engine)?;
+    let result = refresh_started(engine, key, coprocessor_cert, issuers, validity, due);
+    if started_here {
+        let restored = run(engine, c::shutdown(c::TPM_SU_CLEAR))
+            .and_then(|resp| success("Shutdown", &resp).map(drop))
+            .and_then(|()| engine.power_cycle().map_err(IdentityError::from));
+        if let Err(e) = restored {
+            return Err(result.err().unwrap_or(e));
+        }
+    }
+    result
+}
+
+fn refresh_started(
+    engine: &mut dyn Coprocessor,
+    key: &CoprocessorKey,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+    validity: &Validity,
+    due: &dyn Fn(&X509Ref) -> bool,
+) -> Result<Refreshed, IdentityError> {
+    let mut current = Vec::new();
+    for kind in EkKind::ALL {
+        match read_ek_cert(engine, kind)? {
+            Some(cert) => current.push(cert),
+            None => {
+                return Err(IdentityError::Refused(format!(
+                    "the instance has no {} vEK certificate: provision it first",
+                    kind.name()
+                )))
+            }
+        }
+    }
+    let issuer_key = coprocessor_cert.public_key()?;
+    let issuer_end = coprocessor_cert.not_after();
+    let mut reissue = false;
+    for cert in &current {
+        let under_it = cert.verify(&issuer_key)?
+            && cert
+                .issuer_name()
+                .try_cmp(coprocessor_cert.subject_name())
+                .map(|o| o == std::cmp::Ordering::Equal)?;
+        reissue |= !under_it || due(cert) || cert.not_after() > issuer_end;
+    }
+    if reissue {
+        let certs = issue_ek_certs(engine, key, coprocessor_cert, validity)?;
+        let done = store_ek_certs(engine, certs, coprocessor_cert, issuers)?;
+        return Ok(Refreshed {
+            reissued: true,
+            chain_rewritten: true,
+            rsa_cert: done.rsa_cert,
+            ecc_cert: done.ecc_cert,
+        });
+    }
+    let wanted = std::iter::once(coprocessor_cert.to_der())
+        .chain(issuers.iter().map(|c| c.to_der()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chain_rewritten = read_chain(engine)? != wanted;
+    if chain_rewritten {
+        store_chain(engine, coprocessor_cert, issuers)?;
+    }
+    let mut current = current.into_iter();
+    match (current.next(), current.next()) {
+        (Some(rsa_cert), Some(ecc_cert)) => Ok(Refreshed {
+            reissued: false,
+            chain_rewritten,
             rsa_cert,
             ecc_cert,
-            chain_indices,
         }),
         _ => Err(IdentityError::Refused("EK certificates missing".into())),
     }

@@ -9,7 +9,8 @@ use crate::{CaProcess, HostTpmSimulator, ManufacturerCa};
 
 /// The whole host side of the certificate chain (ADR 0008), set up with the project's
 /// binaries from `bin_dir`: a manufactured host TPM, the local CA trusting its manufacturer,
-/// the host enrolled (`vtpm-host enroll`) and its coprocessor certified and registered
+/// the host enrolled (`vtpm-host enroll` with an enrolment token from `vtpm-ca
+/// enroll-token`) and its coprocessor certified and registered
 /// (`vtpm-host certify-coprocessor`, with a CA principal allowed to write `coprocessor/`).
 pub struct ChainSetup {
     bin_dir: PathBuf,
@@ -33,6 +34,19 @@ impl ChainSetup {
         host_id: &str,
         ca_init: &[&str],
     ) -> io::Result<ChainSetup> {
+        let setup = Self::enrolled(bin_dir, dir, host_id, ca_init)?;
+        setup.certify_coprocessor().map_err(io::Error::other)?;
+        Ok(setup)
+    }
+
+    /// The first half of [`ChainSetup::start_with`]: the host TPM, the CA, and the host
+    /// enrolled; the coprocessor not certified yet ([`ChainSetup::certify_coprocessor`]).
+    pub fn enrolled(
+        bin_dir: &Path,
+        dir: &Path,
+        host_id: &str,
+        ca_init: &[&str],
+    ) -> io::Result<ChainSetup> {
         let (host_tpm, manufacturer) = HostTpmSimulator::manufacture(&dir.join("host-tpm"))?;
         let root = manufacturer.root.display().to_string();
         let issuer = manufacturer.issuer.display().to_string();
@@ -47,27 +61,49 @@ impl ChainSetup {
             host_dir: dir.join("host"),
             host_id: host_id.to_owned(),
         };
+        let token_file = setup.enroll_token_file(dir, host_id)?;
+        let token_file = token_file.display().to_string();
         let ca_args = setup.ca_args();
         let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
         let mut enroll = vec!["enroll", "--host-id", host_id];
         enroll.extend(&ca_args);
+        enroll.extend(["--enroll-token-file", &token_file]);
         setup.host(&enroll).map_err(io::Error::other)?;
-        let token = setup.ca.command(&[
-            "acl",
-            "add",
-            "--name",
-            host_id,
-            "--write-prefix",
-            "coprocessor/",
-        ])?;
-        let token_file = setup.token_file();
-        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())?;
-        let token_file = token_file.display().to_string();
-        let mut certify = vec!["certify-coprocessor", "--host-id", host_id];
-        certify.extend(&ca_args);
-        certify.extend(["--token-file", &token_file]);
-        setup.host(&certify).map_err(io::Error::other)?;
         Ok(setup)
+    }
+
+    /// Has the CA issue an enrolment token for host `subject` (`vtpm-ca enroll-token`) and
+    /// writes it to `DIR/<subject>.enroll-token`, for `vtpm-host enroll --enroll-token-file`.
+    pub fn enroll_token_file(&self, dir: &Path, subject: &str) -> io::Result<PathBuf> {
+        let token = self.ca.command(&["enroll-token", "--subject", subject])?;
+        let path = dir.join(format!("{subject}.enroll-token"));
+        std::fs::write(&path, token.lines().last().unwrap_or_default().trim())?;
+        Ok(path)
+    }
+
+    /// Adds this host's CA principal (allowed to write `coprocessor/`; its token in
+    /// [`ChainSetup::token_file`]) and runs `vtpm-host certify-coprocessor` with it.
+    pub fn certify_coprocessor(&self) -> Result<String, String> {
+        let token = self
+            .ca
+            .command(&[
+                "acl",
+                "add",
+                "--name",
+                &self.host_id,
+                "--write-prefix",
+                "coprocessor/",
+            ])
+            .map_err(|e| e.to_string())?;
+        let token_file = self.token_file();
+        std::fs::write(&token_file, token.lines().last().unwrap_or_default().trim())
+            .map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let token_file = token_file.display().to_string();
+        let ca_args = self.ca_args();
+        let mut certify = vec!["certify-coprocessor", "--host-id", &self.host_id];
+        certify.extend(ca_args.iter().map(String::as_str));
+        certify.extend(["--token-file", &token_file]);
+        self.host(&certify)
     }
 
     /// The file with the bearer token of this host's CA principal (may write `coprocessor/`).

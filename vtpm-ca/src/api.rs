@@ -7,7 +7,7 @@
 //! | method and path | request | response |
 //! |---|---|---|
 //! | `GET /v1/ca` | - | root certificate, PEM text |
-//! | `POST /v1/enroll/start` | [`EnrollStartRequest`] | [`EnrollStartResponse`] |
+//! | `POST /v1/enroll/start` (bearer: enrolment token for a new host subject) | [`EnrollStartRequest`] | [`EnrollStartResponse`] |
 //! | `POST /v1/enroll/finish` | [`EnrollFinishRequest`] | [`EnrollFinishResponse`] |
 //! | `PUT /v1/certs/{name}` (bearer, write) | [`PutCertRequest`] | [`PutCertResponse`] |
 //! | `GET /v1/certs/{name}` (bearer, read) | - | [`GetCertResponse`] |
@@ -15,6 +15,7 @@
 //! | `GET /v1/crl` | - | DER X.509 CRL (`application/pkix-crl`) |
 //! | `GET /v1/status?fingerprint=HEX` | - | [`CertStatus`] |
 //! | `POST /v1/coprocessor` (bearer, write on `coprocessor/<fp>`) | [`CoprocessorRequest`] | [`CoprocessorResponse`] |
+//! | `POST /v1/enroll-tokens` (bearer, admin) | [`EnrollTokenRequest`] | [`EnrollTokenResponse`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,14 @@ pub mod codes {
     pub const ACTIVATION_FAILED: &str = "activation_failed";
     /// The subject is bound to another endorsement key (`vtpm-ca release` frees it).
     pub const SUBJECT_TAKEN: &str = "subject_taken";
+    /// A new host subject needs an enrolment token (401).
+    pub const ENROLLMENT_TOKEN_REQUIRED: &str = "enrollment_token_required";
+    /// The enrolment token is unknown, expired, used, or for another subject (403).
+    pub const ENROLLMENT_TOKEN_INVALID: &str = "enrollment_token_invalid";
+    /// Too many requests from this client, or without a token (429).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// Too many open enrollment sessions from this client, or without a token (429).
+    pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";
     pub const BAD_NAME: &str = "bad_name";
@@ -187,4 +196,24 @@ pub struct CoprocessorResponse {
     pub fingerprint: String,
     /// `coprocessor/<fingerprint>` in the certificate store.
     pub name: String,
+}
+
+/// `POST /v1/enroll-tokens`: a host enrolment token for `subject`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokenRequest {
+    /// The host subject it lets enroll (`aik/host/<subject>`).
+    pub subject: String,
+    /// Lifetime in seconds (default a day, at most 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokenResponse {
+    /// The token (shown once; the CA keeps its SHA-256): the bearer token of the host's
+    /// `enroll/start`.
+    pub token: String,
+    pub subject: String,
+    /// Unix time after which it is refused.
+    pub expires_at: u64,
 }

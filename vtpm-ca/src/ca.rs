@@ -13,19 +13,24 @@ use openssl::x509::X509;
 
 use crate::api::{
     CertStatus, CoprocessorRequest, CoprocessorResponse, EnrollFinishRequest, EnrollFinishResponse,
-    EnrollStartRequest, EnrollStartResponse, PutCertResponse, RevokeRequest,
+    EnrollStartRequest, EnrollStartResponse, EnrollTokenRequest, EnrollTokenResponse,
+    PutCertResponse, RevokeRequest,
 };
 use crate::certstore::{self, Acl, CertStoreError, Principal};
 use crate::coprocessor::{self, RegistrationError};
-use crate::enroll::{self, EnrollError, Sessions};
+use crate::enroll::{self, Caller, EnrollError, Sessions};
 use crate::revocation::{self, RevocationError, Revoked};
 use crate::store::{Store, StoreError};
+use crate::tokens::{self, TokenError};
 
 /// The local CA.
 #[derive(Debug)]
 pub struct Ca {
     store: Store,
     sessions: Sessions,
+    /// The CRL URL of the address the server listens on, for a store whose config names
+    /// none ([`Ca::crl_url`]).
+    served_crl_url: std::sync::OnceLock<String>,
 }
 
 impl Ca {
@@ -38,11 +43,28 @@ impl Ca {
         Ca {
             store,
             sessions: Sessions::default(),
+            served_crl_url: std::sync::OnceLock::new(),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Sets the CRL URL certificates name when the store's config has none: the server
+    /// calls this with `https://<its address>/v1/crl` (only the first call counts).
+    pub fn set_served_crl_url(&self, url: String) {
+        let _ = self.served_crl_url.set(url);
+    }
+
+    /// The CRL distribution point of the AIK certificates issued now: the config's
+    /// `crl_url`, else the server's address, else none.
+    pub fn crl_url(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .config()?
+            .crl_url
+            .or_else(|| self.served_crl_url.get().cloned()))
     }
 
     /// The principal holding `token` (`None` without a token or with an unknown one).
@@ -58,18 +80,64 @@ impl Ca {
         self.store.ca_pem()
     }
 
+    /// `enroll/start` by an in-process caller without a token ([`Ca::enroll_start_as`]).
     pub fn enroll_start(
         &self,
         req: &EnrollStartRequest,
     ) -> Result<EnrollStartResponse, EnrollError> {
-        enroll::start(&self.store, &self.sessions, req)
+        self.enroll_start_as(req, &Caller::local())
     }
 
+    /// `enroll/start` from `caller` (address for the limits, bearer token for the
+    /// authorization).
+    pub fn enroll_start_as(
+        &self,
+        req: &EnrollStartRequest,
+        caller: &Caller,
+    ) -> Result<EnrollStartResponse, EnrollError> {
+        enroll::start(&self.store, &self.sessions, req, caller)
+    }
+
+    /// `enroll/finish` by an in-process caller.
     pub fn enroll_finish(
         &self,
         req: &EnrollFinishRequest,
     ) -> Result<EnrollFinishResponse, EnrollError> {
-        enroll::finish(&self.store, &self.sessions, req)
+        self.enroll_finish_as(req, &Caller::local())
+    }
+
+    pub fn enroll_finish_as(
+        &self,
+        req: &EnrollFinishRequest,
+        caller: &Caller,
+    ) -> Result<EnrollFinishResponse, EnrollError> {
+        let url = self.crl_url()?;
+        enroll::finish(&self.store, &self.sessions, req, caller, url.as_deref())
+    }
+
+    /// Issues a host enrolment token (admin only).
+    pub fn create_enroll_token(
+        &self,
+        req: &EnrollTokenRequest,
+        token: Option<&str>,
+    ) -> Result<EnrollTokenResponse, TokenError> {
+        let p = self.principal(token)?;
+        certstore::authorize_admin(p.as_ref(), "enrolment tokens").map_err(|e| match e {
+            CertStoreError::Store(e) => TokenError::Store(e),
+            other => TokenError::Access(other),
+        })?;
+        let issued = tokens::issue(
+            &self.store,
+            &req.subject,
+            req.validity_secs
+                .unwrap_or(tokens::DEFAULT_TOKEN_VALIDITY_SECS),
+            certstore::who(p.as_ref()),
+        )?;
+        Ok(EnrollTokenResponse {
+            token: issued.token,
+            subject: issued.subject,
+            expires_at: issued.expires,
+        })
     }
 
     pub fn put_cert(

@@ -2,13 +2,14 @@
 //! (`TryFrom<Args>`), and [`run`], which carries one out.
 //!
 //! ```text
-//! vtpm-ca [--store DIR] init [--tls-name NAME]... [--validity-secs N] [--ek-root PEM]...
+//! vtpm-ca [--store DIR] init [--tls-name NAME]... [--validity-secs N] [--ek-root PEM]... [--crl-url URL]
 //! vtpm-ca [--store DIR] serve [--listen ADDR]
 //! vtpm-ca [--store DIR] acl add --name N [--read] [--write-prefix P]... [--admin]
 //! vtpm-ca [--store DIR] acl list
 //! vtpm-ca [--store DIR] revoke (--serial HEX | --cert PEM) [--reason TEXT]
 //! vtpm-ca [--store DIR] crl [--out FILE]
 //! vtpm-ca [--store DIR] add-ek-root PEM
+//! vtpm-ca [--store DIR] enroll-token --subject S [--validity-secs N]
 //! vtpm-ca [--store DIR] release --kind host|vtpm --subject S
 //! vtpm-ca [--store DIR] list
 //! ```
@@ -75,6 +76,10 @@ pub enum CommandArgs {
         /// Common name of the root certificate.
         #[arg(long, value_name = "CN", default_value = "vhost-vtpm local CA")]
         root_name: String,
+        /// URL of the CRL that issued certificates name as their CRL distribution point
+        /// (default: `https://<serve address>/v1/crl`).
+        #[arg(long, value_name = "URL")]
+        crl_url: Option<String>,
     },
     /// Serve the HTTPS API; prints `listening on https://ADDR` first.
     Serve {
@@ -109,6 +114,16 @@ pub enum CommandArgs {
     AddEkRoot {
         #[arg(value_name = "PEM")]
         pem: PathBuf,
+    },
+    /// Issue a host enrolment token: it lets one host TPM enroll the host subject S, once,
+    /// within its lifetime (prints the token; the CA keeps only its hash).
+    EnrollToken {
+        /// The host subject (host id) it is for.
+        #[arg(long, value_name = "S")]
+        subject: String,
+        /// Lifetime of the token, seconds (at most 30 days).
+        #[arg(long, value_name = "N", default_value_t = crate::tokens::DEFAULT_TOKEN_VALIDITY_SECS)]
+        validity_secs: u64,
     },
     /// Release an enrolled subject from the endorsement key it is bound to, so that another
     /// TPM may enroll it (the certificates issued for it stay valid: revoke them apart).
@@ -192,6 +207,11 @@ pub enum Command {
         kind: Kind,
         subject: String,
     },
+    EnrollToken {
+        store: PathBuf,
+        subject: String,
+        validity_secs: u64,
+    },
     List {
         store: PathBuf,
     },
@@ -216,6 +236,8 @@ pub enum CliError {
     CertStore(#[from] CertStoreError),
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    #[error(transparent)]
+    Token(#[from] crate::tokens::TokenError),
     #[error("server: {0}")]
     Server(std::io::Error),
     #[error("OpenSSL: {0}")]
@@ -240,7 +262,12 @@ impl TryFrom<Args> for Command {
                 ek_roots,
                 allow_unregistered_coprocessor,
                 root_name,
+                crl_url,
             } => {
+                if let Some(url) = &crl_url {
+                    crate::issue::crl_distribution_points(url)
+                        .map_err(|e| CliError::Usage(format!("--crl-url: {e}")))?;
+                }
                 for (what, v) in [
                     ("--validity-secs", validity_secs),
                     ("--tls-validity-secs", tls_validity_secs),
@@ -280,6 +307,8 @@ impl TryFrom<Args> for Command {
                             crl_validity_secs,
                             session_ttl_secs,
                             require_registered_coprocessor: !allow_unregistered_coprocessor,
+                            crl_url,
+                            ..Config::default()
                         },
                     }),
                 }
@@ -329,6 +358,23 @@ impl TryFrom<Args> for Command {
                     store,
                     kind,
                     subject,
+                }
+            }
+            CommandArgs::EnrollToken {
+                subject,
+                validity_secs,
+            } => {
+                crate::enroll::validate_subject(&subject)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                if validity_secs == 0 || validity_secs > crate::tokens::MAX_TOKEN_VALIDITY_SECS {
+                    return Err(CliError::Usage(format!(
+                        "--validity-secs {validity_secs} is out of range (1 second to 30 days)"
+                    )));
+                }
+                Command::EnrollToken {
+                    store,
+                    subject,
+                    validity_secs,
                 }
             }
             CommandArgs::List => Command::List { store },
@@ -485,6 +531,15 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
                 ),
             }
         }
+        Command::EnrollToken {
+            store,
+            subject,
+            validity_secs,
+        } => {
+            let s = Store::open(&store)?;
+            let issued = crate::tokens::issue(&s, &subject, validity_secs, "cli")?;
+            write_out(out, format_args!("{}\n", issued.token))
+        }
         Command::List { store } => list(&Store::open(&store)?, out),
     }
 }
@@ -532,6 +587,22 @@ fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
             format_args!(
                 "  aik/{kind}/{subject}\tek_key={}\tsince={}\n",
                 b.ek_public_key_sha256, b.since
+            ),
+        )?;
+    }
+    write_out(out, format_args!("enrolment tokens:\n"))?;
+    let now = now_unix();
+    for t in crate::tokens::EnrollTokens::load(s)?.tokens {
+        let state = match &t.used {
+            Some(u) => format!("used={} serial={}", u.time, u.serial),
+            None if t.expires <= now => "expired".to_string(),
+            None => "open".to_string(),
+        };
+        write_out(
+            out,
+            format_args!(
+                "  aik/host/{}\t{state}\texpires={}\tissued_by={}\n",
+                t.subject, t.expires, t.issued_by
             ),
         )?;
     }

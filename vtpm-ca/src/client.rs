@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::api::{
     CertStatus, CoprocessorRequest, CoprocessorResponse, EnrollFinishRequest, EnrollFinishResponse,
-    EnrollStartRequest, EnrollStartResponse, ErrorBody, GetCertResponse, PutCertRequest,
-    PutCertResponse, RevokeRequest, RevokeResponse,
+    EnrollStartRequest, EnrollStartResponse, EnrollTokenRequest, EnrollTokenResponse, ErrorBody,
+    GetCertResponse, PutCertRequest, PutCertResponse, RevokeRequest, RevokeResponse,
 };
 
 /// Largest response body read (certificates, CRLs).
@@ -102,6 +102,11 @@ impl Client {
         &self.base
     }
 
+    /// Whether requests carry a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn request(&self, method: &str, path: &str) -> (String, ureq::Request) {
         let url = format!("{}{path}", self.base);
         let mut r = self.agent.request(method, &url);
@@ -180,7 +185,8 @@ impl Client {
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
-    /// `POST /v1/enroll/start`.
+    /// `POST /v1/enroll/start`. A host subject enrolled for the first time needs an
+    /// enrolment token as this client's token ([`Client::create_enroll_token`]).
     pub fn enroll_start(
         &self,
         req: &EnrollStartRequest,
@@ -255,6 +261,23 @@ impl Client {
         let (url, r) = self.request("GET", "/v1/status");
         let r = r.query("fingerprint", fingerprint);
         Self::json(&url, Self::handle(&url, r.call())?)
+    }
+
+    /// `POST /v1/enroll-tokens` (needs an admin token): a token that lets host `subject`
+    /// enroll once, within `validity_secs` (default a day).
+    pub fn create_enroll_token(
+        &self,
+        subject: &str,
+        validity_secs: Option<u64>,
+    ) -> Result<EnrollTokenResponse, ClientError> {
+        self.send_json(
+            "POST",
+            "/v1/enroll-tokens",
+            &EnrollTokenRequest {
+                subject: subject.to_string(),
+                validity_secs,
+            },
+        )
     }
 
     /// `POST /v1/coprocessor`: registers `[coprocessor, host AIK]` (needs write permission on

@@ -10,16 +10,31 @@
 //! issues the AIK certificate, records it by serial and stores it as `aik/<kind>/<subject>`.
 //! The chain rules are [`crate::chain`]'s; this module reports them in its own errors.
 //!
-//! Enrollment needs no token and the caller names the subject, so a subject belongs to the
-//! endorsement key that enrolled it first: finish binds `aik/<kind>/<subject>` to the
-//! SHA-256 of the EK's (host) or vEK's (vTPM) SubjectPublicKeyInfo
-//! ([`crate::store::Locked::bind_subject`]), and start and finish refuse another key with
-//! [`EnrollError::SubjectTaken`]. The same key may enroll again (renewal, a re-issued EK or
-//! vEK certificate); `vtpm-ca release` frees a subject.
+//! The caller names the subject, so a subject belongs to the endorsement key that enrolled
+//! it first: finish binds `aik/<kind>/<subject>` to the SHA-256 of the EK's (host) or vEK's
+//! (vTPM) SubjectPublicKeyInfo ([`crate::store::Locked::bind_subject`]), and start and
+//! finish refuse another key with [`EnrollError::SubjectTaken`]. The same key may enroll
+//! again (renewal, a re-issued EK or vEK certificate); `vtpm-ca release` frees a subject.
+//!
+//! # Authorization
+//!
+//! A host AIK certificate lets its holder issue vEK certificates that verify up to this CA,
+//! so a host enrolls a subject for the first time only with an enrolment token an
+//! administrator issued for that subject ([`crate::tokens`], sent as the bearer token;
+//! consumed when the certificate is issued) or with an admin principal's token. Without
+//! one, a host may only renew: enroll again a subject bound to its own EK whose current
+//! certificate is not revoked. A vTPM's authorization is its vEK chain ([`Authorization`]).
+//!
+//! Because EK and vEK certificates are public, requests without a token are anonymous:
+//! [`crate::limits`] bounds their rate (per client address and together), and their
+//! sessions are bounded per client and in all ([`crate::limits::Limits`]); when full, new
+//! ones are refused rather than old ones evicted, and sessions of token-authorised
+//! enrolments (one per token) are kept apart, so no flood drops them.
 //!
 //! This module owns those checks, the sessions (in memory, expiring) and the errors.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,19 +49,23 @@ use crate::aik::{AikError, AikPublic};
 use crate::api::{
     EnrollFinishRequest, EnrollFinishResponse, EnrollStartRequest, EnrollStartResponse,
 };
-use crate::certstore::{CertStoreError, PemError};
+use crate::certstore::{Acl, CertStoreError, PemError};
 use crate::chain::{self, ChainError};
 use crate::credential::{self, CredentialError};
 use crate::issue::{self, IssueError, Kind};
+use crate::limits::{self, RateLimiter, Refused};
 use crate::names;
+use crate::revocation::Revocations;
 use crate::store::{Bind, Store, StoreError};
+use crate::tokens::{self, EnrollTokens, Unusable};
 use crate::util::{
     asn1_to_unix, fingerprint, now_unix, public_key_fingerprint, random, random_hex,
 };
 
 /// Size of the secret the CA protects with the credential.
 pub const SECRET_SIZE: usize = 32;
-/// Most sessions kept at once (the oldest are dropped beyond that).
+/// Most sessions of admin-authorised enrollments kept at once (anonymous ones are bounded
+/// by [`crate::limits::Limits`], token-authorised ones at one per token).
 pub const MAX_SESSIONS: usize = 10_000;
 
 /// What is wrong with the `ek_cert_chain` of a request.
@@ -94,6 +113,14 @@ pub enum EnrollError {
     },
     #[error("aik/{kind}/{subject} is enrolled with another endorsement key; an administrator can free it with `vtpm-ca release --kind {kind} --subject {subject}`")]
     SubjectTaken { kind: Kind, subject: String },
+    #[error("enrolling host {subject:?} needs an enrolment token (`vtpm-ca enroll-token --subject {subject}`, sent as the bearer token): the subject is not enrolled with this EK{}", if *.revoked { ", or its certificate is revoked" } else { "" })]
+    EnrollTokenRequired { subject: String, revoked: bool },
+    #[error("enrolment token refused: {0}")]
+    EnrollTokenRefused(String),
+    #[error("too many enrollment requests {}: try again later", match .0 { Refused::Client => "from this client", Refused::Overall => "without a token" })]
+    RateLimited(Refused),
+    #[error("too many open enrollment sessions {}: finish or let them expire, then try again", if *.per_client { "from this client" } else { "without a token" })]
+    TooManySessions { per_client: bool },
     #[error("no enrollment session {0:?} (unknown, finished or expired)")]
     UnknownSession(String),
     #[error("enrollment session {0:?} expired")]
@@ -168,6 +195,83 @@ impl Endorsement {
     }
 }
 
+/// Who sends a request, as far as enrollment cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The client's address; `None` for an in-process caller (no per-client limits).
+    pub addr: Option<IpAddr>,
+    /// The bearer token of the request: an enrolment token, or a principal's.
+    pub token: Option<String>,
+}
+
+impl Caller {
+    /// An in-process caller without a token.
+    pub fn local() -> Caller {
+        Caller::default()
+    }
+
+    /// An in-process caller with a bearer token.
+    pub fn with_token(token: &str) -> Caller {
+        Caller {
+            addr: None,
+            token: Some(token.to_string()),
+        }
+    }
+}
+
+/// What authorises an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// A host enrolment token for this subject, by its SHA-256; consumed at issue.
+    Token(String),
+    /// An admin principal (its name).
+    Admin(String),
+    /// A host enrolling again a subject bound to its EK, whose current certificate is not
+    /// revoked. Anonymous: the EK certificate is public.
+    Renewal,
+    /// A vTPM whose vEK chain verifies up to this CA. Anonymous: so is the chain.
+    VekChain,
+}
+
+impl Authorization {
+    /// Whether anyone holding public certificates could have sent the request.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Authorization::Renewal | Authorization::VekChain)
+    }
+}
+
+/// What the bearer token of a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bearer {
+    None,
+    Enroll(tokens::EnrollToken),
+    Admin(String),
+    /// A principal that is not an admin: no authority over enrollment.
+    Principal,
+    Unknown,
+}
+
+impl Bearer {
+    fn of(store: &Store, token: Option<&str>) -> Result<Bearer, StoreError> {
+        let Some(token) = token else {
+            return Ok(Bearer::None);
+        };
+        if let Some(t) = EnrollTokens::load(store)?.find(token) {
+            return Ok(Bearer::Enroll(t.clone()));
+        }
+        Ok(match Acl::load(store)?.authenticate(token) {
+            Some(p) if p.admin => Bearer::Admin(p.name.clone()),
+            Some(_) => Bearer::Principal,
+            None => Bearer::Unknown,
+        })
+    }
+
+    /// Whether the request passes the anonymous limits.
+    fn is_authority(&self) -> bool {
+        matches!(self, Bearer::Enroll(_) | Bearer::Admin(_))
+    }
+}
+
 /// A started enrollment.
 #[derive(Debug)]
 struct Session {
@@ -177,17 +281,68 @@ struct Session {
     secret: Vec<u8>,
     ek: Endorsement,
     expires: Instant,
+    auth: Authorization,
+    /// The client it came from ([`limits::client_key`]).
+    client: Option<IpAddr>,
 }
 
-/// The open enrollment sessions.
+/// The open enrollment sessions, and the rate limits of the requests that make them.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    limiter: RateLimiter,
 }
 
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `session` as `id`, within the limits: anonymous sessions per client and in
+    /// all, one session per enrolment token (a new one replaces the old), and
+    /// [`MAX_SESSIONS`] of admin-authorised ones. Full is a refusal, never an eviction.
+    fn insert(
+        &self,
+        id: String,
+        session: Session,
+        limits: &limits::Limits,
+    ) -> Result<(), EnrollError> {
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        match &session.auth {
+            auth if auth.is_anonymous() => {
+                let anonymous = map.values().filter(|s| s.auth.is_anonymous());
+                let (mut total, mut mine) = (0usize, 0usize);
+                for s in anonymous {
+                    total += 1;
+                    if session.client.is_some() && s.client == session.client {
+                        mine += 1;
+                    }
+                }
+                let cap = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+                if session.client.is_some() && mine >= cap(limits.sessions_per_client) {
+                    return Err(EnrollError::TooManySessions { per_client: true });
+                }
+                if total >= cap(limits.sessions) {
+                    return Err(EnrollError::TooManySessions { per_client: false });
+                }
+            }
+            Authorization::Token(hash) => {
+                map.retain(|_, s| !matches!(&s.auth, Authorization::Token(h) if h == hash));
+            }
+            _ => {
+                let admin = map
+                    .values()
+                    .filter(|s| matches!(s.auth, Authorization::Admin(_)))
+                    .count();
+                if admin >= MAX_SESSIONS {
+                    return Err(EnrollError::TooManySessions { per_client: false });
+                }
+            }
+        }
+        map.insert(id, session);
+        Ok(())
     }
 
     /// Number of open (possibly expired, not yet pruned) sessions.
@@ -227,12 +382,26 @@ fn parse_chain(pems: &[String]) -> Result<Vec<X509>, EnrollError> {
     Ok(out)
 }
 
-/// Step 1: checks and `TPM2_MakeCredential`.
+/// Step 1: checks and `TPM2_MakeCredential`, for `caller` (its address for the limits, its
+/// bearer token for the authorization).
 pub fn start(
     store: &Store,
     sessions: &Sessions,
     req: &EnrollStartRequest,
+    caller: &Caller,
 ) -> Result<EnrollStartResponse, EnrollError> {
+    let config = store.config()?;
+    sessions
+        .limiter
+        .client(&config.limits, caller.addr)
+        .map_err(EnrollError::RateLimited)?;
+    let bearer = Bearer::of(store, caller.token.as_deref())?;
+    if !bearer.is_authority() {
+        sessions
+            .limiter
+            .anonymous(&config.limits)
+            .map_err(EnrollError::RateLimited)?;
+    }
     validate_subject(&req.subject)?;
     let chain = parse_chain(&req.ek_cert_chain)?;
     let aik = AikPublic::from_tpm2b(&decode_b64("aik_public", &req.aik_public)?)?;
@@ -255,42 +424,32 @@ pub fn start(
     // Checked before any credential is made; checked again (and bound) at finish.
     let endorsement = Endorsement::of(ek)?;
     check_subject_free(store, req.kind, &req.subject, &endorsement)?;
+    let auth = authorize(store, req.kind, &req.subject, &endorsement, &bearer)?;
     let secret = random(SECRET_SIZE)?;
     let made = credential::make_credential(ek, aik.name(), &secret).map_err(|e| match e {
         CredentialError::Crypto(e) => EnrollError::Crypto(e),
         other => EnrollError::UnsupportedEk(other),
     })?;
     let id = random_hex(16)?;
-    let ttl = store.config()?.session_ttl_secs.max(1);
+    let ttl = config.session_ttl_secs.max(1);
     let aik_name = hex::encode(aik.name());
-    {
-        let mut map = sessions.lock();
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        while map.len() >= MAX_SESSIONS {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => map.remove(&k),
-                None => break,
-            };
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                kind: req.kind,
-                subject: req.subject.clone(),
-                aik,
-                secret,
-                ek: endorsement,
-                expires: now + Duration::from_secs(ttl),
-            },
-        );
-    }
+    let auth_text = format!("{auth:?}");
+    sessions.insert(
+        id.clone(),
+        Session {
+            kind: req.kind,
+            subject: req.subject.clone(),
+            aik,
+            secret,
+            ek: endorsement,
+            expires: Instant::now() + Duration::from_secs(ttl),
+            auth,
+            client: caller.addr.map(limits::client_key),
+        },
+        &config.limits,
+    )?;
     log::info!(
-        "enroll {} {:?}: session {id} started for AIK {aik_name}",
+        "enroll {} {:?}: session {id} started for AIK {aik_name} ({auth_text})",
         req.kind,
         req.subject
     );
@@ -331,12 +490,88 @@ fn subject_taken(kind: Kind, subject: &str, bound: &str, ek: &Endorsement) -> En
     }
 }
 
+/// What authorises a `kind` enrollment of `subject` by `ek` with this bearer token (see
+/// the module documentation).
+fn authorize(
+    store: &Store,
+    kind: Kind,
+    subject: &str,
+    ek: &Endorsement,
+    bearer: &Bearer,
+) -> Result<Authorization, EnrollError> {
+    if kind == Kind::Vtpm {
+        return Ok(Authorization::VekChain);
+    }
+    match bearer {
+        Bearer::Enroll(t) => match t.check(subject, now_unix()) {
+            Ok(()) => Ok(Authorization::Token(t.token_sha256.clone())),
+            Err(why) => {
+                log::warn!("enroll host {subject:?}: refused: {why}");
+                Err(EnrollError::EnrollTokenRefused(why.to_string()))
+            }
+        },
+        Bearer::Admin(name) => Ok(Authorization::Admin(name.clone())),
+        Bearer::Unknown => {
+            log::warn!("enroll host {subject:?}: refused: unknown bearer token");
+            Err(EnrollError::EnrollTokenRefused(
+                "no such enrolment token (or principal)".into(),
+            ))
+        }
+        Bearer::None | Bearer::Principal => match renewal(store, subject, ek)? {
+            Renewal::Allowed => Ok(Authorization::Renewal),
+            other => {
+                log::warn!("enroll host {subject:?}: refused: no enrolment token ({other:?})");
+                Err(EnrollError::EnrollTokenRequired {
+                    subject: subject.to_string(),
+                    revoked: other == Renewal::Revoked,
+                })
+            }
+        },
+    }
+}
+
+/// Whether a host may enroll `subject` again without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    Allowed,
+    /// The subject is bound to no key (or another one).
+    NotBound,
+    /// Its current certificate (`aik/host/<subject>`) is revoked.
+    Revoked,
+}
+
+fn renewal(store: &Store, subject: &str, ek: &Endorsement) -> Result<Renewal, EnrollError> {
+    match store.subject_binding(Kind::Host, subject)? {
+        Some(b) if b.ek_public_key_sha256 == ek.key_sha256 => {}
+        _ => return Ok(Renewal::NotBound),
+    }
+    let name = format!("aik/{}/{subject}", Kind::Host);
+    let Some(pem) = crate::certstore::get_unchecked(store, &name)? else {
+        return Ok(Renewal::Allowed);
+    };
+    let revocations = Revocations::load(store)?;
+    for cert in X509::stack_from_pem(pem.as_bytes())? {
+        if revocations.reason(store, &cert)?.is_some() {
+            return Ok(Renewal::Revoked);
+        }
+    }
+    Ok(Renewal::Allowed)
+}
+
 /// Step 2: checks the secret and issues the AIK certificate.
+///
+/// The certificate names `crl_url` as its CRL distribution point, if given.
 pub fn finish(
     store: &Store,
     sessions: &Sessions,
     req: &EnrollFinishRequest,
+    caller: &Caller,
+    crl_url: Option<&str>,
 ) -> Result<EnrollFinishResponse, EnrollError> {
+    sessions
+        .limiter
+        .client(&store.config()?.limits, caller.addr)
+        .map_err(EnrollError::RateLimited)?;
     let secret = decode_b64("secret", &req.secret)?;
     // The session is consumed whatever happens next: one guess per credential.
     let session = sessions
@@ -361,6 +596,8 @@ pub fn finish(
         &session.subject,
         &session.aik,
         &session.ek,
+        &session.auth,
+        crl_url,
     )?;
     log::info!(
         "enroll {} {:?}: issued AIK certificate {} ({})",
@@ -373,17 +610,48 @@ pub fn finish(
 }
 
 /// Issues, records and stores an AIK certificate (after a successful activation against
-/// `ek`), under the store lock: binds the subject to `ek`'s key first, and refuses with
-/// [`EnrollError::SubjectTaken`] (issuing nothing) if it is bound to another key.
+/// `ek`), under the store lock: checks `auth` again (a token must still be unused, a
+/// renewal's subject still bound to `ek` and not revoked), binds the subject to `ek`'s key,
+/// and refuses with [`EnrollError::SubjectTaken`] (issuing nothing) if it is bound to
+/// another key. A token is consumed once the certificate is stored.
 pub fn issue_aik(
     store: &Store,
     kind: Kind,
     subject: &str,
     aik: &AikPublic,
     ek: &Endorsement,
+    auth: &Authorization,
+    crl_url: Option<&str>,
 ) -> Result<EnrollFinishResponse, EnrollError> {
     validate_subject(subject)?;
     let store = store.lock()?;
+    if let Some(b) = store.subject_binding(kind, subject)? {
+        if b.ek_public_key_sha256 != ek.key_sha256 {
+            return Err(subject_taken(kind, subject, &b.ek_public_key_sha256, ek));
+        }
+    }
+    match auth {
+        Authorization::Token(hash) => {
+            let all = EnrollTokens::load(&store)?;
+            let t = all.find_hash(hash).ok_or_else(|| {
+                EnrollError::EnrollTokenRefused("the enrolment token is gone".into())
+            })?;
+            if t.used.is_some() {
+                log::warn!("enroll host {subject:?}: refused at finish: token used already");
+                return Err(EnrollError::EnrollTokenRefused(Unusable::Used.to_string()));
+            }
+        }
+        Authorization::Renewal => {
+            let r = renewal(&store, subject, ek)?;
+            if r != Renewal::Allowed {
+                return Err(EnrollError::EnrollTokenRequired {
+                    subject: subject.to_string(),
+                    revoked: r == Renewal::Revoked,
+                });
+            }
+        }
+        Authorization::Admin(_) | Authorization::VekChain => {}
+    }
     match store.bind_subject(kind, subject, &ek.key_sha256, &hex::encode(&ek.cert_sha256))? {
         Bind::Taken(b) => return Err(subject_taken(kind, subject, &b.ek_public_key_sha256, ek)),
         Bind::New => log::info!(
@@ -400,7 +668,7 @@ pub fn issue_aik(
         Kind::Host => &ek.cert_sha256,
         Kind::Vtpm => &ek.key_digest,
     };
-    let cert = issue::aik_cert(
+    let cert = issue::aik_cert_with(
         &*store.ca_key()?,
         &ca_cert,
         kind,
@@ -408,10 +676,18 @@ pub fn issue_aik(
         aik.public_key(),
         endorsement,
         config.validity_secs,
+        crl_url,
     )?;
     let serial = store.record_issued(&cert)?;
     let name = format!("aik/{kind}/{subject}");
     crate::certstore::put_unchecked(&store, &name, std::slice::from_ref(&cert))?;
+    if let Authorization::Token(hash) = auth {
+        // After the certificate is stored: a token is never spent on nothing. (The
+        // subject is bound to this EK now, so no other TPM could use it anyway.)
+        if tokens::consume(&store, hash, &ek.key_sha256, &serial).is_err() {
+            log::error!("enroll host {subject:?}: could not mark the enrolment token used");
+        }
+    }
     Ok(EnrollFinishResponse {
         certificate: String::from_utf8_lossy(&cert.to_pem()?).into_owned(),
         ca_certificate: String::from_utf8_lossy(&ca_cert.to_pem()?).into_owned(),
@@ -435,6 +711,31 @@ mod tests {
     use openssl::rsa::Rsa;
     use openssl::x509::extension::{BasicConstraints, KeyUsage};
     use openssl::x509::{X509Builder, X509NameBuilder};
+
+    /// The store administrator, as a caller: what the tests below enroll as (a host needs
+    /// an authority; the authorization rules have tests of their own).
+    fn admin(store: &Store) -> Caller {
+        let token = std::fs::read_to_string(store.admin_token_path()).unwrap();
+        Caller::with_token(token.trim())
+    }
+
+    /// [`super::start`] as the administrator.
+    fn start(
+        store: &Store,
+        sessions: &Sessions,
+        req: &EnrollStartRequest,
+    ) -> Result<EnrollStartResponse, EnrollError> {
+        super::start(store, sessions, req, &admin(store))
+    }
+
+    /// [`super::finish`] in process.
+    fn finish(
+        store: &Store,
+        sessions: &Sessions,
+        req: &EnrollFinishRequest,
+    ) -> Result<EnrollFinishResponse, EnrollError> {
+        super::finish(store, sessions, req, &Caller::local(), None)
+    }
 
     /// A certificate for `key` signed by `issuer_key`/`issuer` (self-signed without one).
     pub(crate) fn cert<T: openssl::pkey::HasPublic>(
@@ -958,5 +1259,120 @@ mod tests {
             Err(EnrollError::Revoked { subject, .. }) => assert!(subject.contains("host-1")),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Anonymous sessions are bounded per client and in all, and a full pool refuses new
+    /// ones instead of evicting: a token-authorised session started before the flood still
+    /// finishes, and one started during it is still accepted. One session per token.
+    #[test]
+    fn anonymous_sessions_are_bounded_and_never_evict_authorised_ones() {
+        let (_tmp, store, _) = new_store(Config {
+            require_registered_coprocessor: false,
+            limits: limits::Limits {
+                sessions: 3,
+                sessions_per_client: 2,
+                ..limits::Limits::default()
+            },
+            ..Config::default()
+        });
+        let sessions = Sessions::default();
+        let host = trusted_manufacturer(&store);
+        let token = |subject: &str| {
+            Caller::with_token(&tokens::issue(&store, subject, 60, "test").unwrap().token)
+        };
+        let authorised = token("subject-1");
+        let before =
+            super::start(&store, &sessions, &host.request(Kind::Host), &authorised).unwrap();
+
+        let issuers = VekIssuers::new(&store);
+        let anonymous = |ip: &str| Caller {
+            addr: Some(ip.parse().unwrap()),
+            token: None,
+        };
+        let vtpm = |ip: &str| {
+            let req = issuers.request(&issuers.vek(&rsa_key()));
+            super::start(&store, &sessions, &req, &anonymous(ip))
+        };
+        vtpm("192.0.2.1").unwrap();
+        vtpm("192.0.2.1").unwrap();
+        assert!(matches!(
+            vtpm("192.0.2.1"),
+            Err(EnrollError::TooManySessions { per_client: true })
+        ));
+        vtpm("192.0.2.2").unwrap();
+        assert!(matches!(
+            vtpm("192.0.2.3"),
+            Err(EnrollError::TooManySessions { per_client: false })
+        ));
+        assert_eq!(sessions.len(), 4);
+
+        // Authorised enrollments are not counted against the anonymous ones, and were not
+        // evicted for them.
+        let mut req = host.request(Kind::Host);
+        req.subject = "subject-2".into();
+        let during = super::start(&store, &sessions, &req, &token("subject-2")).unwrap();
+        activate_and_finish(&store, &sessions, &host.ek_key, before).unwrap();
+        activate_and_finish(&store, &sessions, &host.ek_key, during).unwrap();
+        // A second start with the same token replaces the first session of that token.
+        let t3 = token("subject-3");
+        let mut req3 = host.request(Kind::Host);
+        req3.subject = "subject-3".into();
+        let first = super::start(&store, &sessions, &req3, &t3).unwrap();
+        let second = super::start(&store, &sessions, &req3, &t3).unwrap();
+        assert!(matches!(
+            activate_and_finish(&store, &sessions, &host.ek_key, first),
+            Err(EnrollError::UnknownSession(_))
+        ));
+        activate_and_finish(&store, &sessions, &host.ek_key, second).unwrap();
+    }
+
+    /// Host authorization in process: no token, a token for another subject, a used one,
+    /// a renewal, a renewal after a revocation.
+    #[test]
+    fn a_new_host_subject_needs_a_token_and_a_renewal_an_unrevoked_certificate() {
+        let (_tmp, store, _) = new_store(Config::default());
+        let sessions = Sessions::default();
+        let host = trusted_manufacturer(&store);
+        let req = host.request(Kind::Host);
+        assert!(matches!(
+            super::start(&store, &sessions, &req, &Caller::local()),
+            Err(EnrollError::EnrollTokenRequired { revoked: false, .. })
+        ));
+        assert_eq!(sessions.len(), 0);
+        let other = tokens::issue(&store, "subject-2", 60, "t").unwrap();
+        assert!(matches!(
+            super::start(&store, &sessions, &req, &Caller::with_token(&other.token)),
+            Err(EnrollError::EnrollTokenRefused(_))
+        ));
+        let t = tokens::issue(&store, "subject-1", 60, "t").unwrap();
+        let s = super::start(&store, &sessions, &req, &Caller::with_token(&t.token)).unwrap();
+        let out = activate_and_finish(&store, &sessions, &host.ek_key, s).unwrap();
+        // Used: refused even after the subject is released.
+        store
+            .lock()
+            .unwrap()
+            .release_subject(Kind::Host, "subject-1")
+            .unwrap();
+        assert!(matches!(
+            super::start(&store, &sessions, &req, &Caller::with_token(&t.token)),
+            Err(EnrollError::EnrollTokenRefused(_))
+        ));
+        let s = start(&store, &sessions, &req).unwrap();
+        activate_and_finish(&store, &sessions, &host.ek_key, s).unwrap();
+        // Bound to this EK: a renewal needs no token ...
+        let s = super::start(&store, &sessions, &req, &Caller::local()).unwrap();
+        let renewed = activate_and_finish(&store, &sessions, &host.ek_key, s).unwrap();
+        assert_ne!(renewed.serial, out.serial);
+        // ... unless the current certificate is revoked, also between start and finish.
+        let s = super::start(&store, &sessions, &req, &Caller::local()).unwrap();
+        revocation::revoke_serial(&store, &renewed.serial, None).unwrap();
+        assert!(matches!(
+            activate_and_finish(&store, &sessions, &host.ek_key, s),
+            Err(EnrollError::EnrollTokenRequired { revoked: true, .. })
+        ));
+        assert!(matches!(
+            super::start(&store, &sessions, &req, &Caller::local()),
+            Err(EnrollError::EnrollTokenRequired { revoked: true, .. })
+        ));
     }
 }

@@ -3,11 +3,14 @@
 //! This module owns the profile of each certificate (ADR 0008): the self-signed root, the
 //! HTTPS server certificate, and the two kinds of AIK certificate. Every one is signed with
 //! ECDSA P-256 / SHA-256 by the CA key, has a random positive 127-bit serial, a subject key
-//! identifier and (except the root) an authority key identifier.
+//! identifier and (except the root) an authority key identifier. AIK certificates carry the
+//! CA's CRL distribution point when the CA knows its URL (ADR 0012): the host signs the
+//! coprocessor and vEK certificates with the same point, naming this CA as their CRL
+//! issuer, so one (indirect) CRL covers the whole chain. No certificate outlives the root.
 
 use std::net::IpAddr;
 
-use der::asn1::{AnyRef, BitStringRef, OctetString};
+use der::asn1::{AnyRef, BitStringRef, Ia5String, OctetString};
 use der::{Decode, Encode, Sequence, Tag, Tagged};
 use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::BigNum;
@@ -50,6 +53,10 @@ pub enum IssueError {
     BadTlsName(String),
     #[error("validity of {0} seconds is out of range")]
     BadValidity(u64),
+    #[error("invalid CRL distribution point URL {0:?}")]
+    BadCrlUrl(String),
+    #[error("the CA root has expired: it cannot issue")]
+    IssuerExpired,
     #[error("OpenSSL: {0}")]
     Crypto(#[from] ErrorStack),
     #[error("DER: {0}")]
@@ -142,7 +149,17 @@ fn builder<T: HasPublic>(
     // Valid from a little before now: a verifier (a guest, say) whose clock lags the CA's
     // by up to BACKDATE_SECS must not see a certificate that is "not yet valid".
     b.set_not_before(&*Asn1Time::from_unix(now - BACKDATE_SECS)?)?;
-    b.set_not_after(&*Asn1Time::from_unix(now + validity)?)?;
+    // Never past the issuer's notAfter: a chain is only as valid as its shortest-lived
+    // certificate, and one that outlives its issuer only hides when the chain really ends.
+    let mut not_after = now + validity;
+    if let Some(i) = issuer {
+        let end = crate::util::asn1_to_unix(i.not_after())?;
+        if end <= now {
+            return Err(IssueError::IssuerExpired);
+        }
+        not_after = not_after.min(end);
+    }
+    b.set_not_after(&*Asn1Time::from_unix(not_after)?)?;
     Ok(b)
 }
 
@@ -212,14 +229,7 @@ pub fn tls_cert(
     finish_issued(b, ca_key, ca_cert)
 }
 
-/// An AIK certificate.
-///
-/// * host: CA:TRUE pathlen:1, keyCertSign | digitalSignature, EKU tcg-kp-AIKCertificate,
-///   and [`HOST_EK_CERT_HASH_OID`] = `endorsement_sha256`, the SHA-256 of the host EK
-///   certificate;
-/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate, and (when
-///   `endorsement_sha256` is not empty) [`VTPM_EK_KEY_HASH_OID`] = `endorsement_sha256`,
-///   the SHA-256 of the vEK's SubjectPublicKeyInfo.
+/// An AIK certificate ([`aik_cert_with`] without a CRL distribution point).
 pub fn aik_cert<T: HasPublic>(
     ca_key: &PKeyRef<Private>,
     ca_cert: &X509Ref,
@@ -228,6 +238,38 @@ pub fn aik_cert<T: HasPublic>(
     aik: &PKeyRef<T>,
     endorsement_sha256: &[u8],
     validity_secs: u64,
+) -> Result<X509, IssueError> {
+    aik_cert_with(
+        ca_key,
+        ca_cert,
+        kind,
+        subject,
+        aik,
+        endorsement_sha256,
+        validity_secs,
+        None,
+    )
+}
+
+/// An AIK certificate, valid for `validity_secs` but never past the root's notAfter.
+///
+/// * host: CA:TRUE pathlen:1, keyCertSign | digitalSignature, EKU tcg-kp-AIKCertificate,
+///   and [`HOST_EK_CERT_HASH_OID`] = `endorsement_sha256`, the SHA-256 of the host EK
+///   certificate;
+/// * vTPM: CA:FALSE, digitalSignature, EKU tcg-kp-AIKCertificate, and (when
+///   `endorsement_sha256` is not empty) [`VTPM_EK_KEY_HASH_OID`] = `endorsement_sha256`,
+///   the SHA-256 of the vEK's SubjectPublicKeyInfo;
+/// * with `crl_url`: cRLDistributionPoints, one point with that URI as its full name.
+#[allow(clippy::too_many_arguments)]
+pub fn aik_cert_with<T: HasPublic>(
+    ca_key: &PKeyRef<Private>,
+    ca_cert: &X509Ref,
+    kind: Kind,
+    subject: &str,
+    aik: &PKeyRef<T>,
+    endorsement_sha256: &[u8],
+    validity_secs: u64,
+    crl_url: Option<&str>,
 ) -> Result<X509, IssueError> {
     let mut b = builder(subject, Some(ca_cert), aik, validity_secs)?;
     match kind {
@@ -261,7 +303,34 @@ pub fn aik_cert<T: HasPublic>(
         }
         Kind::Vtpm => {}
     }
+    if let Some(url) = crl_url {
+        b.append_extension(crl_distribution_points(url)?)?;
+    }
     finish_issued(b, ca_key, ca_cert)
+}
+
+/// The cRLDistributionPoints extension of CA-issued certificates: one distribution point
+/// whose full name is `url` (the CA is the CRL issuer itself, so no cRLIssuer).
+pub fn crl_distribution_points(url: &str) -> Result<X509Extension, IssueError> {
+    use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    use x509_cert::ext::pkix::CrlDistributionPoints;
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+        return Err(IssueError::BadCrlUrl(url.to_string()));
+    }
+    let uri = Ia5String::new(url).map_err(|_| IssueError::BadCrlUrl(url.to_string()))?;
+    let points = CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(uri),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]);
+    Ok(X509Extension::new_from_der(
+        &*Asn1Object::from_str("2.5.29.31")?,
+        false,
+        &*Asn1OctetString::new_from_bytes(&points.to_der()?)?,
+    )?)
 }
 
 /// A hash extension ([`HOST_EK_CERT_HASH_OID`], [`VTPM_EK_KEY_HASH_OID`]): an OCTET STRING

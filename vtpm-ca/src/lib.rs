@@ -3,8 +3,10 @@
 //! The CA enrolls TPMs by credential activation and issues X.509 AIK certificates:
 //!
 //! * a **host** TPM proves that its AIK lives next to an EK whose certificate chains to a
-//!   configured manufacturer root; it gets a `CA:TRUE, pathlen:1` AIK certificate that binds
-//!   the SHA-256 of the EK certificate ([`issue::HOST_EK_CERT_HASH_OID`]);
+//!   configured manufacturer root, and the administrator's consent with an enrolment token
+//!   for the subject ([`tokens`]; renewals by the same EK need none); it gets a
+//!   `CA:TRUE, pathlen:1` AIK certificate that binds the SHA-256 of the EK certificate
+//!   ([`issue::HOST_EK_CERT_HASH_OID`]);
 //! * either way the subject (`aik/<kind>/<subject>`) is bound, on its first enrollment, to
 //!   the endorsement key (EK or vEK public key) that enrolled it: another TPM asking for it
 //!   is refused (`subject_taken`) until an administrator releases it;
@@ -31,7 +33,9 @@
 //! | [`credential`] | software `TPM2_MakeCredential` for RSA EKs, KDFa, tpm2-tools' credential file |
 //! | [`aik`] | reading a `TPM2B_PUBLIC` AIK: its name, its key, what is wrong with it |
 //! | [`chain`] | verifying the chains the CA relies on, and the policy of each (host EK, vEK, coprocessor) |
-//! | [`enroll`] | the two-step enrollment protocol and its sessions |
+//! | [`enroll`] | the two-step enrollment protocol, its authorization and its sessions |
+//! | [`tokens`] | host enrolment tokens: issued by an administrator for one subject, used once |
+//! | [`limits`] | rate limits of enrollment requests and connection limits, per client and in all |
 //! | [`certstore`] | named certificates and the ACL of bearer-token principals |
 //! | [`revocation`] | revocations, the CRL, status answers |
 //! | [`coprocessor`] | coprocessor registration |
@@ -51,11 +55,13 @@ pub mod coprocessor;
 pub mod credential;
 pub mod enroll;
 pub mod issue;
+pub mod limits;
 pub mod names;
 pub mod revocation;
 pub mod server;
 pub mod setup;
 pub mod store;
+pub mod tokens;
 mod util;
 
 pub use util::subject_text;

@@ -5,13 +5,24 @@
 //! which a host TPM signed, or vEK certificates), each with its time and reason; it is
 //! read, changed and written back holding the store lock ([`Store::lock`]), so revocations
 //! made at once by the server and `vtpm-ca revoke` are all kept. From it come the DER X.509
-//! CRL (CA-issued serials only, signed by the CA key, with nextUpdate, built with
-//! `x509-cert`), the answers of `GET /v1/status`, and what [`crate::chain`] checks chains
-//! against.
+//! CRL, the answers of `GET /v1/status`, and what [`crate::chain`] checks chains against.
+//!
+//! The CRL is an *indirect* CRL (RFC 5280 §5.2.5, §5.3.3; ADR 0012), signed by the CA key,
+//! with nextUpdate, built with `x509-cert`: its issuingDistributionPoint (critical) says
+//! `indirectCRL`, it lists first the revoked serials the CA issued (host AIK, vAIK, TLS
+//! certificates) and then every revoked certificate it did not issue (a coprocessor
+//! certificate, which a host AIK signed; a vEK certificate, which a coprocessor signed),
+//! each of those with a critical certificateIssuer entry extension naming its issuer. The
+//! coprocessor and vEK certificates name this CA as the cRLIssuer of their CRL
+//! distribution point, so a verifier with nothing but this CRL and `openssl verify
+//! -crl_check_all -extended_crl` checks every certificate of a vEK chain.
 
 use std::time::Duration;
 
-use const_oid::db::rfc5280::{ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_CRL_NUMBER};
+use const_oid::db::rfc5280::{
+    ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_CERTIFICATE_ISSUER, ID_CE_CRL_NUMBER,
+    ID_CE_ISSUING_DISTRIBUTION_POINT,
+};
 use const_oid::db::rfc5912::{ECDSA_WITH_SHA_256, SHA_256_WITH_RSA_ENCRYPTION};
 use der::asn1::{Any, BitString, OctetString, Uint};
 use der::{DateTime, Decode, Encode};
@@ -23,8 +34,11 @@ use openssl::sign::Signer;
 use openssl::x509::X509Ref;
 use serde::{Deserialize, Serialize};
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
 use x509_cert::ext::Extension;
+use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
 use x509_cert::{AlgorithmIdentifier, Certificate, Version};
@@ -218,7 +232,7 @@ fn x509_time(unix: u64) -> Result<Time, der::Error> {
     Ok(DateTime::from_unix_duration(Duration::from_secs(unix))?.into())
 }
 
-/// An extension holding the DER of `value`.
+/// A non-critical extension holding the DER of `value`.
 fn extension(
     oid: const_oid::ObjectIdentifier,
     value: &impl Encode,
@@ -228,6 +242,37 @@ fn extension(
         critical: false,
         extn_value: OctetString::new(value.to_der()?)?,
     })
+}
+
+/// A critical extension holding the DER of `value`.
+fn critical_extension(
+    oid: const_oid::ObjectIdentifier,
+    value: &impl Encode,
+) -> Result<Extension, der::Error> {
+    Ok(Extension {
+        critical: true,
+        ..extension(oid, value)?
+    })
+}
+
+/// The entry of a revoked certificate this CA did not issue: its serial, and a critical
+/// certificateIssuer extension naming its issuer.
+fn indirect_entry(cert: &X509Ref, time: u64) -> Result<RevokedCert, RevocationError> {
+    let issuer = Name::from_der(&cert.issuer_name().to_der()?)?;
+    let names: Vec<GeneralName> = vec![GeneralName::DirectoryName(issuer)];
+    Ok(RevokedCert {
+        serial_number: SerialNumber::new(&cert.serial_number().to_bn()?.to_vec())?,
+        revocation_date: x509_time(time)?,
+        crl_entry_extensions: Some(vec![critical_extension(ID_CE_CERTIFICATE_ISSUER, &names)?]),
+    })
+}
+
+/// By value, as OpenSSL's X509_CRL_sort does: a shorter serial is a smaller one.
+fn sort_by_serial(entries: &mut [RevokedCert]) {
+    entries.sort_by(|a, b| {
+        let (a, b) = (a.serial_number.as_bytes(), b.serial_number.as_bytes());
+        (a.len(), a).cmp(&(b.len(), b))
+    });
 }
 
 /// The algorithm the CA key signs with: ECDSA or RSA (PKCS#1 v1.5), SHA-256.
@@ -247,9 +292,11 @@ fn signature_algorithm(key: &PKeyRef<Private>) -> Result<AlgorithmIdentifier, Re
     }
 }
 
-/// The CRL: every revoked CA-issued serial (sorted), signed by the CA, thisUpdate now,
-/// nextUpdate after the configured CRL lifetime, with the CA's key identifier and CRL number
-/// = the time of issue. DER.
+/// The CRL, DER: an indirect CRL (see the module documentation) signed by the CA,
+/// thisUpdate now, nextUpdate after the configured CRL lifetime, with the CA's key
+/// identifier, CRL number = the time of issue, and an issuingDistributionPoint saying
+/// `indirectCRL`. Entries: every revoked CA-issued serial (sorted), then every revoked
+/// certificate the CA did not issue (sorted by serial), each naming its issuer.
 pub fn crl(store: &Store) -> Result<Vec<u8>, RevocationError> {
     let ca = Certificate::from_der(&store.ca_cert()?.to_der()?)?;
     let ca_key = store.ca_key()?;
@@ -272,11 +319,29 @@ pub fn crl(store: &Store) -> Result<Vec<u8>, RevocationError> {
             })
         })
         .collect::<Result<Vec<RevokedCert>, RevocationError>>()?;
-    // By value, as OpenSSL's X509_CRL_sort does: a shorter serial is a smaller one.
-    revoked.sort_by(|a, b| {
-        let (a, b) = (a.serial_number.as_bytes(), b.serial_number.as_bytes());
-        (a.len(), a).cmp(&(b.len(), b))
-    });
+    sort_by_serial(&mut revoked);
+    // Then those the CA did not issue. The entries without a certificateIssuer come first:
+    // an entry without one takes the issuer of the entry before it (RFC 5280 §5.3.3).
+    let mut indirect = Vec::new();
+    for r in &revs.fingerprints {
+        match store.lookup(&r.fingerprint)? {
+            Some(known) => indirect.push(indirect_entry(&known.cert, r.time)?),
+            None => log::warn!(
+                "revoked certificate {} is not registered: not in the CRL",
+                r.fingerprint
+            ),
+        }
+    }
+    sort_by_serial(&mut indirect);
+    revoked.extend(indirect);
+    let scope = IssuingDistributionPoint {
+        distribution_point: None,
+        only_contains_user_certs: false,
+        only_contains_ca_certs: false,
+        only_some_reasons: None,
+        indirect_crl: true,
+        only_contains_attribute_certs: false,
+    };
     let aki = AuthorityKeyIdentifier {
         key_identifier: Some(ski.0),
         ..Default::default()
@@ -293,6 +358,7 @@ pub fn crl(store: &Store) -> Result<Vec<u8>, RevocationError> {
         crl_extensions: Some(vec![
             extension(ID_CE_AUTHORITY_KEY_IDENTIFIER, &aki)?,
             extension(ID_CE_CRL_NUMBER, &crl_number)?,
+            critical_extension(ID_CE_ISSUING_DISTRIBUTION_POINT, &scope)?,
         ]),
     };
     let signature =
@@ -459,8 +525,13 @@ mod tests {
         let list = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).unwrap();
         let tbs = &list.tbs_cert_list;
         let exts = tbs.crl_extensions.as_ref().unwrap();
-        assert_eq!(exts.len(), 2);
-        assert!(exts.iter().all(|e| !e.critical));
+        assert_eq!(exts.len(), 3);
+        assert!(exts[..2].iter().all(|e| !e.critical));
+        // An indirect CRL (ADR 0012), which a verifier must understand to use it.
+        assert_eq!(exts[2].extn_id, ID_CE_ISSUING_DISTRIBUTION_POINT);
+        assert!(exts[2].critical);
+        let idp = IssuingDistributionPoint::from_der(exts[2].extn_value.as_bytes()).unwrap();
+        assert!(idp.indirect_crl && idp.distribution_point.is_none());
         let aki = AuthorityKeyIdentifier::from_der(exts[0].extn_value.as_bytes()).unwrap();
         assert_eq!(exts[0].extn_id, ID_CE_AUTHORITY_KEY_IDENTIFIER);
         assert_eq!(
@@ -513,9 +584,19 @@ mod tests {
         let s = status(&store, &fingerprint(&other).unwrap()).unwrap();
         assert_eq!(s.status, Status::Revoked);
         assert_eq!(s.reason.as_deref(), Some("retired"));
-        // Not in the CRL: the CA did not issue it.
-        let t = crl_text(&crl(&store).unwrap()).unwrap();
-        assert_eq!(t.matches("Serial Number").count(), 1, "{t}");
+        // In the (indirect) CRL after the CA's own, naming its issuer (ADR 0012).
+        let der = crl(&store).unwrap();
+        let t = crl_text(&der).unwrap();
+        assert_eq!(t.matches("Serial Number").count(), 2, "{t}");
+        let list = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der).unwrap();
+        let entries = list.tbs_cert_list.revoked_certificates.unwrap();
+        assert!(entries[0].crl_entry_extensions.is_none());
+        let other_serial = other.serial_number().to_bn().unwrap().to_vec();
+        assert_eq!(entries[1].serial_number.as_bytes(), other_serial.as_slice());
+        let ext = &entries[1].crl_entry_extensions.as_ref().unwrap()[0];
+        assert_eq!(ext.extn_id, ID_CE_CERTIFICATE_ISSUER);
+        assert!(ext.critical);
+        assert!(t.contains("someone else"), "{t}");
 
         let short = issue(&store, Kind::Vtpm, 1);
         std::thread::sleep(std::time::Duration::from_millis(2100));

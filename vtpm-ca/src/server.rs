@@ -3,8 +3,11 @@
 //!
 //! This module owns the routes, the mapping of every module error to an HTTP status and a
 //! JSON `{error, detail}` body ([`ApiError`]), bearer-token extraction, running the blocking
-//! CA operations off the async workers, and the server's life cycle (bind, print the
-//! address, graceful stop on SIGTERM/SIGINT). The routes are listed in [`crate::api`].
+//! CA operations off the async workers, the connection limits ([`LimitedAcceptor`]: a
+//! client over its share of open connections is closed before the TLS handshake, which
+//! itself must finish within [`HANDSHAKE_TIMEOUT`]), and the server's life cycle (bind,
+//! print the address, graceful stop on SIGTERM/SIGINT). The routes are listed in
+//! [`crate::api`].
 
 use std::future::Future;
 use std::io;
@@ -14,26 +17,32 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use axum_server::accept::Accept;
 use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
 use axum_server::Handle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 
 use crate::api::{codes, ErrorBody, GetCertResponse, PutCertRequest};
 use crate::ca::Ca;
 use crate::certstore::CertStoreError;
 use crate::coprocessor::RegistrationError;
-use crate::enroll::EnrollError;
+use crate::enroll::{Caller, EnrollError};
+use crate::limits::{ConnectionLimiter, ConnectionPermit};
 use crate::revocation::RevocationError;
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 
 /// How long a graceful stop waits for open connections.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// How long a client has for the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +73,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status;
         let body = ErrorBody {
             error: self.code.to_string(),
             detail: self.detail,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -164,9 +180,29 @@ impl From<EnrollError> for ApiError {
             E::SessionExpired(_) => (StatusCode::GONE, codes::SESSION_EXPIRED),
             E::ActivationFailed => (StatusCode::FORBIDDEN, codes::ACTIVATION_FAILED),
             E::SubjectTaken { .. } => (StatusCode::FORBIDDEN, codes::SUBJECT_TAKEN),
+            E::EnrollTokenRequired { .. } => {
+                (StatusCode::UNAUTHORIZED, codes::ENROLLMENT_TOKEN_REQUIRED)
+            }
+            E::EnrollTokenRefused(_) => (StatusCode::FORBIDDEN, codes::ENROLLMENT_TOKEN_INVALID),
+            E::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, codes::RATE_LIMITED),
+            E::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, codes::TOO_MANY_SESSIONS),
             E::Store(e) => return e.into(),
             E::CertStore(e) => return e.into(),
             E::Issue(_) | E::Crypto(_) => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        use TokenError as E;
+        let (status, code) = match e {
+            E::BadSubject(_) => (StatusCode::BAD_REQUEST, codes::BAD_SUBJECT),
+            E::BadValidity(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            E::Access(e) => return e.into(),
+            E::Store(e) => return e.into(),
+            E::Crypto(_) => return ApiError::internal(e),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -244,6 +280,7 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/v1/crl", get(crl))
         .route("/v1/status", get(status))
         .route("/v1/coprocessor", post(coprocessor))
+        .route("/v1/enroll-tokens", post(enroll_tokens))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such endpoint")
         })
@@ -262,14 +299,43 @@ async fn get_ca(State(ca): State<Shared>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
-async fn enroll_start(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| ca.enroll_start(&req)).await
+/// The enrollment caller of a request: its address (absent when the router is used without
+/// connection information) and its bearer token.
+fn caller(addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>, headers: &HeaderMap) -> Caller {
+    Caller {
+        addr: addr.map(|axum::Extension(ConnectInfo(a))| a.ip()),
+        token: bearer(headers),
+    }
 }
 
-async fn enroll_finish(State(ca): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn enroll_start(
+    State(ca): State<Shared>,
+    addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(addr, &headers);
     let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| ca.enroll_finish(&req)).await
+    blocking_json(&ca, move |ca| ca.enroll_start_as(&req, &caller)).await
+}
+
+async fn enroll_finish(
+    State(ca): State<Shared>,
+    addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(addr, &headers);
+    let req = json_body(&body)?;
+    blocking_json(&ca, move |ca| ca.enroll_finish_as(&req, &caller)).await
+}
+
+async fn enroll_tokens(
+    State(ca): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorized_json(&ca, &headers, &body, Ca::create_enroll_token).await
 }
 
 async fn put_cert(
@@ -376,13 +442,138 @@ async fn serve_with_handle(
     stopper: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let config = tls_config(&ca)?;
+    let limits = ca
+        .store()
+        .config()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .limits;
+    ca.set_served_crl_url(format!(
+        "{}/v1/crl",
+        public_base(&ca, listener.local_addr()?)
+    ));
     listener.set_nonblocking(true)?;
     tokio::spawn(stopper);
+    let acceptor = OpenSSLAcceptor::new(config)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .acceptor(LimitedAcceptor {
+            limiter: ConnectionLimiter::new(&limits),
+        });
     axum_server::from_tcp(listener)
-        .acceptor(OpenSSLAcceptor::new(config))
+        .acceptor(acceptor)
         .handle(handle)
-        .serve(router(ca).into_make_service())
+        .serve(router(ca).into_make_service_with_connect_info::<SocketAddr>())
         .await
+}
+
+/// `https://HOST:PORT` of a server listening on `addr`: its address, or for an unspecified
+/// one (`0.0.0.0`, `::`) the first name of its TLS certificate.
+fn public_base(ca: &Ca, addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read(ca.store().tls_cert_path())
+            .ok()
+            .and_then(|pem| openssl::x509::X509::from_pem(&pem).ok())
+            .and_then(|c| {
+                c.subject_name()
+                    .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                    .next()
+                    .and_then(|e| e.data().to_string().ok())
+                    .map(|s| s.to_string())
+            })
+            .unwrap_or_else(|| "localhost".to_string())
+    } else {
+        addr.ip().to_string()
+    };
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("https://[{host}]:{}", addr.port())
+    } else {
+        format!("https://{host}:{}", addr.port())
+    }
+}
+
+/// Takes a [`ConnectionPermit`] for every accepted connection, before the TLS handshake; a
+/// client over its share (or a server at its total) is closed at once.
+#[derive(Debug, Clone)]
+pub struct LimitedAcceptor {
+    limiter: Arc<ConnectionLimiter>,
+}
+
+impl<S> Accept<TcpStream, S> for LimitedAcceptor {
+    type Stream = Limited<TcpStream>;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let permit = stream
+            .peer_addr()
+            .ok()
+            .and_then(|peer| self.limiter.try_acquire(peer.ip()));
+        std::future::ready(match permit {
+            Some(permit) => Ok((
+                Limited {
+                    inner: stream,
+                    _permit: permit,
+                },
+                service,
+            )),
+            None => {
+                log::debug!("connection refused: connection limit reached");
+                Err(io::Error::other("connection limit reached"))
+            }
+        })
+    }
+}
+
+/// A stream that holds its connection's [`ConnectionPermit`] until it is dropped.
+#[derive(Debug)]
+pub struct Limited<T> {
+    inner: T,
+    _permit: ConnectionPermit,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Limited<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Limited<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

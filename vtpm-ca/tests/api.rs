@@ -346,6 +346,135 @@ fn in_process_server_for_other_crates_tests() {
     assert!(client.ca().is_err());
 }
 
+/// Enrollment requests are rate-limited per client address: a flood of `enroll/start`
+/// requests from one client is answered `429 rate_limited` (with Retry-After) after its
+/// burst, cheaply, and the client recovers at the configured rate.
+#[test]
+fn a_flood_of_enrollment_requests_is_rate_limited() {
+    let server = CaServer::start(3600, &[]);
+    let c = server.client(None);
+    let junk = vtpm_ca::api::EnrollStartRequest {
+        kind: vtpm_ca::api::Kind::Vtpm,
+        subject: "vm-1".into(),
+        ek_cert_chain: vec!["not a certificate".into()],
+        aik_public: String::new(),
+    };
+    let burst = vtpm_ca::limits::Limits::default().enroll_burst_per_client;
+    let mut codes = Vec::new();
+    for _ in 0..burst + 10 {
+        codes.push(c.enroll_start(&junk).unwrap_err());
+    }
+    let bad = codes
+        .iter()
+        .filter(|e| e.code() == Some("bad_ek_certificate"))
+        .count();
+    let limited: Vec<_> = codes
+        .iter()
+        .filter(|e| e.code() == Some("rate_limited"))
+        .collect();
+    assert!(bad >= burst as usize, "{codes:?}");
+    assert!(!limited.is_empty(), "{codes:?}");
+    assert_api_error(limited[0], 429, "rate_limited");
+    // Finishing is limited by the same bucket.
+    let e = c
+        .enroll_finish(&vtpm_ca::api::EnrollFinishRequest {
+            session: "nope".into(),
+            secret: "AAAA".into(),
+        })
+        .unwrap_err();
+    assert_api_error(&e, 429, "rate_limited");
+    // Two requests a second come back.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        c.enroll_start(&junk).unwrap_err().code(),
+        Some("bad_ek_certificate")
+    );
+    // Everything else is served as before.
+    assert!(c.ca().is_ok());
+}
+
+/// One client may hold only so many connections: beyond its share the server closes new
+/// ones at once (before any TLS), and serves it again once it closed some.
+#[test]
+fn one_client_cannot_hold_every_connection() {
+    use std::io::Read;
+    let server = CaServer::start(3600, &[]);
+    let addr = server.url.trim_start_matches("https://").to_string();
+    let per_client = vtpm_ca::limits::Limits::default().connections_per_client as usize;
+    let mut held = Vec::new();
+    for _ in 0..per_client {
+        held.push(std::net::TcpStream::connect(&addr).unwrap());
+    }
+    // Give the server time to accept them all.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the limit was not closed: {other:?}"),
+    }
+    // A held one is still open (the server waits for its TLS handshake).
+    held[0]
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let e = held[0].read(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    drop(held);
+    let c = server.client(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match c.ca() {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("not served again after closing: {e}"),
+        }
+    }
+}
+
+/// Enrolment tokens over the API: only an admin issues them.
+#[test]
+fn enrolment_tokens_are_issued_by_admins() {
+    let server = CaServer::start(3600, &[]);
+    let t = server
+        .admin()
+        .create_enroll_token("host-1", Some(600))
+        .unwrap();
+    assert_eq!(t.subject, "host-1");
+    assert_eq!(t.token.len(), 64);
+    let writer = server.add_principal(&["--name", "w", "--write-prefix", ""]);
+    let e = server
+        .client(Some(&writer))
+        .create_enroll_token("host-1", None)
+        .unwrap_err();
+    assert_api_error(&e, 403, "forbidden");
+    let e = server
+        .client(None)
+        .create_enroll_token("host-1", None)
+        .unwrap_err();
+    assert_api_error(&e, 401, "unauthenticated");
+    let e = server
+        .admin()
+        .create_enroll_token("../x", None)
+        .unwrap_err();
+    assert_api_error(&e, 400, "bad_subject");
+    let text = vtpm_ca_ok(&server.store, &["list"]);
+    assert!(text.contains("aik/host/host-1\topen"), "{text}");
+    assert!(!text.contains(&t.token), "{text}");
+}
+
 #[test]
 fn readme_options_match_the_command_line() {
     let commands: &[&[&str]] = &[
@@ -358,6 +487,7 @@ fn readme_options_match_the_command_line() {
         &["crl"],
         &["add-ek-root"],
         &["release"],
+        &["enroll-token"],
         &["list"],
     ];
     let bin = std::path::Path::new(common::BIN);

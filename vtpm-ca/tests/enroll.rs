@@ -124,9 +124,9 @@ fn software_make_credential_activates_in_swtpm() {
 
 #[test]
 fn host_enrollment_with_swtpm_then_revocation_crl_and_status() {
-    let (server, tpm, client) = ca_with_host(3600);
+    let (server, tpm, _) = ca_with_host(3600);
     let req = host_start_request(&tpm, "host-1");
-    let out = enroll(&client, &tpm, &req);
+    let out = enroll(&server.host_client("host-1"), &tpm, &req);
 
     assert_eq!(out.name, "aik/host/host-1");
     let cert = X509::from_pem(out.certificate.as_bytes()).unwrap();
@@ -178,7 +178,11 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     let second = host_tpm(&server, "second");
     let client = server.client(None);
     let admin = server.admin();
-    let out = enroll(&client, &first, &host_start_request(&first, "host-1"));
+    let out = enroll(
+        &server.host_client("host-1"),
+        &first,
+        &host_start_request(&first, "host-1"),
+    );
     let stored = admin.get_cert("aik/host/host-1").unwrap();
     assert_eq!(
         X509::from_pem(stored.as_bytes()).unwrap().to_der().unwrap(),
@@ -194,7 +198,11 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     assert_api_error(&e, 403, "subject_taken");
     assert_eq!(admin.get_cert("aik/host/host-1").unwrap(), stored);
     // It may enroll under a name of its own.
-    let other = enroll(&client, &second, &host_start_request(&second, "host-2"));
+    let other = enroll(
+        &server.host_client("host-2"),
+        &second,
+        &host_start_request(&second, "host-2"),
+    );
     assert_eq!(other.name, "aik/host/host-2");
 
     // Renewal: the first TPM enrolls host-1 again with the same EK.
@@ -216,7 +224,7 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
         &["release", "--kind", "host", "--subject", "host-1"],
     );
     assert!(text.contains("not bound"), "{text}");
-    let moved = enroll(&client, &second, &taken);
+    let moved = enroll(&server.host_client("host-1"), &second, &taken);
     assert_eq!(
         admin.get_cert("aik/host/host-1").unwrap(),
         moved.certificate
@@ -228,9 +236,90 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     assert_eq!(e.code(), Some("subject_taken"), "{e}");
 }
 
+/// A host TPM with a valid EK chain enrolls a new subject only with an enrolment token the
+/// administrator issued for that subject (or an admin's token), once; enrolling again with
+/// the same EK (renewal) needs none, unless its certificate was revoked.
+#[test]
+fn a_new_host_subject_needs_an_enrolment_token() {
+    let (server, tpm, client) = ca_with_host(3600);
+    let admin = server.admin();
+    let req = host_start_request(&tpm, "host-1");
+
+    // No token: refused before any credential is made; nothing issued or bound.
+    let e = client.enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 401, "enrollment_token_required");
+    assert!(e.to_string().contains("vtpm-ca enroll-token"), "{e}");
+    let e = admin.get_cert("aik/host/host-1").unwrap_err();
+    assert_eq!(e.code(), Some("not_found"), "{e}");
+    // A principal that is not an admin is no authority; an unknown token is refused.
+    let writer = server.add_principal(&["--name", "w", "--write-prefix", "coprocessor/"]);
+    let e = server.client(Some(&writer)).enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 401, "enrollment_token_required");
+    let e = server
+        .client(Some(&"0".repeat(64)))
+        .enroll_start(&req)
+        .unwrap_err();
+    assert_api_error(&e, 403, "enrollment_token_invalid");
+    // A token for another subject, or an expired one.
+    let e = server.host_client("host-2").enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 403, "enrollment_token_invalid");
+    assert!(e.to_string().contains("host-2"), "{e}");
+    let short = vtpm_ca_ok(
+        &server.store,
+        &[
+            "enroll-token",
+            "--subject",
+            "host-1",
+            "--validity-secs",
+            "1",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let e = server
+        .client(Some(short.trim()))
+        .enroll_start(&req)
+        .unwrap_err();
+    assert_api_error(&e, 403, "enrollment_token_invalid");
+    assert!(e.to_string().contains("expired"), "{e}");
+
+    // The right token enrolls, once.
+    let token = server.enroll_token("host-1");
+    let with_token = server.client(Some(&token));
+    let first = enroll(&with_token, &tpm, &req);
+    let text = vtpm_ca_ok(&server.store, &["list"]);
+    assert!(
+        text.contains("aik/host/host-1\tused=") && text.contains(&first.serial),
+        "{text}"
+    );
+    // The same TPM renews without one.
+    let renewed = enroll(&client, &tpm, &req);
+    assert_ne!(renewed.serial, first.serial);
+    // Released, the subject needs a token again, and the used one does not do.
+    vtpm_ca_ok(
+        &server.store,
+        &["release", "--kind", "host", "--subject", "host-1"],
+    );
+    let e = client.enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 401, "enrollment_token_required");
+    let e = with_token.enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 403, "enrollment_token_invalid");
+    assert!(e.to_string().contains("used"), "{e}");
+    let again = enroll(&server.host_client("host-1"), &tpm, &req);
+
+    // A revoked host re-enrolls only with the administrator's consent (here an admin token).
+    admin.revoke_serial(&again.serial, Some("retired")).unwrap();
+    let e = client.enroll_start(&req).unwrap_err();
+    assert_api_error(&e, 401, "enrollment_token_required");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let back = enroll(&admin, &tpm, &req);
+    assert_eq!(admin.get_cert("aik/host/host-1").unwrap(), back.certificate);
+    enroll(&client, &tpm, &req);
+}
+
 #[test]
 fn wrong_secret_is_activation_failed_and_ends_the_session() {
-    let (server, tpm, client) = ca_with_host(3600);
+    let (server, tpm, _) = ca_with_host(3600);
+    let client = server.host_client("host-1");
     let start = client
         .enroll_start(&host_start_request(&tpm, "host-1"))
         .unwrap();
@@ -276,7 +365,7 @@ fn ek_not_under_a_trusted_root_is_refused() {
     short.ek_cert_chain.truncate(1);
     let e = client.enroll_start(&short).unwrap_err();
     assert_eq!(e.code(), Some("untrusted_ek"), "{e}");
-    client.enroll_start(&req).unwrap();
+    server.host_client("host-1").enroll_start(&req).unwrap();
 }
 
 #[test]
@@ -314,7 +403,11 @@ fn aik_with_wrong_attributes_is_refused_with_the_list() {
 #[test]
 fn certificates_expire_with_the_configured_validity() {
     let (server, tpm, client) = ca_with_host(2);
-    let out = enroll(&client, &tpm, &host_start_request(&tpm, "short-lived"));
+    let out = enroll(
+        &server.host_client("short-lived"),
+        &tpm,
+        &host_start_request(&tpm, "short-lived"),
+    );
     assert_eq!(
         out.not_after - out.not_before,
         2 + vtpm_ca::issue::BACKDATE_SECS
@@ -349,7 +442,11 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     use std::time::Duration;
 
     let (server, host, client) = ca_with_host(3600);
-    let host_out = enroll(&client, &host, &host_start_request(&host, "host-1"));
+    let host_out = enroll(
+        &server.host_client("host-1"),
+        &host,
+        &host_start_request(&host, "host-1"),
+    );
     let host_aik = X509::from_pem(host_out.certificate.as_bytes()).unwrap();
 
     // The coprocessor certificate: software P-256 key, signed by the host AIK in the TPM

@@ -47,17 +47,27 @@ pub struct CaArgs {
     pub token_file: Option<PathBuf>,
 }
 
+fn read_token(path: &PathBuf) -> Result<String, AgentError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })
+}
+
 impl CaArgs {
     fn client(&self) -> Result<Client, AgentError> {
-        let io = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| AgentError::Io { path, source }
-        };
-        let pem = std::fs::read(&self.ca_cert).map_err(io(&self.ca_cert))?;
-        let token = match &self.token_file {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(io(p))?.trim().to_owned()),
-            None => None,
-        };
+        let token = self.token_file.as_ref().map(read_token).transpose()?;
+        self.client_with(token)
+    }
+
+    /// A client sending `token` as its bearer token.
+    fn client_with(&self, token: Option<String>) -> Result<Client, AgentError> {
+        let pem = std::fs::read(&self.ca_cert).map_err(|source| AgentError::Io {
+            path: self.ca_cert.clone(),
+            source,
+        })?;
         Ok(Client::new(&self.ca, &pem, token)?)
     }
 }
@@ -72,9 +82,15 @@ pub enum HostCommand {
         /// This host's identifier (default: /etc/machine-id).
         #[arg(long)]
         host_id: Option<String>,
+        /// File holding the enrolment token an administrator issued for this host id
+        /// (`vtpm-ca enroll-token`); needed unless the host id is already enrolled with this
+        /// TPM (then enrolling again is a renewal).
+        #[arg(long, value_name = "PATH")]
+        enroll_token_file: Option<PathBuf>,
     },
-    /// Create (once) the coprocessor key and have the host TPM's AIK sign its certificate;
-    /// with --token-file, register it with the CA.
+    /// Create (once) the coprocessor key, have the host TPM's AIK sign its certificate and
+    /// register it with the CA (--token-file: a principal allowed to write coprocessor/...).
+    /// All or nothing: if the CA does not register it, no key or certificate is kept.
     CertifyCoprocessor {
         #[arg(long)]
         host_id: Option<String>,
@@ -82,7 +98,7 @@ pub enum HostCommand {
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
         #[command(flatten)]
-        ca: Option<CaArgs>,
+        ca: CaArgs,
     },
     /// Provision (or re-issue) the vEK certificates and their chain into a vTPM instance
     /// that is not running.
@@ -117,6 +133,31 @@ pub enum HostCommand {
         aik_handle: u32,
         #[command(flatten)]
         ca: CaArgs,
+    },
+    /// Bring the identity in the NV of a vTPM instance that is not running up to date with
+    /// the host directory (after `renew`): the chain becomes the current coprocessor and
+    /// host AIK certificates; the vEK certificates are issued again only if they are due,
+    /// would outlive the coprocessor certificate, or do not verify under it.
+    Refresh {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        /// Lifetime of re-issued vEK certificates (capped at the coprocessor certificate's).
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u64,
+    },
+    /// Write the certificates in the NV of a vTPM instance that is not running, as PEM, to
+    /// OUT: rsa-vek.pem, ecc-vek.pem, chain-0.pem (coprocessor), chain-1.pem (host AIK).
+    Certificates {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The instance's state key is wrapped by this host key file instead of the host TPM.
+        #[arg(long, value_name = "PATH")]
+        instance_host_key_file: Option<PathBuf>,
+        #[arg(long, value_name = "OUT")]
+        out: PathBuf,
     },
     /// Renew the host AIK and coprocessor certificates that have less than a third of their
     /// lifetime left.
@@ -166,10 +207,20 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
         auth: args.host_tpm_auth_file.clone(),
     };
     match args.command {
-        HostCommand::Enroll { ca, host_id: id } => {
+        HostCommand::Enroll {
+            ca,
+            host_id: id,
+            enroll_token_file,
+        } => {
+            // The enrolment token is the bearer token of enroll/start; without one, a
+            // principal's (--token-file; an admin's authorises too) or none (a renewal).
+            let client = match &enroll_token_file {
+                Some(p) => ca.client_with(Some(read_token(p)?))?,
+                None => ca.client()?,
+            };
             let mut tpm = HostTpm::connect(&tcti)?;
             let id = host_id(&id);
-            let cert = enroll_host(&mut tpm, &dir, &ca.client()?, &id, false)?;
+            let cert = enroll_host(&mut tpm, &dir, &client, &id, false)?;
             Ok(format!(
                 "host {id} enrolled; host AIK certificate {} ({})",
                 dir.file(crate::HOST_AIK_CERT).display(),
@@ -181,28 +232,28 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             validity_days,
             ca,
         } => {
+            if ca.token_file.is_none() {
+                return Err(AgentError::Invalid {
+                    what: "--token-file".into(),
+                    reason: "certify-coprocessor registers the certificate with the CA: give \
+                             the token of a principal allowed to write coprocessor/..."
+                        .into(),
+                });
+            }
+            let client = ca.client()?;
             let mut tpm = HostTpm::connect(&tcti)?;
-            let client = match &ca {
-                Some(ca) => Some(ca.client()?),
-                None => None,
-            };
             let cert = certify_coprocessor(
                 &mut tpm,
                 &dir,
                 &host_key,
                 &host_id(&id),
                 Validity::starting_now(days(validity_days)),
-                client.as_ref(),
+                &client,
             )?;
             Ok(format!(
-                "coprocessor certificate {} ({}), signed by the host TPM{}",
+                "coprocessor certificate {} ({}), signed by the host TPM; registered with the CA",
                 dir.file(crate::COPROCESSOR_CERT).display(),
                 subject(&cert),
-                if client.is_some() {
-                    "; registered with the CA"
-                } else {
-                    ""
-                }
             ))
         }
         HostCommand::Provision {
@@ -255,6 +306,68 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
                 done.name,
                 done.aik_handle
             ))
+        }
+        HostCommand::Refresh {
+            state_dir,
+            instance_host_key_file,
+            validity_days,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let done = crate::instance::refresh(
+                &state_dir,
+                &instance_key,
+                &dir,
+                &host_key,
+                Validity::starting_now(days(validity_days)),
+            )?;
+            Ok(format!(
+                "vEK certificates {}; chain {}",
+                if done.reissued { "re-issued" } else { "kept" },
+                if done.chain_rewritten {
+                    "rewritten"
+                } else {
+                    "unchanged"
+                }
+            ))
+        }
+        HostCommand::Certificates {
+            state_dir,
+            instance_host_key_file,
+            out,
+        } => {
+            let instance_key = match instance_host_key_file {
+                Some(p) => HostKey::File(p),
+                None => host_key.clone(),
+            };
+            let certs = crate::instance::certificates(&state_dir, &instance_key)?;
+            let named = [
+                ("rsa-vek.pem", certs.rsa_vek),
+                ("ecc-vek.pem", certs.ecc_vek),
+            ]
+            .into_iter()
+            .filter_map(|(n, c)| c.map(|c| (n.to_owned(), c)))
+            .chain(
+                certs
+                    .chain
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("chain-{i}.pem"), c)),
+            );
+            std::fs::create_dir_all(&out).map_err(|source| AgentError::Io {
+                path: out.clone(),
+                source,
+            })?;
+            let mut written = Vec::new();
+            for (name, cert) in named {
+                let path = out.join(&name);
+                std::fs::write(&path, cert.to_pem()?)
+                    .map_err(|source| AgentError::Io { path, source })?;
+                written.push(name);
+            }
+            Ok(format!("{}: {}", out.display(), written.join(", ")))
         }
         HostCommand::Renew {
             ca,

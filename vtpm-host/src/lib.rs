@@ -11,6 +11,8 @@
 //! - [`provision_instance`]: a vTPM instance (its state directory, offline) gets its vEK
 //!   certificates and the chain in NV, signed by the coprocessor key. Running it again
 //!   re-issues them (what migration calls).
+//! - [`instance`]: a stopped instance's certificates read from NV, and its identity
+//!   refreshed after the host's certificates were renewed (ADR 0012).
 //!
 //! Host identity directory (default `/var/lib/vtpm/host`, mode 0700):
 //! `host-ek.pem`, `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`,
@@ -18,6 +20,7 @@
 //! `migration.key` (the host's migration key, wrapped by the host TPM) and `migration.pub`.
 
 pub mod cli;
+pub mod instance;
 pub mod vaik;
 
 use std::fs;
@@ -44,6 +47,9 @@ pub const HOST_AIK_BLOB: &str = "host-aik.blob";
 pub const HOST_AIK_CERT: &str = "host-aik.pem";
 pub const CA_CERT: &str = "ca.pem";
 pub const COPROCESSOR_CERT: &str = "coprocessor.pem";
+/// Where `certify-coprocessor` makes a new coprocessor key until the CA has registered its
+/// certificate.
+pub const COPROCESSOR_STAGING: &str = ".coprocessor.staging";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -219,7 +225,9 @@ fn unb64(what: &str, text: &str) -> Result<Vec<u8>, AgentError> {
 }
 
 /// Runs the CA's credential activation for an AIK with the host TPM and stores the host AIK
-/// certificate. A new AIK is created unless `reuse_aik` and one exists (renewal); a stored
+/// certificate. The first enrolment of `host_id` needs `ca` to carry the enrolment token the
+/// administrator issued for it (`vtpm-ca enroll-token`); enrolling again with the same TPM
+/// (renewal) needs none. A new AIK is created unless `reuse_aik` and one exists (renewal); a stored
 /// AIK that cannot be read is an error, not a reason to make another. A new AIK is kept in
 /// memory until the CA has certified it: only then are its blob and its certificate written,
 /// so a failed enrollment leaves the stored AIK and certificate as they were.
@@ -276,42 +284,74 @@ pub fn enroll_host(
     Ok(cert)
 }
 
-/// Creates the coprocessor key (once; later calls re-certify the existing key) and has the
-/// host TPM's AIK sign its certificate. With `ca` (and a token allowed to write
-/// `coprocessor/...`), registers the certificate with the CA. Creates the host's migration
-/// key too, once ([`ensure_migration_key`]).
+/// Creates the coprocessor key (once; later calls re-certify the existing key), has the host
+/// TPM's AIK sign its certificate and registers it with the CA (`ca` must carry a token
+/// allowed to write `coprocessor/...`), then creates the host's migration key, once
+/// ([`ensure_migration_key`]).
+///
+/// All or nothing: a new key is made in a staging directory and the certificate kept in
+/// memory until the CA has registered it; only then are the key moved into place and
+/// `coprocessor.pem` written. A refusal (no token, no permission, an untrusted chain, the
+/// TPM failing) leaves the host directory as it was, so `provision` never finds a
+/// coprocessor certificate the CA does not know.
 pub fn certify_coprocessor(
     tpm: &mut HostTpm,
     dir: &HostDir,
     host_key: &HostKey,
     host_id: &str,
     validity: Validity,
-    ca: Option<&Client>,
+    ca: &Client,
 ) -> Result<X509, AgentError> {
-    let key = match CoprocessorKey::open(dir.path(), host_key) {
-        Ok(key) => key,
+    if !ca.has_token() {
+        return Err(AgentError::Invalid {
+            what: "the CA client".into(),
+            reason: "registering the coprocessor certificate needs a token of a CA principal \
+                     allowed to write coprocessor/... (--token-file)"
+                .into(),
+        });
+    }
+    let aik_cert = dir.host_aik_cert()?;
+    let aik = dir.aik()?;
+    let staging = dir.file(COPROCESSOR_STAGING);
+    let (key, new_key) = match CoprocessorKey::open(dir.path(), host_key) {
+        Ok(key) => (key, false),
         Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            CoprocessorKey::create(dir.path(), host_key)?
+            // A staging directory left by an interrupted run holds nothing registered.
+            remove_dir_if_present(&staging)?;
+            (CoprocessorKey::create(&staging, host_key)?, true)
         }
         Err(e) => return Err(e.into()),
     };
-    let aik_cert = dir.host_aik_cert()?;
-    let aik = dir.aik()?;
-    let cert = issue_signed_with(
-        &CertSpec::coprocessor(host_id, validity),
-        &aik_cert,
-        &key.public_key(),
-        &tpm.aik_signer(&aik)?,
-    )?;
-    let pem = cert.to_pem()?;
-    dir.write(COPROCESSOR_CERT, &pem)?;
-    if let Some(ca) = ca {
+    let certified = (|| {
+        let cert = issue_signed_with(
+            &CertSpec::coprocessor(host_id, validity),
+            &aik_cert,
+            &key.public_key(),
+            &tpm.aik_signer(&aik)?,
+        )?;
+        let pem = cert.to_pem()?;
         ca.register_coprocessor(&[
             String::from_utf8_lossy(&pem).into_owned(),
             String::from_utf8_lossy(&aik_cert.to_pem()?).into_owned(),
         ])?;
+        Ok::<_, AgentError>((cert, pem))
+    })();
+    let (cert, pem) = match certified {
+        Ok(done) => done,
+        Err(e) => {
+            if new_key {
+                remove_dir_if_present(&staging)?;
+            }
+            return Err(e);
+        }
+    };
+    if new_key {
+        commit_staged_key(dir, &staging)?;
     }
-    info!("coprocessor certificate issued by the host AIK for host {host_id}");
+    dir.write(COPROCESSOR_CERT, &pem)?;
+    info!(
+        "coprocessor certificate issued by the host AIK for host {host_id}, registered with the CA"
+    );
     ensure_migration_key(dir, host_key)?;
     Ok(cert)
 }
@@ -335,6 +375,38 @@ pub fn ensure_migration_key(dir: &HostDir, host_key: &HostKey) -> Result<(), Age
     Ok(())
 }
 
+/// Moves the coprocessor key made in `staging` into the host directory (never replacing
+/// one) and removes `staging`.
+fn commit_staged_key(dir: &HostDir, staging: &Path) -> Result<(), AgentError> {
+    let from = staging.join(identity::key::KEY_FILE);
+    let to = dir.file(identity::key::KEY_FILE);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AgentError::Io { path, source }
+    };
+    match fs::hard_link(&from, &to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_dir_if_present(staging)?;
+            return Err(IdentityError::KeyExists { path: to }.into());
+        }
+        Err(e) => return Err(io(&to)(e)),
+    }
+    durable_fs::sync_dir(dir.path()).map_err(io(dir.path()))?;
+    remove_dir_if_present(staging)
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), AgentError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Provisions (or re-issues) the vEK certificates and their chain into the instance in
 /// `state_dir`, whose state key `instance_key` protects. The instance must not be running
 /// (its directory lock is taken).
@@ -345,9 +417,11 @@ pub fn provision_instance(
     coprocessor_key: &HostKey,
     validity: Validity,
 ) -> Result<ProvisionedEk, AgentError> {
-    let key = CoprocessorKey::open(dir.path(), coprocessor_key)?;
+    // The certificate first: `certify-coprocessor` writes it only once the CA registered
+    // it, so without it there is nothing to provision with (whatever key is there).
     let coprocessor_cert = dir.coprocessor_cert()?;
     let host_aik_cert = dir.host_aik_cert()?;
+    let key = CoprocessorKey::open(dir.path(), coprocessor_key)?;
     let (store, _) = EncryptedStore::open(state_dir, instance_key, "libtpms")?;
     let instance = store.instance();
     let mut engine = LibtpmsEngine::start(Box::new(store))?;
@@ -370,7 +444,8 @@ pub fn provision_instance(
     Ok(provisioned)
 }
 
-fn due(cert: &X509) -> Result<bool, AgentError> {
+/// Whether `cert` is due for renewal now (a third of its lifetime left, or expired).
+pub(crate) fn due(cert: &openssl::x509::X509Ref) -> Result<bool, AgentError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -393,7 +468,8 @@ pub fn renew(
     coprocessor_lifetime: Duration,
 ) -> Result<Vec<&'static str>, AgentError> {
     let mut renewed = Vec::new();
-    if due(&dir.host_aik_cert()?)? {
+    let host_aik_cert = dir.host_aik_cert()?;
+    if due(&host_aik_cert)? {
         enroll_host(tpm, dir, ca, host_id, true)?;
         renewed.push("host AIK certificate");
     }
@@ -409,7 +485,7 @@ pub fn renew(
             host_key,
             host_id,
             Validity::starting_now(coprocessor_lifetime),
-            Some(ca),
+            ca,
         )?;
         renewed.push("coprocessor certificate");
     }

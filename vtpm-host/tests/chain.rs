@@ -204,6 +204,62 @@ fn host_whose_ek_is_not_under_a_trusted_root_is_refused() {
     assert_eq!(std::fs::read(host.join("host-aik.pem")).unwrap(), pem);
 }
 
+/// `vtpm-host enroll` of a new host id needs the administrator's enrolment token: without
+/// one (or with one for another host id) the CA refuses and nothing is kept; with it the
+/// host is enrolled, and enrolling again with the same TPM (a renewal) needs no token.
+#[test]
+fn enroll_needs_the_enrolment_token_for_its_host_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (host_tpm, maker) = HostTpmSimulator::manufacture(&tmp.path().join("host-tpm")).unwrap();
+    let (root, issuer) = (
+        maker.root.display().to_string(),
+        maker.issuer.display().to_string(),
+    );
+    let ca = CaProcess::start(
+        &bin("vtpm-ca"),
+        &tmp.path().join("ca"),
+        &["--ek-root", &root, "--ek-root", &issuer],
+    )
+    .unwrap();
+    let host = tmp.path().join("host");
+    let enroll = |extra: &[&str]| {
+        let mut args = vec![
+            "enroll",
+            "--host-id",
+            "host-1",
+            "--ca",
+            &ca.url,
+            "--ca-cert",
+            ca.ca_cert.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vtpm_host(&host, &host_tpm.tcti(), &args)
+    };
+    let token_file = |subject: &str| {
+        let token = ca.command(&["enroll-token", "--subject", subject]).unwrap();
+        let p = tmp.path().join(format!("{subject}.token"));
+        std::fs::write(&p, token.trim()).unwrap();
+        p.display().to_string()
+    };
+    let err = enroll(&[]).unwrap_err();
+    assert!(err.contains("enrollment_token_required"), "{err}");
+    assert!(!host.join("host-aik.pem").exists() && !host.join("host-aik.blob").exists());
+    let other = token_file("host-2");
+    let err = enroll(&["--enroll-token-file", &other]).unwrap_err();
+    assert!(err.contains("enrollment_token_invalid"), "{err}");
+    assert!(!host.join("host-aik.pem").exists());
+
+    let mine = token_file("host-1");
+    enroll(&["--enroll-token-file", &mine]).unwrap();
+    let first = std::fs::read_to_string(host.join("host-aik.pem")).unwrap();
+    // The token is spent; the same TPM enrolls again without one.
+    enroll(&[]).unwrap();
+    assert_ne!(
+        std::fs::read_to_string(host.join("host-aik.pem")).unwrap(),
+        first
+    );
+}
+
 #[test]
 fn renew_reissues_the_host_certificates_that_are_due() {
     let tmp = tempfile::tempdir().unwrap();
@@ -251,6 +307,286 @@ fn renew_reissues_the_host_certificates_that_are_due() {
     assert!(s.host(&args).unwrap().contains("nothing due for renewal"));
 }
 
+/// `certify-coprocessor` is all or nothing: without a token, or with a token that may not
+/// register coprocessors, it keeps no coprocessor key or certificate, so `provision` has
+/// nothing to provision with; a failed re-certification keeps the registered key and
+/// certificate as they were.
+#[test]
+fn certify_coprocessor_keeps_nothing_the_ca_did_not_register() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::enrolled(bin_dir(), tmp.path(), "host-1", &[]).unwrap();
+    let key = s.host_dir.join("coprocessor.key");
+    let cert = s.host_dir.join("coprocessor.pem");
+    let leftovers = || {
+        let mut names: Vec<String> = std::fs::read_dir(&s.host_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("coprocessor") || n.starts_with(".coprocessor"))
+            .collect();
+        names.sort();
+        names
+    };
+    let ca_args = s.ca_args();
+    let certify = |extra: &[&str]| {
+        let mut args = vec!["certify-coprocessor", "--host-id", "host-1"];
+        args.extend(ca_args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        s.host(&args)
+    };
+    let vm = tmp.path().join("vm1").join("state");
+
+    // No token: refused before anything is made.
+    let err = certify(&[]).unwrap_err();
+    assert!(err.contains("--token-file"), "{err}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+    // A principal that may not write coprocessor/...: the host TPM signs, the CA refuses
+    // the registration, nothing is kept.
+    let other =
+        s.ca.command(&["acl", "add", "--name", "reader", "--write-prefix", "vek/"])
+            .unwrap();
+    let other_file = tmp.path().join("reader.token");
+    std::fs::write(&other_file, other.trim()).unwrap();
+    let other_file = other_file.display().to_string();
+    let err = certify(&["--token-file", &other_file]).unwrap_err();
+    assert!(err.contains("forbidden"), "{err}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let err = s.provision(&vm).unwrap_err();
+    assert!(err.contains("certify-coprocessor"), "{err}");
+
+    // With the host's principal: registered, kept, and provision works.
+    s.certify_coprocessor().unwrap();
+    assert_eq!(leftovers(), vec!["coprocessor.key", "coprocessor.pem"]);
+    let (key_before, cert_before) = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+    let fp = vtpm_ca::fingerprint(&openssl::x509::X509::from_pem(&cert_before).unwrap()).unwrap();
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let status = Client::new(&s.ca.url, &ca_pem, None)
+        .unwrap()
+        .status(&fp)
+        .unwrap();
+    assert_eq!(status.status, vtpm_ca::api::Status::Good);
+    s.provision(&vm).unwrap();
+
+    // A failed re-certification keeps the registered key and certificate.
+    let err = certify(&["--token-file", &other_file]).unwrap_err();
+    assert!(err.contains("forbidden"), "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), key_before);
+    assert_eq!(std::fs::read(&cert).unwrap(), cert_before);
+    assert_eq!(leftovers(), vec!["coprocessor.key", "coprocessor.pem"]);
+}
+
+/// `vtpm-host certificates`: the PEM files of a stopped instance's NV, in `out`.
+fn instance_certificates(s: &ChainSetup, state_dir: &Path, out: &Path) -> Vec<String> {
+    let (state, out_dir) = (state_dir.display().to_string(), out.display().to_string());
+    s.host(&["certificates", "--state-dir", &state, "--out", &out_dir])
+        .unwrap();
+    ["rsa-vek.pem", "ecc-vek.pem", "chain-0.pem", "chain-1.pem"]
+        .iter()
+        .map(|n| std::fs::read_to_string(out.join(n)).unwrap())
+        .collect()
+}
+
+/// The URIs of the CRL distribution points of a PEM certificate, as `openssl x509` prints
+/// them, and its CRL issuers (`DirName:` lines).
+fn crl_distribution_points(dir: &Path, pem: &str) -> (Vec<String>, Vec<String>) {
+    let path = dir.join("cdp.pem");
+    std::fs::write(&path, pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let uris = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("URI:").map(str::to_owned))
+        .collect();
+    let issuers = text
+        .lines()
+        .filter_map(|l| l.split_once("DirName:").map(|(_, n)| n.trim().to_owned()))
+        .collect();
+    (uris, issuers)
+}
+
+/// Fetches the CRL at `url` (a `https://HOST:PORT/v1/crl` of the CA) into `dir/crl.pem`.
+fn fetch_crl(s: &ChainSetup, url: &str, dir: &Path) -> std::path::PathBuf {
+    let base = url.strip_suffix("/v1/crl").expect("the CA's CRL path");
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let der = Client::new(base, &ca_pem, None).unwrap().crl().unwrap();
+    let pem = openssl::x509::X509Crl::from_der(&der)
+        .unwrap()
+        .to_pem()
+        .unwrap();
+    let path = dir.join("crl.pem");
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+/// Item 10 of issue 11: a verifier with nothing but `openssl verify` and the CRL the
+/// certificates point at rejects a vEK chain whose `which` ("coprocessor" or "host AIK")
+/// certificate was revoked, and accepts it before.
+fn revoked_issuer_is_visible_to_openssl(which: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::start(bin_dir(), tmp.path(), "host-1").unwrap();
+    let vm = tmp.path().join("vm1").join("state");
+    s.provision(&vm).unwrap();
+    let work = tmp.path().join("verify");
+    let certs = instance_certificates(&s, &vm, &work);
+    let (rsa_vek, ecc_vek, coprocessor, host_aik) = (&certs[0], &certs[1], &certs[2], &certs[3]);
+    assert_eq!(coprocessor, &s.host_pem("coprocessor.pem").unwrap());
+    assert_eq!(host_aik, &s.host_pem("host-aik.pem").unwrap());
+
+    // Every certificate under the root names the CA's CRL; those the CA did not sign name
+    // the CA as its issuer (an indirect CRL).
+    let url = format!("{}/v1/crl", s.ca.url);
+    let (uris, issuers) = crl_distribution_points(&work, host_aik);
+    assert_eq!((uris, issuers), (vec![url.clone()], vec![]));
+    for cert in [coprocessor, rsa_vek, ecc_vek] {
+        let (uris, issuers) = crl_distribution_points(&work, cert);
+        assert_eq!(uris, vec![url.clone()]);
+        assert_eq!(issuers.len(), 1, "{issuers:?}");
+        assert!(issuers[0].contains("vhost-vtpm local CA"), "{issuers:?}");
+    }
+
+    let verify = |crl: &Path, leaf: &str| {
+        let crl = crl.display().to_string();
+        let flags = ["-crl_check_all", "-extended_crl", "-CRLfile", crl.as_str()];
+        openssl_verify(&work, &s.ca.ca_cert, &[coprocessor, host_aik], leaf, &flags)
+    };
+    let crl = fetch_crl(&s, &url, &work);
+    for vek in [rsa_vek, ecc_vek] {
+        let out = verify(&crl, vek);
+        assert!(out.trim_end().ends_with(": OK"), "before revocation: {out}");
+    }
+    // An OpenSSL that does not read indirect CRLs fails closed.
+    let crl_file = crl.display().to_string();
+    let flags = ["-crl_check_all", "-CRLfile", crl_file.as_str()];
+    let out = openssl_verify(
+        &work,
+        &s.ca.ca_cert,
+        &[coprocessor, host_aik],
+        rsa_vek,
+        &flags,
+    );
+    assert!(!out.trim_end().ends_with(": OK"), "{out}");
+
+    let ca_pem = std::fs::read(&s.ca.ca_cert).unwrap();
+    let admin = Client::new(&s.ca.url, &ca_pem, Some(s.ca.admin_token().unwrap())).unwrap();
+    let revoked = if which == "coprocessor" {
+        coprocessor
+    } else {
+        host_aik
+    };
+    admin.revoke_cert(revoked, Some("key compromise")).unwrap();
+    let crl = fetch_crl(&s, &url, &work);
+    for leaf in [rsa_vek, ecc_vek, revoked] {
+        let out = verify(&crl, leaf);
+        assert!(!out.trim_end().ends_with(": OK"), "{which} revoked: {out}");
+        assert!(
+            out.contains("certificate revoked"),
+            "{which} revoked: {out}"
+        );
+    }
+    if which == "coprocessor" {
+        // The host AIK certificate itself is still good.
+        let out = verify(&crl, host_aik);
+        assert!(out.trim_end().ends_with(": OK"), "{out}");
+    }
+}
+
+#[test]
+fn revoked_coprocessor_certificate_is_visible_to_openssl_with_the_crl() {
+    revoked_issuer_is_visible_to_openssl("coprocessor");
+}
+
+#[test]
+fn revoked_host_aik_certificate_is_visible_to_openssl_with_the_crl() {
+    revoked_issuer_is_visible_to_openssl("host AIK");
+}
+
+/// Item 9 of issue 11: no certificate outlives its issuer (the coprocessor certificate
+/// asked for a year ends with the host AIK certificate, the vEK certificates asked for ten
+/// years with the coprocessor's), and `vtpm-host refresh` brings the chain in a stopped
+/// instance's NV up to date after the host certificates changed, keeping vEK certificates
+/// that still verify.
+#[test]
+fn no_certificate_outlives_its_issuer_and_refresh_updates_the_chain_in_nv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ChainSetup::start_with(
+        bin_dir(),
+        tmp.path(),
+        "host-1",
+        &["--validity-secs", "3600"],
+    )
+    .unwrap();
+    let vm = tmp.path().join("vm1").join("state");
+    s.provision(&vm).unwrap();
+    let work = tmp.path().join("nv");
+    let certs = instance_certificates(&s, &vm, &work);
+    let x509 = |pem: &str| openssl::x509::X509::from_pem(pem.as_bytes()).unwrap();
+    let (rsa_vek, ecc_vek, coprocessor, host_aik) = (
+        x509(&certs[0]),
+        x509(&certs[1]),
+        x509(&certs[2]),
+        x509(&certs[3]),
+    );
+    let ca_root = x509(&std::fs::read_to_string(&s.ca.ca_cert).unwrap());
+    for (cert, issuer) in [
+        (&host_aik, &ca_root),
+        (&coprocessor, &host_aik),
+        (&rsa_vek, &coprocessor),
+        (&ecc_vek, &coprocessor),
+    ] {
+        assert!(
+            cert.not_after() <= issuer.not_after(),
+            "{:?} ends {} after its issuer {:?}, {}",
+            cert.subject_name(),
+            cert.not_after(),
+            issuer.subject_name(),
+            issuer.not_after()
+        );
+    }
+    let state = vm.display().to_string();
+    let refresh = || {
+        let out = s.host(&["refresh", "--state-dir", &state]).unwrap();
+        out.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(refresh(), "vEK certificates kept; chain unchanged");
+
+    // The coprocessor is certified again (same key, a new certificate): refresh puts it in
+    // NV and keeps the vEK certificates, which still verify under it.
+    let token = s.token_file().display().to_string();
+    let mut args = vec![
+        "certify-coprocessor",
+        "--host-id",
+        "host-1",
+        "--token-file",
+        &token,
+    ];
+    let ca_args = s.ca_args();
+    args.extend(ca_args.iter().map(String::as_str));
+    s.host(&args).unwrap();
+    let renewed = s.host_pem("coprocessor.pem").unwrap();
+    assert_ne!(renewed, certs[2]);
+    assert_eq!(refresh(), "vEK certificates kept; chain rewritten");
+    let after = instance_certificates(&s, &vm, &tmp.path().join("nv2"));
+    assert_eq!(after[2], renewed);
+    assert_eq!(after[3], s.host_pem("host-aik.pem").unwrap());
+    assert_eq!((&after[0], &after[1]), (&certs[0], &certs[1]));
+    let verify_dir = tmp.path().join("verify");
+    std::fs::create_dir_all(&verify_dir).unwrap();
+    for vek in [&after[0], &after[1]] {
+        let out = openssl_verify(
+            &verify_dir,
+            &s.ca.ca_cert,
+            &[&after[2], &after[3]],
+            vek,
+            &[],
+        );
+        assert!(out.trim_end().ends_with(": OK"), "{out}");
+    }
+    assert_eq!(refresh(), "vEK certificates kept; chain unchanged");
+}
+
 #[test]
 fn readme_options_match_the_command_line() {
     let commands: &[&[&str]] = &[
@@ -259,6 +595,8 @@ fn readme_options_match_the_command_line() {
         &["certify-coprocessor"],
         &["provision"],
         &["enroll-vaik"],
+        &["refresh"],
+        &["certificates"],
         &["renew"],
     ];
     testbed::crate_readme_drift(env!("CARGO_MANIFEST_DIR"), Path::new(HOST), commands).unwrap();

@@ -1,6 +1,8 @@
 //! Revocation of the certificates in a bundle: the CA's status API (complete: certificates
 //! the CA issued, by serial, and coprocessor certificates it registered, by fingerprint), or
-//! its CRL (offline; lists what the CA issued: host AIK and vAIK certificates).
+//! its CRL (offline; an indirect CRL, ADR 0012: what the CA issued, host AIK and vAIK
+//! certificates, and the revoked certificates others signed, coprocessor and vEK
+//! certificates, each entry naming its issuer).
 
 use openssl::x509::{CrlStatus, X509Crl, X509};
 
@@ -83,21 +85,17 @@ impl Revocation {
             }
             Revocation::Crl(crl) => {
                 for (role, cert, _) in certs {
-                    if let CrlStatus::Revoked(_) = crl.get_by_serial(cert.serial_number()) {
-                        // Serials are only unique per issuer: ours only if the CA issued it.
-                        if cert.issuer_name().try_cmp(crl.issuer_name()).ok()
-                            == Some(std::cmp::Ordering::Equal)
-                        {
-                            return Err(format!(
-                                "the {role} certificate ({}) is on the CA's CRL",
-                                crate::x509::subject(cert)
-                            ));
-                        }
+                    // By serial and issuer (serials are only unique per issuer): the CA's
+                    // own entries, and the indirect ones by their certificateIssuer.
+                    if let CrlStatus::Revoked(_) = crl.get_by_cert(cert) {
+                        return Err(format!(
+                            "the {role} certificate ({}) is on the CA's CRL",
+                            crate::x509::subject(cert)
+                        ));
                     }
                 }
                 Ok(format!(
-                    "none of {} certificates on the CA's CRL (coprocessor revocations are only \
-                     visible through the status API)",
+                    "none of {} certificates on the CA's CRL",
                     certs.len()
                 ))
             }

@@ -19,6 +19,7 @@ use testbed::evidence::{self, get_bytes, set_bytes};
 use testbed::{workspace_bin, ChainSetup, DaemonProcess};
 use tpm_proto::commands as c;
 use vtpm_verify::checks::names;
+use vtpm_verify::revocation::Known;
 use vtpm_verify::{NonceStore, Policy, Report, Revocation, Trust};
 
 const PCRS: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 16];
@@ -397,6 +398,39 @@ fn evidence_is_accepted_and_each_refusal_names_its_check() {
         "{}",
         lines(&r)
     );
+    // The CRL says so too, and lists a revoked coprocessor certificate (which the host
+    // AIK signed, not the CA) with its issuer (ADR 0012).
+    let offline = |s: &Setup| {
+        let crl = vtpm_ca::Client::new(&s.chain.ca.url, &ca_pem, None)
+            .unwrap()
+            .crl()
+            .unwrap();
+        Revocation::crl(&crl, &s.trust.ca_root).unwrap()
+    };
+    let r = s.verify_with(&s.collect(&mut client, VAIK), &open, &offline(&s));
+    assert_refused_by(&r, &[names::REVOCATION]);
+    let coprocessor = s.chain.host_pem("coprocessor.pem").unwrap();
+    let coprocessor = openssl::x509::X509::from_pem(coprocessor.as_bytes()).unwrap();
+    let revocation = offline(&s);
+    assert!(revocation
+        .check(&[("coprocessor", &coprocessor, Known::Required)])
+        .is_ok());
+    s.chain
+        .ca
+        .command(&[
+            "revoke",
+            "--cert",
+            &s.chain
+                .host_dir
+                .join("coprocessor.pem")
+                .display()
+                .to_string(),
+        ])
+        .unwrap();
+    let err = offline(&s)
+        .check(&[("coprocessor", &coprocessor, Known::Required)])
+        .unwrap_err();
+    assert!(err.contains("coprocessor"), "{err}");
 }
 
 #[test]

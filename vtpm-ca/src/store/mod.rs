@@ -132,6 +132,13 @@ pub struct Config {
     /// vTPM enrollment requires every non-CA-issued intermediate (the coprocessor
     /// certificate) to have been registered with `POST /v1/coprocessor`.
     pub require_registered_coprocessor: bool,
+    /// What anonymous clients may cost the CA (enrollment rates, sessions, connections).
+    pub limits: crate::limits::Limits,
+    /// The URL of the CRL that AIK certificates name as their CRL distribution point (and,
+    /// through them, the coprocessor and vEK certificates). Unset, `vtpm-ca serve` uses
+    /// `https://<its address>/v1/crl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
 }
 
 impl Default for Config {
@@ -141,6 +148,8 @@ impl Default for Config {
             crl_validity_secs: 86_400,
             session_ttl_secs: 300,
             require_registered_coprocessor: true,
+            limits: crate::limits::Limits::default(),
+            crl_url: None,
         }
     }
 }

@@ -92,6 +92,18 @@ impl CaServer {
         self.client(Some(&self.admin_token))
     }
 
+    /// `vtpm-ca enroll-token --subject SUBJECT` on the running store; returns the token.
+    pub fn enroll_token(&self, subject: &str) -> String {
+        vtpm_ca_ok(&self.store, &["enroll-token", "--subject", subject])
+            .trim()
+            .to_string()
+    }
+
+    /// A client carrying a new enrolment token for host `subject`.
+    pub fn host_client(&self, subject: &str) -> Client {
+        self.client(Some(&self.enroll_token(subject)))
+    }
+
     /// `vtpm-ca acl add` on the running store; returns the token.
     pub fn add_principal(&self, args: &[&str]) -> String {
         let mut a = vec!["acl", "add"];
