@@ -121,7 +121,7 @@ const VM_BINDING: &str = "vm-binding";
 /// directory (key record included) put under VM B is refused, and nothing is written. An
 /// instance not yet bound is bound to the first `--vm-id` it is served with; one served
 /// without `--vm-id` stays unbound, with a warning.
-fn bind_to_vm(store: &EncryptedStore, vm_id: Option<&str>) -> Result<(), DaemonError> {
+pub(crate) fn bind_to_vm(store: &EncryptedStore, vm_id: Option<&str>) -> Result<(), DaemonError> {
     let bound = store
         .load(VM_BINDING)?
         .map(|b| String::from_utf8_lossy(&b).into_owned());

@@ -180,6 +180,7 @@ pub fn open(
     let EngineConfig::Libtpms {
         state_dir,
         host_key,
+        vm_id,
     } = engine
     else {
         return Err(DaemonError::Migration(
@@ -240,6 +241,7 @@ pub fn open(
                 store.instance()
             ),
         }
+        crate::daemon::bind_to_vm(&store, vm_id.as_deref())?;
         let phase = match record {
             None => Phase::Serving,
             Some(p) if p.role == Role::Source => Phase::Released(p),
