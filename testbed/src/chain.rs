@@ -186,8 +186,12 @@ impl ChainSetup {
         };
         let ca_args = self.ca_args();
         let ca_args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+        // A new host id needs the enrolment token an administrator issued for it.
+        let enroll_token = self.enroll_token_file(dir, host_id)?;
+        let enroll_token = enroll_token.display().to_string();
         let mut enroll = vec!["enroll", "--host-id", host_id];
         enroll.extend(&ca_args);
+        enroll.extend(["--enroll-token-file", &enroll_token]);
         host.host(&enroll).map_err(io::Error::other)?;
         let token = self.ca.command(&[
             "acl",

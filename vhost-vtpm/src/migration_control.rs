@@ -561,12 +561,19 @@ impl Control {
             released.package.len(),
             released.destination
         );
-        migration::device_state::send(&released.package, file)?;
+        migration::device_state::send_within(
+            &released.package,
+            file,
+            migration::device_state::PIPE_IDLE_TIMEOUT,
+        )?;
         Ok(())
     }
 
     fn load(self: &Arc<Self>, device: SharedDevice, mut file: File) -> Result<(), TransferError> {
-        let bytes = migration::device_state::receive(&mut file)?;
+        let bytes = migration::device_state::receive_within(
+            &mut file,
+            migration::device_state::PIPE_IDLE_TIMEOUT,
+        )?;
         if !matches!(&*self.phase(), Phase::Incoming(Some(_))) {
             return Err(Refusal::NotIncoming(format!(
                 "{} (start it with --migration-incoming on an empty state directory)",
