@@ -523,6 +523,30 @@ impl VtpmClient {
         self.start_queue_at(self.ring.next_avail())
     }
 
+    /// Stops the queue (GET_VRING_BASE), as a VMM does before a DEVICE_STATE transfer.
+    pub fn stop_queue(&mut self) -> Result<(), HarnessError> {
+        self.frontend.get_vring_base(0)?;
+        Ok(())
+    }
+
+    /// SET_DEVICE_STATE_FD as a hostile or careless VMM may send it: any direction and
+    /// phase, any pipe end; nothing else happens around it.
+    pub fn set_device_state_fd_raw(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), HarnessError> {
+        self.frontend.set_device_state_fd(direction, phase, fd)?;
+        Ok(())
+    }
+
+    /// CHECK_DEVICE_STATE alone: whether the backend's last transfer succeeded.
+    pub fn check_device_state_raw(&mut self) -> Result<(), HarnessError> {
+        self.frontend.check_device_state()?;
+        Ok(())
+    }
+
     /// Sends device state to the backend (direction LOAD), checks it, and starts the queue
     /// again: what QEMU does on the migration destination before the guest runs.
     pub fn load_device_state(&mut self, state: &[u8]) -> Result<(), HarnessError> {

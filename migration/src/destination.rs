@@ -74,6 +74,7 @@ pub fn accept(
     trust: &Trust,
     client: &Client,
     ca: &vtpm_ca::Client,
+    vm: Option<&str>,
     now: u64,
 ) -> Result<Accepted, Refusal> {
     // The epoch this host knows of the package's vTPM (the header is checked in `verify`).
@@ -87,6 +88,16 @@ pub fn accept(
         .recipient()
         .map_err(|e| Refusal::Crypto(e.to_string()))?;
     let verified = seal::verify(bytes, trust, &me, now, known)?;
+    // A daemon launched for one VM takes in only that VM's vTPM (issue 11, item 7): the
+    // ticket names the VM, signed by the controller; refused before anything is claimed.
+    if let Some(this_vm) = vm {
+        if verified.ticket.ticket.vm != this_vm {
+            return Err(Refusal::WrongVm {
+                ticket_vm: verified.ticket.ticket.vm.clone(),
+                this_vm: this_vm.to_owned(),
+            });
+        }
+    }
     revocation(ca, "coprocessor", &verified.coprocessor_cert)?;
     revocation(ca, "host AIK", &verified.host_aik_cert)?;
     let mut claim = [0u8; 16];

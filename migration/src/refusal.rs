@@ -24,6 +24,10 @@ pub enum Refusal {
         package_for: String,
         this_host: String,
     },
+    #[error(
+        "the ticket moves VM {ticket_vm:?}'s vTPM, this daemon serves VM {this_vm:?} (--vm-id)"
+    )]
+    WrongVm { ticket_vm: String, this_vm: String },
     #[error("the package is sealed to another migration key than this host's")]
     WrongDestinationKey,
     #[error(
@@ -78,6 +82,7 @@ impl Refusal {
             Refusal::TicketMismatch(_) => "ticket_mismatch",
             Refusal::TicketExpired { .. } => "ticket_expired",
             Refusal::WrongDestination { .. } => "wrong_destination",
+            Refusal::WrongVm { .. } => "wrong_vm",
             Refusal::WrongDestinationKey => "wrong_destination_key",
             Refusal::Replay { .. } => "replay",
             Refusal::UntrustedChain(_) => "untrusted_chain",

@@ -67,6 +67,7 @@ pub fn fetch_ticket(
     trust: &Trust,
     host: &HostMaterial,
     instance: &InstanceId,
+    vm: Option<&str>,
     now: u64,
 ) -> Result<SignedTicket, SourceError> {
     let resp = retry(PATIENCE, || client.ticket(&instance.to_string())).map_err(|source| {
@@ -93,6 +94,15 @@ pub fn fetch_ticket(
             t.instance, t.source, t.expires_at, host.host_id
         )));
     }
+    // The vTPM of a daemon launched for one VM leaves only as that VM's.
+    if let Some(vm) = vm {
+        if t.vm != vm {
+            return Err(bad(format!(
+                "the ticket moves VM {:?}'s vTPM, this daemon serves VM {vm:?} (--vm-id)",
+                t.vm
+            )));
+        }
+    }
     Ok(signed)
 }
 
@@ -107,9 +117,10 @@ pub fn release(
     client: &Client,
     trust: &Trust,
     state_dir: &Path,
+    vm: Option<&str>,
     now: u64,
 ) -> Result<Released, (SourceError, bool)> {
-    let signed = fetch_ticket(client, trust, host, instance, now).map_err(|e| (e, false))?;
+    let signed = fetch_ticket(client, trust, host, instance, vm, now).map_err(|e| (e, false))?;
     let package = seal::seal(
         &signed,
         state,

@@ -86,6 +86,12 @@ pub struct Args {
     #[arg(long)]
     pub migration_incoming: bool,
 
+    /// How long a DEVICE_STATE transfer pipe may stay idle (the VMM neither writes nor
+    /// closes it on LOAD, neither reads nor closes it on SAVE) before the transfer fails and
+    /// the vhost-user connection is served again (1 to 3600 seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = migration::device_state::PIPE_IDLE_TIMEOUT.as_secs())]
+    pub migration_pipe_timeout: u64,
+
     /// What a system call outside the daemon's seccomp allow-list does once the daemon serves:
     /// kill (the process dies with SIGSYS), log (allowed, logged by the kernel), trap (SIGSYS
     /// in the calling thread) or none (no filter). No-new-privileges is set in every mode.
@@ -141,6 +147,8 @@ pub struct MigrationConfig {
     pub ca: String,
     /// Started as a migration's destination.
     pub incoming: bool,
+    /// `--migration-pipe-timeout`: how long a transfer pipe may stay idle.
+    pub pipe_timeout: Duration,
 }
 
 /// Validated daemon configuration.
@@ -245,12 +253,16 @@ pub enum ConfigError {
     HostKey(#[from] HostKeyArgError),
     #[error("--{0} is required for sealed migration (--migration-controller, --migration-controller-cert, --migration-ca and --host-dir go together)")]
     MigrationIncomplete(&'static str),
+    #[error("--migration-pipe-timeout {0}: between 1 and {MAX_PIPE_TIMEOUT_S} seconds")]
+    PipeTimeout(u64),
     #[error("sealed migration needs --engine libtpms (an external swtpm keeps its own state)")]
     MigrationWithSwtpm,
 }
 
 /// Longest busy-poll window accepted; beyond this it is a spinning thread, not a window.
 const MAX_BUSY_POLL_US: u64 = 10_000;
+/// The longest `--migration-pipe-timeout`: an hour of silence is a VMM that is gone.
+const MAX_PIPE_TIMEOUT_S: u64 = 3600;
 
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
@@ -303,6 +315,9 @@ impl TryFrom<Args> for Config {
         if !mirror_pcrs.is_empty() && !host_tpm {
             return Err(ConfigError::MirrorWithoutHostTpm);
         }
+        if !(1..=MAX_PIPE_TIMEOUT_S).contains(&args.migration_pipe_timeout) {
+            return Err(ConfigError::PipeTimeout(args.migration_pipe_timeout));
+        }
         let migration = match (
             args.migration_controller,
             args.migration_controller_cert,
@@ -323,6 +338,7 @@ impl TryFrom<Args> for Config {
                     ca: ca.ok_or(ConfigError::MigrationIncomplete("migration-ca"))?,
                     host_dir: host_dir.ok_or(ConfigError::MigrationIncomplete("host-dir"))?,
                     incoming: args.migration_incoming,
+                    pipe_timeout: Duration::from_secs(args.migration_pipe_timeout),
                 })
             }
         };
@@ -642,11 +658,26 @@ mod tests {
                 host_dir: "/h".into(),
                 ca: "https://ca:8443".into(),
                 incoming: false,
+                pipe_timeout: Duration::from_secs(30),
             })
         );
         let mut incoming = all.to_vec();
         incoming.push("--migration-incoming");
         assert!(with(&incoming).unwrap().migration.unwrap().incoming);
+        let mut quick = all.to_vec();
+        quick.extend(["--migration-pipe-timeout", "2"]);
+        assert_eq!(
+            with(&quick).unwrap().migration.unwrap().pipe_timeout,
+            Duration::from_secs(2)
+        );
+        for bad in ["0", "3601"] {
+            let mut args = all.to_vec();
+            args.extend(["--migration-pipe-timeout", bad]);
+            assert_eq!(
+                with(&args),
+                Err(ConfigError::PipeTimeout(bad.parse().unwrap()))
+            );
+        }
         assert_eq!(
             with(&all[..6]),
             Err(ConfigError::MigrationIncomplete("host-dir"))

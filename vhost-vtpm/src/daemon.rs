@@ -21,6 +21,7 @@ use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::GuestMemoryAtomic;
+use vtpm_state::encrypted::VM_BINDING;
 use vtpm_state::keys::HostKey;
 use vtpm_state::{EncryptedStore, Opened, StateError};
 
@@ -111,9 +112,6 @@ impl Stop {
     }
 }
 
-/// The blob of an instance's authenticated state that names the VM it belongs to.
-const VM_BINDING: &str = "vm-binding";
-
 /// Checks (or makes) the binding of the instance to the VM `vm_id` before its engine starts.
 ///
 /// The binding is a blob of the instance's encrypted, authenticated state, so it travels with
@@ -142,7 +140,8 @@ pub(crate) fn bind_to_vm(store: &EncryptedStore, vm_id: Option<&str>) -> Result<
         }
         (None, None) => {
             warn!(
-                "vTPM instance {} is bound to no VM: a copy of its state directory would serve                  any VM; launch the daemon with --vm-id",
+                "vTPM instance {} is bound to no VM: a copy of its state directory would serve \
+                 any VM; launch the daemon with --vm-id",
                 store.instance()
             );
             Ok(())

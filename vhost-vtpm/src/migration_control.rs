@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coprocessor::libtpms::LibtpmsEngine;
-use coprocessor::{Coprocessor, EngineState};
+use coprocessor::{Coprocessor, EngineState, StateStore};
 use log::{error, info, warn};
 use migration::api::Role;
 use migration::client::{Auth, Client};
@@ -45,6 +45,7 @@ use vhost::vhost_user::message::VhostTransferStateDirection;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vtpm_state::encrypted::VM_BINDING;
 use vtpm_state::keys::HostKey;
 use vtpm_state::{EncryptedStore, Opened, Reserved};
 
@@ -140,6 +141,10 @@ pub struct Control {
     ca: vtpm_ca::Client,
     trust: Trust,
     store: SharedStore,
+    /// The VM this daemon serves (`--vm-id`): only its vTPM leaves or arrives.
+    vm_id: Option<String>,
+    /// `--migration-pipe-timeout`.
+    pipe_timeout: Duration,
     phase: Mutex<Phase>,
     gate_consumer: EventConsumer,
     gate_notifier: EventNotifier,
@@ -264,6 +269,8 @@ pub fn open(
         ca,
         trust,
         store,
+        vm_id: vm_id.clone(),
+        pipe_timeout: config.pipe_timeout,
         phase: Mutex::new(phase),
         gate_consumer,
         gate_notifier,
@@ -533,6 +540,7 @@ impl Control {
                 &self.client,
                 &self.trust,
                 &self.state_dir,
+                self.vm_id.as_deref(),
                 now(),
             ) {
                 Ok(r) => {
@@ -561,19 +569,12 @@ impl Control {
             released.package.len(),
             released.destination
         );
-        migration::device_state::send_within(
-            &released.package,
-            file,
-            migration::device_state::PIPE_IDLE_TIMEOUT,
-        )?;
+        migration::device_state::send_within(&released.package, file, self.pipe_timeout)?;
         Ok(())
     }
 
     fn load(self: &Arc<Self>, device: SharedDevice, mut file: File) -> Result<(), TransferError> {
-        let bytes = migration::device_state::receive_within(
-            &mut file,
-            migration::device_state::PIPE_IDLE_TIMEOUT,
-        )?;
+        let bytes = migration::device_state::receive_within(&mut file, self.pipe_timeout)?;
         if !matches!(&*self.phase(), Phase::Incoming(Some(_))) {
             return Err(Refusal::NotIncoming(format!(
                 "{} (start it with --migration-incoming on an empty state directory)",
@@ -587,6 +588,7 @@ impl Control {
             &self.trust,
             &self.client,
             &self.ca,
+            self.vm_id.as_deref(),
             now(),
         )?;
         let mut dev = lock(&device);
@@ -608,6 +610,16 @@ impl Control {
             &self.host_key,
         ) {
             Ok(()) => {
+                if let Some(vm) = &self.vm_id {
+                    // The instance arrives bound to the VM the ticket moved (checked equal
+                    // to --vm-id in `accept`), as it was at the source.
+                    if let Err(e) = self.store.store(VM_BINDING, vm.as_bytes()) {
+                        warn!(
+                            "migration: cannot bind the imported instance to VM {vm} ({e}); \
+                             it is bound at the daemon's next start"
+                        );
+                    }
+                }
                 let record = pending::read(&self.state_dir).ok().flatten();
                 *phase = match record {
                     Some(p) => Phase::Imported(p),

@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -617,4 +618,231 @@ fn an_offline_move_carries_the_same_sealed_package_through_the_same_steps() {
     check(&mut b, &guest);
     let err = src.restart().unwrap_err().to_string();
     assert!(err.contains("is gone"), "{err}");
+}
+
+/// A daemon of `host` with sealed migration and `extra` options.
+fn daemon_with(
+    bed: &MigrationBed,
+    host: HostRef<'_>,
+    dir: &Path,
+    incoming: bool,
+    extra: &[&str],
+) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut args = bed.daemon_args(host, incoming);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start_in(dir, &args)
+}
+
+/// A daemon of `host` for VM `vm` (`--vm-id`), with sealed migration.
+fn vm_daemon(
+    bed: &MigrationBed,
+    host: HostRef<'_>,
+    dir: &Path,
+    incoming: bool,
+    vm: &str,
+) -> Daemon {
+    daemon_with(bed, host, dir, incoming, &["--vm-id", vm])
+}
+
+// Issue 11, item 7 across hosts: the controller's ticket names the VM; a daemon launched with
+// --vm-id releases and takes in only that VM's vTPM, and the instance arrives bound to it.
+#[test]
+fn a_vm_bound_daemon_moves_only_its_own_vms_vtpm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bed = bed(tmp.path());
+    let a_dir = tmp.path().join("vm-a");
+    bed.a().provision(&a_dir.join("state")).unwrap();
+    let instance = bed.register(&a_dir.join("state"), bed.a()).unwrap();
+    let src = vm_daemon(&bed, bed.a(), &a_dir, false, "vm-1");
+    let mut a = src.connect();
+    let guest = prepare(&mut a);
+
+    // A ticket for another VM: the source releases nothing and serves on.
+    let wrong = bed.authorise(&instance, "vm-2", bed.a(), bed.b()).unwrap();
+    assert!(a.save_device_state().is_err());
+    assert!(
+        src.log_text()
+            .contains("the ticket moves VM \"vm-2\"'s vTPM, this daemon serves VM \"vm-1\""),
+        "{}",
+        src.log_text()
+    );
+    resume_and_check(&mut a, &guest);
+    bed.controller
+        .operator("abort", &["--migration", &wrong])
+        .unwrap();
+
+    // The right ticket; a destination launched for another VM refuses the package before
+    // claiming it; the one for this VM takes it in.
+    let m = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
+    let package = a.save_device_state().unwrap();
+    let other = vm_daemon(&bed, bed.b(), &tmp.path().join("in-other"), true, "vm-9");
+    refused(&other, &mut other.connect(), &package, "wrong_vm");
+    let b_dir = tmp.path().join("vm-b");
+    let mut dst = vm_daemon(&bed, bed.b(), &b_dir, true, "vm-1");
+    let mut b = dst.connect();
+    b.load_device_state(&package)
+        .unwrap_or_else(|e| panic!("LOAD: {e}\n{}", dst.log_text()));
+    check(&mut b, &guest);
+    assert!(bed.wait_state(&m, "source_deleted", Duration::from_secs(30)));
+    drop(b);
+    dst.stop();
+
+    // The moved instance is VM vm-1's: a daemon for another VM refuses its directory.
+    let mut args = bed.daemon_args(bed.b(), false);
+    args.extend(["--vm-id".to_owned(), "vm-9".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused_start = testbed::DaemonProcess::start(Path::new(DAEMON), &b_dir, &args);
+    let log = std::fs::read_to_string(b_dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        refused_start.is_err(),
+        "a daemon for vm-9 served vm-1's vTPM"
+    );
+    assert!(log.contains("vm-1"), "{log}");
+    dst.respawn();
+    check_after_restart(&mut dst.connect(), &guest);
+}
+
+/// The pipe timeout the hostile-VMM test gives its daemons, and what it allows on top.
+const PIPE_TIMEOUT: Duration = Duration::from_secs(2);
+const SLACK: Duration = Duration::from_secs(10);
+
+fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    nix::unistd::pipe().unwrap()
+}
+
+/// CHECK_DEVICE_STATE fails, within the pipe timeout and its slack, and `d` logged `why`.
+fn check_fails(d: &Daemon, client: &mut VtpmClient, why: &str) {
+    let started = std::time::Instant::now();
+    assert!(
+        client.check_device_state_raw().is_err(),
+        "CHECK_DEVICE_STATE succeeded, expected: {why}"
+    );
+    assert!(
+        started.elapsed() < PIPE_TIMEOUT + SLACK,
+        "CHECK_DEVICE_STATE took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || d.log_text().contains(why)),
+        "not logged: {why}\n{}",
+        d.log_text()
+    );
+}
+
+// Issue 11, hostile frontend: a VMM that sends DEVICE_STATE streams that are garbage, too
+// large, never end or are never read, and transfers the daemon is in no phase for, over a
+// real vhost-user connection. Every one ends in an error within the pipe timeout, the
+// connection stays usable, and nothing is lost: the source serves its vTPM on, the
+// destination still takes the real package afterwards.
+#[test]
+fn a_hostile_vmm_gets_errors_within_the_pipe_timeout_and_nothing_is_lost() {
+    use vhost::vhost_user::message::{
+        VhostTransferStateDirection as Dir, VhostTransferStatePhase as Phase,
+    };
+    let timeout = PIPE_TIMEOUT.as_secs().to_string();
+    let quick = ["--migration-pipe-timeout", timeout.as_str()];
+    let tmp = tempfile::tempdir().unwrap();
+    let bed = bed(tmp.path());
+    let a_dir = tmp.path().join("vm-a");
+    bed.a().provision(&a_dir.join("state")).unwrap();
+    let instance = bed.register(&a_dir.join("state"), bed.a()).unwrap();
+    let src = daemon_with(&bed, bed.a(), &a_dir, false, &quick);
+    let mut a = src.connect();
+    let guest = prepare(&mut a);
+
+    // CHECK_DEVICE_STATE with no transfer.
+    assert!(a.check_device_state_raw().is_err());
+
+    // SAVE into a pipe the VMM never reads (and never closes): the package does not fit
+    // in the pipe, the transfer fails after the timeout; the migration is aborted and the
+    // source resumes with everything.
+    let m = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
+    a.stop_queue().unwrap();
+    let (unread, write_end) = pipe();
+    nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    a.set_device_state_fd_raw(Dir::SAVE, Phase::STOPPED, write_end)
+        .unwrap();
+    check_fails(&src, &mut a, "the transfer pipe stayed idle for 2 s");
+    drop(unread);
+    bed.controller
+        .operator("abort", &["--migration", &m])
+        .unwrap();
+    resume_and_check(&mut a, &guest);
+
+    // A LOAD into the source, which holds a live vTPM: refused, its files unchanged.
+    let before = state_files(&a_dir.join("state"));
+    a.stop_queue().unwrap();
+    let (read_end, write_end) = pipe();
+    a.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    std::fs::File::from(write_end)
+        .write_all(&random32().repeat(10))
+        .unwrap();
+    check_fails(&src, &mut a, "not_incoming");
+    assert_eq!(state_files(&a_dir.join("state")), before);
+    a.resume_queue().unwrap();
+    check(&mut a, &guest);
+
+    let b_dir = tmp.path().join("vm-b");
+    let dst = daemon_with(&bed, bed.b(), &b_dir, true, &quick);
+    let mut b = dst.connect();
+    b.stop_queue().unwrap();
+
+    // SAVE from a destination that holds nothing yet.
+    let (_read_end, write_end) = pipe();
+    b.set_device_state_fd_raw(Dir::SAVE, Phase::STOPPED, write_end)
+        .unwrap();
+    check_fails(&dst, &mut b, "not this daemon's to release");
+
+    // A LOAD stream larger than any package: read up to the limit, then refused.
+    let (read_end, write_end) = pipe();
+    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut w = std::fs::File::from(write_end);
+        let mut sent = 0u64;
+        // The daemon stops reading after the limit and closes its end: EPIPE ends this.
+        while sent <= migration::MAX_DEVICE_STATE + (1 << 20) {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+    });
+    check_fails(&dst, &mut b, "device state larger than");
+    flood.join().unwrap();
+
+    // A LOAD whose pipe is never closed: a few bytes, then silence.
+    let (read_end, write_end) = pipe();
+    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    let mut silent = std::fs::File::from(write_end);
+    silent.write_all(b"half a package").unwrap();
+    check_fails(&dst, &mut b, "the transfer pipe stayed idle for 2 s");
+    drop(silent);
+
+    // Two transfers without a CHECK between them, the first one garbage: the second one's
+    // result is what CHECK reports.
+    let (read_end, write_end) = pipe();
+    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    drop(write_end);
+    let (read_end, write_end) = pipe();
+    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    std::fs::File::from(write_end)
+        .write_all(&random32().repeat(40))
+        .unwrap();
+    check_fails(&dst, &mut b, "package refused (malformed_package)");
+
+    // After all that, the same connection carries the real migration.
+    let m = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
+    let package = a.save_device_state().unwrap();
+    b.load_device_state(&package)
+        .unwrap_or_else(|e| panic!("LOAD: {e}\n{}", dst.log_text()));
+    check(&mut b, &guest);
+    assert!(bed.wait_state(&m, "source_deleted", Duration::from_secs(30)));
 }

@@ -123,6 +123,10 @@ impl Offline {
         }
         let (store, _) = EncryptedStore::open(state_dir, &self.host_key, "libtpms")?;
         let instance = store.instance();
+        // A bound instance leaves only under a ticket for its VM.
+        let vm = store
+            .load(vtpm_state::encrypted::VM_BINDING)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
         let shared = SharedStore::durable(store);
         let mut engine = LibtpmsEngine::start(Box::new(shared.clone()))?;
         let state = engine.export_state();
@@ -138,6 +142,7 @@ impl Offline {
             &self.client,
             &self.trust,
             state_dir,
+            vm.as_deref(),
             now(),
         )
         .map_err(|(e, _)| e)?;
@@ -168,8 +173,15 @@ impl Offline {
                 input.display()
             )));
         }
-        let accepted =
-            destination::accept(&bytes, &self.host, &self.trust, &self.client, ca, now())?;
+        let accepted = destination::accept(
+            &bytes,
+            &self.host,
+            &self.trust,
+            &self.client,
+            ca,
+            None,
+            now(),
+        )?;
         let store = SharedStore::memory();
         let mut engine = LibtpmsEngine::start(Box::new(store.clone()))?;
         if let Err((refusal, _)) = destination::install(

@@ -48,6 +48,10 @@ pub const LOCK_FILE: &str = "lock";
 /// aborted import was destroyed); its text says which migration. Written before the key
 /// record is removed, so a directory with a tombstone never opens as an instance again.
 pub const TOMBSTONE: &str = "migrated";
+/// The blob of an instance's authenticated state that names the VM it belongs to (the
+/// daemon's `--vm-id`): it travels with the state files and cannot be changed without the
+/// instance key.
+pub const VM_BINDING: &str = "vm-binding";
 /// Mode of every file in the directory.
 const FILE_MODE: u32 = 0o600;
 /// The plain permanent-state file of earlier builds.
