@@ -106,20 +106,31 @@ pub fn fetch_ticket(
     Ok(signed)
 }
 
-/// Releases `state` (the instance `instance`, whose state directory is `state_dir`) for the
-/// migration the controller authorised. On `Err((e, false))` nothing changed and the
-/// instance may serve on; on `Err((e, true))` the pending record is written: the instance
-/// is held until the controller decides.
+/// The instance a source releases: which one, the VM it is bound to, where it lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Releasing<'a> {
+    pub instance: &'a InstanceId,
+    /// The VM the instance is bound to (`--vm-id`): the ticket must name it.
+    pub vm: Option<&'a str>,
+    pub state_dir: &'a Path,
+}
+
+/// Releases `state` (the instance `what`) for the migration the controller authorised. On
+/// `Err((e, false))` nothing changed and the instance may serve on; on `Err((e, true))` the
+/// pending record is written: the instance is held until the controller decides.
 pub fn release(
     state: &EngineState,
-    instance: &InstanceId,
+    what: Releasing<'_>,
     host: &HostMaterial,
     client: &Client,
     trust: &Trust,
-    state_dir: &Path,
-    vm: Option<&str>,
     now: u64,
 ) -> Result<Released, (SourceError, bool)> {
+    let Releasing {
+        instance,
+        vm,
+        state_dir,
+    } = what;
     let signed = fetch_ticket(client, trust, host, instance, vm, now).map_err(|e| (e, false))?;
     let package = seal::seal(
         &signed,

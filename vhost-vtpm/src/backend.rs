@@ -31,6 +31,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::migration_control::{self, Control, TransferError};
+use crate::peer::Admission;
 use crate::request::{drain_queue, worth_logging, Stats};
 use crate::virtio_tpm::{
     self, VirtioTpmConfig, MAX_BUFFER_SIZE, MAX_QUEUE_SIZE, NUM_QUEUES, REQUEST_QUEUE,
@@ -124,15 +125,36 @@ pub struct VtpmBackend {
     /// The device-state transfer in progress (vhost-user DEVICE_STATE), joined by
     /// CHECK_DEVICE_STATE.
     transfer: Mutex<Option<JoinHandle<Result<(), TransferError>>>>,
+    /// Whether this connection's frontend may drive the device ([`crate::peer`]): every
+    /// entry point that touches the device waits for it.
+    admission: Arc<Admission>,
 }
 
 impl VtpmBackend {
-    pub fn new(device: SharedDevice, mem: Mem, busy_poll: Duration) -> Self {
+    pub fn new(
+        device: SharedDevice,
+        mem: Mem,
+        busy_poll: Duration,
+        admission: Arc<Admission>,
+    ) -> Self {
         VtpmBackend {
             device,
             mem,
             busy_poll,
             transfer: Mutex::new(None),
+            admission,
+        }
+    }
+
+    /// Waits for the connection's admission; `Err` for a refused frontend.
+    fn admitted(&self) -> io::Result<()> {
+        if self.admission.admitted() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "frontend not admitted",
+            ))
         }
     }
 
@@ -303,6 +325,11 @@ impl VhostUserBackend for VtpmBackend {
     }
 
     fn features(&self) -> u64 {
+        // GET_FEATURES comes first from every VMM: nothing is answered before the verdict
+        // (a refused connection is shut down before it is given).
+        if self.admitted().is_err() {
+            return 0;
+        }
         virtio_tpm::device_features()
     }
 
@@ -311,10 +338,16 @@ impl VhostUserBackend for VtpmBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        if self.admitted().is_err() {
+            return VhostUserProtocolFeatures::empty();
+        }
         virtio_tpm::protocol_features()
     }
 
     fn reset_device(&self) {
+        if self.admitted().is_err() {
+            return;
+        }
         let mut dev = lock(&self.device);
         match dev.engine.power_cycle() {
             Ok(()) => info!("device reset: TPM power-cycled"),
@@ -334,6 +367,7 @@ impl VhostUserBackend for VtpmBackend {
     }
 
     fn update_memory(&self, _mem: Mem) -> io::Result<()> {
+        self.admitted()?;
         // `self.mem` is the same atomic the handler just updated.
         debug!("guest memory table updated");
         Ok(())
@@ -355,6 +389,7 @@ impl VhostUserBackend for VtpmBackend {
         phase: VhostTransferStatePhase,
         file: File,
     ) -> io::Result<Option<File>> {
+        self.admitted()?;
         if phase != VhostTransferStatePhase::STOPPED {
             return Err(io::Error::other(format!(
                 "unsupported transfer phase {phase:?}"
@@ -381,6 +416,7 @@ impl VhostUserBackend for VtpmBackend {
     }
 
     fn check_device_state(&self) -> io::Result<()> {
+        self.admitted()?;
         let handle = self
             .transfer
             .lock()
@@ -404,6 +440,7 @@ impl VhostUserBackend for VtpmBackend {
         vrings: &[VringRwLock<Mem>],
         _thread_id: usize,
     ) -> io::Result<()> {
+        self.admitted()?;
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use vtpm_state::host_key_args::{HostKeyArgError, HostKeyArgs};
 use vtpm_state::keys::HostKey;
 
+use crate::peer::FrontendPolicy;
 use crate::sandbox::SeccompMode;
 
 /// vhost-user backend for a virtio TPM 2.0 device.
@@ -98,6 +99,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompMode::Kill)]
     pub seccomp: SeccompMode,
 
+    /// Admit vhost-user frontends (VMMs) running as this user id as well (repeatable). The
+    /// daemon's own user and root are always admitted; any other peer of the socket
+    /// (SO_PEERCRED) is disconnected before it can reach the device.
+    #[arg(long = "frontend-uid", value_name = "UID")]
+    pub frontend_uids: Vec<u32>,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -165,6 +172,8 @@ pub struct Config {
     pub host_dir: Option<PathBuf>,
     /// The seccomp filter's action on a call outside the allow-list.
     pub seccomp: SeccompMode,
+    /// Which frontends may connect besides the daemon's user and root.
+    pub frontends: FrontendPolicy,
 }
 
 /// Longest `--vm-id`.
@@ -350,6 +359,9 @@ impl TryFrom<Args> for Config {
             mirror_pcrs,
             host_dir: args.host_dir,
             seccomp: args.seccomp,
+            frontends: FrontendPolicy {
+                uids: args.frontend_uids,
+            },
         })
     }
 }

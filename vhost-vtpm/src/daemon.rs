@@ -27,6 +27,7 @@ use vtpm_state::{EncryptedStore, Opened, StateError};
 
 use crate::backend::{Device, GuestMem, SharedDevice, VtpmBackend};
 use crate::config::{Config, EngineConfig, Listen};
+use crate::peer::Admission;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -445,12 +446,16 @@ fn serve(
     config: &Config,
     control: Option<&Arc<crate::migration_control::Control>>,
 ) -> Result<(), DaemonError> {
+    // Frontends refused so far (rate-limits their log lines).
+    let mut refused = 0u64;
     while !stop.requested() {
         let mem = GuestMemoryAtomic::new(GuestMem::new());
+        let admission = Arc::new(Admission::new());
         let backend = Arc::new(VtpmBackend::new(
             device.clone(),
             mem.clone(),
             config.busy_poll,
+            admission.clone(),
         ));
         let mut daemon = VhostUserDaemon::new("vhost-vtpm".into(), backend, mem)
             .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
@@ -475,8 +480,48 @@ fn serve(
             }
             return Err(DaemonError::VhostUser(format!("accept failed: {e}")));
         }
+        let admitted = match crate::peer::frontend_credentials(listener) {
+            Ok(peer) if config.frontends.admits(&peer) => {
+                info!(
+                    "frontend connected: pid {}, uid {}, gid {}",
+                    peer.pid(),
+                    peer.uid(),
+                    peer.gid()
+                );
+                true
+            }
+            Ok(peer) => {
+                refused += 1;
+                if crate::request::worth_logging(refused) {
+                    warn!(
+                        "refused a frontend ({refused} so far): pid {}, uid {}, gid {} is \
+                         neither this daemon's user, root nor a --frontend-uid",
+                        peer.pid(),
+                        peer.uid(),
+                        peer.gid()
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                refused += 1;
+                if crate::request::worth_logging(refused) {
+                    warn!(
+                        "refused a frontend whose credentials are unknown ({refused} so far): {e}"
+                    );
+                }
+                false
+            }
+        };
+        if !admitted {
+            // Shut down before the verdict: the backend answers nothing to this peer.
+            daemon.request_shutdown();
+            admission.decide(false);
+            let _ = daemon.wait();
+            continue;
+        }
+        admission.decide(true);
         stop.set_connection(daemon.shutdown_handle());
-        info!("frontend connected");
         let result = daemon.wait();
         stop.set_connection(None);
         match result {

@@ -16,6 +16,9 @@
 //!   mirroring, platform hierarchy lock), the mirrored-PCR guard, the deep quote.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
+//! - [`peer`]: which frontends may connect (their socket credentials) and the verdict the
+//!   backend waits for.
+//! - [`sandbox`]: the seccomp filter and no-new-privileges the daemon serves under.
 //! - [`migration_control`]: sealed migration (ADR 0010): the serving gate, DEVICE_STATE
 //!   SAVE and LOAD of sealed packages, acting on the migration controller's decision.
 
@@ -23,6 +26,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod migration_control;
+pub mod peer;
 pub mod platform;
 pub mod request;
 pub mod sandbox;

@@ -533,16 +533,12 @@ impl Control {
             let state = dev.engine().export_state().map_err(TransferError::Export)?;
             // Only a kick after this release means the VM resumed here.
             self.vmm_resumed.store(false, Ordering::SeqCst);
-            match source::release(
-                &state,
-                &instance,
-                &self.host,
-                &self.client,
-                &self.trust,
-                &self.state_dir,
-                self.vm_id.as_deref(),
-                now(),
-            ) {
+            let what = source::Releasing {
+                instance: &instance,
+                vm: self.vm_id.as_deref(),
+                state_dir: &self.state_dir,
+            };
+            match source::release(&state, what, &self.host, &self.client, &self.trust, now()) {
                 Ok(r) => {
                     if let Ok(Some(p)) = pending::read(&self.state_dir) {
                         *phase = Phase::Released(p);

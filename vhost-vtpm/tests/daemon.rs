@@ -722,3 +722,119 @@ fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
     drop(client);
     d.stop();
 }
+
+/// What a frontend running as `uid` gets from the daemon listening at `socket`: a child
+/// process takes that uid before connecting (the kernel records a peer's credentials at
+/// connect time), sends GET_FEATURES and reports whether any answer came (`true`) or the
+/// daemon closed the connection without one (`false`).
+fn get_features_as(uid: u32, socket: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child needs is prepared here: between fork and _exit it makes raw
+    // system calls only (the test process has other threads).
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_os_str().as_bytes();
+    assert!(path.len() < addr.sun_path.len(), "socket path too long");
+    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = src as libc::c_char;
+    }
+    // GET_FEATURES (request 1), version 1 flags, no payload.
+    let mut msg = [0u8; 12];
+    msg[0] = 1;
+    msg[4] = 1;
+    // SAFETY: the child only makes async-signal-safe system calls on memory prepared
+    // before the fork, then _exits; the parent waits for it.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: raw system calls on the child's own copies of `addr`, `msg` and `buf`.
+        unsafe {
+            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                libc::_exit(10);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                libc::_exit(11);
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                libc::_exit(12);
+            }
+            if libc::write(fd, msg.as_ptr().cast(), msg.len()) != msg.len() as isize {
+                libc::_exit(13);
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 10_000) != 1 {
+                libc::_exit(14);
+            }
+            let mut buf = [0u8; 64];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::_exit(if n > 0 { 0 } else { 1 });
+        }
+    }
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => true,
+        nix::sys::wait::WaitStatus::Exited(_, 1) => false,
+        other => panic!("the frontend child as uid {uid} failed: {other:?} (10: setuid, 12: connect, 14: no answer and no close in 10 s)"),
+    }
+}
+
+// Issue 11, item 3: the frontend's socket credentials decide. A peer that is neither the
+// daemon's user, root nor a --frontend-uid is disconnected before it gets any answer, the
+// refusal names it, and the daemon keeps serving its own VMM; --frontend-uid admits one.
+#[test]
+fn a_frontend_of_another_user_is_refused_unless_admitted() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches a child process to another user: run it as root (CI does)"
+    );
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    // The socket is the daemon user's alone (0600); an operator who opened it up, or a
+    // launcher that passed a listener with --fd, leaves the credential check as the guard.
+    let open_up = |path: &std::path::Path| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    };
+    open_up(dir.path());
+    let d = Daemon::start_in(dir.path(), &[]);
+    open_up(&d.socket);
+    assert!(
+        !get_features_as(NOBODY, &d.socket),
+        "uid {NOBODY} got an answer"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log_text()
+            .contains(&format!("uid {NOBODY}, gid {NOBODY} is neither"))),
+        "{}",
+        d.log_text()
+    );
+    let mut client = d.connect();
+    startup(&mut client);
+    assert_success(&run(&mut client, &c::get_random(8)), "GetRandom");
+    drop(client);
+
+    let admitting_dir = dir.path().join("admitting");
+    std::fs::create_dir(&admitting_dir).unwrap();
+    open_up(&admitting_dir);
+    let nobody = NOBODY.to_string();
+    let admitting = Daemon::start_in(&admitting_dir, &["--frontend-uid", &nobody]);
+    open_up(&admitting.socket);
+    assert!(
+        get_features_as(NOBODY, &admitting.socket),
+        "{}",
+        admitting.log_text()
+    );
+    assert!(
+        admitting.log_text().contains("frontend connected: pid"),
+        "{}",
+        admitting.log_text()
+    );
+}

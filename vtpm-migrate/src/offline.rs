@@ -135,17 +135,13 @@ impl Offline {
         drop(engine);
         let state = state?;
         saved?;
-        let released = source::release(
-            &state,
-            &instance,
-            &self.host,
-            &self.client,
-            &self.trust,
+        let what = source::Releasing {
+            instance: &instance,
+            vm: vm.as_deref(),
             state_dir,
-            vm.as_deref(),
-            now(),
-        )
-        .map_err(|(e, _)| e)?;
+        };
+        let released = source::release(&state, what, &self.host, &self.client, &self.trust, now())
+            .map_err(|(e, _)| e)?;
         durable_fs::replace(out, &released.package, 0o600, true).map_err(io(out))?;
         info!(
             "instance {instance} exported to {} for host {} (migration {})",
