@@ -15,6 +15,7 @@ APT_PACKAGES=(
   tpm2-tools libtss2-dev               # TSS tools (host side and guest image)
   strace                               # tests: how the daemon opens its state files
   libsqlite3-dev                       # the migration controller's store (rusqlite)
+  python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
 )
 
 apt_install() {

@@ -17,6 +17,8 @@
 //! - [`openssl`]: the `openssl` command line's view of a CRL.
 //! - [`relay`]: a TCP relay for a migration stream that keeps a copy and can cut it
 //!   ([`Relay`]).
+//! - [`powerloss`]: a disk that keeps only what was synced, and its power cut
+//!   ([`PowerLossDisk`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
@@ -32,6 +34,7 @@ pub mod evidence;
 pub mod host_tpm;
 pub mod migration;
 pub mod openssl;
+pub mod powerloss;
 pub mod process;
 pub mod readme;
 pub mod relay;
@@ -45,6 +48,7 @@ pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use migration::MigrationBed;
+pub use powerloss::PowerLossDisk;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
 pub use readme::{crate_readme_drift, readme_drift};
 pub use relay::{free_port, Relay};

@@ -9,7 +9,7 @@ use vtpm_state::host_key_args::{HostKeyArgError, HostKeyArgs};
 use vtpm_state::keys::HostKey;
 
 use crate::peer::FrontendPolicy;
-use crate::sandbox::SeccompMode;
+use crate::sandbox::{FsSandbox, SeccompMode};
 
 /// vhost-user backend for a virtio TPM 2.0 device.
 #[derive(Parser, Debug, Clone)]
@@ -99,6 +99,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompMode::Kill)]
     pub seccomp: SeccompMode,
 
+    /// How the daemon's file system access is confined once it serves: landlock (writes only
+    /// beneath --state-dir and --host-dir and to the TPM and random devices; system
+    /// libraries and configuration read-only; nothing else) or none.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = FsSandbox::Landlock)]
+    pub sandbox: FsSandbox,
+
     /// Admit vhost-user frontends (VMMs) running as this user id as well (repeatable). The
     /// daemon's own user and root are always admitted; any other peer of the socket
     /// (SO_PEERCRED) is disconnected before it can reach the device.
@@ -172,6 +178,8 @@ pub struct Config {
     pub host_dir: Option<PathBuf>,
     /// The seccomp filter's action on a call outside the allow-list.
     pub seccomp: SeccompMode,
+    /// `--sandbox`: the file system confinement.
+    pub sandbox: FsSandbox,
     /// Which frontends may connect besides the daemon's user and root.
     pub frontends: FrontendPolicy,
 }
@@ -359,6 +367,7 @@ impl TryFrom<Args> for Config {
             mirror_pcrs,
             host_dir: args.host_dir,
             seccomp: args.seccomp,
+            sandbox: args.sandbox,
             frontends: FrontendPolicy {
                 uids: args.frontend_uids,
             },
@@ -370,7 +379,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "sealed-migration", "seccomp", "vm-id"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "sealed-migration", "seccomp", "landlock", "vm-id"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })

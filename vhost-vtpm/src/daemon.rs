@@ -418,10 +418,18 @@ fn listen_and_serve(
         connection: Mutex::new(None),
         listener_fd: Mutex::new(Some(listener.as_raw_fd())),
     });
-    spawn_signal_thread(signals, stop.clone())?;
     // Everything the daemon opens at start is open: from here on it only serves, so the
-    // sandbox goes up before the first frontend (and its guest) can reach it.
-    crate::sandbox::enter(config.seccomp)?;
+    // sandbox goes up before the first frontend (and its guest) can reach it, and before the
+    // signal thread starts (Landlock confines the threads started after it).
+    let mut writable: Vec<&std::path::Path> = Vec::new();
+    if let EngineConfig::Libtpms { state_dir, .. } = &config.engine {
+        writable.push(state_dir);
+    }
+    if let Some(host_dir) = &config.host_dir {
+        writable.push(host_dir);
+    }
+    crate::sandbox::enter(config.seccomp, config.sandbox, &writable)?;
+    spawn_signal_thread(signals, stop.clone())?;
     info!(
         "vhost-vtpm started: engine {engine_name}, listening on {}, busy-poll {} µs, seccomp {:?}",
         match &config.listen {

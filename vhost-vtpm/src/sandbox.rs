@@ -1,4 +1,5 @@
-//! The daemon's sandbox: no new privileges and a seccomp allow-list of system calls.
+//! The daemon's sandbox: no new privileges, a seccomp allow-list of system calls, and the
+//! file system confined by Landlock.
 //!
 //! The daemon runs libtpms on bytes a guest chooses and holds the unsealed state key, so a
 //! bug there must not turn into a foothold on the host. Once it has opened what it needs at
@@ -15,10 +16,25 @@
 //! Thread and process creation are both `clone`/`clone3` and cannot be told apart by a filter
 //! (clone3's flags are behind a pointer); `execve` is refused, so a process a compromised
 //! daemon forks can only run the daemon's own code under the same filter.
+//!
+//! Landlock (`--sandbox landlock`, the default) confines what the daemon can reach in the file
+//! system: it may write only beneath its own state directory and host directory and to the
+//! TPM and random devices, and read the system's libraries and configuration (`/usr`, `/lib`,
+//! `/etc`: the TCTI library, name resolution and OpenSSL load lazily) and `/proc`, `/sys`.
+//! Another VM's state directory, the host's keys elsewhere and every other file are out of
+//! reach, whatever the daemon's user could otherwise open. Landlock confines the calling
+//! thread and the threads it starts, so it goes up before the daemon starts any thread that
+//! serves. A kernel without Landlock serves unconfined, with a warning.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use clap::ValueEnum;
+use landlock::{
+    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    ABI,
+};
+use log::{info, warn};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 /// What happens to a system call outside the allow-list (`--seccomp`).
@@ -35,8 +51,31 @@ pub enum SeccompMode {
     None,
 }
 
+/// Which file system confinement the daemon serves under (`--sandbox`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsSandbox {
+    /// Landlock: writes only beneath the state and host directories.
+    #[default]
+    Landlock,
+    /// No file system confinement.
+    None,
+}
+
+/// Read-only, beneath: what libraries, the TCTI loader, name resolution and OpenSSL read.
+const READABLE: &[&str] = &["/usr", "/lib", "/lib64", "/etc", "/proc", "/sys"];
+/// Devices read and written: the host TPM and the random sources.
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/tpm0",
+    "/dev/tpmrm0",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error("cannot confine the file system with Landlock: {0}")]
+    Landlock(#[from] landlock::RulesetError),
     #[error("cannot set no-new-privileges: {0}")]
     NoNewPrivs(std::io::Error),
     #[error("cannot build the seccomp filter: {0}")]
@@ -210,8 +249,44 @@ pub fn filter(mode: SeccompMode) -> Result<Option<BpfProgram>, SandboxError> {
         .map_err(|e| SandboxError::Build(e.to_string()))
 }
 
-/// Sets no-new-privileges on the process and installs `mode`'s filter on every thread.
-pub fn enter(mode: SeccompMode) -> Result<(), SandboxError> {
+/// Confines the calling thread (and the threads it starts) to `writable` for writes and to
+/// the system's read-only paths; returns whether the kernel enforced it.
+pub fn confine_fs(writable: &[&Path]) -> Result<RulesetStatus, SandboxError> {
+    let abi = ABI::V5;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(READABLE, AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(
+            DEVICES,
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev,
+        ))?
+        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+/// Sets no-new-privileges, confines the file system (`fs`: `writable` are the directories
+/// the daemon writes) and installs `mode`'s filter on every thread.
+pub fn enter(mode: SeccompMode, fs: FsSandbox, writable: &[&Path]) -> Result<(), SandboxError> {
+    if fs == FsSandbox::Landlock {
+        match confine_fs(writable)? {
+            RulesetStatus::FullyEnforced => info!(
+                "file system confined (Landlock): writes only beneath {}",
+                writable
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RulesetStatus::PartiallyEnforced => {
+                warn!("file system confined (Landlock) only in part: the kernel's ABI is older")
+            }
+            RulesetStatus::NotEnforced => {
+                warn!("file system NOT confined: this kernel has no Landlock (--sandbox landlock)")
+            }
+        }
+    }
     let program = filter(mode)?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and changes no memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -299,6 +374,60 @@ mod tests {
             in_sandboxed_child(SeccompMode::None, call_execve),
             WaitStatus::Exited(_, 0)
         ));
+    }
+
+    // Landlock: a confined child writes beneath its writable directory, reads the system's
+    // files, and is refused writing or reading anywhere else (another VM's directory).
+    #[test]
+    fn landlock_confines_writes_to_the_writable_directories() {
+        use std::os::unix::ffi::OsStrExt;
+        let mine = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("state.vtpm"), b"another VM's").unwrap();
+        let c_path =
+            |p: std::path::PathBuf| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let mine_file = c_path(mine.path().join("new"));
+        let other_new = c_path(other.path().join("new"));
+        let other_state = c_path(other.path().join("state.vtpm"));
+        let system = c_path("/etc/passwd".into());
+        let mine_dir = mine.path().to_owned();
+        // SAFETY: the child confines itself, makes raw open calls on paths prepared before
+        // the fork and _exits. The landlock calls allocate: glibc's fork holds malloc's locks
+        // across the fork, so the child's allocator is consistent.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = match confine_fs(&[&mine_dir]) {
+                    Ok(RulesetStatus::FullyEnforced) => {
+                        let open = |p: &std::ffi::CString, flags| {
+                            // SAFETY: a NUL-terminated path; the fd is leaked to _exit.
+                            unsafe { libc::open(p.as_ptr(), flags, 0o600) }
+                        };
+                        let create = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                        let ok = open(&mine_file, create) >= 0
+                            && open(&system, libc::O_RDONLY) >= 0
+                            && open(&other_new, create) < 0
+                            && open(&other_state, libc::O_RDONLY) < 0
+                            && open(&other_state, libc::O_WRONLY) < 0;
+                        if ok {
+                            0
+                        } else {
+                            1
+                        }
+                    }
+                    Ok(_) => 2,
+                    Err(_) => 3,
+                };
+                // SAFETY: _exit ends the child without running the parent's handlers.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
+                WaitStatus::Exited(_, 0) => {}
+                WaitStatus::Exited(_, 2) => panic!("this kernel does not enforce Landlock"),
+                other => panic!("the confined child got {other:?} (1: a wrong access)"),
+            },
+        }
+        assert!(mine.path().join("new").exists());
+        assert!(!other.path().join("new").exists());
     }
 
     #[test]

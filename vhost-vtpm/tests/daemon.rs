@@ -684,6 +684,16 @@ fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // Landlock confines its writes to its state directory (the rules themselves are tested
+    // in sandbox.rs; this kernel enforces them).
+    assert!(
+        d.log_text().contains(&format!(
+            "file system confined (Landlock): writes only beneath {}",
+            dir.path().join("state").display()
+        )),
+        "{}",
+        d.log_text()
+    );
     assert_eq!(
         sandbox_status(pid),
         ("2".to_string(), "1".to_string()),

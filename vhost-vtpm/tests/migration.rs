@@ -482,7 +482,16 @@ fn the_controller_killed_after_each_step_every_migration_ends_with_one_live_copy
         "committed",
         "source_deleted",
     ];
+    /// Stops the supervisor when the steps end, also by a panic: the scope joins it, and a
+    /// supervisor left running would turn a failed step into a test that never ends.
+    struct StopOnDrop(Arc<Supervisor>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(sup.clone());
         let ctl = &bed.controller;
         let supervisor = sup.clone();
         s.spawn(move || {
@@ -536,7 +545,6 @@ fn the_controller_killed_after_each_step_every_migration_ends_with_one_live_copy
             src = dst;
             client = next;
         }
-        sup.stop.store(true, Ordering::SeqCst);
     });
 }
 
