@@ -23,12 +23,27 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 /// A lock file held with an exclusive `flock(2)`; released when dropped.
 pub type LockFile = Flock<File>;
+
+/// fsyncs this process made through this crate (files and directories), for metrics and the
+/// benchmark's syncs-per-command.
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// How many fsyncs (of files and directories) this process has made through this crate.
+pub fn syncs_total() -> u64 {
+    SYNCS.load(Ordering::Relaxed)
+}
+
+fn sync(file: &File) -> io::Result<()> {
+    SYNCS.fetch_add(1, Ordering::Relaxed);
+    file.sync_all()
+}
 
 /// What ends the name of every temporary file [`replace`] makes.
 const TEMPORARY_SUFFIX: &str = ".tmp";
@@ -60,7 +75,7 @@ pub fn replace(path: &Path, data: &[u8], mode: u32, sync_dir: bool) -> io::Resul
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
     tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
+    sync(tmp.as_file())?;
     tmp.persist(path).map_err(|e| e.error)?;
     if sync_dir {
         self::sync_dir(dir)?;
@@ -70,11 +85,12 @@ pub fn replace(path: &Path, data: &[u8], mode: u32, sync_dir: bool) -> io::Resul
 
 /// fsync of a directory: makes the renames, creations and removals in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_directory() | libc_o_nofollow())
-        .open(dir)?
-        .sync_all()
+    sync(
+        &OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_o_directory() | libc_o_nofollow())
+            .open(dir)?,
+    )
 }
 
 /// Reads a regular file, `None` if it does not exist; a symlink at `path` is an error.

@@ -99,6 +99,13 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompMode::Kill)]
     pub seccomp: SeccompMode,
 
+    /// Serve the daemon's metrics (commands, refused chains, a command latency histogram,
+    /// durable state writes and their fsyncs, frontends admitted and refused) on this Unix
+    /// socket, created mode 0600: every connection gets one snapshot in the Prometheus text
+    /// format (`socat - UNIX-CONNECT:PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+
     /// How the daemon's file system access is confined once it serves: landlock (writes only
     /// beneath --state-dir and --host-dir and to the TPM and random devices; system
     /// libraries and configuration read-only; nothing else) or none.
@@ -178,6 +185,8 @@ pub struct Config {
     pub host_dir: Option<PathBuf>,
     /// The seccomp filter's action on a call outside the allow-list.
     pub seccomp: SeccompMode,
+    /// `--metrics-socket`.
+    pub metrics_socket: Option<PathBuf>,
     /// `--sandbox`: the file system confinement.
     pub sandbox: FsSandbox,
     /// Which frontends may connect besides the daemon's user and root.
@@ -368,6 +377,7 @@ impl TryFrom<Args> for Config {
             host_dir: args.host_dir,
             seccomp: args.seccomp,
             sandbox: args.sandbox,
+            metrics_socket: args.metrics_socket,
             frontends: FrontendPolicy {
                 uids: args.frontend_uids,
             },
@@ -379,7 +389,7 @@ impl TryFrom<Args> for Config {
 pub fn capabilities() -> serde_json::Value {
     serde_json::json!({
         "type": "tpm",
-        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "sealed-migration", "seccomp", "landlock", "vm-id"],
+        "features": ["engine-libtpms", "engine-swtpm", "busy-poll", "fd", "encrypted-state", "host-tpm", "mirror-pcrs", "deep-quote", "sealed-migration", "seccomp", "landlock", "vm-id", "metrics"],
         "virtio-device-id": crate::virtio_tpm::DEFAULT_DEVICE_ID,
         "max-buffer-size": crate::virtio_tpm::MAX_BUFFER_SIZE,
     })

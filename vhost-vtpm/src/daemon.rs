@@ -407,12 +407,20 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
 /// Opens the listener, serves frontends until a stop is requested, closes the listener.
 fn listen_and_serve(
     device: &SharedDevice,
-    engine_name: &str,
+    engine_name: &'static str,
     signals: SigSet,
     config: &Config,
     control: Option<&Arc<crate::migration_control::Control>>,
 ) -> Result<(), DaemonError> {
     let mut listener = open_listener(&config.listen)?;
+    let metrics = match &config.metrics_socket {
+        Some(path) => Some(crate::metrics::bind(path).map_err(|e| DaemonError::Listen {
+            what: format!("--metrics-socket {}", path.display()),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let connections = Arc::new(crate::metrics::Connections::default());
     let stop = Arc::new(Stop {
         requested: AtomicBool::new(false),
         connection: Mutex::new(None),
@@ -430,6 +438,10 @@ fn listen_and_serve(
     }
     crate::sandbox::enter(config.seccomp, config.sandbox, &writable)?;
     spawn_signal_thread(signals, stop.clone())?;
+    if let Some(metrics) = metrics {
+        crate::metrics::serve(metrics, device.clone(), connections.clone(), engine_name)
+            .map_err(|e| DaemonError::VhostUser(format!("metrics thread: {e}")))?;
+    }
     info!(
         "vhost-vtpm started: engine {engine_name}, listening on {}, busy-poll {} µs, seccomp {:?}",
         match &config.listen {
@@ -439,7 +451,7 @@ fn listen_and_serve(
         config.busy_poll.as_micros(),
         config.seccomp
     );
-    let served = serve(&mut listener, device, &stop, config, control);
+    let served = serve(&mut listener, device, &stop, config, control, &connections);
     if let Ok(mut fd) = stop.listener_fd.lock() {
         *fd = None;
     }
@@ -453,6 +465,7 @@ fn serve(
     stop: &Stop,
     config: &Config,
     control: Option<&Arc<crate::migration_control::Control>>,
+    connections: &crate::metrics::Connections,
 ) -> Result<(), DaemonError> {
     // Frontends refused so far (rate-limits their log lines).
     let mut refused = 0u64;
@@ -521,6 +534,12 @@ fn serve(
                 false
             }
         };
+        let counter = if admitted {
+            &connections.admitted
+        } else {
+            &connections.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if !admitted {
             // Shut down before the verdict: the backend answers nothing to this peer.
             daemon.request_shutdown();

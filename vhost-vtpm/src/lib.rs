@@ -16,6 +16,8 @@
 //!   mirroring, platform hierarchy lock), the mirrored-PCR guard, the deep quote.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
+//! - [`metrics`]: the operator's view of a running daemon (`--metrics-socket`): counters and
+//!   a latency histogram in the Prometheus text format.
 //! - [`peer`]: which frontends may connect (their socket credentials) and the verdict the
 //!   backend waits for.
 //! - [`sandbox`]: the seccomp filter and no-new-privileges the daemon serves under.
@@ -25,6 +27,7 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod migration_control;
 pub mod peer;
 pub mod platform;

@@ -433,6 +433,9 @@ pub struct Stats {
     pub bad_heads: u64,
     /// Commands the engine itself failed on.
     pub engine_failures: u64,
+    /// How long answered commands took, from taking the chain off the queue to the answer in
+    /// the guest's buffer.
+    pub latency: crate::metrics::Histogram,
 }
 
 /// Whether the `n`th occurrence (from 1) of a guest-triggerable event is logged: the first 16
@@ -511,9 +514,13 @@ pub fn drain_queue<M: GuestMemory>(
             log_refusal(stats, head, &e);
             continue;
         }
+        let started = std::time::Instant::now();
         let result = serve_chain(mem, queue.desc_table(), size, head, engine, scratch);
         match &result.error {
-            None => stats.commands += 1,
+            None => {
+                stats.commands += 1;
+                stats.latency.observe(started.elapsed());
+            }
             Some(e @ ChainError::Engine(_)) => {
                 stats.refused_chains += 1;
                 stats.engine_failures += 1;
@@ -939,6 +946,7 @@ mod tests {
         let heads: Vec<u32> = (0..5).map(|i| ring.used(i).0).collect();
         assert_eq!(heads, vec![0, 2, 4, 6, 7]);
         assert_eq!(e.seen.len(), 3);
+        assert_eq!(stats.latency.count(), 3, "one latency per answered command");
         assert_eq!(
             stats,
             Stats {
@@ -947,6 +955,7 @@ mod tests {
                 interrupts: 0,
                 bad_heads: 0,
                 engine_failures: 0,
+                latency: stats.latency,
             }
         );
     }

@@ -848,3 +848,67 @@ fn a_frontend_of_another_user_is_refused_unless_admitted() {
         admitting.log_text()
     );
 }
+
+/// Reads one snapshot from the daemon's metrics socket and returns `name`'s value.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn scrape(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    std::os::unix::net::UnixStream::connect(path)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+// Issue 13, observability: a running daemon tells an operator what it did, without a restart:
+// commands, refused chains, a latency histogram, durable writes and the fsyncs they cost.
+#[test]
+fn the_metrics_socket_reports_what_the_daemon_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("metrics.sock");
+    let d = Daemon::start_in(dir.path(), &["--metrics-socket", socket.to_str().unwrap()]);
+    let before = scrape(&socket);
+    assert_eq!(metric(&before, "vtpm_commands_total"), 0.0);
+    let mut client = d.connect();
+    startup(&mut client);
+    for _ in 0..3 {
+        assert_success(&run(&mut client, &c::get_random(8)), "GetRandom");
+    }
+    define_nv(&mut client, 0x0150_0077, 8, c::NV_ORDINARY_ATTRS);
+    assert_success(
+        &run(&mut client, &c::nv_write(0x0150_0077, 0, &[1; 8])),
+        "NV_Write",
+    );
+    let text = scrape(&socket);
+    let commands = metric(&text, "vtpm_commands_total");
+    assert!(commands >= 6.0, "{text}");
+    assert_eq!(
+        metric(&text, "vtpm_command_duration_seconds_count"),
+        commands
+    );
+    assert_eq!(
+        metric(&text, "vtpm_command_duration_seconds_bucket{le=\"+Inf\"}"),
+        commands
+    );
+    assert_eq!(metric(&text, "vtpm_refused_chains_total"), 0.0);
+    assert_eq!(metric(&text, "vtpm_frontends_admitted_total"), 1.0);
+    let writes =
+        metric(&text, "vtpm_state_writes_total") - metric(&before, "vtpm_state_writes_total");
+    let syncs = metric(&text, "vtpm_state_syncs_total") - metric(&before, "vtpm_state_syncs_total");
+    // NV_DefineSpace and NV_Write are durable; each write is the state file, its directory
+    // and the generation record.
+    assert!(writes >= 2.0, "{text}");
+    assert_eq!(syncs, 3.0 * writes, "{text}");
+    assert!(text.contains("vtpm_info{engine=\"libtpms\"} 1"), "{text}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,6 +57,15 @@ pub const VM_BINDING: &str = "vm-binding";
 const FILE_MODE: u32 = 0o600;
 /// The plain permanent-state file of earlier builds.
 const LEGACY_PLAIN_STATE: &str = "tpm2-permall.bin";
+
+/// State files this process has written durably (every store's, for metrics: one daemon serves
+/// one instance).
+static DURABLE_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// How many state files this process has written durably (each one a new generation).
+pub fn durable_writes_total() -> u64 {
+    DURABLE_WRITES.load(Ordering::Relaxed)
+}
 
 /// How [`EncryptedStore::open`] found the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,7 +450,9 @@ impl EncryptedStore {
                 source,
             })?;
         write(&self.dir, STATE_FILE, &bytes, true)?;
-        self.write_anchor(generation, false)
+        self.write_anchor(generation, false)?;
+        DURABLE_WRITES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn write_anchor(&self, generation: u64, sync_dir: bool) -> Result<(), StateError> {
