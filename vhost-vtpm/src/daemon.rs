@@ -412,7 +412,8 @@ fn listen_and_serve(
     config: &Config,
     control: Option<&Arc<crate::migration_control::Control>>,
 ) -> Result<(), DaemonError> {
-    let mut listener = open_listener(&config.listen)?;
+    // The metrics socket exists before the vhost-user one: whoever sees the daemon listening
+    // can read its metrics (connections wait in the backlog until the thread serves them).
     let metrics = match &config.metrics_socket {
         Some(path) => Some(crate::metrics::bind(path).map_err(|e| DaemonError::Listen {
             what: format!("--metrics-socket {}", path.display()),
@@ -420,6 +421,7 @@ fn listen_and_serve(
         })?),
         None => None,
     };
+    let mut listener = open_listener(&config.listen)?;
     let connections = Arc::new(crate::metrics::Connections::default());
     let stop = Arc::new(Stop {
         requested: AtomicBool::new(false),

@@ -66,72 +66,74 @@ pub fn render(
     connections: &Connections,
     engine: &str,
 ) -> String {
+    let counters: [(&str, &str, String); 12] = [
+        (
+            "vtpm_commands_total",
+            "TPM commands executed and answered.",
+            stats.commands.to_string(),
+        ),
+        (
+            "vtpm_refused_chains_total",
+            "Descriptor chains refused (malformed, oversized, bad head) or failed in the engine.",
+            stats.refused_chains.to_string(),
+        ),
+        (
+            "vtpm_bad_heads_total",
+            "Avail entries naming a head beyond the queue.",
+            stats.bad_heads.to_string(),
+        ),
+        (
+            "vtpm_engine_failures_total",
+            "Commands the engine failed on.",
+            stats.engine_failures.to_string(),
+        ),
+        (
+            "vtpm_interrupts_total",
+            "Interrupts sent to the guest.",
+            stats.interrupts.to_string(),
+        ),
+        (
+            "vtpm_busy_poll_windows_total",
+            "Busy-poll windows opened.",
+            busy.windows.to_string(),
+        ),
+        (
+            "vtpm_busy_poll_hits_total",
+            "Busy-poll windows in which a command arrived.",
+            busy.hits.to_string(),
+        ),
+        (
+            "vtpm_busy_poll_spin_seconds_total",
+            "Time spent spinning in busy-poll windows.",
+            format!("{:.6}", busy.spin_us as f64 / 1e6),
+        ),
+        (
+            "vtpm_state_writes_total",
+            "Durable writes of the encrypted state (each a new generation).",
+            vtpm_state::encrypted::durable_writes_total().to_string(),
+        ),
+        (
+            "vtpm_state_syncs_total",
+            "fsyncs of state files and the state directory.",
+            durable_fs::syncs_total().to_string(),
+        ),
+        (
+            "vtpm_frontends_admitted_total",
+            "vhost-user frontend connections admitted.",
+            connections.admitted.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "vtpm_frontends_refused_total",
+            "vhost-user frontend connections refused by their socket credentials.",
+            connections.refused.load(Ordering::Relaxed).to_string(),
+        ),
+    ];
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: String| {
+    for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {value}");
-    };
-    counter(
-        "vtpm_commands_total",
-        "TPM commands executed and answered.",
-        stats.commands.to_string(),
-    );
-    counter(
-        "vtpm_refused_chains_total",
-        "Descriptor chains refused (malformed, oversized, bad head) or failed in the engine.",
-        stats.refused_chains.to_string(),
-    );
-    counter(
-        "vtpm_bad_heads_total",
-        "Avail entries naming a head beyond the queue.",
-        stats.bad_heads.to_string(),
-    );
-    counter(
-        "vtpm_engine_failures_total",
-        "Commands the engine failed on.",
-        stats.engine_failures.to_string(),
-    );
-    counter(
-        "vtpm_interrupts_total",
-        "Interrupts sent to the guest.",
-        stats.interrupts.to_string(),
-    );
-    counter(
-        "vtpm_busy_poll_windows_total",
-        "Busy-poll windows opened.",
-        busy.windows.to_string(),
-    );
-    counter(
-        "vtpm_busy_poll_hits_total",
-        "Busy-poll windows in which a command arrived.",
-        busy.hits.to_string(),
-    );
-    counter(
-        "vtpm_busy_poll_spin_seconds_total",
-        "Time spent spinning in busy-poll windows.",
-        format!("{:.6}", busy.spin_us as f64 / 1e6),
-    );
-    counter(
-        "vtpm_state_writes_total",
-        "Durable writes of the encrypted state (each a new generation).",
-        vtpm_state::encrypted::durable_writes_total().to_string(),
-    );
-    counter(
-        "vtpm_state_syncs_total",
-        "fsyncs of state files and the state directory.",
-        durable_fs::syncs_total().to_string(),
-    );
-    counter(
-        "vtpm_frontends_admitted_total",
-        "vhost-user frontend connections admitted.",
-        connections.admitted.load(Ordering::Relaxed).to_string(),
-    );
-    counter(
-        "vtpm_frontends_refused_total",
-        "vhost-user frontend connections refused by their socket credentials.",
-        connections.refused.load(Ordering::Relaxed).to_string(),
-    );
+    }
     let name = "vtpm_command_duration_seconds";
     let _ = writeln!(
         out,

@@ -9,26 +9,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::workload::{observe, random_delays, Killer, COUNTER, DATA};
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tpm_proto::{commands as c, rc};
 
-const DATA: u32 = 0x0150_0030;
-const COUNTER: u32 = 0x0150_0031;
 const KILLS: usize = 200;
-
-/// Reads the data index and the counter as u64s.
-fn observe(client: &mut guest_driver::VtpmClient) -> (u64, u64) {
-    let read = |client: &mut guest_driver::VtpmClient, index| {
-        let resp = run(client, &c::nv_read(index, 8, 0));
-        let bytes = c::parse_nv_read(&resp).unwrap_or_else(|e| panic!("NV_Read {index:#x}: {e}"));
-        u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
-    };
-    (read(client, DATA), read(client, COUNTER))
-}
 
 #[test]
 fn acknowledged_writes_survive_200_sigkills() {
@@ -49,18 +36,7 @@ fn acknowledged_writes_survive_200_sigkills() {
         );
     }
     let (mut acked_value, mut acked_count) = (0u64, 0u64);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng = seed;
-    let mut next_delay = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        Duration::from_micros(rng % 8000)
-    };
+    let (seed, mut next_delay) = random_delays(Duration::from_millis(8));
     let mut writes_acked = 0u64;
     for round in 0..KILLS {
         let mut client = d.connect();
@@ -78,23 +54,15 @@ fn acknowledged_writes_survive_200_sigkills() {
         );
         (acked_value, acked_count) = (value, count);
 
-        // The random delay counts from the round's first acknowledged write, so every round
-        // writes whatever the disk's speed, and the kill lands at a random point after it.
-        let pid = Pid::from_raw(d.pid());
-        let delay = next_delay();
-        let (first_ack, wait_first_ack) = std::sync::mpsc::channel::<()>();
-        let killer = std::thread::spawn(move || {
-            let _ = wait_first_ack.recv_timeout(Duration::from_secs(30));
-            std::thread::sleep(delay);
-            let _ = kill(pid, Signal::SIGKILL);
-        });
+        // The kill lands at a random point after the round's first acknowledged write.
+        let killer = Killer::arm(d.pid(), next_delay());
         loop {
             let next = acked_value + 1;
             match client.transact_tss(&c::nv_write(DATA, 0, &next.to_be_bytes())) {
                 Ok(r) if rc_of(&r) == rc::SUCCESS => {
                     acked_value = next;
                     writes_acked += 1;
-                    let _ = first_ack.send(());
+                    killer.acked();
                 }
                 Ok(r) => panic!("NV_Write answered {:#x}", rc_of(&r)),
                 Err(_) => break,
@@ -108,7 +76,7 @@ fn acknowledged_writes_survive_200_sigkills() {
                 Err(_) => break,
             }
         }
-        killer.join().unwrap();
+        killer.join();
         d.wait_exit().expect("wait for the daemon");
         d.respawn();
     }

@@ -17,17 +17,15 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::workload::{observe, random_delays, Killer, COUNTER, DATA};
 use common::*;
 use guest_driver::VtpmClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testbed::{PowerLossDisk, SwtpmProcess};
 use tpm_proto::{commands as c, rc};
-
-const DATA: u32 = 0x0150_0030;
-const COUNTER: u32 = 0x0150_0031;
 
 fn rounds() -> usize {
     std::env::var("VTPM_POWERLOSS_ROUNDS")
@@ -129,16 +127,6 @@ impl<'a> Host<'a> {
     }
 }
 
-/// Reads the data index and the counter as u64s.
-fn observe(client: &mut VtpmClient) -> (u64, u64) {
-    let read = |client: &mut VtpmClient, index| {
-        let resp = run(client, &c::nv_read(index, 8, 0));
-        let bytes = c::parse_nv_read(&resp).unwrap_or_else(|e| panic!("NV_Read {index:#x}: {e}"));
-        u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
-    };
-    (read(client, DATA), read(client, COUNTER))
-}
-
 /// Defines the two indices and writes their first values (data 0, counter 1).
 fn provision(client: &mut VtpmClient) {
     define_nv(client, DATA, 8, c::NV_ORDINARY_ATTRS);
@@ -179,18 +167,7 @@ fn power_cuts(engine: Engine, rounds: usize) -> Report {
     host.power_off();
     host.boot();
 
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng = seed;
-    let mut next_delay = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        Duration::from_micros(rng % 20_000)
-    };
+    let (seed, mut next_delay) = random_delays(Duration::from_millis(20));
     let mut report = Report {
         rounds,
         ..Report::default()
@@ -239,21 +216,14 @@ fn power_cuts(engine: Engine, rounds: usize) -> Report {
         }
 
         // The cut lands at a random moment after the round's first acknowledged write.
-        let disk = Pid::from_raw(host.disk_pid());
-        let delay = next_delay();
-        let (first_ack, wait_first_ack) = std::sync::mpsc::channel::<()>();
-        let cutter = std::thread::spawn(move || {
-            let _ = wait_first_ack.recv_timeout(Duration::from_secs(30));
-            std::thread::sleep(delay);
-            let _ = kill(disk, Signal::SIGKILL);
-        });
+        let cutter = Killer::arm(host.disk_pid(), next_delay());
         loop {
             let next = acked_value + 1;
             match client.transact_tss(&c::nv_write(DATA, 0, &next.to_be_bytes())) {
                 Ok(r) if rc_of(&r) == rc::SUCCESS => {
                     acked_value = next;
                     report.acknowledged += 1;
-                    let _ = first_ack.send(());
+                    cutter.acked();
                 }
                 _ => break,
             }
@@ -265,7 +235,7 @@ fn power_cuts(engine: Engine, rounds: usize) -> Report {
                 _ => break,
             }
         }
-        cutter.join().unwrap();
+        cutter.join();
         drop(client);
         host.power_off();
         host.boot();

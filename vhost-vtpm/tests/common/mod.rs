@@ -169,3 +169,78 @@ pub fn migration_source(bed: &testbed::MigrationBed, dir: &Path) -> (Daemon, Str
         .expect("register the instance");
     (migration_daemon(bed, bed.a(), dir, false), instance)
 }
+
+/// The durable workload of the crash and power-loss tests: an ordinary NV index written with
+/// ever larger values, and an NV counter incremented.
+pub mod workload {
+    use std::sync::mpsc::{channel, Sender};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use guest_driver::VtpmClient;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use tpm_proto::commands as c;
+
+    pub const DATA: u32 = 0x0150_0030;
+    pub const COUNTER: u32 = 0x0150_0031;
+
+    /// Reads the data index and the counter as u64s.
+    pub fn observe(client: &mut VtpmClient) -> (u64, u64) {
+        let read = |client: &mut VtpmClient, index| {
+            let resp = super::run(client, &c::nv_read(index, 8, 0));
+            let bytes =
+                c::parse_nv_read(&resp).unwrap_or_else(|e| panic!("NV_Read {index:#x}: {e}"));
+            u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+        };
+        (read(client, DATA), read(client, COUNTER))
+    }
+
+    /// A seed from the clock (printed by the tests, so a failure can be replayed) and a
+    /// generator of delays below `max` from it (xorshift).
+    pub fn random_delays(max: Duration) -> (u64, impl FnMut() -> Duration) {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            | 1;
+        let mut rng = seed;
+        let max_us = (max.as_micros() as u64).max(1);
+        (seed, move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            Duration::from_micros(rng % max_us)
+        })
+    }
+
+    /// SIGKILLs `pid` `delay` after the round's first acknowledged write ([`Killer::acked`]),
+    /// so every round writes whatever the disk's speed and the kill lands at a random point
+    /// after that.
+    pub struct Killer {
+        first_ack: Sender<()>,
+        thread: JoinHandle<()>,
+    }
+
+    impl Killer {
+        pub fn arm(pid: i32, delay: Duration) -> Killer {
+            let (first_ack, wait_first_ack) = channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let _ = wait_first_ack.recv_timeout(Duration::from_secs(30));
+                std::thread::sleep(delay);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            });
+            Killer { first_ack, thread }
+        }
+
+        /// A write was acknowledged (the first one starts the delay).
+        pub fn acked(&self) {
+            let _ = self.first_ack.send(());
+        }
+
+        /// Waits until the kill was sent.
+        pub fn join(self) {
+            self.thread.join().expect("killer thread");
+        }
+    }
+}
