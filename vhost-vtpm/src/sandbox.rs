@@ -25,10 +25,18 @@
 //! reach, whatever the daemon's user could otherwise open. Landlock confines the calling
 //! thread and the threads it starts, so it goes up before the daemon starts any thread that
 //! serves. A kernel without Landlock serves unconfined, with a warning.
+//!
+//! Capabilities: a daemon started as root keeps only `CAP_DAC_OVERRIDE` and
+//! `CAP_DAC_READ_SEARCH` (to open a TPM device or a state directory owned by another user);
+//! every other capability leaves its effective, permitted, inheritable, ambient and bounding
+//! sets, so a compromised daemon cannot administer the system, trace, load modules, bind
+//! privileged ports or change owners, even where the filter would let a call through. An
+//! unprivileged daemon has none to drop.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use caps::{CapSet, Capability, CapsHashSet};
 use clap::ValueEnum;
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
@@ -74,6 +82,8 @@ const DEVICES: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error("cannot drop capabilities: {0}")]
+    Capabilities(#[from] caps::errors::CapsError),
     #[error("cannot confine the file system with Landlock: {0}")]
     Landlock(#[from] landlock::RulesetError),
     #[error("cannot set no-new-privileges: {0}")]
@@ -266,9 +276,39 @@ pub fn confine_fs(writable: &[&Path]) -> Result<RulesetStatus, SandboxError> {
     Ok(status.ruleset)
 }
 
-/// Sets no-new-privileges, confines the file system (`fs`: `writable` are the directories
-/// the daemon writes) and installs `mode`'s filter on every thread.
+/// The capabilities a daemon started as root keeps: file access only.
+pub const KEPT_CAPABILITIES: [Capability; 2] = [
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// Drops every capability but [`KEPT_CAPABILITIES`] from the calling thread (and the threads
+/// it starts): the bounding set first (that needs `CAP_SETPCAP`, which goes with the rest),
+/// then the ambient, inheritable, permitted and effective sets.
+pub fn drop_capabilities() -> Result<(), SandboxError> {
+    let keep: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        for cap in caps::runtime::thread_all_supported() {
+            if !keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    let kept: CapsHashSet = caps::read(None, CapSet::Permitted)?
+        .intersection(&keep)
+        .copied()
+        .collect();
+    caps::set(None, CapSet::Effective, &kept)?;
+    caps::set(None, CapSet::Permitted, &kept)?;
+    Ok(())
+}
+
+/// Drops capabilities, sets no-new-privileges, confines the file system (`fs`: `writable` are
+/// the directories the daemon writes) and installs `mode`'s filter on every thread.
 pub fn enter(mode: SeccompMode, fs: FsSandbox, writable: &[&Path]) -> Result<(), SandboxError> {
+    drop_capabilities()?;
     if fs == FsSandbox::Landlock {
         match confine_fs(writable)? {
             RulesetStatus::FullyEnforced => info!(

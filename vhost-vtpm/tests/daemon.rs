@@ -710,6 +710,24 @@ fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
                 .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
             "thread {tid:?} is not filtered"
         );
+        // Started as root, it keeps CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (bits 1 and 2)
+        // and nothing else, in every set and on every thread.
+        if nix::unistd::geteuid().is_root() {
+            for (set, expected) in [
+                ("CapInh:", "0000000000000000"),
+                ("CapPrm:", "0000000000000006"),
+                ("CapEff:", "0000000000000006"),
+                ("CapBnd:", "0000000000000006"),
+                ("CapAmb:", "0000000000000000"),
+            ] {
+                assert!(
+                    status
+                        .lines()
+                        .any(|l| l.split_whitespace().eq([set, expected])),
+                    "thread {tid:?}: {set} is not {expected}\n{status}"
+                );
+            }
+        }
     }
     drop(client);
     d.stop();
