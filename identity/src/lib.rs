@@ -38,7 +38,8 @@ use x509_cert::time::Time;
 pub use ek_cert::{issue_ek_cert, EkPublic, TpmInfo};
 pub use key::{verify_for, CoprocessorKey, MigrationKey, Purpose};
 pub use provision::{
-    create_ek, provision_ek, read_ek_cert, refresh_ek_chain, CreatedEk, ProvisionedEk, Refreshed,
+    create_ek, provision_ek, read_ek_cert, refresh_chain_of_running, refresh_ek_chain, CreatedEk,
+    ProvisionedEk, Refreshed,
 };
 pub use templates::EkKind;
 pub use tpm_signed::{issue_signed_by, issue_signed_with, CertSpec};

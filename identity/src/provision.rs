@@ -261,16 +261,11 @@ fn refresh_started(
             }
         }
     }
-    let issuer_key = coprocessor_cert.public_key()?;
     let issuer_end = coprocessor_cert.not_after();
     let mut reissue = false;
     for cert in &current {
-        let under_it = cert.verify(&issuer_key)?
-            && cert
-                .issuer_name()
-                .try_cmp(coprocessor_cert.subject_name())
-                .map(|o| o == std::cmp::Ordering::Equal)?;
-        reissue |= !under_it || due(cert) || cert.not_after() > issuer_end;
+        reissue |=
+            !issued_by(cert, coprocessor_cert)? || due(cert) || cert.not_after() > issuer_end;
     }
     if reissue {
         let certs = issue_ek_certs(engine, key, coprocessor_cert, validity)?;
@@ -299,6 +294,54 @@ fn refresh_started(
         }),
         _ => Err(IdentityError::Refused("EK certificates missing".into())),
     }
+}
+
+/// Whether `cert` verifies under `issuer`'s key and names it as its issuer.
+fn issued_by(cert: &X509Ref, issuer: &X509Ref) -> Result<bool, IdentityError> {
+    let key = issuer.public_key()?;
+    Ok(cert.verify(&key)?
+        && cert
+            .issuer_name()
+            .try_cmp(issuer.subject_name())
+            .map(|o| o == std::cmp::Ordering::Equal)?)
+}
+
+/// The chain-only part of [`refresh_ek_chain`], for an instance that is running (its daemon
+/// owns it, ADR 0012): the TPM must be started and its platform hierarchy usable. Rewrites
+/// the chain from [`EK_CHAIN_FIRST_INDEX`] to `coprocessor_cert` followed by `issuers` if it
+/// differs and both vEK certificates verify under `coprocessor_cert`; returns whether it
+/// rewrote it. vEK certificates that do not (another coprocessor key) are refused: issuing
+/// new ones takes the coprocessor key, which the daemon does not hold
+/// (`vtpm-host refresh` on the stopped instance does it).
+pub fn refresh_chain_of_running(
+    engine: &mut dyn Coprocessor,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+) -> Result<bool, IdentityError> {
+    for kind in EkKind::ALL {
+        let cert = read_ek_cert(engine, kind)?.ok_or_else(|| {
+            IdentityError::Refused(format!(
+                "the instance has no {} vEK certificate: provision it first",
+                kind.name()
+            ))
+        })?;
+        if !issued_by(&cert, coprocessor_cert)? {
+            return Err(IdentityError::Refused(format!(
+                "the {} vEK certificate does not verify under the host's current coprocessor \
+                 certificate (another coprocessor key): run `vtpm-host refresh` on the stopped \
+                 instance",
+                kind.name()
+            )));
+        }
+    }
+    let wanted = std::iter::once(coprocessor_cert.to_der())
+        .chain(issuers.iter().map(|c| c.to_der()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if read_chain(engine)? == wanted {
+        return Ok(false);
+    }
+    store_chain(engine, coprocessor_cert, issuers)?;
+    Ok(true)
 }
 
 /// An EK as CreatePrimary returned it.

@@ -258,15 +258,26 @@ fn block_signals() -> Result<SigSet, DaemonError> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set.thread_block().map_err(DaemonError::Signals)?;
     Ok(set)
 }
 
-fn spawn_signal_thread(set: SigSet, stop: Arc<Stop>) -> Result<(), DaemonError> {
+/// The signal thread: SIGTERM and SIGINT stop the daemon; SIGHUP refreshes the certificate
+/// chain in the instance's NV from `host_dir` ([`crate::chain_refresh`]).
+fn spawn_signal_thread(
+    set: SigSet,
+    stop: Arc<Stop>,
+    device: SharedDevice,
+    host_dir: Option<std::path::PathBuf>,
+) -> Result<(), DaemonError> {
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             match set.wait() {
+                Ok(Signal::SIGHUP) => {
+                    crate::chain_refresh::on_sighup(&device, host_dir.as_deref());
+                }
                 Ok(sig) => {
                     info!("received {sig}, stopping");
                     stop.request();
@@ -439,7 +450,12 @@ fn listen_and_serve(
         writable.push(host_dir);
     }
     crate::sandbox::enter(config.seccomp, config.sandbox, &writable)?;
-    spawn_signal_thread(signals, stop.clone())?;
+    // Only an instance with its own state has a chain in NV to refresh.
+    let chain_dir = match &config.engine {
+        EngineConfig::Libtpms { .. } => config.host_dir.clone(),
+        EngineConfig::Swtpm { .. } => None,
+    };
+    spawn_signal_thread(signals, stop.clone(), device.clone(), chain_dir)?;
     if let Some(metrics) = metrics {
         crate::metrics::serve(metrics, device.clone(), connections.clone(), engine_name)
             .map_err(|e| DaemonError::VhostUser(format!("metrics thread: {e}")))?;

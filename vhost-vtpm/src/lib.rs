@@ -14,6 +14,8 @@
 //!   interrupts, the optional busy-poll window.
 //! - [`platform`]: the platform firmware around the engine: the TPM2_Startup hook (host PCR
 //!   mirroring, platform hierarchy lock), the mirrored-PCR guard, the deep quote.
+//! - [`chain_refresh`]: the certificate chain in a running instance's NV, refreshed from the
+//!   host directory on SIGHUP.
 //! - [`config`]: command-line arguments and their validation.
 //! - [`daemon`]: the process: listener, reconnect loop, signals, clean shutdown.
 //! - [`metrics`]: the operator's view of a running daemon (`--metrics-socket`): counters and
@@ -25,6 +27,7 @@
 //!   SAVE and LOAD of sealed packages, acting on the migration controller's decision.
 
 pub mod backend;
+pub mod chain_refresh;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

@@ -508,3 +508,85 @@ fn a_host_dir_without_the_host_identity_is_refused_by_name() {
         "{err}"
     );
 }
+
+// Issue 11, item 9 (ADR 0012): a running instance's chain follows `vtpm-host renew` on
+// SIGHUP, between two guest commands; its vEK certificates (same coprocessor key) stay.
+#[test]
+fn sighup_refreshes_the_chain_of_a_running_instance_after_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(DAEMON).parent().unwrap();
+    // Certificates live 60 s (plus the CA's backdating): due for renewal at once.
+    let chain = ChainSetup::start_with(
+        bin_dir,
+        &dir.path().join("host"),
+        "refresh-host",
+        &["--validity-secs", "60"],
+    )
+    .expect("host enrolled");
+    let vm = dir.path().join("vm");
+    chain.provision(&vm.join("state")).expect("provision");
+    let tcti = chain.host_tpm.tcti();
+    let host_dir = chain.host_dir.display().to_string();
+    let d = Daemon::start_in(&vm, &["--host-tpm", &tcti, "--host-dir", &host_dir]);
+    let mut client = d.connect();
+    startup(&mut client);
+    let der = |name: &str| {
+        X509::from_pem(chain.host_pem(name).unwrap().as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let in_nv = |client: &mut VtpmClient| {
+        (
+            nv_read_all(client, identity::provision::EK_CHAIN_FIRST_INDEX),
+            nv_read_all(client, identity::provision::EK_CHAIN_FIRST_INDEX + 1),
+        )
+    };
+    assert_eq!(
+        in_nv(&mut client),
+        (der("coprocessor.pem"), der("host-aik.pem"))
+    );
+    let vek = nv_read_all(&mut client, c::RSA_EK_CERT_INDEX);
+
+    // Nothing renewed yet: SIGHUP finds the chain current.
+    let hup = |d: &Daemon, needle: &str| {
+        let before = d.log_text().matches(needle).count();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        assert!(
+            wait_until(std::time::Duration::from_secs(10), || d
+                .log_text()
+                .matches(needle)
+                .count()
+                > before),
+            "{}",
+            d.log_text()
+        );
+    };
+    hup(&d, "SIGHUP: certificate chain in NV already current");
+
+    let token = chain.token_file().display().to_string();
+    let mut renew = vec!["renew", "--host-id", "refresh-host", "--token-file", &token];
+    let ca_args = chain.ca_args();
+    renew.extend(ca_args.iter().map(String::as_str));
+    let out = chain.host(&renew).unwrap();
+    assert!(out.contains("renewed: host AIK certificate"), "{out}");
+    let renewed = (der("coprocessor.pem"), der("host-aik.pem"));
+    assert_ne!(in_nv(&mut client), renewed);
+
+    hup(&d, "SIGHUP: certificate chain in NV refreshed");
+    assert_eq!(in_nv(&mut client), renewed);
+    // The vEK certificate stayed and verifies under the renewed coprocessor certificate.
+    assert_eq!(nv_read_all(&mut client, c::RSA_EK_CERT_INDEX), vek);
+    let coprocessor = X509::from_der(&renewed.0).unwrap();
+    assert!(X509::from_der(&vek)
+        .unwrap()
+        .verify(&coprocessor.public_key().unwrap())
+        .unwrap());
+    // The guest's TPM served on, and the platform hierarchy is closed again.
+    assert_success(&run(&mut client, &c::get_random(8)), "GetRandom");
+    assert_platform_closed(&mut client, &vek);
+}
