@@ -4,7 +4,9 @@
 //! TPM (manufactured with an EK certificate, reached through tss-esapi exactly as
 //! /dev/tpmrm0 would be), the local CA (`vtpm-ca`) enrols it, the host TPM certifies the
 //! coprocessor, and the vTPM is provisioned with its vEK certificates before the guest boots;
-//! the vTPM's state key is sealed by the host TPM. In the guest, the vEK certificate is read
+//! the vTPM's state key is sealed by the host TPM with its own authValue (a host file made by
+//! `vtpm-state gen-host-key`, `--host-tpm-auth-file`) and the instance is bound to its VM
+//! (`--vm-id`), as an operator should run it. In the guest, the vEK certificate is read
 //! and its chain verified with openssl; at the end the demo shows the encrypted state with
 //! `vtpm-state inspect`.
 //!
@@ -24,15 +26,46 @@ fn main() {
     println!("host: enrolling the host TPM with the local CA, certifying the coprocessor ...");
     let chain = ChainSetup::start(&bin_dir, &dir.path().join("host"), "demo-host")
         .unwrap_or_else(|e| panic!("host set-up: {e}"));
+    // As an operator should: the sealed state key gets its own authValue from a host file
+    // kept outside the state directories, and the instance is bound to its VM.
+    let auth_file = dir.path().join("host").join("tpm-auth.key");
+    let auth = auth_file.display().to_string();
+    let generated = std::process::Command::new(env.daemon.with_file_name("vtpm-state"))
+        .args(["gen-host-key", &auth])
+        .output()
+        .expect("run vtpm-state gen-host-key");
+    assert!(
+        generated.status.success(),
+        "vtpm-state gen-host-key: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
     let vm_dir = dir.path().join("vm");
+    let state = vm_dir.join("state").display().to_string();
     let provisioned = chain
-        .provision(&vm_dir.join("state"))
+        .host(&[
+            "--host-tpm-auth-file",
+            &auth,
+            "provision",
+            "--state-dir",
+            &state,
+        ])
         .unwrap_or_else(|e| panic!("vtpm-host provision: {e}"));
     println!("host# vtpm-host provision\n{}", provisioned.trim());
     let tcti = chain.host_tpm.tcti();
-    let mut daemon = start_daemon(&env, &vm_dir, &["--host-tpm", &tcti]);
+    let mut daemon = start_daemon(
+        &env,
+        &vm_dir,
+        &[
+            "--host-tpm",
+            &tcti,
+            "--host-tpm-auth-file",
+            &auth,
+            "--vm-id",
+            "demo-vm",
+        ],
+    );
     println!(
-        "vhost-vtpm daemon serving {}, state key sealed by the host TPM at {tcti}",
+        "vhost-vtpm daemon serving {} for VM demo-vm, state key sealed by the host TPM at {tcti}",
         daemon.socket.display()
     );
     println!("booting the guest under {:?} ...", accel(&env));
@@ -76,12 +109,19 @@ fn main() {
         failures += 1;
     }
     let inspect = std::process::Command::new(env.daemon.with_file_name("vtpm-state"))
-        .args(["inspect", "--host-tpm", &tcti, "--state-dir"])
+        .args([
+            "inspect",
+            "--host-tpm",
+            &tcti,
+            "--host-tpm-auth-file",
+            &auth,
+        ])
+        .arg("--state-dir")
         .arg(&daemon.state)
         .output()
         .expect("run vtpm-state");
     println!(
-        "\nhost# vtpm-state inspect --state-dir {} --host-tpm {tcti}\n{}{}",
+        "\nhost# vtpm-state inspect --state-dir {} --host-tpm {tcti} --host-tpm-auth-file {auth}\n{}{}",
         daemon.state.display(),
         String::from_utf8_lossy(&inspect.stdout),
         String::from_utf8_lossy(&inspect.stderr)
