@@ -9,46 +9,26 @@
 //! key) are left as they are and the refusal is logged: that takes the coprocessor key, which
 //! the daemon does not hold, and `vtpm-host refresh` does it once the instance stops.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use log::{info, warn};
-use openssl::x509::X509;
 
 use crate::backend::{lock, SharedDevice};
-
-/// The host directory's coprocessor certificate (vtpm-host's `COPROCESSOR_CERT`).
-const COPROCESSOR_CERT: &str = "coprocessor.pem";
-/// The host directory's host AIK certificate (vtpm-host's `HOST_AIK_CERT`).
-const HOST_AIK_CERT: &str = "host-aik.pem";
+use crate::platform::{read_host_cert, PlatformError, COPROCESSOR_CERT, HOST_AIK_CERT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error("reading {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error(transparent)]
+    HostFile(#[from] PlatformError),
     #[error("{0}")]
     Identity(#[from] identity::IdentityError),
-}
-
-fn read_pem(dir: &Path, name: &str) -> Result<X509, RefreshError> {
-    let path = dir.join(name);
-    let pem = durable_fs::read_optional(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| b.ok_or_else(|| "missing".to_owned()))
-        .map_err(|reason| RefreshError::Read {
-            path: path.clone(),
-            reason,
-        })?;
-    X509::from_pem(&pem).map_err(|e| RefreshError::Read {
-        path,
-        reason: e.to_string(),
-    })
 }
 
 /// Brings the chain in the instance's NV up to date with `host_dir`'s certificates; returns
 /// whether it was rewritten.
 pub fn refresh(device: &SharedDevice, host_dir: &Path) -> Result<bool, RefreshError> {
-    let coprocessor = read_pem(host_dir, COPROCESSOR_CERT)?;
-    let host_aik = read_pem(host_dir, HOST_AIK_CERT)?;
+    let coprocessor = read_host_cert(host_dir, COPROCESSOR_CERT)?;
+    let host_aik = read_host_cert(host_dir, HOST_AIK_CERT)?;
     let mut dev = lock(device);
     Ok(coprocessor::with_platform(dev.engine(), |engine| {
         identity::refresh_chain_of_running(engine, &coprocessor, std::slice::from_ref(&host_aik))
@@ -58,7 +38,7 @@ pub fn refresh(device: &SharedDevice, host_dir: &Path) -> Result<bool, RefreshEr
 /// What SIGHUP does: refreshes and logs the outcome.
 pub fn on_sighup(device: &SharedDevice, host_dir: Option<&Path>) {
     let Some(host_dir) = host_dir else {
-        warn!("SIGHUP: no --host-dir, no certificate chain to refresh");
+        warn!("SIGHUP: no certificate chain to refresh (that takes --host-dir and the libtpms engine)");
         return;
     };
     match refresh(device, host_dir) {

@@ -485,8 +485,6 @@ fn serve(
     control: Option<&Arc<crate::migration_control::Control>>,
     connections: &crate::metrics::Connections,
 ) -> Result<(), DaemonError> {
-    // Frontends refused so far (rate-limits their log lines).
-    let mut refused = 0u64;
     while !stop.requested() {
         let mem = GuestMemoryAtomic::new(GuestMem::new());
         let admission = Arc::new(Admission::new());
@@ -519,45 +517,27 @@ fn serve(
             }
             return Err(DaemonError::VhostUser(format!("accept failed: {e}")));
         }
-        let admitted = match crate::peer::frontend_credentials(listener) {
-            Ok(peer) if config.frontends.admits(&peer) => {
-                info!(
-                    "frontend connected: pid {}, uid {}, gid {}",
-                    peer.pid(),
-                    peer.uid(),
-                    peer.gid()
-                );
-                true
-            }
-            Ok(peer) => {
-                refused += 1;
-                if crate::request::worth_logging(refused) {
-                    warn!(
+        let peer = crate::peer::frontend_credentials(listener);
+        let admitted = matches!(&peer, Ok(p) if config.frontends.admits(p));
+        if admitted {
+            connections.admitted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let refused = connections.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if crate::request::worth_logging(refused) {
+                match &peer {
+                    Ok(p) => warn!(
                         "refused a frontend ({refused} so far): pid {}, uid {}, gid {} is \
                          neither this daemon's user, root nor a --frontend-uid",
-                        peer.pid(),
-                        peer.uid(),
-                        peer.gid()
-                    );
-                }
-                false
-            }
-            Err(e) => {
-                refused += 1;
-                if crate::request::worth_logging(refused) {
-                    warn!(
+                        p.pid(),
+                        p.uid(),
+                        p.gid()
+                    ),
+                    Err(e) => warn!(
                         "refused a frontend whose credentials are unknown ({refused} so far): {e}"
-                    );
+                    ),
                 }
-                false
             }
-        };
-        let counter = if admitted {
-            &connections.admitted
-        } else {
-            &connections.refused
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        }
         if !admitted {
             // Shut down before the verdict: the backend answers nothing to this peer.
             daemon.request_shutdown();
@@ -566,6 +546,14 @@ fn serve(
             continue;
         }
         admission.decide(true);
+        if let Ok(p) = &peer {
+            info!(
+                "frontend connected: pid {}, uid {}, gid {}",
+                p.pid(),
+                p.uid(),
+                p.gid()
+            );
+        }
         stop.set_connection(daemon.shutdown_handle());
         let result = daemon.wait();
         stop.set_connection(None);

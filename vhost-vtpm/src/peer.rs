@@ -13,7 +13,8 @@
 //! connection is shut down before the verdict is given, so not even the answer to
 //! GET_FEATURES reaches it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,12 +37,19 @@ pub enum PeerError {
 }
 
 /// The verdict on one connection, given once by the daemon's main thread and awaited by the
-/// backend's entry points.
+/// backend's entry points. Once given it is read without a lock: `handle_event` asks on
+/// every queue kick.
 #[derive(Debug, Default)]
 pub struct Admission {
-    verdict: Mutex<Option<bool>>,
+    /// [`UNDECIDED`], [`ADMITTED`] or [`REFUSED`].
+    verdict: AtomicU8,
+    lock: Mutex<()>,
     given: Condvar,
 }
+
+const UNDECIDED: u8 = 0;
+const ADMITTED: u8 = 1;
+const REFUSED: u8 = 2;
 
 impl Admission {
     pub fn new() -> Self {
@@ -50,20 +58,28 @@ impl Admission {
 
     /// Records the verdict and wakes every waiting entry point.
     pub fn decide(&self, admitted: bool) {
-        let mut verdict = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
-        *verdict = Some(admitted);
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = if admitted { ADMITTED } else { REFUSED };
+        self.verdict.store(verdict, Ordering::Release);
         self.given.notify_all();
     }
 
     /// Waits for the verdict: whether the frontend of this connection was admitted. No
     /// verdict within [`VERDICT_WAIT`] counts as a refusal.
     pub fn admitted(&self) -> bool {
-        let verdict = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
-        let (verdict, _) = self
+        match self.verdict.load(Ordering::Acquire) {
+            ADMITTED => return true,
+            REFUSED => return false,
+            _ => {}
+        }
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
             .given
-            .wait_timeout_while(verdict, VERDICT_WAIT, |v| v.is_none())
+            .wait_timeout_while(guard, VERDICT_WAIT, |_| {
+                self.verdict.load(Ordering::Acquire) == UNDECIDED
+            })
             .unwrap_or_else(|p| p.into_inner());
-        verdict.unwrap_or(false)
+        self.verdict.load(Ordering::Acquire) == ADMITTED
     }
 }
 
@@ -99,17 +115,17 @@ pub fn frontend_credentials(listener: &impl AsRawFd) -> Result<UnixCredentials, 
         if fd == listener_fd {
             continue;
         }
-        // SAFETY: the descriptor is only borrowed for the queries below and never closed
-        // here (`ManuallyDrop`); one that was closed meanwhile makes them fail with EBADF.
-        let borrowed = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        if !matches!(getsockopt(&*borrowed, sockopt::AcceptConn), Ok(false)) {
+        // SAFETY: the descriptor is only borrowed for the queries below, never closed here;
+        // one that another thread closed meanwhile makes them fail with EBADF.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if !matches!(getsockopt(&borrowed, sockopt::AcceptConn), Ok(false)) {
             continue; // not a socket, or a listening one
         }
         match getsockname::<UnixAddr>(fd) {
             Ok(local) if local == address => {}
             _ => continue,
         }
-        return getsockopt(&*borrowed, sockopt::PeerCredentials).map_err(PeerError::Credentials);
+        return getsockopt(&borrowed, sockopt::PeerCredentials).map_err(PeerError::Credentials);
     }
     Err(PeerError::NotFound)
 }

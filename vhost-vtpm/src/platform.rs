@@ -52,6 +52,9 @@ use zeroize::Zeroizing;
 pub const HOST_AIK_BLOB: &str = "host-aik.blob";
 pub const HOST_AIK_CERT: &str = "host-aik.pem";
 pub const HOST_EK_CERT: &str = "host-ek.pem";
+/// The coprocessor certificate (`vtpm-host certify-coprocessor`), the chain's first link
+/// above the vEK certificates ([`crate::chain_refresh`]).
+pub const COPROCESSOR_CERT: &str = "coprocessor.pem";
 
 /// Size of the random platform authorization (the SHA-256 digest size, which every TPM
 /// accepts for a hierarchy's authValue).
@@ -131,23 +134,33 @@ pub struct HostIdentity {
     pub ek_cert: Vec<u8>,
 }
 
+fn read_host_file(dir: &Path, name: &str) -> Result<Vec<u8>, PlatformError> {
+    let path = dir.join(name);
+    std::fs::read(&path).map_err(|source| PlatformError::HostFile { path, source })
+}
+
+fn invalid_host_file(dir: &Path, name: &str, reason: impl ToString) -> PlatformError {
+    PlatformError::HostFileInvalid {
+        path: dir.join(name),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads the PEM certificate `name` (e.g. [`HOST_AIK_CERT`]) of the host directory `dir`.
+pub fn read_host_cert(dir: &Path, name: &str) -> Result<openssl::x509::X509, PlatformError> {
+    openssl::x509::X509::from_pem(&read_host_file(dir, name)?)
+        .map_err(|e| invalid_host_file(dir, name, e))
+}
+
 impl HostIdentity {
     /// Reads `host-aik.blob`, `host-aik.pem` and `host-ek.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, PlatformError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| PlatformError::HostFile { path, source })
-        };
-        let invalid = |name: &str, reason: String| PlatformError::HostFileInvalid {
-            path: dir.join(name),
-            reason,
-        };
-        let aik = ObjectBlob::from_bytes(&read(HOST_AIK_BLOB)?)
-            .map_err(|e| invalid(HOST_AIK_BLOB, e.to_string()))?;
+        let aik = ObjectBlob::from_bytes(&read_host_file(dir, HOST_AIK_BLOB)?)
+            .map_err(|e| invalid_host_file(dir, HOST_AIK_BLOB, e))?;
         let der = |name: &str| -> Result<Vec<u8>, PlatformError> {
-            openssl::x509::X509::from_pem(&read(name)?)
-                .and_then(|c| c.to_der())
-                .map_err(|e| invalid(name, e.to_string()))
+            read_host_cert(dir, name)?
+                .to_der()
+                .map_err(|e| invalid_host_file(dir, name, e))
         };
         Ok(HostIdentity {
             aik,
