@@ -7,6 +7,8 @@
 //!   `O_CREAT | O_EXCL` (which refuses an existing name, a symlink included) and
 //!   `O_NOFOLLOW`, fsyncs it, renames it over the target (a rename replaces a symlink
 //!   itself, never what it points to) and fsyncs the directory;
+//! - [`InPlaceFile`] rewrites a file in place (one `fdatasync` per version) through a
+//!   descriptor opened with `O_NOFOLLOW` that must name a regular file with a single link;
 //! - [`read_optional`], [`create_marker`] and the lock functions open with `O_NOFOLLOW`, so
 //!   a symlink planted at those names is an error (`ELOOP`) instead of a redirection;
 //! - [`remove`] and [`remove_stale_temporaries`] unlink names, which removes a symlink
@@ -31,7 +33,7 @@ use nix::fcntl::{Flock, FlockArg};
 /// A lock file held with an exclusive `flock(2)`; released when dropped.
 pub type LockFile = Flock<File>;
 
-/// fsyncs this process made through this crate (files and directories), for metrics and the
+/// fsyncs and fdatasyncs this process made through this crate (files and directories), for metrics and the
 /// benchmark's syncs-per-command.
 static SYNCS: AtomicU64 = AtomicU64::new(0);
 
@@ -81,6 +83,153 @@ pub fn replace(path: &Path, data: &[u8], mode: u32, sync_dir: bool) -> io::Resul
         self::sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// A file rewritten in place rather than replaced: one `fdatasync` makes a new version
+/// durable, where [`replace`] needs two syncs (the file, then the directory for the rename).
+///
+/// An in-place write can be torn by a crash, so a caller keeps two of these and writes the
+/// one that does not hold its newest version (A/B slots): a torn slot is only ever the
+/// unacknowledged write. The file is opened once, without following a symlink, and must be
+/// a regular file with a single link, so a hard link planted at the name cannot make the
+/// owner write a file elsewhere.
+#[derive(Debug)]
+pub struct InPlaceFile {
+    file: File,
+    path: PathBuf,
+    /// The file's length after our last write (a shorter version truncates the rest).
+    len: u64,
+}
+
+impl InPlaceFile {
+    /// Opens the existing file `path` for in-place writes; `None` if it does not exist. A
+    /// symlink, or anything but a regular file with one link, is an error naming it.
+    pub fn open(path: &Path) -> io::Result<Option<Self>> {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc_o_nofollow())
+            .open(path)
+        {
+            Ok(file) => Self::checked(file, path).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(refused_link(path, e)),
+        }
+    }
+
+    /// Creates `path` empty (`O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing already there is
+    /// opened) with `mode`. The new name is durable only after a [`sync_dir`] of its
+    /// directory, which a caller creating several files makes once.
+    pub fn create(path: &Path, mode: u32) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc_o_nofollow())
+            .open(path)
+            .map_err(|e| refused_link(path, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        Self::checked(file, path)
+    }
+
+    fn checked(file: File, path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let md = file.metadata()?;
+        if !md.file_type().is_file() || md.nlink() != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: not a regular file with a single link; refusing to write it",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(InPlaceFile {
+            file,
+            path: path.to_owned(),
+            len: md.len(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file as it is now.
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = usize::try_from(self.file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+        let mut data = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match self.file.read_at(&mut data[done..], done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        data.truncate(done);
+        Ok(data)
+    }
+
+    /// Makes `data` the file's whole contents, durably: written at offset 0, the rest cut
+    /// off, then one `fdatasync` (which also makes the new length durable).
+    pub fn rewrite(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_at(0, data)?;
+        let len = data.len() as u64;
+        if self.len > len {
+            self.file.set_len(len)?;
+        }
+        self.len = len;
+        self.sync_data()
+    }
+
+    /// Writes `data` at `offset` without waiting for the disk: the kernel is asked to start
+    /// writing it back at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which neither waits
+    /// nor flushes the disk's cache), so after a power cut it is lost only if the cut came
+    /// within moments. For records a reader tolerates lagging, such as a generation record.
+    pub fn write_unsynced(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.write_at(offset, data)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        let (start, count) = (offset as i64, data.len() as i64);
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is ours
+        // and open for the duration of the call.
+        let rc = unsafe {
+            nix::libc::sync_file_range(
+                self.file.as_raw_fd(),
+                start,
+                count,
+                nix::libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        // Starting write-back early is an optimisation: a file system that cannot do it
+        // (EINVAL, ENOSYS) still has the data in its cache, as after any plain write.
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EINVAL | nix::libc::ENOSYS)
+            ) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`: makes every write so far durable.
+    pub fn sync_data(&self) -> io::Result<()> {
+        SYNCS.fetch_add(1, Ordering::Relaxed);
+        self.file.sync_data()
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)
+    }
 }
 
 /// fsync of a directory: makes the renames, creations and removals in it durable.

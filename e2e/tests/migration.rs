@@ -206,7 +206,7 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     // The source: its files gone, its daemon refuses to serve.
     assert!(bed.wait_state(&id, "source_deleted", Duration::from_secs(60)));
     let state = src_dir.join("state");
-    for f in ["instance.key", "state.vtpm", "state.gen"] {
+    for f in ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"] {
         assert!(!state.join(f).exists(), "{f} left on the source");
     }
     assert!(state.join("migrated").exists());

@@ -18,7 +18,8 @@ use zeroize::Zeroizing;
 enum Inner {
     /// Blobs in memory, wiped when replaced or dropped.
     Memory(BTreeMap<String, Zeroizing<Vec<u8>>>),
-    Durable(EncryptedStore),
+    /// Boxed: the store with its open files is much larger than the other variants.
+    Durable(Box<EncryptedStore>),
     /// Taken away: every access fails.
     Taken,
 }
@@ -50,7 +51,7 @@ impl SharedStore {
 
     /// The encrypted state directory, shared.
     pub fn durable(store: EncryptedStore) -> Self {
-        SharedStore(Arc::new(Mutex::new(Inner::Durable(store))))
+        SharedStore(Arc::new(Mutex::new(Inner::Durable(Box::new(store)))))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -65,14 +66,14 @@ impl SharedStore {
     /// Switches to the encrypted state directory (which the caller created holding what the
     /// memory held); the memory's blobs are wiped.
     pub fn install(&self, store: EncryptedStore) {
-        *self.lock() = Inner::Durable(store);
+        *self.lock() = Inner::Durable(Box::new(store));
     }
 
     /// Takes the encrypted store away (to destroy it); the engine can no longer read or
     /// write anything.
     pub fn take(&self) -> Option<EncryptedStore> {
         match std::mem::replace(&mut *self.lock(), Inner::Taken) {
-            Inner::Durable(s) => Some(s),
+            Inner::Durable(s) => Some(*s),
             _ => None,
         }
     }

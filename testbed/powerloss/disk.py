@@ -10,6 +10,10 @@ takes in only what a sync made durable, as a disk behind a volatile cache would:
 * fsync/fdatasync of a file makes its contents durable (not its name);
 * fsync of a directory makes its entries durable: names created, renamed or removed in it
   (a file whose contents were never synced comes back empty);
+* an unsynced write into a file whose contents are on the image may reach it torn, as
+  write-back in progress at a power cut leaves it: about one write in three puts a random
+  subset of its 512-byte sectors into the image at once (a program that rewrites a file in
+  place must tell a torn version from a whole one);
 * nothing else reaches the image: writes, creations, renames and removals that no sync
   covered are lost.
 
@@ -17,8 +21,7 @@ The image is replaced (written and renamed) before a sync returns, so killing th
 with SIGKILL at any instant is a power cut: what the image holds is exactly what the
 synced-before-the-cut rule keeps, and every later operation on the mount fails (ENOTCONN).
 Mounting the same image again is the reboot. This is the most pessimistic disk a POSIX
-program may assume; a real one may also keep some unsynced writes, which can only help a
-program that syncs correctly.
+program may assume; a real one keeps fewer torn sectors, and more of what was not synced.
 
 Needs root (mounts without fusermount) and Debian's python3-fusepy (scripts/setup.sh).
 """
@@ -26,6 +29,7 @@ Needs root (mounts without fusermount) and Debian's python3-fusepy (scripts/setu
 import errno
 import os
 import pickle
+import random
 import stat
 import sys
 import threading
@@ -34,6 +38,10 @@ import time
 import fusepy as fuse
 
 ROOT = 1
+# How often an unsynced write reaches the image torn, and the size of what a disk writes
+# whole.
+TORN_WRITE_CHANCE = 0.3
+SECTOR = 512
 
 
 def fail(code):
@@ -268,6 +276,8 @@ class Disk(fuse.Operations):
                 node.data.extend(b"\0" * (offset - len(node.data)))
             node.data[offset:offset + len(data)] = data
             node.mtime = time.time()
+            self.write_back_torn(self.handles.get(fh) if fh else self.resolve(path),
+                                 data, offset)
             return len(data)
 
     def truncate(self, path, length, fh=None):
@@ -300,6 +310,23 @@ class Disk(fuse.Operations):
 
     def fsyncdir(self, path, datasync, fh):
         return self.fsync(path, datasync, fh)
+
+    def write_back_torn(self, ino, data, offset):
+        """Sometimes puts a random subset of the sectors of an unsynced write into the image,
+        over the file's durable contents (if it has any)."""
+        durable = self.durable.get(ino)
+        if durable is None or durable[0] != "f" or random.random() >= TORN_WRITE_CHANCE:
+            return
+        content = bytearray(durable[1])
+        for start in range(0, len(data), SECTOR):
+            if random.random() < 0.5:
+                at = offset + start
+                piece = data[start:start + SECTOR]
+                if at > len(content):
+                    content.extend(b"\0" * (at - len(content)))
+                content[at:at + len(piece)] = piece
+        self.durable[ino] = ("f", bytes(content), durable[2])
+        self.save()
 
     def sync_inode(self, ino):
         node = self.live[ino]

@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod env;
 pub mod evidence;
 pub mod host_tpm;
+pub mod metrics;
 pub mod migration;
 pub mod openssl;
 pub mod powerloss;

@@ -114,7 +114,7 @@ pub fn render(
         ),
         (
             "vtpm_state_syncs_total",
-            "fsyncs of state files and the state directory.",
+            "fsyncs and fdatasyncs of state files and the state directory.",
             durable_fs::syncs_total().to_string(),
         ),
         (

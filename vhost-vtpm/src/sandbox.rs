@@ -144,7 +144,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_rt_sigtimedwait,
     libc::SYS_sigaltstack,
     // Files: the state store (durable_fs: O_EXCL temporaries, fsync, rename, directory
-    // fsync, flock), the host key, TCTI libraries, /dev/tpmrm0.
+    // fsync, flock; A/B slots rewritten in place with pwrite, ftruncate, fdatasync and
+    // sync_file_range), the host key, TCTI libraries, /dev/tpmrm0.
     libc::SYS_openat,
     libc::SYS_close,
     libc::SYS_close_range,
@@ -169,6 +170,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_flock,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
+    libc::SYS_sync_file_range,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
     libc::SYS_renameat,

@@ -191,7 +191,7 @@ fn sealed_migration_carries_the_vtpm_and_destroys_the_source() {
         .log_text()
         .contains("source deleted")));
     let state = src_dir.join("state");
-    for f in ["instance.key", "state.vtpm", "state.gen"] {
+    for f in ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"] {
         assert!(!state.join(f).exists(), "{f} left on the source");
     }
     let tombstone = std::fs::read_to_string(state.join("migrated")).unwrap();
@@ -261,7 +261,7 @@ fn refused(d: &Daemon, client: &mut VtpmClient, bytes: &[u8], code: &str) {
 }
 
 fn state_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    ["instance.key", "state.vtpm", "state.gen"]
+    ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"]
         .iter()
         .map(|f| {
             (

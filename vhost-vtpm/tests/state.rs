@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -21,7 +21,24 @@ use tpm_proto::rc;
 
 const NV_INDEX: u32 = 0x0150_0030;
 const PERSISTENT: u32 = 0x8100_0077;
-const STATE_FILES: [&str; 3] = ["instance.key", "state.vtpm", "state.gen"];
+const STATE_FILES: [&str; 4] = ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"];
+const STATE_SLOTS: [&str; 2] = ["state.vtpm", "state.b.vtpm"];
+
+/// The state slot that holds the newest generation (by its clear header): the one whose
+/// tampering the daemon must notice. Changing the other, stale slot changes nothing the
+/// instance depends on: the next durable command rewrites it.
+fn newest_slot(state: &Path) -> PathBuf {
+    vtpm_state::EncryptedStore::newest_state_file(state)
+        .unwrap()
+        .unwrap()
+}
+
+/// Puts `slots` (as [`files`] returned them) back into `state`.
+fn put_back(state: &Path, slots: &BTreeMap<&'static str, Vec<u8>>) {
+    for f in STATE_SLOTS {
+        fs::write(state.join(f), &slots[f]).unwrap();
+    }
+}
 
 fn files(state: &Path) -> BTreeMap<&'static str, Vec<u8>> {
     STATE_FILES
@@ -83,10 +100,11 @@ fn tampered_state_is_refused_with_its_own_error_and_left_byte_identical() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (a.path(), b.path());
     write_nv(a, &[], b"value-01");
-    let older = fs::read(a.join("state/state.vtpm")).unwrap();
+    let older = files(&a.join("state"));
     write_nv(a, &[], b"value-02");
     write_nv(b, &[], b"other-vm");
-    let state = a.join("state/state.vtpm");
+    let good_slots = files(&a.join("state"));
+    let state = newest_slot(&a.join("state"));
     let good = fs::read(&state).unwrap();
     let mut cases = 0;
 
@@ -110,19 +128,21 @@ fn tampered_state_is_refused_with_its_own_error_and_left_byte_identical() {
     cases += 1;
 
     // Swapped with another instance's state file.
-    fs::write(&state, fs::read(b.join("state/state.vtpm")).unwrap()).unwrap();
+    fs::write(&state, fs::read(newest_slot(&b.join("state"))).unwrap()).unwrap();
     let err = refused(a, &[]);
     assert!(err.contains("belongs to instance"), "{err}");
     cases += 1;
 
-    // An older state file of the same instance put back.
-    fs::write(&state, &older).unwrap();
+    // Older state files of the same instance put back (both slots: with only the newest
+    // put back, the other slot would still hold the older generation, which is the same
+    // rollback).
+    put_back(&a.join("state"), &older);
     let err = refused(a, &[]);
     assert!(err.contains("older than generation"), "{err}");
     cases += 1;
 
-    // The right file with the wrong host key (another host's key file).
-    fs::write(&state, &good).unwrap();
+    // The right files with the wrong host key (another host's key file).
+    put_back(&a.join("state"), &good_slots);
     let other_key = b.join("host.key");
     let err = refused(a, &["--host-key-file", other_key.to_str().unwrap()]);
     assert!(err.contains("wrong host key"), "{err}");
@@ -143,16 +163,17 @@ fn one_instances_state_does_not_open_with_anothers_key() {
     let key_arg = ["--host-key-file", host_key.to_str().unwrap()];
     write_nv(a, &[], b"secret-a");
     write_nv(b, &key_arg, b"secret-b");
-    let a_state = fs::read(a.join("state/state.vtpm")).unwrap();
-    let b_state = fs::read(b.join("state/state.vtpm")).unwrap();
+    let (a_newest, b_newest) = (newest_slot(&a.join("state")), newest_slot(&b.join("state")));
+    let a_state = fs::read(&a_newest).unwrap();
+    let b_state = fs::read(&b_newest).unwrap();
     // A's file relabelled with B's instance id fails authentication under B's key.
     let mut forged = a_state.clone();
     forged[12..28].copy_from_slice(&b_state[12..28]);
-    fs::write(b.join("state/state.vtpm"), &forged).unwrap();
+    fs::write(&b_newest, &forged).unwrap();
     let err = refused(b, &key_arg);
     assert!(err.contains("authentication failed"), "{err}");
     // B's key record cannot be used to open A's directory either.
-    fs::write(b.join("state/state.vtpm"), &b_state).unwrap();
+    fs::write(&b_newest, &b_state).unwrap();
     let a_record = fs::read(a.join("state/instance.key")).unwrap();
     fs::write(
         a.join("state/instance.key"),
@@ -517,10 +538,12 @@ fn reset_command_keeps_a_backup_and_the_daemon_starts_fresh() {
     let state = dir.join("state");
     let before = files(&state);
     // Corrupt it: the daemon refuses, the operator decides to reset.
-    let mut bytes = fs::read(state.join("state.vtpm")).unwrap();
+    let newest = newest_slot(&state);
+    let newest_name = newest.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut bytes = fs::read(&newest).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 1;
-    fs::write(state.join("state.vtpm"), &bytes).unwrap();
+    fs::write(&newest, &bytes).unwrap();
     refused(dir, &[]);
     let out = Command::new(testbed::workspace_bin("vtpm-state"))
         .args(["reset", "--yes", "--state-dir"])
@@ -545,7 +568,8 @@ fn reset_command_keeps_a_backup_and_the_daemon_starts_fresh() {
     let kept = files(&backup);
     assert_eq!(kept["instance.key"], before["instance.key"]);
     assert_eq!(
-        kept["state.vtpm"], bytes,
+        kept[newest_name.as_str()],
+        bytes,
         "the refused file is kept as it was"
     );
     let mut d = Daemon::start_in(dir, &[]);

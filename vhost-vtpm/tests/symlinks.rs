@@ -32,7 +32,7 @@ use tpm_proto::{commands as c, rc};
 
 const NV_INDEX: u32 = 0x0150_0030;
 const OUTSIDE: &[u8] = b"a file outside the state directory, which must never change\n";
-const STATE_FILES: [&str; 3] = ["instance.key", "state.vtpm", "state.gen"];
+const STATE_FILES: [&str; 4] = ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"];
 
 /// Every temporary name that can be predicted: the fixed ones of earlier builds, and
 /// instances of this build's pattern (its random part cannot be guessed).

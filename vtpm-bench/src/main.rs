@@ -129,6 +129,10 @@ trait Path_ {
     fn transact(&mut self, cmd: &[u8]) -> Vec<u8>;
     /// The server process, whose CPU time is charged to the path.
     fn server_pid(&self) -> Option<i32>;
+    /// fsyncs and fdatasyncs the server has made so far, where it reports them.
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
 }
 
 struct EnginePath<'a> {
@@ -149,6 +153,26 @@ impl Path_ for EnginePath<'_> {
 struct DaemonPath {
     client: VtpmClient,
     daemon: DaemonProcess,
+    /// The daemon's `--metrics-socket`.
+    metrics: PathBuf,
+}
+
+impl DaemonPath {
+    /// Starts `bin` in `dir` with `extra` arguments and a metrics socket, and connects.
+    fn start(bin: &Path, dir: &Path, extra: &[&str]) -> DaemonPath {
+        let metrics = dir.join("metrics.sock");
+        let metrics_arg = metrics.display().to_string();
+        let mut args = vec!["--metrics-socket", metrics_arg.as_str()];
+        args.extend_from_slice(extra);
+        let daemon = DaemonProcess::start(bin, dir, &args).expect("start vhost-vtpm");
+        let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
+            .expect("connect to vhost-vtpm");
+        DaemonPath {
+            client,
+            daemon,
+            metrics,
+        }
+    }
 }
 
 impl Path_ for DaemonPath {
@@ -157,6 +181,10 @@ impl Path_ for DaemonPath {
     }
     fn server_pid(&self) -> Option<i32> {
         self.daemon.pid()
+    }
+    fn syncs(&self) -> Option<u64> {
+        let text = testbed::metrics::scrape(&self.metrics).ok()?;
+        testbed::metrics::value(&text, "vtpm_state_syncs_total").map(|v| v as u64)
     }
 }
 
@@ -197,6 +225,8 @@ struct Row {
     p99: Duration,
     ops_per_s: f64,
     server_cpu_us: Option<f64>,
+    /// fsyncs and fdatasyncs per operation, where the server reports them.
+    syncs_per_op: Option<f64>,
 }
 
 impl Row {
@@ -283,6 +313,7 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
         let cmds: Vec<Vec<u8>> = (0..n).map(|i| (op.cmd)(i)).collect();
         let mut lat = Vec::with_capacity(n);
         let cpu0 = path.server_pid().and_then(cpu_ns);
+        let syncs0 = path.syncs();
         let start = Instant::now();
         for cmd in &cmds {
             let t = Instant::now();
@@ -292,6 +323,7 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
         }
         let total = start.elapsed();
         let cpu1 = path.server_pid().and_then(cpu_ns);
+        let syncs1 = path.syncs();
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         rows.push(Row {
@@ -303,6 +335,10 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
             ops_per_s: n as f64 / total.as_secs_f64(),
             server_cpu_us: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / n as f64),
+                _ => None,
+            },
+            syncs_per_op: match (syncs0, syncs1) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / n as f64),
                 _ => None,
             },
         });
@@ -320,11 +356,7 @@ fn pin(cpus: &[usize]) {
 
 fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> DaemonPath {
     let busy = busy_poll_us.to_string();
-    let daemon = DaemonProcess::start(bin, dir, &["--log-level", "warn", "--busy-poll-us", &busy])
-        .expect("start vhost-vtpm");
-    let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
-        .expect("connect to vhost-vtpm");
-    DaemonPath { client, daemon }
+    DaemonPath::start(bin, dir, &["--log-level", "warn", "--busy-poll-us", &busy])
 }
 
 fn print_table(title: &str, rows: &[Row]) {

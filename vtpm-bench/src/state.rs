@@ -204,11 +204,7 @@ impl World {
         let mut extra = self.key_args(key);
         extra.extend(["--log-level".into(), "warn".into()]);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let daemon = DaemonProcess::start(&self.daemon_bin, self.ours_dir(key), &extra)
-            .expect("start vhost-vtpm on the imported state");
-        let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
-            .expect("connect to vhost-vtpm");
-        let mut path = DaemonPath { client, daemon };
+        let mut path = DaemonPath::start(&self.daemon_bin, self.ours_dir(key), &extra);
         path_startup(&mut path, key.label());
         path
     }
@@ -289,11 +285,13 @@ fn durability_ops() -> Vec<Op> {
 fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
     println!("\n### Cost of a durable command\n");
     println!(
-        "NV_Write and NV_Increment persist (ours: the encrypted state file is replaced with \
-         fsync of file and directory, then the generation record is written and fsynced, \
-         before the answer); GetRandom and PCR_Extend do not. Client and server in the same \
-         placement; each path on the same imported state. \"over GetRandom\" is a persisting \
-         command's p50 minus the same path's GetRandom p50."
+        "NV_Write and NV_Increment persist (ours: the encrypted state slot that does not hold \
+         the newest state is rewritten in place and fdatasynced, then the generation record is \
+         written without waiting, before the answer); GetRandom and PCR_Extend do not. Client \
+         and server in the same placement; each path on the same imported state. \"over \
+         GetRandom\" is a persisting command's p50 minus the same path's GetRandom p50. \
+         \"syncs/op\" is what our daemon's metrics socket counts (vtpm_state_syncs_total); \
+         swtpm reports none (strace: it makes none)."
     );
     let placements: [(&str, Vec<usize>); 2] = [
         ("All on CPU 0 (pinned)", vec![0]),
@@ -311,9 +309,9 @@ fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
         rows.extend(world.with_swtpm(|path, _| measure_ops("swtpm socket", path, &ops, args)));
         println!("\n#### {title}\n");
         println!(
-            "| command | persists | path | n | p50 µs | p99 µs | over GetRandom µs | ops/s | server CPU µs/op |"
+            "| command | persists | path | n | p50 µs | p99 µs | over GetRandom µs | ops/s | server CPU µs/op | syncs/op |"
         );
-        println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for op in &ops {
             for r in rows.iter().filter(|r| r.op == op.name) {
                 print_durability_row(r, &rows);
@@ -331,7 +329,7 @@ fn print_durability_row(r: &Row, rows: &[Row]) {
         .map(|d| format!("{d:.1}"))
         .unwrap_or_default();
     println!(
-        "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.0} | {} |",
+        "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.0} | {} | {} |",
         r.op,
         if persists { "yes" } else { "no" },
         r.path,
@@ -340,7 +338,10 @@ fn print_durability_row(r: &Row, rows: &[Row]) {
         us(r.p99),
         base,
         r.ops_per_s,
-        r.server_cpu_cell()
+        r.server_cpu_cell(),
+        r.syncs_per_op
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "-".into())
     );
 }
 

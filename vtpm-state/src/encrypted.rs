@@ -3,10 +3,17 @@
 //! Files in the directory:
 //! - `instance.key`: the key record (the instance key wrapped by the host key, see
 //!   [`crate::keys`]). Written once when the instance is created.
-//! - `state.vtpm`: every engine blob, encrypted under the instance key ([`crate::format`]),
-//!   rewritten as a whole on every change with the generation incremented.
+//! - `state.vtpm` and `state.b.vtpm`, the two state slots: each holds every engine blob,
+//!   encrypted under the instance key ([`crate::format`]) with its generation. A change
+//!   rewrites, in place, the slot that does not hold the newest generation, with one
+//!   `fdatasync`: the newest slot is never written, so a crash tears at most the write that
+//!   was not yet acknowledged, and the older slot stays readable. (Slot A keeps the name of
+//!   the single state file of earlier builds, which open as it.)
 //! - `state.gen`: the generation record, the newest generation written, authenticated under
-//!   the instance key. A state file older than it was put back by someone: refused.
+//!   the instance key, in two alternating copies. State older than it was put back by
+//!   someone: refused. It is written after the slot without waiting for the disk (write-back
+//!   is started at once): after a power cut it may lag the slots, which opening accepts and
+//!   repairs; it is made durable when the store is dropped.
 //! - `lock`: held (flock) while a daemon or an operator command uses the directory.
 //! - `migrated`: the tombstone of an instance that moved away ([`EncryptedStore::destroy`]):
 //!   the directory refuses to open ([`StateError::MigratedAway`]) until an import
@@ -18,9 +25,10 @@
 //!
 //! Whoever can write into the directory must not be able to redirect the process that owns
 //! it, so every file goes through [`durable_fs`]: replaced through a fresh temporary created
-//! with `O_CREAT | O_EXCL | O_NOFOLLOW` and renamed over it, read and locked with
-//! `O_NOFOLLOW` (a symlink at `lock`, `instance.key`, `state.vtpm` or `state.gen` is refused,
-//! naming it). The temporaries a crash left behind are removed when the directory is opened
+//! with `O_CREAT | O_EXCL | O_NOFOLLOW` and renamed over it, or rewritten in place through a
+//! descriptor opened with `O_NOFOLLOW` that must name a regular file with one link; read and
+//! locked with `O_NOFOLLOW` (a symlink at `lock`, `instance.key`, a state slot or `state.gen`
+//! is refused, naming it). The temporaries a crash left behind are removed when the directory is opened
 //! under its lock.
 
 use std::collections::BTreeMap;
@@ -30,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use durable_fs::LockFile;
+use durable_fs::{InPlaceFile, LockFile};
 use log::{info, warn};
 use zeroize::Zeroizing;
 
@@ -41,7 +49,12 @@ use crate::keys::{HostKey, InstanceId, SecretKey};
 use crate::{check_name, StateError};
 
 pub const KEY_RECORD: &str = "instance.key";
+/// State slot A (the name of the single state file of earlier builds).
 pub const STATE_FILE: &str = "state.vtpm";
+/// State slot B.
+pub const STATE_FILE_B: &str = "state.b.vtpm";
+/// The two state slots; a change rewrites the one that does not hold the newest generation.
+pub const STATE_SLOTS: [&str; 2] = [STATE_FILE, STATE_FILE_B];
 pub const ANCHOR_FILE: &str = "state.gen";
 /// The lock file, held (flock) while the directory is in use.
 pub const LOCK_FILE: &str = "lock";
@@ -112,14 +125,33 @@ struct Inner {
     generation: u64,
     /// The engine's blobs in clear, each wiped when replaced or dropped.
     blobs: Blobs,
+    files: Files,
+}
+
+/// The open state slots and generation record of a store.
+struct Files {
+    slots: [InPlaceFile; 2],
+    /// The slot holding the newest generation; the next change rewrites the other.
+    live: usize,
+    anchor: InPlaceFile,
+}
+
+/// The newest state slot that authenticated.
+struct Slot {
+    index: usize,
+    header: StateHeader,
+    contents: StateContents,
 }
 
 /// An instance's files, read and authenticated, before any rollback policy or write.
 struct Authenticated {
     instance: InstanceId,
     key: SecretKey,
-    header: StateHeader,
-    contents: StateContents,
+    newest: Slot,
+    /// A slot that did not authenticate (a write a crash tore, or tampering): harmless when
+    /// the newest slot is confirmed by the generation record, the reason of the refusal when
+    /// it is not.
+    refused: Option<StateError>,
     /// The generation record: missing, or refused (the policy decides what that means).
     recorded: Result<Option<u64>, StateError>,
 }
@@ -170,7 +202,7 @@ fn prepare_dir(dir: &Path) -> Result<LockFile, StateError> {
 fn remove_stale_temporaries(dir: &Path) {
     match durable_fs::remove_stale_temporaries(
         dir,
-        &[KEY_RECORD, STATE_FILE, ANCHOR_FILE, TOMBSTONE],
+        &[KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE, TOMBSTONE],
     ) {
         Ok(removed) => {
             for path in removed {
@@ -197,80 +229,131 @@ fn read_instance(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>
         return Err(StateError::PlainStateFound { path: legacy });
     }
     let key_path = dir.join(KEY_RECORD);
-    let state_path = dir.join(STATE_FILE);
     let anchor_path = dir.join(ANCHOR_FILE);
     let Some(record) = read(&key_path)? else {
-        for orphan in [&state_path, &anchor_path] {
+        for name in STATE_SLOTS.iter().chain([&ANCHOR_FILE]) {
+            let orphan = dir.join(name);
             if orphan.exists() {
                 return Err(StateError::KeyRecordMissing {
                     path: key_path,
-                    state: orphan.clone(),
+                    state: orphan,
                 });
             }
         }
         return Ok(None);
     };
     let (instance, key) = host_key.unwrap(&key_path, &record)?;
-    let Some(bytes) = read(&state_path)? else {
-        return Err(StateError::StateMissing {
-            path: state_path,
-            key_record: key_path,
-        });
-    };
-    let invalid = |source| StateError::Invalid {
-        path: state_path.clone(),
-        source,
-    };
-    // Whose file it is comes first: a swapped file is named as such, whatever else differs.
-    let header = format::parse_header(&bytes).map_err(invalid)?;
-    if header.instance != instance {
-        return Err(StateError::WrongInstance {
-            path: state_path,
-            found: header.instance,
-            expected: instance,
-        });
-    }
-    let (header, contents) = format::decode(&key, &bytes).map_err(invalid)?;
-    let recorded = read(&anchor_path).and_then(|anchor| {
-        let Some(bytes) = anchor else {
-            return Ok(None);
+    let mut newest: Option<Slot> = None;
+    let mut refused = None;
+    for (index, name) in STATE_SLOTS.iter().enumerate() {
+        let path = dir.join(name);
+        // A missing or empty slot was never written (a new instance, or a directory of an
+        // earlier build with one state file).
+        let Some(bytes) = read(&path)?.filter(|b| !b.is_empty()) else {
+            continue;
         };
-        let invalid = |source| StateError::AnchorInvalid {
-            path: anchor_path.clone(),
-            source,
-        };
-        let (anchor_instance, generation) = format::decode_anchor(&key, &bytes).map_err(invalid)?;
-        if anchor_instance != instance {
-            return Err(invalid(format::FormatError::OtherInstance(anchor_instance)));
+        match read_slot(&path, &instance, &key, &bytes) {
+            Ok((header, contents)) => {
+                if newest
+                    .as_ref()
+                    .is_none_or(|n| header.generation > n.header.generation)
+                {
+                    newest = Some(Slot {
+                        index,
+                        header,
+                        contents,
+                    });
+                }
+            }
+            // Another instance's file is never a torn write of ours.
+            Err(e @ StateError::WrongInstance { .. }) => return Err(e),
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
         }
-        Ok(Some(generation))
+    }
+    let Some(newest) = newest else {
+        return Err(refused.unwrap_or(StateError::StateMissing {
+            path: dir.join(STATE_FILE),
+            key_record: key_path,
+        }));
+    };
+    let recorded = read(&anchor_path).and_then(|anchor| match anchor {
+        None => Ok(None),
+        Some(bytes) => read_anchor(&anchor_path, &instance, &key, &bytes).map(Some),
     });
     Ok(Some(Authenticated {
         instance,
         key,
-        header,
-        contents,
+        newest,
+        refused,
         recorded,
     }))
 }
 
-/// [`read_instance`] and the rollback policy: the state file must not be older than the
+/// Authenticates one state slot of `instance`.
+fn read_slot(
+    path: &Path,
+    instance: &InstanceId,
+    key: &SecretKey,
+    bytes: &[u8],
+) -> Result<(StateHeader, StateContents), StateError> {
+    let invalid = |source| StateError::Invalid {
+        path: path.to_owned(),
+        source,
+    };
+    // Whose file it is comes first: a swapped file is named as such, whatever else differs.
+    let header = format::parse_header(bytes).map_err(invalid)?;
+    if header.instance != *instance {
+        return Err(StateError::WrongInstance {
+            path: path.to_owned(),
+            found: header.instance,
+            expected: *instance,
+        });
+    }
+    format::decode(key, bytes).map_err(invalid)
+}
+
+/// The generation record of `instance` ([`format::decode_anchor_file`]).
+fn read_anchor(
+    path: &Path,
+    instance: &InstanceId,
+    key: &SecretKey,
+    bytes: &[u8],
+) -> Result<u64, StateError> {
+    let invalid = |source| StateError::AnchorInvalid {
+        path: path.to_owned(),
+        source,
+    };
+    let (anchor_instance, generation) = format::decode_anchor_file(key, bytes).map_err(invalid)?;
+    if anchor_instance != *instance {
+        return Err(invalid(format::FormatError::OtherInstance(anchor_instance)));
+    }
+    Ok(generation)
+}
+
+/// [`read_instance`] and the rollback policy: the newest slot must not be older than the
 /// generation record, and the record may be missing only for the first generation.
 fn check(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>, StateError> {
     let Some(mut found) = read_instance(dir, host_key)? else {
         return Ok(None);
     };
-    let generation = found.header.generation;
+    let generation = found.newest.header.generation;
     let recorded = std::mem::replace(&mut found.recorded, Ok(None))?;
-    let (path, anchor) = (dir.join(STATE_FILE), dir.join(ANCHOR_FILE));
+    let (path, anchor) = (
+        dir.join(STATE_SLOTS[found.newest.index]),
+        dir.join(ANCHOR_FILE),
+    );
     match recorded {
+        // The slot that should hold the newest generation was refused (tampered with, or
+        // truncated), or both were put back: name what is wrong with it.
         Some(newest) if generation < newest => {
-            return Err(StateError::RolledBack {
+            return Err(found.refused.take().unwrap_or(StateError::RolledBack {
                 path,
                 anchor,
                 generation,
                 newest,
-            })
+            }))
         }
         // A crash may end creation between the state file and its record.
         None if generation > 1 => {
@@ -282,8 +365,69 @@ fn check(dir: &Path, host_key: &HostKey) -> Result<Option<Authenticated>, StateE
         }
         _ => {}
     }
+    if let Some(refused) = &found.refused {
+        // Only the slot that is not the newest is ever written, so this is a write that a
+        // power cut tore before it was acknowledged (or a stale copy someone changed).
+        warn!(
+            "{refused}; {} at generation {generation} is the newest state and the generation \
+             record confirms it: the other slot will be rewritten by the next change",
+            path.display()
+        );
+    }
     found.recorded = Ok(recorded);
     Ok(Some(found))
+}
+
+/// Opens the two state slots and the generation record of an instance, creating those that
+/// are missing (an instance of an earlier build has one state file); a creation is made
+/// durable before anything is written into it.
+fn open_files(dir: &Path, live: usize) -> Result<Files, StateError> {
+    let mut created = false;
+    let mut open = |name: &str| {
+        let path = dir.join(name);
+        let file = match InPlaceFile::open(&path) {
+            Ok(Some(file)) => Ok(file),
+            Ok(None) => {
+                created = true;
+                InPlaceFile::create(&path, FILE_MODE)
+            }
+            Err(e) => Err(e),
+        };
+        file.map_err(|source| StateError::Write { path, source })
+    };
+    let files = Files {
+        slots: [open(STATE_SLOTS[0])?, open(STATE_SLOTS[1])?],
+        live,
+        anchor: open(ANCHOR_FILE)?,
+    };
+    if created {
+        durable_fs::sync_dir(dir).map_err(|source| StateError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Ok(files)
+}
+
+/// Rewrites the whole generation record at `generation`, durably (creation, repair, an
+/// operator's decision).
+fn record_generation(
+    files: &mut Files,
+    key: &SecretKey,
+    instance: &InstanceId,
+    generation: u64,
+) -> Result<(), StateError> {
+    let path = files.anchor.path().to_owned();
+    let bytes = format::encode_anchor_file(key, instance, generation).map_err(|source| {
+        StateError::AnchorInvalid {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    files
+        .anchor
+        .rewrite(&bytes)
+        .map_err(|source| StateError::Write { path, source })
 }
 
 impl EncryptedStore {
@@ -305,30 +449,32 @@ impl EncryptedStore {
             let store = Self::create_locked(dir, host_key, engine, None, Blobs::new(), lock)?;
             return Ok((store, Opened::Created));
         };
-        if found.contents.engine != engine {
+        let newest = found.newest;
+        if newest.contents.engine != engine {
             return Err(StateError::Invalid {
-                path: dir.join(STATE_FILE),
+                path: dir.join(STATE_SLOTS[newest.index]),
                 source: format::FormatError::OtherEngine {
-                    found: found.contents.engine,
+                    found: newest.contents.engine,
                     expected: engine.to_owned(),
                 },
             });
         }
-        let generation = found.header.generation;
-        let recorded = found.recorded.ok().flatten();
+        let generation = newest.header.generation;
+        let mut files = open_files(dir, newest.index)?;
+        if found.recorded.ok().flatten() != Some(generation) {
+            // The record lags after a crash between the slot and its record; bring it level.
+            record_generation(&mut files, &found.key, &found.instance, generation)?;
+        }
         let store = EncryptedStore::with(
             dir,
             found.instance,
             found.key,
             engine,
             generation,
-            found.contents.blobs,
+            newest.contents.blobs,
+            files,
             lock,
         );
-        if recorded != Some(generation) {
-            // The record lags after a crash between the two writes; bring it level.
-            store.write_anchor(generation, true)?;
-        }
         Ok((store, Opened::Existing { generation }))
     }
 
@@ -340,21 +486,9 @@ impl EncryptedStore {
         engine: &str,
         blobs: BTreeMap<String, Vec<u8>>,
     ) -> Result<Self, StateError> {
-        let blobs: Blobs = blobs
-            .into_iter()
-            .map(|(name, data)| (name, Zeroizing::new(data)))
-            .collect();
-        for name in blobs.keys() {
-            check_name(name)?;
-        }
+        let blobs = wipeable(blobs)?;
         let lock = prepare_dir(dir)?;
-        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE, LEGACY_PLAIN_STATE] {
-            if dir.join(f).exists() {
-                return Err(StateError::AlreadyExists {
-                    path: dir.to_owned(),
-                });
-            }
-        }
+        refuse_existing(dir)?;
         remove_stale_temporaries(dir);
         Self::create_locked(dir, host_key, engine, None, blobs, lock)
     }
@@ -365,19 +499,15 @@ impl EncryptedStore {
     pub fn reserve(dir: &Path) -> Result<Reserved, StateError> {
         let lock = prepare_dir(dir)?;
         remove_stale_temporaries(dir);
-        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE, LEGACY_PLAIN_STATE] {
-            if dir.join(f).exists() {
-                return Err(StateError::AlreadyExists {
-                    path: dir.to_owned(),
-                });
-            }
-        }
+        refuse_existing(dir)?;
         Ok(Reserved {
             dir: dir.to_owned(),
             lock,
         })
     }
 
+    /// Creates the instance's files: both slots and the generation record (empty, their
+    /// names made durable), generation 1 in slot A and its record, and the key record last.
     fn create_locked(
         dir: &Path,
         host_key: &HostKey,
@@ -393,10 +523,15 @@ impl EncryptedStore {
         let key = SecretKey::random()?;
         let key_path = dir.join(KEY_RECORD);
         let record = host_key.wrap(&instance, &key, &key_path)?;
-        let store = EncryptedStore::with(dir, instance, key, engine, 1, blobs, lock);
+        // `live` is slot B, so that generation 1 goes to slot A.
+        let files = open_files(dir, 1)?;
+        let store = EncryptedStore::with(dir, instance, key, engine, 0, blobs, files, lock);
         {
-            let inner = store.inner.lock().unwrap_or_else(|p| p.into_inner());
-            store.persist(&inner.blobs, 1)?;
+            let mut inner = store.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let inner = &mut *inner;
+            store.persist(&mut inner.files, &inner.blobs, 1)?;
+            inner.generation = 1;
+            record_generation(&mut inner.files, &store.key, &instance, 1)?;
         }
         // The key record last: it commits the creation (see `read_instance`). Until it is
         // durable, the state file is an orphan that the next start refuses, never a TPM.
@@ -404,6 +539,7 @@ impl EncryptedStore {
         Ok(store)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn with(
         dir: &Path,
         instance: InstanceId,
@@ -411,6 +547,7 @@ impl EncryptedStore {
         engine: &str,
         generation: u64,
         blobs: Blobs,
+        files: Files,
         lock: LockFile,
     ) -> Self {
         EncryptedStore {
@@ -418,7 +555,11 @@ impl EncryptedStore {
             instance,
             key,
             engine: engine.to_owned(),
-            inner: Mutex::new(Inner { generation, blobs }),
+            inner: Mutex::new(Inner {
+                generation,
+                blobs,
+                files,
+            }),
             _lock: lock,
         }
     }
@@ -431,7 +572,7 @@ impl EncryptedStore {
         self.instance
     }
 
-    /// Generation of the state file on disk.
+    /// Generation of the newest state on disk.
     pub fn generation(&self) -> u64 {
         self.inner
             .lock()
@@ -439,31 +580,41 @@ impl EncryptedStore {
             .generation
     }
 
-    /// Writes `blobs` as `generation`: the state file durably (fsync file and directory),
-    /// then the generation record. A crash between the two leaves the record one behind,
-    /// which [`EncryptedStore::open`] accepts and repairs; the record's rename becomes durable
-    /// with the next write's directory fsync (same directory) or on drop.
-    fn persist(&self, blobs: &Blobs, generation: u64) -> Result<(), StateError> {
+    /// Writes `blobs` as `generation` into the slot that does not hold the newest state, with
+    /// one `fdatasync`, then this generation's copy of the generation record without waiting
+    /// for the disk. A crash before the slot is durable leaves the previous generation in the
+    /// other slot; one after it leaves the record behind, which [`EncryptedStore::open`]
+    /// accepts and repairs.
+    fn persist(&self, files: &mut Files, blobs: &Blobs, generation: u64) -> Result<(), StateError> {
+        let target = 1 - files.live;
+        let slot = &mut files.slots[target];
         let bytes = format::encode(&self.key, &self.instance, generation, &self.engine, blobs)
             .map_err(|source| StateError::Invalid {
-                path: self.dir.join(STATE_FILE),
+                path: slot.path().to_owned(),
                 source,
             })?;
-        write(&self.dir, STATE_FILE, &bytes, true)?;
-        self.write_anchor(generation, false)?;
+        slot.rewrite(&bytes).map_err(|source| StateError::Write {
+            path: slot.path().to_owned(),
+            source,
+        })?;
+        files.live = target;
         DURABLE_WRITES.fetch_add(1, Ordering::Relaxed);
+        // The state is durable: a record that cannot be written only lags, as after a
+        // power cut, and is repaired on the next open.
+        let written = format::encode_anchor(&self.key, &self.instance, generation)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|copy| {
+                files
+                    .anchor
+                    .write_unsynced(format::anchor_copy_offset(generation), &copy)
+            });
+        if let Err(e) = written {
+            warn!(
+                "cannot write generation record {} at generation {generation}: {e}",
+                files.anchor.path().display()
+            );
+        }
         Ok(())
-    }
-
-    fn write_anchor(&self, generation: u64, sync_dir: bool) -> Result<(), StateError> {
-        let bytes =
-            format::encode_anchor(&self.key, &self.instance, generation).map_err(|source| {
-                StateError::AnchorInvalid {
-                    path: self.dir.join(ANCHOR_FILE),
-                    source,
-                }
-            })?;
-        write(&self.dir, ANCHOR_FILE, &bytes, sync_dir)
     }
 
     /// Reads and verifies `dir` with `host_key` without changing anything (`inspect`).
@@ -472,13 +623,14 @@ impl EncryptedStore {
         let Some(found) = check(dir, host_key)? else {
             return Ok(None);
         };
+        let newest = found.newest;
         Ok(Some(InstanceInfo {
             instance: found.instance,
-            format_version: found.header.version,
-            generation: found.header.generation,
+            format_version: newest.header.version,
+            generation: newest.header.generation,
             recorded_generation: found.recorded.ok().flatten(),
-            engine: Some(found.contents.engine.clone()),
-            blobs: found
+            engine: Some(newest.contents.engine.clone()),
+            blobs: newest
                 .contents
                 .blobs
                 .iter()
@@ -487,47 +639,32 @@ impl EncryptedStore {
         }))
     }
 
-    /// Accepts the state file as it is after an operator decided so (its generation record
-    /// is missing, or it is an older file restored on purpose): the file must still
+    /// Accepts the newest state slot as it is after an operator decided so (its generation
+    /// record is missing, or it is older state restored on purpose): it must still
     /// authenticate under the instance's key; the generation record is rewritten to match.
     /// Returns the accepted generation.
     pub fn accept_current(dir: &Path, host_key: &HostKey) -> Result<u64, StateError> {
-        let lock = lock_existing(dir)?;
-        // Everything but the rollback policy: the file must authenticate, whatever the
+        let _lock = lock_existing(dir)?;
+        // Everything but the rollback policy: the state must authenticate, whatever the
         // generation record says (or whether it is there at all).
         let found = read_instance(dir, host_key)?.ok_or_else(|| StateError::KeyRecordMissing {
             path: dir.join(KEY_RECORD),
             state: dir.join(STATE_FILE),
         })?;
-        let generation = found.header.generation;
-        let store = EncryptedStore::with(
-            dir,
-            found.instance,
-            found.key,
-            &found.contents.engine,
-            generation,
-            Blobs::new(),
-            lock,
-        );
-        store.write_anchor(generation, true)?;
+        let generation = found.newest.header.generation;
+        let mut files = open_files(dir, found.newest.index)?;
+        record_generation(&mut files, &found.key, &found.instance, generation)?;
         warn!(
             "operator accepted state file {} at generation {generation} as the newest",
-            dir.join(STATE_FILE).display()
+            dir.join(STATE_SLOTS[found.newest.index]).display()
         );
         Ok(generation)
     }
 
-    /// Reads the clear-text headers (no key needed): instance, format and generation.
+    /// Reads the clear-text headers (no key needed): instance, format and generation of the
+    /// newest slot.
     pub fn inspect(dir: &Path) -> Result<Option<InstanceInfo>, StateError> {
-        let state_path = dir.join(STATE_FILE);
-        let Some(bytes) = read(&state_path)? else {
-            return Ok(None);
-        };
-        let header = format::parse_header(&bytes).map_err(|source| StateError::Invalid {
-            path: state_path,
-            source,
-        })?;
-        Ok(Some(InstanceInfo {
+        Ok(newest_header(dir)?.map(|(_, header)| InstanceInfo {
             instance: header.instance,
             format_version: header.version,
             generation: header.generation,
@@ -535,6 +672,12 @@ impl EncryptedStore {
             engine: None,
             blobs: Vec::new(),
         }))
+    }
+
+    /// The state slot whose clear-text header names the newest generation (no key needed,
+    /// nothing authenticated): the file that holds the instance's state now.
+    pub fn newest_state_file(dir: &Path) -> Result<Option<PathBuf>, StateError> {
+        Ok(newest_header(dir)?.map(|(path, _)| path))
     }
 
     /// Resets the instance: moves its key record, state file and generation record into a
@@ -546,6 +689,7 @@ impl EncryptedStore {
         let present: Vec<&str> = [
             KEY_RECORD,
             STATE_FILE,
+            STATE_FILE_B,
             ANCHOR_FILE,
             LEGACY_PLAIN_STATE,
             TOMBSTONE,
@@ -585,6 +729,61 @@ impl EncryptedStore {
     }
 }
 
+/// The slot with the newest clear-text header; a header that does not parse is an error
+/// only when no slot has one that does.
+fn newest_header(dir: &Path) -> Result<Option<(PathBuf, StateHeader)>, StateError> {
+    let mut newest: Option<(PathBuf, StateHeader)> = None;
+    let mut refused = None;
+    for name in STATE_SLOTS {
+        let path = dir.join(name);
+        let Some(bytes) = read(&path)?.filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        match format::parse_header(&bytes) {
+            Ok(header) => {
+                if newest
+                    .as_ref()
+                    .is_none_or(|(_, n)| header.generation > n.generation)
+                {
+                    newest = Some((path, header));
+                }
+            }
+            Err(source) => {
+                refused.get_or_insert(StateError::Invalid { path, source });
+            }
+        }
+    }
+    match (newest, refused) {
+        (None, Some(e)) => Err(e),
+        (newest, _) => Ok(newest),
+    }
+}
+
+/// The blobs of an import, each to be wiped when dropped; their names checked.
+fn wipeable(blobs: BTreeMap<String, Vec<u8>>) -> Result<Blobs, StateError> {
+    let blobs: Blobs = blobs
+        .into_iter()
+        .map(|(name, data)| (name, Zeroizing::new(data)))
+        .collect();
+    for name in blobs.keys() {
+        check_name(name)?;
+    }
+    Ok(blobs)
+}
+
+/// Refuses a directory that holds (part of) an instance.
+fn refuse_existing(dir: &Path) -> Result<(), StateError> {
+    let mut names = STATE_SLOTS
+        .iter()
+        .chain(&[KEY_RECORD, ANCHOR_FILE, LEGACY_PLAIN_STATE]);
+    if names.any(|f| dir.join(f).exists()) {
+        return Err(StateError::AlreadyExists {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// A locked, empty state directory waiting for an imported instance (the destination of a
 /// migration).
 #[derive(Debug)]
@@ -608,13 +807,7 @@ impl Reserved {
         instance: InstanceId,
         blobs: BTreeMap<String, Vec<u8>>,
     ) -> Result<EncryptedStore, StateError> {
-        let blobs: Blobs = blobs
-            .into_iter()
-            .map(|(name, data)| (name, Zeroizing::new(data)))
-            .collect();
-        for name in blobs.keys() {
-            check_name(name)?;
-        }
+        let blobs = wipeable(blobs)?;
         let tombstone = self.dir.join(TOMBSTONE);
         durable_fs::remove(&tombstone, true).map_err(|source| StateError::Write {
             path: tombstone,
@@ -645,10 +838,10 @@ fn refuse_tombstone(dir: &Path) -> Result<(), StateError> {
     })
 }
 
-/// Removes the key record first (without it every copy of the state file is unreadable),
-/// then the state file and the generation record; each removal is durable.
+/// Removes the key record first (without it every copy of the state is unreadable), then
+/// the state slots and the generation record; each removal is durable.
 fn remove_instance_files(dir: &Path) -> Result<(), StateError> {
-    for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+    for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
         let path = dir.join(f);
         durable_fs::remove(&path, true).map_err(|source| StateError::Write { path, source })?;
     }
@@ -695,7 +888,8 @@ impl EncryptedStore {
     /// a blob that does not exist writes nothing.
     fn change(&self, name: &str, data: Option<&[u8]>) -> Result<(), StateError> {
         check_name(name)?;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
         let previous = match data {
             Some(data) => inner
                 .blobs
@@ -706,7 +900,7 @@ impl EncryptedStore {
             return Ok(());
         }
         let generation = inner.generation + 1;
-        match self.persist(&inner.blobs, generation) {
+        match self.persist(&mut inner.files, &inner.blobs, generation) {
             Ok(()) => {
                 inner.generation = generation;
                 Ok(())
@@ -738,9 +932,13 @@ impl StateStore for EncryptedStore {
 
 impl Drop for EncryptedStore {
     fn drop(&mut self) {
-        // Makes the last generation record's rename durable.
-        if let Err(e) = durable_fs::sync_dir(&self.dir) {
-            warn!("cannot sync state directory {}: {e}", self.dir.display());
+        // Makes the last generation record durable (the slots already are).
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = inner.files.anchor.sync_data() {
+            warn!(
+                "cannot sync generation record {}: {e}",
+                inner.files.anchor.path().display()
+            );
         }
     }
 }

@@ -75,7 +75,7 @@ pub enum Truncation {
     Header { len: usize },
     /// A state file whose payload is not the length its header gives.
     Payload { have: usize, declared: u32 },
-    /// A generation record that is not [`ANCHOR_LEN`] bytes.
+    /// A generation record that is not one or two copies of [`ANCHOR_LEN`] bytes.
     Anchor { len: usize },
 }
 
@@ -91,7 +91,11 @@ impl fmt::Display for Truncation {
                     "payload of {have} bytes where the header says {declared}"
                 )
             }
-            Truncation::Anchor { len } => write!(f, "{len} bytes, expected {ANCHOR_LEN}"),
+            Truncation::Anchor { len } => write!(
+                f,
+                "{len} bytes, expected {ANCHOR_LEN} or {}",
+                2 * ANCHOR_LEN
+            ),
         }
     }
 }
@@ -298,4 +302,53 @@ pub fn decode_anchor(key: &SecretKey, bytes: &[u8]) -> Result<(InstanceId, u64),
     let mut id = [0u8; InstanceId::LEN];
     id.copy_from_slice(&prefix[8..8 + InstanceId::LEN]);
     Ok((InstanceId(id), be_u64(&prefix[8 + InstanceId::LEN..])))
+}
+
+/// Where the copy of the generation record for `generation` goes in the record file: the
+/// file holds two copies written alternately, so a write torn by a crash leaves the other.
+pub fn anchor_copy_offset(generation: u64) -> u64 {
+    (generation % 2) * ANCHOR_LEN as u64
+}
+
+/// A whole generation record file at `generation`: both copies.
+pub fn encode_anchor_file(
+    key: &SecretKey,
+    instance: &InstanceId,
+    generation: u64,
+) -> Result<Vec<u8>, FormatError> {
+    let copy = encode_anchor(key, instance, generation)?;
+    Ok([copy.as_slice(), copy.as_slice()].concat())
+}
+
+/// Authenticates a generation record file: one copy (earlier builds) or two, of which the
+/// newest that authenticates counts, so a copy torn by a crash is passed over. Every copy
+/// that authenticates must name the same instance.
+pub fn decode_anchor_file(key: &SecretKey, bytes: &[u8]) -> Result<(InstanceId, u64), FormatError> {
+    if bytes.len() != ANCHOR_LEN && bytes.len() != 2 * ANCHOR_LEN {
+        return Err(FormatError::Truncated(Truncation::Anchor {
+            len: bytes.len(),
+        }));
+    }
+    let mut newest: Option<(InstanceId, u64)> = None;
+    let mut refused = None;
+    for copy in bytes.chunks(ANCHOR_LEN) {
+        match decode_anchor(key, copy) {
+            Ok((instance, _)) if newest.is_some_and(|(first, _)| first != instance) => {
+                return Err(FormatError::OtherInstance(instance))
+            }
+            Ok((instance, generation)) => {
+                if newest.is_none_or(|(_, g)| generation > g) {
+                    newest = Some((instance, generation));
+                }
+            }
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    match (newest, refused) {
+        (Some(found), _) => Ok(found),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(FormatError::Truncated(Truncation::Anchor { len: 0 })),
+    }
 }

@@ -127,7 +127,7 @@ mod tests {
     use std::fs;
     use std::path::{Path, PathBuf};
 
-    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, LOCK_FILE, STATE_FILE};
+    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, LOCK_FILE, STATE_FILE, STATE_FILE_B};
     use super::*;
     use crate::keys::{generate_host_key_file, HostKey, KeyError};
 
@@ -153,7 +153,7 @@ mod tests {
     }
 
     fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        [KEY_RECORD, STATE_FILE, ANCHOR_FILE]
+        [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE]
             .iter()
             .filter_map(|f| fs::read(dir.join(f)).ok().map(|d| (f.to_string(), d)))
             .collect()
@@ -200,7 +200,7 @@ mod tests {
         let dir = h.root.join("vm");
         let s = open(&dir, &h.key).unwrap();
         s.store("permall", b"secret").unwrap();
-        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+        for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
             let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
@@ -257,17 +257,29 @@ mod tests {
         }
     }
 
-    /// A new instance whose `permall` was stored as `first`, then as `second`, with `file`
-    /// put back as it was after the first store; returns the directory and that content.
-    fn rewound(h: &Host, file: &str, first: &[u8], second: &[u8]) -> (PathBuf, Vec<u8>) {
+    /// A new instance whose `permall` was stored as `first`, then as `second`, with `files`
+    /// put back as they were after the first store; returns the directory and the content of
+    /// the first of them.
+    fn rewound(h: &Host, files: &[&str], first: &[u8], second: &[u8]) -> (PathBuf, Vec<u8>) {
         let dir = h.root.join("vm");
         let s = open(&dir, &h.key).unwrap();
         s.store("permall", first).unwrap();
-        let old = fs::read(dir.join(file)).unwrap();
+        let old: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| fs::read(dir.join(f)).unwrap())
+            .collect();
         s.store("permall", second).unwrap();
         drop(s);
-        fs::write(dir.join(file), &old).unwrap();
-        (dir, old)
+        for (f, data) in files.iter().zip(&old) {
+            fs::write(dir.join(f), data).unwrap();
+        }
+        (dir, old[0].clone())
+    }
+
+    /// The state slot that holds the newest generation: the one to tamper with (changing the
+    /// other, stale one changes nothing the instance depends on).
+    fn newest_slot(dir: &Path) -> PathBuf {
+        EncryptedStore::newest_state_file(dir).unwrap().unwrap()
     }
 
     fn populated(h: &Host, name: &str) -> PathBuf {
@@ -278,10 +290,125 @@ mod tests {
     }
 
     #[test]
+    fn a_change_rewrites_the_slot_that_does_not_hold_the_newest_state() {
+        let h = host();
+        let dir = h.root.join("vm");
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(newest_slot(&dir), dir.join(STATE_FILE));
+        let stale_before = fs::read(dir.join(STATE_FILE)).unwrap();
+        s.store("permall", b"two").unwrap();
+        assert_eq!(newest_slot(&dir), dir.join(STATE_FILE_B));
+        // The slot that was newest is not touched by the write.
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), stale_before);
+        s.store("permall", b"three").unwrap();
+        assert_eq!(newest_slot(&dir), dir.join(STATE_FILE));
+        drop(s);
+        let info = EncryptedStore::verify(&dir, &h.key).unwrap().unwrap();
+        assert_eq!((info.generation, info.recorded_generation), (3, Some(3)));
+    }
+
+    #[test]
+    fn a_torn_write_of_the_stale_slot_falls_back_to_the_newest() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let newest = newest_slot(&dir);
+        let stale = [STATE_FILE, STATE_FILE_B]
+            .map(|f| dir.join(f))
+            .into_iter()
+            .find(|p| *p != newest)
+            .unwrap();
+        // What a power cut in the middle of the next change leaves: part of a new version
+        // over the stale slot.
+        let mut torn = fs::read(&newest).unwrap();
+        torn.truncate(torn.len() / 2);
+        fs::write(&stale, &torn).unwrap();
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.generation(), 2);
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"vm"[..]));
+        // The next change goes into the torn slot; the newest stays as it was until then.
+        s.store("permall", b"after").unwrap();
+        assert_eq!(newest_slot(&dir), stale);
+        drop(s);
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"after"[..]));
+    }
+
+    #[test]
+    fn a_torn_copy_of_the_generation_record_is_passed_over() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", b"three").unwrap();
+        drop(s);
+        // Generation 3's copy is the second; tear it: the first (generation 2) counts, and
+        // the state at 3 is newer, which is accepted and repaired.
+        let anchor = dir.join(ANCHOR_FILE);
+        let mut raw = fs::read(&anchor).unwrap();
+        assert_eq!(raw.len(), 2 * format::ANCHOR_LEN);
+        raw[format::ANCHOR_LEN + 3] ^= 0xff;
+        fs::write(&anchor, &raw).unwrap();
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.generation(), 3);
+        drop(s);
+        let info = EncryptedStore::verify(&dir, &h.key).unwrap().unwrap();
+        assert_eq!(info.recorded_generation, Some(3));
+        // Both copies torn: refused, naming the record.
+        let mut raw = fs::read(&anchor).unwrap();
+        raw[3] ^= 0xff;
+        raw[format::ANCHOR_LEN + 3] ^= 0xff;
+        fs::write(&anchor, &raw).unwrap();
+        assert_refused_untouched(&dir, &h.key, |e| {
+            matches!(e, StateError::AnchorInvalid { .. })
+        });
+    }
+
+    #[test]
+    fn a_directory_of_an_earlier_build_opens_and_gains_its_second_slot() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let s = open(&dir, &h.key).unwrap();
+        s.store("permall", b"three").unwrap();
+        drop(s);
+        // Earlier builds: one state file (`state.vtpm`, here at generation 3) and a record
+        // of one copy.
+        assert_eq!(newest_slot(&dir), dir.join(STATE_FILE));
+        fs::remove_file(dir.join(STATE_FILE_B)).unwrap();
+        let anchor = dir.join(ANCHOR_FILE);
+        let raw = fs::read(&anchor).unwrap();
+        fs::write(&anchor, &raw[format::ANCHOR_LEN..]).unwrap();
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.generation(), 3);
+        assert!(dir.join(STATE_FILE_B).exists());
+        s.store("permall", b"four").unwrap();
+        drop(s);
+        let s = open(&dir, &h.key).unwrap();
+        assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"four"[..]));
+        assert_eq!(newest_slot(&dir), dir.join(STATE_FILE_B));
+    }
+
+    #[test]
+    fn a_hard_link_at_a_slot_is_refused_never_written_through() {
+        let h = host();
+        let dir = populated(&h, "vm");
+        let outside = h.root.join("outside");
+        let stale = [STATE_FILE, STATE_FILE_B]
+            .map(|f| dir.join(f))
+            .into_iter()
+            .find(|p| *p != newest_slot(&dir))
+            .unwrap();
+        fs::write(&outside, b"outside").unwrap();
+        fs::remove_file(&stale).unwrap();
+        fs::hard_link(&outside, &stale).unwrap();
+        let err = open(&dir, &h.key).unwrap_err();
+        assert!(err.to_string().contains("single link"), "{err}");
+        assert_eq!(fs::read(&outside).unwrap(), b"outside");
+    }
+
+    #[test]
     fn flipped_byte_is_refused() {
         let h = host();
         let dir = populated(&h, "vm");
-        let path = dir.join(STATE_FILE);
+        let path = newest_slot(&dir);
         let mut raw = fs::read(&path).unwrap();
         let at = raw.len() - 20;
         raw[at] ^= 0x01;
@@ -311,18 +438,20 @@ mod tests {
     fn truncated_file_is_refused() {
         let h = host();
         let dir = populated(&h, "vm");
-        let path = dir.join(STATE_FILE);
+        let path = newest_slot(&dir);
         let raw = fs::read(&path).unwrap();
         for len in [raw.len() - 1, format::HEADER_LEN, 20, 0] {
             fs::write(&path, &raw[..len]).unwrap();
             assert_refused_untouched(&dir, &h.key, |e| {
+                // An emptied slot looks like one never written, so what is left is the
+                // older slot, which the generation record refuses.
                 matches!(
                     e,
                     StateError::Invalid {
                         source: FormatError::Truncated(_) | FormatError::BadMagic,
                         ..
                     }
-                )
+                ) || (len == 0 && matches!(e, StateError::RolledBack { .. }))
             });
         }
     }
@@ -332,10 +461,11 @@ mod tests {
         let h = host();
         let a = populated(&h, "vm-a");
         let b = populated(&h, "vm-b");
-        let a_state = fs::read(a.join(STATE_FILE)).unwrap();
-        let b_state = fs::read(b.join(STATE_FILE)).unwrap();
-        fs::write(a.join(STATE_FILE), &b_state).unwrap();
-        fs::write(b.join(STATE_FILE), &a_state).unwrap();
+        let (a_newest, b_newest) = (newest_slot(&a), newest_slot(&b));
+        let a_state = fs::read(&a_newest).unwrap();
+        let b_state = fs::read(&b_newest).unwrap();
+        fs::write(&a_newest, &b_state).unwrap();
+        fs::write(&b_newest, &a_state).unwrap();
         for dir in [&a, &b] {
             assert_refused_untouched(dir, &h.key, |e| {
                 matches!(e, StateError::WrongInstance { .. })
@@ -345,14 +475,14 @@ mod tests {
         // encrypted under the other instance's key.
         let mut forged = b_state.clone();
         forged[12..28].copy_from_slice(&a_state[12..28]);
-        fs::write(a.join(STATE_FILE), &forged).unwrap();
+        fs::write(&a_newest, &forged).unwrap();
         assert_refused_untouched(&a, &h.key, fails_authentication);
     }
 
     #[test]
     fn replayed_older_state_file_is_refused() {
         let h = host();
-        let (dir, _) = rewound(&h, STATE_FILE, b"counter=1", b"counter=2");
+        let (dir, _) = rewound(&h, &[STATE_FILE, STATE_FILE_B], b"counter=1", b"counter=2");
         assert_refused_untouched(&dir, &h.key, |e| {
             matches!(
                 e,
@@ -381,7 +511,7 @@ mod tests {
     fn generation_record_one_behind_after_a_crash_is_accepted_and_repaired() {
         let h = host();
         // As if the crash came after the state file's rename and before the record's.
-        let (dir, anchor) = rewound(&h, ANCHOR_FILE, b"a", b"b");
+        let (dir, anchor) = rewound(&h, &[ANCHOR_FILE], b"a", b"b");
         let (s, how) = EncryptedStore::open(&dir, &h.key, "libtpms").unwrap();
         assert_eq!(how, Opened::Existing { generation: 3 });
         assert_eq!(s.load("permall").unwrap().as_deref(), Some(&b"b"[..]));
@@ -497,7 +627,7 @@ mod tests {
     fn deleted_state_is_refused_never_replaced_by_a_fresh_tpm() {
         // Both the state file and its generation record gone, the key record left: before, this
         // looked like an unfinished creation and started a new TPM with new seeds.
-        assert_refused_without(&[STATE_FILE, ANCHOR_FILE], |e| {
+        assert_refused_without(&[STATE_FILE, STATE_FILE_B, ANCHOR_FILE], |e| {
             matches!(e, StateError::StateMissing { .. })
         });
     }
@@ -581,7 +711,7 @@ mod tests {
         let s = open(&dir, &h.key).unwrap();
         let id = s.instance();
         s.destroy("migrated to host-b by migration 00ff").unwrap();
-        for f in [KEY_RECORD, STATE_FILE, ANCHOR_FILE] {
+        for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
             assert!(!dir.join(f).exists(), "{f} left behind");
         }
         let err = open(&dir, &h.key).unwrap_err();

@@ -55,6 +55,28 @@ fn engine_lifecycle() {
         generation > 1,
         "permanent state written during the commands"
     );
+    // A durable command costs one state write and one sync (the slot's fdatasync): no
+    // directory sync, no synced generation record.
+    let (writes, syncs) = (
+        vtpm_state::encrypted::durable_writes_total(),
+        durable_fs::syncs_total(),
+    );
+    // (Different data each time, the last as before: libtpms writes nothing for an NV
+    // write that changes nothing.)
+    for round in 0..5u8 {
+        let data = if round == 4 {
+            *b"durable!"
+        } else {
+            [b'0' + round; 8]
+        };
+        assert_eq!(
+            tpm_proto::response_code(&run(&mut e, &c::nv_write(idx, 0, &data))).unwrap(),
+            0
+        );
+    }
+    assert_eq!(vtpm_state::encrypted::durable_writes_total() - writes, 5);
+    assert_eq!(durable_fs::syncs_total() - syncs, 5);
+    let generation = EncryptedStore::inspect(&state).unwrap().unwrap().generation;
 
     // Clean save + restart resumes without a new Startup.
     e.save().unwrap();
