@@ -644,14 +644,7 @@ mod tests {
                     .unwrap();
             }
             self.next_desc += descs.len() as u16;
-            self.mock
-                .avail()
-                .ring()
-                .ref_at(usize::from(self.avail))
-                .unwrap()
-                .store(head);
-            self.avail += 1;
-            self.mock.avail().idx().store(self.avail);
+            self.push_head(head);
             head
         }
 
@@ -715,6 +708,16 @@ mod tests {
         tpm_proto::response_code(resp).unwrap()
     }
 
+    /// Runs one chain (a 12-byte command at CMD_AT) on `guest` with a new engine: it must be
+    /// returned with used length 0, unexecuted. The device's counters.
+    fn assert_refused_unexecuted(guest: &Guest, descs: &[RawDescriptor]) -> Stats {
+        let mut e = RecordingEngine::default();
+        let (len, _, stats) = run_one(guest, descs, &cmd(0x17B, 12), &mut e);
+        assert_eq!(len, 0, "{descs:?}");
+        assert!(e.seen.is_empty(), "{descs:?} was executed");
+        stats
+    }
+
     #[test]
     fn well_formed_chain_is_executed_and_answered() {
         let g = Guest::new();
@@ -756,11 +759,7 @@ mod tests {
 
     #[test]
     fn no_writable_descriptor_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let (len, _, stats) = run_one(&g, &[d(CMD_AT, 12, 0, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        let stats = assert_refused_unexecuted(&Guest::new(), &[d(CMD_AT, 12, 0, 0)]);
         assert_eq!(stats.refused_chains, 1);
     }
 
@@ -815,7 +814,6 @@ mod tests {
     #[test]
     fn descriptor_outside_guest_memory_is_used_len_zero() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let far = MEM_SIZE as u64 + 0x1000;
         for descs in [
             vec![d(far, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
@@ -827,40 +825,26 @@ mod tests {
             ],
             vec![d(u64::MAX - 4, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
         ] {
-            let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-            assert_eq!(len, 0);
+            assert_refused_unexecuted(&g, &descs);
         }
-        assert!(e.seen.is_empty());
     }
 
     #[test]
     fn descriptor_loop_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let descs = [d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE | NEXT, 0)];
-        let (len, _, stats) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        let stats = assert_refused_unexecuted(&Guest::new(), &descs);
         assert_eq!(stats.refused_chains, 1);
-        assert!(e.seen.is_empty());
     }
 
     #[test]
     fn next_index_out_of_range_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let descs = [d(CMD_AT, 12, NEXT, 200)];
-        let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        assert_refused_unexecuted(&Guest::new(), &[d(CMD_AT, 12, NEXT, 200)]);
     }
 
     #[test]
     fn readable_after_writable_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let descs = [d(RESP_AT, 4096, WRITE | NEXT, 1), d(CMD_AT, 12, 0, 0)];
-        let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        assert_refused_unexecuted(&Guest::new(), &descs);
     }
 
     const TABLE_AT: u64 = 0x30_000;
@@ -874,37 +858,29 @@ mod tests {
         }
     }
 
-    /// Runs a chain whose head is one indirect descriptor (`len` bytes of table at `at`).
-    fn run_indirect(g: &Guest, at: u64, len: u32, e: &mut RecordingEngine) -> (u32, Vec<u8>) {
-        let (len, resp, _) = run_one(g, &[d(at, len, INDIRECT, 0)], &cmd(0x17B, 12), e);
-        (len, resp)
-    }
-
     #[test]
     fn indirect_table_is_followed() {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
         write_table(&g, d(RESP_AT, 4096, WRITE, 0));
-        let (len, resp) = run_indirect(&g, TABLE_AT, 32, &mut e);
+        let (len, resp, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!((len, rc_of(&resp)), (12, 0));
     }
 
     #[test]
     fn indirect_table_errors_are_used_len_zero() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         // Table length not a multiple of the descriptor size.
         write_table(&g, d(RESP_AT, 4096, WRITE, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 31, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 31, INDIRECT, 0)]);
         // A nested indirect descriptor.
         write_table(&g, d(TABLE_AT, 32, INDIRECT, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 32, INDIRECT, 0)]);
         // A table outside guest memory.
-        assert_eq!(run_indirect(&g, MEM_SIZE as u64 * 2, 32, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(MEM_SIZE as u64 * 2, 32, INDIRECT, 0)]);
         // A loop inside the table.
         write_table(&g, d(RESP_AT, 4096, WRITE | NEXT, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
-        assert!(e.seen.is_empty());
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 32, INDIRECT, 0)]);
     }
 
     #[test]
@@ -1067,7 +1043,6 @@ mod tests {
     #[test]
     fn a_chain_longer_than_the_descriptor_limit_is_refused_unread() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let entries = 300u16;
         for i in 0..entries {
             let raw = if i == 0 {
@@ -1081,9 +1056,7 @@ mod tests {
                 .write_obj(raw, GuestAddress(TABLE_AT + 16 * u64::from(i)))
                 .unwrap();
         }
-        let (len, _) = run_indirect(&g, TABLE_AT, 16 * u32::from(entries), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 16 * u32::from(entries), INDIRECT, 0)]);
     }
 
     // Issue 11, item 8: libtpms decrypts parameters in the scratch buffer, and responses carry
@@ -1164,8 +1137,6 @@ mod tests {
     #[test]
     fn zero_length_writable_descriptors_are_no_writable_part() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let c = cmd(0x17B, 12);
         for descs in [
             vec![d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 0, WRITE, 0)],
             vec![
@@ -1181,10 +1152,8 @@ mod tests {
                 d(RESP_AT, 4096, WRITE, 0),
             ],
         ] {
-            let (len, _, _) = run_one(&g, &descs, &c, &mut e);
-            assert_eq!(len, 0, "{descs:?}");
+            assert_refused_unexecuted(&g, &descs);
         }
-        assert!(e.seen.is_empty());
     }
 
     #[test]
