@@ -849,13 +849,18 @@ mod tests {
 
     const TABLE_AT: u64 = 0x30_000;
 
-    /// Writes an indirect table at TABLE_AT: the command descriptor, then `second`.
-    fn write_table(g: &Guest, second: RawDescriptor) {
-        for (i, raw) in [d(CMD_AT, 12, NEXT, 1), second].iter().enumerate() {
+    /// Writes `descs` as an indirect table at `at`.
+    fn write_table_at(g: &Guest, at: u64, descs: &[RawDescriptor]) {
+        for (i, raw) in descs.iter().enumerate() {
             g.mem
-                .write_obj(*raw, GuestAddress(TABLE_AT + 16 * i as u64))
+                .write_obj(*raw, GuestAddress(at + 16 * i as u64))
                 .unwrap();
         }
+    }
+
+    /// Writes an indirect table at TABLE_AT: the command descriptor, then `second`.
+    fn write_table(g: &Guest, second: RawDescriptor) {
+        write_table_at(g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), second]);
     }
 
     #[test]
@@ -1044,18 +1049,18 @@ mod tests {
     fn a_chain_longer_than_the_descriptor_limit_is_refused_unread() {
         let g = Guest::new();
         let entries = 300u16;
-        for i in 0..entries {
-            let raw = if i == 0 {
-                d(CMD_AT, 12, NEXT, 1)
-            } else if i + 1 < entries {
-                d(RESP_AT, 0, WRITE | NEXT, i + 1)
-            } else {
-                d(RESP_AT, 4096, WRITE, 0)
-            };
-            g.mem
-                .write_obj(raw, GuestAddress(TABLE_AT + 16 * u64::from(i)))
-                .unwrap();
-        }
+        let table: Vec<RawDescriptor> = (0..entries)
+            .map(|i| {
+                if i == 0 {
+                    d(CMD_AT, 12, NEXT, 1)
+                } else if i + 1 < entries {
+                    d(RESP_AT, 0, WRITE | NEXT, i + 1)
+                } else {
+                    d(RESP_AT, 4096, WRITE, 0)
+                }
+            })
+            .collect();
+        write_table_at(&g, TABLE_AT, &table);
         assert_refused_unexecuted(&g, &[d(TABLE_AT, 16 * u32::from(entries), INDIRECT, 0)]);
     }
 
@@ -1090,15 +1095,6 @@ mod tests {
         assert!(scratch.iter().all(|b| *b == 0), "command bytes left behind");
         assert_eq!(e.wipes, 1, "the engine's response wiped after delivery");
         assert!(e.resp.iter().all(|b| *b == 0));
-    }
-
-    /// Writes `descs` as an indirect table at `at`.
-    fn write_table_at(g: &Guest, at: u64, descs: &[RawDescriptor]) {
-        for (i, raw) in descs.iter().enumerate() {
-            g.mem
-                .write_obj(*raw, GuestAddress(at + 16 * i as u64))
-                .unwrap();
-        }
     }
 
     #[test]

@@ -231,28 +231,21 @@ fn huge_indirect_tables_cost_bounded_work() {
     let (_dir, d, mut client) = start_hostile(true);
     let len = write_command(&client, CMD, &c::get_random(8));
     let entries: u32 = 0xFFFF;
-    let table_len = 16 * entries;
+    // The chain's head: the whole huge table.
+    let huge = desc(BIG_TABLE, 16 * entries, INDIRECT, 0);
     // A long chain of empty readable buffers ending in the response: 300 descriptors.
     let mut long: Vec<Desc> = (1..299u16).map(|i| desc(CMD, 0, NEXT, i + 1)).collect();
     long.insert(0, desc(CMD, len, NEXT, 1));
     long.push(desc(RESP, 4096, WRITE, 0));
     client.write_descs(BIG_TABLE, 0, &long).unwrap();
     let start = Instant::now();
-    let (used, _) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, _) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(used, 0, "a 300-descriptor chain is refused");
     // A loop deep inside the table.
     client
         .write_descs(BIG_TABLE, 100, &[desc(CMD, 0, NEXT, 5)])
         .unwrap();
-    let (used, _) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, _) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(used, 0, "a loop in a huge table is refused");
     // The same huge table holding a short, good chain is served: its size alone is no fault.
     client
@@ -262,11 +255,7 @@ fn huge_indirect_tables_cost_bounded_work() {
             &[desc(CMD, len, NEXT, 1), desc(RESP, 4096, WRITE, 0)],
         )
         .unwrap();
-    let (used, resp) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, resp) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(c::parse_get_random(&resp).unwrap().len(), 8, "used {used}");
     assert!(
         start.elapsed() < Duration::from_secs(5),
