@@ -708,6 +708,14 @@ mod tests {
         tpm_proto::response_code(resp).unwrap()
     }
 
+    /// [`run_one`] on a new guest with a new engine: (used length, response bytes, stats, the
+    /// commands the engine executed).
+    fn run_fresh(descs: &[RawDescriptor], command: &[u8]) -> (u32, Vec<u8>, Stats, Vec<Vec<u8>>) {
+        let mut e = RecordingEngine::default();
+        let (len, resp, stats) = run_one(&Guest::new(), descs, command, &mut e);
+        (len, resp, stats, e.seen)
+    }
+
     /// Runs one chain (a 12-byte command at CMD_AT) on `guest` with a new engine: it must be
     /// returned with used length 0, unexecuted. The device's counters.
     fn assert_refused_unexecuted(guest: &Guest, descs: &[RawDescriptor]) -> Stats {
@@ -720,28 +728,19 @@ mod tests {
 
     #[test]
     fn well_formed_chain_is_executed_and_answered() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let c = cmd(0x17B, 12);
-        let (len, resp, stats) = run_one(
-            &g,
-            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
-            &c,
-            &mut e,
-        );
+        let (len, resp, stats, seen) =
+            run_fresh(&[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)], &c);
         assert_eq!(len, 12);
         assert_eq!(&resp[10..], &[0x01, 0x7B]);
-        assert_eq!(e.seen, vec![c]);
+        assert_eq!(seen, vec![c]);
         assert_eq!(stats.commands, 1);
     }
 
     #[test]
     fn command_and_response_may_be_split_anywhere() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let c = cmd(0x182, 100);
-        let (len, resp, _) = run_one(
-            &g,
+        let (len, resp, _, seen) = run_fresh(
             &[
                 d(CMD_AT, 3, NEXT, 1),
                 d(CMD_AT + 3, 0, NEXT, 2),
@@ -750,11 +749,10 @@ mod tests {
                 d(RESP_AT + 5, 4091, WRITE, 0),
             ],
             &c,
-            &mut e,
         );
         assert_eq!(len, 12);
         assert_eq!(rc_of(&resp), 0);
-        assert_eq!(e.seen, vec![c]);
+        assert_eq!(seen, vec![c]);
     }
 
     #[test]
@@ -783,13 +781,10 @@ mod tests {
 
     #[test]
     fn oversized_command_gets_command_size_error() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let c = cmd(0x17B, 4097);
         let descs = [d(CMD_AT, 4097, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)];
-        let (len, resp, _) = run_one(&g, &descs, &c, &mut e);
+        let (len, resp, _, seen) = run_fresh(&descs, &cmd(0x17B, 4097));
         assert_eq!((len, rc_of(&resp)), (10, rc::COMMAND_SIZE));
-        assert!(e.seen.is_empty());
+        assert!(seen.is_empty());
     }
 
     #[test]
