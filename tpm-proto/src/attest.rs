@@ -117,9 +117,7 @@ pub fn parse_pcr_read(resp: &[u8]) -> Result<Vec<(u8, [u8; 32])>, WireError> {
             .map_err(|_| WireError::Unexpected("a SHA-256 PCR value that is not 32 bytes"))?;
         out.push((pcr, digest));
     }
-    if r.remaining() != 0 {
-        return Err(WireError::Unexpected("trailing bytes after PCR_Read"));
-    }
+    r.expect_end("trailing bytes after PCR_Read")?;
     Ok(out)
 }
 
@@ -216,9 +214,7 @@ impl QuoteAttest {
         let firmware_version = u64::from(r.u32()?) << 32 | u64::from(r.u32()?);
         let selection = read_selection(&mut r)?;
         let pcr_digest = r.tpm2b()?.to_vec();
-        if r.remaining() != 0 {
-            return Err(WireError::Unexpected("trailing bytes after a TPMS_ATTEST"));
-        }
+        r.expect_end("trailing bytes after a TPMS_ATTEST")?;
         Ok(QuoteAttest {
             qualified_signer,
             extra_data,
@@ -284,11 +280,7 @@ impl Signature {
     pub fn parse(tpmt_signature: &[u8]) -> Result<Self, WireError> {
         let mut r = ResponseReader::new(tpmt_signature);
         let sig = Self::read_from(&mut r)?;
-        if r.remaining() != 0 {
-            return Err(WireError::Unexpected(
-                "trailing bytes after a TPMT_SIGNATURE",
-            ));
-        }
+        r.expect_end("trailing bytes after a TPMT_SIGNATURE")?;
         Ok(sig)
     }
 }

@@ -245,9 +245,7 @@ impl TpmPublic {
                 ))
             }
         };
-        if r.remaining() != 0 {
-            return Err(WireError::Unexpected("trailing bytes after a TPMT_PUBLIC"));
-        }
+        r.expect_end("trailing bytes after a TPMT_PUBLIC")?;
         Ok(TpmPublic {
             object_type,
             name_alg,
@@ -262,9 +260,7 @@ impl TpmPublic {
     pub fn parse_tpm2b(tpm2b_public: &[u8]) -> Result<Self, WireError> {
         let mut r = ResponseReader::new(tpm2b_public);
         let inner = r.tpm2b()?;
-        if r.remaining() != 0 {
-            return Err(WireError::Unexpected("trailing bytes after a TPM2B_PUBLIC"));
-        }
+        r.expect_end("trailing bytes after a TPM2B_PUBLIC")?;
         Self::parse(inner)
     }
 

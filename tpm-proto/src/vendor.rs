@@ -195,9 +195,7 @@ impl DeepQuoteResponse {
         let host_certificates = (0..count)
             .map(|_| r.tpm2b().map(<[u8]>::to_vec))
             .collect::<Result<Vec<_>, _>>()?;
-        if r.remaining() != 0 {
-            return Err(WireError::Unexpected("trailing bytes after a deep quote").into());
-        }
+        r.expect_end("trailing bytes after a deep quote")?;
         Ok(DeepQuoteResponse {
             vek_public,
             host_attest,

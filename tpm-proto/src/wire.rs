@@ -139,6 +139,16 @@ impl<'a> ResponseReader<'a> {
         self.buf.len() - self.pos
     }
 
+    /// Checks that a structure that must fill its buffer did: [`WireError::Unexpected`] with
+    /// `trailing` (which names the structure) if bytes are left.
+    pub fn expect_end(&self, trailing: &'static str) -> Result<(), WireError> {
+        if self.remaining() == 0 {
+            Ok(())
+        } else {
+            Err(WireError::Unexpected(trailing))
+        }
+    }
+
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.remaining() < n {
             return Err(WireError::Truncated {
@@ -222,6 +232,18 @@ mod tests {
             .u8(9)
             .finish();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn expect_end_names_trailing_bytes() {
+        let mut r = ResponseReader::new(&[1, 2, 3]);
+        r.u16().unwrap();
+        assert_eq!(
+            r.expect_end("trailing"),
+            Err(WireError::Unexpected("trailing"))
+        );
+        r.u8().unwrap();
+        assert_eq!(r.expect_end("trailing"), Ok(()));
     }
 
     #[test]

@@ -399,9 +399,29 @@ pub fn capabilities() -> serde_json::Value {
 mod tests {
     use super::*;
 
+    /// A libtpms daemon's listener and state directory, without a host key.
+    const LIBTPMS: [&str; 4] = ["--socket-path", "/s", "--state-dir", "/d"];
+    /// A complete swtpm engine configuration.
+    const SWTPM: [&str; 8] = [
+        "--socket-path",
+        "/s",
+        "--engine",
+        "swtpm",
+        "--swtpm-ctrl",
+        "/c",
+        "--swtpm-data",
+        "/d",
+    ];
+
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        parse_with(args, &[])
+    }
+
+    /// Parses the arguments `base` followed by `extra`.
+    fn parse_with(base: &[&str], extra: &[&str]) -> Result<Config, ConfigError> {
         let mut v = vec!["vhost-vtpm"];
-        v.extend_from_slice(args);
+        v.extend_from_slice(base);
+        v.extend_from_slice(extra);
         Config::try_from(Args::try_parse_from(v).unwrap())
     }
 
@@ -415,18 +435,7 @@ mod tests {
             assert!(parse_vm_id(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(
-            parse(&[
-                "--engine",
-                "swtpm",
-                "--swtpm-ctrl",
-                "/c",
-                "--swtpm-data",
-                "/d",
-                "--socket-path",
-                "/s",
-                "--vm-id",
-                "vm1"
-            ]),
+            parse_with(&SWTPM, &["--vm-id", "vm1"]),
             Err(ConfigError::VmIdWithSwtpm)
         );
     }
@@ -473,14 +482,7 @@ mod tests {
             Err(ConfigError::NoSwtpmSockets)
         );
         assert_eq!(
-            parse(&[
-                "--socket-path",
-                "/s",
-                "--state-dir",
-                "/d",
-                "--swtpm-data",
-                "/x"
-            ]),
+            parse_with(&LIBTPMS, &["--swtpm-data", "/x"]),
             Err(ConfigError::SwtpmOptionWithoutSwtpm("swtpm-data"))
         );
         assert_eq!(
@@ -488,29 +490,18 @@ mod tests {
             Err(ConfigError::BadFd(-3))
         );
         assert_eq!(
-            parse(&[
-                "--socket-path",
-                "/s",
-                "--state-dir",
-                "/d",
-                "--host-key-file",
-                "/k",
-                "--busy-poll-us",
-                "20000"
-            ]),
+            parse_with(
+                &LIBTPMS,
+                &["--host-key-file", "/k", "--busy-poll-us", "20000"]
+            ),
             Err(ConfigError::BusyPollTooLong(20000))
         );
     }
 
     #[test]
     fn state_is_always_encrypted_under_one_host_key() {
-        let base = ["--socket-path", "/s", "--state-dir", "/d"];
-        assert_eq!(parse(&base), Err(ConfigError::NoHostKey));
-        let with = |extra: &[&str]| {
-            let mut v = base.to_vec();
-            v.extend_from_slice(extra);
-            parse(&v)
-        };
+        assert_eq!(parse(&LIBTPMS), Err(ConfigError::NoHostKey));
+        let with = |extra: &[&str]| parse_with(&LIBTPMS, extra);
         let c = with(&[
             "--host-tpm",
             "device:/dev/tpmrm0",
@@ -535,40 +526,26 @@ mod tests {
             Err(ConfigError::HostKey(HostKeyArgError::BadPcr(24)))
         );
         // Both at once, or PCRs without a TPM, are usage errors.
-        let mut v = vec!["x"];
-        v.extend_from_slice(&base);
-        let mut both = v.clone();
-        both.extend(["--host-tpm", "device:/x", "--host-key-file", "/k"]);
+        let both = [
+            &["x"][..],
+            &LIBTPMS,
+            &["--host-tpm", "device:/x", "--host-key-file", "/k"],
+        ]
+        .concat();
         assert!(Args::try_parse_from(both).is_err());
         assert_eq!(
             with(&["--host-key-file", "/k", "--host-tpm-pcrs", "7"]),
             Err(ConfigError::HostKey(HostKeyArgError::PcrsWithoutHostTpm))
         );
         assert_eq!(
-            parse(&[
-                "--socket-path",
-                "/s",
-                "--engine",
-                "swtpm",
-                "--swtpm-ctrl",
-                "/c",
-                "--swtpm-data",
-                "/d",
-                "--host-key-file",
-                "/k"
-            ]),
+            parse_with(&SWTPM, &["--host-key-file", "/k"]),
             Err(ConfigError::HostKeyWithSwtpm)
         );
     }
 
     #[test]
     fn mirrored_pcrs_need_the_host_tpm() {
-        let base = ["--socket-path", "/s", "--state-dir", "/d"];
-        let with = |extra: &[&str]| {
-            let mut v = base.to_vec();
-            v.extend_from_slice(extra);
-            parse(&v)
-        };
+        let with = |extra: &[&str]| parse_with(&LIBTPMS, extra);
         let c = with(&[
             "--host-tpm",
             "device:/dev/tpmrm0",
@@ -595,18 +572,7 @@ mod tests {
             Err(ConfigError::MirrorWithoutHostTpm)
         );
         assert_eq!(
-            parse(&[
-                "--socket-path",
-                "/s",
-                "--engine",
-                "swtpm",
-                "--swtpm-ctrl",
-                "/c",
-                "--swtpm-data",
-                "/d",
-                "--mirror-pcrs",
-                "0"
-            ]),
+            parse_with(&SWTPM, &["--mirror-pcrs", "0"]),
             Err(ConfigError::MirrorWithoutHostTpm)
         );
         // Without the option nothing is mirrored.
@@ -654,19 +620,8 @@ mod tests {
 
     #[test]
     fn sealed_migration_options_go_together() {
-        let base = [
-            "--socket-path",
-            "/s",
-            "--state-dir",
-            "/d",
-            "--host-tpm",
-            "device:/dev/tpmrm0",
-        ];
-        let with = |extra: &[&str]| {
-            let mut v = base.to_vec();
-            v.extend_from_slice(extra);
-            parse(&v)
-        };
+        let base = [&LIBTPMS[..], &["--host-tpm", "device:/dev/tpmrm0"]].concat();
+        let with = |extra: &[&str]| parse_with(&base, extra);
         assert_eq!(with(&[]).unwrap().migration, None);
         let all = [
             "--migration-controller",
@@ -717,16 +672,9 @@ mod tests {
             with(&["--migration-incoming"]),
             Err(ConfigError::MigrationIncomplete("migration-controller"))
         );
-        let mut swtpm = vec![
-            "--socket-path",
-            "/s",
-            "--engine",
-            "swtpm",
-            "--swtpm-ctrl",
-            "/c",
-        ];
-        swtpm.extend(["--swtpm-data", "/d"]);
-        swtpm.extend(all);
-        assert_eq!(parse(&swtpm), Err(ConfigError::MigrationWithSwtpm));
+        assert_eq!(
+            parse_with(&SWTPM, &all),
+            Err(ConfigError::MigrationWithSwtpm)
+        );
     }
 }

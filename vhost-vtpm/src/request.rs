@@ -644,14 +644,7 @@ mod tests {
                     .unwrap();
             }
             self.next_desc += descs.len() as u16;
-            self.mock
-                .avail()
-                .ring()
-                .ref_at(usize::from(self.avail))
-                .unwrap()
-                .store(head);
-            self.avail += 1;
-            self.mock.avail().idx().store(self.avail);
+            self.push_head(head);
             head
         }
 
@@ -715,30 +708,39 @@ mod tests {
         tpm_proto::response_code(resp).unwrap()
     }
 
+    /// [`run_one`] on a new guest with a new engine: (used length, response bytes, stats, the
+    /// commands the engine executed).
+    fn run_fresh(descs: &[RawDescriptor], command: &[u8]) -> (u32, Vec<u8>, Stats, Vec<Vec<u8>>) {
+        let mut e = RecordingEngine::default();
+        let (len, resp, stats) = run_one(&Guest::new(), descs, command, &mut e);
+        (len, resp, stats, e.seen)
+    }
+
+    /// Runs one chain (a 12-byte command at CMD_AT) on `guest` with a new engine: it must be
+    /// returned with used length 0, unexecuted. The device's counters.
+    fn assert_refused_unexecuted(guest: &Guest, descs: &[RawDescriptor]) -> Stats {
+        let mut e = RecordingEngine::default();
+        let (len, _, stats) = run_one(guest, descs, &cmd(0x17B, 12), &mut e);
+        assert_eq!(len, 0, "{descs:?}");
+        assert!(e.seen.is_empty(), "{descs:?} was executed");
+        stats
+    }
+
     #[test]
     fn well_formed_chain_is_executed_and_answered() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let c = cmd(0x17B, 12);
-        let (len, resp, stats) = run_one(
-            &g,
-            &[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
-            &c,
-            &mut e,
-        );
+        let (len, resp, stats, seen) =
+            run_fresh(&[d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)], &c);
         assert_eq!(len, 12);
         assert_eq!(&resp[10..], &[0x01, 0x7B]);
-        assert_eq!(e.seen, vec![c]);
+        assert_eq!(seen, vec![c]);
         assert_eq!(stats.commands, 1);
     }
 
     #[test]
     fn command_and_response_may_be_split_anywhere() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let c = cmd(0x182, 100);
-        let (len, resp, _) = run_one(
-            &g,
+        let (len, resp, _, seen) = run_fresh(
             &[
                 d(CMD_AT, 3, NEXT, 1),
                 d(CMD_AT + 3, 0, NEXT, 2),
@@ -747,20 +749,15 @@ mod tests {
                 d(RESP_AT + 5, 4091, WRITE, 0),
             ],
             &c,
-            &mut e,
         );
         assert_eq!(len, 12);
         assert_eq!(rc_of(&resp), 0);
-        assert_eq!(e.seen, vec![c]);
+        assert_eq!(seen, vec![c]);
     }
 
     #[test]
     fn no_writable_descriptor_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let (len, _, stats) = run_one(&g, &[d(CMD_AT, 12, 0, 0)], &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        let stats = assert_refused_unexecuted(&Guest::new(), &[d(CMD_AT, 12, 0, 0)]);
         assert_eq!(stats.refused_chains, 1);
     }
 
@@ -784,13 +781,10 @@ mod tests {
 
     #[test]
     fn oversized_command_gets_command_size_error() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let c = cmd(0x17B, 4097);
         let descs = [d(CMD_AT, 4097, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)];
-        let (len, resp, _) = run_one(&g, &descs, &c, &mut e);
+        let (len, resp, _, seen) = run_fresh(&descs, &cmd(0x17B, 4097));
         assert_eq!((len, rc_of(&resp)), (10, rc::COMMAND_SIZE));
-        assert!(e.seen.is_empty());
+        assert!(seen.is_empty());
     }
 
     #[test]
@@ -815,7 +809,6 @@ mod tests {
     #[test]
     fn descriptor_outside_guest_memory_is_used_len_zero() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let far = MEM_SIZE as u64 + 0x1000;
         for descs in [
             vec![d(far, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
@@ -827,57 +820,42 @@ mod tests {
             ],
             vec![d(u64::MAX - 4, 12, NEXT, 1), d(RESP_AT, 4096, WRITE, 0)],
         ] {
-            let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-            assert_eq!(len, 0);
+            assert_refused_unexecuted(&g, &descs);
         }
-        assert!(e.seen.is_empty());
     }
 
     #[test]
     fn descriptor_loop_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let descs = [d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 4096, WRITE | NEXT, 0)];
-        let (len, _, stats) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        let stats = assert_refused_unexecuted(&Guest::new(), &descs);
         assert_eq!(stats.refused_chains, 1);
-        assert!(e.seen.is_empty());
     }
 
     #[test]
     fn next_index_out_of_range_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let descs = [d(CMD_AT, 12, NEXT, 200)];
-        let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
+        assert_refused_unexecuted(&Guest::new(), &[d(CMD_AT, 12, NEXT, 200)]);
     }
 
     #[test]
     fn readable_after_writable_is_used_len_zero() {
-        let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let descs = [d(RESP_AT, 4096, WRITE | NEXT, 1), d(CMD_AT, 12, 0, 0)];
-        let (len, _, _) = run_one(&g, &descs, &cmd(0x17B, 12), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        assert_refused_unexecuted(&Guest::new(), &descs);
     }
 
     const TABLE_AT: u64 = 0x30_000;
 
-    /// Writes an indirect table at TABLE_AT: the command descriptor, then `second`.
-    fn write_table(g: &Guest, second: RawDescriptor) {
-        for (i, raw) in [d(CMD_AT, 12, NEXT, 1), second].iter().enumerate() {
+    /// Writes `descs` as an indirect table at `at`.
+    fn write_table_at(g: &Guest, at: u64, descs: &[RawDescriptor]) {
+        for (i, raw) in descs.iter().enumerate() {
             g.mem
-                .write_obj(*raw, GuestAddress(TABLE_AT + 16 * i as u64))
+                .write_obj(*raw, GuestAddress(at + 16 * i as u64))
                 .unwrap();
         }
     }
 
-    /// Runs a chain whose head is one indirect descriptor (`len` bytes of table at `at`).
-    fn run_indirect(g: &Guest, at: u64, len: u32, e: &mut RecordingEngine) -> (u32, Vec<u8>) {
-        let (len, resp, _) = run_one(g, &[d(at, len, INDIRECT, 0)], &cmd(0x17B, 12), e);
-        (len, resp)
+    /// Writes an indirect table at TABLE_AT: the command descriptor, then `second`.
+    fn write_table(g: &Guest, second: RawDescriptor) {
+        write_table_at(g, TABLE_AT, &[d(CMD_AT, 12, NEXT, 1), second]);
     }
 
     #[test]
@@ -885,26 +863,24 @@ mod tests {
         let g = Guest::new();
         let mut e = RecordingEngine::default();
         write_table(&g, d(RESP_AT, 4096, WRITE, 0));
-        let (len, resp) = run_indirect(&g, TABLE_AT, 32, &mut e);
+        let (len, resp, _) = run_one(&g, &[d(TABLE_AT, 32, INDIRECT, 0)], &cmd(0x17B, 12), &mut e);
         assert_eq!((len, rc_of(&resp)), (12, 0));
     }
 
     #[test]
     fn indirect_table_errors_are_used_len_zero() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         // Table length not a multiple of the descriptor size.
         write_table(&g, d(RESP_AT, 4096, WRITE, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 31, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 31, INDIRECT, 0)]);
         // A nested indirect descriptor.
         write_table(&g, d(TABLE_AT, 32, INDIRECT, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 32, INDIRECT, 0)]);
         // A table outside guest memory.
-        assert_eq!(run_indirect(&g, MEM_SIZE as u64 * 2, 32, &mut e).0, 0);
+        assert_refused_unexecuted(&g, &[d(MEM_SIZE as u64 * 2, 32, INDIRECT, 0)]);
         // A loop inside the table.
         write_table(&g, d(RESP_AT, 4096, WRITE | NEXT, 0));
-        assert_eq!(run_indirect(&g, TABLE_AT, 32, &mut e).0, 0);
-        assert!(e.seen.is_empty());
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 32, INDIRECT, 0)]);
     }
 
     #[test]
@@ -1067,23 +1043,20 @@ mod tests {
     #[test]
     fn a_chain_longer_than_the_descriptor_limit_is_refused_unread() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
         let entries = 300u16;
-        for i in 0..entries {
-            let raw = if i == 0 {
-                d(CMD_AT, 12, NEXT, 1)
-            } else if i + 1 < entries {
-                d(RESP_AT, 0, WRITE | NEXT, i + 1)
-            } else {
-                d(RESP_AT, 4096, WRITE, 0)
-            };
-            g.mem
-                .write_obj(raw, GuestAddress(TABLE_AT + 16 * u64::from(i)))
-                .unwrap();
-        }
-        let (len, _) = run_indirect(&g, TABLE_AT, 16 * u32::from(entries), &mut e);
-        assert_eq!(len, 0);
-        assert!(e.seen.is_empty());
+        let table: Vec<RawDescriptor> = (0..entries)
+            .map(|i| {
+                if i == 0 {
+                    d(CMD_AT, 12, NEXT, 1)
+                } else if i + 1 < entries {
+                    d(RESP_AT, 0, WRITE | NEXT, i + 1)
+                } else {
+                    d(RESP_AT, 4096, WRITE, 0)
+                }
+            })
+            .collect();
+        write_table_at(&g, TABLE_AT, &table);
+        assert_refused_unexecuted(&g, &[d(TABLE_AT, 16 * u32::from(entries), INDIRECT, 0)]);
     }
 
     // Issue 11, item 8: libtpms decrypts parameters in the scratch buffer, and responses carry
@@ -1117,15 +1090,6 @@ mod tests {
         assert!(scratch.iter().all(|b| *b == 0), "command bytes left behind");
         assert_eq!(e.wipes, 1, "the engine's response wiped after delivery");
         assert!(e.resp.iter().all(|b| *b == 0));
-    }
-
-    /// Writes `descs` as an indirect table at `at`.
-    fn write_table_at(g: &Guest, at: u64, descs: &[RawDescriptor]) {
-        for (i, raw) in descs.iter().enumerate() {
-            g.mem
-                .write_obj(*raw, GuestAddress(at + 16 * i as u64))
-                .unwrap();
-        }
     }
 
     #[test]
@@ -1164,8 +1128,6 @@ mod tests {
     #[test]
     fn zero_length_writable_descriptors_are_no_writable_part() {
         let g = Guest::new();
-        let mut e = RecordingEngine::default();
-        let c = cmd(0x17B, 12);
         for descs in [
             vec![d(CMD_AT, 12, NEXT, 1), d(RESP_AT, 0, WRITE, 0)],
             vec![
@@ -1181,10 +1143,8 @@ mod tests {
                 d(RESP_AT, 4096, WRITE, 0),
             ],
         ] {
-            let (len, _, _) = run_one(&g, &descs, &c, &mut e);
-            assert_eq!(len, 0, "{descs:?}");
+            assert_refused_unexecuted(&g, &descs);
         }
-        assert!(e.seen.is_empty());
     }
 
     #[test]

@@ -11,39 +11,27 @@ mod common;
 
 use std::time::Duration;
 
-use common::workload::{observe, random_delays, Killer, COUNTER, DATA};
+use common::workload::{observe, provision, random_delays, write_until_gone, Killer};
 use common::*;
-use tpm_proto::{commands as c, rc};
 
 const KILLS: usize = 200;
 
 #[test]
 fn acknowledged_writes_survive_200_sigkills() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_in(dir.path(), &[]);
-    {
-        let mut client = d.connect();
-        startup(&mut client);
-        define_nv(&mut client, DATA, 8, c::NV_ORDINARY_ATTRS);
-        define_nv(&mut client, COUNTER, 8, c::NV_COUNTER_ATTRS);
-        assert_success(
-            &run(&mut client, &c::nv_write(DATA, 0, &0u64.to_be_bytes())),
-            "first write",
-        );
-        assert_success(
-            &run(&mut client, &c::nv_increment(COUNTER)),
-            "first increment",
-        );
-    }
-    let (mut acked_value, mut acked_count) = (0u64, 0u64);
+    let (_dir, mut d, mut client) = start_fresh(&[]);
+    provision(&mut client);
+    drop(client);
+    // The last acknowledged (data, counter).
+    let mut acked = (0u64, 0u64);
     let (seed, mut next_delay) = random_delays(Duration::from_millis(8));
     let mut writes_acked = 0u64;
     for round in 0..KILLS {
         let mut client = d.connect();
         let (value, count) = observe(&mut client);
         if round == 0 {
-            acked_count = count;
+            acked.1 = count;
         }
+        let (acked_value, acked_count) = acked;
         assert!(
             value == acked_value || value == acked_value + 1,
             "round {round} (seed {seed}): data index holds {value}, last acknowledged {acked_value}"
@@ -52,37 +40,22 @@ fn acknowledged_writes_survive_200_sigkills() {
             count == acked_count || count == acked_count + 1,
             "round {round} (seed {seed}): counter is {count}, last acknowledged {acked_count}"
         );
-        (acked_value, acked_count) = (value, count);
+        acked = (value, count);
 
         // The kill lands at a random point after the round's first acknowledged write.
         let killer = Killer::arm(d.pid(), next_delay());
-        loop {
-            let next = acked_value + 1;
-            match client.transact_tss(&c::nv_write(DATA, 0, &next.to_be_bytes())) {
-                Ok(r) if rc_of(&r) == rc::SUCCESS => {
-                    acked_value = next;
-                    writes_acked += 1;
-                    killer.acked();
-                }
-                Ok(r) => panic!("NV_Write answered {:#x}", rc_of(&r)),
-                Err(_) => break,
-            }
-            match client.transact_tss(&c::nv_increment(COUNTER)) {
-                Ok(r) if rc_of(&r) == rc::SUCCESS => {
-                    acked_count += 1;
-                    writes_acked += 1;
-                }
-                Ok(r) => panic!("NV_Increment answered {:#x}", rc_of(&r)),
-                Err(_) => break,
-            }
+        let (writes, refused) = write_until_gone(&mut client, &killer, &mut acked);
+        if let Some((what, code)) = refused {
+            panic!("{what} answered {code:#x}");
         }
+        writes_acked += writes;
         killer.join();
         d.wait_exit().expect("wait for the daemon");
         d.respawn();
     }
     let mut client = d.connect();
     let (value, count) = observe(&mut client);
-    assert!(value >= acked_value && count >= acked_count);
+    assert!(value >= acked.0 && count >= acked.1);
     // Every restart opened the encrypted state: it authenticated and was not older than the
     // generation record, after every one of the kills.
     let authenticated = d

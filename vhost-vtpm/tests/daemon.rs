@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -22,18 +23,15 @@ fn startup_get_random_and_config_space() {
     let mut client = d.connect();
     assert_eq!(client.max_buffer_size().unwrap(), 4096);
     assert_success(&run(&mut client, &c::startup(c::TPM_SU_CLEAR)), "Startup");
-    let a = c::parse_get_random(&run(&mut client, &c::get_random(32))).unwrap();
-    let b = c::parse_get_random(&run(&mut client, &c::get_random(32))).unwrap();
+    let a = get_random(&mut client, 32);
+    let b = get_random(&mut client, 32);
     assert_eq!((a.len(), b.len()), (32, 32));
     assert_ne!(a, b, "two GetRandom calls returned the same bytes");
 }
 
 #[test]
 fn pcr_extend_then_read_matches_host_computed_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, _d, mut client) = start_fresh(&[]);
     let before = pcr_read(&mut client, 16);
     assert_eq!(before, vec![0u8; 32], "PCR16 starts at zero");
     let mut expected = before;
@@ -43,7 +41,7 @@ fn pcr_extend_then_read_matches_host_computed_hash() {
             &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
             "PCR_Extend",
         );
-        expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
+        expected = pcr_extended(&expected, &digest);
         assert_eq!(
             pcr_read(&mut client, 16),
             expected,
@@ -54,10 +52,7 @@ fn pcr_extend_then_read_matches_host_computed_hash() {
 
 #[test]
 fn ecc_primary_signature_verifies_with_openssl() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, _d, mut client) = start_fresh(&[]);
     let key = c::parse_create_primary_ecc(&run(&mut client, &c::create_primary_ecc_signing()))
         .expect("CreatePrimary");
     let digest = sha256(b"attest me");
@@ -85,17 +80,13 @@ const NV_INDEX: u32 = 0x0150_0020;
 
 #[test]
 fn nv_data_survives_clean_restart_and_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_in(dir.path(), &[]);
-    {
-        let mut client = d.connect();
-        startup(&mut client);
-        define_nv(&mut client, NV_INDEX, 16, c::NV_ORDINARY_ATTRS);
-        assert_success(
-            &run(&mut client, &c::nv_write(NV_INDEX, 0, b"first value 1234")),
-            "NV_Write",
-        );
-    }
+    let (_dir, mut d, mut client) = start_fresh(&[]);
+    define_nv(&mut client, NV_INDEX, 16, c::NV_ORDINARY_ATTRS);
+    assert_success(
+        &run(&mut client, &c::nv_write(NV_INDEX, 0, b"first value 1234")),
+        "NV_Write",
+    );
+    drop(client);
     d.stop();
     assert!(
         d.log_text().contains("vTPM state saved"),
@@ -120,9 +111,7 @@ fn nv_data_survives_clean_restart_and_sigkill() {
     let mut client = d.connect();
     // The guest's kernel will not send Startup again: the daemon did it after the crash.
     assert_eq!(
-        c::parse_get_random(&run(&mut client, &c::get_random(8)))
-            .unwrap()
-            .len(),
+        get_random(&mut client, 8).len(),
         8,
         "the TPM answers right after a crash restart"
     );
@@ -151,7 +140,7 @@ fn frontend_reconnects_find_the_same_tpm_without_leaking_threads() {
                 &run(&mut client, &c::pcr_extend_sha256(23, &digest)),
                 "PCR_Extend",
             );
-            expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
+            expected = pcr_extended(&expected, &digest);
         }
         // The client is gone; once the daemon is back in accept() (it logs that after the
         // next connection's vring worker exists), it has the same threads as before.
@@ -173,10 +162,7 @@ fn frontend_reconnects_find_the_same_tpm_without_leaking_threads() {
 }
 
 fn many_in_flight(opts: ClientOptions) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect_with(opts);
-    startup(&mut client);
+    let (_dir, _d, mut client) = start_fresh_with(&[], opts);
     let before = client.interrupts();
     let cmds: Vec<Vec<u8>> = (0..64).map(|_| c::get_random(16)).collect();
     let refs: Vec<&[u8]> = cmds.iter().map(|v| v.as_slice()).collect();
@@ -221,10 +207,7 @@ fn many_in_flight_through_indirect_tables() {
 
 #[test]
 fn malformed_chains_are_answered_and_the_batch_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, d, mut client) = start_fresh(&[]);
     let (cmd0, resp0) = guest_driver::VtpmClient::slot_buffers(0);
     let (cmd1, resp1) = guest_driver::VtpmClient::slot_buffers(1);
     let get_random = c::get_random(8);
@@ -313,10 +296,7 @@ fn malformed_chains_are_answered_and_the_batch_is_served() {
 
 #[test]
 fn device_reset_power_cycles_the_tpm() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, d, mut client) = start_fresh(&[]);
     assert_success(
         &run(&mut client, &c::pcr_extend_sha256(16, &[7; 32])),
         "PCR_Extend",
@@ -338,15 +318,11 @@ fn device_reset_power_cycles_the_tpm() {
 
 #[test]
 fn busy_poll_window_catches_back_to_back_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_in(dir.path(), &["--busy-poll-us", "2000"]);
-    {
-        let mut client = d.connect();
-        startup(&mut client);
-        for _ in 0..200 {
-            c::parse_get_random(&run(&mut client, &c::get_random(8))).unwrap();
-        }
+    let (_dir, mut d, mut client) = start_fresh(&["--busy-poll-us", "2000"]);
+    for _ in 0..200 {
+        get_random(&mut client, 8);
     }
+    drop(client);
     d.stop();
     let log = d.log_text();
     let line = log
@@ -367,10 +343,7 @@ fn busy_poll_window_catches_back_to_back_commands() {
 
 #[test]
 fn impossible_avail_index_stalls_the_queue_without_spinning_until_reset() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, d, mut client) = start_fresh(&[]);
     for _ in 0..5 {
         client.publish_avail_index_and_kick(1000).unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -397,12 +370,7 @@ fn impossible_avail_index_stalls_the_queue_without_spinning_until_reset() {
     );
     client.reset_device().unwrap();
     startup(&mut client);
-    assert_eq!(
-        c::parse_get_random(&run(&mut client, &c::get_random(8)))
-            .unwrap()
-            .len(),
-        8
-    );
+    assert_eq!(get_random(&mut client, 8).len(), 8);
 }
 
 #[test]
@@ -436,12 +404,7 @@ fn listener_inherited_with_fd() {
     drop(listener);
     let mut client = guest_driver::VtpmClient::connect(&sock, ClientOptions::default()).unwrap();
     startup(&mut client);
-    assert_eq!(
-        c::parse_get_random(&run(&mut client, &c::get_random(8)))
-            .unwrap()
-            .len(),
-        8
-    );
+    assert_eq!(get_random(&mut client, 8).len(), 8);
     drop(client);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -457,40 +420,33 @@ fn listener_inherited_with_fd() {
 #[test]
 fn bad_command_lines_fail_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(DAEMON)
-        .args(["--socket-path", "/tmp/x.sock"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir is required"));
+    let (code, stderr) = exit_of(Command::new(DAEMON).args(["--socket-path", "/tmp/x.sock"]));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--state-dir is required"));
 
-    let out = std::process::Command::new(DAEMON)
-        .args(["--socket-path", "/tmp/x.sock", "--state-dir", "/tmp/none"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--host-key-file is required"));
+    let (code, stderr) = exit_of(Command::new(DAEMON).args([
+        "--socket-path",
+        "/tmp/x.sock",
+        "--state-dir",
+        "/tmp/none",
+    ]));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--host-key-file is required"));
 
-    let file = dir.path().join("plain-file");
-    std::fs::write(&file, b"x").unwrap();
     let key = dir.path().join("host.key");
     testbed::ensure_host_key(&key).unwrap();
-    let out = std::process::Command::new(DAEMON)
-        .args(["--fd", "0", "--host-key-file"])
-        .arg(&key)
-        .arg("--state-dir")
-        .arg(dir.path().join("s"))
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a socket"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, stderr) = exit_of(
+        Command::new(DAEMON)
+            .args(["--fd", "0", "--host-key-file"])
+            .arg(&key)
+            .arg("--state-dir")
+            .arg(dir.path().join("s"))
+            .stdin(plain_file(dir.path())),
     );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not a socket"), "{stderr}");
 
-    let out = std::process::Command::new(DAEMON)
+    let out = Command::new(DAEMON)
         .args(["--print-capabilities"])
         .output()
         .unwrap();
@@ -521,7 +477,7 @@ fn swtpm_engine_serves_the_device() {
         &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
         "PCR_Extend",
     );
-    let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat()).to_vec();
+    let expected = pcr_after_extends(&digest, 1);
     assert_eq!(pcr_read(&mut client, 16), expected);
     drop(client);
     d.stop();
@@ -611,33 +567,27 @@ fn instances_are_isolated() {
 
 #[test]
 fn a_start_that_cannot_listen_keeps_the_saved_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_in(dir.path(), &[]);
+    let (dir, mut d, mut client) = start_fresh(&[]);
     let digest = sha256(b"keep me");
-    let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat()).to_vec();
-    {
-        let mut client = d.connect();
-        startup(&mut client);
-        assert_success(
-            &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
-            "PCR_Extend",
-        );
-    }
+    let expected = pcr_after_extends(&digest, 1);
+    assert_success(
+        &run(&mut client, &c::pcr_extend_sha256(16, &digest)),
+        "PCR_Extend",
+    );
+    drop(client);
     d.stop();
     // A start whose listener is unusable (stdin is a plain file) fails after the engine
     // consumed the saved volatile state: it must save it again, and leave no run marker.
-    let file = dir.path().join("plain-file");
-    std::fs::write(&file, b"x").unwrap();
-    let out = std::process::Command::new(DAEMON)
-        .args(["--fd", "0", "--state-dir"])
-        .arg(&d.state)
-        .arg("--host-key-file")
-        .arg(d.host_key.as_ref().unwrap())
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    let (code, stderr) = exit_of(
+        Command::new(DAEMON)
+            .args(["--fd", "0", "--state-dir"])
+            .arg(&d.state)
+            .arg("--host-key-file")
+            .arg(d.host_key.as_ref().unwrap())
+            .stdin(plain_file(dir.path())),
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not a socket"));
     d.respawn();
     let mut client = d.connect();
     let code = rc_of(&run(&mut client, &c::startup(c::TPM_SU_CLEAR)));
@@ -668,10 +618,7 @@ fn sandbox_status(pid: i32) -> (String, String) {
 // saves, a restart on the saved state.
 #[test]
 fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (dir, mut d, mut client) = start_fresh(&[]);
     assert_success(
         &run(&mut client, &c::pcr_extend_sha256(16, &[7u8; 32])),
         "PCR_Extend",
@@ -733,12 +680,7 @@ fn the_daemon_serves_sandboxed_by_default_on_a_private_socket() {
     d.stop();
     d.respawn();
     let mut client = d.connect();
-    assert_eq!(
-        c::parse_get_random(&run(&mut client, &c::get_random(8)))
-            .unwrap()
-            .len(),
-        8
-    );
+    assert_eq!(get_random(&mut client, 8).len(), 8);
     drop(client);
     d.stop();
     assert!(d.log_text().contains("seccomp Kill"), "{}", d.log_text());

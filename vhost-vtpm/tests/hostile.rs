@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use guest_driver::{ClientOptions, Desc, VtpmClient, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use openssl::sha::sha256;
+use tempfile::TempDir;
 use tpm_proto::{commands as c, rc};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -41,14 +42,17 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
     }
 }
 
-fn client_for(d: &Daemon, event_idx: bool) -> VtpmClient {
-    let mut client = d.connect_with(ClientOptions {
-        event_idx,
-        timeout: Duration::from_secs(20),
-        ..Default::default()
-    });
-    startup(&mut client);
-    client
+/// A fresh daemon and a started client of it, with EVENT_IDX as `event_idx` and a patient
+/// timeout.
+fn start_hostile(event_idx: bool) -> (TempDir, Daemon, VtpmClient) {
+    start_fresh_with(
+        &[],
+        ClientOptions {
+            event_idx,
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        },
+    )
 }
 
 /// The daemon still answers a well-behaved chain through the regular path (kick included:
@@ -103,9 +107,7 @@ fn chain_with_writable(cmd_len: u32, writable: &[(u64, u32)]) -> Vec<Desc> {
 // Item 1: an avail entry naming a head beyond the queue. It cannot be returned (the used ring
 // carries the index); it must neither abort the batch nor leave notifications off.
 fn bad_heads(event_idx: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, event_idx);
+    let (_dir, d, mut client) = start_hostile(event_idx);
     let base = client.used_index().unwrap();
     let len = write_command(&client, CMD, &c::get_random(8));
     let good = |slot: u16, resp: u64| {
@@ -167,9 +169,7 @@ fn bad_head_index_is_consumed_and_the_device_keeps_serving_without_event_idx() {
 // and delivers the whole answer: never an executed command with a lost or truncated answer.
 #[test]
 fn a_racing_vcpu_cannot_change_the_chain_after_the_device_checked_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let digest = sha256(b"race");
     let extend = c::pcr_extend_sha256(16, &digest);
     let len = write_command(&client, CMD, &extend);
@@ -213,10 +213,7 @@ fn a_racing_vcpu_cannot_change_the_chain_after_the_device_checked_it() {
     let flips = racer.join().unwrap();
     assert!(flips > 400, "the racer barely ran ({flips} rounds)");
     // Exactly the answered extends happened: PCR 16 is their hash chain.
-    let mut expected = vec![0u8; 32];
-    for _ in 0..answered {
-        expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
-    }
+    let expected = pcr_after_extends(&digest, answered);
     assert_eq!(
         pcr_read(&mut client, 16),
         expected,
@@ -231,33 +228,24 @@ fn a_racing_vcpu_cannot_change_the_chain_after_the_device_checked_it() {
 // MAX_CHAIN_DESCRIPTORS of them, however the chain inside runs.
 #[test]
 fn huge_indirect_tables_cost_bounded_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let len = write_command(&client, CMD, &c::get_random(8));
     let entries: u32 = 0xFFFF;
-    let table_len = 16 * entries;
+    // The chain's head: the whole huge table.
+    let huge = desc(BIG_TABLE, 16 * entries, INDIRECT, 0);
     // A long chain of empty readable buffers ending in the response: 300 descriptors.
     let mut long: Vec<Desc> = (1..299u16).map(|i| desc(CMD, 0, NEXT, i + 1)).collect();
     long.insert(0, desc(CMD, len, NEXT, 1));
     long.push(desc(RESP, 4096, WRITE, 0));
     client.write_descs(BIG_TABLE, 0, &long).unwrap();
     let start = Instant::now();
-    let (used, _) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, _) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(used, 0, "a 300-descriptor chain is refused");
     // A loop deep inside the table.
     client
         .write_descs(BIG_TABLE, 100, &[desc(CMD, 0, NEXT, 5)])
         .unwrap();
-    let (used, _) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, _) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(used, 0, "a loop in a huge table is refused");
     // The same huge table holding a short, good chain is served: its size alone is no fault.
     client
@@ -267,11 +255,7 @@ fn huge_indirect_tables_cost_bounded_work() {
             &[desc(CMD, len, NEXT, 1), desc(RESP, 4096, WRITE, 0)],
         )
         .unwrap();
-    let (used, resp) = one_raw_chain(
-        &mut client,
-        vec![desc(BIG_TABLE, table_len, INDIRECT, 0)],
-        RESP,
-    );
+    let (used, resp) = one_raw_chain(&mut client, vec![huge], RESP);
     assert_eq!(c::parse_get_random(&resp).unwrap().len(), 8, "used {used}");
     assert!(
         start.elapsed() < Duration::from_secs(5),
@@ -283,9 +267,7 @@ fn huge_indirect_tables_cost_bounded_work() {
 
 #[test]
 fn indirect_descriptor_abuse() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let len = write_command(&client, CMD, &c::get_random(8));
     client
         .write_descs(
@@ -370,9 +352,7 @@ fn indirect_descriptor_abuse() {
 
 #[test]
 fn writable_part_abuse_and_boundaries() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let digest = sha256(b"boundary");
     let len = write_command(&client, CMD, &c::pcr_extend_sha256(16, &digest));
     let mut executed = 0usize;
@@ -435,10 +415,7 @@ fn writable_part_abuse_and_boundaries() {
         }
     }
     // Exactly the three chains with room for an answer were executed.
-    let mut expected = vec![0u8; 32];
-    for _ in 0..executed {
-        expected = sha256(&[expected.as_slice(), &digest].concat()).to_vec();
-    }
+    let expected = pcr_after_extends(&digest, executed);
     assert_eq!(executed, 3);
     assert_eq!(pcr_read(&mut client, 16), expected);
     assert_serves(&mut client, &d);
@@ -448,9 +425,7 @@ fn writable_part_abuse_and_boundaries() {
 // keeps serving (interrupts may or may not follow: the driver asked for nonsense).
 #[test]
 fn hostile_used_event_does_not_stop_the_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let len = write_command(&client, CMD, &c::get_random(8));
     let descs = vec![desc(CMD, len, NEXT, RAW + 1), desc(RESP, 4096, WRITE, 0)];
     let used_now = client.used_index().unwrap();
@@ -481,9 +456,7 @@ fn hostile_used_event_does_not_stop_the_device() {
 // answers every one it can return, serves a good chain afterwards, and its log stays small.
 #[test]
 fn a_flood_of_bad_chains_keeps_the_log_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = client_for(&d, true);
+    let (_dir, d, mut client) = start_hostile(true);
     let len = write_command(&client, CMD, &c::get_random(8));
     let beyond = client.guest_memory_size() + 0x1000;
     // Each bad chain sits at its own raw slots once; the flood only republishes heads.

@@ -43,16 +43,13 @@ fn source(bed: &MigrationBed, dir: &Path) -> (Daemon, String) {
     migration_source(bed, dir)
 }
 
-/// The whole contents of an NV index (read with its own authorisation).
-fn nv_read_all(client: &mut VtpmClient, index: u32) -> Vec<u8> {
-    let public = c::parse_nv_read_public(&run(client, &c::nv_read_public(index))).unwrap();
-    let mut out = Vec::new();
-    while out.len() < usize::from(public.data_size) {
-        let n = (usize::from(public.data_size) - out.len()).min(512) as u16;
-        let resp = run(client, &c::nv_read(index, n, out.len() as u16));
-        out.extend(c::parse_nv_read(&resp).unwrap());
-    }
-    out
+/// A [`source`] whose guest has [`prepare`]d its vTPM: the daemon, the instance id, the
+/// guest's connection and what it holds.
+fn prepared_source(bed: &MigrationBed, dir: &Path) -> (Daemon, String, VtpmClient, Guest) {
+    let (src, instance) = source(bed, dir);
+    let mut client = src.connect();
+    let guest = prepare(&mut client);
+    (src, instance, client, guest)
 }
 
 fn random32() -> [u8; 32] {
@@ -120,9 +117,7 @@ fn sealed_migration_carries_the_vtpm_and_destroys_the_source() {
     let tmp = tempfile::tempdir().unwrap();
     let bed = bed(tmp.path());
     let (src_dir, dst_dir) = (tmp.path().join("vm-a"), tmp.path().join("vm-b"));
-    let (mut src, instance) = source(&bed, &src_dir);
-    let mut a = src.connect();
-    let guest = prepare(&mut a);
+    let (mut src, instance, mut a, guest) = prepared_source(&bed, &src_dir);
     let id = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
 
     let package = a.save_device_state().unwrap();
@@ -280,14 +275,20 @@ fn resume_and_check(a: &mut VtpmClient, guest: &Guest) {
     check(a, guest);
 }
 
+/// A SAVE that must release nothing: it fails, the source logs `why`, and once its queue
+/// resumes it serves the guest's vTPM as before.
+fn save_refused(src: &Daemon, a: &mut VtpmClient, guest: &Guest, why: &str) {
+    assert!(a.save_device_state().is_err());
+    assert!(src.log_text().contains(why), "{}", src.log_text());
+    resume_and_check(a, guest);
+}
+
 #[test]
 fn every_refusal_is_named_and_the_source_keeps_serving_with_nothing_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let bed = bed(tmp.path());
     let a_dir = tmp.path().join("vm-a");
-    let (mut src, instance) = source(&bed, &a_dir);
-    let mut a = src.connect();
-    let guest = prepare(&mut a);
+    let (mut src, instance, mut a, guest) = prepared_source(&bed, &a_dir);
     let refuser = daemon(&bed, bed.b(), &tmp.path().join("in-b"), true);
     let mut r = refuser.connect();
 
@@ -314,8 +315,7 @@ fn every_refusal_is_named_and_the_source_keeps_serving_with_nothing_lost() {
         src.log_text()
     );
     assert_eq!(state_files(&a_dir.join("state")), before);
-    a.resume_queue().unwrap();
-    check(&mut a, &guest);
+    resume_and_check(&mut a, &guest);
 
     // A host whose quote does not verify gets no ticket: SAVE fails, the source serves on.
     let m0 = bed
@@ -330,14 +330,7 @@ fn every_refusal_is_named_and_the_source_keeps_serving_with_nothing_lost() {
         )
         .unwrap();
     assert_eq!(stale_quote(&bed, &m0), "quote_invalid");
-    assert!(a.save_device_state().is_err());
-    assert!(
-        src.log_text().contains("no package released"),
-        "{}",
-        src.log_text()
-    );
-    a.resume_queue().unwrap();
-    check(&mut a, &guest);
+    save_refused(&src, &mut a, &guest, "no package released");
     bed.controller
         .operator("abort", &["--migration", &m0])
         .unwrap();
@@ -433,10 +426,7 @@ fn check_after_restart(client: &mut VtpmClient, guest: &Guest) {
 
 #[test]
 fn without_a_controller_a_daemon_refuses_device_state_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_in(dir.path(), &[]);
-    let mut client = d.connect();
-    startup(&mut client);
+    let (_dir, d, mut client) = start_fresh(&[]);
     assert!(client.save_device_state().is_err());
     drop(client);
     let plain = migration::snapshot::encode(&coprocessor::EngineState {
@@ -467,9 +457,7 @@ fn the_controller_killed_after_each_step_every_migration_ends_with_one_live_copy
     let tmp = tempfile::tempdir().unwrap();
     let bed = bed(tmp.path());
     let first = tmp.path().join("vm-0");
-    let (src, instance) = source(&bed, &first);
-    let mut client = src.connect();
-    let guest = prepare(&mut client);
+    let (src, instance, mut client, guest) = prepared_source(&bed, &first);
     let sup = Arc::new(Supervisor {
         hook: Mutex::new(None),
         stop: false.into(),
@@ -553,9 +541,7 @@ fn an_offline_move_carries_the_same_sealed_package_through_the_same_steps() {
     let tmp = tempfile::tempdir().unwrap();
     let bed = bed(tmp.path());
     let a_dir = tmp.path().join("vm-a");
-    let (mut src, instance) = source(&bed, &a_dir);
-    let mut a = src.connect();
-    let guest = prepare(&mut a);
+    let (mut src, instance, a, guest) = prepared_source(&bed, &a_dir);
     drop(a);
     src.stop();
     let id = bed.authorise(&instance, "vm-1", bed.a(), bed.b()).unwrap();
@@ -579,38 +565,25 @@ fn an_offline_move_carries_the_same_sealed_package_through_the_same_steps() {
     assert!(a_dir.join("state/migration.pending").exists());
 
     let b_dir = tmp.path().join("vm-b");
-    let b_state = b_dir.join("state").display().to_string();
     let ca = bed.chain.ca.url.clone();
-    let out = bed
-        .host_cli(
+    let import = |state_dir: &Path| {
+        bed.host_cli(
             "import",
             bed.b(),
             &[
                 "--state-dir",
-                &b_state,
+                &state_dir.display().to_string(),
                 "--in",
                 &pkg.display().to_string(),
                 "--ca",
                 &ca,
             ],
         )
-        .unwrap();
+    };
+    let out = import(&b_dir.join("state")).unwrap();
     assert!(out.contains("committed"), "{out}");
     // Importing the same file again is refused.
-    let again = bed
-        .host_cli(
-            "import",
-            bed.b(),
-            &[
-                "--state-dir",
-                &tmp.path().join("vm-b2/state").display().to_string(),
-                "--in",
-                &pkg.display().to_string(),
-                "--ca",
-                &ca,
-            ],
-        )
-        .unwrap_err();
+    let again = import(&tmp.path().join("vm-b2/state")).unwrap_err();
     assert!(again.contains("package refused (replay)"), "{again}");
     let out = bed
         .host_cli("settle", bed.a(), &["--state-dir", &a_state])
@@ -669,14 +642,12 @@ fn a_vm_bound_daemon_moves_only_its_own_vms_vtpm() {
 
     // A ticket for another VM: the source releases nothing and serves on.
     let wrong = bed.authorise(&instance, "vm-2", bed.a(), bed.b()).unwrap();
-    assert!(a.save_device_state().is_err());
-    assert!(
-        src.log_text()
-            .contains("the ticket moves VM \"vm-2\"'s vTPM, this daemon serves VM \"vm-1\""),
-        "{}",
-        src.log_text()
+    save_refused(
+        &src,
+        &mut a,
+        &guest,
+        "the ticket moves VM \"vm-2\"'s vTPM, this daemon serves VM \"vm-1\"",
     );
-    resume_and_check(&mut a, &guest);
     bed.controller
         .operator("abort", &["--migration", &wrong])
         .unwrap();
@@ -718,6 +689,18 @@ const SLACK: Duration = Duration::from_secs(10);
 
 fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     nix::unistd::pipe().unwrap()
+}
+
+/// Starts a LOAD through a new pipe, as the VMM does on the destination: the write end.
+fn start_load(client: &mut VtpmClient) -> std::os::fd::OwnedFd {
+    use vhost::vhost_user::message::{
+        VhostTransferStateDirection as Dir, VhostTransferStatePhase as Phase,
+    };
+    let (read_end, write_end) = pipe();
+    client
+        .set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
+        .unwrap();
+    write_end
 }
 
 /// CHECK_DEVICE_STATE fails, within the pipe timeout and its slack, and `d` logged `why`.
@@ -782,16 +765,13 @@ fn a_hostile_vmm_gets_errors_within_the_pipe_timeout_and_nothing_is_lost() {
     // A LOAD into the source, which holds a live vTPM: refused, its files unchanged.
     let before = state_files(&a_dir.join("state"));
     a.stop_queue().unwrap();
-    let (read_end, write_end) = pipe();
-    a.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
-        .unwrap();
+    let write_end = start_load(&mut a);
     std::fs::File::from(write_end)
         .write_all(&random32().repeat(10))
         .unwrap();
     check_fails(&src, &mut a, "not_incoming");
     assert_eq!(state_files(&a_dir.join("state")), before);
-    a.resume_queue().unwrap();
-    check(&mut a, &guest);
+    resume_and_check(&mut a, &guest);
 
     let b_dir = tmp.path().join("vm-b");
     let dst = daemon_with(&bed, bed.b(), &b_dir, true, &quick);
@@ -805,9 +785,7 @@ fn a_hostile_vmm_gets_errors_within_the_pipe_timeout_and_nothing_is_lost() {
     check_fails(&dst, &mut b, "not this daemon's to release");
 
     // A LOAD stream larger than any package: read up to the limit, then refused.
-    let (read_end, write_end) = pipe();
-    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
-        .unwrap();
+    let write_end = start_load(&mut b);
     let flood = std::thread::spawn(move || {
         let chunk = vec![0x5a_u8; 1 << 20];
         let mut w = std::fs::File::from(write_end);
@@ -824,9 +802,7 @@ fn a_hostile_vmm_gets_errors_within_the_pipe_timeout_and_nothing_is_lost() {
     flood.join().unwrap();
 
     // A LOAD whose pipe is never closed: a few bytes, then silence.
-    let (read_end, write_end) = pipe();
-    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
-        .unwrap();
+    let write_end = start_load(&mut b);
     let mut silent = std::fs::File::from(write_end);
     silent.write_all(b"half a package").unwrap();
     check_fails(&dst, &mut b, "the transfer pipe stayed idle for 2 s");
@@ -834,13 +810,8 @@ fn a_hostile_vmm_gets_errors_within_the_pipe_timeout_and_nothing_is_lost() {
 
     // Two transfers without a CHECK between them, the first one garbage: the second one's
     // result is what CHECK reports.
-    let (read_end, write_end) = pipe();
-    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
-        .unwrap();
-    drop(write_end);
-    let (read_end, write_end) = pipe();
-    b.set_device_state_fd_raw(Dir::LOAD, Phase::STOPPED, read_end)
-        .unwrap();
+    drop(start_load(&mut b));
+    let write_end = start_load(&mut b);
     std::fs::File::from(write_end)
         .write_all(&random32().repeat(40))
         .unwrap();

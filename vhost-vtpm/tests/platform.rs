@@ -108,18 +108,6 @@ fn vpcrs(client: &mut VtpmClient) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// The whole NV index, read with its own (empty) authorization.
-fn nv_read_all(client: &mut VtpmClient, index: u32) -> Vec<u8> {
-    let public = c::parse_nv_read_public(&run(client, &c::nv_read_public(index))).unwrap();
-    let mut data = Vec::new();
-    while data.len() < usize::from(public.data_size) {
-        let n = (usize::from(public.data_size) - data.len()).min(1024) as u16;
-        let resp = run(client, &c::nv_read(index, n, data.len() as u16));
-        data.extend(c::parse_nv_read(&resp).unwrap());
-    }
-    data
-}
-
 /// Every way a guest could use the platform hierarchy with the empty password fails, and
 /// the vEK certificate stays as it was.
 fn assert_platform_closed(client: &mut VtpmClient, vek_cert: &[u8]) {
@@ -441,14 +429,13 @@ fn start_fails(dir: &Path, extra: &[&str]) -> String {
 fn without_a_host_tpm_nothing_is_mirrored_silently_and_the_platform_still_closes() {
     let dir = tempfile::tempdir().unwrap();
     // --mirror-pcrs needs the host TPM: a refusal, not a daemon without the mirror.
-    let out = std::process::Command::new(DAEMON)
-        .args(["--socket-path", "/nonexistent/s", "--state-dir"])
-        .arg(dir.path().join("s"))
-        .args(["--host-key-file", "/nonexistent/k", "--mirror-pcrs", "0-7"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = exit_of(
+        std::process::Command::new(DAEMON)
+            .args(["--socket-path", "/nonexistent/s", "--state-dir"])
+            .arg(dir.path().join("s"))
+            .args(["--host-key-file", "/nonexistent/k", "--mirror-pcrs", "0-7"]),
+    );
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("--mirror-pcrs needs --host-tpm"),
         "{stderr}"

@@ -20,9 +20,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::workload::{observe, random_delays, Killer, COUNTER, DATA};
+use common::workload::{observe, provision, random_delays, write_until_gone, Killer, DATA};
 use common::*;
-use guest_driver::VtpmClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testbed::{PowerLossDisk, SwtpmProcess};
@@ -129,17 +128,6 @@ impl<'a> Host<'a> {
     }
 }
 
-/// Defines the two indices and writes their first values (data 0, counter 1).
-fn provision(client: &mut VtpmClient) {
-    define_nv(client, DATA, 8, c::NV_ORDINARY_ATTRS);
-    define_nv(client, COUNTER, 8, c::NV_COUNTER_ATTRS);
-    assert_success(
-        &run(client, &c::nv_write(DATA, 0, &0u64.to_be_bytes())),
-        "first write",
-    );
-    assert_success(&run(client, &c::nv_increment(COUNTER)), "first increment");
-}
-
 /// What the cuts did to one engine.
 #[derive(Debug, Default)]
 struct Report {
@@ -219,24 +207,11 @@ fn power_cuts(engine: Engine, rounds: usize) -> Report {
 
         // The cut lands at a random moment after the round's first acknowledged write.
         let cutter = Killer::arm(host.disk_pid(), next_delay());
-        loop {
-            let next = acked_value + 1;
-            match client.transact_tss(&c::nv_write(DATA, 0, &next.to_be_bytes())) {
-                Ok(r) if rc_of(&r) == rc::SUCCESS => {
-                    acked_value = next;
-                    report.acknowledged += 1;
-                    cutter.acked();
-                }
-                _ => break,
-            }
-            match client.transact_tss(&c::nv_increment(COUNTER)) {
-                Ok(r) if rc_of(&r) == rc::SUCCESS => {
-                    acked_count += 1;
-                    report.acknowledged += 1;
-                }
-                _ => break,
-            }
-        }
+        let mut acked = (acked_value, acked_count);
+        // A refused write ends the round as a failed exchange does: the next one counts
+        // what the cut left.
+        report.acknowledged += write_until_gone(&mut client, &cutter, &mut acked).0;
+        (acked_value, acked_count) = acked;
         cutter.join();
         drop(client);
         host.power_off();

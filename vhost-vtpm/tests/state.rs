@@ -15,7 +15,7 @@ use std::process::Command;
 use common::*;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
-use testbed::{DaemonProcess, HostTpmSimulator, SwtpmProcess};
+use testbed::{run_tool, DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::commands as c;
 use tpm_proto::rc;
 
@@ -403,14 +403,8 @@ fn import_case(protection: SwtpmProtection) {
             .arg(&secret_file)
             .args(["--cipher", "aes-256-cbc"]);
     }
-    let out = setup
-        .output()
-        .expect("swtpm_setup (scripts/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "swtpm_setup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_tool(&mut setup)
+        .unwrap_or_else(|e| panic!("swtpm_setup (scripts/setup.sh installs it): {e}"));
 
     // Use it through swtpm as QEMU would: a persistent key and an NV index.
     let (public, nv, key) = {
@@ -466,13 +460,7 @@ fn import_case(protection: SwtpmProtection) {
     if let Some((_, _, import_option, args)) = &secret {
         import.arg(import_option).arg(&secret_file).args(*args);
     }
-    let out = import.output().unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_tool(&mut import).unwrap_or_else(|e| panic!("import: {e}"));
     for (p, data) in &before {
         assert_eq!(
             &fs::read(p).unwrap(),
@@ -503,9 +491,8 @@ fn import_case(protection: SwtpmProtection) {
     d.stop();
 
     // Importing again over an existing instance is refused.
-    let out = import.output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds an instance"));
+    let again = run_tool(&mut import).unwrap_err();
+    assert!(again.contains("already holds an instance"), "{again}");
 }
 
 #[test]
@@ -545,16 +532,12 @@ fn reset_command_keeps_a_backup_and_the_daemon_starts_fresh() {
     bytes[n - 1] ^= 1;
     fs::write(&newest, &bytes).unwrap();
     refused(dir, &[]);
-    let out = Command::new(testbed::workspace_bin("vtpm-state"))
-        .args(["reset", "--yes", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_tool(
+        Command::new(testbed::workspace_bin("vtpm-state"))
+            .args(["reset", "--yes", "--state-dir"])
+            .arg(&state),
+    )
+    .unwrap();
     let backup = fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().path())

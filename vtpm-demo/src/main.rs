@@ -16,8 +16,10 @@
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::Command;
+
 use nix::sys::signal::Signal;
-use testbed::{accel, start_daemon, ChainSetup, Env, TpmFrontend, Vm};
+use testbed::{accel, run_tool, start_daemon, ChainSetup, Env, TpmFrontend, Vm};
 
 fn main() {
     let env = Env::load();
@@ -30,15 +32,8 @@ fn main() {
     // kept outside the state directories, and the instance is bound to its VM.
     let auth_file = dir.path().join("host").join("tpm-auth.key");
     let auth = auth_file.display().to_string();
-    let generated = std::process::Command::new(env.daemon.with_file_name("vtpm-state"))
-        .args(["gen-host-key", &auth])
-        .output()
-        .expect("run vtpm-state gen-host-key");
-    assert!(
-        generated.status.success(),
-        "vtpm-state gen-host-key: {}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    run_tool(Command::new(env.daemon.with_file_name("vtpm-state")).args(["gen-host-key", &auth]))
+        .unwrap_or_else(|e| panic!("vtpm-state gen-host-key: {e}"));
     let vm_dir = dir.path().join("vm");
     let state = vm_dir.join("state").display().to_string();
     let provisioned = chain
@@ -108,25 +103,25 @@ fn main() {
         println!("(daemon exit status {stopped})");
         failures += 1;
     }
-    let inspect = std::process::Command::new(env.daemon.with_file_name("vtpm-state"))
-        .args([
-            "inspect",
-            "--host-tpm",
-            &tcti,
-            "--host-tpm-auth-file",
-            &auth,
-        ])
-        .arg("--state-dir")
-        .arg(&daemon.state)
-        .output()
-        .expect("run vtpm-state");
-    println!(
-        "\nhost# vtpm-state inspect --state-dir {} --host-tpm {tcti} --host-tpm-auth-file {auth}\n{}{}",
-        daemon.state.display(),
-        String::from_utf8_lossy(&inspect.stdout),
-        String::from_utf8_lossy(&inspect.stderr)
+    // Shown whether it succeeded or not: stdout, then stderr.
+    let inspect = run_tool(
+        Command::new(env.daemon.with_file_name("vtpm-state"))
+            .args([
+                "inspect",
+                "--host-tpm",
+                &tcti,
+                "--host-tpm-auth-file",
+                &auth,
+            ])
+            .arg("--state-dir")
+            .arg(&daemon.state),
     );
-    if !inspect.status.success() {
+    println!(
+        "\nhost# vtpm-state inspect --state-dir {} --host-tpm {tcti} --host-tpm-auth-file {auth}\n{}",
+        daemon.state.display(),
+        inspect.as_ref().unwrap_or_else(|text| text)
+    );
+    if inspect.is_err() {
         failures += 1;
     }
     if failures > 0 {

@@ -179,11 +179,7 @@ pub fn parse_nv_read_public(resp: &[u8]) -> Result<NvPublic, WireError> {
         auth_policy: p.tpm2b()?.to_vec(),
         data_size: p.u16()?,
     };
-    if p.remaining() != 0 {
-        return Err(WireError::Unexpected(
-            "trailing bytes after a TPMS_NV_PUBLIC",
-        ));
-    }
+    p.expect_end("trailing bytes after a TPMS_NV_PUBLIC")?;
     Ok(public)
 }
 
