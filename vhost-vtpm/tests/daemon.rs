@@ -728,11 +728,28 @@ fn get_features_as(uid: u32, socket: &std::path::Path) -> bool {
                 libc::_exit(11);
             }
             let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
-                libc::_exit(12);
+            // The socket file exists from bind(); until the daemon's listen() a connect is
+            // refused: try again for up to 5 s.
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            let mut tries = 0;
+            while libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                tries += 1;
+                if tries == 500 || *libc::__errno_location() != libc::ECONNREFUSED {
+                    libc::_exit(12);
+                }
+                libc::nanosleep(&pause, std::ptr::null_mut());
             }
             if libc::write(fd, msg.as_ptr().cast(), msg.len()) != msg.len() as isize {
-                libc::_exit(13);
+                // A daemon that refused the peer may have shut the connection already.
+                let e = *libc::__errno_location();
+                libc::_exit(if e == libc::EPIPE || e == libc::ECONNRESET {
+                    1
+                } else {
+                    13
+                });
             }
             let mut pfd = libc::pollfd {
                 fd,
@@ -802,8 +819,11 @@ fn a_frontend_of_another_user_is_refused_unless_admitted() {
         "{}",
         admitting.log_text()
     );
+    // The daemon logs the admission on its connection thread, maybe after it answered.
     assert!(
-        admitting.log_text().contains("frontend connected: pid"),
+        wait_until(Duration::from_secs(5), || admitting
+            .log_text()
+            .contains("frontend connected: pid")),
         "{}",
         admitting.log_text()
     );
