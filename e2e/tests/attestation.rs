@@ -143,20 +143,7 @@ fn assert_refused_by(verdict: (i32, String), check: &str) {
 }
 
 fn start_mirroring(env: &Env, chain: &ChainSetup, dir: &Path) -> DaemonProcess {
-    let tcti = chain.host_tpm.tcti();
-    let host_dir = chain.host_dir.display().to_string();
-    start_daemon(
-        env,
-        dir,
-        &[
-            "--host-tpm",
-            &tcti,
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            &host_dir,
-        ],
-    )
+    start_daemon(env, dir, &chain.mirror_args().args())
 }
 
 #[test]

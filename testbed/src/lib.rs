@@ -42,7 +42,7 @@ pub mod swtpm;
 pub mod vm;
 
 pub use ca::CaProcess;
-pub use chain::{ChainSetup, HostRef, HostSetup};
+pub use chain::{ChainSetup, HostRef, HostSetup, MirrorArgs};
 pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
