@@ -37,7 +37,7 @@ impl Host<'_> {
         MIRRORED
             .iter()
             .zip(values)
-            .map(|(&p, v)| (p, hex::encode(&sha256(&[[0u8; 32], v].concat()))))
+            .map(|(&p, v)| (p, hex::encode(sha256(&[[0u8; 32], v].concat()))))
             .collect()
     }
 }
@@ -168,7 +168,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
     );
     let (rc, out) = vm.run(&format!(
         "tpm2_pcrextend 0:sha256={}",
-        hex::encode(&[0xab; 32])
+        hex::encode([0xab; 32])
     ));
     assert_ne!(rc, 0, "tpm2_pcrextend on a mirrored PCR succeeded: {out}");
     let (rc, out) = vm.run("tpm2_pcrreset 7");
@@ -176,11 +176,11 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
     assert_eq!(pcr_values(&vm.must(pcrread)), mirror, "unchanged");
     vm.must(&format!(
         "tpm2_pcrextend 16:sha256={}",
-        hex::encode(&[0xab; 32])
+        hex::encode([0xab; 32])
     ));
     assert_eq!(
         pcr_values(&vm.must("tpm2_pcrread sha256:16")),
-        [(16, hex::encode(&sha256(&[[0u8; 32], [0xab; 32]].concat())))],
+        [(16, hex::encode(sha256(&[[0u8; 32], [0xab; 32]].concat())))],
         "PCR 16 still extends"
     );
 
@@ -236,7 +236,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
     let (code, out) = verifier.check(&bundle, Some(&golden_file));
     assert_eq!(code, 0, "the bundle's own values are golden: {out}");
     let wrong = golden.replacen(
-        &hex::encode(&host.tpm().read_pcrs_sha256(&[0]).unwrap()[0]),
+        &hex::encode(host.tpm().read_pcrs_sha256(&[0]).unwrap()[0]),
         &"00".repeat(32),
         1,
     );
@@ -295,10 +295,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
         host.mirror(),
         "the mirror of the host's current PCRs, after the restart"
     );
-    let (rc, out) = vm.run(&format!(
-        "tpm2_pcrextend 3:sha256={}",
-        hex::encode(&[1; 32])
-    ));
+    let (rc, out) = vm.run(&format!("tpm2_pcrextend 3:sha256={}", hex::encode([1; 32])));
     assert_ne!(rc, 0, "the guard holds after the restart: {out}");
     let (rc, out) = vm.run("tpm2_nvundefine 0x01c00002 -C p");
     assert_ne!(rc, 0, "the platform stays closed after the restart: {out}");

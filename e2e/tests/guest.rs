@@ -34,15 +34,12 @@ fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
     let before = vm.pcr_sha256(16);
     assert_eq!(before, "0".repeat(64));
     let digest = sha256(b"measured by the guest");
-    vm.must(&format!(
-        "tpm2_pcrextend 16:sha256={}",
-        hex::encode(&digest)
-    ));
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex::encode(digest)));
     let after = vm.pcr_sha256(16);
     let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat());
     assert_eq!(
         after,
-        hex::encode(&expected),
+        hex::encode(expected),
         "PCR16 differs from the host's computation"
     );
 
@@ -79,7 +76,7 @@ fn nv_index_survives_guest_reboot_and_pcrs_reset() {
     ));
     vm.must(&format!(
         "tpm2_pcrextend 16:sha256={}",
-        hex::encode(&sha256(b"x"))
+        hex::encode(sha256(b"x"))
     ));
     vm.reboot();
     vm.must("tpm2_nvread 0x1500016 -C o -s 32 -o back");

@@ -71,7 +71,7 @@ fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
     vm.must("tpm2_nvwrite 0x1500018 -C o -i marker && rm marker");
     vm.must(&format!(
         "tpm2_pcrextend 16:sha256={}",
-        hex::encode(&sha256(b"before migration"))
+        hex::encode(sha256(b"before migration"))
     ));
     let pcr = vm.pcr_sha256(16);
     vm.must("tpm2_createprimary -Q -C o -c p.ctx");
@@ -84,7 +84,7 @@ fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
         vm,
         instance,
         expected: Expected {
-            marker: hex::encode(&marker),
+            marker: hex::encode(marker),
             pcr,
             key_pem,
         },
@@ -96,7 +96,7 @@ fn check_guest(vm: &mut Vm, src: &Expected) {
     vm.must("cd /tmp");
     vm.must("tpm2_nvread 0x1500018 -C o -s 32 -o back");
     assert_eq!(
-        hex::encode(&vm.read_file("/tmp/back")),
+        hex::encode(vm.read_file("/tmp/back")),
         src.marker,
         "NV marker"
     );
