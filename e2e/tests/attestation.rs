@@ -17,24 +17,10 @@ use guest_driver::{ClientOptions, VtpmClient};
 use host_tpm::HostTpm;
 use nix::sys::signal::Signal;
 use openssl::sha::sha256;
-use testbed::{start_daemon, ChainSetup, DaemonProcess, Env, TpmFrontend, Vm};
+use testbed::{pcr_values, start_daemon, ChainSetup, DaemonProcess, Env, TpmFrontend, Vm};
 
 const MIRRORED: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 const VAIK: &str = "0x81008001";
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The values of `tpm2_pcrread sha256:...` output, by PCR.
-fn pcr_values(out: &str) -> Vec<(u8, String)> {
-    out.lines()
-        .filter_map(|l| {
-            let (pcr, value) = l.trim().split_once(": 0x")?;
-            Some((pcr.trim().parse().ok()?, value.trim().to_lowercase()))
-        })
-        .collect()
-}
 
 /// The host: PCRs, and what the mirrored vPCRs must hold.
 struct Host<'a> {
@@ -51,7 +37,7 @@ impl Host<'_> {
         MIRRORED
             .iter()
             .zip(values)
-            .map(|(&p, v)| (p, hex(&sha256(&[[0u8; 32], v].concat()))))
+            .map(|(&p, v)| (p, hex::encode(sha256(&[[0u8; 32], v].concat()))))
             .collect()
     }
 }
@@ -143,20 +129,7 @@ fn assert_refused_by(verdict: (i32, String), check: &str) {
 }
 
 fn start_mirroring(env: &Env, chain: &ChainSetup, dir: &Path) -> DaemonProcess {
-    let tcti = chain.host_tpm.tcti();
-    let host_dir = chain.host_dir.display().to_string();
-    start_daemon(
-        env,
-        dir,
-        &[
-            "--host-tpm",
-            &tcti,
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            &host_dir,
-        ],
-    )
+    start_daemon(env, dir, &chain.mirror_args().args())
 }
 
 #[test]
@@ -193,15 +166,21 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
         mirror,
         "vPCR[i] = SHA-256(0^32 || hostPCR[i])"
     );
-    let (rc, out) = vm.run(&format!("tpm2_pcrextend 0:sha256={}", hex(&[0xab; 32])));
+    let (rc, out) = vm.run(&format!(
+        "tpm2_pcrextend 0:sha256={}",
+        hex::encode([0xab; 32])
+    ));
     assert_ne!(rc, 0, "tpm2_pcrextend on a mirrored PCR succeeded: {out}");
     let (rc, out) = vm.run("tpm2_pcrreset 7");
     assert_ne!(rc, 0, "tpm2_pcrreset on a mirrored PCR succeeded: {out}");
     assert_eq!(pcr_values(&vm.must(pcrread)), mirror, "unchanged");
-    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex(&[0xab; 32])));
+    vm.must(&format!(
+        "tpm2_pcrextend 16:sha256={}",
+        hex::encode([0xab; 32])
+    ));
     assert_eq!(
         pcr_values(&vm.must("tpm2_pcrread sha256:16")),
-        [(16, hex(&sha256(&[[0u8; 32], [0xab; 32]].concat())))],
+        [(16, hex::encode(sha256(&[[0u8; 32], [0xab; 32]].concat())))],
         "PCR 16 still extends"
     );
 
@@ -257,7 +236,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
     let (code, out) = verifier.check(&bundle, Some(&golden_file));
     assert_eq!(code, 0, "the bundle's own values are golden: {out}");
     let wrong = golden.replacen(
-        &hex(&host.tpm().read_pcrs_sha256(&[0]).unwrap()[0]),
+        &hex::encode(host.tpm().read_pcrs_sha256(&[0]).unwrap()[0]),
         &"00".repeat(32),
         1,
     );
@@ -290,7 +269,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
             ))
             .unwrap();
         let mut t = |cmd: &[u8]| client.transact(cmd).unwrap();
-        testbed::evidence::deep_quote(&mut t, &hex_decode(&nonce))
+        testbed::evidence::deep_quote(&mut t, &hex::decode(&nonce).unwrap())
     };
     drop(other);
     let mut json: serde_json::Value =
@@ -316,7 +295,7 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
         host.mirror(),
         "the mirror of the host's current PCRs, after the restart"
     );
-    let (rc, out) = vm.run(&format!("tpm2_pcrextend 3:sha256={}", hex(&[1; 32])));
+    let (rc, out) = vm.run(&format!("tpm2_pcrextend 3:sha256={}", hex::encode([1; 32])));
     assert_ne!(rc, 0, "the guard holds after the restart: {out}");
     let (rc, out) = vm.run("tpm2_nvundefine 0x01c00002 -C p");
     assert_ne!(rc, 0, "the platform stays closed after the restart: {out}");
@@ -338,11 +317,4 @@ fn a_guest_proves_its_host_down_to_the_hosts_boot() {
     let (bundle, _) = collect(&mut vm, &verifier, VAIK, "ev8");
     assert_refused_by(verifier.check(&bundle, None), "revocation");
     vm.shutdown();
-}
-
-fn hex_decode(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }

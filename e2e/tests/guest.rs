@@ -14,19 +14,6 @@ use openssl::sha::sha256;
 use openssl::sign::Verifier;
 use testbed::{start_daemon, DaemonProcess, Env, TpmFrontend, Vm};
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Parses `tpm2_pcrread sha256:N` output into the PCR value.
-fn pcr_value(out: &str, pcr: u32) -> String {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{pcr}: 0x")))
-        .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
-        .trim()
-        .to_lowercase()
-}
-
 fn start() -> (Env, tempfile::TempDir, DaemonProcess) {
     let env = Env::load();
     let dir = tempfile::tempdir().unwrap();
@@ -44,15 +31,15 @@ fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
     assert_eq!(rnd.trim().len(), 32, "tpm2_getrandom: {rnd}");
     assert_ne!(rnd.trim(), vm.must("tpm2_getrandom --hex 16").trim());
 
-    let before = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    let before = vm.pcr_sha256(16);
     assert_eq!(before, "0".repeat(64));
     let digest = sha256(b"measured by the guest");
-    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex(&digest)));
-    let after = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex::encode(digest)));
+    let after = vm.pcr_sha256(16);
     let expected = sha256(&[[0u8; 32].as_slice(), &digest].concat());
     assert_eq!(
         after,
-        hex(&expected),
+        hex::encode(expected),
         "PCR16 differs from the host's computation"
     );
 
@@ -87,11 +74,14 @@ fn nv_index_survives_guest_reboot_and_pcrs_reset() {
     vm.must(&format!(
         "echo -n '{data}' > d && tpm2_nvwrite 0x1500016 -C o -i d"
     ));
-    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex(&sha256(b"x"))));
+    vm.must(&format!(
+        "tpm2_pcrextend 16:sha256={}",
+        hex::encode(sha256(b"x"))
+    ));
     vm.reboot();
     vm.must("tpm2_nvread 0x1500016 -C o -s 32 -o back");
     assert_eq!(vm.read_file("back"), data.as_bytes());
-    let pcr = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    let pcr = vm.pcr_sha256(16);
     assert_eq!(pcr, "0".repeat(64), "a guest reboot power-cycles the TPM");
     vm.shutdown();
 }

@@ -25,18 +25,6 @@ use testbed::{
     free_port, start_daemon, DaemonProcess, Env, HostRef, MigrationBed, Relay, TpmFrontend, Vm,
 };
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn pcr_value(out: &str, pcr: u32) -> String {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{pcr}: 0x")))
-        .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
-        .trim()
-        .to_lowercase()
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -83,9 +71,9 @@ fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
     vm.must("tpm2_nvwrite 0x1500018 -C o -i marker && rm marker");
     vm.must(&format!(
         "tpm2_pcrextend 16:sha256={}",
-        hex(&sha256(b"before migration"))
+        hex::encode(sha256(b"before migration"))
     ));
-    let pcr = pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16);
+    let pcr = vm.pcr_sha256(16);
     vm.must("tpm2_createprimary -Q -C o -c p.ctx");
     vm.must("tpm2_create -Q -C p.ctx -G ecc256 -u k.pub -r k.priv");
     vm.must("tpm2_load -Q -C p.ctx -u k.pub -r k.priv -c k.ctx");
@@ -96,7 +84,7 @@ fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
         vm,
         instance,
         expected: Expected {
-            marker: hex(&marker),
+            marker: hex::encode(marker),
             pcr,
             key_pem,
         },
@@ -107,12 +95,12 @@ fn boot_source(env: &Env, bed: &MigrationBed, dir: &Path) -> Source {
 fn check_guest(vm: &mut Vm, src: &Expected) {
     vm.must("cd /tmp");
     vm.must("tpm2_nvread 0x1500018 -C o -s 32 -o back");
-    assert_eq!(hex(&vm.read_file("/tmp/back")), src.marker, "NV marker");
     assert_eq!(
-        pcr_value(&vm.must("tpm2_pcrread sha256:16"), 16),
-        src.pcr,
-        "PCR 16"
+        hex::encode(vm.read_file("/tmp/back")),
+        src.marker,
+        "NV marker"
     );
+    assert_eq!(vm.pcr_sha256(16), src.pcr, "PCR 16");
     vm.must("echo -n 'signed after the move' > msg");
     vm.must("tpm2_sign -Q -c k.ctx -g sha256 -f plain -o sig.der msg");
     let sig = vm.read_file("/tmp/sig.der");

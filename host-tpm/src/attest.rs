@@ -13,7 +13,7 @@ use tpm_proto::attest::{self as at, QuoteAttest};
 use tpm_proto::commands as cmd;
 use tss_esapi::traits::Marshall;
 
-use crate::identity::{attestation_key, parsed, raw_run};
+use crate::identity::{attestation_key, parsed, raw_load_aik, raw_run};
 use crate::raw::RawTcti;
 use crate::{tpm, HostTpm, HostTpmError, ObjectBlob, Result};
 
@@ -77,18 +77,7 @@ fn raw_quote(
     pcrs: &[u8],
     qualifying_data: &[u8],
 ) -> Result<HostQuote> {
-    const OP_SRK: &str = "CreatePrimary (SRK)";
-    let resp = raw_run(
-        raw,
-        OP_SRK,
-        &cmd::create_primary(cmd::TPM_RH_OWNER, srk_template),
-    )?;
-    let (srk, _) = parsed(OP_SRK, cmd::parse_create_primary(&resp))?;
-    loaded.push(srk);
-    const OP_LOAD: &str = "Load (AIK)";
-    let resp = raw_run(raw, OP_LOAD, &cmd::load(srk, &aik.private, &aik.public))?;
-    let (key, _name) = parsed(OP_LOAD, cmd::parse_load(&resp))?;
-    loaded.push(key);
+    let key = raw_load_aik(raw, loaded, srk_template, aik)?;
     const OP_QUOTE: &str = "Quote";
     for attempt in 1..=QUOTE_ATTEMPTS {
         let pcr_values = raw_read_pcrs(raw, pcrs)?;

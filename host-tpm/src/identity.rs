@@ -183,14 +183,14 @@ pub(crate) fn raw_run(
     raw.execute(command).map_err(tpm(operation))
 }
 
-/// Restricted signing over a raw connection; `loaded` collects the handles to flush.
-fn raw_sign(
+/// Loads `aik` under the SRK made from `srk_template` over a raw connection: the AIK's
+/// handle; `loaded` collects the handles to flush (the SRK's and the AIK's).
+pub(crate) fn raw_load_aik(
     raw: &mut RawTcti,
     loaded: &mut Vec<u32>,
     srk_template: &[u8],
     aik: &ObjectBlob,
-    data: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>)> {
+) -> Result<u32> {
     const OP_SRK: &str = "CreatePrimary (SRK)";
     let resp = raw_run(
         raw,
@@ -203,6 +203,18 @@ fn raw_sign(
     let resp = raw_run(raw, OP_LOAD, &cmd::load(srk, &aik.private, &aik.public))?;
     let (key, _name) = parsed(OP_LOAD, cmd::parse_load(&resp))?;
     loaded.push(key);
+    Ok(key)
+}
+
+/// Restricted signing over a raw connection; `loaded` collects the handles to flush.
+fn raw_sign(
+    raw: &mut RawTcti,
+    loaded: &mut Vec<u32>,
+    srk_template: &[u8],
+    aik: &ObjectBlob,
+    data: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let key = raw_load_aik(raw, loaded, srk_template, aik)?;
     let (digest, ticket) = if data.len() <= cmd::MAX_DIGEST_BUFFER {
         // One command. It is also the only way to a ticket for data shorter than
         // TPM_GENERATED_VALUE: a hash sequence tickets no first block of under 4 bytes.

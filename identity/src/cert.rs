@@ -21,8 +21,8 @@
 use const_oid::db::rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS;
 use const_oid::db::rfc5912::ECDSA_WITH_SHA_256;
 use const_oid::ObjectIdentifier;
-use der::asn1::{AnyRef, BitStringRef, OctetString};
-use der::{Decode, Encode, Sequence, Tag, Tagged};
+use der::asn1::OctetString;
+use der::{Decode, Encode};
 use openssl::pkey::{HasPublic, PKeyRef};
 use openssl::x509::{X509NameRef, X509Ref, X509};
 use p256::ecdsa::{DerSignature, Signature};
@@ -209,60 +209,15 @@ pub(crate) fn inherited_crl_distribution_points(
     )))
 }
 
-/// The DER value of the extension `oid` of a DER certificate, if it has one. The
-/// certificate is walked with `der`'s generic types: `x509-cert`'s own cannot decode every
-/// certificate of the chain (a host AIK certificate carries an extension in the UUID arc,
-/// 2.25, whose 128-bit arc is beyond `const-oid`).
+/// The DER value of the extension `oid` of a DER certificate, if it has one (read by
+/// [`cert_ext`]: `x509-cert` cannot decode every certificate of the chain).
 fn extension_value<'a>(
     cert_der: &'a [u8],
     oid: &const_oid::ObjectIdentifier,
 ) -> Result<Option<&'a [u8]>, IdentityError> {
-    let cert = rfc5280::Certificate::from_der(cert_der)?;
-    for e in cert.tbs_certificate.extensions.unwrap_or_default() {
-        if e.extn_id.tag() == Tag::ObjectIdentifier
-            && e.extn_id.value() == oid.as_bytes()
-            && e.extn_value.tag() == Tag::OctetString
-        {
-            return Ok(Some(e.extn_value.value()));
-        }
-    }
-    Ok(None)
-}
-
-/// As much of RFC 5280's certificate as reading its extensions takes.
-mod rfc5280 {
-    use super::{AnyRef, BitStringRef, Sequence};
-
-    #[derive(Sequence)]
-    pub(super) struct Certificate<'a> {
-        pub tbs_certificate: TbsCertificate<'a>,
-        pub signature_algorithm: AnyRef<'a>,
-        pub signature_value: BitStringRef<'a>,
-    }
-
-    #[derive(Sequence)]
-    pub(super) struct TbsCertificate<'a> {
-        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-        pub version: Option<AnyRef<'a>>,
-        pub serial_number: AnyRef<'a>,
-        pub signature: AnyRef<'a>,
-        pub issuer: AnyRef<'a>,
-        pub validity: AnyRef<'a>,
-        pub subject: AnyRef<'a>,
-        pub subject_public_key_info: AnyRef<'a>,
-        #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
-        pub issuer_unique_id: Option<BitStringRef<'a>>,
-        #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
-        pub subject_unique_id: Option<BitStringRef<'a>>,
-        #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
-        pub extensions: Option<Vec<Extension<'a>>>,
-    }
-
-    #[derive(Sequence)]
-    pub(super) struct Extension<'a> {
-        pub extn_id: AnyRef<'a>,
-        #[asn1(default = "Default::default")]
-        pub critical: bool,
-        pub extn_value: AnyRef<'a>,
-    }
+    Ok(cert_ext::extensions(cert_der)?
+        .into_iter()
+        .flatten()
+        .find(|e| e.oid == oid.as_bytes())
+        .map(|e| e.value))
 }

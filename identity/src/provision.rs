@@ -88,11 +88,22 @@ pub fn provision_ek(
             issuers.len() + 1
         )));
     }
+    with_started(engine, |engine| {
+        issue_ek_certs(engine, key, coprocessor_cert, validity)
+            .and_then(|certs| store_ek_certs(engine, certs, coprocessor_cert, issuers))
+    })
+}
+
+/// Runs `f` on the started TPM: started here first if it was not running, and then left as
+/// found (shut down in order, then waiting for the guest's Startup). `f`'s error is the one
+/// reported when both fail.
+fn with_started<T>(
+    engine: &mut dyn Coprocessor,
+    f: impl FnOnce(&mut dyn Coprocessor) -> Result<T, IdentityError>,
+) -> Result<T, IdentityError> {
     let started_here = startup_if_needed(engine)?;
-    let result = issue_ek_certs(engine, key, coprocessor_cert, validity)
-        .and_then(|certs| store_ek_certs(engine, certs, coprocessor_cert, issuers));
+    let result = f(engine);
     if started_here {
-        // Leave the TPM as found: shut down in order, then waiting for the guest's Startup.
         let restored = run(engine, c::shutdown(c::TPM_SU_CLEAR))
             .and_then(|resp| success("Shutdown", &resp).map(drop))
             .and_then(|()| engine.power_cycle().map_err(IdentityError::from));
@@ -228,17 +239,9 @@ pub fn refresh_ek_chain(
     due: &dyn Fn(&X509Ref) -> bool,
 ) -> Result<Refreshed, IdentityError> {
     check_coprocessor_cert(key, coprocessor_cert)?;
-    let started_here = startup_if_needed(engine)?;
-    let result = refresh_started(engine, key, coprocessor_cert, issuers, validity, due);
-    if started_here {
-        let restored = run(engine, c::shutdown(c::TPM_SU_CLEAR))
-            .and_then(|resp| success("Shutdown", &resp).map(drop))
-            .and_then(|()| engine.power_cycle().map_err(IdentityError::from));
-        if let Err(e) = restored {
-            return Err(result.err().unwrap_or(e));
-        }
-    }
-    result
+    with_started(engine, |engine| {
+        refresh_started(engine, key, coprocessor_cert, issuers, validity, due)
+    })
 }
 
 fn refresh_started(

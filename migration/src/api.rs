@@ -266,16 +266,11 @@ pub struct AbortRequest {
     pub reason: String,
 }
 
-/// Body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub detail: String,
-}
+pub use https_api::ErrorBody;
 
 /// The `error` codes of [`ErrorBody`].
 pub mod codes {
-    pub const BAD_REQUEST: &str = "bad_request";
+    pub use https_api::codes::{BAD_REQUEST, INTERNAL};
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";
     pub const REVOKED: &str = "revoked";
@@ -296,5 +291,4 @@ pub mod codes {
     pub const EXPIRED: &str = "expired";
     pub const STALE_EPOCH: &str = "stale_epoch";
     pub const CA_UNAVAILABLE: &str = "ca_unavailable";
-    pub const INTERNAL: &str = "internal";
 }

@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use https_api::client::{error_answer, pinned_tls, TlsError};
 use identity::{CoprocessorKey, Purpose};
 use openssl::x509::X509;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    AbortRequest, AttestRequest, ClaimRequest, ErrorBody, InstanceView, MigrationView,
-    RegisterInstance, SealedRequest, StartMigration, TicketRequest, TicketResponse, HEADER_CHAIN,
-    HEADER_SIGNATURE, HEADER_TIME,
+    AbortRequest, AttestRequest, ClaimRequest, InstanceView, MigrationView, RegisterInstance,
+    SealedRequest, StartMigration, TicketRequest, TicketResponse, HEADER_CHAIN, HEADER_SIGNATURE,
+    HEADER_TIME,
 };
 use crate::ticket::MigrationId;
 
@@ -107,15 +108,12 @@ impl Client {
     /// A client of the controller at `base_url` (`https://host:port`), trusting only
     /// `controller_pem` (the controller's certificate, which issued its TLS certificate).
     pub fn new(base_url: &str, controller_pem: &[u8], auth: Auth) -> Result<Client, ClientError> {
-        let root = native_tls::Certificate::from_pem(controller_pem)
-            .map_err(|e| ClientError::BadRoot(e.to_string()))?;
-        let tls = native_tls::TlsConnector::builder()
-            .disable_built_in_roots(true)
-            .add_root_certificate(root)
-            .build()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let tls = pinned_tls(controller_pem).map_err(|e| match e {
+            TlsError::BadRoot(e) => ClientError::BadRoot(e.to_string()),
+            TlsError::Tls(e) => ClientError::Tls(e.to_string()),
+        })?;
         let agent = ureq::AgentBuilder::new()
-            .tls_connector(Arc::new(tls))
+            .tls_connector(tls)
             .timeout_connect(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build();
@@ -168,11 +166,7 @@ impl Client {
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(status, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let (code, detail) = match serde_json::from_str::<ErrorBody>(&text) {
-                    Ok(b) => (b.error, b.detail),
-                    Err(_) => ("http".to_owned(), text),
-                };
+                let (code, detail) = error_answer(resp);
                 return Err(ClientError::Api {
                     status,
                     code,

@@ -24,7 +24,7 @@ use vtpm_state::keys::InstanceId;
 
 use crate::snapshot;
 use crate::ticket::{MigrationId, MAX_HOST_ID, MAX_SIGNATURE, MAX_TICKET, MAX_VM_ID, POINT_LEN};
-use crate::wire::{check_id, put_prefixed, FieldError, Reader};
+use crate::wire::{check_id, check_point, put_prefixed, FieldError, Reader};
 
 pub const MAGIC: &[u8; 8] = b"VTPMMIG1";
 pub const VERSION: u16 = 1;
@@ -101,13 +101,7 @@ impl Header {
             }
             .into());
         }
-        if self.ephemeral[0] != 4 {
-            return Err(FieldError::Invalid {
-                field: "ephemeral key",
-                reason: "not an uncompressed point",
-            }
-            .into());
-        }
+        check_point("ephemeral key", &self.ephemeral)?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::pkey::{HasPublic, PKeyRef, Private};
 use vtpm_state::keys::InstanceId;
 
-use crate::wire::{check_id, put_prefixed, FieldError, Reader};
+use crate::wire::{check_id, check_point, put_prefixed, FieldError, Reader};
 
 pub const MAGIC: &[u8; 8] = b"VTPMTKT1";
 pub const VERSION: u16 = 1;
@@ -121,13 +121,7 @@ impl Ticket {
         check_id("VM id", &self.vm, MAX_VM_ID)?;
         check_id("source host id", &self.source, MAX_HOST_ID)?;
         check_id("destination host id", &self.destination, MAX_HOST_ID)?;
-        if self.destination_key[0] != 4 {
-            return Err(FieldError::Invalid {
-                field: "destination key",
-                reason: "not an uncompressed point",
-            }
-            .into());
-        }
+        check_point("destination key", &self.destination_key)?;
         Ok(())
     }
 

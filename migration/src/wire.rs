@@ -127,6 +127,18 @@ pub fn check_id(field: &'static str, id: &str, max: usize) -> Result<(), FieldEr
     Ok(())
 }
 
+/// A P-256 public key field: the uncompressed point form (`04 || X || Y`) is the only one
+/// the formats carry (its length is the field's).
+pub(crate) fn check_point(field: &'static str, point: &[u8]) -> Result<(), FieldError> {
+    if point.first() != Some(&4) {
+        return Err(FieldError::Invalid {
+            field,
+            reason: "not an uncompressed point",
+        });
+    }
+    Ok(())
+}
+
 /// Appends `data` prefixed by its length in `width` bytes; the caller has bounded it.
 pub(crate) fn put_prefixed(out: &mut Vec<u8>, width: usize, data: &[u8]) {
     match width {

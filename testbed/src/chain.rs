@@ -155,6 +155,40 @@ impl ChainSetup {
     pub fn host_pem(&self, name: &str) -> io::Result<String> {
         std::fs::read_to_string(self.host_dir.join(name))
     }
+
+    /// The daemon arguments that mirror this host's PCRs and offer the deep quote.
+    pub fn mirror_args(&self) -> MirrorArgs {
+        MirrorArgs::new(&self.host_tpm.tcti(), &self.host_dir)
+    }
+}
+
+/// `--host-tpm TCTI --mirror-pcrs 0-7 --host-dir DIR`: the daemon arguments of deep
+/// attestation (the host's PCRs 0-7 mirrored, the host identity of `vtpm-host --dir DIR`),
+/// kept as strings so that [`MirrorArgs::args`] can lend them to an argument list.
+#[derive(Debug, Clone)]
+pub struct MirrorArgs {
+    tcti: String,
+    host_dir: String,
+}
+
+impl MirrorArgs {
+    pub fn new(tcti: &str, host_dir: &Path) -> MirrorArgs {
+        MirrorArgs {
+            tcti: tcti.to_owned(),
+            host_dir: host_dir.display().to_string(),
+        }
+    }
+
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "--host-tpm",
+            &self.tcti,
+            "--mirror-pcrs",
+            "0-7",
+            "--host-dir",
+            &self.host_dir,
+        ]
+    }
 }
 
 /// Another host enrolled with the CA of a [`ChainSetup`] (its own simulated TPM, from its

@@ -43,7 +43,7 @@ pub mod swtpm;
 pub mod vm;
 
 pub use ca::CaProcess;
-pub use chain::{ChainSetup, HostRef, HostSetup};
+pub use chain::{ChainSetup, HostRef, HostSetup, MirrorArgs};
 pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
@@ -54,4 +54,4 @@ pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
 pub use readme::{crate_readme_drift, readme_drift};
 pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
-pub use vm::{accel, decode_base64, start_daemon, Accel, TpmFrontend, Vm};
+pub use vm::{accel, decode_base64, pcr_values, start_daemon, Accel, TpmFrontend, Vm};

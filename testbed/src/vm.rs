@@ -499,6 +499,15 @@ impl Vm {
         out
     }
 
+    /// The guest's SHA-256 PCR `pcr` (`tpm2_pcrread`), lower-case hex.
+    pub fn pcr_sha256(&mut self, pcr: u8) -> String {
+        let out = self.must(&format!("tpm2_pcrread sha256:{pcr}"));
+        pcr_values(&out)
+            .into_iter()
+            .find_map(|(p, value)| (p == pcr).then_some(value))
+            .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
+    }
+
     /// Reads a guest file as bytes (base64 over the console).
     pub fn read_file(&mut self, path: &str) -> Vec<u8> {
         let b64 = self.must(&format!("base64 {path}"));
@@ -630,6 +639,16 @@ fn clean_console(text: &str) -> String {
         }
     }
     out
+}
+
+/// The values of `tpm2_pcrread sha256:...` output, by PCR (lower-case hex).
+pub fn pcr_values(out: &str) -> Vec<(u8, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let (pcr, value) = l.trim().split_once(": 0x")?;
+            Some((pcr.trim().parse().ok()?, value.trim().to_lowercase()))
+        })
+        .collect()
 }
 
 /// Decodes standard base64, ignoring whitespace (line breaks of `base64` in the guest).

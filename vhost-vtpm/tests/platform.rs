@@ -21,7 +21,7 @@ use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
 use openssl::sha::sha256;
 use openssl::x509::X509;
-use testbed::ChainSetup;
+use testbed::{ChainSetup, MirrorArgs};
 use tpm_proto::attest::{pcr_digest_sha256, QuoteAttest, Signature};
 use tpm_proto::commands::{self as c, pt, TPM_CAP_COMMANDS, TPM_CAP_TPM_PROPERTIES};
 use tpm_proto::public::{alg, PublicParams, TpmPublic};
@@ -79,16 +79,8 @@ impl Host {
     }
 
     fn daemon(&self, dir: &Path, extra: &[&str]) -> Daemon {
-        let host_dir = self.chain.host_dir.display().to_string();
-        let mut args = vec![
-            "--host-tpm",
-            self.tcti.as_str(),
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            host_dir.as_str(),
-        ];
-        args.extend_from_slice(extra);
+        let mirror = MirrorArgs::new(&self.tcti, &self.chain.host_dir);
+        let args = [&mirror.args()[..], extra].concat();
         std::fs::create_dir_all(dir).unwrap();
         Daemon::start_in(dir, &args)
     }
@@ -476,18 +468,9 @@ fn a_host_dir_without_the_host_identity_is_refused_by_name() {
     let sim = testbed::HostTpmSimulator::start(&dir.path().join("tpm")).unwrap();
     let empty = dir.path().join("empty-host-dir");
     std::fs::create_dir(&empty).unwrap();
-    let tcti = sim.tcti();
-    let host_dir = empty.display().to_string();
     let err = start_fails(
         &dir.path().join("vm"),
-        &[
-            "--host-tpm",
-            &tcti,
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            &host_dir,
-        ],
+        &MirrorArgs::new(&sim.tcti(), &empty).args(),
     );
     let blob: PathBuf = empty.join("host-aik.blob");
     assert!(

@@ -82,7 +82,6 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
                 .unwrap();
         }
     }
-    let host_dir = chain.host_dir.display().to_string();
     println!(
         "# vtpm-bench attest\n\nHost TPM: swtpm over loopback TCP (tss-esapi's swtpm TCTI); \
          {samples} samples per row."
@@ -90,22 +89,22 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
 
     // --- 1. Startup ---
     header("TPM2_Startup(CLEAR) round trip (after a device reset)");
-    let lock_only = daemon(&bin_dir, &tmp.path().join("lock-only"), &[]);
-    row(
-        "platform lock only (`--host-key-file`)",
-        startup_samples(&lock_only, samples),
-    );
-    drop(lock_only);
-    let no_mirror = daemon(
-        &bin_dir,
-        &tmp.path().join("no-mirror"),
-        &["--host-tpm", &tcti],
-    );
-    row(
-        "platform lock only (`--host-tpm`, no mirror)",
-        startup_samples(&no_mirror, samples),
-    );
-    drop(no_mirror);
+    // One daemon at a time: each is stopped before the next row starts.
+    for (what, dir, extra) in [
+        (
+            "platform lock only (`--host-key-file`)",
+            "lock-only",
+            &[][..],
+        ),
+        (
+            "platform lock only (`--host-tpm`, no mirror)",
+            "no-mirror",
+            &["--host-tpm", tcti.as_str()][..],
+        ),
+    ] {
+        let d = daemon(&bin_dir, &tmp.path().join(dir), extra);
+        row(what, startup_samples(&d, samples));
+    }
     let mirroring = daemon(
         &bin_dir,
         &tmp.path().join("mirror"),
@@ -147,18 +146,7 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
         .unwrap()
         .to_der()
         .unwrap();
-    let d = daemon(
-        &bin_dir,
-        &vm_dir,
-        &[
-            "--host-tpm",
-            &tcti,
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            &host_dir,
-        ],
-    );
+    let d = daemon(&bin_dir, &vm_dir, &chain.mirror_args().args());
     let mut client = VtpmClient::connect(&d.socket, ClientOptions::default()).unwrap();
     client.transact(&c::startup(c::TPM_SU_CLEAR)).unwrap();
     let nonces = vtpm_verify::NonceStore::open(tmp.path().join("verifier")).unwrap();

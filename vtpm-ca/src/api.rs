@@ -21,18 +21,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::issue::Kind;
 
-/// Body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Machine-readable code (see [`codes`]).
-    pub error: String,
-    /// Human-readable explanation.
-    pub detail: String,
-}
+pub use https_api::ErrorBody;
 
 /// The `error` codes of [`ErrorBody`].
 pub mod codes {
-    pub const BAD_REQUEST: &str = "bad_request";
+    pub use https_api::codes::{BAD_REQUEST, INTERNAL};
     pub const BAD_SUBJECT: &str = "bad_subject";
     pub const BAD_EK_CERTIFICATE: &str = "bad_ek_certificate";
     pub const BAD_AIK_PUBLIC: &str = "bad_aik_public";
@@ -63,7 +56,6 @@ pub mod codes {
     pub const UNKNOWN_SERIAL: &str = "unknown_serial";
     pub const UNTRUSTED_CHAIN: &str = "untrusted_chain";
     pub const BAD_FINGERPRINT: &str = "bad_fingerprint";
-    pub const INTERNAL: &str = "internal";
 }
 
 /// `POST /v1/enroll/start`.

@@ -5,12 +5,13 @@
 //! turning `{error, detail}` responses back into [`ClientError::Api`].
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
+
+use https_api::client::{error_answer, pinned_tls, TlsError};
 
 use crate::api::{
     CertStatus, CoprocessorRequest, CoprocessorResponse, EnrollFinishRequest, EnrollFinishResponse,
-    EnrollStartRequest, EnrollStartResponse, EnrollTokenRequest, EnrollTokenResponse, ErrorBody,
+    EnrollStartRequest, EnrollStartResponse, EnrollTokenRequest, EnrollTokenResponse,
     GetCertResponse, PutCertRequest, PutCertResponse, RevokeRequest, RevokeResponse,
 };
 
@@ -81,14 +82,12 @@ impl Client {
         ca_pem: &[u8],
         token: Option<String>,
     ) -> Result<Client, ClientError> {
-        let root = native_tls::Certificate::from_pem(ca_pem).map_err(ClientError::BadRoot)?;
-        let tls = native_tls::TlsConnector::builder()
-            .disable_built_in_roots(true)
-            .add_root_certificate(root)
-            .build()
-            .map_err(ClientError::Tls)?;
+        let tls = pinned_tls(ca_pem).map_err(|e| match e {
+            TlsError::BadRoot(e) => ClientError::BadRoot(e),
+            TlsError::Tls(e) => ClientError::Tls(e),
+        })?;
         let agent = ureq::AgentBuilder::new()
-            .tls_connector(Arc::new(tls))
+            .tls_connector(tls)
             .timeout(Duration::from_secs(60))
             .build();
         Ok(Client {
@@ -123,11 +122,7 @@ impl Client {
         match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(status, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let (code, detail) = match serde_json::from_str::<ErrorBody>(&text) {
-                    Ok(b) => (b.error, b.detail),
-                    Err(_) => ("http".to_string(), text),
-                };
+                let (code, detail) = error_answer(resp);
                 Err(ClientError::Api {
                     status,
                     code,

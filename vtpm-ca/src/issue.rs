@@ -10,8 +10,8 @@
 
 use std::net::IpAddr;
 
-use der::asn1::{AnyRef, BitStringRef, Ia5String, OctetString};
-use der::{Decode, Encode, Sequence, Tag, Tagged};
+use der::asn1::{Ia5String, OctetString};
+use der::{Decode, Encode};
 use openssl::asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -370,78 +370,12 @@ fn hash_extension(cert: &X509Ref, oid: &str) -> Option<Vec<u8>> {
     (hash.as_bytes().len() == 32).then(|| hash.as_bytes().to_vec())
 }
 
-/// One certificate extension, as encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extension<'a> {
-    /// The contents of `extnID` (the OID's encoding without tag and length).
-    pub oid: &'a [u8],
-    pub critical: bool,
-    /// The contents of `extnValue`: the DER of the extension's value.
-    pub value: &'a [u8],
-}
+pub use cert_ext::Extension;
 
-/// The extensions of a DER certificate; `None` if it is not a certificate.
+/// The extensions of a DER certificate; `None` if it is not a certificate, or if an
+/// extension's id or value does not carry its type's tag.
 pub fn extensions(cert_der: &[u8]) -> Option<Vec<Extension<'_>>> {
-    let cert = rfc5280::Certificate::from_der(cert_der).ok()?;
-    cert.tbs_certificate
-        .extensions
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            (e.extn_id.tag() == Tag::ObjectIdentifier && e.extn_value.tag() == Tag::OctetString)
-                .then_some(Extension {
-                    oid: e.extn_id.value(),
-                    critical: e.critical,
-                    value: e.extn_value.value(),
-                })
-        })
-        .collect()
-}
-
-/// RFC 5280 §4.1's certificate, as much of it as reading the extensions takes, decoded by
-/// `der`. `x509-cert`'s own types cannot be used here: they hold OIDs as `const-oid`
-/// values, whose arcs are 32-bit, and [`HOST_EK_CERT_HASH_OID`] (a UUID arc) is larger, so a
-/// host AIK certificate does not decode with them.
-mod rfc5280 {
-    use super::{AnyRef, BitStringRef, Sequence};
-
-    /// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`.
-    #[derive(Sequence)]
-    pub(super) struct Certificate<'a> {
-        pub tbs_certificate: TbsCertificate<'a>,
-        pub signature_algorithm: AnyRef<'a>,
-        pub signature_value: BitStringRef<'a>,
-    }
-
-    /// `TBSCertificate`, its fields other than the extensions left encoded.
-    #[derive(Sequence)]
-    pub(super) struct TbsCertificate<'a> {
-        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-        pub version: Option<AnyRef<'a>>,
-        pub serial_number: AnyRef<'a>,
-        pub signature: AnyRef<'a>,
-        pub issuer: AnyRef<'a>,
-        pub validity: AnyRef<'a>,
-        pub subject: AnyRef<'a>,
-        pub subject_public_key_info: AnyRef<'a>,
-        #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
-        pub issuer_unique_id: Option<BitStringRef<'a>>,
-        #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
-        pub subject_unique_id: Option<BitStringRef<'a>>,
-        #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
-        pub extensions: Option<Vec<Extension<'a>>>,
-    }
-
-    /// `Extension ::= SEQUENCE { extnID OBJECT IDENTIFIER, critical BOOLEAN DEFAULT FALSE,
-    /// extnValue OCTET STRING }`, the OID and the value left encoded (their tags are checked
-    /// by the caller).
-    #[derive(Sequence)]
-    pub(super) struct Extension<'a> {
-        pub extn_id: AnyRef<'a>,
-        #[asn1(default = "Default::default")]
-        pub critical: bool,
-        pub extn_value: AnyRef<'a>,
-    }
+    cert_ext::extensions(cert_der).ok()?.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use axum_server::accept::Accept;
 use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
 use axum_server::Handle;
@@ -29,7 +29,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::api::{codes, ErrorBody, GetCertResponse, PutCertRequest};
+use https_api::server::{blocking, blocking_json, json_body};
+
+use crate::api::{codes, GetCertResponse, PutCertRequest};
 use crate::ca::Ca;
 use crate::certstore::CertStoreError;
 use crate::coprocessor::RegistrationError;
@@ -44,49 +46,7 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long a client has for the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An error as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            detail: detail.into(),
-        }
-    }
-
-    fn internal(e: impl std::fmt::Display) -> Self {
-        log::error!("internal error: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL,
-            e.to_string(),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status;
-        let body = ErrorBody {
-            error: self.code.to_string(),
-            detail: self.detail,
-        };
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
+pub use https_api::server::{termination_signal, ApiError};
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -210,35 +170,11 @@ impl From<TokenError> for ApiError {
 
 type Shared = Arc<Ca>;
 
-/// Runs a blocking CA operation on tokio's blocking pool.
-async fn blocking<T, E, F>(ca: &Shared, f: F) -> Result<T, ApiError>
-where
-    F: FnOnce(&Ca) -> Result<T, E> + Send + 'static,
-    T: Send + 'static,
-    E: Into<ApiError> + Send + 'static,
-{
-    let ca = Arc::clone(ca);
-    match tokio::task::spawn_blocking(move || f(&ca)).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(ApiError::internal(format!("worker failed: {e}"))),
-    }
-}
-
-/// [`blocking`], answering the operation's result as JSON.
-async fn blocking_json<T, E, F>(ca: &Shared, f: F) -> Result<Response, ApiError>
-where
-    F: FnOnce(&Ca) -> Result<T, E> + Send + 'static,
-    T: Serialize + Send + 'static,
-    E: Into<ApiError> + Send + 'static,
-{
-    Ok(Json(blocking(ca, f).await?).into_response())
-}
-
 /// An operation on a JSON body with the request's bearer token, answered as JSON.
 async fn authorized_json<Req, T, E>(
-    ca: &Shared,
-    headers: &HeaderMap,
-    body: &Bytes,
+    ca: Shared,
+    headers: HeaderMap,
+    body: Bytes,
     f: fn(&Ca, &Req, Option<&str>) -> Result<T, E>,
 ) -> Result<Response, ApiError>
 where
@@ -246,9 +182,9 @@ where
     T: Serialize + Send + 'static,
     E: Into<ApiError> + Send + 'static,
 {
-    let token = bearer(headers);
-    let req: Req = json_body(body)?;
-    blocking_json(ca, move |ca| f(ca, &req, token.as_deref())).await
+    let token = bearer(&headers);
+    let req: Req = json_body(&body)?;
+    blocking_json(&ca, move |ca| f(ca, &req, token.as_deref())).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -259,28 +195,41 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            codes::BAD_REQUEST,
-            format!("invalid JSON body: {e}"),
-        )
-    })
-}
-
 /// The API's routes.
 pub fn router(ca: Arc<Ca>) -> Router {
     Router::new()
         .route("/v1/ca", get(get_ca))
-        .route("/v1/enroll/start", post(enroll_start))
-        .route("/v1/enroll/finish", post(enroll_finish))
+        .route(
+            "/v1/enroll/start",
+            post(|State(ca), addr, headers, body| {
+                enroll_json(ca, addr, headers, body, Ca::enroll_start_as)
+            }),
+        )
+        .route(
+            "/v1/enroll/finish",
+            post(|State(ca), addr, headers, body| {
+                enroll_json(ca, addr, headers, body, Ca::enroll_finish_as)
+            }),
+        )
         .route("/v1/certs/{*name}", get(get_cert).put(put_cert))
-        .route("/v1/revoke", post(revoke))
+        .route(
+            "/v1/revoke",
+            post(|State(ca), headers, body| authorized_json(ca, headers, body, Ca::revoke)),
+        )
         .route("/v1/crl", get(crl))
         .route("/v1/status", get(status))
-        .route("/v1/coprocessor", post(coprocessor))
-        .route("/v1/enroll-tokens", post(enroll_tokens))
+        .route(
+            "/v1/coprocessor",
+            post(|State(ca), headers, body| {
+                authorized_json(ca, headers, body, Ca::register_coprocessor)
+            }),
+        )
+        .route(
+            "/v1/enroll-tokens",
+            post(|State(ca), headers, body| {
+                authorized_json(ca, headers, body, Ca::create_enroll_token)
+            }),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such endpoint")
         })
@@ -308,34 +257,21 @@ fn caller(addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>, headers: &Head
     }
 }
 
-async fn enroll_start(
-    State(ca): State<Shared>,
+/// An enrollment step on a JSON body by the request's [`caller`], answered as JSON.
+async fn enroll_json<Req, T>(
+    ca: Shared,
     addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+    f: fn(&Ca, &Req, &Caller) -> Result<T, EnrollError>,
+) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+{
     let caller = caller(addr, &headers);
-    let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| ca.enroll_start_as(&req, &caller)).await
-}
-
-async fn enroll_finish(
-    State(ca): State<Shared>,
-    addr: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let caller = caller(addr, &headers);
-    let req = json_body(&body)?;
-    blocking_json(&ca, move |ca| ca.enroll_finish_as(&req, &caller)).await
-}
-
-async fn enroll_tokens(
-    State(ca): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorized_json(&ca, &headers, &body, Ca::create_enroll_token).await
+    let req: Req = json_body(&body)?;
+    blocking_json(&ca, move |ca| f(ca, &req, &caller)).await
 }
 
 async fn put_cert(
@@ -371,14 +307,6 @@ async fn get_cert(
     .await
 }
 
-async fn revoke(
-    State(ca): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorized_json(&ca, &headers, &body, Ca::revoke).await
-}
-
 async fn crl(State(ca): State<Shared>) -> Result<Response, ApiError> {
     let der = blocking(&ca, |ca| ca.crl()).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response())
@@ -406,19 +334,10 @@ async fn status(
     blocking_json(&ca, move |ca| ca.status(&fp)).await
 }
 
-async fn coprocessor(
-    State(ca): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorized_json(&ca, &headers, &body, Ca::register_coprocessor).await
-}
-
 /// The TLS configuration from the store's `tls.pem`/`tls.key`.
 pub fn tls_config(ca: &Ca) -> io::Result<OpenSSLConfig> {
     let store = ca.store();
-    OpenSSLConfig::from_pem_file(store.tls_cert_path(), store.tls_key_path())
-        .map_err(|e| io::Error::other(format!("TLS configuration: {e}")))
+    https_api::server::tls_config(&store.tls_cert_path(), &store.tls_key_path())
 }
 
 /// Serves `ca` over HTTPS on `listener` until `shutdown` completes, then stops gracefully.
@@ -573,25 +492,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Limited<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => log::info!("SIGTERM: stopping"),
-                _ = i.recv() => log::info!("SIGINT: stopping"),
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            log::error!("cannot wait for signals ({e}); stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
     }
 }
 

@@ -190,6 +190,14 @@ fn parse_handle(s: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex handle: {e}"))
 }
 
+/// The key wrapping an instance's state key: `--instance-host-key-file`, or else the host's.
+fn instance_key(file: Option<PathBuf>, host_key: &HostKey) -> HostKey {
+    match file {
+        Some(p) => HostKey::File(p),
+        None => host_key.clone(),
+    }
+}
+
 fn days(n: u64) -> Duration {
     Duration::from_secs(n.saturating_mul(DAY))
 }
@@ -261,10 +269,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             instance_host_key_file,
             validity_days,
         } => {
-            let instance_key = match instance_host_key_file {
-                Some(p) => HostKey::File(p),
-                None => host_key.clone(),
-            };
+            let instance_key = instance_key(instance_host_key_file, &host_key);
             let done = provision_instance(
                 &state_dir,
                 &instance_key,
@@ -288,10 +293,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             aik_handle,
             ca,
         } => {
-            let instance_key = match instance_host_key_file {
-                Some(p) => HostKey::File(p),
-                None => host_key.clone(),
-            };
+            let instance_key = instance_key(instance_host_key_file, &host_key);
             let done = crate::vaik::enroll_vaik(
                 &state_dir,
                 &instance_key,
@@ -312,10 +314,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             instance_host_key_file,
             validity_days,
         } => {
-            let instance_key = match instance_host_key_file {
-                Some(p) => HostKey::File(p),
-                None => host_key.clone(),
-            };
+            let instance_key = instance_key(instance_host_key_file, &host_key);
             let done = crate::instance::refresh(
                 &state_dir,
                 &instance_key,
@@ -338,10 +337,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             instance_host_key_file,
             out,
         } => {
-            let instance_key = match instance_host_key_file {
-                Some(p) => HostKey::File(p),
-                None => host_key.clone(),
-            };
+            let instance_key = instance_key(instance_host_key_file, &host_key);
             let certs = crate::instance::certificates(&state_dir, &instance_key)?;
             let named = [
                 ("rsa-vek.pem", certs.rsa_vek),

@@ -3,6 +3,7 @@
 //! controller operations off the async workers, the recovery sweep, and the life cycle
 //! (bind, print the address, graceful stop on SIGTERM/SIGINT).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
@@ -10,17 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use axum_server::tls_openssl::{OpenSSLAcceptor, OpenSSLConfig};
+use axum::Router;
+use axum_server::tls_openssl::OpenSSLAcceptor;
 use axum_server::Handle;
-use migration::api::{codes, ErrorBody};
+use https_api::server::{blocking_json, json_body};
+use migration::api::codes;
 use migration::MigrationId;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{authenticate, AuthError, Caller};
 use crate::controller::{Controller, ControllerError};
@@ -30,10 +33,9 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How often unfinished migrations are driven on ([`Controller::recover`]).
 pub const SWEEP: Duration = Duration::from_secs(2);
 
-/// An error as the API reports it.
-#[derive(Debug)]
-pub struct ApiError(ControllerError);
+pub use https_api::server::{termination_signal, ApiError};
 
+/// The HTTP status of each of [`codes`].
 fn status_of(code: &str) -> StatusCode {
     match code {
         codes::BAD_REQUEST => StatusCode::BAD_REQUEST,
@@ -51,63 +53,49 @@ fn status_of(code: &str) -> StatusCode {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = status_of(self.0.code);
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            log::error!("internal error: {}", self.0.detail);
-        }
-        let body = ErrorBody {
-            error: self.0.code.to_owned(),
-            detail: self.0.detail,
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
 impl From<ControllerError> for ApiError {
     fn from(e: ControllerError) -> Self {
-        ApiError(e)
+        let status = status_of(e.code);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            return ApiError::internal(e.detail);
+        }
+        ApiError::new(status, e.code, e.detail)
     }
 }
 
 fn api_error(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError(ControllerError::new(code, detail))
+    ControllerError::new(code, detail).into()
 }
 
 type Shared = Arc<Controller>;
-
-/// Runs a blocking controller operation on tokio's blocking pool.
-async fn blocking<T, F>(c: &Shared, f: F) -> Result<T, ApiError>
-where
-    F: FnOnce(&Controller) -> Result<T, ControllerError> + Send + 'static,
-    T: Send + 'static,
-{
-    let c = Arc::clone(c);
-    match tokio::task::spawn_blocking(move || f(&c)).await {
-        Ok(r) => r.map_err(ApiError),
-        Err(e) => Err(api_error(codes::INTERNAL, format!("worker failed: {e}"))),
-    }
-}
-
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| api_error(codes::BAD_REQUEST, format!("invalid JSON body: {e}")))
-}
 
 fn migration_id(text: &str) -> Result<MigrationId, ApiError> {
     text.parse()
         .map_err(|e: migration::ticket::BadId| api_error(codes::BAD_REQUEST, e.to_string()))
 }
 
-/// Who sent the request.
-fn caller(
-    c: &Controller,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Caller, ApiError> {
+/// What authenticates a request besides its body: its method, path and headers.
+struct Signed {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Signed {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Signed {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+/// Who sent the request `signed` with `body`.
+fn caller(c: &Controller, signed: &Signed, body: &[u8]) -> Result<Caller, ApiError> {
+    let uri = &signed.uri;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,12 +104,13 @@ fn caller(
     let s = c.settings();
     authenticate(
         |name| {
-            headers
+            signed
+                .headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         },
-        method.as_str(),
+        signed.method.as_str(),
         path,
         body,
         &s.admin_token_sha256,
@@ -138,16 +127,41 @@ fn caller(
     })
 }
 
+/// An operation of the request's caller on its JSON body, answered as JSON.
+async fn signed_json<Req, T>(
+    c: Shared,
+    signed: Signed,
+    body: Bytes,
+    f: fn(&Controller, &Caller, &Req) -> Result<T, ControllerError>,
+) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    let who = caller(&c, &signed, &body)?;
+    let req: Req = json_body(&body)?;
+    blocking_json(&c, move |c| f(c, &who, &req)).await
+}
+
 /// The API's routes.
 pub fn router(c: Arc<Controller>) -> Router {
     Router::new()
-        .route("/v1/instances", post(register))
+        .route(
+            "/v1/instances",
+            post(|State(c), s, body| signed_json(c, s, body, Controller::register)),
+        )
         .route("/v1/instances/{instance}", get(instance))
-        .route("/v1/migrations", post(start).get(list))
+        .route(
+            "/v1/migrations",
+            post(|State(c), s, body| signed_json(c, s, body, Controller::start)).get(list),
+        )
         .route("/v1/migrations/{id}", get(show))
         .route("/v1/migrations/{id}/attest", post(attest))
         .route("/v1/migrations/{id}/{action}", post(step))
-        .route("/v1/tickets", post(ticket))
+        .route(
+            "/v1/tickets",
+            post(|State(c), s, body| signed_json(c, s, body, Controller::ticket)),
+        )
         .fallback(|| async { api_error(codes::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             api_error(codes::BAD_REQUEST, "method not allowed on this endpoint")
@@ -155,39 +169,13 @@ pub fn router(c: Arc<Controller>) -> Router {
         .with_state(c)
 }
 
-async fn register(
-    State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &body)?;
-    let req = json_body(&body)?;
-    Ok(Json(blocking(&c, move |c| c.register(&who, &req)).await?).into_response())
-}
-
 async fn instance(
     State(c): State<Shared>,
     UrlPath(instance): UrlPath<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    signed: Signed,
 ) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &[])?;
-    Ok(Json(blocking(&c, move |c| c.instance(&who, &instance)).await?).into_response())
-}
-
-async fn start(
-    State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &body)?;
-    let req = json_body(&body)?;
-    Ok(Json(blocking(&c, move |c| c.start(&who, &req)).await?).into_response())
+    let who = caller(&c, &signed, &[])?;
+    blocking_json(&c, move |c| c.instance(&who, &instance)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,26 +186,22 @@ struct ListQuery {
 
 async fn list(
     State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    signed: Signed,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &[])?;
+    let who = caller(&c, &signed, &[])?;
     let active = query.ok().and_then(|Query(q)| q.active).unwrap_or(false);
-    Ok(Json(blocking(&c, move |c| c.list(&who, active)).await?).into_response())
+    blocking_json(&c, move |c| c.list(&who, active)).await
 }
 
 async fn show(
     State(c): State<Shared>,
     UrlPath(id): UrlPath<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    signed: Signed,
 ) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &[])?;
+    let who = caller(&c, &signed, &[])?;
     let id = migration_id(&id)?;
-    Ok(Json(blocking(&c, move |c| c.get(&who, &id)).await?).into_response())
+    blocking_json(&c, move |c| c.get(&who, &id)).await
 }
 
 async fn attest(
@@ -228,50 +212,35 @@ async fn attest(
     // Authenticated by the quote itself (the host AIK certificate and its signature).
     let id = migration_id(&id)?;
     let req = json_body(&body)?;
-    Ok(Json(blocking(&c, move |c| c.attest(&id, &req)).await?).into_response())
-}
-
-async fn ticket(
-    State(c): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &body)?;
-    let req = json_body(&body)?;
-    Ok(Json(blocking(&c, move |c| c.ticket(&who, &req)).await?).into_response())
+    blocking_json(&c, move |c| c.attest(&id, &req)).await
 }
 
 async fn step(
     State(c): State<Shared>,
     UrlPath((id, action)): UrlPath<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    signed: Signed,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = caller(&c, &method, &uri, &headers, &body)?;
+    let who = caller(&c, &signed, &body)?;
     let id = migration_id(&id)?;
-    let view = match action.as_str() {
+    match action.as_str() {
         "sealed" => {
             let req = json_body(&body)?;
-            blocking(&c, move |c| c.sealed(&who, &id, &req)).await?
+            blocking_json(&c, move |c| c.sealed(&who, &id, &req)).await
         }
         "claim" => {
             let req = json_body(&body)?;
-            blocking(&c, move |c| c.claim(&who, &id, &req)).await?
+            blocking_json(&c, move |c| c.claim(&who, &id, &req)).await
         }
-        "imported" => blocking(&c, move |c| c.imported(&who, &id)).await?,
-        "commit" => blocking(&c, move |c| c.commit(&who, &id)).await?,
+        "imported" => blocking_json(&c, move |c| c.imported(&who, &id)).await,
+        "commit" => blocking_json(&c, move |c| c.commit(&who, &id)).await,
         "abort" => {
             let req: migration::api::AbortRequest = json_body(&body)?;
-            blocking(&c, move |c| c.abort(&who, &id, &req.reason)).await?
+            blocking_json(&c, move |c| c.abort(&who, &id, &req.reason)).await
         }
-        "source-deleted" => blocking(&c, move |c| c.source_deleted(&who, &id)).await?,
-        other => return Err(api_error(codes::NOT_FOUND, format!("no step {other:?}"))),
-    };
-    Ok(Json(view).into_response())
+        "source-deleted" => blocking_json(&c, move |c| c.source_deleted(&who, &id)).await,
+        other => Err(api_error(codes::NOT_FOUND, format!("no step {other:?}"))),
+    }
 }
 
 /// Serves `c` over HTTPS (`tls_cert`, `tls_key`) on `listener` until `shutdown` completes,
@@ -283,8 +252,7 @@ pub async fn serve(
     tls_key: &std::path::Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let config = OpenSSLConfig::from_pem_file(tls_cert, tls_key)
-        .map_err(|e| io::Error::other(format!("TLS configuration: {e}")))?;
+    let config = https_api::server::tls_config(tls_cert, tls_key)?;
     listener.set_nonblocking(true)?;
     let handle = Handle::new();
     let stopper = handle.clone();
@@ -308,24 +276,4 @@ pub async fn serve(
         .handle(handle)
         .serve(router(c).into_make_service())
         .await
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => log::info!("SIGTERM: stopping"),
-                _ = i.recv() => log::info!("SIGINT: stopping"),
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            log::error!("cannot wait for signals ({e}); stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
 }

@@ -260,24 +260,24 @@ fn a_migration_step_by_step_and_every_refusal_named() {
         .into_iter()
         .map(|s| s.step)
         .collect();
-    assert_eq!(
-        steps,
-        [
-            "requested",
-            "destination_attested",
-            "source_attested",
-            "authorised",
-            "sealed",
-            "claimed",
-            "imported",
-            "committed",
-            "source_deleted"
-        ]
-    );
+    assert_eq!(steps, COMPLETED_STEPS);
     // The vTPM is host-b's now: host-a cannot move it again.
     let again = bed.start_migration(&instance).unwrap_err();
     assert!(again.contains("not_owner"), "{again}");
 }
+
+/// The step log of a migration that went all the way, in order.
+const COMPLETED_STEPS: [&str; 9] = [
+    "requested",
+    "destination_attested",
+    "source_attested",
+    "authorised",
+    "sealed",
+    "claimed",
+    "imported",
+    "committed",
+    "source_deleted",
+];
 
 /// Runs `call`; if the controller died (the crash hook) it is restarted without the hook
 /// and the same call repeated: every step is idempotent for the party that made it.
@@ -309,18 +309,7 @@ fn through_crash<T>(
 #[test]
 fn the_controller_killed_after_every_step_recovers_each_migration() {
     let bed = Bed::start();
-    let steps = [
-        "requested",
-        "destination_attested",
-        "source_attested",
-        "authorised",
-        "sealed",
-        "claimed",
-        "imported",
-        "committed",
-        "source_deleted",
-        "aborted",
-    ];
+    let steps = COMPLETED_STEPS.into_iter().chain(["aborted"]);
     let (a, b) = (bed.host_client(bed.a()), bed.host_client(bed.b.as_ref()));
     let s = |r: Result<migration::api::MigrationView, ClientError>| r.map_err(|e| e.to_string());
     for crash in steps {

@@ -233,14 +233,7 @@ pub fn verify(
     let vaik = report.record(
         VAIK_CERTIFICATE,
         (|| {
-            let cert = x509::parse(&evidence.vaik_certificate.0)?;
-            x509::verify_chain(
-                "the CA root",
-                std::slice::from_ref(&trust.ca_root),
-                &cert,
-                &[],
-            )?;
-            x509::aik_profile(&cert, false)?;
+            let cert = x509::ca_issued_aik(&evidence.vaik_certificate.0, &trust.ca_root, false)?;
             let vek_hash = vtpm_ca::issue::vtpm_ek_key_hash(&cert).ok_or(
                 "the vAIK certificate names no vEK (no vEK key hash extension: issued before \
                  deep attestation?)",
@@ -353,14 +346,7 @@ pub fn verify(
                 .host_certificates
                 .first()
                 .ok_or("the deep quote has no host AIK certificate")?;
-            let cert = x509::parse(der)?;
-            x509::verify_chain(
-                "the CA root",
-                std::slice::from_ref(&trust.ca_root),
-                &cert,
-                &[],
-            )?;
-            x509::aik_profile(&cert, true)?;
+            let cert = x509::ca_issued_aik(der, &trust.ca_root, true)?;
             let detail = format!("{} (issued by the CA root)", x509::subject(&cert));
             Ok((cert, detail))
         })(),

@@ -31,6 +31,15 @@ pub fn verify_chain(
     vtpm_ca::chain::verify_chain(trusted, leaf, intermediates).map_err(|e| format!("{anchor}: {e}"))
 }
 
+/// An AIK certificate (DER or PEM) issued by the CA root itself, checked against its
+/// [`aik_profile`]: a host AIK (`host`) or a vAIK.
+pub fn ca_issued_aik(bytes: &[u8], ca_root: &X509, host: bool) -> Result<X509, String> {
+    let cert = parse(bytes)?;
+    verify_chain("the CA root", std::slice::from_ref(ca_root), &cert, &[])?;
+    aik_profile(&cert, host)?;
+    Ok(cert)
+}
+
 /// `extnID` contents of extendedKeyUsage (2.5.29.37) and basicConstraints (2.5.29.19).
 const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];

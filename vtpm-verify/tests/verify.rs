@@ -44,23 +44,9 @@ fn now() -> u64 {
 }
 
 fn start_daemon(chain: &ChainSetup, dir: &Path) -> DaemonProcess {
-    let tcti = chain.host_tpm.tcti();
-    let host_dir = chain.host_dir.display().to_string();
-    DaemonProcess::start(
-        &workspace_bin("vhost-vtpm"),
-        dir,
-        &[
-            "--log-level",
-            "debug",
-            "--host-tpm",
-            &tcti,
-            "--mirror-pcrs",
-            "0-7",
-            "--host-dir",
-            &host_dir,
-        ],
-    )
-    .expect("daemon")
+    let mirror = chain.mirror_args();
+    let args = [&["--log-level", "debug"][..], &mirror.args()].concat();
+    DaemonProcess::start(&workspace_bin("vhost-vtpm"), dir, &args).expect("daemon")
 }
 
 impl Setup {
