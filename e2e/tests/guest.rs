@@ -120,3 +120,97 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
     );
     vm.shutdown();
 }
+
+/// The driver's completion counters, from the virtio device's sysfs directory.
+fn completions(vm: &mut Vm) -> (u64, u64) {
+    let read = |vm: &mut Vm, name: &str| -> u64 {
+        let out = vm.must(&format!("cat /sys/bus/virtio/drivers/tpm_virtio/virtio*/{name}"));
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {out}"))
+    };
+    (
+        read(vm, "polled_completions"),
+        read(vm, "slept_completions"),
+    )
+}
+
+// Issue 12: the driver polls the used ring for a short adaptive window (interrupts suppressed)
+// before it sleeps on the interrupt. Commands complete on the polled path; with poll_us=0 they
+// all sleep; a command that the stopped daemon does not answer times out after its window and
+// is left to the device, whose late answer is discarded; a device reset (PCI remove and
+// rescan) while a loop of commands keeps the driver polling leaves a working TPM.
+#[test]
+fn the_driver_polls_for_completions_and_survives_a_timeout_and_a_reset() {
+    let (env, _dir, daemon) = start();
+    let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    let twenty = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+                  tpm2_getrandom --hex 8 > /dev/null || exit 1; done";
+
+    let (polled0, slept0) = completions(&mut vm);
+    vm.must(twenty);
+    let (polled1, slept1) = completions(&mut vm);
+    eprintln!(
+        "20 x tpm2_getrandom: {} completions polled, {} slept",
+        polled1 - polled0,
+        slept1 - slept0
+    );
+    assert!(
+        polled1 > polled0,
+        "no completion was polled ({polled0} -> {polled1}, slept {slept0} -> {slept1})"
+    );
+
+    // Polling off: every completion sleeps on the interrupt.
+    vm.must("echo 0 > /sys/module/tpm_virtio/parameters/poll_us");
+    vm.must(twenty);
+    let (polled2, slept2) = completions(&mut vm);
+    assert_eq!(polled2, polled1, "poll_us=0 still polled");
+    assert!(slept2 >= slept1 + 20, "{slept1} -> {slept2}");
+    vm.must("echo 200 > /sys/module/tpm_virtio/parameters/poll_us");
+
+    // A command the daemon does not answer: polled, then slept on, then timed out (the
+    // floor of 0 leaves GetRandom's own duration class) and stranded.
+    vm.must("echo 0 > /sys/module/tpm_virtio/parameters/min_timeout_ms");
+    let pid = nix::unistd::Pid::from_raw(daemon.pid().unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let (code, out) = vm.run_timeout("tpm2_getrandom --hex 8", Duration::from_secs(60));
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+    assert_ne!(code, 0, "answered by a stopped daemon: {out}");
+    assert!(
+        vm.must("dmesg").contains("no response within"),
+        "{}",
+        vm.must("dmesg")
+    );
+    // The late answer to the stranded command is discarded; the next ones poll again.
+    vm.must("echo 2000 > /sys/module/tpm_virtio/parameters/min_timeout_ms");
+    vm.must(twenty);
+    assert!(
+        vm.must("dmesg").contains("late response to an abandoned command discarded"),
+        "{}",
+        vm.must("dmesg")
+    );
+    let (polled3, _) = completions(&mut vm);
+    assert!(polled3 > polled2, "polling did not resume after the timeout");
+
+    // A device reset while a loop of commands keeps the driver polling.
+    vm.must(
+        "(while :; do tpm2_getrandom --hex 8 > /dev/null 2>&1; done) > /dev/null 2>&1 & \
+         echo $! > hammer",
+    );
+    vm.must(
+        "sleep 1; dev=$(readlink -f /sys/bus/virtio/drivers/tpm_virtio/virtio*/..); \
+         echo 1 > $dev/remove; sleep 1; echo 1 > /sys/bus/pci/rescan; sleep 1",
+    );
+    vm.must("kill $(cat hammer); wait 2> /dev/null; true");
+    // (The shell may report the loop's end first.)
+    let rnd = vm.must("tpm2_getrandom --hex 8");
+    let rnd = rnd.trim().lines().last().unwrap_or_default();
+    assert_eq!(rnd.len(), 16, "after the reset: {rnd}");
+    let dmesg = vm.must("dmesg");
+    assert_eq!(
+        dmesg.matches("virtio TPM 2.0").count(),
+        2,
+        "the device was not registered again after the rescan:\n{dmesg}"
+    );
+    vm.shutdown();
+}

@@ -34,10 +34,30 @@
  * device that stops answering eventually makes new transfers fail with
  * -EBUSY instead of consuming more memory.
  *
- * The device interrupts on completion; this driver never polls.  The TPM
- * core is told so with TPM_CHIP_FLAG_IRQ, which makes it call recv() right
- * after send() returns: send() therefore waits for the completion, bounded
- * by tpm_calc_ordinal_duration() (never less than min_timeout_ms).
+ * The TPM core is told that completion is signalled (TPM_CHIP_FLAG_IRQ),
+ * which makes it call recv() right after send() returns: send() therefore
+ * waits for the completion, bounded by tpm_calc_ordinal_duration() (never
+ * less than min_timeout_ms).
+ *
+ * Completion polling
+ * ------------------
+ * Most TPM commands take the device a few microseconds; what the guest pays
+ * on top is wake-ups: the device's interrupt, and the halted vCPU's.  So
+ * after the kick, send() first polls the used ring, with the queue's
+ * interrupts suppressed (virtqueue_disable_cb), for a short window; only a
+ * command still outstanding after it re-enables the interrupt and sleeps.
+ * The window adapts (as NAPI and virtio-blk poll queues bound their own): it
+ * follows twice the latency recently seen, within poll_us, so slow commands
+ * (key generation, RSA) stop burning the vCPU; a window that expired without
+ * the answer makes the next commands sleep at once, for a number of commands
+ * that doubles with each further miss, until a poll succeeds again.  The
+ * poll also stops when the scheduler wants the CPU or a fatal signal is
+ * pending, and never outlasts the command's timeout.  poll_us=0 turns it
+ * off.  The polled path and the interrupt path reap the ring under the same
+ * lock, so an interrupt that arrives anyway (suppression is only a hint)
+ * changes nothing.  Counters in sysfs (polled_completions,
+ * slept_completions, poll_window_ns on the virtio device) say which path
+ * served.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -46,9 +66,12 @@
 #include <linux/device.h>
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
+#include <linux/ktime.h>
 #include <linux/list.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -90,6 +113,16 @@ module_param(min_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(min_timeout_ms,
 		 "lower bound in ms on the per-command timeout derived from the TPM duration classes (default 2000)");
 
+static unsigned int poll_us = 200;
+module_param(poll_us, uint, 0644);
+MODULE_PARM_DESC(poll_us,
+		 "longest time in us a command's completion is polled for, interrupts suppressed, before sleeping on the interrupt; the window adapts below it (0: never poll; default 200)");
+
+/* The adaptive window never starts below this, so that a fast command is caught. */
+#define VTPM_POLL_MIN_NS	(20 * NSEC_PER_USEC)
+/* Commands that sleep at once after a poll missed, at the most. */
+#define VTPM_POLL_MAX_SKIP	1024u
+
 struct vtpm_req {
 	struct list_head node;	/* on vtpm::stranded while abandoned */
 	u8 *cmd;
@@ -111,6 +144,13 @@ struct vtpm {
 	struct vtpm_req *req;	/* working request, NULL after stranding */
 	u32 rsp_len;		/* used length of the last completed transfer */
 	bool rsp_pending;	/* send() succeeded, recv() not yet called */
+	u64 poll_window_ns;	/* current polling window, <= poll_us */
+	unsigned int poll_skip;	/* commands left that sleep without polling */
+	unsigned int poll_backoff;	/* next poll_skip after a miss */
+
+	/* Which path completed the transfers (sysfs; updated under xfer_lock). */
+	atomic64_t polled;
+	atomic64_t slept;
 
 	/*
 	 * Protects the virtqueue, ->ready, ->inflight, ->used_len and the
@@ -165,16 +205,17 @@ static void vtpm_set_ready(struct vtpm *v, bool ready)
 	spin_unlock_irqrestore(&v->lock, flags);
 }
 
-/* Virtqueue callback: runs in interrupt context. */
-static void vtpm_vq_done(struct virtqueue *vq)
+/*
+ * Takes every used buffer off the ring: the in-flight request completes its
+ * waiter, a stranded one is freed.  Called with v->lock held, from the
+ * interrupt and from the polling sender.
+ */
+static void vtpm_reap_locked(struct vtpm *v)
 {
-	struct vtpm *v = vq->vdev->priv;
 	struct vtpm_req *req;
-	unsigned long flags;
 	unsigned int len;
 
-	spin_lock_irqsave(&v->lock, flags);
-	while ((req = virtqueue_get_buf(vq, &len)) != NULL) {
+	while ((req = virtqueue_get_buf(v->vq, &len)) != NULL) {
 		if (req == v->inflight) {
 			v->inflight = NULL;
 			v->used_len = len;
@@ -192,7 +233,94 @@ static void vtpm_vq_done(struct virtqueue *vq)
 				     "late response to an abandoned command discarded (%u still outstanding)\n",
 				     v->nr_stranded);
 	}
+}
+
+/* Virtqueue callback: runs in interrupt context. */
+static void vtpm_vq_done(struct virtqueue *vq)
+{
+	struct vtpm *v = vq->vdev->priv;
+	unsigned long flags;
+
+	spin_lock_irqsave(&v->lock, flags);
+	vtpm_reap_locked(v);
 	spin_unlock_irqrestore(&v->lock, flags);
+}
+
+/*
+ * How long to poll for the next command's completion (0: sleep at once).
+ * Caller holds xfer_lock.
+ */
+static u64 vtpm_poll_window(struct vtpm *v, unsigned long timeout)
+{
+	u64 cap = (u64)READ_ONCE(poll_us) * NSEC_PER_USEC;
+
+	if (!cap)
+		return 0;
+	if (v->poll_skip) {
+		v->poll_skip--;
+		return 0;
+	}
+	cap = min_t(u64, cap, jiffies_to_nsecs(timeout));
+	if (!v->poll_window_ns)
+		v->poll_window_ns = cap;
+	return min(v->poll_window_ns, cap);
+}
+
+/*
+ * Learns from a transfer that took @elapsed_ns: a poll that caught it, or a
+ * sleep after a poll of @window_ns (0: no poll) that did not.
+ */
+static void vtpm_poll_learn(struct vtpm *v, u64 window_ns, bool polled,
+			    u64 elapsed_ns)
+{
+	u64 cap = (u64)READ_ONCE(poll_us) * NSEC_PER_USEC;
+	u64 want = clamp_t(u64, 2 * elapsed_ns, VTPM_POLL_MIN_NS, cap);
+
+	if (polled) {
+		atomic64_inc(&v->polled);
+		v->poll_backoff = 0;
+		/* Follow the latency seen, up or down, within the cap. */
+		v->poll_window_ns = want;
+		return;
+	}
+	atomic64_inc(&v->slept);
+	if (!window_ns) {
+		/* Slept without polling: a fast answer is worth polling for. */
+		if (elapsed_ns <= cap / 2)
+			v->poll_window_ns = want;
+		return;
+	}
+	/* The window expired: back off, longer after each miss in a row. */
+	v->poll_backoff = v->poll_backoff ?
+		min(2 * v->poll_backoff, VTPM_POLL_MAX_SKIP) : 1;
+	v->poll_skip = v->poll_backoff;
+	v->poll_window_ns = want;
+}
+
+/*
+ * Polls for @req's completion for up to @window_ns, interrupts suppressed by
+ * the caller.  True when the request completed.  Stops early when the
+ * scheduler wants the CPU or a fatal signal is pending.
+ */
+static bool vtpm_poll_completion(struct vtpm *v, struct vtpm_req *req,
+				 u64 window_ns)
+{
+	u64 deadline = ktime_get_ns() + window_ns;
+	unsigned long flags;
+	bool done;
+
+	for (;;) {
+		spin_lock_irqsave(&v->lock, flags);
+		vtpm_reap_locked(v);
+		done = v->inflight != req;
+		spin_unlock_irqrestore(&v->lock, flags);
+		if (done)
+			return true;
+		if (ktime_get_ns() >= deadline || need_resched() ||
+		    fatal_signal_pending(current))
+			return false;
+		cpu_relax();
+	}
 }
 
 /* Must be called with the request stuck in the device: see header comment. */
@@ -215,8 +343,9 @@ static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 	struct scatterlist out, in, *sgs[2];
 	struct vtpm_req *req;
 	unsigned long flags;
-	long left;
-	bool kick;
+	u64 window, start;
+	bool kick, polled = false;
+	long left = 1;
 	int err;
 
 	lockdep_assert_held(&v->xfer_lock);
@@ -242,16 +371,22 @@ static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 
 	/* No request is in flight, so nobody can complete() concurrently. */
 	reinit_completion(&v->done);
+	window = vtpm_poll_window(v, timeout);
 
 	spin_lock_irqsave(&v->lock, flags);
 	if (!v->ready) {
 		spin_unlock_irqrestore(&v->lock, flags);
 		return -ENODEV;
 	}
+	/* Polling: ask the device not to interrupt for this completion. */
+	if (window)
+		virtqueue_disable_cb(v->vq);
 	err = virtqueue_add_sgs(v->vq, sgs, 1, 1, req, GFP_ATOMIC);
 	if (err) {
 		unsigned int stuck = v->nr_stranded;
 
+		if (window && !virtqueue_enable_cb(v->vq))
+			vtpm_reap_locked(v);
 		spin_unlock_irqrestore(&v->lock, flags);
 		if (err == -ENOSPC) {
 			dev_err_ratelimited(&v->vdev->dev,
@@ -265,16 +400,35 @@ static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 	kick = virtqueue_kick_prepare(v->vq);
 	spin_unlock_irqrestore(&v->lock, flags);
 
+	start = ktime_get_ns();
 	if (kick && !virtqueue_notify(v->vq)) {
 		/* The device is broken; the buffer stays with it until reset. */
 		spin_lock_irqsave(&v->lock, flags);
+		if (window && !virtqueue_enable_cb(v->vq))
+			vtpm_reap_locked(v);
 		if (v->inflight == req)
 			vtpm_strand_locked(v, req);
 		spin_unlock_irqrestore(&v->lock, flags);
 		return -EIO;
 	}
 
-	left = wait_for_completion_killable_timeout(&v->done, timeout);
+	if (window) {
+		polled = vtpm_poll_completion(v, req, window);
+		/*
+		 * Interrupts back on; a completion that slipped in between is
+		 * reaped here, so the sleep below cannot miss it.
+		 */
+		spin_lock_irqsave(&v->lock, flags);
+		if (!virtqueue_enable_cb(v->vq))
+			vtpm_reap_locked(v);
+		spin_unlock_irqrestore(&v->lock, flags);
+	}
+	if (!polled) {
+		unsigned long spent = nsecs_to_jiffies(ktime_get_ns() - start);
+
+		left = wait_for_completion_killable_timeout(&v->done,
+				timeout > spent ? timeout - spent : 1);
+	}
 
 	spin_lock_irqsave(&v->lock, flags);
 	if (v->inflight == req) {
@@ -286,6 +440,7 @@ static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 	/* Answered (possibly just after the wait timed out). */
 	*used = v->used_len;
 	spin_unlock_irqrestore(&v->lock, flags);
+	vtpm_poll_learn(v, window, polled, ktime_get_ns() - start);
 	return 0;
 }
 
@@ -420,6 +575,43 @@ static const struct tpm_class_ops vtpm_ops = {
 	.status = vtpm_status,
 };
 
+/* Which completion path served, for operators and tests (see the header). */
+static ssize_t polled_completions_show(struct device *dev,
+				       struct device_attribute *attr, char *buf)
+{
+	struct vtpm *v = dev_to_virtio(dev)->priv;
+
+	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&v->polled));
+}
+static DEVICE_ATTR_RO(polled_completions);
+
+static ssize_t slept_completions_show(struct device *dev,
+				      struct device_attribute *attr, char *buf)
+{
+	struct vtpm *v = dev_to_virtio(dev)->priv;
+
+	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&v->slept));
+}
+static DEVICE_ATTR_RO(slept_completions);
+
+static ssize_t poll_window_ns_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	struct vtpm *v = dev_to_virtio(dev)->priv;
+
+	return sysfs_emit(buf, "%llu\n",
+			  (unsigned long long)READ_ONCE(v->poll_window_ns));
+}
+static DEVICE_ATTR_RO(poll_window_ns);
+
+static struct attribute *vtpm_attrs[] = {
+	&dev_attr_polled_completions.attr,
+	&dev_attr_slept_completions.attr,
+	&dev_attr_poll_window_ns.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(vtpm);
+
 static int vtpm_read_buf_size(struct virtio_device *vdev, u32 *size)
 {
 	u32 val;
@@ -506,6 +698,8 @@ static int vtpm_probe(struct virtio_device *vdev)
 	mutex_init(&v->xfer_lock);
 	spin_lock_init(&v->lock);
 	init_completion(&v->done);
+	atomic64_set(&v->polled, 0);
+	atomic64_set(&v->slept, 0);
 	INIT_LIST_HEAD(&v->stranded);
 	vdev->priv = v;
 
@@ -682,6 +876,8 @@ static int vtpm_restore(struct virtio_device *vdev)
 static struct virtio_driver vtpm_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.driver.owner = THIS_MODULE,
+	/* Added after probe and removed before remove(): ->priv is valid. */
+	.driver.dev_groups = vtpm_groups,
 	.id_table = vtpm_id_table,
 	.probe = vtpm_probe,
 	.remove = vtpm_remove,
