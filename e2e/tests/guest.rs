@@ -124,7 +124,9 @@ fn daemon_killed_and_restarted_while_the_guest_waits() {
 /// The driver's completion counters, from the virtio device's sysfs directory.
 fn completions(vm: &mut Vm) -> (u64, u64) {
     let read = |vm: &mut Vm, name: &str| -> u64 {
-        let out = vm.must(&format!("cat /sys/bus/virtio/drivers/tpm_virtio/virtio*/{name}"));
+        let out = vm.must(&format!(
+            "cat /sys/bus/virtio/drivers/tpm_virtio/virtio*/{name}"
+        ));
         out.trim()
             .parse()
             .unwrap_or_else(|_| panic!("{name}: {out}"))
@@ -185,12 +187,16 @@ fn the_driver_polls_for_completions_and_survives_a_timeout_and_a_reset() {
     vm.must("echo 2000 > /sys/module/tpm_virtio/parameters/min_timeout_ms");
     vm.must(twenty);
     assert!(
-        vm.must("dmesg").contains("late response to an abandoned command discarded"),
+        vm.must("dmesg")
+            .contains("late response to an abandoned command discarded"),
         "{}",
         vm.must("dmesg")
     );
     let (polled3, _) = completions(&mut vm);
-    assert!(polled3 > polled2, "polling did not resume after the timeout");
+    assert!(
+        polled3 > polled2,
+        "polling did not resume after the timeout"
+    );
 
     // A device reset while a loop of commands keeps the driver polling.
     vm.must(

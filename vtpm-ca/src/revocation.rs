@@ -61,6 +61,8 @@ pub enum RevocationError {
     BadTarget,
     #[error("invalid request: the certificate's validity period cannot be read: {0}")]
     BadValidity(ErrorStack),
+    #[error("invalid request: the certificate cannot be listed in a CRL (its issuer or serial does not parse as DER): {0}")]
+    Unlistable(Box<RevocationError>),
     #[error("invalid request: the CA root has no key identifier")]
     NoKeyIdentifier,
     #[error("the CA key is neither an ECC nor an RSA key: cannot sign a CRL with it")]
@@ -206,6 +208,10 @@ pub fn revoke_cert(
     if let Some(serial) = store.issued_serial(cert)? {
         return revoke_issued(&store, serial, reason);
     }
+    // Its CRL entry must be buildable now: OpenSSL parses certificates whose issuer name
+    // x509-cert refuses (a malformed OID), and one such entry would make every later CRL
+    // fail (found by the ca_router fuzz target).
+    indirect_entry(cert, now_unix()).map_err(|e| RevocationError::Unlistable(Box::new(e)))?;
     let mut revs = Revocations::load(&store)?;
     let newly_revoked = revs.fingerprint(&fp).is_none();
     if newly_revoked {
@@ -470,6 +476,41 @@ mod tests {
 
     // A foreign certificate whose notAfter is not a time (OpenSSL parses it) is refused, so it
     // is never registered and the public status query never fails on it.
+    // A foreign certificate whose issuer name holds an OID that OpenSSL accepts and x509-cert
+    // does not (longer than const-oid's 39 bytes) is refused: revoked, it would make every
+    // later CRL fail, as the ca_router fuzz target found with a malformed OID.
+    #[test]
+    fn a_certificate_whose_issuer_cannot_be_listed_is_not_revoked_and_the_crl_still_builds() {
+        use openssl::asn1::Asn1Time;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let (_tmp, store, _) = new_store(Config::default());
+        let key = generate_key().unwrap();
+        let long_oid: String = std::iter::once("1.3.6.1.4.1".to_string())
+            .chain((0..40).map(|i| (1000 + i).to_string()))
+            .collect::<Vec<_>>()
+            .join(".");
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text(&long_oid, "odd").unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let odd = b.build();
+        assert!(Name::from_der(&odd.issuer_name().to_der().unwrap()).is_err());
+        let err = revoke_cert(&store, &odd, None).unwrap_err();
+        assert!(matches!(err, RevocationError::Unlistable(_)), "{err}");
+        let fp = fingerprint(&odd).unwrap();
+        assert_eq!(status(&store, &fp).unwrap().status, Status::Unknown);
+        crl(&store).expect("the CRL still builds");
+    }
+
     #[test]
     fn a_certificate_with_unreadable_dates_is_not_revoked_or_registered() {
         let (_tmp, store, _) = new_store(Config::default());

@@ -93,6 +93,7 @@ impl From<RevocationError> for ApiError {
             | E::BadPem(_)
             | E::BadTarget
             | E::BadValidity(_)
+            | E::Unlistable(_)
             | E::NoKeyIdentifier => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
             E::Access(e) => return e.into(),
             E::Store(e) => return e.into(),
