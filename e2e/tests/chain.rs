@@ -70,25 +70,8 @@ fn guest_reads_its_vek_chain_verifies_it_and_enrols_a_vaik() {
     let ca_pem = std::fs::read(&chain.ca.ca_cert).unwrap();
 
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
-    vm.must("cd /tmp");
     // The vEK certificates as every attestation client reads them, and the chain range.
-    vm.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
-    vm.must(
-        "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
-    );
-    for f in ["rsa", "ecc", "chain0", "chain1"] {
-        vm.must(&format!(
-            "openssl x509 -inform DER -in {f}.der -out {f}.pem"
-        ));
-    }
-    vm.write_file("/tmp/ca.pem", &ca_pem);
-    let out = vm.must(
-        "openssl verify -CAfile ca.pem -untrusted chain0.pem -untrusted chain1.pem rsa.pem ecc.pem",
-    );
-    assert!(
-        out.contains("rsa.pem: OK") && out.contains("ecc.pem: OK"),
-        "in-guest openssl verify: {out}"
-    );
+    vm.verify_vek_chain(&ca_pem);
     let subject = vm.must("openssl x509 -in chain1.pem -noout -subject");
     assert!(
         subject.contains("e2e-host"),

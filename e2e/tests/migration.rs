@@ -113,26 +113,55 @@ fn check_guest(vm: &mut Vm, src: &Expected) {
     );
 }
 
+/// A move of the source (booted in `tmp/vm-a` on host A) to host B, authorised, with the
+/// destination daemon (in `tmp/vm-b`) and its QEMU waiting for the stream on `port`.
+struct Move {
+    bed: MigrationBed,
+    src: Source,
+    /// The migration's id.
+    id: String,
+    dst_daemon: DaemonProcess,
+    dst: Vm,
+    port: u16,
+}
+
+fn prepare_move(env: &Env, tmp: &Path) -> Move {
+    let bin_dir = env.daemon.parent().unwrap().to_owned();
+    let bed = MigrationBed::start(&bin_dir, tmp).unwrap();
+    let src = boot_source(env, &bed, &tmp.join("vm-a"));
+    let id = bed
+        .authorise(&src.instance, "vm-1", bed.a(), bed.b())
+        .unwrap();
+    let dst_daemon = daemon(env, &bed, bed.b(), &tmp.join("vm-b"), true);
+    let port = free_port().unwrap();
+    let dst = Vm::incoming_tcp(
+        env,
+        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+        port,
+    );
+    Move {
+        bed,
+        src,
+        id,
+        dst_daemon,
+        dst,
+        port,
+    }
+}
+
 #[test]
 fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     let env = Env::load();
     let tmp = tempfile::tempdir().unwrap();
-    let bin_dir = env.daemon.parent().unwrap().to_owned();
-    let bed = MigrationBed::start(&bin_dir, tmp.path()).unwrap();
-    let src_dir = tmp.path().join("vm-a");
-    let mut src = boot_source(&env, &bed, &src_dir);
-    let id = bed
-        .authorise(&src.instance, "vm-1", bed.a(), bed.b())
-        .unwrap();
-
-    let dst_dir = tmp.path().join("vm-b");
-    let dst_daemon = daemon(&env, &bed, bed.b(), &dst_dir, true);
-    let port = free_port().unwrap();
-    let mut dst = Vm::incoming_tcp(
-        &env,
-        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+    let Move {
+        bed,
+        mut src,
+        id,
+        dst_daemon,
+        mut dst,
         port,
-    );
+    } = prepare_move(&env, tmp.path());
+    let src_dir = tmp.path().join("vm-a");
     let relay = Relay::start(port, None).unwrap();
     src.vm
         .migrate_tcp(relay.port, Duration::from_secs(300))
@@ -168,26 +197,7 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     );
 
     // In the destination guest, the vEK chain now verifies through host B's coprocessor.
-    dst.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
-    dst.must(
-        "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
-    );
-    for f in ["rsa", "ecc", "chain0", "chain1"] {
-        dst.must(&format!(
-            "openssl x509 -inform DER -in {f}.der -out {f}.pem"
-        ));
-    }
-    dst.write_file(
-        "/tmp/ca.pem",
-        &std::fs::read(&bed.chain.ca.ca_cert).unwrap(),
-    );
-    let out = dst.must(
-        "openssl verify -CAfile ca.pem -untrusted chain0.pem -untrusted chain1.pem rsa.pem ecc.pem",
-    );
-    assert!(
-        out.contains("rsa.pem: OK") && out.contains("ecc.pem: OK"),
-        "{out}"
-    );
+    dst.verify_vek_chain(&std::fs::read(&bed.chain.ca.ca_cert).unwrap());
     let subject = dst.must("openssl x509 -in chain0.pem -noout -subject");
     assert!(subject.contains("coprocessor host-b"), "{subject}");
 
@@ -212,19 +222,14 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
 fn destination_killed_mid_transfer_the_source_resumes_with_nothing_lost() {
     let env = Env::load();
     let tmp = tempfile::tempdir().unwrap();
-    let bin_dir = env.daemon.parent().unwrap().to_owned();
-    let bed = MigrationBed::start(&bin_dir, tmp.path()).unwrap();
-    let mut src = boot_source(&env, &bed, &tmp.path().join("vm-a"));
-    let id = bed
-        .authorise(&src.instance, "vm-1", bed.a(), bed.b())
-        .unwrap();
-    let dst_daemon = daemon(&env, &bed, bed.b(), &tmp.path().join("vm-b"), true);
-    let port = free_port().unwrap();
-    let mut dst = Vm::incoming_tcp(
-        &env,
-        &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
+    let Move {
+        bed,
+        mut src,
+        id,
+        dst_daemon,
+        mut dst,
         port,
-    );
+    } = prepare_move(&env, tmp.path());
     // The stream is cut, and the destination QEMU killed, as the sealed package (released
     // by the source daemon) is on its way.
     let relay = Relay::start(port, Some(b"VTPMMIG1".to_vec())).unwrap();

@@ -7,11 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use host_tpm::{HostTpm, HostTpmError, ObjectBlob};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::ecdsa::EcdsaSig;
-use openssl::nid::Nid;
 use openssl::sha::sha256;
+use testbed::openssl::ecdsa_p256_verifies;
 use testbed::HostTpmSimulator;
 use tpm_proto::attest::{pcr_digest_sha256, QuoteAttest, Signature};
 use tpm_proto::public::{PublicParams, TpmPublic};
@@ -29,20 +26,7 @@ fn verify_ecdsa(aik: &ObjectBlob, message: &[u8], signature: &[u8]) -> bool {
     let Signature::Ecdsa { r, s, .. } = Signature::parse(signature).unwrap() else {
         panic!("the AIK signs with ECDSA")
     };
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(&x).unwrap(),
-        &BigNum::from_slice(&y).unwrap(),
-    )
-    .unwrap();
-    EcdsaSig::from_private_components(
-        BigNum::from_slice(&r).unwrap(),
-        BigNum::from_slice(&s).unwrap(),
-    )
-    .unwrap()
-    .verify(&sha256(message), &key)
-    .unwrap()
+    ecdsa_p256_verifies(&x, &y, &sha256(message), &r, &s)
 }
 
 #[test]

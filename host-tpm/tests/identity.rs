@@ -11,14 +11,11 @@ use std::path::Path;
 use host_tpm::{
     aik_violations, HostTpm, HostTpmError, ObjectBlob, ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX,
 };
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::ecdsa::EcdsaSig;
-use openssl::nid::Nid;
 use openssl::sha::sha256;
 use openssl::x509::X509;
 use p256::ecdsa::Signature;
 use signature::Signer;
+use testbed::openssl::ecdsa_p256_verifies;
 use testbed::HostTpmSimulator;
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::handles::NvIndexTpmHandle;
@@ -81,19 +78,7 @@ fn ecc_point(public: &Public) -> (Vec<u8>, Vec<u8>) {
 fn verify(public: &Public, data: &[u8], sig: &Signature) -> bool {
     let (r, s) = sig.split_bytes();
     let (x, y) = ecc_point(public);
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(&x).unwrap(),
-        &BigNum::from_slice(&y).unwrap(),
-    )
-    .unwrap();
-    let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(&r).unwrap(),
-        BigNum::from_slice(&s).unwrap(),
-    )
-    .unwrap();
-    sig.verify(&sha256(data), &key).unwrap()
+    ecdsa_p256_verifies(&x, &y, &sha256(data), &r, &s)
 }
 
 #[test]

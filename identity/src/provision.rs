@@ -240,63 +240,38 @@ pub fn refresh_ek_chain(
 ) -> Result<Refreshed, IdentityError> {
     check_coprocessor_cert(key, coprocessor_cert)?;
     with_started(engine, |engine| {
-        refresh_started(engine, key, coprocessor_cert, issuers, validity, due)
-    })
-}
-
-fn refresh_started(
-    engine: &mut dyn Coprocessor,
-    key: &CoprocessorKey,
-    coprocessor_cert: &X509Ref,
-    issuers: &[X509],
-    validity: &Validity,
-    due: &dyn Fn(&X509Ref) -> bool,
-) -> Result<Refreshed, IdentityError> {
-    let mut current = Vec::new();
-    for kind in EkKind::ALL {
-        match read_ek_cert(engine, kind)? {
-            Some(cert) => current.push(cert),
-            None => {
-                return Err(IdentityError::Refused(format!(
-                    "the instance has no {} vEK certificate: provision it first",
-                    kind.name()
-                )))
-            }
+        let mut current = Vec::new();
+        for kind in EkKind::ALL {
+            current.push(provisioned_ek_cert(engine, kind)?);
         }
-    }
-    let issuer_end = coprocessor_cert.not_after();
-    let mut reissue = false;
-    for cert in &current {
-        reissue |=
-            !issued_by(cert, coprocessor_cert)? || due(cert) || cert.not_after() > issuer_end;
-    }
-    if reissue {
-        let certs = issue_ek_certs(engine, key, coprocessor_cert, validity)?;
-        let done = store_ek_certs(engine, certs, coprocessor_cert, issuers)?;
-        return Ok(Refreshed {
-            reissued: true,
-            chain_rewritten: true,
-            rsa_cert: done.rsa_cert,
-            ecc_cert: done.ecc_cert,
-        });
-    }
-    let wanted = std::iter::once(coprocessor_cert.to_der())
-        .chain(issuers.iter().map(|c| c.to_der()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let chain_rewritten = read_chain(engine)? != wanted;
-    if chain_rewritten {
-        store_chain(engine, coprocessor_cert, issuers)?;
-    }
-    let mut current = current.into_iter();
-    match (current.next(), current.next()) {
-        (Some(rsa_cert), Some(ecc_cert)) => Ok(Refreshed {
-            reissued: false,
-            chain_rewritten,
-            rsa_cert,
-            ecc_cert,
-        }),
-        _ => Err(IdentityError::Refused("EK certificates missing".into())),
-    }
+        let issuer_end = coprocessor_cert.not_after();
+        let mut reissue = false;
+        for cert in &current {
+            reissue |=
+                !issued_by(cert, coprocessor_cert)? || due(cert) || cert.not_after() > issuer_end;
+        }
+        if reissue {
+            let certs = issue_ek_certs(engine, key, coprocessor_cert, validity)?;
+            let done = store_ek_certs(engine, certs, coprocessor_cert, issuers)?;
+            return Ok(Refreshed {
+                reissued: true,
+                chain_rewritten: true,
+                rsa_cert: done.rsa_cert,
+                ecc_cert: done.ecc_cert,
+            });
+        }
+        let chain_rewritten = update_chain(engine, coprocessor_cert, issuers)?;
+        let mut current = current.into_iter();
+        match (current.next(), current.next()) {
+            (Some(rsa_cert), Some(ecc_cert)) => Ok(Refreshed {
+                reissued: false,
+                chain_rewritten,
+                rsa_cert,
+                ecc_cert,
+            }),
+            _ => Err(IdentityError::Refused("EK certificates missing".into())),
+        }
+    })
 }
 
 /// Whether `cert` verifies under `issuer`'s key and names it as its issuer.
@@ -322,12 +297,7 @@ pub fn refresh_chain_of_running(
     issuers: &[X509],
 ) -> Result<bool, IdentityError> {
     for kind in EkKind::ALL {
-        let cert = read_ek_cert(engine, kind)?.ok_or_else(|| {
-            IdentityError::Refused(format!(
-                "the instance has no {} vEK certificate: provision it first",
-                kind.name()
-            ))
-        })?;
+        let cert = provisioned_ek_cert(engine, kind)?;
         if !issued_by(&cert, coprocessor_cert)? {
             return Err(IdentityError::Refused(format!(
                 "the {} vEK certificate does not verify under the host's current coprocessor \
@@ -337,6 +307,26 @@ pub fn refresh_chain_of_running(
             )));
         }
     }
+    update_chain(engine, coprocessor_cert, issuers)
+}
+
+/// The instance's `kind` vEK certificate, which a refresh needs there: refused if missing.
+fn provisioned_ek_cert(engine: &mut dyn Coprocessor, kind: EkKind) -> Result<X509, IdentityError> {
+    read_ek_cert(engine, kind)?.ok_or_else(|| {
+        IdentityError::Refused(format!(
+            "the instance has no {} vEK certificate: provision it first",
+            kind.name()
+        ))
+    })
+}
+
+/// Rewrites the chain from [`EK_CHAIN_FIRST_INDEX`] to `coprocessor_cert` followed by
+/// `issuers` unless it is that already; returns whether it rewrote it.
+fn update_chain(
+    engine: &mut dyn Coprocessor,
+    coprocessor_cert: &X509Ref,
+    issuers: &[X509],
+) -> Result<bool, IdentityError> {
     let wanted = std::iter::once(coprocessor_cert.to_der())
         .chain(issuers.iter().map(|c| c.to_der()))
         .collect::<Result<Vec<_>, _>>()?;

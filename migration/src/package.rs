@@ -23,8 +23,10 @@
 use vtpm_state::keys::InstanceId;
 
 use crate::snapshot;
-use crate::ticket::{MigrationId, MAX_HOST_ID, MAX_SIGNATURE, MAX_TICKET, MAX_VM_ID, POINT_LEN};
-use crate::wire::{check_id, check_point, put_prefixed, FieldError, Reader};
+use crate::ticket::{
+    MigrationId, Route, MAX_HOST_ID, MAX_SIGNATURE, MAX_TICKET, MAX_VM_ID, POINT_LEN,
+};
+use crate::wire::{check_point, put_prefixed, FieldError, Reader};
 
 pub const MAGIC: &[u8; 8] = b"VTPMMIG1";
 pub const VERSION: u16 = 1;
@@ -89,10 +91,18 @@ pub enum PackageError {
 }
 
 impl Header {
+    fn route(&self) -> Route<'_> {
+        Route {
+            migration: &self.migration,
+            instance: &self.instance,
+            vm: &self.vm,
+            source: &self.source,
+            destination: &self.destination,
+        }
+    }
+
     fn check(&self) -> Result<(), PackageError> {
-        check_id("VM id", &self.vm, MAX_VM_ID)?;
-        check_id("source host id", &self.source, MAX_HOST_ID)?;
-        check_id("destination host id", &self.destination, MAX_HOST_ID)?;
+        self.route().check()?;
         if self.ticket.len() > MAX_TICKET {
             return Err(FieldError::TooLarge {
                 field: "ticket",
@@ -109,13 +119,7 @@ impl Header {
     pub fn encode(&self) -> Result<Vec<u8>, PackageError> {
         self.check()?;
         let mut out = Vec::with_capacity(256 + self.ticket.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(&self.migration.0);
-        out.extend_from_slice(&self.instance.0);
-        for id in [&self.vm, &self.source, &self.destination] {
-            put_prefixed(&mut out, 1, id.as_bytes());
-        }
+        self.route().put(&mut out, MAGIC, VERSION);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         put_prefixed(&mut out, 2, &self.ticket);
         out.extend_from_slice(&self.ephemeral);

@@ -97,6 +97,38 @@ pub struct Ticket {
     pub expires_at: u64,
 }
 
+/// The fields a ticket and a package header both open with, after their magic and version:
+/// which migration moves which instance of which VM from where to where. One encoding and one
+/// check for both formats, so they cannot drift apart.
+pub(crate) struct Route<'a> {
+    pub migration: &'a MigrationId,
+    pub instance: &'a InstanceId,
+    pub vm: &'a str,
+    pub source: &'a str,
+    pub destination: &'a str,
+}
+
+impl Route<'_> {
+    /// Checks what encoding relies on: ids within the subject rule.
+    pub(crate) fn check(&self) -> Result<(), FieldError> {
+        check_id("VM id", self.vm, MAX_VM_ID)?;
+        check_id("source host id", self.source, MAX_HOST_ID)?;
+        check_id("destination host id", self.destination, MAX_HOST_ID)
+    }
+
+    /// Appends `magic | version | migration id | instance id | VM id | source host id |
+    /// destination host id`; the caller has checked the route.
+    pub(crate) fn put(&self, out: &mut Vec<u8>, magic: &[u8], version: u16) {
+        out.extend_from_slice(magic);
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&self.migration.0);
+        out.extend_from_slice(&self.instance.0);
+        for id in [self.vm, self.source, self.destination] {
+            put_prefixed(out, 1, id.as_bytes());
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TicketError {
     #[error("not a migration ticket (bad magic)")]
@@ -116,11 +148,19 @@ pub enum TicketError {
 }
 
 impl Ticket {
+    pub(crate) fn route(&self) -> Route<'_> {
+        Route {
+            migration: &self.migration,
+            instance: &self.instance,
+            vm: &self.vm,
+            source: &self.source,
+            destination: &self.destination,
+        }
+    }
+
     /// Checks what encoding relies on: ids within the subject rule.
     fn check(&self) -> Result<(), TicketError> {
-        check_id("VM id", &self.vm, MAX_VM_ID)?;
-        check_id("source host id", &self.source, MAX_HOST_ID)?;
-        check_id("destination host id", &self.destination, MAX_HOST_ID)?;
+        self.route().check()?;
         check_point("destination key", &self.destination_key)?;
         Ok(())
     }
@@ -129,13 +169,7 @@ impl Ticket {
     pub fn encode_tbs(&self) -> Result<Vec<u8>, TicketError> {
         self.check()?;
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_be_bytes());
-        out.extend_from_slice(&self.migration.0);
-        out.extend_from_slice(&self.instance.0);
-        for id in [&self.vm, &self.source, &self.destination] {
-            put_prefixed(&mut out, 1, id.as_bytes());
-        }
+        self.route().put(&mut out, MAGIC, VERSION);
         out.extend_from_slice(&self.destination_key);
         for n in [self.epoch, self.issued_at, self.expires_at] {
             out.extend_from_slice(&n.to_be_bytes());

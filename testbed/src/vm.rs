@@ -508,6 +508,32 @@ impl Vm {
             .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
     }
 
+    /// In /tmp (left as the working directory): the vEK certificates as every attestation
+    /// client reads them (`tpm2_getekcertificate`) and the chain range (NV 0x01c00100 and
+    /// 0x01c00101), each as `rsa`, `ecc`, `chain0`, `chain1` `.der` and `.pem`, and `ca_pem`
+    /// as ca.pem; then the guest's `openssl verify` of both vEK certificates through the chain
+    /// under that root, which must pass.
+    pub fn verify_vek_chain(&mut self, ca_pem: &[u8]) {
+        self.must("cd /tmp");
+        self.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
+        self.must(
+            "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
+        );
+        for f in ["rsa", "ecc", "chain0", "chain1"] {
+            self.must(&format!(
+                "openssl x509 -inform DER -in {f}.der -out {f}.pem"
+            ));
+        }
+        self.write_file("/tmp/ca.pem", ca_pem);
+        let out = self.must(
+            "openssl verify -CAfile ca.pem -untrusted chain0.pem -untrusted chain1.pem rsa.pem ecc.pem",
+        );
+        assert!(
+            out.contains("rsa.pem: OK") && out.contains("ecc.pem: OK"),
+            "in-guest openssl verify: {out}"
+        );
+    }
+
     /// Reads a guest file as bytes (base64 over the console).
     pub fn read_file(&mut self, path: &str) -> Vec<u8> {
         let b64 = self.must(&format!("base64 {path}"));

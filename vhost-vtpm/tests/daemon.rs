@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use guest_driver::{ClientOptions, Desc, DESC_F_NEXT, DESC_F_WRITE};
 use openssl::sha::sha256;
+use testbed::openssl::ecdsa_p256_verifies;
 use testbed::SwtpmProcess;
 use tpm_proto::{commands as c, rc};
 

@@ -24,6 +24,7 @@ use common::*;
 use guest_driver::VtpmClient;
 use openssl::sha::sha256;
 use openssl::x509::X509;
+use testbed::openssl::ecdsa_p256_verifies;
 use testbed::{HostRef, MigrationBed};
 use tpm_proto::{commands as c, rc};
 

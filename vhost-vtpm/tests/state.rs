@@ -15,6 +15,7 @@ use std::process::Command;
 use common::*;
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
+use testbed::openssl::ecdsa_p256_verifies;
 use testbed::{run_tool, DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::commands as c;
 use tpm_proto::rc;

@@ -198,6 +198,7 @@ mod tests {
             &aik,
             &[0; 32],
             3600,
+            None,
         )
         .unwrap();
         store.lock().unwrap().record_issued(&host).unwrap();

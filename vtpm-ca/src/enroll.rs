@@ -668,7 +668,7 @@ pub fn issue_aik(
         Kind::Host => &ek.cert_sha256,
         Kind::Vtpm => &ek.key_digest,
     };
-    let cert = issue::aik_cert_with(
+    let cert = issue::aik_cert(
         &*store.ca_key()?,
         &ca_cert,
         kind,
@@ -910,6 +910,7 @@ mod tests {
                 &host_aik_key,
                 &[1; 32],
                 3600,
+                None,
             )
             .unwrap();
             let host_aik_serial = store.lock().unwrap().record_issued(&host_aik).unwrap();

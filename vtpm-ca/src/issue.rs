@@ -229,28 +229,6 @@ pub fn tls_cert(
     finish_issued(b, ca_key, ca_cert)
 }
 
-/// An AIK certificate ([`aik_cert_with`] without a CRL distribution point).
-pub fn aik_cert<T: HasPublic>(
-    ca_key: &PKeyRef<Private>,
-    ca_cert: &X509Ref,
-    kind: Kind,
-    subject: &str,
-    aik: &PKeyRef<T>,
-    endorsement_sha256: &[u8],
-    validity_secs: u64,
-) -> Result<X509, IssueError> {
-    aik_cert_with(
-        ca_key,
-        ca_cert,
-        kind,
-        subject,
-        aik,
-        endorsement_sha256,
-        validity_secs,
-        None,
-    )
-}
-
 /// An AIK certificate, valid for `validity_secs` but never past the root's notAfter.
 ///
 /// * host: CA:TRUE pathlen:1, keyCertSign | digitalSignature, EKU tcg-kp-AIKCertificate,
@@ -261,7 +239,7 @@ pub fn aik_cert<T: HasPublic>(
 ///   the SHA-256 of the vEK's SubjectPublicKeyInfo;
 /// * with `crl_url`: cRLDistributionPoints, one point with that URI as its full name.
 #[allow(clippy::too_many_arguments)]
-pub fn aik_cert_with<T: HasPublic>(
+pub fn aik_cert<T: HasPublic>(
     ca_key: &PKeyRef<Private>,
     ca_cert: &X509Ref,
     kind: Kind,
@@ -421,7 +399,17 @@ mod tests {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
         let hash = [0xab; 32];
-        let cert = aik_cert(&ca_key, &ca_cert, Kind::Host, "host-1", &aik, &hash, 60).unwrap();
+        let cert = aik_cert(
+            &ca_key,
+            &ca_cert,
+            Kind::Host,
+            "host-1",
+            &aik,
+            &hash,
+            60,
+            None,
+        )
+        .unwrap();
         assert!(cert.verify(&ca_key).unwrap());
         let t = text(&cert);
         assert!(t.contains("CA:TRUE, pathlen:1"), "{t}");
@@ -437,7 +425,7 @@ mod tests {
     fn vtpm_aik_certificate_is_a_leaf() {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
-        let cert = aik_cert(&ca_key, &ca_cert, Kind::Vtpm, "vm-1", &aik, &[], 60).unwrap();
+        let cert = aik_cert(&ca_key, &ca_cert, Kind::Vtpm, "vm-1", &aik, &[], 60, None).unwrap();
         let t = text(&cert);
         assert!(t.contains("CA:FALSE"), "{t}");
         assert!(!t.contains("Certificate Sign"), "{t}");
@@ -446,7 +434,17 @@ mod tests {
         assert_eq!(host_ek_cert_hash(&cert), None);
         assert_eq!(vtpm_ek_key_hash(&cert), None);
         // With the vEK's key hash, the certificate binds the vEK (and still no host EK).
-        let cert = aik_cert(&ca_key, &ca_cert, Kind::Vtpm, "vm-1", &aik, &[5; 32], 60).unwrap();
+        let cert = aik_cert(
+            &ca_key,
+            &ca_cert,
+            Kind::Vtpm,
+            "vm-1",
+            &aik,
+            &[5; 32],
+            60,
+            None,
+        )
+        .unwrap();
         let t = text(&cert);
         assert!(t.contains(VTPM_EK_KEY_HASH_OID), "{t}");
         assert!(t.contains("CA:FALSE"), "{t}");
@@ -474,7 +472,7 @@ mod tests {
     fn extensions_are_read_from_the_certificate_structure() {
         let (ca_key, ca_cert) = ca();
         let aik = generate_key().unwrap();
-        let cert = aik_cert(&ca_key, &ca_cert, Kind::Host, "h", &aik, &[7; 32], 60).unwrap();
+        let cert = aik_cert(&ca_key, &ca_cert, Kind::Host, "h", &aik, &[7; 32], 60, None).unwrap();
         let der = cert.to_der().unwrap();
         let exts = extensions(&der).unwrap();
         // basicConstraints, keyUsage, extKeyUsage, the EK hash, SKI, AKI.

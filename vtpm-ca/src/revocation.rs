@@ -438,6 +438,7 @@ mod tests {
             &aik,
             &[0; 32],
             validity,
+            None,
         )
         .unwrap();
         store.lock().unwrap().record_issued(&c).unwrap();

@@ -16,6 +16,16 @@ fn named_file(server: &CaServer, name: &str) -> Option<Vec<u8>> {
     std::fs::read(server.store.join("certs").join(format!("{name}.pem"))).ok()
 }
 
+/// `enroll/finish` of a session the CA never started: refused, whatever else refuses it
+/// first.
+fn finish_unknown_session(c: &vtpm_ca::client::Client) -> vtpm_ca::client::ClientError {
+    c.enroll_finish(&vtpm_ca::api::EnrollFinishRequest {
+        session: "nope".into(),
+        secret: "AAAA".into(),
+    })
+    .unwrap_err()
+}
+
 /// The names of the files and directories at the top of the store (and of its parent).
 fn store_root_files(server: &CaServer) -> Vec<String> {
     let mut out = Vec::new();
@@ -290,12 +300,7 @@ fn revocation_crl_and_status_over_https() {
 fn errors_are_json_and_tls_is_the_cas() {
     let server = CaServer::start(3600, &[]);
     let c = server.client(None);
-    let e = c
-        .enroll_finish(&vtpm_ca::api::EnrollFinishRequest {
-            session: "nope".into(),
-            secret: "AAAA".into(),
-        })
-        .unwrap_err();
+    let e = finish_unknown_session(&c);
     assert_api_error(&e, 404, "unknown_session");
 
     // A client trusting another root does not get through TLS.
@@ -376,12 +381,7 @@ fn a_flood_of_enrollment_requests_is_rate_limited() {
     assert!(!limited.is_empty(), "{codes:?}");
     assert_api_error(limited[0], 429, "rate_limited");
     // Finishing is limited by the same bucket.
-    let e = c
-        .enroll_finish(&vtpm_ca::api::EnrollFinishRequest {
-            session: "nope".into(),
-            secret: "AAAA".into(),
-        })
-        .unwrap_err();
+    let e = finish_unknown_session(&c);
     assert_api_error(&e, 429, "rate_limited");
     // Two requests a second come back.
     std::thread::sleep(std::time::Duration::from_millis(1100));

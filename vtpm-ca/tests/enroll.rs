@@ -73,6 +73,16 @@ fn enroll(client: &Client, tpm: &Swtpm, req: &EnrollStartRequest) -> EnrollFinis
         .unwrap()
 }
 
+/// Enrols `tpm` as a new host `subject`, with the enrolment token an administrator issued
+/// for it.
+fn enroll_host(server: &CaServer, tpm: &Swtpm, subject: &str) -> EnrollFinishResponse {
+    enroll(
+        &server.host_client(subject),
+        tpm,
+        &host_start_request(tpm, subject),
+    )
+}
+
 /// The credential module alone against a real TPM: MakeCredential from the EK certificate
 /// (read from NV) and the name tpm2_createak printed; tpm2_activatecredential recovers it.
 #[test]
@@ -178,11 +188,7 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     let second = host_tpm(&server, "second");
     let client = server.client(None);
     let admin = server.admin();
-    let out = enroll(
-        &server.host_client("host-1"),
-        &first,
-        &host_start_request(&first, "host-1"),
-    );
+    let out = enroll_host(&server, &first, "host-1");
     let stored = admin.get_cert("aik/host/host-1").unwrap();
     assert_eq!(
         X509::from_pem(stored.as_bytes()).unwrap().to_der().unwrap(),
@@ -198,11 +204,7 @@ fn another_ek_cannot_take_over_an_enrolled_subject() {
     assert_api_error(&e, 403, "subject_taken");
     assert_eq!(admin.get_cert("aik/host/host-1").unwrap(), stored);
     // It may enroll under a name of its own.
-    let other = enroll(
-        &server.host_client("host-2"),
-        &second,
-        &host_start_request(&second, "host-2"),
-    );
+    let other = enroll_host(&server, &second, "host-2");
     assert_eq!(other.name, "aik/host/host-2");
 
     // Renewal: the first TPM enrolls host-1 again with the same EK.
@@ -403,11 +405,7 @@ fn aik_with_wrong_attributes_is_refused_with_the_list() {
 #[test]
 fn certificates_expire_with_the_configured_validity() {
     let (server, tpm, client) = ca_with_host(2);
-    let out = enroll(
-        &server.host_client("short-lived"),
-        &tpm,
-        &host_start_request(&tpm, "short-lived"),
-    );
+    let out = enroll_host(&server, &tpm, "short-lived");
     assert_eq!(
         out.not_after - out.not_before,
         2 + vtpm_ca::issue::BACKDATE_SECS
@@ -442,11 +440,7 @@ fn vtpm_enrollment_through_a_registered_coprocessor() {
     use std::time::Duration;
 
     let (server, host, client) = ca_with_host(3600);
-    let host_out = enroll(
-        &server.host_client("host-1"),
-        &host,
-        &host_start_request(&host, "host-1"),
-    );
+    let host_out = enroll_host(&server, &host, "host-1");
     let host_aik = X509::from_pem(host_out.certificate.as_bytes()).unwrap();
 
     // The coprocessor certificate: software P-256 key, signed by the host AIK in the TPM

@@ -72,6 +72,28 @@ impl CaArgs {
     }
 }
 
+/// A vTPM instance that is not running, and the key its state key is wrapped by.
+#[derive(Args, Debug, Clone)]
+pub struct InstanceArgs {
+    /// The instance's state directory (the daemon must not be running on it).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The instance's state key is wrapped by this host key file instead of the host TPM.
+    #[arg(long, value_name = "PATH")]
+    pub instance_host_key_file: Option<PathBuf>,
+}
+
+impl InstanceArgs {
+    /// The key wrapping the instance's state key: `--instance-host-key-file`, or else the
+    /// host's.
+    fn key(&self, host_key: &HostKey) -> HostKey {
+        match &self.instance_host_key_file {
+            Some(p) => HostKey::File(p.clone()),
+            None => host_key.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum HostCommand {
     /// Enrol the host TPM: its EK certificate and a new AIK go to the CA, the TPM activates
@@ -103,11 +125,8 @@ pub enum HostCommand {
     /// Provision (or re-issue) the vEK certificates and their chain into a vTPM instance
     /// that is not running.
     Provision {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        /// The instance's state key is wrapped by this host key file instead of the host TPM.
-        #[arg(long, value_name = "PATH")]
-        instance_host_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
         /// Lifetime of the vEK certificates.
         #[arg(long, default_value_t = 3650)]
         validity_days: u64,
@@ -118,12 +137,8 @@ pub enum HostCommand {
     /// there is replaced if it is an attestation key); the certificate goes to
     /// <state-dir>/vaik.pem.
     EnrollVaik {
-        /// The instance's state directory (the daemon must not be running on it).
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        /// The instance's state key is wrapped by this host key file instead of the host TPM.
-        #[arg(long, value_name = "PATH")]
-        instance_host_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
         /// CN of the vAIK certificate (default: the instance id).
         #[arg(long, value_name = "NAME")]
         subject: Option<String>,
@@ -139,11 +154,8 @@ pub enum HostCommand {
     /// host AIK certificates; the vEK certificates are issued again only if they are due,
     /// would outlive the coprocessor certificate, or do not verify under it.
     Refresh {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        /// The instance's state key is wrapped by this host key file instead of the host TPM.
-        #[arg(long, value_name = "PATH")]
-        instance_host_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
         /// Lifetime of re-issued vEK certificates (capped at the coprocessor certificate's).
         #[arg(long, default_value_t = 3650)]
         validity_days: u64,
@@ -151,11 +163,8 @@ pub enum HostCommand {
     /// Write the certificates in the NV of a vTPM instance that is not running, as PEM, to
     /// OUT: rsa-vek.pem, ecc-vek.pem, chain-0.pem (coprocessor), chain-1.pem (host AIK).
     Certificates {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        /// The instance's state key is wrapped by this host key file instead of the host TPM.
-        #[arg(long, value_name = "PATH")]
-        instance_host_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        instance: InstanceArgs,
         #[arg(long, value_name = "OUT")]
         out: PathBuf,
     },
@@ -188,14 +197,6 @@ fn parse_handle(s: &str) -> Result<u32, String> {
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
     u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex handle: {e}"))
-}
-
-/// The key wrapping an instance's state key: `--instance-host-key-file`, or else the host's.
-fn instance_key(file: Option<PathBuf>, host_key: &HostKey) -> HostKey {
-    match file {
-        Some(p) => HostKey::File(p),
-        None => host_key.clone(),
-    }
 }
 
 fn days(n: u64) -> Duration {
@@ -265,13 +266,12 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             ))
         }
         HostCommand::Provision {
-            state_dir,
-            instance_host_key_file,
+            instance,
             validity_days,
         } => {
-            let instance_key = instance_key(instance_host_key_file, &host_key);
+            let instance_key = instance.key(&host_key);
             let done = provision_instance(
-                &state_dir,
+                &instance.state_dir,
                 &instance_key,
                 &dir,
                 &host_key,
@@ -287,15 +287,14 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             ))
         }
         HostCommand::EnrollVaik {
-            state_dir,
-            instance_host_key_file,
+            instance,
             subject: cn,
             aik_handle,
             ca,
         } => {
-            let instance_key = instance_key(instance_host_key_file, &host_key);
+            let instance_key = instance.key(&host_key);
             let done = crate::vaik::enroll_vaik(
-                &state_dir,
+                &instance.state_dir,
                 &instance_key,
                 &ca.client()?,
                 cn.as_deref(),
@@ -303,20 +302,19 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             )?;
             Ok(format!(
                 "vAIK certificate {} ({}, {}); the vAIK is persistent at handle {:#010x}",
-                state_dir.join(crate::vaik::VAIK_CERT).display(),
+                instance.state_dir.join(crate::vaik::VAIK_CERT).display(),
                 subject(&done.certificate),
                 done.name,
                 done.aik_handle
             ))
         }
         HostCommand::Refresh {
-            state_dir,
-            instance_host_key_file,
+            instance,
             validity_days,
         } => {
-            let instance_key = instance_key(instance_host_key_file, &host_key);
+            let instance_key = instance.key(&host_key);
             let done = crate::instance::refresh(
-                &state_dir,
+                &instance.state_dir,
                 &instance_key,
                 &dir,
                 &host_key,
@@ -332,13 +330,9 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
                 }
             ))
         }
-        HostCommand::Certificates {
-            state_dir,
-            instance_host_key_file,
-            out,
-        } => {
-            let instance_key = instance_key(instance_host_key_file, &host_key);
-            let certs = crate::instance::certificates(&state_dir, &instance_key)?;
+        HostCommand::Certificates { instance, out } => {
+            let instance_key = instance.key(&host_key);
+            let certs = crate::instance::certificates(&instance.state_dir, &instance_key)?;
             let named = [
                 ("rsa-vek.pem", certs.rsa_vek),
                 ("ecc-vek.pem", certs.ecc_vek),

@@ -186,26 +186,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Whether (r, s) is an ECDSA P-256 signature over `digest` by the public key (x, y), as
-/// openssl judges it.
-pub fn ecdsa_p256_verifies(x: &[u8], y: &[u8], digest: &[u8], r: &[u8], s: &[u8]) -> bool {
-    use openssl::{bn::BigNum, ec::*, ecdsa::EcdsaSig, nid::Nid};
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let public = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(x).unwrap(),
-        &BigNum::from_slice(y).unwrap(),
-    )
-    .unwrap();
-    public.check_key().unwrap();
-    let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(r).unwrap(),
-        BigNum::from_slice(s).unwrap(),
-    )
-    .unwrap();
-    sig.verify(digest, &public).unwrap()
-}
-
 /// Two hosts, one CA and the migration controller, under `dir` (ADR 0010).
 pub fn migration_bed(dir: &Path) -> testbed::MigrationBed {
     let bin_dir = Path::new(DAEMON).parent().expect("binary directory");
