@@ -269,12 +269,18 @@ pub fn exists_not_symlink(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Creates (or replaces) a small marker file holding `data`, durably; a symlink at `path`
-/// is an error. Returns whether the file existed before.
+/// Makes sure a marker file exists at `path`, a file whose existence is what counts: a new
+/// one is created with `O_CREAT | O_EXCL | O_NOFOLLOW` holding `data` (written, not synced)
+/// and its name made durable with one directory sync; one already there is left as it is.
+/// A symlink at `path` is an error. Returns whether the file existed before.
 pub fn create_marker(path: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
-    let existed = exists_not_symlink(path)?;
-    replace(path, data, mode, true)?;
-    Ok(existed)
+    if exists_not_symlink(path)? {
+        return Ok(true);
+    }
+    let mut marker = InPlaceFile::create(path, mode)?;
+    marker.write_unsynced(0, data)?;
+    sync_dir(parent(path))?;
+    Ok(false)
 }
 
 /// Removes the name `path` (`unlink(2)`: a symlink is removed itself, never what it points
@@ -558,7 +564,8 @@ mod tests {
         let path = dir.path().join("running");
         assert!(!create_marker(&path, b"1", 0o600).unwrap());
         assert!(create_marker(&path, b"2", 0o600).unwrap());
-        assert_eq!(read_optional(&path).unwrap().unwrap(), b"2");
+        // The first one stays: only its existence counts.
+        assert_eq!(read_optional(&path).unwrap().unwrap(), b"1");
         assert!(exists_not_symlink(&path).unwrap());
         assert!(!exists_not_symlink(&dir.path().join("none")).unwrap());
         assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);

@@ -1,15 +1,17 @@
 //! The state-file format (`vtpm_state::format`): the clear header of any bytes, and the
 //! authenticated contents of a file sealed under a key the target knows, so the contents
-//! parser is reached with any plaintext; and the generation record. No panic; contents that
-//! parse survive an encode/decode round trip.
+//! parser is reached with any plaintext; and the generation record file (one or two copies).
+//! No panic; contents that parse survive an encode/decode round trip; a record file is
+//! accepted only if one of its copies is, and then names the newest generation of those.
 //!
 //! Input: a mode byte, then 0: a state file as found on disk; 1: 16 bytes of instance id,
-//! 8 of generation, then the plaintext to seal; 2: a generation record.
+//! 8 of generation, then the plaintext to seal; 2: a generation record file.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vtpm_state::format::{
-    decode, decode_anchor, encode, parse_header, FORMAT_VERSION, HEADER_LEN, STATE_MAGIC,
+    decode, decode_anchor, decode_anchor_file, encode, parse_header, ANCHOR_LEN, FORMAT_VERSION,
+    HEADER_LEN, STATE_MAGIC,
 };
 use vtpm_state::keys::{InstanceId, SecretKey, SEAL_OVERHEAD};
 
@@ -60,7 +62,24 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            let _ = decode_anchor(&key, rest);
+            let copies: Vec<_> = rest
+                .chunks(ANCHOR_LEN)
+                .map(|copy| decode_anchor(&key, copy).ok())
+                .collect();
+            match decode_anchor_file(&key, rest) {
+                Ok((_, generation)) => {
+                    let newest = copies.iter().flatten().map(|(_, g)| *g).max();
+                    assert_eq!(newest, Some(generation));
+                }
+                Err(_) => assert!(
+                    copies.iter().all(Option::is_none)
+                        || (rest.len() != ANCHOR_LEN && rest.len() != 2 * ANCHOR_LEN)
+                        || {
+                            let ids: Vec<_> = copies.iter().flatten().map(|(i, _)| *i).collect();
+                            ids.windows(2).any(|w| w[0] != w[1])
+                        }
+                ),
+            }
         }
     }
 });

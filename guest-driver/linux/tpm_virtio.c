@@ -779,9 +779,10 @@ static void vtpm_remove(struct virtio_device *vdev)
 
 #ifdef CONFIG_PM_SLEEP
 /*
- * After the device reset done on freeze the backend power-cycles the TPM.
- * Resume the state saved by the TPM2_Shutdown(STATE) sent from freeze, or
- * start clean when the TPM cannot resume it.
+ * The device reset done on freeze does not power-cycle the TPM (ADR 0005),
+ * but the platform may have reset it while the guest slept.  Resume the
+ * state saved by the TPM2_Shutdown(STATE) sent from freeze (TPM_RC_INITIALIZE
+ * says the TPM kept running), or start clean when the TPM cannot resume it.
  */
 static void vtpm_startup_after_reset(struct vtpm *v)
 {

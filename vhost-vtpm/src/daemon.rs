@@ -292,10 +292,11 @@ fn spawn_signal_thread(
 /// A file in the state directory that exists while a daemon runs the instance. Finding it at
 /// start means the previous run ended without a clean stop (crash, SIGKILL, power loss).
 ///
-/// Created after the state store locked the directory, through `durable_fs`: written under a
-/// fresh temporary name and renamed into place, and a symlink at its name is refused (the
-/// daemon does not start, naming the file) rather than followed; removed by unlinking the
-/// name itself.
+/// Created after the state store locked the directory, through `durable_fs`: only its name
+/// must be durable (one directory sync), so it is created with `O_CREAT | O_EXCL |
+/// O_NOFOLLOW` and holds the pid of the daemon that made it, unsynced; one left by an unclean
+/// stop is kept as it is. A symlink at its name is refused (the daemon does not start, naming
+/// the file) rather than followed; it is removed by unlinking the name itself.
 struct RunMarker {
     path: std::path::PathBuf,
 }
