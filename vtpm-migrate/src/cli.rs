@@ -109,8 +109,8 @@ pub enum Command {
         /// The instance id (32 hex digits, as `vtpm-state inspect` prints it).
         #[arg(long, value_name = "HEX")]
         instance: String,
-        /// The host it lives on: its host id (`vtpm-host --host-id`, the CN of its host AIK
-        /// certificate).
+        /// The host it lives on: its host id (the id it enrolled with, `vtpm-host enroll`;
+        /// the CN of its host AIK certificate).
         #[arg(long, value_name = "HOST")]
         owner: String,
     },
@@ -121,8 +121,8 @@ pub enum Command {
         /// The instance id (32 hex digits, as registered).
         #[arg(long, value_name = "HEX")]
         instance: String,
-        /// The VM the ticket names: a destination daemon started with `--vm-id` takes in
-        /// only a package for its own VM.
+        /// The VM the ticket names: a destination daemon started for one VM (its VM id)
+        /// takes in only a package for that VM.
         #[arg(long, value_name = "VM")]
         vm: String,
         /// Host id of the host the instance lives on now (its registered owner).
