@@ -128,6 +128,9 @@ pub enum HostCommand {
     /// Create (once) the coprocessor key, have the host TPM's AIK sign its certificate and
     /// register it with the CA (--token-file: a principal allowed to write coprocessor/...).
     /// All or nothing: if the CA does not register it, no key or certificate is kept.
+    // Registering needs a principal's token: required here, optional for the other commands
+    // that share `CaArgs`.
+    #[command(mut_arg("token_file", |a| a.required(true)))]
     CertifyCoprocessor {
         /// This host's identifier, as given to `enroll` (default: /etc/machine-id): the CN
         /// of the coprocessor certificate.
@@ -281,14 +284,8 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             validity_days,
             ca,
         } => {
-            if ca.token_file.is_none() {
-                return Err(AgentError::Invalid {
-                    what: "--token-file".into(),
-                    reason: "certify-coprocessor registers the certificate with the CA: give \
-                             the token of a principal allowed to write coprocessor/..."
-                        .into(),
-                });
-            }
+            // clap requires --token-file here; `certify_coprocessor` refuses a client
+            // without a token too.
             let client = ca.client()?;
             let mut tpm = HostTpm::connect(&tcti)?;
             let cert = certify_coprocessor(
