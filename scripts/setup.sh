@@ -16,6 +16,7 @@ APT_PACKAGES=(
   strace                               # tests: how the daemon opens its state files
   libsqlite3-dev                       # the migration controller's store (rusqlite)
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
+  curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
 )
 
 apt_install() {

@@ -51,7 +51,7 @@ pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use migration::MigrationBed;
 pub use powerloss::PowerLossDisk;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
-pub use readme::{crate_readme_drift, readme_drift};
+pub use readme::{crate_readme_drift, readme_drift, readme_shell_blocks};
 pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
 pub use vm::{accel, decode_base64, pcr_values, start_daemon, Accel, TpmFrontend, Vm};

@@ -78,6 +78,40 @@ pub fn crate_readme_drift(
     readme_drift(&readme, &[(tool, commands)])
 }
 
+/// The fenced shell blocks (```` ```sh ````) of a README section: those between the heading
+/// line `heading` (e.g. `"## A host from scratch"`, matched exactly) and the next heading of
+/// any level, in order, each without its fences. A `#` line inside a block is a shell
+/// comment, not a heading. For tests that run a README's commands as written, so that the
+/// README and the test cannot drift apart.
+pub fn readme_shell_blocks(readme: &str, heading: &str) -> Result<Vec<String>, String> {
+    let mut lines = readme.lines();
+    if !lines.by_ref().any(|l| l.trim_end() == heading) {
+        return Err(format!("the README has no heading {heading:?}"));
+    }
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    let mut in_other_fence = false;
+    for line in lines {
+        let fence = line.trim_start().starts_with("```");
+        match (&mut current, fence) {
+            (Some(block), false) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (Some(_), true) => blocks.extend(current.take()),
+            (None, true) if in_other_fence => in_other_fence = false,
+            (None, true) if line.trim() == "```sh" => current = Some(String::new()),
+            (None, true) => in_other_fence = true,
+            (None, false) if !in_other_fence && line.starts_with('#') => break,
+            (None, false) => {}
+        }
+    }
+    if current.is_some() {
+        return Err(format!("an unclosed ```sh block under {heading:?}"));
+    }
+    Ok(blocks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +130,28 @@ mod tests {
         let err =
             readme_drift(&all("| `ls --no-such-option` | x |"), &[(ls, commands)]).unwrap_err();
         assert!(err.contains("--no-such-option"), "{err}");
+    }
+
+    #[test]
+    fn readme_shell_blocks_of_one_section() {
+        let readme = "# T\n## A\ntext\n```sh\necho a1\n# a comment\n```\n```\n# not a heading\n```\n\
+                      ```sh\necho a2\n```\n### Sub\n```sh\necho sub\n```\n## B\n```sh\necho b\n```\n";
+        assert_eq!(
+            readme_shell_blocks(readme, "## A").unwrap(),
+            vec![
+                "echo a1\n# a comment\n".to_string(),
+                "echo a2\n".to_string()
+            ]
+        );
+        assert_eq!(
+            readme_shell_blocks(readme, "### Sub").unwrap(),
+            vec!["echo sub\n"]
+        );
+        assert_eq!(
+            readme_shell_blocks(readme, "## B").unwrap(),
+            vec!["echo b\n"]
+        );
+        assert!(readme_shell_blocks(readme, "## C").is_err());
+        assert!(readme_shell_blocks("## A\n```sh\necho\n", "## A").is_err());
     }
 }

@@ -4,12 +4,12 @@
 //! ```text
 //! vtpm-ca [--store DIR] init [--tls-name NAME]... [--validity-secs N] [--ek-root PEM]... [--crl-url URL]
 //! vtpm-ca [--store DIR] serve [--listen ADDR]
-//! vtpm-ca [--store DIR] acl add --name N [--read] [--write-prefix P]... [--admin]
+//! vtpm-ca [--store DIR] acl add --name N [--read] [--write-prefix P]... [--admin] [--token-file PATH]
 //! vtpm-ca [--store DIR] acl list
 //! vtpm-ca [--store DIR] revoke (--serial HEX | --cert PEM) [--reason TEXT]
 //! vtpm-ca [--store DIR] crl [--out FILE]
 //! vtpm-ca [--store DIR] add-ek-root PEM
-//! vtpm-ca [--store DIR] enroll-token --subject S [--validity-secs N]
+//! vtpm-ca [--store DIR] enroll-token --subject S [--validity-secs N] [--token-file PATH]
 //! vtpm-ca [--store DIR] release --kind host|vtpm --subject S
 //! vtpm-ca [--store DIR] list
 //! ```
@@ -112,6 +112,9 @@ pub enum CommandArgs {
     },
     /// Trust an EK root (PEM file, one or more certificates) for host enrollment.
     AddEkRoot {
+        /// PEM file with the certificates to trust (a TPM manufacturer's root CA, or its
+        /// intermediate that issued the EK certificates, or both); a single DER certificate
+        /// works too.
         #[arg(value_name = "PEM")]
         pem: PathBuf,
     },
@@ -124,6 +127,10 @@ pub enum CommandArgs {
         /// Lifetime of the token, seconds (at most 30 days).
         #[arg(long, value_name = "N", default_value_t = crate::tokens::DEFAULT_TOKEN_VALIDITY_SECS)]
         validity_secs: u64,
+        /// Write the token to this new file (created mode 0600; an existing file is never
+        /// replaced) instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
     },
     /// Release an enrolled subject from the endorsement key it is bound to, so that another
     /// TPM may enroll it (the certificates issued for it stay valid: revoke them apart).
@@ -151,6 +158,7 @@ pub enum AclArgs {
 // (A doc comment here would become the subcommand's help text.)
 #[derive(clap::Args, Debug, Clone)]
 pub struct NewPrincipal {
+    /// The principal's name (unique; e.g. the host id of the host that will use it).
     #[arg(long, value_name = "NAME")]
     pub name: String,
     /// May read every certificate.
@@ -162,6 +170,11 @@ pub struct NewPrincipal {
     /// May revoke.
     #[arg(long)]
     pub admin: bool,
+    /// Write the bearer token to this new file (created mode 0600; an existing file is never
+    /// replaced) instead of printing it: a token redirected with `>` would get the umask's
+    /// mode, usually world-readable.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// What to revoke.
@@ -211,6 +224,7 @@ pub enum Command {
         store: PathBuf,
         subject: String,
         validity_secs: u64,
+        token_file: Option<PathBuf>,
     },
     List {
         store: PathBuf,
@@ -363,6 +377,7 @@ impl TryFrom<Args> for Command {
             CommandArgs::EnrollToken {
                 subject,
                 validity_secs,
+                token_file,
             } => {
                 crate::enroll::validate_subject(&subject)
                     .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -375,6 +390,7 @@ impl TryFrom<Args> for Command {
                     store,
                     subject,
                     validity_secs,
+                    token_file,
                 }
             }
             CommandArgs::List => Command::List { store },
@@ -431,9 +447,12 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
                 read,
                 write_prefixes,
                 admin,
+                token_file,
             } = principal;
-            let token = Acl::add(&s, &name, read, write_prefixes, admin)?;
-            write_out(out, format_args!("{token}\n"))
+            let what = format!("bearer token of principal {name}");
+            write_token(token_file, &what, out, || {
+                Ok(Acl::add(&s, &name, read, write_prefixes, admin)?)
+            })
         }
         Command::AclList { store } => {
             let s = Store::open(&store)?;
@@ -535,13 +554,59 @@ pub fn run(cmd: Command, out: &mut dyn Write) -> Result<(), CliError> {
             store,
             subject,
             validity_secs,
+            token_file,
         } => {
             let s = Store::open(&store)?;
-            let issued = crate::tokens::issue(&s, &subject, validity_secs, "cli")?;
-            write_out(out, format_args!("{}\n", issued.token))
+            let what = format!("enrolment token for host {subject}");
+            write_token(token_file, &what, out, || {
+                Ok(crate::tokens::issue(&s, &subject, validity_secs, "cli")?.token)
+            })
         }
         Command::List { store } => list(&Store::open(&store)?, out),
     }
+}
+
+/// Makes a secret token with `make` and prints it, or, with `file`, writes it to that new
+/// file instead. The file is created before the token is made (O_CREAT|O_EXCL: mode 0600
+/// from the start, and never through a symlink, which O_EXCL refuses too), so that a path that is taken or unwritable
+/// fails before the CA records a token nobody will ever see, and the token is never readable
+/// by others, whatever the umask; if making the token fails, the empty file is removed.
+fn write_token(
+    file: Option<PathBuf>,
+    what: &str,
+    out: &mut dyn Write,
+    make: impl FnOnce() -> Result<String, CliError>,
+) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Some(path) = file else {
+        let token = make()?;
+        return write_out(out, format_args!("{token}\n"));
+    };
+    let io = |source| CliError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    let token = match make() {
+        Ok(t) => t,
+        Err(e) => {
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
+    write_out(
+        out,
+        format_args!("{what} written to {} (mode 0600)\n", path.display()),
+    )
 }
 
 fn list(s: &Store, out: &mut dyn Write) -> Result<(), CliError> {
@@ -753,6 +818,58 @@ mod tests {
         assert!(release("host").starts_with("released aik/host/host-1"));
         assert!(s.subject_binding(Kind::Host, "host-1").unwrap().is_none());
         assert!(release("host").contains("not bound"));
+    }
+
+    #[test]
+    fn token_files_are_new_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let d = dir.to_str().unwrap();
+        run(parse(&["--store", d, "init"]).unwrap(), &mut Vec::new()).unwrap();
+        let file = tmp.path().join("host.token");
+        let f = file.to_str().unwrap();
+        let acl_add = |name: &str, out: &mut Vec<u8>| {
+            let args = ["--store", d, "acl", "add", "--name", name, "--read"];
+            run(parse(&[&args[..], &["--token-file", f]].concat())?, out)
+        };
+        let mut out = Vec::new();
+        acl_add("h", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("written to"), "{text}");
+        let token = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(token.trim().len(), 64);
+        assert!(
+            !text.contains(token.trim()),
+            "the token must not be printed: {text}"
+        );
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An existing file is never replaced, and no principal is added for it.
+        assert!(matches!(
+            acl_add("h2", &mut Vec::new()),
+            Err(CliError::Io { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+        let mut out = Vec::new();
+        run(parse(&["--store", d, "acl", "list"]).unwrap(), &mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("h2\t"));
+        // A refused principal leaves no file behind.
+        std::fs::remove_file(&file).unwrap();
+        assert!(acl_add("h", &mut Vec::new()).is_err());
+        assert!(!file.exists());
+        // Enrolment tokens likewise.
+        let e = tmp.path().join("h.enroll-token");
+        let args = ["--store", d, "enroll-token", "--subject", "h"];
+        let mut out = Vec::new();
+        run(
+            parse(&[&args[..], &["--token-file", e.to_str().unwrap()]].concat()).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&e).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&e).unwrap().trim().len(), 64);
     }
 
     #[test]

@@ -18,8 +18,13 @@ const DAY: u64 = 86_400;
 #[derive(Parser, Debug)]
 #[command(name = "vtpm-host", version, about)]
 pub struct HostArgs {
-    /// Host identity directory.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/vtpm/host")]
+    /// Host identity directory (created mode 0700).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/vtpm/host",
+        global = true
+    )]
     pub dir: PathBuf,
     /// The host TPM (tpm2-tss TCTI: `device:/dev/tpmrm0`, `swtpm:host=...,port=...`).
     #[arg(long, value_name = "TCTI", global = true)]
@@ -29,6 +34,10 @@ pub struct HostArgs {
     /// the keys this tool seals in the host directory.
     #[arg(long, value_name = "PATH", global = true)]
     pub host_tpm_auth_file: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace. tss-esapi's own messages (a line per
+    /// TPM context closed) show only from debug on; RUST_LOG, when set, replaces this filter.
+    #[arg(long, value_name = "LEVEL", default_value = "info", global = true)]
+    pub log_level: log::LevelFilter,
     #[command(subcommand)]
     pub command: HostCommand,
 }
@@ -101,9 +110,15 @@ pub enum HostCommand {
     Enroll {
         #[command(flatten)]
         ca: CaArgs,
-        /// This host's identifier (default: /etc/machine-id).
+        /// This host's identifier, the CN of its host AIK certificate (default:
+        /// /etc/machine-id).
         #[arg(long)]
         host_id: Option<String>,
+        /// The manufacturer's intermediate CA certificate(s) that issued the host EK
+        /// certificate (PEM file, repeatable), sent after it for a CA that trusts only the
+        /// manufacturer's root; kept in the host directory, and sent again by `renew`.
+        #[arg(long = "ek-intermediate", value_name = "PEM")]
+        ek_intermediates: Vec<PathBuf>,
         /// File holding the enrolment token an administrator issued for this host id
         /// (`vtpm-ca enroll-token`); needed unless the host id is already enrolled with this
         /// TPM (then enrolling again is a renewal).
@@ -113,10 +128,16 @@ pub enum HostCommand {
     /// Create (once) the coprocessor key, have the host TPM's AIK sign its certificate and
     /// register it with the CA (--token-file: a principal allowed to write coprocessor/...).
     /// All or nothing: if the CA does not register it, no key or certificate is kept.
+    // Registering needs a principal's token: required here, optional for the other commands
+    // that share `CaArgs`.
+    #[command(mut_arg("token_file", |a| a.required(true)))]
     CertifyCoprocessor {
+        /// This host's identifier, as given to `enroll` (default: /etc/machine-id): the CN
+        /// of the coprocessor certificate.
         #[arg(long)]
         host_id: Option<String>,
-        /// Lifetime of the coprocessor certificate.
+        /// Lifetime of the coprocessor certificate, days; it ends no later than the host
+        /// AIK certificate (30 days after enrolment by default).
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
         #[command(flatten)]
@@ -127,7 +148,8 @@ pub enum HostCommand {
     Provision {
         #[command(flatten)]
         instance: InstanceArgs,
-        /// Lifetime of the vEK certificates.
+        /// Lifetime of the vEK certificates, days; they end no later than the coprocessor
+        /// certificate.
         #[arg(long, default_value_t = 3650)]
         validity_days: u64,
     },
@@ -156,7 +178,8 @@ pub enum HostCommand {
     Refresh {
         #[command(flatten)]
         instance: InstanceArgs,
-        /// Lifetime of re-issued vEK certificates (capped at the coprocessor certificate's).
+        /// Lifetime of re-issued vEK certificates, days (capped at the coprocessor
+        /// certificate's end).
         #[arg(long, default_value_t = 3650)]
         validity_days: u64,
     },
@@ -165,6 +188,7 @@ pub enum HostCommand {
     Certificates {
         #[command(flatten)]
         instance: InstanceArgs,
+        /// Directory to write the PEM files to (created if missing).
         #[arg(long, value_name = "OUT")]
         out: PathBuf,
     },
@@ -173,8 +197,11 @@ pub enum HostCommand {
     Renew {
         #[command(flatten)]
         ca: CaArgs,
+        /// This host's identifier, as given to `enroll` (default: /etc/machine-id).
         #[arg(long)]
         host_id: Option<String>,
+        /// Lifetime of a renewed coprocessor certificate, days (capped at the host AIK
+        /// certificate's end).
         #[arg(long, default_value_t = 365)]
         validity_days: u64,
     },
@@ -219,8 +246,24 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
         HostCommand::Enroll {
             ca,
             host_id: id,
+            ek_intermediates,
             enroll_token_file,
         } => {
+            let mut intermediates = Vec::new();
+            for path in &ek_intermediates {
+                let pem = std::fs::read(path).map_err(|source| AgentError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let certs = openssl::x509::X509::stack_from_pem(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| AgentError::Invalid {
+                        what: path.display().to_string(),
+                        reason: "no PEM certificate in it".into(),
+                    })?;
+                intermediates.extend(certs);
+            }
             // The enrolment token is the bearer token of enroll/start; without one, a
             // principal's (--token-file; an admin's authorises too) or none (a renewal).
             let client = match &enroll_token_file {
@@ -229,7 +272,7 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             };
             let mut tpm = HostTpm::connect(&tcti)?;
             let id = host_id(&id);
-            let cert = enroll_host(&mut tpm, &dir, &client, &id, false)?;
+            let cert = enroll_host(&mut tpm, &dir, &client, &id, false, &intermediates)?;
             Ok(format!(
                 "host {id} enrolled; host AIK certificate {} ({})",
                 dir.file(crate::HOST_AIK_CERT).display(),
@@ -241,14 +284,8 @@ pub fn run(args: HostArgs) -> Result<String, AgentError> {
             validity_days,
             ca,
         } => {
-            if ca.token_file.is_none() {
-                return Err(AgentError::Invalid {
-                    what: "--token-file".into(),
-                    reason: "certify-coprocessor registers the certificate with the CA: give \
-                             the token of a principal allowed to write coprocessor/..."
-                        .into(),
-                });
-            }
+            // clap requires --token-file here; `certify_coprocessor` refuses a client
+            // without a token too.
             let client = ca.client()?;
             let mut tpm = HostTpm::connect(&tcti)?;
             let cert = certify_coprocessor(

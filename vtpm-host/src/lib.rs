@@ -15,8 +15,8 @@
 //!   refreshed after the host's certificates were renewed (ADR 0012).
 //!
 //! Host identity directory (default `/var/lib/vtpm/host`, mode 0700):
-//! `host-ek.pem`, `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`,
-//! `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`,
+//! `host-ek.pem`, `host-ek-intermediates.pem` (if `enroll --ek-intermediate` gave any),
+//! `host-aik.blob` (the AIK, usable only in this TPM), `host-aik.pem`, `ca.pem`, `coprocessor.key` (wrapped by the host TPM), `coprocessor.pem`,
 //! `migration.key` (the host's migration key, wrapped by the host TPM) and `migration.pub`.
 
 pub mod cli;
@@ -43,6 +43,9 @@ use vtpm_state::keys::HostKey;
 use vtpm_state::{EncryptedStore, StateError};
 
 pub const HOST_EK_CERT: &str = "host-ek.pem";
+/// The intermediate CA certificates between the host EK certificate and its manufacturer's
+/// root that `enroll --ek-intermediate` was given: kept so that renewals send them too.
+pub const HOST_EK_INTERMEDIATES: &str = "host-ek-intermediates.pem";
 pub const HOST_AIK_BLOB: &str = "host-aik.blob";
 pub const HOST_AIK_CERT: &str = "host-aik.pem";
 pub const CA_CERT: &str = "ca.pem";
@@ -148,6 +151,24 @@ impl HostDir {
         })
     }
 
+    /// The EK intermediates stored by an earlier enrolment (none if there is no file).
+    pub fn ek_intermediates(&self) -> Result<Vec<X509>, AgentError> {
+        let pem = match fs::read(self.file(HOST_EK_INTERMEDIATES)) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(AgentError::Io {
+                    path: self.file(HOST_EK_INTERMEDIATES),
+                    source,
+                })
+            }
+        };
+        X509::stack_from_pem(&pem).map_err(|e| AgentError::Invalid {
+            what: self.file(HOST_EK_INTERMEDIATES).display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
     /// The host AIK (usable only in this host's TPM).
     pub fn aik(&self) -> Result<ObjectBlob, AgentError> {
         let bytes = self.read(HOST_AIK_BLOB, "enroll")?;
@@ -231,18 +252,37 @@ fn unb64(what: &str, text: &str) -> Result<Vec<u8>, AgentError> {
 /// AIK that cannot be read is an error, not a reason to make another. A new AIK is kept in
 /// memory until the CA has certified it: only then are its blob and its certificate written,
 /// so a failed enrollment leaves the stored AIK and certificate as they were.
+///
+/// The EK certificate goes to the CA followed by `ek_intermediates` (the manufacturer's
+/// intermediate CAs, for a CA that trusts only the manufacturer's root); given none, the
+/// ones an earlier enrolment stored are sent. Given some, they are stored with the
+/// certificate, for renewals.
 pub fn enroll_host(
     tpm: &mut HostTpm,
     dir: &HostDir,
     ca: &Client,
     host_id: &str,
     reuse_aik: bool,
+    ek_intermediates: &[X509],
 ) -> Result<X509, AgentError> {
     let ek_der = tpm
         .read_nv_certificate(RSA_EK_CERT_INDEX)?
         .ok_or(AgentError::NoEkCertificate)?;
     let ek_pem = X509::from_der(&ek_der)?.to_pem()?;
+    // Written before the CA is asked, so that an operator whose enrolment is refused as
+    // `untrusted_ek` can read which issuer the EK certificate names.
     dir.write(HOST_EK_CERT, &ek_pem)?;
+    let stored_intermediates;
+    let intermediates = if ek_intermediates.is_empty() {
+        stored_intermediates = dir.ek_intermediates()?;
+        &stored_intermediates[..]
+    } else {
+        ek_intermediates
+    };
+    let mut ek_cert_chain = vec![String::from_utf8_lossy(&ek_pem).into_owned()];
+    for c in intermediates {
+        ek_cert_chain.push(String::from_utf8_lossy(&c.to_pem()?).into_owned());
+    }
     let stored = if reuse_aik {
         match dir.aik() {
             Ok(aik) => Some(aik),
@@ -259,7 +299,7 @@ pub fn enroll_host(
     let start = ca.enroll_start(&EnrollStartRequest {
         kind: Kind::Host,
         subject: host_id.to_owned(),
-        ek_cert_chain: vec![String::from_utf8_lossy(&ek_pem).into_owned()],
+        ek_cert_chain,
         aik_public: b64(&tpm2b(&aik.public)?),
     })?;
     let secret = tpm.activate_credential(
@@ -274,6 +314,13 @@ pub fn enroll_host(
     let cert = X509::from_pem(done.certificate.as_bytes())?;
     if new_aik {
         dir.write(HOST_AIK_BLOB, &aik.to_bytes())?;
+    }
+    if !ek_intermediates.is_empty() {
+        let mut pem = Vec::new();
+        for c in ek_intermediates {
+            pem.extend(c.to_pem()?);
+        }
+        dir.write(HOST_EK_INTERMEDIATES, &pem)?;
     }
     dir.write(HOST_AIK_CERT, done.certificate.as_bytes())?;
     dir.write(CA_CERT, done.ca_certificate.as_bytes())?;
@@ -470,7 +517,7 @@ pub fn renew(
     let mut renewed = Vec::new();
     let host_aik_cert = dir.host_aik_cert()?;
     if due(&host_aik_cert)? {
-        enroll_host(tpm, dir, ca, host_id, true)?;
+        enroll_host(tpm, dir, ca, host_id, true, &[])?;
         renewed.push("host AIK certificate");
     }
     let coprocessor_due = match dir.coprocessor_cert() {

@@ -76,6 +76,7 @@ pub enum Command {
     /// Create the controller's directory: its signing key and certificate, the HTTPS
     /// certificate, the operator's token (printed once), the configuration.
     Init {
+        /// The controller's directory to create (must not hold a controller yet).
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
         /// The local CA's base URL (revocation status of host certificates).
@@ -94,8 +95,10 @@ pub enum Command {
     /// Serve the controller over HTTPS until SIGTERM or SIGINT; prints
     /// `listening on https://ADDR` first.
     Serve {
+        /// The controller's directory (`init --store`).
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
+        /// Address to listen on (port 0: any free port).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8444")]
         listen: SocketAddr,
     },
@@ -103,8 +106,11 @@ pub enum Command {
     Register {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// The instance id (32 hex digits, as `vtpm-state inspect` prints it).
         #[arg(long, value_name = "HEX")]
         instance: String,
+        /// The host it lives on: its host id (the id it enrolled with, `vtpm-host enroll`;
+        /// the CN of its host AIK certificate).
         #[arg(long, value_name = "HOST")]
         owner: String,
     },
@@ -112,12 +118,17 @@ pub enum Command {
     Start {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// The instance id (32 hex digits, as registered).
         #[arg(long, value_name = "HEX")]
         instance: String,
+        /// The VM the ticket names: a destination daemon started for one VM (its VM id)
+        /// takes in only a package for that VM.
         #[arg(long, value_name = "VM")]
         vm: String,
+        /// Host id of the host the instance lives on now (its registered owner).
         #[arg(long, value_name = "HOST")]
         source: String,
+        /// Host id of the host it moves to.
         #[arg(long, value_name = "HOST")]
         destination: String,
     },
@@ -125,6 +136,7 @@ pub enum Command {
     Status {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// The migration id (`start` printed it).
         #[arg(long, value_name = "ID")]
         migration: String,
     },
@@ -132,6 +144,7 @@ pub enum Command {
     List {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// Only migrations not in a final state (committed, source deleted, aborted).
         #[arg(long)]
         active: bool,
     },
@@ -139,8 +152,10 @@ pub enum Command {
     Abort {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// The migration id (`start` printed it).
         #[arg(long, value_name = "ID")]
         migration: String,
+        /// Why, recorded with the abort.
         #[arg(long, value_name = "TEXT", default_value = "")]
         reason: String,
     },
@@ -148,6 +163,7 @@ pub enum Command {
     Commit {
         #[command(flatten)]
         operator: OperatorArgs,
+        /// The migration id (`start` printed it).
         #[arg(long, value_name = "ID")]
         migration: String,
     },
@@ -157,8 +173,10 @@ pub enum Command {
     Export {
         #[command(flatten)]
         host: HostArgs,
+        /// The stopped instance's state directory.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
+        /// Where to write the package file.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -168,8 +186,10 @@ pub enum Command {
     Import {
         #[command(flatten)]
         host: HostArgs,
+        /// The empty state directory to import into.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
+        /// The package file `export` wrote on the source host.
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
         /// The local CA, asked for the revocation status of the source's certificates.
@@ -185,8 +205,10 @@ pub enum Command {
     Settle {
         #[command(flatten)]
         host: HostArgs,
+        /// The state directory held for a migration (`export`ed or `import`ed).
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
+        /// How long to wait for the controller's decision.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         wait_secs: u64,
     },
@@ -195,8 +217,10 @@ pub enum Command {
     Attest {
         #[command(flatten)]
         host: HostArgs,
+        /// The migration id (`start` printed it).
         #[arg(long, value_name = "ID")]
         migration: String,
+        /// This host's part in the migration.
         #[arg(long, value_enum)]
         role: RoleArg,
     },

@@ -34,6 +34,7 @@ pub enum StateCommand {
     /// Show an instance: id, format version, generation; with a host key, also verify that
     /// everything authenticates and list the blobs.
     Inspect {
+        /// The instance's state directory (the daemon's `--state-dir`).
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
         #[command(flatten)]
@@ -42,6 +43,7 @@ pub enum StateCommand {
     /// Reset the vTPM to a fresh TPM. The current files are moved into a backup directory
     /// inside the state directory, not deleted. Works without the key (e.g. when it is lost).
     Reset {
+        /// The instance's state directory; the daemon must not be running on it.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
         /// Confirm: the guest loses every key and NV index of this vTPM.
@@ -51,6 +53,7 @@ pub enum StateCommand {
     /// Accept the current state file as the newest one (after restoring an older file on
     /// purpose, or when its generation record was lost). The file must still authenticate.
     AcceptCurrent {
+        /// The instance's state directory; the daemon must not be running on it.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
         #[command(flatten)]
