@@ -226,6 +226,11 @@ impl Vm {
     }
 
     /// Kills QEMU (SIGKILL): the host or the network gone.
+    /// The QEMU process's pid (its threads run the vCPUs, the main loop and the devices).
+    pub fn qemu_pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
