@@ -27,6 +27,7 @@
 mod attest;
 mod guest;
 mod migration;
+mod procfs;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use coprocessor::Coprocessor;
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
+use procfs::cpu_ns;
 use testbed::{DaemonProcess, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code};
 use vtpm_state::keys::generate_host_key_file;
@@ -238,15 +240,17 @@ impl Row {
     }
 }
 
-/// CPU time of all threads of `pid` in nanoseconds (first field of each task's schedstat).
-fn cpu_ns(pid: i32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    for t in tasks.flatten() {
-        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-        total += s.split(' ').next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
+/// The `p` quantile (0..=1) of `sorted`, which must not be empty.
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+pub(crate) fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Sends a command, resubmitting on TPM_RC_RETRY as a TSS would; panics on any other error.
@@ -325,13 +329,12 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
         let cpu1 = path.server_pid().and_then(cpu_ns);
         let syncs1 = path.syncs();
         lat.sort();
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         rows.push(Row {
             path: label.to_string(),
             op: op.name,
             n,
-            p50: pct(0.50),
-            p99: pct(0.99),
+            p50: pct(&lat, 0.50),
+            p99: pct(&lat, 0.99),
             ops_per_s: n as f64 / total.as_secs_f64(),
             server_cpu_us: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / n as f64),
