@@ -15,7 +15,8 @@
 //! QEMU's tpm-crb with swtpm. `vtpm-bench attest` ([`attest`]) measures deep attestation:
 //! the start-up cost of PCR mirroring, collecting and verifying an evidence bundle.
 //! `vtpm-bench migration` ([`migration`]) measures sealed migration: the package in
-//! process, between two daemons, and QEMU's downtime.
+//! process, between two daemons, and QEMU's downtime. `vtpm-bench scale` ([`scale`]) runs
+//! hundreds of instances at once, ours and swtpm's: start time, memory, latency under load.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -28,6 +29,7 @@ mod attest;
 mod guest;
 mod migration;
 mod procfs;
+mod scale;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -113,6 +115,23 @@ enum Command {
         /// Skip the part in a guest (it needs scripts/setup.sh).
         #[arg(long)]
         no_guest: bool,
+    },
+    /// Many instances on one host, each its own server process: start time, memory, and a
+    /// random instance's latency while all are idle and while some are busy; ours, then as
+    /// many swtpm processes.
+    Scale {
+        /// Instances of each kind.
+        #[arg(long, default_value_t = 500)]
+        instances: usize,
+        /// Instances flooded with PCR_Extend (one client thread each) in the busy row.
+        #[arg(long, default_value_t = 50)]
+        busy: usize,
+        /// GetRandom samples per latency row.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Threads starting instances at once.
+        #[arg(long, default_value_t = 4)]
+        start_threads: usize,
     },
 }
 
@@ -427,6 +446,24 @@ fn main() {
     );
     if let Some(Command::Attest { samples, no_guest }) = args.command {
         attest::run(&bin_dir, samples, !no_guest);
+        return;
+    }
+    if let Some(Command::Scale {
+        instances,
+        busy,
+        samples,
+        start_threads,
+    }) = args.command
+    {
+        scale::run(
+            &daemon_bin,
+            &scale::Options {
+                instances,
+                busy,
+                samples,
+                start_threads,
+            },
+        );
         return;
     }
     if let Some(Command::Migration {

@@ -1,5 +1,6 @@
 //! What the benchmarks read about server processes and the host from /proc: a process' CPU
-//! time and memory, the file system under a path. Shared by the sections.
+//! time and memory, the host's available memory and load, the file system under a path. Shared by the state section (one
+//! instance at a time) and `vtpm-bench scale` (hundreds at once).
 
 use std::io;
 use std::path::Path;
@@ -15,7 +16,7 @@ pub(crate) fn cpu_ns(pid: i32) -> Option<u64> {
     Some(total)
 }
 
-/// Memory of one process, KiB.
+/// Memory of one process, KiB (and its thread count).
 pub(crate) struct Mem {
     pub(crate) rss: u64,
     pub(crate) anon: u64,
@@ -23,6 +24,7 @@ pub(crate) struct Mem {
     pub(crate) shmem: u64,
     pub(crate) hwm: u64,
     pub(crate) pss: Option<u64>,
+    pub(crate) threads: u64,
 }
 
 /// The number in a `Name: value [kB]` line of a /proc file such as status or meminfo.
@@ -50,7 +52,26 @@ pub(crate) fn read_mem(pid: i32) -> io::Result<Mem> {
         pss: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .ok()
             .and_then(|t| kib_field(&t, "Pss")),
+        threads: f("Threads"),
     })
+}
+
+/// The host's MemAvailable, KiB.
+pub(crate) fn mem_available() -> Option<u64> {
+    kib_field(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable",
+    )
+}
+
+/// The 1-minute load average: how busy the rest of the machine was during a run.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// File system type and device holding `path` (longest matching mount point).
