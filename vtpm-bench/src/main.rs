@@ -15,7 +15,8 @@
 //! QEMU's tpm-crb with swtpm. `vtpm-bench attest` ([`attest`]) measures deep attestation:
 //! the start-up cost of PCR mirroring, collecting and verifying an evidence bundle.
 //! `vtpm-bench migration` ([`migration`]) measures sealed migration: the package in
-//! process, between two daemons, and QEMU's downtime.
+//! process, between two daemons, and QEMU's downtime. `vtpm-bench scale` ([`scale`]) runs
+//! hundreds of instances at once, ours and swtpm's: start time, memory, latency under load.
 //!
 //! Run it with `cargo run --release -p vtpm-bench` (it needs the release `vhost-vtpm` and
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
@@ -27,6 +28,8 @@
 mod attest;
 mod guest;
 mod migration;
+mod procfs;
+mod scale;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +42,7 @@ use coprocessor::Coprocessor;
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
+use procfs::cpu_ns;
 use testbed::{DaemonProcess, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code};
 use vtpm_state::keys::generate_host_key_file;
@@ -111,6 +115,23 @@ enum Command {
         /// Skip the part in a guest (it needs scripts/setup.sh).
         #[arg(long)]
         no_guest: bool,
+    },
+    /// Many instances on one host, each its own server process: start time, memory, and a
+    /// random instance's latency while all are idle and while some are busy; ours, then as
+    /// many swtpm processes.
+    Scale {
+        /// Instances of each kind.
+        #[arg(long, default_value_t = 500)]
+        instances: usize,
+        /// Instances flooded with PCR_Extend (one client thread each) in the busy row.
+        #[arg(long, default_value_t = 50)]
+        busy: usize,
+        /// GetRandom samples per latency row.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Threads starting instances at once.
+        #[arg(long, default_value_t = 4)]
+        start_threads: usize,
     },
 }
 
@@ -238,15 +259,17 @@ impl Row {
     }
 }
 
-/// CPU time of all threads of `pid` in nanoseconds (first field of each task's schedstat).
-fn cpu_ns(pid: i32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    for t in tasks.flatten() {
-        let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-        total += s.split(' ').next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
+/// The `p` quantile (0..=1) of `sorted`, which must not be empty.
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+pub(crate) fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Sends a command, resubmitting on TPM_RC_RETRY as a TSS would; panics on any other error.
@@ -325,13 +348,12 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
         let cpu1 = path.server_pid().and_then(cpu_ns);
         let syncs1 = path.syncs();
         lat.sort();
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
         rows.push(Row {
             path: label.to_string(),
             op: op.name,
             n,
-            p50: pct(0.50),
-            p99: pct(0.99),
+            p50: pct(&lat, 0.50),
+            p99: pct(&lat, 0.99),
             ops_per_s: n as f64 / total.as_secs_f64(),
             server_cpu_us: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / n as f64),
@@ -424,6 +446,24 @@ fn main() {
     );
     if let Some(Command::Attest { samples, no_guest }) = args.command {
         attest::run(&bin_dir, samples, !no_guest);
+        return;
+    }
+    if let Some(Command::Scale {
+        instances,
+        busy,
+        samples,
+        start_threads,
+    }) = args.command
+    {
+        scale::run(
+            &daemon_bin,
+            &scale::Options {
+                instances,
+                busy,
+                samples,
+                start_threads,
+            },
+        );
         return;
     }
     if let Some(Command::Migration {

@@ -27,7 +27,10 @@ use nix::sys::signal::Signal;
 use testbed::{ensure_host_key, run_tool, DaemonProcess, HostTpmSimulator, SwtpmProcess};
 use tpm_proto::{commands as c, rc, response_code, Header, HEADER_SIZE};
 
-use crate::{measure_ops, must, pin, Args, DaemonPath, EnginePath, Op, Path_, Row, NV_INDEX};
+use crate::procfs::{self, filesystem, Mem};
+use crate::{
+    measure_ops, ms, must, pct, pin, us, Args, DaemonPath, EnginePath, Op, Path_, Row, NV_INDEX,
+};
 
 /// NV counter index for the NV_Increment rows.
 const COUNTER_INDEX: u32 = 0x0150_0043;
@@ -216,35 +219,6 @@ fn stop_daemon(mut path: DaemonPath) {
     path.daemon
         .signal(Signal::SIGTERM)
         .expect("stop vhost-vtpm with SIGTERM");
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// File system type and device holding `path` (longest matching mount point).
-fn filesystem(path: &Path) -> String {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (dev, mnt, fs) = (f.next()?, f.next()?, f.next()?);
-            path.starts_with(mnt)
-                .then(|| (mnt.len(), format!("{fs} ({dev})")))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, s)| s)
-        .unwrap_or_else(|| "?".into())
 }
 
 pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
@@ -550,41 +524,9 @@ fn blobs(world: &World, key: Key, state_dir: &Path) -> Vec<(String, u64)> {
 
 // ---- 3. Memory -----------------------------------------------------------------------
 
-/// Memory of one process, KiB.
-struct Mem {
-    rss: u64,
-    anon: u64,
-    file: u64,
-    shmem: u64,
-    hwm: u64,
-    pss: Option<u64>,
-}
-
-fn kib_field(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)?
-            .strip_prefix(':')?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
+/// A server's memory now; the server must be running.
 fn read_mem(pid: i32) -> Mem {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    let f = |name| kib_field(&status, name).unwrap_or(0);
-    Mem {
-        rss: f("VmRSS"),
-        anon: f("RssAnon"),
-        file: f("RssFile"),
-        shmem: f("RssShmem"),
-        hwm: f("VmHWM"),
-        pss: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|t| kib_field(&t, "Pss")),
-    }
+    procfs::read_mem(pid).expect("read /proc/PID/status")
 }
 
 /// The memory samples of one server: idle, half-way through the load, after it.

@@ -78,3 +78,30 @@ fn vtpm_bench_only_state_skips_the_latency_tables() {
         "--only state printed the latency section:\n{text}"
     );
 }
+
+#[test]
+fn vtpm_bench_scale_prints_every_table_and_no_failure() {
+    let text = run_bench(&[
+        "scale",
+        "--instances",
+        "3",
+        "--busy",
+        "1",
+        "--samples",
+        "20",
+        "--start-threads",
+        "2",
+    ]);
+    for needle in [
+        "| vhost-vtpm | 3 | 3 |",
+        "| swtpm socket | 3 | 3 |",
+        "| vhost-vtpm | all idle after start | 3 |",
+        "| swtpm socket | after the latency runs | 3 |",
+        "| vhost-vtpm | all idle | 20 |",
+        "| swtpm socket | 1 busy (PCR_Extend flood), sampled among the other 2 | 20 |",
+        "| swtpm socket | 1 |",
+        "None: every instance of both kinds started",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
