@@ -91,7 +91,7 @@ fn run_guest(
     let invoke = |vm: &mut Vm, op: &str| -> (String, Option<u64>) {
         let before = host_cpu_ns(qemu, server);
         let (rc, out) = vm.run_timeout(
-            &format!("tpm_bench -d /dev/tpmrm0 -n {fast} -s {sign} -o {op}"),
+            &format!("tpm_bench -d /dev/tpmrm0 -n {fast} -s {sign} -o '{op}'"),
             Duration::from_secs(1800),
         );
         assert_eq!(rc, 0, "tpm_bench -o {op} failed:\n{out}");
