@@ -207,15 +207,43 @@ pub struct LibtpmsEngine {
 // touched through `&mut self`; libtpms' globals are only reached through this single engine.
 unsafe impl Send for LibtpmsEngine {}
 
+/// What [`LibtpmsEngine::start_with`] does with the volatile state a clean shutdown saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedVolatile {
+    /// Resume it and delete it at once (a durable write): a later crash, which leaves no
+    /// newer one, must not resume it again.
+    Consume,
+    /// Resume it and leave it in the store: the caller can tell a crash from a clean stop
+    /// at the next start (the daemon's run marker) and then starts with `Ignore`, so the
+    /// start costs no write.
+    Resume,
+    /// The last run did not stop cleanly, so a saved volatile state is stale: it is deleted
+    /// before the engine starts, which powers on.
+    Ignore,
+}
+
 impl LibtpmsEngine {
     /// Starts the TPM 2.0 engine on `store`: loads the permanent state (a new instance starts
-    /// manufactured-fresh) and the volatile state a clean shutdown saved, if any.
+    /// manufactured-fresh) and resumes the volatile state a clean shutdown saved, if any,
+    /// consuming it ([`SavedVolatile::Consume`]).
     pub fn start(store: Box<dyn StateStore>) -> Result<Self> {
+        Self::start_with(store, SavedVolatile::Consume)
+    }
+
+    /// [`LibtpmsEngine::start`], with the caller's choice about the saved volatile state.
+    pub fn start_with(store: Box<dyn StateStore>, saved: SavedVolatile) -> Result<Self> {
         if ENGINE_IN_USE.swap(true, Ordering::SeqCst) {
             return Err(Error::EngineInUse);
         }
-        let resumed = match store.load(VOLATILE_BLOB) {
-            Ok(v) => v.map(Zeroizing::new).is_some(),
+        let prepared = match saved {
+            // libtpms reads the blob through the store during init: it must be gone first.
+            SavedVolatile::Ignore => store.delete(VOLATILE_BLOB).map(|()| false),
+            SavedVolatile::Consume | SavedVolatile::Resume => store
+                .load(VOLATILE_BLOB)
+                .map(|v| v.map(Zeroizing::new).is_some()),
+        };
+        let resumed = match prepared {
+            Ok(resumed) => resumed,
             Err(e) => {
                 ENGINE_IN_USE.store(false, Ordering::SeqCst);
                 return Err(Error::Store(e));
@@ -232,9 +260,11 @@ impl LibtpmsEngine {
         // From here on Drop releases the singleton.
         engine.init()?;
         if resumed {
-            // The saved volatile state is consumed: after a later crash it would no longer
-            // match the permanent state, so a restart after a crash is a power cycle instead.
-            with_store(|s| s.delete(VOLATILE_BLOB))?;
+            if saved == SavedVolatile::Consume {
+                // After a later crash it would no longer match the permanent state, so a
+                // restart after a crash is a power cycle instead.
+                with_store(|s| s.delete(VOLATILE_BLOB))?;
+            }
             info!("libtpms engine resumed from saved volatile state");
         } else {
             info!("libtpms engine powered on");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use coprocessor::libtpms::LibtpmsEngine;
+use coprocessor::libtpms::{LibtpmsEngine, SavedVolatile};
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
 use log::{info, warn};
@@ -187,11 +187,21 @@ fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonErro
                 ),
             }
             bind_to_vm(&store, vm_id.as_deref())?;
-            let engine =
-                LibtpmsEngine::start(Box::new(store)).map_err(|source| DaemonError::Engine {
+            // Under the directory's lock: a run marker left behind says the last run did not
+            // stop cleanly, so a saved volatile state is stale. Otherwise it is resumed and
+            // kept: the marker made below tells a later crash apart, so the start need not
+            // consume it with a durable write (ADR 0006).
+            let saved = if RunMarker::found(state_dir)? {
+                SavedVolatile::Ignore
+            } else {
+                SavedVolatile::Resume
+            };
+            let engine = LibtpmsEngine::start_with(Box::new(store), saved).map_err(|source| {
+                DaemonError::Engine {
                     engine: "libtpms",
                     source,
-                })?;
+                }
+            })?;
             Ok(Box::new(engine))
         }
         EngineConfig::Swtpm { ctrl, data } => {
@@ -314,6 +324,13 @@ impl RunMarker {
             // Anything else about the directory is the store's to report, as it opens it.
             _ => Ok(()),
         }
+    }
+
+    /// Whether a marker is there (a symlink at its name is refused).
+    fn found(state_dir: &std::path::Path) -> Result<bool, DaemonError> {
+        let path = state_dir.join(Self::NAME);
+        durable_fs::exists_not_symlink(&path)
+            .map_err(|source| DaemonError::StateDir { path, source })
     }
 
     /// Creates the marker; returns it and whether one was already there.
