@@ -18,50 +18,74 @@ pub struct HostTpmSimulator {
 
 impl HostTpmSimulator {
     /// Starts (manufacturing on first use) a host TPM whose state lives in `state`.
+    ///
+    /// The two ports are picked free, but another test of the same process may take one of
+    /// them before swtpm binds it (seen in CI: swtpm then exits, and the port probed belonged
+    /// to someone else). So swtpm must still run once both ports answer, or it is started
+    /// again on other ports.
     pub fn start(state: &Path) -> io::Result<Self> {
-        let port = loop {
-            let a = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            if a < 65000 && std::net::TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
-                break a;
-            }
-        };
         std::fs::create_dir_all(state)?;
-        let mut child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("swtpm (scripts/setup.sh installs it): {e}"),
-                )
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "host TPM simulator (swtpm) did not listen",
-                ));
+        let mut last = None;
+        for _ in 0..5 {
+            let port = loop {
+                let a = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                if a < 65000 && std::net::TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+                    break a;
+                }
+            };
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("swtpm (scripts/setup.sh installs it): {e}"),
+                    )
+                })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = Some(io::Error::other(format!(
+                        "host TPM simulator (swtpm) on ports {port}/{} exited: {status}",
+                        port + 1
+                    )));
+                    break;
+                }
+                if listening(port + 1) && listening(port) {
+                    // Both answer, and they are swtpm's if it still runs.
+                    std::thread::sleep(Duration::from_millis(20));
+                    if matches!(child.try_wait(), Ok(None)) {
+                        return Ok(HostTpmSimulator {
+                            child,
+                            port,
+                            state: state.to_owned(),
+                        });
+                    }
+                    continue;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "host TPM simulator (swtpm) did not listen",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(HostTpmSimulator {
-            child,
-            port,
-            state: state.to_owned(),
-        })
+        Err(last.unwrap_or_else(|| io::Error::other("host TPM simulator (swtpm) did not start")))
     }
 
     /// The TCTI string for tpm2-tss (`swtpm:host=127.0.0.1,port=N`).
