@@ -56,6 +56,9 @@ pub const STATE_FILE_B: &str = "state.b.vtpm";
 /// The two state slots; a change rewrites the one that does not hold the newest generation.
 pub const STATE_SLOTS: [&str; 2] = [STATE_FILE, STATE_FILE_B];
 pub const ANCHOR_FILE: &str = "state.gen";
+/// Every file of an instance, in the order a destruction removes them: the key record first
+/// (without it no copy of the state can be read).
+pub const INSTANCE_FILES: [&str; 4] = [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE];
 /// The lock file, held (flock) while the directory is in use.
 pub const LOCK_FILE: &str = "lock";
 /// The tombstone: the instance left this directory (migrated to another host, or an
@@ -202,7 +205,7 @@ fn prepare_dir(dir: &Path) -> Result<LockFile, StateError> {
 fn remove_stale_temporaries(dir: &Path) {
     match durable_fs::remove_stale_temporaries(
         dir,
-        &[KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE, TOMBSTONE],
+        &[INSTANCE_FILES.as_slice(), &[TOMBSTONE]].concat(),
     ) {
         Ok(removed) => {
             for path in removed {
@@ -686,17 +689,11 @@ impl EncryptedStore {
     /// Returns the backup directory, or `None` if there was nothing to reset.
     pub fn reset(dir: &Path) -> Result<Option<PathBuf>, StateError> {
         let _lock = lock_existing(dir)?;
-        let present: Vec<&str> = [
-            KEY_RECORD,
-            STATE_FILE,
-            STATE_FILE_B,
-            ANCHOR_FILE,
-            LEGACY_PLAIN_STATE,
-            TOMBSTONE,
-        ]
-        .into_iter()
-        .filter(|f| dir.join(f).exists())
-        .collect();
+        let present: Vec<&str> = INSTANCE_FILES
+            .into_iter()
+            .chain([LEGACY_PLAIN_STATE, TOMBSTONE])
+            .filter(|f| dir.join(f).exists())
+            .collect();
         if present.is_empty() {
             return Ok(None);
         }
@@ -773,9 +770,7 @@ fn wipeable(blobs: BTreeMap<String, Vec<u8>>) -> Result<Blobs, StateError> {
 
 /// Refuses a directory that holds (part of) an instance.
 fn refuse_existing(dir: &Path) -> Result<(), StateError> {
-    let mut names = STATE_SLOTS
-        .iter()
-        .chain(&[KEY_RECORD, ANCHOR_FILE, LEGACY_PLAIN_STATE]);
+    let mut names = INSTANCE_FILES.into_iter().chain([LEGACY_PLAIN_STATE]);
     if names.any(|f| dir.join(f).exists()) {
         return Err(StateError::AlreadyExists {
             path: dir.to_owned(),
@@ -841,7 +836,7 @@ fn refuse_tombstone(dir: &Path) -> Result<(), StateError> {
 /// Removes the key record first (without it every copy of the state is unreadable), then
 /// the state slots and the generation record; each removal is durable.
 fn remove_instance_files(dir: &Path) -> Result<(), StateError> {
-    for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
+    for f in INSTANCE_FILES {
         let path = dir.join(f);
         durable_fs::remove(&path, true).map_err(|source| StateError::Write { path, source })?;
     }

@@ -127,7 +127,9 @@ mod tests {
     use std::fs;
     use std::path::{Path, PathBuf};
 
-    use super::encrypted::{ANCHOR_FILE, KEY_RECORD, LOCK_FILE, STATE_FILE, STATE_FILE_B};
+    use super::encrypted::{
+        ANCHOR_FILE, INSTANCE_FILES, KEY_RECORD, LOCK_FILE, STATE_FILE, STATE_FILE_B,
+    };
     use super::*;
     use crate::keys::{generate_host_key_file, HostKey, KeyError};
 
@@ -153,7 +155,7 @@ mod tests {
     }
 
     fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-        [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE]
+        INSTANCE_FILES
             .iter()
             .filter_map(|f| fs::read(dir.join(f)).ok().map(|d| (f.to_string(), d)))
             .collect()
@@ -200,7 +202,7 @@ mod tests {
         let dir = h.root.join("vm");
         let s = open(&dir, &h.key).unwrap();
         s.store("permall", b"secret").unwrap();
-        for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
+        for f in INSTANCE_FILES {
             let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
@@ -711,7 +713,7 @@ mod tests {
         let s = open(&dir, &h.key).unwrap();
         let id = s.instance();
         s.destroy("migrated to host-b by migration 00ff").unwrap();
-        for f in [KEY_RECORD, STATE_FILE, STATE_FILE_B, ANCHOR_FILE] {
+        for f in INSTANCE_FILES {
             assert!(!dir.join(f).exists(), "{f} left behind");
         }
         let err = open(&dir, &h.key).unwrap_err();
