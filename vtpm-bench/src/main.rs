@@ -489,7 +489,10 @@ fn main() {
         latency_section(&args, &daemon_bin, &all_cpus);
     }
     if args.only != Some(Section::Latency) {
-        state::run(&args, &daemon_bin, &all_cpus);
+        if let Err(e) = state::run(&args, &daemon_bin, &all_cpus) {
+            eprintln!("vtpm-bench: state section: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, ensure, Context, Result};
 use coprocessor::swtpm::SwtpmEngine;
 use guest_driver::{ClientOptions, VtpmClient};
 use nix::sys::signal::Signal;
@@ -72,44 +73,51 @@ struct World {
 }
 
 /// Sends TPM2_Startup(CLEAR) through `transact`; a TPM that is already started is fine.
-fn startup(transact: &mut dyn FnMut(&[u8]) -> Vec<u8>, what: &str) {
-    let code = response_code(&transact(&c::startup(c::TPM_SU_CLEAR))).expect("Startup response");
-    assert!(
+fn startup(transact: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>>, what: &str) -> Result<()> {
+    let code = response_code(&transact(&c::startup(c::TPM_SU_CLEAR))?)
+        .map_err(|e| anyhow!("{what}: Startup response: {e:?}"))?;
+    ensure!(
         code == rc::SUCCESS || code == rc::INITIALIZE,
         "{what}: Startup {code:#x}"
     );
+    Ok(())
 }
 
-fn path_startup(path: &mut dyn Path_, what: &str) {
-    startup(&mut |cmd| path.transact(cmd), what);
+fn path_startup(path: &mut dyn Path_, what: &str) -> Result<()> {
+    startup(&mut |cmd| Ok(path.transact(cmd)), what)
+}
+
+/// A connection to a started swtpm's data socket through our swtpm engine.
+fn swtpm_engine(sw: &SwtpmProcess) -> Result<SwtpmEngine> {
+    let data = sw.data.as_deref().context("swtpm has no data socket")?;
+    SwtpmEngine::connect(&sw.ctrl, data).context("connect to swtpm")
 }
 
 impl World {
-    fn set_up(dir: &Path, daemon_bin: &Path) -> World {
+    fn set_up(dir: &Path, daemon_bin: &Path) -> Result<World> {
         let swtpm_state = dir.join("swtpm-state");
-        std::fs::create_dir_all(&swtpm_state).expect("create swtpm state dir");
+        std::fs::create_dir_all(&swtpm_state).context("create swtpm state dir")?;
         run_tool(
             Command::new("swtpm_setup")
                 .args(["--tpm2", "--createek", "--create-spk", "--tpmstate"])
                 .arg(&swtpm_state),
         )
-        .unwrap_or_else(|e| panic!("swtpm_setup (scripts/setup.sh installs swtpm-tools): {e}"));
+        .map_err(|e| anyhow!("swtpm_setup (scripts/setup.sh installs swtpm-tools): {e}"))?;
         {
             // Used through swtpm as a guest would: a persistent key and some NV data.
-            let sw = SwtpmProcess::start(dir, true).expect("start swtpm");
-            let data = sw.data.as_deref().expect("swtpm data socket");
-            let mut engine = SwtpmEngine::connect(&sw.ctrl, data).expect("connect to swtpm");
+            let sw = SwtpmProcess::start(dir, true).context("start swtpm")?;
+            let mut engine = swtpm_engine(&sw)?;
             let path = &mut EnginePath {
                 engine: &mut engine,
                 server: None,
             };
-            path_startup(path, "swtpm set-up");
+            path_startup(path, "swtpm set-up")?;
             let key = c::parse_create_primary_ecc(&must(
                 path,
                 &c::create_primary_ecc_signing(),
                 "CreatePrimary",
             ))
-            .expect("CreatePrimary response");
+            .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))?;
             must(
                 path,
                 &c::evict_control(key.handle, SIGNING_KEY),
@@ -140,9 +148,9 @@ impl World {
             must(path, &c::shutdown(c::TPM_SU_CLEAR), "Shutdown");
         }
         let host_key = dir.join("host.key");
-        ensure_host_key(&host_key).expect("vtpm-state gen-host-key");
+        ensure_host_key(&host_key).context("vtpm-state gen-host-key")?;
         let host_tpm =
-            HostTpmSimulator::start(&dir.join("host-tpm")).expect("start host TPM simulator");
+            HostTpmSimulator::start(&dir.join("host-tpm")).context("start host TPM simulator")?;
         let world = World {
             dir: dir.to_path_buf(),
             daemon_bin: daemon_bin.to_path_buf(),
@@ -162,9 +170,9 @@ impl World {
                     .arg(&world.swtpm_state)
                     .args(world.key_args(key)),
             )
-            .unwrap_or_else(|e| panic!("vtpm-state import-swtpm: {e}"));
+            .map_err(|e| anyhow!("vtpm-state import-swtpm: {e}"))?;
         }
-        world
+        Ok(world)
     }
 
     fn ours_dir(&self, key: Key) -> &Path {
@@ -186,45 +194,41 @@ impl World {
 
     /// Runs `f` on a started swtpm (over its data socket through our swtpm engine), with
     /// the swtpm's pid.
-    fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> T) -> T {
-        let sw = self.start_swtpm();
-        let data = sw.data.as_deref().expect("swtpm data socket");
-        let mut engine = SwtpmEngine::connect(&sw.ctrl, data).expect("connect to swtpm");
+    fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> T) -> Result<T> {
+        let sw = SwtpmProcess::start(&self.dir, true).context("start swtpm")?;
+        let mut engine = swtpm_engine(&sw)?;
         let mut path = EnginePath {
             engine: &mut engine,
             server: Some(sw.pid()),
         };
-        path_startup(&mut path, "swtpm");
-        f(&mut path, sw.pid())
-    }
-
-    fn start_swtpm(&self) -> SwtpmProcess {
-        SwtpmProcess::start(&self.dir, true).expect("start swtpm")
+        path_startup(&mut path, "swtpm")?;
+        Ok(f(&mut path, sw.pid()))
     }
 
     /// Our daemon on the imported state, connected; the TPM is started.
-    fn start_daemon(&self, key: Key) -> DaemonPath {
+    fn start_daemon(&self, key: Key) -> Result<DaemonPath> {
         let mut extra = self.key_args(key);
         extra.extend(["--log-level".into(), "warn".into()]);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let mut path = DaemonPath::start(&self.daemon_bin, self.ours_dir(key), &extra);
-        path_startup(&mut path, key.label());
-        path
+        path_startup(&mut path, key.label())?;
+        Ok(path)
     }
 }
 
 /// Stops a daemon cleanly (SIGTERM: it saves the state), so the next start is not a
 /// recovery from an unclean stop.
-fn stop_daemon(mut path: DaemonPath) {
+fn stop_daemon(mut path: DaemonPath) -> Result<()> {
     path.daemon
         .signal(Signal::SIGTERM)
-        .expect("stop vhost-vtpm with SIGTERM");
+        .context("stop vhost-vtpm with SIGTERM")?;
+    Ok(())
 }
 
-pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
+pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) -> Result<()> {
     pin(all_cpus);
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let world = World::set_up(scratch.path(), daemon_bin);
+    let scratch = tempfile::tempdir().context("tempdir")?;
+    let world = World::set_up(scratch.path(), daemon_bin)?;
     println!("\n## State: durability, cold start, memory, isolation\n");
     println!(
         "State directories on {}. One TPM state for every server: `swtpm_setup --tpm2 \
@@ -236,13 +240,14 @@ pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
         FILL_INDICES.len(),
         FILL_SIZE
     );
-    durability(args, &world, all_cpus);
+    durability(args, &world, all_cpus)?;
     pin(all_cpus);
-    cold_start(args, &world);
-    state_sizes(&world);
-    memory(args, &world);
-    isolation(args, daemon_bin, all_cpus);
+    cold_start(args, &world)?;
+    state_sizes(&world)?;
+    memory(args, &world)?;
+    isolation(args, daemon_bin, all_cpus)?;
     pin(all_cpus);
+    Ok(())
 }
 
 // ---- 1. Durability -------------------------------------------------------------------
@@ -256,7 +261,7 @@ fn durability_ops() -> Vec<Op> {
     ]
 }
 
-fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
+fn durability(args: &Args, world: &World, all_cpus: &[usize]) -> Result<()> {
     println!("\n### Cost of a durable command\n");
     println!(
         "NV_Write and NV_Increment persist (ours: the encrypted state slot that does not hold \
@@ -276,11 +281,11 @@ fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
         let ops = durability_ops();
         let mut rows = Vec::new();
         for key in [Key::File, Key::Tpm] {
-            let mut path = world.start_daemon(key);
+            let mut path = world.start_daemon(key)?;
             rows.extend(measure_ops(key.label(), &mut path, &ops, args));
-            stop_daemon(path);
+            stop_daemon(path)?;
         }
-        rows.extend(world.with_swtpm(|path, _| measure_ops("swtpm socket", path, &ops, args)));
+        rows.extend(world.with_swtpm(|path, _| measure_ops("swtpm socket", path, &ops, args))?);
         println!("\n#### {title}\n");
         println!(
             "| command | persists | path | n | p50 µs | p99 µs | over GetRandom µs | ops/s | server CPU µs/op | syncs/op |"
@@ -292,6 +297,7 @@ fn durability(args: &Args, world: &World, all_cpus: &[usize]) {
             }
         }
     }
+    Ok(())
 }
 
 fn print_durability_row(r: &Row, rows: &[Row]) {
@@ -349,7 +355,7 @@ impl Cold {
 }
 
 /// One cold start: (socket listening, first successful response), both from spawn.
-fn cold_once(world: &World, which: Cold, run: usize) -> (Duration, Duration) {
+fn cold_once(world: &World, which: Cold, run: usize) -> Result<(Duration, Duration)> {
     match which {
         Cold::Swtpm => cold_swtpm(world),
         Cold::Ours(key) => cold_ours(world, world.ours_dir(key), key),
@@ -357,61 +363,70 @@ fn cold_once(world: &World, which: Cold, run: usize) -> (Duration, Duration) {
     }
 }
 
-fn cold_ours(world: &World, dir: &Path, key: Key) -> (Duration, Duration) {
-    std::fs::create_dir_all(dir).expect("create daemon dir");
+fn cold_ours(world: &World, dir: &Path, key: Key) -> Result<(Duration, Duration)> {
+    std::fs::create_dir_all(dir).context("create daemon dir")?;
     let mut args = world.key_args(key);
     args.extend(["--log-level".to_owned(), "warn".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let t0 = Instant::now();
-    let mut daemon = DaemonProcess::start(&world.daemon_bin, dir, &args).expect("start vhost-vtpm");
+    let mut daemon =
+        DaemonProcess::start(&world.daemon_bin, dir, &args).context("start vhost-vtpm")?;
     let listening = t0.elapsed();
     let mut client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
-        .expect("connect to vhost-vtpm");
-    let mut transact = |cmd: &[u8]| client.transact(cmd).expect("vhost-vtpm transact");
-    startup(&mut transact, "vhost-vtpm cold start");
-    let r = transact(&c::get_random(32));
+        .context("connect to vhost-vtpm")?;
+    let mut transact = |cmd: &[u8]| client.transact(cmd).context("vhost-vtpm transact");
+    startup(&mut transact, "vhost-vtpm cold start")?;
+    let r = transact(&c::get_random(32))?;
     let first = t0.elapsed();
-    assert_eq!(response_code(&r), Ok(rc::SUCCESS), "GetRandom after start");
+    ensure!(
+        response_code(&r) == Ok(rc::SUCCESS),
+        "GetRandom after start: {r:x?}"
+    );
     drop(client);
     daemon
         .signal(Signal::SIGTERM)
-        .expect("stop vhost-vtpm after the cold start");
-    (listening, first)
+        .context("stop vhost-vtpm after the cold start")?;
+    Ok((listening, first))
 }
 
 /// One request/response on swtpm's data socket.
-fn raw_transact(s: &mut UnixStream, cmd: &[u8]) -> Vec<u8> {
-    s.write_all(cmd).expect("swtpm data write");
+fn raw_transact(s: &mut UnixStream, cmd: &[u8]) -> Result<Vec<u8>> {
+    s.write_all(cmd).context("swtpm data write")?;
     let mut r = vec![0u8; HEADER_SIZE];
-    s.read_exact(&mut r).expect("swtpm data read");
-    let size = Header::parse(&r).expect("swtpm response header").size as usize;
+    s.read_exact(&mut r).context("swtpm data read")?;
+    let size = Header::parse(&r)
+        .map_err(|e| anyhow!("swtpm response header: {e:?}"))?
+        .size as usize;
     r.resize(size.max(HEADER_SIZE), 0);
     s.read_exact(&mut r[HEADER_SIZE..])
-        .expect("swtpm data read");
-    r
+        .context("swtpm data read")?;
+    Ok(r)
 }
 
-fn cold_swtpm(world: &World) -> (Duration, Duration) {
+fn cold_swtpm(world: &World) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
     let server =
         SwtpmProcess::start_with(&world.dir.join("cold-swtpm"), &world.swtpm_state, true, &[])
-            .expect("start swtpm");
+            .context("start swtpm")?;
     let listening = t0.elapsed();
-    let data = server.data.as_deref().expect("swtpm data socket");
-    let mut stream = UnixStream::connect(data).expect("connect to swtpm's data socket");
+    let data = server.data.as_deref().context("swtpm has no data socket")?;
+    let mut stream = UnixStream::connect(data).context("connect to swtpm's data socket")?;
     startup(
         &mut |cmd| raw_transact(&mut stream, cmd),
         "swtpm cold start",
-    );
-    let r = raw_transact(&mut stream, &c::get_random(32));
+    )?;
+    let r = raw_transact(&mut stream, &c::get_random(32))?;
     let first = t0.elapsed();
-    assert_eq!(response_code(&r), Ok(rc::SUCCESS), "GetRandom after start");
+    ensure!(
+        response_code(&r) == Ok(rc::SUCCESS),
+        "GetRandom after start: {r:x?}"
+    );
     drop(stream);
-    server.stop().expect("stop swtpm after the cold start");
-    (listening, first)
+    server.stop().context("stop swtpm after the cold start")?;
+    Ok((listening, first))
 }
 
-fn cold_start(args: &Args, world: &World) {
+fn cold_start(args: &Args, world: &World) -> Result<()> {
     let kinds = [
         Cold::Ours(Key::File),
         Cold::Ours(Key::Tpm),
@@ -422,7 +437,7 @@ fn cold_start(args: &Args, world: &World) {
     // Interleaved, so that drift on the machine touches every kind alike.
     for run in 0..args.cold_runs {
         for (k, &kind) in kinds.iter().enumerate() {
-            let (listening, first) = cold_once(world, kind, run);
+            let (listening, first) = cold_once(world, kind, run)?;
             times[k].0.push(listening);
             times[k].1.push(first);
         }
@@ -454,9 +469,10 @@ fn cold_start(args: &Args, world: &World) {
             ms(pct(first, 0.9))
         );
     }
+    Ok(())
 }
 
-fn state_sizes(world: &World) {
+fn state_sizes(world: &World) -> Result<()> {
     println!("\n### State on disk\n");
     println!("| server | file | bytes |");
     println!("|---|---|---:|");
@@ -496,42 +512,43 @@ fn state_sizes(world: &World) {
             println!("| {label} | {name} | {len} |");
         }
         if let Some(key) = key {
-            for (blob, len) in blobs(world, key, &dir) {
-                println!("| {label} | state.vtpm holds libtpms blob {blob} | {len} |");
+            for (blob, len) in blobs(world, key, &dir)? {
+                println!("| {label} | the newest state slot holds libtpms blob {blob} | {len} |");
             }
         }
     }
+    Ok(())
 }
 
 /// The libtpms blobs in one of our state directories, as `vtpm-state inspect` lists them.
-fn blobs(world: &World, key: Key, state_dir: &Path) -> Vec<(String, u64)> {
+fn blobs(world: &World, key: Key, state_dir: &Path) -> Result<Vec<(String, u64)>> {
     let out = Command::new(world.daemon_bin.with_file_name("vtpm-state"))
         .arg("inspect")
         .arg("--state-dir")
         .arg(state_dir)
         .args(world.key_args(key))
         .output()
-        .expect("run vtpm-state inspect");
-    String::from_utf8_lossy(&out.stdout)
+        .context("run vtpm-state inspect")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("blob ")?.split_once(": ")?;
             let len = rest.strip_suffix(" bytes")?.parse().ok()?;
             Some((name.to_string(), len))
         })
-        .collect()
+        .collect())
 }
 
 // ---- 3. Memory -----------------------------------------------------------------------
 
 /// A server's memory now; the server must be running.
-fn read_mem(pid: i32) -> Mem {
-    procfs::read_mem(pid).expect("read /proc/PID/status")
+fn read_mem(pid: i32) -> Result<Mem> {
+    procfs::read_mem(pid).context("read /proc/PID/status")
 }
 
 /// The memory samples of one server: idle, half-way through the load, after it.
-fn load_and_sample(path: &mut dyn Path_, pid: i32, load_ops: usize) -> [(String, Mem); 3] {
-    let idle = read_mem(pid);
+fn load_and_sample(path: &mut dyn Path_, pid: i32, load_ops: usize) -> Result<[(String, Mem); 3]> {
+    let idle = read_mem(pid)?;
     let mut mid = None;
     for i in 0..load_ops {
         let cmd = match i % 5 {
@@ -543,31 +560,35 @@ fn load_and_sample(path: &mut dyn Path_, pid: i32, load_ops: usize) -> [(String,
         };
         must(path, &cmd, "memory load");
         if i + 1 == load_ops / 2 {
-            mid = Some(read_mem(pid));
+            mid = Some(read_mem(pid)?);
         }
     }
-    let after = read_mem(pid);
-    [
+    let after = read_mem(pid)?;
+    let mid = match mid {
+        Some(m) => m,
+        None => read_mem(pid)?,
+    };
+    Ok([
         ("idle (connected, after Startup)".to_string(), idle),
         (
             format!("under load ({} of {load_ops} commands done)", load_ops / 2),
-            mid.unwrap_or_else(|| read_mem(pid)),
+            mid,
         ),
         (format!("after {load_ops} commands"), after),
-    ]
+    ])
 }
 
-fn memory(args: &Args, world: &World) {
+fn memory(args: &Args, world: &World) -> Result<()> {
     let mut rows: Vec<(&str, [(String, Mem); 3])> = Vec::new();
     for key in [Key::File, Key::Tpm] {
-        let mut path = world.start_daemon(key);
-        let pid = path.daemon.pid().expect("daemon pid");
-        rows.push((key.label(), load_and_sample(&mut path, pid, args.load_ops)));
-        stop_daemon(path);
+        let mut path = world.start_daemon(key)?;
+        let pid = path.daemon.pid().context("the daemon has no pid")?;
+        rows.push((key.label(), load_and_sample(&mut path, pid, args.load_ops)?));
+        stop_daemon(path)?;
     }
     rows.push((
         "swtpm socket",
-        world.with_swtpm(|path, pid| load_and_sample(path, pid, args.load_ops)),
+        world.with_swtpm(|path, pid| load_and_sample(path, pid, args.load_ops))??,
     ));
     println!("\n### Memory per instance\n");
     println!(
@@ -598,6 +619,7 @@ fn memory(args: &Args, world: &World) {
             );
         }
     }
+    Ok(())
 }
 
 // ---- 4. Isolation --------------------------------------------------------------------
@@ -608,20 +630,23 @@ struct Sample {
     p99: Duration,
 }
 
-fn sample(client: &mut VtpmClient, cmd: &[u8], n: usize) -> Sample {
+fn sample(client: &mut VtpmClient, cmd: &[u8], n: usize) -> Result<Sample> {
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let r = client.transact(cmd).expect("instance B transact");
+        let r = client.transact(cmd).context("instance B transact")?;
         lat.push(t.elapsed());
-        assert_eq!(response_code(&r), Ok(rc::SUCCESS), "instance B GetRandom");
+        ensure!(
+            response_code(&r) == Ok(rc::SUCCESS),
+            "instance B GetRandom: {r:x?}"
+        );
     }
     lat.sort();
-    Sample {
+    Ok(Sample {
         n,
         p50: pct(&lat, 0.5),
         p99: pct(&lat, 0.99),
-    }
+    })
 }
 
 /// B's GetRandom latency with A idle and with A flooded: (idle, flooded, A's ops/s).
@@ -630,15 +655,15 @@ fn isolation_placement(
     daemon_bin: &Path,
     a_cpus: &[usize],
     b_cpus: &[usize],
-) -> (Sample, Sample, f64) {
-    let dir_a = tempfile::tempdir().expect("tempdir");
-    let dir_b = tempfile::tempdir().expect("tempdir");
+) -> Result<(Sample, Sample, f64)> {
+    let dir_a = tempfile::tempdir().context("tempdir")?;
+    let dir_b = tempfile::tempdir().context("tempdir")?;
     pin(a_cpus);
     let mut a = DaemonProcess::start(daemon_bin, dir_a.path(), &["--log-level", "warn"])
-        .expect("start instance A");
+        .context("start instance A")?;
     pin(b_cpus);
     let mut b = DaemonProcess::start(daemon_bin, dir_b.path(), &["--log-level", "warn"])
-        .expect("start instance B");
+        .context("start instance B")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -647,53 +672,65 @@ fn isolation_placement(
         let socket = a.socket.clone();
         let cpus = a_cpus.to_vec();
         let stop = stop.clone();
-        std::thread::spawn(move || {
+        std::thread::spawn(move || -> Result<(u64, Duration)> {
             pin(&cpus);
             let mut client = VtpmClient::connect(&socket, ClientOptions::default())
-                .expect("connect to instance A");
+                .context("connect to instance A")?;
             startup(
-                &mut |cmd| client.transact(cmd).expect("instance A transact"),
+                &mut |cmd| client.transact(cmd).context("instance A transact"),
                 "instance A",
-            );
-            ready_tx.send(()).expect("report flooder ready");
-            if go_rx.recv().is_err() {
-                return (0u64, Duration::ZERO);
+            )?;
+            // The measuring thread gone means there is nothing to flood for.
+            if ready_tx.send(()).is_err() || go_rx.recv().is_err() {
+                return Ok((0, Duration::ZERO));
             }
             let cmd = c::pcr_extend_sha256(16, &DIGEST);
             let start = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let r = client.transact(&cmd).expect("flood instance A");
-                assert_eq!(response_code(&r), Ok(rc::SUCCESS), "instance A PCR_Extend");
+                let r = client.transact(&cmd).context("flood instance A")?;
+                ensure!(
+                    response_code(&r) == Ok(rc::SUCCESS),
+                    "instance A PCR_Extend: {r:x?}"
+                );
                 n += 1;
             }
-            (n, start.elapsed())
+            Ok((n, start.elapsed()))
         })
     };
-    ready_rx.recv().expect("flooder thread failed to start");
-    let mut client =
-        VtpmClient::connect(&b.socket, ClientOptions::default()).expect("connect to instance B");
+    let join = |flooder: std::thread::JoinHandle<Result<(u64, Duration)>>| {
+        flooder
+            .join()
+            .map_err(|_| anyhow!("the flooder thread panicked"))?
+    };
+    if ready_rx.recv().is_err() {
+        // The flooder ended before it was ready: its error says why.
+        join(flooder)?;
+        return Err(anyhow!("the flooder thread ended before it was ready"));
+    }
+    let mut client = VtpmClient::connect(&b.socket, ClientOptions::default())
+        .context("connect to instance B")?;
     startup(
-        &mut |cmd| client.transact(cmd).expect("instance B transact"),
+        &mut |cmd| client.transact(cmd).context("instance B transact"),
         "instance B",
-    );
+    )?;
     let cmd = c::get_random(32);
     for _ in 0..50 {
-        client.transact(&cmd).expect("instance B warm-up");
+        client.transact(&cmd).context("instance B warm-up")?;
     }
-    let idle = sample(&mut client, &cmd, args.fast);
-    go_tx.send(()).expect("start the flood");
+    let idle = sample(&mut client, &cmd, args.fast)?;
+    go_tx.send(()).context("start the flood")?;
     std::thread::sleep(Duration::from_millis(20));
-    let flooded = sample(&mut client, &cmd, args.fast);
+    let flooded = sample(&mut client, &cmd, args.fast)?;
     stop.store(true, Ordering::Relaxed);
-    let (n, elapsed) = flooder.join().expect("flooder thread panicked");
+    let (n, elapsed) = join(flooder)?;
     for d in [&mut a, &mut b] {
-        d.signal(Signal::SIGTERM).expect("stop instance");
+        d.signal(Signal::SIGTERM).context("stop instance")?;
     }
-    (idle, flooded, n as f64 / elapsed.as_secs_f64().max(1e-9))
+    Ok((idle, flooded, n as f64 / elapsed.as_secs_f64().max(1e-9)))
 }
 
-fn isolation(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
+fn isolation(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) -> Result<()> {
     let last = all_cpus.len() - 1;
     let mut placements: Vec<(String, Vec<usize>, Vec<usize>)> = vec![
         ("unpinned".into(), all_cpus.to_vec(), all_cpus.to_vec()),
@@ -718,7 +755,7 @@ fn isolation(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
     println!("| placement | A | B: n | B p50 µs | B p99 µs | p50 ÷ idle | p99 ÷ idle | A: ops/s |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (title, a_cpus, b_cpus) in placements {
-        let (idle, flooded, a_rate) = isolation_placement(args, daemon_bin, &a_cpus, &b_cpus);
+        let (idle, flooded, a_rate) = isolation_placement(args, daemon_bin, &a_cpus, &b_cpus)?;
         println!(
             "| {title} | idle | {} | {:.1} | {:.1} | | | - |",
             idle.n,
@@ -735,4 +772,5 @@ fn isolation(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
             a_rate
         );
     }
+    Ok(())
 }

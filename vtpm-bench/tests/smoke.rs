@@ -52,7 +52,7 @@ const STATE: &[&str] = &[
     "| vhost-vtpm, --host-key-file | new instance (manufacture, first write) | 2 |",
     "| swtpm socket | swtpm_setup's (plain permall) | 2 |",
     "| swtpm | tpm2-00.permall |",
-    "| vhost-vtpm, --host-key-file | state.vtpm holds libtpms blob permall |",
+    "| vhost-vtpm, --host-key-file | the newest state slot holds libtpms blob permall |",
     "| vhost-vtpm, --host-key-file | idle (connected, after Startup) |",
     "| swtpm socket | after 20 commands |",
     "| unpinned | flooded (PCR_Extend) | 20 |",
