@@ -60,11 +60,14 @@ qemu_env="$(dirname "$(dirname "$(dirname "$qemu_bin")")")/env"
 ensure_backports_headers
 echo "setup: guest image (guest-driver/image/build.sh; cached)"
 guest_env=$(./guest-driver/image/build.sh)
+echo "setup: Debian guest (guest-driver/debian/build.sh; cached, a few minutes the first time)"
+debian_env=$(./guest-driver/debian/build.sh)
 
 # Where the end-to-end tests and the demo find everything.
 {
   cat "$qemu_env"
   printf '%s\n' "$guest_env"
+  printf '%s\n' "$debian_env"
   echo "DAEMON=$PWD/target/release/vhost-vtpm"
 } > target/vtpm-env
 echo "setup: done (paths in target/vtpm-env)"

@@ -72,6 +72,13 @@ impl DaemonProcess {
     /// An error if the daemon exits instead (it refused its configuration or state), with
     /// what it logged.
     pub fn restart(&mut self) -> io::Result<()> {
+        // A running daemon would keep its state directory locked, and its handle would be
+        // lost here (leaving the process behind): stop it first.
+        if self.wait_exit_timeout()?.is_none() && self.child.is_some() {
+            return Err(io::Error::other(
+                "the daemon is still running: stop it (signal) before restart",
+            ));
+        }
         let log = File::options().create(true).append(true).open(&self.log)?;
         // A socket file left by a killed daemon would look like a listening one.
         let _ = std::fs::remove_file(&self.socket);

@@ -1,5 +1,6 @@
 //! Where `scripts/setup.sh` put what the end-to-end tests, the demo and the guest benchmark
-//! need: `target/vtpm-env` (`QEMU=`, `QEMU_DATA_DIR=`, `KERNEL=`, `INITRD=`, `DAEMON=` lines).
+//! need: `target/vtpm-env` (`QEMU=`, `QEMU_DATA_DIR=`, `KERNEL=`, `INITRD=`, `DAEMON=` lines,
+//! and the Debian guest's `DEBIAN_*=` lines from guest-driver/debian/build.sh).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,21 @@ pub struct Env {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub daemon: PathBuf,
+    /// The Debian guest, when the set-up built it.
+    pub debian: Option<DebianImage>,
+}
+
+/// The Debian systemd guest (guest-driver/debian/build.sh).
+#[derive(Debug, Clone)]
+pub struct DebianImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The ext4 root file system; guests boot from a qcow2 overlay of it.
+    pub rootfs: PathBuf,
+    /// The driver's package installed in the image.
+    pub module_deb: PathBuf,
+    /// The kernel's ABI name (e.g. `6.1.0-57-amd64`).
+    pub kver: String,
 }
 
 /// The workspace's top directory.
@@ -23,6 +39,13 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 impl Env {
+    /// The Debian guest; panics with the fix if the set-up did not build it.
+    pub fn debian(&self) -> &DebianImage {
+        self.debian.as_ref().unwrap_or_else(|| {
+            panic!("no DEBIAN_*= lines in target/vtpm-env: run scripts/setup.sh (it builds the Debian guest)")
+        })
+    }
+
     /// Reads `target/vtpm-env` (or the file named by `VTPM_ENV`). Panics with the fix if the
     /// set-up has not been run: these tests must not silently skip.
     pub fn load() -> Env {
@@ -61,6 +84,13 @@ impl Env {
             kernel: get("KERNEL"),
             initrd: get("INITRD"),
             daemon: get("DAEMON"),
+            debian: map.get("DEBIAN_ROOTFS").map(|_| DebianImage {
+                kernel: get("DEBIAN_KERNEL"),
+                initrd: get("DEBIAN_INITRD"),
+                rootfs: get("DEBIAN_ROOTFS"),
+                module_deb: get("DEBIAN_MODULE_DEB"),
+                kver: map.get("DEBIAN_KVER").unwrap_or(&"").to_string(),
+            }),
         }
     }
 }

@@ -67,6 +67,75 @@ enum Incoming {
     Tcp(u16),
 }
 
+/// The disks of a Debian guest (guest-driver/debian/build.sh): a qcow2 overlay of the built
+/// root file system, so the image stays untouched, a blank data disk (`/dev/vdb` in the
+/// guest) and, with [`DebianDisks::with_files`], an ext4 disk holding host files (`/dev/vdc`,
+/// label `vtpm-files`). They live in a temporary directory for as long as this value does,
+/// so one value boots the same guest again (after a reboot, a daemon restart or a power-off).
+pub struct DebianDisks {
+    drives: DebianDrives,
+    _dir: tempfile::TempDir,
+}
+
+/// The disk files QEMU opens for a Debian guest.
+#[derive(Debug, Clone)]
+struct DebianDrives {
+    root: PathBuf,
+    data: PathBuf,
+    files: Option<PathBuf>,
+}
+
+impl DebianDisks {
+    /// A fresh overlay of the Debian image and a blank data disk of `data_mib` MiB.
+    pub fn new(env: &Env, data_mib: u64) -> DebianDisks {
+        Self::with_files(env, data_mib, &[])
+    }
+
+    /// Like [`DebianDisks::new`], plus a third disk with `files` copied to its top
+    /// directory (none when `files` is empty).
+    pub fn with_files(env: &Env, data_mib: u64, files: &[&Path]) -> DebianDisks {
+        let image = env.debian();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let root = dir.path().join("root.qcow2");
+        let data = dir.path().join("data.raw");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image.rootfs)
+            .arg(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("qemu-img: {e}"));
+        assert!(status.success(), "qemu-img create failed");
+        let file = std::fs::File::create(&data).unwrap_or_else(|e| panic!("{e}"));
+        file.set_len(data_mib << 20)
+            .unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+        let files = (!files.is_empty()).then(|| {
+            let content = dir.path().join("files");
+            std::fs::create_dir(&content).unwrap_or_else(|e| panic!("{e}"));
+            let mut bytes = 0;
+            for f in files {
+                let name = f.file_name().unwrap_or_default();
+                bytes += std::fs::copy(f, content.join(name))
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            }
+            let disk = dir.path().join("files.ext4");
+            let mib = (bytes >> 20) * 2 + 16;
+            let status = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "vtpm-files", "-d"])
+                .arg(&content)
+                .arg(&disk)
+                .arg(format!("{mib}M"))
+                .status()
+                .unwrap_or_else(|e| panic!("mkfs.ext4: {e}"));
+            assert!(status.success(), "mkfs.ext4 failed");
+            disk
+        });
+        DebianDisks {
+            drives: DebianDrives { root, data, files },
+            _dir: dir,
+        }
+    }
+}
+
 /// How a guest is started.
 #[derive(Debug, Clone, Default)]
 struct VmOptions {
@@ -76,6 +145,8 @@ struct VmOptions {
     pub incoming: Option<Incoming>,
     /// Return as soon as QEMU runs (a destination waiting for its stream).
     pub no_wait: bool,
+    /// Boot the Debian guest from these disks instead of the busybox initramfs.
+    debian: Option<DebianDrives>,
 }
 
 const READY_TPM: &str = "VTPM-GUEST-READY tpm=";
@@ -151,6 +222,20 @@ impl Vm {
         vm
     }
 
+    /// Boots the Debian systemd guest from `disks` and waits until its boot has finished
+    /// and its console shell is ready (with a TPM). QEMU keeps running across a guest reboot.
+    pub fn boot_debian(env: &Env, frontend: &TpmFrontend, disks: &DebianDisks) -> Vm {
+        let opts = VmOptions {
+            allow_reboot: true,
+            debian: Some(disks.drives.clone()),
+            ..VmOptions::default()
+        };
+        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(600), &opts)
+            .unwrap_or_else(|e| panic!("Debian guest did not boot: {e}"));
+        assert!(vm.has_tpm, "guest has no TPM:\n{}", vm.console_text());
+        vm
+    }
+
     /// Starts QEMU as a migration destination loading the stream in `stream_file` (written
     /// by [`Vm::migrate_to_file`]) and returns once the migrated guest's shell answers.
     pub fn incoming(env: &Env, frontend: &TpmFrontend, stream_file: &Path) -> Vm {
@@ -165,10 +250,31 @@ impl Vm {
     /// Starts QEMU as a migration destination listening on loopback TCP `port` and returns
     /// at once; [`Vm::wait_migrated`] waits for the migrated guest.
     pub fn incoming_tcp(env: &Env, frontend: &TpmFrontend, port: u16) -> Vm {
+        Self::incoming_tcp_opts(env, frontend, port, None)
+    }
+
+    /// Like [`Vm::incoming_tcp`], for the Debian guest booted from `disks` (the source's:
+    /// storage shared, as on one host).
+    pub fn incoming_tcp_debian(
+        env: &Env,
+        frontend: &TpmFrontend,
+        port: u16,
+        disks: &DebianDisks,
+    ) -> Vm {
+        Self::incoming_tcp_opts(env, frontend, port, Some(disks))
+    }
+
+    fn incoming_tcp_opts(
+        env: &Env,
+        frontend: &TpmFrontend,
+        port: u16,
+        disks: Option<&DebianDisks>,
+    ) -> Vm {
         let opts = VmOptions {
             incoming: Some(Incoming::Tcp(port)),
             no_wait: true,
-            ..VmOptions::default()
+            allow_reboot: disks.is_some(),
+            debian: disks.map(|d| d.drives.clone()),
         };
         let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
             .unwrap_or_else(|e| panic!("destination QEMU did not start: {e}"));
@@ -261,9 +367,12 @@ impl Vm {
         if let Some(dir) = &env.qemu_data_dir {
             cmd.arg("-L").arg(dir);
         }
-        cmd.args(["-accel", accel.arg(), "-m", "512M", "-smp", "1"])
+        // systemd and its services want more room than the busybox guest.
+        let mem = if opts.debian.is_some() { "1G" } else { "512M" };
+        cmd.args(["-accel", accel.arg(), "-m", mem, "-smp", "1"])
             .args(["-machine", "q35,memory-backend=mem"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+            .arg("-object")
+            .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
             .args([
                 "-nodefaults",
                 "-nographic",
@@ -271,12 +380,42 @@ impl Vm {
                 "stdio",
                 "-vga",
                 "none",
-            ])
-            .arg("-kernel")
-            .arg(&env.kernel)
-            .arg("-initrd")
-            .arg(&env.initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+            ]);
+        match &opts.debian {
+            None => {
+                cmd.arg("-kernel")
+                    .arg(&env.kernel)
+                    .arg("-initrd")
+                    .arg(&env.initrd)
+                    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+            }
+            Some(drives) => {
+                let image = env.debian();
+                cmd.arg("-kernel")
+                    .arg(&image.kernel)
+                    .arg("-initrd")
+                    .arg(&image.initrd)
+                    .args([
+                        "-append",
+                        "console=ttyS0 root=/dev/vda rw panic=-1 quiet loglevel=1 \
+                         systemd.show_status=0",
+                    ])
+                    .arg("-drive")
+                    .arg(format!(
+                        "file={},if=virtio,format=qcow2",
+                        drives.root.display()
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "file={},if=virtio,format=raw",
+                        drives.data.display()
+                    ));
+                if let Some(files) = &drives.files {
+                    cmd.arg("-drive")
+                        .arg(format!("file={},if=virtio,format=raw", files.display()));
+                }
+            }
+        }
         if accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         }
