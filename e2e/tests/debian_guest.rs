@@ -4,6 +4,9 @@
 //! and the tpm2-openssl provider, across a reboot, a daemon restart and a sealed live
 //! migration to a second host (testbed's MigrationBed: two simulated host TPMs, the local CA
 //! and the migration controller).
+//!
+//! The same guest, booting systemd, is also where the host package (packaging/) is installed
+//! and its units run: this machine's own PID 1 is not systemd.
 
 // Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
 // only, not the helpers beside them).
@@ -274,4 +277,70 @@ fn check_after_boot(vm: &mut Vm, pub_pem: &[u8], when: &str) {
         verifies_on_host(pub_pem, &sig),
         "{when}: tpm2-openssl signature does not verify"
     );
+}
+
+/// The host package installed with dpkg on a systemd system (the Debian guest standing in for a
+/// host), and `systemctl start vhost-vtpm@vm1.socket` as the one command an operator runs per
+/// VM: the first connection starts the daemon by socket activation, it serves TPM commands
+/// (the driver-side harness as the frontend), logs to the journal, keeps its state in
+/// /var/lib/vhost-vtpm/vm1, stops cleanly and is started again by the next connection.
+#[test]
+fn the_host_package_installs_and_systemd_starts_an_instance_per_vm() {
+    let env = Env::load();
+    let deb = env
+        .host_deb
+        .clone()
+        .expect("no HOST_DEB= in target/vtpm-env: run scripts/setup.sh");
+    let frontend = env.daemon.parent().unwrap().join("examples/harness_demo");
+    assert!(frontend.exists(), "{} is not built", frontend.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(&env, tmp.path(), &[]);
+    let disks = DebianDisks::with_files(&env, 16, &[&deb, &frontend]);
+    let mut vm = Vm::boot_debian(&env, &TpmFrontend::VhostUser(daemon.socket.clone()), &disks);
+    vm.must("mkdir -p /mnt/files && mount -o ro LABEL=vtpm-files /mnt/files");
+    must_slow(&mut vm, &format!("dpkg -i /mnt/files/{}", file_name(&deb)));
+    assert_eq!(vm.must("stat -c %a /etc/vhost-vtpm/host.key").trim(), "600");
+
+    // The one command per VM.
+    vm.must("systemctl start vhost-vtpm@vm1.socket");
+    assert_eq!(
+        vm.must("stat -c %F /run/vhost-vtpm/vm1.sock").trim(),
+        "socket"
+    );
+    assert_eq!(
+        vm.must("systemctl is-active vhost-vtpm@vm1.service || true")
+            .trim(),
+        "inactive",
+        "the daemon runs before anyone connected"
+    );
+    for round in ["first start", "after a stop"] {
+        let out = must_slow(&mut vm, "/mnt/files/harness_demo /run/vhost-vtpm/vm1.sock");
+        assert!(out.contains("TPM2_GetRandom(16): "), "{round}: {out}");
+        assert!(out.contains("ECDSA signature: r "), "{round}: {out}");
+        assert_eq!(
+            vm.must("systemctl is-active vhost-vtpm@vm1.service").trim(),
+            "active",
+            "{round}"
+        );
+        // A second connection to the same daemon (QEMU reconnecting).
+        must_slow(&mut vm, "/mnt/files/harness_demo /run/vhost-vtpm/vm1.sock");
+        vm.must("systemctl stop vhost-vtpm@vm1.service");
+        let result = vm.must("systemctl show -p Result,ExecMainStatus vhost-vtpm@vm1.service");
+        assert!(
+            result.contains("Result=success") && result.contains("ExecMainStatus=0"),
+            "{round}: the daemon's stop: {result}"
+        );
+        assert_eq!(
+            vm.must("systemctl is-active vhost-vtpm@vm1.socket").trim(),
+            "active",
+            "{round}: the socket unit stays"
+        );
+    }
+    let journal = vm.must("journalctl -b -u vhost-vtpm@vm1.service --no-pager -o cat");
+    assert!(journal.contains("frontend connected"), "{journal}");
+    let state = vm.must("ls /var/lib/vhost-vtpm/vm1");
+    assert!(state.contains("state.vtpm"), "{state}");
+    assert_eq!(vm.must("stat -c %a /var/lib/vhost-vtpm/vm1").trim(), "700");
+    vm.must("systemctl stop vhost-vtpm@vm1.socket");
+    vm.shutdown();
 }

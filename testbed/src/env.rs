@@ -1,6 +1,7 @@
 //! Where `scripts/setup.sh` put what the end-to-end tests, the demo and the guest benchmark
 //! need: `target/vtpm-env` (`QEMU=`, `QEMU_DATA_DIR=`, `KERNEL=`, `INITRD=`, `DAEMON=` lines,
-//! and the Debian guest's `DEBIAN_*=` lines from guest-driver/debian/build.sh).
+//! the Debian guest's `DEBIAN_*=` lines from guest-driver/debian/build.sh and `HOST_DEB=`, the
+//! host package from packaging/deb/build.sh).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ pub struct Env {
     pub daemon: PathBuf,
     /// The Debian guest, when the set-up built it.
     pub debian: Option<DebianImage>,
+    /// The host side's Debian package (packaging/deb/build.sh), when the set-up built it.
+    pub host_deb: Option<PathBuf>,
 }
 
 /// The Debian systemd guest (guest-driver/debian/build.sh).
@@ -84,6 +87,7 @@ impl Env {
             kernel: get("KERNEL"),
             initrd: get("INITRD"),
             daemon: get("DAEMON"),
+            host_deb: map.get("HOST_DEB").map(|_| get("HOST_DEB")),
             debian: map.get("DEBIAN_ROOTFS").map(|_| DebianImage {
                 kernel: get("DEBIAN_KERNEL"),
                 initrd: get("DEBIAN_INITRD"),
