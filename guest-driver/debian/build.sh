@@ -2,7 +2,8 @@
 # Build the Debian test guest: a Debian bookworm root file system made from Debian's packages
 # (debootstrap) that boots systemd, with systemd-cryptsetup, clevis, tpm2-tools and the
 # tpm2-openssl provider, and our driver installed the way a guest owner installs it: from a
-# .deb of the module (built here, `tpm-virtio-modules-<kver>`), loaded by udev at boot.
+# .deb of the module (built here, `tpm-virtio-modules-<kver>`), loaded by udev at boot. It
+# also has the libraries of the host package (packaging/), which a test installs in it.
 #
 #   guest-driver/debian/build.sh
 #
@@ -41,7 +42,12 @@ guest_pkgs=(systemd systemd-sysv udev kmod dbus
             cryptsetup-bin e2fsprogs
             clevis clevis-tpm2 clevis-luks
             tpm2-tools tpm2-openssl libtss2-tcti-device0 libtss2-rc0 openssl
-            initramfs-tools linux-base)
+            initramfs-tools linux-base
+            # The host package's libraries: the guest, booting systemd, also stands in for a
+            # host where the package is installed (this machine's PID 1 is not systemd), and
+            # it has no network for apt to fetch them then.
+            libtpms0 libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-sys1 libtss2-tctildr0
+            libsqlite3-0 libssl3)
 
 for p in debootstrap e2fsprogs dpkg-dev; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
