@@ -20,6 +20,8 @@
 //! - [`powerloss`]: a disk that keeps only what was synced, and its power cut
 //!   ([`PowerLossDisk`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
+//! - [`console`]: the test guest's serial console as a shell session, over QEMU's stdio or a
+//!   unix socket ([`GuestConsole`], [`ConsoleListener`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
 
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
@@ -27,6 +29,7 @@
 
 pub mod ca;
 pub mod chain;
+pub mod console;
 pub mod controller;
 pub mod daemon;
 pub mod env;
@@ -44,6 +47,7 @@ pub mod vm;
 
 pub use ca::CaProcess;
 pub use chain::{ChainSetup, HostRef, HostSetup, MirrorArgs};
+pub use console::{decode_base64, pcr_values, ConsoleListener, GuestConsole};
 pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
@@ -51,7 +55,7 @@ pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
 pub use migration::MigrationBed;
 pub use powerloss::PowerLossDisk;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
-pub use readme::{crate_readme_drift, readme_drift, readme_shell_blocks};
+pub use readme::{crate_readme_drift, readme_blocks, readme_drift, readme_shell_blocks};
 pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
-pub use vm::{accel, decode_base64, pcr_values, start_daemon, Accel, TpmFrontend, Vm};
+pub use vm::{accel, start_daemon, Accel, TpmFrontend, Vm, GUEST_CMDLINE};
