@@ -23,6 +23,8 @@
 //! - [`console`]: the test guest's serial console as a shell session, over QEMU's stdio or a
 //!   unix socket ([`GuestConsole`], [`ConsoleListener`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
+//! - [`libvirt`]: a private libvirtd (system instance in a mount namespace of its own) and
+//!   `virsh` against it ([`Libvirtd`]).
 
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -35,6 +37,7 @@ pub mod daemon;
 pub mod env;
 pub mod evidence;
 pub mod host_tpm;
+pub mod libvirt;
 pub mod metrics;
 pub mod migration;
 pub mod openssl;
@@ -52,6 +55,7 @@ pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
+pub use libvirt::{find_libvirtd, Libvirtd};
 pub use migration::MigrationBed;
 pub use powerloss::PowerLossDisk;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
