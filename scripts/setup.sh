@@ -18,8 +18,18 @@ APT_PACKAGES=(
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
 )
+# libvirtd and virsh driving our QEMU build (e2e/tests/libvirt.rs), without their
+# recommends (the xen, vbox and lxc drivers, lvm2, mesa, dnsmasq). libvirt-daemon-system
+# creates the libvirt-qemu user, without which libvirtd's QEMU driver does not start even
+# when qemu.conf names another user; the test runs its own libvirtd, not this package's
+# service.
+APT_PACKAGES_NO_RECOMMENDS=(
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+)
 
 apt_install() {
+  local flags=()
+  if [ "${1:-}" = --no-install-recommends ]; then flags=("$1"); shift; fi
   local missing=()
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,10 +37,11 @@ apt_install() {
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "setup: installing ${missing[*]}"
   $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
 }
 
 apt_install "${APT_PACKAGES[@]}"
+apt_install --no-install-recommends "${APT_PACKAGES_NO_RECOMMENDS[@]}"
 
 # The guest driver must build for the bookworm kernel (the test guest's) and for the
 # bookworm-backports one; qemu/build.sh adds the backports source. Install the backports

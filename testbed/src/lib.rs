@@ -20,18 +20,24 @@
 //! - [`powerloss`]: a disk that keeps only what was synced, and its power cut
 //!   ([`PowerLossDisk`]).
 //! - [`env`]: where `scripts/setup.sh` put QEMU, the guest and the binaries ([`Env`]).
+//! - [`console`]: the test guest's serial console as a shell session, over QEMU's stdio or a
+//!   unix socket ([`GuestConsole`], [`ConsoleListener`]).
 //! - [`vm`]: a QEMU guest driven over its serial console ([`Vm`]).
+//! - [`libvirt`]: a private libvirtd (system instance in a mount namespace of its own) and
+//!   `virsh` against it ([`Libvirtd`]).
 
 // Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ca;
 pub mod chain;
+pub mod console;
 pub mod controller;
 pub mod daemon;
 pub mod env;
 pub mod evidence;
 pub mod host_tpm;
+pub mod libvirt;
 pub mod metrics;
 pub mod migration;
 pub mod openssl;
@@ -44,14 +50,16 @@ pub mod vm;
 
 pub use ca::CaProcess;
 pub use chain::{ChainSetup, HostRef, HostSetup, MirrorArgs};
+pub use console::{decode_base64, pcr_values, ConsoleListener, GuestConsole};
 pub use controller::ControllerProcess;
 pub use daemon::{ensure_host_key, DaemonProcess};
 pub use env::{workspace_bin, DebianImage, Env};
 pub use host_tpm::{HostTpmSimulator, ManufacturerCa};
+pub use libvirt::{find_libvirtd, Libvirtd};
 pub use migration::MigrationBed;
 pub use powerloss::PowerLossDisk;
 pub use process::{run_tool, stop_child, wait_for_listener, wait_for_path};
-pub use readme::{crate_readme_drift, readme_drift, readme_shell_blocks};
+pub use readme::{crate_readme_drift, readme_blocks, readme_drift, readme_shell_blocks};
 pub use relay::{free_port, Relay};
 pub use swtpm::SwtpmProcess;
-pub use vm::{accel, decode_base64, pcr_values, start_daemon, Accel, DebianDisks, TpmFrontend, Vm};
+pub use vm::{accel, start_daemon, Accel, DebianDisks, TpmFrontend, Vm, GUEST_CMDLINE};

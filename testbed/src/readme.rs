@@ -84,10 +84,17 @@ pub fn crate_readme_drift(
 /// comment, not a heading. For tests that run a README's commands as written, so that the
 /// README and the test cannot drift apart.
 pub fn readme_shell_blocks(readme: &str, heading: &str) -> Result<Vec<String>, String> {
+    readme_blocks(readme, heading, "sh")
+}
+
+/// Like [`readme_shell_blocks`], for the blocks fenced as ```` ```LANG ```` (`xml`, `diff`,
+/// ...).
+pub fn readme_blocks(readme: &str, heading: &str, lang: &str) -> Result<Vec<String>, String> {
     let mut lines = readme.lines();
     if !lines.by_ref().any(|l| l.trim_end() == heading) {
         return Err(format!("the README has no heading {heading:?}"));
     }
+    let opening = format!("```{lang}");
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     let mut in_other_fence = false;
@@ -100,14 +107,14 @@ pub fn readme_shell_blocks(readme: &str, heading: &str) -> Result<Vec<String>, S
             }
             (Some(_), true) => blocks.extend(current.take()),
             (None, true) if in_other_fence => in_other_fence = false,
-            (None, true) if line.trim() == "```sh" => current = Some(String::new()),
+            (None, true) if line.trim() == opening => current = Some(String::new()),
             (None, true) => in_other_fence = true,
             (None, false) if !in_other_fence && line.starts_with('#') => break,
             (None, false) => {}
         }
     }
     if current.is_some() {
-        return Err(format!("an unclosed ```sh block under {heading:?}"));
+        return Err(format!("an unclosed {opening} block under {heading:?}"));
     }
     Ok(blocks)
 }

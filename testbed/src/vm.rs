@@ -4,10 +4,11 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::console::{clean_console, GuestConsole, PROMPT};
 use crate::env::workspace_root;
 use crate::{DaemonProcess, Env};
 
@@ -17,6 +18,9 @@ pub fn start_daemon(env: &Env, dir: &Path, extra: &[&str]) -> DaemonProcess {
     args.extend_from_slice(extra);
     DaemonProcess::start(&env.daemon, dir, &args).expect("start vhost-vtpm")
 }
+
+/// The test guest's kernel command line (serial console on ttyS0).
+pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
 /// How QEMU runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +48,12 @@ pub enum TpmFrontend {
     None,
 }
 
-/// A running guest, driven over its serial console.
+/// A running guest, driven over its serial console (QEMU's stdio). The shell session
+/// itself ([`GuestConsole`]: `run`, `must`, `read_file`, ...) is reached through `Deref`.
 pub struct Vm {
     child: Child,
-    stdin: ChildStdin,
-    console: Arc<Mutex<String>>,
+    console: GuestConsole,
     stderr: Arc<Mutex<String>>,
-    cursor: usize,
     pub accel: Accel,
     /// Whether the guest found its TPM at the last boot.
     pub has_tpm: bool,
@@ -148,9 +151,6 @@ struct VmOptions {
     /// Boot the Debian guest from these disks instead of the busybox initramfs.
     debian: Option<DebianDrives>,
 }
-
-const READY_TPM: &str = "VTPM-GUEST-READY tpm=";
-const PROMPT: &str = "vtpm-guest# ";
 
 static ACCEL: OnceLock<Accel> = OnceLock::new();
 
@@ -387,7 +387,7 @@ impl Vm {
                     .arg(&env.kernel)
                     .arg("-initrd")
                     .arg(&env.initrd)
-                    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+                    .args(["-append", GUEST_CMDLINE]);
             }
             Some(drives) => {
                 let image = env.debian();
@@ -446,36 +446,26 @@ impl Vm {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", env.qemu.display()))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
-        let console = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().ok_or("no stdout")?;
         // The serial console is QEMU's stdout; QEMU's own messages go to stderr and are kept
         // apart so they never mix into a command's output.
-        for (stream, sink) in [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                console.clone(),
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-                stderr.clone(),
-            ),
-        ] {
-            if let Some(stream) = stream {
-                std::thread::spawn(move || pump(stream, sink));
-            }
+        let console = GuestConsole::new(Box::new(stdin), Box::new(stdout));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut stream) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
         }
         let mut vm = Vm {
             child,
-            stdin,
             console,
             stderr,
-            cursor: 0,
             accel,
             has_tpm: false,
             monitor,
@@ -554,147 +544,16 @@ impl Vm {
         }
     }
 
-    /// Waits for the guest's ready marker and its prompt; returns whether it has a TPM.
+    /// Waits for the guest's ready marker and its prompt; records whether it has a TPM.
     fn wait_ready(&mut self, timeout: Duration) -> Result<bool, String> {
-        self.wait_for(READY_TPM, timeout)?;
-        let tpm = self.wait_for("\n", Duration::from_secs(5))?.trim() == "yes";
-        self.wait_for(PROMPT, Duration::from_secs(30))?;
-        self.raw_line("stty -echo")?;
-        self.wait_for(PROMPT, Duration::from_secs(30))?;
+        let tpm = self.console.wait_ready(timeout)?;
         self.has_tpm = tpm;
         Ok(tpm)
-    }
-
-    pub fn console_text(&self) -> String {
-        self.console.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// What QEMU itself printed on stderr.
     pub fn qemu_messages(&self) -> String {
         self.stderr.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    fn raw_line(&mut self, line: &str) -> Result<(), String> {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("console write: {e}"))
-    }
-
-    /// Waits for `needle` after the cursor; moves the cursor past it.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let text = self.console_text();
-                if let Some(pos) = text.get(self.cursor..).and_then(|t| t.find(needle)) {
-                    let start = self.cursor;
-                    self.cursor += pos + needle.len();
-                    return Ok(text[start..start + pos].to_string());
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "QEMU exited ({status}) before {needle:?}:\n{}",
-                    self.console_text()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no {needle:?} within {timeout:?}:\n{}",
-                    self.console_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Runs a shell command in the guest; returns (exit status, output).
-    ///
-    /// The marker is split in the command (`@@R""C=`) so that the shell's echo of the typed
-    /// line never looks like the marker itself.
-    pub fn run_timeout(&mut self, command: &str, timeout: Duration) -> (i32, String) {
-        self.raw_line(&format!("{command}; echo \"@@R\"\"C=$?@@\""))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let body = self
-            .wait_for("@@RC=", timeout)
-            .unwrap_or_else(|e| panic!("guest command {command:?}: {e}"));
-        let rc = self
-            .wait_for("@@", Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("guest command {command:?}: {e}"));
-        let rc: i32 = rc.trim().parse().unwrap_or(-1);
-        let body = body.replace(PROMPT, "");
-        // Drop the echo of the typed line, if the shell echoed it.
-        let body = match body.split_once('\n') {
-            Some((first, rest)) if first.contains("@@R\"\"C=") => rest,
-            _ => body.as_str(),
-        };
-        (rc, body.trim_matches('\n').to_string())
-    }
-
-    pub fn run(&mut self, command: &str) -> (i32, String) {
-        self.run_timeout(command, Duration::from_secs(120))
-    }
-
-    /// Runs a command that must succeed; returns its output.
-    pub fn must(&mut self, command: &str) -> String {
-        let (rc, out) = self.run(command);
-        assert_eq!(rc, 0, "guest command failed: {command}\n{out}");
-        out
-    }
-
-    /// The guest's SHA-256 PCR `pcr` (`tpm2_pcrread`), lower-case hex.
-    pub fn pcr_sha256(&mut self, pcr: u8) -> String {
-        let out = self.must(&format!("tpm2_pcrread sha256:{pcr}"));
-        pcr_values(&out)
-            .into_iter()
-            .find_map(|(p, value)| (p == pcr).then_some(value))
-            .unwrap_or_else(|| panic!("no PCR {pcr} in:\n{out}"))
-    }
-
-    /// In /tmp (left as the working directory): the vEK certificates as every attestation
-    /// client reads them (`tpm2_getekcertificate`) and the chain range (NV 0x01c00100 and
-    /// 0x01c00101), each as `rsa`, `ecc`, `chain0`, `chain1` `.der` and `.pem`, and `ca_pem`
-    /// as ca.pem; then the guest's `openssl verify` of both vEK certificates through the chain
-    /// under that root, which must pass.
-    pub fn verify_vek_chain(&mut self, ca_pem: &[u8]) {
-        self.must("cd /tmp");
-        self.must("tpm2_getekcertificate -o rsa.der -o ecc.der");
-        self.must(
-            "tpm2_nvread 0x01c00100 -C o -o chain0.der && tpm2_nvread 0x01c00101 -C o -o chain1.der",
-        );
-        for f in ["rsa", "ecc", "chain0", "chain1"] {
-            self.must(&format!(
-                "openssl x509 -inform DER -in {f}.der -out {f}.pem"
-            ));
-        }
-        self.write_file("/tmp/ca.pem", ca_pem);
-        let out = self.must(
-            "openssl verify -CAfile ca.pem -untrusted chain0.pem -untrusted chain1.pem rsa.pem ecc.pem",
-        );
-        assert!(
-            out.contains("rsa.pem: OK") && out.contains("ecc.pem: OK"),
-            "in-guest openssl verify: {out}"
-        );
-    }
-
-    /// Reads a guest file as bytes (base64 over the console).
-    pub fn read_file(&mut self, path: &str) -> Vec<u8> {
-        let b64 = self.must(&format!("base64 {path}"));
-        decode_base64(&b64)
-    }
-
-    /// Writes `data` to a guest file (base64 over the console, in chunks short enough for
-    /// the guest's line discipline).
-    pub fn write_file(&mut self, path: &str, data: &[u8]) {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
-        self.must(&format!(": > {path}.b64"));
-        for chunk in b64.as_bytes().chunks(768) {
-            let chunk = std::str::from_utf8(chunk).unwrap_or_default();
-            self.must(&format!("echo {chunk} >> {path}.b64"));
-        }
-        self.must(&format!("base64 -d {path}.b64 > {path} && rm {path}.b64"));
     }
 
     /// Reboots the guest (`reboot -f`) and waits for its shell again.
@@ -725,6 +584,19 @@ impl Vm {
     }
 }
 
+impl std::ops::Deref for Vm {
+    type Target = GuestConsole;
+    fn deref(&self) -> &GuestConsole {
+        &self.console
+    }
+}
+
+impl std::ops::DerefMut for Vm {
+    fn deref_mut(&mut self) -> &mut GuestConsole {
+        &mut self.console
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -744,113 +616,4 @@ fn tcp_listening(port: u16) -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-fn pump(mut from: Box<dyn Read + Send>, to: Arc<Mutex<String>>) {
-    let mut buf = [0u8; 4096];
-    // Bytes of an escape sequence (or UTF-8 character) cut by the end of a read.
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                let keep_from = incomplete_tail(&pending);
-                let text = String::from_utf8_lossy(&pending[..keep_from]).into_owned();
-                pending.drain(..keep_from);
-                if let Ok(mut s) = to.lock() {
-                    s.push_str(&clean_console(&text));
-                }
-            }
-        }
-    }
-}
-
-/// Where a trailing, unfinished escape sequence or UTF-8 character starts (or the length).
-fn incomplete_tail(bytes: &[u8]) -> usize {
-    let tail_start = bytes.len().saturating_sub(16);
-    if let Some(esc) = bytes[tail_start..].iter().rposition(|&b| b == 0x1b) {
-        let esc = tail_start + esc;
-        let finished = bytes[esc..]
-            .iter()
-            .skip(2)
-            .any(|b| (b'@'..=b'~').contains(b));
-        if !finished {
-            return esc;
-        }
-    }
-    match std::str::from_utf8(&bytes[tail_start..]) {
-        Err(e) if e.error_len().is_none() => tail_start + e.valid_up_to(),
-        _ => bytes.len(),
-    }
-}
-
-/// Serial console text without \r and without terminal escape sequences (busybox's line
-/// editor asks for the cursor position, `ESC [ 6 n`, after every prompt).
-fn clean_console(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {}
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    // CSI: parameters, then one final byte in @..~
-                    while let Some(&p) = chars.peek() {
-                        chars.next();
-                        if ('@'..='~').contains(&p) {
-                            break;
-                        }
-                    }
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The values of `tpm2_pcrread sha256:...` output, by PCR (lower-case hex).
-pub fn pcr_values(out: &str) -> Vec<(u8, String)> {
-    out.lines()
-        .filter_map(|l| {
-            let (pcr, value) = l.trim().split_once(": 0x")?;
-            Some((pcr.trim().parse().ok()?, value.trim().to_lowercase()))
-        })
-        .collect()
-}
-
-/// Decodes standard base64, ignoring whitespace (line breaks of `base64` in the guest).
-pub fn decode_base64(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .unwrap_or_else(|e| panic!("guest sent invalid base64 ({e}): {text:?}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn console_cleaning_drops_cr_and_escapes() {
-        assert_eq!(
-            super::clean_console("vtpm-guest# \u{1b}[6nls\r\nx\u{1b}[0;1my"),
-            "vtpm-guest# ls\nxy"
-        );
-    }
-
-    #[test]
-    fn escape_cut_by_a_read_is_held_back() {
-        let b = b"abc\x1b[6";
-        assert_eq!(super::incomplete_tail(b), 3);
-        assert_eq!(super::incomplete_tail(b"abc\x1b[6n"), 7);
-        assert_eq!(super::incomplete_tail("x\u{e9}".as_bytes()), 3);
-        assert_eq!(super::incomplete_tail(&"x\u{e9}".as_bytes()[..2]), 1);
-    }
-
-    #[test]
-    fn base64_decodes() {
-        assert_eq!(super::decode_base64("aGVsbG8g\nd29ybGQ=\n"), b"hello world");
-    }
 }
