@@ -17,6 +17,7 @@ APT_PACKAGES=(
   libsqlite3-dev                       # the migration controller's store (rusqlite)
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
+  dpkg-dev help2man                    # packaging/deb/build.sh (tests/package.rs): dpkg-shlibdeps, man pages
 )
 
 apt_install() {
