@@ -3,7 +3,11 @@
 //! into a scratch root (maintainer scripts included), man pages that name every option of
 //! every binary, units whose daemon options exist, and the daemon started exactly as
 //! `vhost-vtpm@vm1.service` starts it (the socket unit's listener as fd 3) serving a TPM
-//! command, a reconnect, and a restart on the same listener.
+//! command, a reconnect, and a restart on the same listener; then a purge that keeps the host
+//! key while vTPM state is left.
+//!
+//! build.sh makes the release build scripts/setup.sh makes (a no-op after it); outside the
+//! full test run, `VTPM_DEB_CARGO_ARGS="-p vhost-vtpm -p vtpm-state ..."` builds less.
 
 // Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
 // only, not the helpers beside them).
@@ -463,4 +467,24 @@ fn debian_package_installs_and_its_units_serve_a_vtpm() {
         logged.contains(&format!("belongs to VM {VM}")),
         "--vm-id %i bound the instance to its VM:\n{logged}"
     );
+
+    // 8. Purged while vTPM state is left: the files go, the host key protecting that state
+    // stays (the postrm says so).
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-not-root",
+            "--log=/dev/null",
+            "--purge",
+            "vhost-vtpm",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dpkg --purge: {}\n{text}", out.status);
+    assert!(!root.join("usr/bin/vhost-vtpm").exists());
+    assert!(!root.join("etc/vhost-vtpm/vhost-vtpm.conf").exists());
+    assert_eq!(std::fs::read(&host_key).unwrap(), key_before, "{text}");
+    assert!(text.contains("keeping"), "the postrm says why: {text}");
 }
