@@ -17,6 +17,7 @@ APT_PACKAGES=(
   libsqlite3-dev                       # the migration controller's store (rusqlite)
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
+  dpkg-dev help2man                    # packaging/deb/build.sh (tests/package.rs): dpkg-shlibdeps, man pages
 )
 # libvirtd and virsh driving our QEMU build (e2e/tests/libvirt.rs), without their
 # recommends (the xen, vbox and lxc drivers, lvm2, mesa, dnsmasq). libvirt-daemon-system

@@ -4,8 +4,9 @@
 //! listener, so a VMM that reconnects finds the same TPM. Each connection gets its own
 //! `VhostUserDaemon` whose worker thread is stopped and joined when the connection ends, so
 //! reconnects do not leak threads. SIGTERM and SIGINT are taken by a dedicated thread: it
-//! closes the current connection (or wakes the accept), the main loop ends, a command in
-//! flight finishes, and the engine's state is saved before the process exits.
+//! closes the current connection (or wakes the wait for one), the main loop ends, a command in
+//! flight finishes, and the engine's state is saved before the process exits. An inherited
+//! listener (`--fd`) is left listening: its launcher may start the daemon again on it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -21,6 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::eventfd::EventFd;
 use vtpm_state::encrypted::VM_BINDING;
 use vtpm_state::keys::HostKey;
 use vtpm_state::{EncryptedStore, Opened, StateError};
@@ -75,7 +77,13 @@ pub enum DaemonError {
 struct Stop {
     requested: AtomicBool,
     connection: Mutex<Option<ShutdownHandle>>,
+    /// The listener to shut down on a stop, when it is the daemon's own (`--socket-path`).
+    /// An inherited listener (`--fd`) is never shut down: the launcher (systemd's socket
+    /// unit) holds the same socket and listens on it again once the daemon has exited, and
+    /// a shut-down listening socket refuses every later connection.
     listener_fd: Mutex<Option<RawFd>>,
+    /// Made readable by a stop: wakes the serve loop waiting for a frontend.
+    wake: EventFd,
 }
 
 impl Stop {
@@ -85,6 +93,9 @@ impl Stop {
 
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
+        if let Err(e) = self.wake.write(1) {
+            warn!("cannot wake the serve loop: {e}");
+        }
         if let Ok(conn) = self.connection.lock() {
             if let Some(h) = conn.as_ref() {
                 h.shutdown();
@@ -452,10 +463,13 @@ fn listen_and_serve(
     };
     let mut listener = open_listener(&config.listen)?;
     let connections = Arc::new(crate::metrics::Connections::default());
+    let own_listener = matches!(config.listen, Listen::Path(_));
     let stop = Arc::new(Stop {
         requested: AtomicBool::new(false),
         connection: Mutex::new(None),
-        listener_fd: Mutex::new(Some(listener.as_raw_fd())),
+        listener_fd: Mutex::new(own_listener.then(|| listener.as_raw_fd())),
+        wake: EventFd::new(libc::EFD_CLOEXEC)
+            .map_err(|e| DaemonError::VhostUser(format!("cannot create the stop event: {e}")))?,
     });
     // Everything the daemon opens at start is open: from here on it only serves, so the
     // sandbox goes up before the first frontend (and its guest) can reach it, and before the
@@ -495,6 +509,43 @@ fn listen_and_serve(
     served
 }
 
+/// Waits until a frontend is waiting to be accepted on `listener` (true) or a stop was
+/// requested (false), without touching the listener: an inherited one stays usable by the
+/// launcher after the daemon exits.
+fn wait_for_frontend(listener: &Listener, wake: &EventFd) -> Result<bool, DaemonError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: both fds stay open for this call: `listener` and `wake` are borrowed for it.
+    let (listen_fd, wake_fd) = unsafe {
+        (
+            BorrowedFd::borrow_raw(listener.as_raw_fd()),
+            BorrowedFd::borrow_raw(wake.as_raw_fd()),
+        )
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(listen_fd, PollFlags::POLLIN),
+            PollFd::new(wake_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(DaemonError::VhostUser(format!(
+                    "waiting for a frontend: {e}"
+                )))
+            }
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            return Ok(false);
+        }
+        if ready(&fds[0]) {
+            return Ok(true);
+        }
+    }
+}
+
 fn serve(
     listener: &mut Listener,
     device: &SharedDevice,
@@ -529,6 +580,9 @@ fn serve(
         // Logged after the daemon (and its vring worker thread) exists, so an observer that
         // sees this line sees the idle thread set.
         info!("waiting for a frontend");
+        if !wait_for_frontend(listener, &stop.wake)? {
+            break;
+        }
         if let Err(e) = daemon.start(listener) {
             if stop.requested() {
                 break;

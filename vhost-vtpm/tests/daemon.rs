@@ -402,7 +402,6 @@ fn listener_inherited_with_fd() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    drop(listener);
     let mut client = guest_driver::VtpmClient::connect(&sock, ClientOptions::default()).unwrap();
     startup(&mut client);
     assert_eq!(get_random(&mut client, 8).len(), 8);
@@ -416,6 +415,11 @@ fn listener_inherited_with_fd() {
         child.wait().unwrap().success(),
         "SIGINT stops the daemon cleanly"
     );
+    // The listener is the launcher's too (a systemd socket unit keeps it to start the daemon
+    // again): the daemon's stop must leave it listening, not shut it down.
+    std::os::unix::net::UnixStream::connect(&sock)
+        .expect("the inherited listener still takes connections after the daemon stopped");
+    drop(listener);
 }
 
 #[test]
