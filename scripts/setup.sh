@@ -66,6 +66,9 @@ ensure_backports_headers() {
 echo "setup: building vhost-vtpm (release)"
 cargo build --release --workspace --all-targets --quiet
 
+echo "setup: the host package (packaging/deb/build.sh)"
+host_deb=$(./packaging/deb/build.sh | tail -n 1)
+
 echo "setup: QEMU with vhost-user-tpm-pci (qemu/build.sh; cached, ~5 min the first time)"
 qemu_bin=$(./qemu/build.sh | tail -n 1)
 qemu_env="$(dirname "$(dirname "$(dirname "$qemu_bin")")")/env"
@@ -81,5 +84,6 @@ debian_env=$(./guest-driver/debian/build.sh)
   printf '%s\n' "$guest_env"
   printf '%s\n' "$debian_env"
   echo "DAEMON=$PWD/target/release/vhost-vtpm"
+  echo "HOST_DEB=$host_deb"
 } > target/vtpm-env
 echo "setup: done (paths in target/vtpm-env)"
