@@ -17,6 +17,8 @@ APT_PACKAGES=(
   libsqlite3-dev                       # the migration controller's store (rusqlite)
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
+  linux-source-6.1                     # tests: the guest driver's upstream patch (checkpatch.pl, the
+                                       # private drivers/char/tpm/tpm.h; guest-driver/linux/upstream/check.sh)
 )
 
 apt_install() {

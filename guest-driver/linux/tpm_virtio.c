@@ -39,9 +39,7 @@
  * The TPM core is told that completion is signalled (TPM_CHIP_FLAG_IRQ),
  * which makes it call recv() right after send() returns: send() therefore
  * waits for the completion, bounded by tpm_calc_ordinal_duration() (never
- * less than min_timeout_ms).  A TPM core that has TPM_CHIP_FLAG_SYNC is
- * told that instead, and send() also copies the response out: there is no
- * recv() then.
+ * less than min_timeout_ms).
  *
  * Completion polling
  * ------------------
@@ -674,7 +672,7 @@ static int vtpm_recv(struct tpm_chip *chip, u8 *buf, size_t count)
 }
 #endif
 
-/* Completion is signalled (or synchronous); these exist for completeness. */
+/* Completion is signalled; these exist for completeness. */
 static u8 vtpm_status(struct tpm_chip *chip)
 {
 	return 0;
