@@ -18,6 +18,8 @@ APT_PACKAGES=(
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
   dpkg-dev help2man                    # packaging/deb/build.sh (tests/package.rs): dpkg-shlibdeps, man pages
+  linux-source-6.1                     # tests: the guest driver's upstream patch (checkpatch.pl, the
+                                       # private drivers/char/tpm/tpm.h; guest-driver/linux/upstream/check.sh)
 )
 # libvirtd and virsh driving our QEMU build (e2e/tests/libvirt.rs), without their
 # recommends (the xen, vbox and lxc drivers, lvm2, mesa, dnsmasq). libvirt-daemon-system

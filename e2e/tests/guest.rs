@@ -218,5 +218,25 @@ fn the_driver_polls_for_completions_and_survives_a_timeout_and_a_reset() {
         2,
         "the device was not registered again after the rescan:\n{dmesg}"
     );
+
+    // Unloading and loading the module again: remove() and the device-managed chip and
+    // state are released without kernel warnings, and the TPM comes back.
+    vm.must("rmmod tpm_virtio");
+    assert!(
+        !vm.must("ls /dev").contains("tpmrm0"),
+        "/dev/tpmrm0 left after rmmod"
+    );
+    vm.must("modprobe tpm_virtio");
+    let rnd = vm.must("tpm2_getrandom --hex 8");
+    assert_eq!(rnd.trim().len(), 16, "after rmmod/modprobe: {rnd}");
+    let dmesg = vm.must("dmesg");
+    assert_eq!(
+        dmesg.matches("virtio TPM 2.0").count(),
+        3,
+        "the device was not registered again after modprobe:\n{dmesg}"
+    );
+    for bad in ["WARNING:", "BUG:", "refcount_t:", "general protection"] {
+        assert!(!dmesg.contains(bad), "kernel reported {bad}:\n{dmesg}");
+    }
     vm.shutdown();
 }

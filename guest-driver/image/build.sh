@@ -80,7 +80,8 @@ inputs_hash=$(
         echo "format 1 $kver $kpkg_version ${VTPM_GUEST_MODULES:-}"
         pkg_versions
         for f in "$here/build.sh" "$here/init" "$here/vtpm-smoke" "$here/vtpm-evidence" "$tpm_bench_src" \
-                 "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild"; do
+                 "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild" \
+                 "$driver_dir/compat/tpm.h"; do
             sha256sum < "$f"
         done
     } | sha256sum | cut -c1-16
@@ -147,7 +148,7 @@ fi
 # ---------------------------------------------------------------- module
 log "building tpm_virtio.ko against $kdir"
 mkdir -p "$tmp/mod"
-cp "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild" "$tmp/mod/"
+cp -r "$driver_dir/tpm_virtio.c" "$driver_dir/Makefile" "$driver_dir/Kbuild" "$driver_dir/compat" "$tmp/mod/"
 if ! make -C "$kdir" M="$tmp/mod" modules >"$tmp/mod/build.log" 2>&1; then
     cat "$tmp/mod/build.log" >&2
     die "module build failed"

@@ -28,7 +28,7 @@ failed=0
 for kdir in "${trees[@]}"; do
     kver=${kdir#/usr/src/linux-headers-}
     work=$(mktemp -d)
-    cp "$src_dir/tpm_virtio.c" "$src_dir/Makefile" "$src_dir/Kbuild" "$work/"
+    cp -r "$src_dir/tpm_virtio.c" "$src_dir/Makefile" "$src_dir/Kbuild" "$src_dir/compat" "$work/"
     log=$work/build.log
     echo "== $kver ($kdir)"
     if ! make -C "$kdir" M="$work" ${warn_level:+W=$warn_level} modules >"$log" 2>&1; then

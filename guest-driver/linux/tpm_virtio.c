@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * tpm_virtio: a TPM 2.0 reached over a virtio device.
+ * TPM 2.0 over virtio.
  *
- * Part of the vhost-vtpm project.  The device (virtio device id 62 unless
- * the device_id parameter says otherwise) has a single request virtqueue and
- * a 4-byte config space holding le32 max_buffer_size.  One request is one
- * descriptor chain: the complete TPM command in device-readable buffers,
- * followed by device-writable buffers of at least max_buffer_size bytes.  The
- * device answers by returning the chain with the used length set to the
- * number of response bytes it wrote (0 means it refused a malformed chain).
+ * Copyright (C) vhost-vtpm developers
+ *
+ * The device (virtio device id 62 unless the device_id parameter says
+ * otherwise) has a single request virtqueue and a 4-byte config space
+ * holding le32 max_buffer_size.  One request is one descriptor chain: the
+ * complete TPM command in device-readable buffers, followed by
+ * device-writable buffers of at least max_buffer_size bytes.  The device
+ * answers by returning the chain with the used length set to the number of
+ * response bytes it wrote (0 means it refused a malformed chain).
  *
  * Buffer ownership, and why a timeout cannot corrupt memory
  * ---------------------------------------------------------
@@ -62,6 +64,7 @@
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/atomic.h>
 #include <linux/completion.h>
 #include <linux/device.h>
 #include <linux/jiffies.h>
@@ -75,30 +78,29 @@
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
-#include <linux/tpm.h>
-#include <linux/version.h>
+#include <linux/sysfs.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
-/*
- * The TPM core exports these symbols (EXPORT_SYMBOL_GPL) but declares them
- * in drivers/char/tpm/tpm.h, which the kernel headers packages do not ship.
- * Their prototypes are the same in every kernel this module supports.
- */
-struct tpm_chip *tpm_chip_alloc(struct device *pdev,
-				const struct tpm_class_ops *ops);
-int tpm_chip_register(struct tpm_chip *chip);
-void tpm_chip_unregister(struct tpm_chip *chip);
-unsigned long tpm_calc_ordinal_duration(struct tpm_chip *chip, u32 ordinal);
-int tpm_pm_suspend(struct device *dev);
-int tpm_pm_resume(struct device *dev);
+#include "tpm.h"
 
+/*
+ * The virtio TC has not assigned the TPM a device id yet.  62 is the id
+ * crosvm gives its own TPM device; the device_id parameter selects another.
+ */
 #define VTPM_DEFAULT_DEVICE_ID	62
-/* The TPM core sends commands of up to 4096 bytes (its TPM_BUFSIZE). */
-#define VTPM_MIN_BUFFER		4096u
 /* Upper bound on max_buffer_size; each request buffer is kmalloc'ed. */
 #define VTPM_MAX_BUFFER		(64u * 1024u)
+/* The adaptive window never starts below this, so that a fast command is caught. */
+#define VTPM_POLL_MIN_NS	(20 * NSEC_PER_USEC)
+/* Commands that sleep at once after a poll missed, at the most. */
+#define VTPM_POLL_MAX_SKIP	1024u
 
+/**
+ * struct virtio_tpm_config - device configuration space
+ * @max_buffer_size: largest command, and room the driver gives each
+ *                   response, in bytes
+ */
 struct virtio_tpm_config {
 	__le32 max_buffer_size;
 } __packed;
@@ -118,53 +120,71 @@ module_param(poll_us, uint, 0644);
 MODULE_PARM_DESC(poll_us,
 		 "longest time in us a command's completion is polled for, interrupts suppressed, before sleeping on the interrupt; the window adapts below it (0: never poll; default 200)");
 
-/* The adaptive window never starts below this, so that a fast command is caught. */
-#define VTPM_POLL_MIN_NS	(20 * NSEC_PER_USEC)
-/* Commands that sleep at once after a poll missed, at the most. */
-#define VTPM_POLL_MAX_SKIP	1024u
-
+/**
+ * struct vtpm_req - the buffers of one transfer
+ * @node: entry on &vtpm.stranded while the request is abandoned
+ * @cmd:  command, device-readable
+ * @rsp:  response, device-writable, &vtpm.buf_size bytes
+ */
 struct vtpm_req {
-	struct list_head node;	/* on vtpm::stranded while abandoned */
+	struct list_head node;
 	u8 *cmd;
 	u8 *rsp;
 };
 
+/**
+ * struct vtpm - driver state of one virtio TPM device
+ * @vdev:         the virtio device
+ * @vq:           the request queue; NULL while the device is frozen
+ * @chip:         the TPM chip registered with the TPM core
+ * @buf_size:     the device's max_buffer_size
+ * @xfer_lock:    serialises transfers (send/recv and the TPM2_Startup issued
+ *                after a restore) and the ready transitions done on freeze;
+ *                protects @req, @rsp_len, @rsp_pending and the polling state
+ * @req:          working request, NULL after it was stranded
+ * @rsp_len:      used length of the last completed transfer
+ * @rsp_pending:  send() succeeded, the response has not been taken yet
+ * @poll_window_ns: current polling window, at most poll_us
+ * @poll_skip:    commands left that sleep without polling
+ * @poll_backoff: next @poll_skip after a miss
+ * @polled:       transfers completed by polling (sysfs)
+ * @slept:        transfers completed by the interrupt (sysfs)
+ * @lock:         protects the virtqueue, @ready, @inflight, @used_len and
+ *                the stranded list; taken from the virtqueue callback
+ * @ready:        the queue is usable
+ * @inflight:     the request a waiter expects back
+ * @used_len:     used length the device reported for @inflight
+ * @done:         completed when @inflight comes back
+ * @stranded:     requests given up on that the device still holds
+ * @nr_stranded:  length of @stranded
+ */
 struct vtpm {
 	struct virtio_device *vdev;
 	struct virtqueue *vq;
 	struct tpm_chip *chip;
-	u32 buf_size;		/* device's max_buffer_size */
+	u32 buf_size;
 
-	/*
-	 * Serialises transfers (send/recv and the TPM2_Startup issued after a
-	 * restore) and the ready transitions done on freeze.  Protects ->req,
-	 * ->rsp_len and ->rsp_pending.
-	 */
-	struct mutex xfer_lock;
-	struct vtpm_req *req;	/* working request, NULL after stranding */
-	u32 rsp_len;		/* used length of the last completed transfer */
-	bool rsp_pending;	/* send() succeeded, recv() not yet called */
-	u64 poll_window_ns;	/* current polling window, <= poll_us */
-	unsigned int poll_skip;	/* commands left that sleep without polling */
-	unsigned int poll_backoff;	/* next poll_skip after a miss */
+	struct mutex xfer_lock; /* see the kernel-doc above */
+	struct vtpm_req *req;
+	u32 rsp_len;
+	bool rsp_pending;
+	u64 poll_window_ns;
+	unsigned int poll_skip;
+	unsigned int poll_backoff;
 
-	/* Which path completed the transfers (sysfs; updated under xfer_lock). */
 	atomic64_t polled;
 	atomic64_t slept;
 
-	/*
-	 * Protects the virtqueue, ->ready, ->inflight, ->used_len and the
-	 * stranded list; taken from the virtqueue callback (interrupt).
-	 */
-	spinlock_t lock;
-	bool ready;			/* queue usable */
-	struct vtpm_req *inflight;	/* request a waiter expects back */
+	spinlock_t lock; /* see the kernel-doc above */
+	bool ready;
+	struct vtpm_req *inflight;
 	u32 used_len;
 	struct completion done;
 	struct list_head stranded;
 	unsigned int nr_stranded;
 };
 
+/* Not const: the first entry's device id is set from device_id at load. */
 static struct virtio_device_id vtpm_id_table[] = {
 	{ VTPM_DEFAULT_DEVICE_ID, VIRTIO_DEV_ANY_ID },
 	{ 0 },
@@ -205,17 +225,23 @@ static void vtpm_set_ready(struct vtpm *v, bool ready)
 	spin_unlock_irqrestore(&v->lock, flags);
 }
 
-/*
- * Takes every used buffer off the ring: the in-flight request completes its
- * waiter, a stranded one is freed.  Called with v->lock held, from the
- * interrupt and from the polling sender.
+/**
+ * vtpm_reap_locked() - take every used buffer off the ring
+ * @v: the device
+ *
+ * The in-flight request completes its waiter; a stranded one is freed.
+ * Called from the virtqueue callback and from the polling sender.
+ *
+ * Context: @v->lock held.
  */
 static void vtpm_reap_locked(struct vtpm *v)
 {
 	struct vtpm_req *req;
 	unsigned int len;
 
-	while ((req = virtqueue_get_buf(v->vq, &len)) != NULL) {
+	lockdep_assert_held(&v->lock);
+
+	while ((req = virtqueue_get_buf(v->vq, &len))) {
 		if (req == v->inflight) {
 			v->inflight = NULL;
 			v->used_len = len;
@@ -235,7 +261,7 @@ static void vtpm_reap_locked(struct vtpm *v)
 	}
 }
 
-/* Virtqueue callback: runs in interrupt context. */
+/* Virtqueue callback; runs in interrupt context. */
 static void vtpm_vq_done(struct virtqueue *vq)
 {
 	struct vtpm *v = vq->vdev->priv;
@@ -246,9 +272,13 @@ static void vtpm_vq_done(struct virtqueue *vq)
 	spin_unlock_irqrestore(&v->lock, flags);
 }
 
-/*
- * How long to poll for the next command's completion (0: sleep at once).
- * Caller holds xfer_lock.
+/**
+ * vtpm_poll_window() - how long to poll for the next command's completion
+ * @v:       the device
+ * @timeout: the command's timeout, in jiffies
+ *
+ * Context: @v->xfer_lock held.
+ * Return: the window in ns; 0 to sleep on the interrupt at once.
  */
 static u64 vtpm_poll_window(struct vtpm *v, unsigned long timeout)
 {
@@ -266,9 +296,14 @@ static u64 vtpm_poll_window(struct vtpm *v, unsigned long timeout)
 	return min(v->poll_window_ns, cap);
 }
 
-/*
- * Learns from a transfer that took @elapsed_ns: a poll that caught it, or a
- * sleep after a poll of @window_ns (0: no poll) that did not.
+/**
+ * vtpm_poll_learn() - adapt the polling window to a finished transfer
+ * @v:          the device
+ * @window_ns:  the window polled for, 0 if the transfer did not poll
+ * @polled:     the poll caught the completion
+ * @elapsed_ns: how long the transfer took
+ *
+ * Context: @v->xfer_lock held.
  */
 static void vtpm_poll_learn(struct vtpm *v, u64 window_ns, bool polled,
 			    u64 elapsed_ns)
@@ -297,10 +332,16 @@ static void vtpm_poll_learn(struct vtpm *v, u64 window_ns, bool polled,
 	v->poll_window_ns = want;
 }
 
-/*
- * Polls for @req's completion for up to @window_ns, interrupts suppressed by
- * the caller.  True when the request completed.  Stops early when the
- * scheduler wants the CPU or a fatal signal is pending.
+/**
+ * vtpm_poll_completion() - busy-poll the used ring for a request
+ * @v:         the device
+ * @req:       the request in flight
+ * @window_ns: how long to poll for
+ *
+ * The caller has suppressed the queue's interrupts.  The poll stops early
+ * when the scheduler wants the CPU or a fatal signal is pending.
+ *
+ * Return: true if @req completed.
  */
 static bool vtpm_poll_completion(struct vtpm *v, struct vtpm_req *req,
 				 u64 window_ns)
@@ -323,7 +364,15 @@ static bool vtpm_poll_completion(struct vtpm *v, struct vtpm_req *req,
 	}
 }
 
-/* Must be called with the request stuck in the device: see header comment. */
+/**
+ * vtpm_strand_locked() - leave an unanswered request to the device
+ * @v:   the device
+ * @req: the request, still owned by the device
+ *
+ * See "Buffer ownership" at the top of this file.
+ *
+ * Context: @v->lock held.
+ */
 static void vtpm_strand_locked(struct vtpm *v, struct vtpm_req *req)
 {
 	v->inflight = NULL;
@@ -332,10 +381,20 @@ static void vtpm_strand_locked(struct vtpm *v, struct vtpm_req *req)
 	v->nr_stranded++;
 }
 
-/*
- * Run one command through the device.  On success the response is in
- * v->req->rsp and its length (as reported by the device, unchecked) in
- * *used.  Caller holds xfer_lock.
+/**
+ * vtpm_xfer() - run one command through the device
+ * @v:       the device
+ * @cmd:     the command
+ * @len:     its length in bytes
+ * @timeout: how long to wait for the response, in jiffies
+ * @used:    set to the response length the device reported (unchecked)
+ *
+ * On success the response is in @v->req->rsp.
+ *
+ * Context: @v->xfer_lock held; sleeps.
+ * Return: 0, or -ETIME (no response in time), -EINTR (fatal signal),
+ * -EBUSY (queue full of stranded requests), -ENODEV (device not ready),
+ * -EIO (notification failed), -EINVAL or -ENOMEM.
  */
 static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 		     unsigned long timeout, u32 *used)
@@ -427,7 +486,8 @@ static int vtpm_xfer(struct vtpm *v, const u8 *cmd, size_t len,
 		unsigned long spent = nsecs_to_jiffies(ktime_get_ns() - start);
 
 		left = wait_for_completion_killable_timeout(&v->done,
-				timeout > spent ? timeout - spent : 1);
+							    timeout > spent ?
+							    timeout - spent : 1);
 	}
 
 	spin_lock_irqsave(&v->lock, flags);
@@ -452,14 +512,26 @@ static unsigned long vtpm_timeout(struct tpm_chip *chip, u32 ordinal)
 	return max(t, floor);
 }
 
-static int vtpm_do_send(struct tpm_chip *chip, u8 *buf, size_t len)
+/**
+ * vtpm_transmit_locked() - send a command from the TPM core
+ * @v:   the device
+ * @buf: the command
+ * @len: its length in bytes
+ *
+ * On success the response waits in @v->req for vtpm_response_locked().
+ *
+ * Context: @v->xfer_lock held; sleeps.
+ * Return: 0 or a negative errno (see vtpm_xfer(); -E2BIG for a command
+ * larger than the device's buffer).
+ */
+static int vtpm_transmit_locked(struct vtpm *v, const u8 *buf, size_t len)
 {
-	struct vtpm *v = dev_get_drvdata(&chip->dev);
 	const struct tpm_header *hdr = (const struct tpm_header *)buf;
 	unsigned long timeout;
 	u32 ordinal;
 	int err;
 
+	v->rsp_pending = false;
 	if (len < TPM_HEADER_SIZE)
 		return -EINVAL;
 	if (len > v->buf_size) {
@@ -470,16 +542,12 @@ static int vtpm_do_send(struct tpm_chip *chip, u8 *buf, size_t len)
 	}
 
 	ordinal = be32_to_cpu(hdr->ordinal);
-	timeout = vtpm_timeout(chip, ordinal);
+	timeout = vtpm_timeout(v->chip, ordinal);
 
-	mutex_lock(&v->xfer_lock);
-	v->rsp_pending = false;
 	err = vtpm_xfer(v, buf, len, timeout, &v->rsp_len);
 	if (!err)
 		v->rsp_pending = true;
-	mutex_unlock(&v->xfer_lock);
-
-	if (err == -ETIME)
+	else if (err == -ETIME)
 		dev_err_ratelimited(&v->vdev->dev,
 				    "command 0x%08x: no response within %u ms; its buffers stay with the device\n",
 				    ordinal, jiffies_to_msecs(timeout));
@@ -490,32 +558,22 @@ static int vtpm_do_send(struct tpm_chip *chip, u8 *buf, size_t len)
 	return err;
 }
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
-/* Since 6.16 send() also receives the size of the core's buffer. */
-static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t bufsiz,
-		     size_t len)
+/**
+ * vtpm_response_locked() - check the pending response and copy it out
+ * @v:     the device
+ * @buf:   the TPM core's buffer
+ * @count: its size in bytes
+ *
+ * Context: @v->xfer_lock held.
+ * Return: the response length, or a negative errno.
+ */
+static int vtpm_response_locked(struct vtpm *v, u8 *buf, size_t count)
 {
-	return vtpm_do_send(chip, buf, len);
-}
-#else
-static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t len)
-{
-	return vtpm_do_send(chip, buf, len);
-}
-#endif
-
-static int vtpm_recv(struct tpm_chip *chip, u8 *buf, size_t count)
-{
-	struct vtpm *v = dev_get_drvdata(&chip->dev);
 	const struct tpm_header *hdr;
-	int ret;
 	u32 len;
 
-	mutex_lock(&v->xfer_lock);
-	if (!v->rsp_pending || !v->req) {
-		ret = -EIO;
-		goto out;
-	}
+	if (!v->rsp_pending || !v->req)
+		return -EIO;
 	v->rsp_pending = false;
 	len = v->rsp_len;
 	hdr = (const struct tpm_header *)v->req->rsp;
@@ -523,32 +581,98 @@ static int vtpm_recv(struct tpm_chip *chip, u8 *buf, size_t count)
 	if (len == 0) {
 		dev_err_ratelimited(&v->vdev->dev,
 				    "device rejected the request (used length 0)\n");
-		ret = -EIO;
-	} else if (len > v->buf_size) {
+		return -EIO;
+	}
+	if (len > v->buf_size) {
 		dev_err_ratelimited(&v->vdev->dev,
 				    "device claims %u response bytes in a %u-byte buffer\n",
 				    len, v->buf_size);
-		ret = -EIO;
-	} else if (len < TPM_HEADER_SIZE || be32_to_cpu(hdr->length) != len) {
+		return -EIO;
+	}
+	if (len < TPM_HEADER_SIZE || be32_to_cpu(hdr->length) != len) {
 		dev_err_ratelimited(&v->vdev->dev,
 				    "malformed response: %u bytes written, header says %u\n",
-				    len, len < TPM_HEADER_SIZE ? 0 : be32_to_cpu(hdr->length));
-		ret = -EIO;
-	} else if (len > count) {
+				    len,
+				    len < TPM_HEADER_SIZE ? 0 : be32_to_cpu(hdr->length));
+		return -EIO;
+	}
+	if (len > count) {
 		dev_err_ratelimited(&v->vdev->dev,
 				    "response of %u bytes does not fit the TPM core's %zu-byte buffer\n",
 				    len, count);
-		ret = -E2BIG;
-	} else {
-		memcpy(buf, v->req->rsp, len);
-		ret = len;
+		return -E2BIG;
 	}
-out:
-	mutex_unlock(&v->xfer_lock);
-	return ret;
+	memcpy(buf, v->req->rsp, len);
+	return len;
 }
 
-/* Completion is signalled by interrupt; these exist only for completeness. */
+#ifdef TPM_HAVE_CHIP_FLAG_SYNC
+/**
+ * vtpm_send() - run a command and return its response (TPM_CHIP_FLAG_SYNC)
+ * @chip:   the TPM chip
+ * @buf:    the command on entry, the response on return
+ * @bufsiz: size of @buf in bytes
+ * @len:    length of the command in bytes
+ *
+ * Return: the response length, or a negative errno.
+ */
+static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t bufsiz,
+		     size_t len)
+{
+	struct vtpm *v = dev_get_drvdata(&chip->dev);
+	int rc;
+
+	mutex_lock(&v->xfer_lock);
+	rc = vtpm_transmit_locked(v, buf, len);
+	if (!rc)
+		rc = vtpm_response_locked(v, buf, bufsiz);
+	mutex_unlock(&v->xfer_lock);
+	return rc;
+}
+#else
+/**
+ * vtpm_send() - run a command through the device
+ * @chip: the TPM chip
+ * @buf:  the command
+ * @len:  its length in bytes
+ *
+ * Returns once the device has answered (the TPM core calls vtpm_recv() next,
+ * TPM_CHIP_FLAG_IRQ), or failed to in time.
+ *
+ * Return: 0 or a negative errno.
+ */
+static int vtpm_send(struct tpm_chip *chip, u8 *buf, size_t len)
+{
+	struct vtpm *v = dev_get_drvdata(&chip->dev);
+	int rc;
+
+	mutex_lock(&v->xfer_lock);
+	rc = vtpm_transmit_locked(v, buf, len);
+	mutex_unlock(&v->xfer_lock);
+	return rc;
+}
+
+/**
+ * vtpm_recv() - copy out the response to the command vtpm_send() ran
+ * @chip:  the TPM chip
+ * @buf:   the TPM core's buffer
+ * @count: its size in bytes
+ *
+ * Return: the response length, or a negative errno.
+ */
+static int vtpm_recv(struct tpm_chip *chip, u8 *buf, size_t count)
+{
+	struct vtpm *v = dev_get_drvdata(&chip->dev);
+	int rc;
+
+	mutex_lock(&v->xfer_lock);
+	rc = vtpm_response_locked(v, buf, count);
+	mutex_unlock(&v->xfer_lock);
+	return rc;
+}
+#endif
+
+/* Completion is signalled; these exist for completeness. */
 static u8 vtpm_status(struct tpm_chip *chip)
 {
 	return 0;
@@ -570,12 +694,17 @@ static const struct tpm_class_ops vtpm_ops = {
 	.req_complete_val = 0,
 	.req_canceled = vtpm_req_canceled,
 	.send = vtpm_send,
+#ifndef TPM_HAVE_CHIP_FLAG_SYNC
 	.recv = vtpm_recv,
+#endif
 	.cancel = vtpm_cancel,
 	.status = vtpm_status,
 };
 
-/* Which completion path served, for operators and tests (see the header). */
+/*
+ * Which completion path served, for operators and tests (see "Completion
+ * polling" at the top of this file).
+ */
 static ssize_t polled_completions_show(struct device *dev,
 				       struct device_attribute *attr, char *buf)
 {
@@ -612,6 +741,14 @@ static struct attribute *vtpm_attrs[] = {
 };
 ATTRIBUTE_GROUPS(vtpm);
 
+/**
+ * vtpm_read_buf_size() - read and check the device's max_buffer_size
+ * @vdev: the virtio device
+ * @size: set to max_buffer_size if it is usable
+ *
+ * Return: 0, or -EINVAL for a device without config space or with a
+ * max_buffer_size outside [TPM_BUFSIZE, VTPM_MAX_BUFFER].
+ */
 static int vtpm_read_buf_size(struct virtio_device *vdev, u32 *size)
 {
 	u32 val;
@@ -621,10 +758,11 @@ static int vtpm_read_buf_size(struct virtio_device *vdev, u32 *size)
 		return -EINVAL;
 	}
 	virtio_cread_le(vdev, struct virtio_tpm_config, max_buffer_size, &val);
-	if (val < VTPM_MIN_BUFFER) {
+	/* The TPM core sends commands of up to TPM_BUFSIZE bytes. */
+	if (val < TPM_BUFSIZE) {
 		dev_err(&vdev->dev,
 			"max_buffer_size %u is below the %u bytes the TPM core may send; refusing the device\n",
-			val, VTPM_MIN_BUFFER);
+			val, TPM_BUFSIZE);
 		return -EINVAL;
 	}
 	if (val > VTPM_MAX_BUFFER) {
@@ -648,10 +786,12 @@ static int vtpm_init_vq(struct vtpm *v)
 	return 0;
 }
 
-/*
- * Tear down the queue of a device that has been reset.  After the reset the
- * device no longer touches our buffers and no callback runs, so stranded
- * requests can be freed.
+/**
+ * vtpm_release_vq() - tear down the queue of a device that has been reset
+ * @v: the device
+ *
+ * After the reset the device no longer touches our buffers and no callback
+ * runs, so stranded requests can be freed.
  */
 static void vtpm_release_vq(struct vtpm *v)
 {
@@ -681,6 +821,7 @@ static void vtpm_release_vq(struct vtpm *v)
 
 static int vtpm_probe(struct virtio_device *vdev)
 {
+	struct device *dev = &vdev->dev;
 	struct tpm_chip *chip;
 	struct vtpm *v;
 	u32 size;
@@ -690,7 +831,7 @@ static int vtpm_probe(struct virtio_device *vdev)
 	if (err)
 		return err;
 
-	v = kzalloc(sizeof(*v), GFP_KERNEL);
+	v = devm_kzalloc(dev, sizeof(*v), GFP_KERNEL);
 	if (!v)
 		return -ENOMEM;
 	v->vdev = vdev;
@@ -703,29 +844,32 @@ static int vtpm_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&v->stranded);
 	vdev->priv = v;
 
+	/* Replaced by a fresh one whenever a request is stranded. */
 	v->req = vtpm_req_alloc(size);
 	if (!v->req) {
 		err = -ENOMEM;
-		goto err_free;
+		goto err_priv;
 	}
 
 	err = vtpm_init_vq(v);
 	if (err) {
-		dev_err(&vdev->dev, "cannot set up the request queue: %d\n",
-			err);
-		goto err_free;
+		dev_err(dev, "cannot set up the request queue: %d\n", err);
+		goto err_req;
 	}
 
-	chip = tpm_chip_alloc(&vdev->dev, &vtpm_ops);
+	/* Also makes the chip the drvdata of @dev, for tpm_pm_suspend(). */
+	chip = tpmm_chip_alloc(dev, &vtpm_ops);
 	if (IS_ERR(chip)) {
 		err = PTR_ERR(chip);
 		goto err_vq;
 	}
 	dev_set_drvdata(&chip->dev, v);
+#ifdef TPM_HAVE_CHIP_FLAG_SYNC
+	chip->flags |= TPM_CHIP_FLAG_TPM2 | TPM_CHIP_FLAG_SYNC;
+#else
 	chip->flags |= TPM_CHIP_FLAG_TPM2 | TPM_CHIP_FLAG_IRQ;
+#endif
 	v->chip = chip;
-	/* tpm_pm_suspend()/tpm_pm_resume() find the chip here. */
-	dev_set_drvdata(&vdev->dev, chip);
 
 	virtio_device_ready(vdev);
 	vtpm_set_ready(v, true);
@@ -733,29 +877,23 @@ static int vtpm_probe(struct virtio_device *vdev)
 	/* Runs TPM2_Startup/self test through us (TPM_OPS_AUTO_STARTUP). */
 	err = tpm_chip_register(chip);
 	if (err) {
-		dev_err(&vdev->dev, "TPM registration failed: %d\n", err);
-		goto err_chip;
+		dev_err(dev, "TPM registration failed: %d\n", err);
+		vtpm_set_ready(v, false);
+		goto err_vq;
 	}
 
-	dev_info(&vdev->dev,
+	dev_info(dev,
 		 "virtio TPM 2.0 (device id %u, %u-byte buffers) registered as %s\n",
 		 vdev->id.device, size, dev_name(&chip->dev));
 	return 0;
 
-err_chip:
-	vtpm_set_ready(v, false);
-	virtio_reset_device(vdev);
-	vtpm_release_vq(v);
-	dev_set_drvdata(&vdev->dev, NULL);
-	put_device(&chip->dev);
-	goto err_free;
 err_vq:
 	virtio_reset_device(vdev);
 	vtpm_release_vq(v);
-err_free:
-	vdev->priv = NULL;
+err_req:
 	vtpm_req_free(v->req);
-	kfree(v);
+err_priv:
+	vdev->priv = NULL;
 	return err;
 }
 
@@ -770,19 +908,20 @@ static void vtpm_remove(struct virtio_device *vdev)
 	virtio_reset_device(vdev);
 	vtpm_release_vq(v);
 
-	dev_set_drvdata(&vdev->dev, NULL);
-	put_device(&v->chip->dev);
 	vdev->priv = NULL;
 	vtpm_req_free(v->req);
-	kfree(v);
+	/* The chip reference and @v are released by devres. */
 }
 
 #ifdef CONFIG_PM_SLEEP
-/*
- * The device reset done on freeze does not power-cycle the TPM (ADR 0005),
- * but the platform may have reset it while the guest slept.  Resume the
- * state saved by the TPM2_Shutdown(STATE) sent from freeze (TPM_RC_INITIALIZE
- * says the TPM kept running), or start clean when the TPM cannot resume it.
+/**
+ * vtpm_startup_after_reset() - TPM2_Startup after a restore
+ * @v: the device
+ *
+ * The device reset done on freeze does not power-cycle the TPM, but the
+ * platform may have reset it while the guest slept.  Resume the state saved
+ * by the TPM2_Shutdown(STATE) sent from freeze (TPM_RC_INITIALIZE says the
+ * TPM kept running), or start clean when the TPM cannot resume it.
  */
 static void vtpm_startup_after_reset(struct vtpm *v)
 {
@@ -792,6 +931,7 @@ static void vtpm_startup_after_reset(struct vtpm *v)
 		struct tpm_header hdr;
 		__be16 mode;
 	} __packed cmd;
+	const struct tpm_header *rsp;
 	u32 used, rc = 0;
 	unsigned int i;
 	int err;
@@ -805,10 +945,12 @@ static void vtpm_startup_after_reset(struct vtpm *v)
 		mutex_lock(&v->xfer_lock);
 		err = vtpm_xfer(v, (const u8 *)&cmd, sizeof(cmd), timeout,
 				&used);
-		if (!err && used >= TPM_HEADER_SIZE && used <= v->buf_size)
-			rc = be32_to_cpu(((struct tpm_header *)v->req->rsp)->return_code);
-		else if (!err)
+		if (!err && used >= TPM_HEADER_SIZE && used <= v->buf_size) {
+			rsp = (const struct tpm_header *)v->req->rsp;
+			rc = be32_to_cpu(rsp->return_code);
+		} else if (!err) {
 			err = -EIO;
+		}
 		mutex_unlock(&v->xfer_lock);
 
 		if (err) {
@@ -908,5 +1050,5 @@ static void __exit vtpm_module_exit(void)
 module_init(vtpm_module_init);
 module_exit(vtpm_module_exit);
 
-MODULE_DESCRIPTION("TPM 2.0 over virtio (vhost-vtpm)");
+MODULE_DESCRIPTION("TPM 2.0 over virtio");
 MODULE_LICENSE("GPL");
