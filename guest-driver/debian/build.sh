@@ -190,7 +190,7 @@ for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/tmp/*
 
 log "making the ext4 image"
-mkfs.ext4 -q -F -L vtpm-root -d "$root" "$tmp/out/rootfs.ext4" 2G
+mkfs.ext4 -q -F -L vtpm-root -d "$root" "$tmp/out/rootfs.ext4" 2G >&2
 
 {
     echo "DEBIAN_KVER=$kver"
