@@ -121,12 +121,14 @@ impl DebianDisks {
                     .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             }
             let disk = dir.path().join("files.ext4");
-            let mib = (bytes >> 20) * 2 + 16;
+            // Made at its size first: mkfs.ext4 announces a file it creates even with -q.
+            std::fs::File::create(&disk)
+                .and_then(|f| f.set_len(((bytes >> 20) * 2 + 16) << 20))
+                .unwrap_or_else(|e| panic!("{}: {e}", disk.display()));
             let status = Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-L", "vtpm-files", "-d"])
                 .arg(&content)
                 .arg(&disk)
-                .arg(format!("{mib}M"))
                 .status()
                 .unwrap_or_else(|e| panic!("mkfs.ext4: {e}"));
             assert!(status.success(), "mkfs.ext4 failed");
