@@ -61,6 +61,32 @@ fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
     let mut v = Verifier::new(MessageDigest::sha256(), &key).unwrap();
     v.update(b"something else").unwrap();
     assert!(!v.verify(&sig).unwrap());
+    // The monitor finds the started device's vhost_dev (vhost-user-base's get_vhost hook,
+    // qemu/patches/0001) and decodes an ID without a feature map (0007).
+    let dev = "/machine/peripheral/vtpm/virtio-backend";
+    let status = vm.hmp(&format!("info virtio-status {dev}"));
+    for want in [
+        "device_name:             vhost-user-tpm (vhost)",
+        "device_id:               62",
+        "vhost_started:           true",
+        "VHost:",
+        "nvqs:           1",
+    ] {
+        assert!(
+            status.contains(want),
+            "info virtio-status lacks {want:?}:\n{status}"
+        );
+    }
+    let queue = vm.hmp(&format!("info virtio-queue-status {dev} 0"));
+    assert!(
+        queue.contains("last_avail_idx:"),
+        "info virtio-queue-status:\n{queue}"
+    );
+    let vhost_queue = vm.hmp(&format!("info virtio-vhost-queue-status {dev} 0"));
+    assert!(
+        vhost_queue.contains("(vhost)"),
+        "info virtio-vhost-queue-status:\n{vhost_queue}"
+    );
     vm.shutdown();
     assert!(daemon.log_text().contains("frontend connected"));
 }

@@ -26,8 +26,21 @@ fn qemu_series_passes_checkpatch_and_is_signed_off() {
     // The script checked something: one "ok" line per patch.
     let patches = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/patches"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "patch"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "patch")
+        })
         .count();
-    assert!(patches > 1, "qemu/patches holds {patches} patch(es), expected a series");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok   ")).count(), patches, "{text}");
+    assert!(
+        patches > 1,
+        "qemu/patches holds {patches} patch(es), expected a series"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok   ")).count(),
+        patches,
+        "{text}"
+    );
 }
