@@ -91,6 +91,40 @@ fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
     assert!(daemon.log_text().contains("frontend connected"));
 }
 
+/// A reset the guest driver does (status 0 on remove and probe) is not a platform reset: the
+/// TPM keeps its PCRs and QEMU sends no VHOST_USER_RESET_DEVICE. With the get_vhost hook,
+/// generic virtio_reset() would send one; vhost-user-tpm opts out (qemu/patches/0008).
+#[test]
+fn a_driver_reload_does_not_power_cycle_the_tpm() {
+    let (env, _dir, daemon) = start();
+    let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    let digest = sha256(b"measured before the driver reload");
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex::encode(digest)));
+    let extended = vm.pcr_sha256(16);
+    assert_ne!(extended, "0".repeat(64));
+    let power_cycles = || {
+        daemon
+            .log_text()
+            .matches("device reset: TPM power-cycled")
+            .count()
+    };
+    let before = power_cycles();
+
+    // Unbind and bind the driver: remove and probe both reset the device (status 0).
+    vm.must(
+        "dev=$(readlink -f /sys/class/tpm/tpm0/device); drv=$(readlink -f $dev/driver); \
+         n=$(basename $dev); echo $n > $drv/unbind && echo $n > $drv/bind",
+    );
+    vm.must("for i in $(seq 100); do [ -e /dev/tpmrm0 ] && break; sleep 0.1; done; ls /dev/tpmrm0");
+    assert_eq!(vm.pcr_sha256(16), extended, "the driver reload reset PCR16");
+    assert_eq!(
+        power_cycles(),
+        before,
+        "the driver reload power-cycled the TPM"
+    );
+    vm.shutdown();
+}
+
 #[test]
 fn nv_index_survives_guest_reboot_and_pcrs_reset() {
     let (env, _dir, daemon) = start();
