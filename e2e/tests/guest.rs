@@ -61,8 +61,68 @@ fn tpm2_tools_random_pcrs_and_signature_verified_on_the_host() {
     let mut v = Verifier::new(MessageDigest::sha256(), &key).unwrap();
     v.update(b"something else").unwrap();
     assert!(!v.verify(&sig).unwrap());
+    // The monitor finds the started device's vhost_dev (vhost-user-base's get_vhost hook,
+    // qemu/patches/0001) and decodes an ID without a feature map (0007).
+    let dev = "/machine/peripheral/vtpm/virtio-backend";
+    let status = vm.hmp(&format!("info virtio-status {dev}"));
+    for want in [
+        "device_name:             vhost-user-tpm (vhost)",
+        "device_id:               62",
+        "vhost_started:           true",
+        "VHost:",
+        "nvqs:           1",
+    ] {
+        assert!(
+            status.contains(want),
+            "info virtio-status lacks {want:?}:\n{status}"
+        );
+    }
+    let queue = vm.hmp(&format!("info virtio-queue-status {dev} 0"));
+    assert!(
+        queue.contains("last_avail_idx:"),
+        "info virtio-queue-status:\n{queue}"
+    );
+    let vhost_queue = vm.hmp(&format!("info virtio-vhost-queue-status {dev} 0"));
+    assert!(
+        vhost_queue.contains("(vhost)"),
+        "info virtio-vhost-queue-status:\n{vhost_queue}"
+    );
     vm.shutdown();
     assert!(daemon.log_text().contains("frontend connected"));
+}
+
+/// A reset the guest driver does (status 0 on remove and probe) is not a platform reset: the
+/// TPM keeps its PCRs and QEMU sends no VHOST_USER_RESET_DEVICE. With the get_vhost hook,
+/// generic virtio_reset() would send one; vhost-user-tpm opts out (qemu/patches/0008).
+#[test]
+fn a_driver_reload_does_not_power_cycle_the_tpm() {
+    let (env, _dir, daemon) = start();
+    let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
+    let digest = sha256(b"measured before the driver reload");
+    vm.must(&format!("tpm2_pcrextend 16:sha256={}", hex::encode(digest)));
+    let extended = vm.pcr_sha256(16);
+    assert_ne!(extended, "0".repeat(64));
+    let power_cycles = || {
+        daemon
+            .log_text()
+            .matches("device reset: TPM power-cycled")
+            .count()
+    };
+    let before = power_cycles();
+
+    // Unbind and bind the driver: remove and probe both reset the device (status 0).
+    vm.must(
+        "dev=$(readlink -f /sys/class/tpm/tpm0/device); drv=$(readlink -f $dev/driver); \
+         n=$(basename $dev); echo $n > $drv/unbind && echo $n > $drv/bind",
+    );
+    vm.must("for i in $(seq 100); do [ -e /dev/tpmrm0 ] && break; sleep 0.1; done; ls /dev/tpmrm0");
+    assert_eq!(vm.pcr_sha256(16), extended, "the driver reload reset PCR16");
+    assert_eq!(
+        power_cycles(),
+        before,
+        "the driver reload power-cycled the TPM"
+    );
+    vm.shutdown();
 }
 
 #[test]

@@ -431,7 +431,7 @@ impl Vm {
                         "socket,id=vtpm0,path={},reconnect-ms=500",
                         sock.display()
                     ))
-                    .args(["-device", "vhost-user-tpm-pci,chardev=vtpm0"]);
+                    .args(["-device", "vhost-user-tpm-pci,chardev=vtpm0,id=vtpm"]);
             }
             TpmFrontend::CrbSwtpm(ctrl) => {
                 cmd.arg("-chardev")
