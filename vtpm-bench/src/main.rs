@@ -35,6 +35,7 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use coprocessor::libtpms::LibtpmsEngine;
 use coprocessor::swtpm::SwtpmEngine;
@@ -147,7 +148,7 @@ const NV_INDEX: u32 = 0x0150_0042;
 
 /// One way of getting a command to a TPM and its response back.
 trait Path_ {
-    fn transact(&mut self, cmd: &[u8]) -> Vec<u8>;
+    fn transact(&mut self, cmd: &[u8]) -> Result<Vec<u8>>;
     /// The server process, whose CPU time is charged to the path.
     fn server_pid(&self) -> Option<i32>;
     /// fsyncs and fdatasyncs the server has made so far, where it reports them.
@@ -162,9 +163,13 @@ struct EnginePath<'a> {
 }
 
 impl Path_ for EnginePath<'_> {
-    fn transact(&mut self, cmd: &[u8]) -> Vec<u8> {
+    fn transact(&mut self, cmd: &[u8]) -> Result<Vec<u8>> {
         let mut buf = cmd.to_vec();
-        self.engine.execute(&mut buf).expect("engine").to_vec()
+        Ok(self
+            .engine
+            .execute(&mut buf)
+            .context("engine execute")?
+            .to_vec())
     }
     fn server_pid(&self) -> Option<i32> {
         self.server
@@ -180,25 +185,25 @@ struct DaemonPath {
 
 impl DaemonPath {
     /// Starts `bin` in `dir` with `extra` arguments and a metrics socket, and connects.
-    fn start(bin: &Path, dir: &Path, extra: &[&str]) -> DaemonPath {
+    fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Result<DaemonPath> {
         let metrics = dir.join("metrics.sock");
         let metrics_arg = metrics.display().to_string();
         let mut args = vec!["--metrics-socket", metrics_arg.as_str()];
         args.extend_from_slice(extra);
-        let daemon = DaemonProcess::start(bin, dir, &args).expect("start vhost-vtpm");
+        let daemon = DaemonProcess::start(bin, dir, &args).context("start vhost-vtpm")?;
         let client = VtpmClient::connect(&daemon.socket, ClientOptions::default())
-            .expect("connect to vhost-vtpm");
-        DaemonPath {
+            .context("connect to vhost-vtpm")?;
+        Ok(DaemonPath {
             client,
             daemon,
             metrics,
-        }
+        })
     }
 }
 
 impl Path_ for DaemonPath {
-    fn transact(&mut self, cmd: &[u8]) -> Vec<u8> {
-        self.client.transact(cmd).expect("daemon transact")
+    fn transact(&mut self, cmd: &[u8]) -> Result<Vec<u8>> {
+        self.client.transact(cmd).context("daemon transact")
     }
     fn server_pid(&self) -> Option<i32> {
         self.daemon.pid()
@@ -272,23 +277,29 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Sends a command, resubmitting on TPM_RC_RETRY as a TSS would; panics on any other error.
-fn must(path: &mut dyn Path_, cmd: &[u8], what: &str) -> Vec<u8> {
+/// Sends a command, resubmitting on TPM_RC_RETRY as a TSS would; an error on any other
+/// failure, named by `what`.
+fn must(path: &mut dyn Path_, cmd: &[u8], what: &str) -> Result<Vec<u8>> {
     for _ in 0..8 {
-        let r = path.transact(cmd);
+        let r = path.transact(cmd).with_context(|| what.to_owned())?;
         match response_code(&r) {
-            Ok(rc::SUCCESS) => return r,
+            Ok(rc::SUCCESS) => return Ok(r),
             Ok(rc::RETRY) => continue,
-            other => panic!("{what}: {other:x?}"),
+            other => bail!("{what}: {other:x?}"),
         }
     }
-    panic!("{what}: TPM kept answering RETRY");
+    bail!("{what}: TPM kept answering RETRY");
 }
 
 /// Startup, a signing key and an NV index: the state every path needs before measuring.
-fn prepare(path: &mut dyn Path_) -> Vec<Op> {
-    let code = response_code(&path.transact(&c::startup(c::TPM_SU_CLEAR))).expect("Startup");
-    assert!(
+fn prepare(path: &mut dyn Path_) -> Result<Vec<Op>> {
+    let code = response_code(
+        &path
+            .transact(&c::startup(c::TPM_SU_CLEAR))
+            .context("Startup")?,
+    )
+    .map_err(|e| anyhow!("Startup response: {e:?}"))?;
+    ensure!(
         code == rc::SUCCESS || code == rc::INITIALIZE,
         "Startup {code:#x}"
     );
@@ -296,18 +307,20 @@ fn prepare(path: &mut dyn Path_) -> Vec<Op> {
         path,
         &c::create_primary_ecc_signing(),
         "CreatePrimary",
-    ))
-    .expect("CreatePrimary");
-    let _ = path.transact(&c::nv_undefine_space(NV_INDEX));
+    )?)
+    .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))?;
+    // The index may not exist: only a failure to get an answer at all is an error.
+    path.transact(&c::nv_undefine_space(NV_INDEX))
+        .context("NV_UndefineSpace")?;
     must(
         path,
         &c::nv_define_space(NV_INDEX, 32, c::NV_ORDINARY_ATTRS),
         "NV_DefineSpace",
-    );
+    )?;
     let digest = [0x5a; 32];
     // The first ECDSA signature triggers libtpms' self-test of the algorithm (TPM_RC_RETRY).
-    must(path, &c::sign_ecdsa_sha256(key.handle, &digest), "Sign");
-    vec![
+    must(path, &c::sign_ecdsa_sha256(key.handle, &digest), "Sign")?;
+    Ok(vec![
         Op::fixed("GetRandom(32)", c::get_random(32), false),
         Op::fixed("PCR_Extend", c::pcr_extend_sha256(16, &digest), false),
         Op::fixed("PCR_Read", c::pcr_read_sha256(16), false),
@@ -317,21 +330,23 @@ fn prepare(path: &mut dyn Path_) -> Vec<Op> {
             true,
         ),
         Op::nv_write("NV_Write (durable)", NV_INDEX),
-    ]
+    ])
 }
 
-fn measure(label: &str, path: &mut dyn Path_, args: &Args) -> Vec<Row> {
-    let ops = prepare(path);
+fn measure(label: &str, path: &mut dyn Path_, args: &Args) -> Result<Vec<Row>> {
+    let ops = prepare(path).with_context(|| format!("{label}: prepare"))?;
     measure_ops(label, path, &ops, args)
 }
 
 /// Latency of each of `ops` through `path` (after a warm-up of up to 50 of each).
-fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Vec<Row> {
+fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for op in ops {
         let n = if op.slow { args.slow } else { args.fast };
         for i in 0..n.min(50) {
-            path.transact(&(op.cmd)(usize::MAX - i));
+            // Warm-up: the answers do not matter, getting them does.
+            path.transact(&(op.cmd)(usize::MAX - i))
+                .with_context(|| format!("{label} {} warm-up", op.name))?;
         }
         let cmds: Vec<Vec<u8>> = (0..n).map(|i| (op.cmd)(i)).collect();
         let mut lat = Vec::with_capacity(n);
@@ -340,9 +355,12 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
         let start = Instant::now();
         for cmd in &cmds {
             let t = Instant::now();
-            let r = path.transact(cmd);
+            let r = path
+                .transact(cmd)
+                .with_context(|| format!("{label} {}", op.name))?;
             lat.push(t.elapsed());
-            assert_eq!(response_code(&r), Ok(rc::SUCCESS), "{label} {}", op.name);
+            let code = response_code(&r);
+            ensure!(code == Ok(rc::SUCCESS), "{label} {}: {code:x?}", op.name);
         }
         let total = start.elapsed();
         let cpu1 = path.server_pid().and_then(cpu_ns);
@@ -365,18 +383,20 @@ fn measure_ops(label: &str, path: &mut dyn Path_, ops: &[Op], args: &Args) -> Ve
             },
         });
     }
-    rows
+    Ok(rows)
 }
 
-fn pin(cpus: &[usize]) {
+/// Pins the calling thread to `cpus`.
+fn pin(cpus: &[usize]) -> Result<()> {
     let mut set = CpuSet::new();
     for &c in cpus {
-        set.set(c).expect("cpu index");
+        set.set(c).with_context(|| format!("CPU index {c}"))?;
     }
-    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .with_context(|| format!("sched_setaffinity to CPUs {cpus:?}"))
 }
 
-fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> DaemonPath {
+fn start_daemon(bin: &Path, dir: &Path, busy_poll_us: u64) -> Result<DaemonPath> {
     let busy = busy_poll_us.to_string();
     DaemonPath::start(bin, dir, &["--log-level", "warn", "--busy-poll-us", &busy])
 }
@@ -427,10 +447,17 @@ fn machine() -> String {
 }
 
 fn main() {
-    let args = Args::parse();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("vtpm-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs what `args` ask for; the error names the section and the step that failed.
+fn run(args: Args) -> Result<()> {
     if let Some(Command::Guest { fast, sign }) = args.command {
         guest::run(fast, sign);
-        return;
+        return Ok(());
     }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
@@ -439,14 +466,14 @@ fn main() {
             .unwrap_or_default()
     });
     let daemon_bin = bin_dir.join("vhost-vtpm");
-    assert!(
+    ensure!(
         daemon_bin.exists(),
         "{} not found: cargo build --release --workspace",
         daemon_bin.display()
     );
     if let Some(Command::Attest { samples, no_guest }) = args.command {
         attest::run(&bin_dir, samples, !no_guest);
-        return;
+        return Ok(());
     }
     if let Some(Command::Scale {
         instances,
@@ -464,7 +491,7 @@ fn main() {
                 start_threads,
             },
         );
-        return;
+        return Ok(());
     }
     if let Some(Command::Migration {
         runs,
@@ -474,7 +501,7 @@ fn main() {
     {
         println!("# vtpm-bench migration\n\nMachine: {}", machine());
         migration::run(&bin_dir, runs, moves, guest_runs);
-        return;
+        return Ok(());
     }
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
         .map(|n| n.get())
@@ -486,26 +513,26 @@ fn main() {
         args.fast, args.slow, args.busy_poll_us
     );
     if args.only != Some(Section::State) {
-        latency_section(&args, &daemon_bin, &all_cpus);
+        latency_section(&args, &daemon_bin, &all_cpus).context("latency section")?;
     }
     if args.only != Some(Section::Latency) {
-        if let Err(e) = state::run(&args, &daemon_bin, &all_cpus) {
-            eprintln!("vtpm-bench: state section: {e:#}");
-            std::process::exit(1);
-        }
+        state::run(&args, &daemon_bin, &all_cpus).context("state section")?;
     }
+    Ok(())
 }
 
 /// Every path in every placement, one table per placement.
-fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
-    let scratch = tempfile::tempdir().expect("tempdir");
+fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) -> Result<()> {
+    let scratch = tempfile::tempdir().context("tempdir")?;
     // The floor keeps its state exactly as the daemon does (encrypted, durable), so the NV
     // write rows compare like with like.
-    let floor_key = generate_host_key_file(&scratch.path().join("floor.key")).expect("host key");
+    let floor_key = generate_host_key_file(&scratch.path().join("floor.key"))
+        .context("generate the floor's host key")?;
     let (floor_store, _) =
         EncryptedStore::open(&scratch.path().join("floor"), &floor_key, "libtpms")
-            .expect("state store");
-    let mut floor_engine = LibtpmsEngine::start(Box::new(floor_store)).expect("libtpms");
+            .context("open the floor's state store")?;
+    let mut floor_engine =
+        LibtpmsEngine::start(Box::new(floor_store)).context("start libtpms in process")?;
 
     let last = all_cpus.len() - 1;
     let placements = [
@@ -522,7 +549,7 @@ fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
         ),
     ];
     for (title, client_cpus, server_cpus) in placements {
-        pin(&client_cpus);
+        pin(&client_cpus)?;
         let mut rows = Vec::new();
         rows.extend(measure(
             "libtpms in-process (floor)",
@@ -531,14 +558,14 @@ fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
                 server: None,
             },
             args,
-        ));
+        )?);
         {
-            let dir = tempfile::tempdir().expect("tempdir");
-            pin(&server_cpus);
-            let swtpm = SwtpmProcess::start(dir.path(), true).expect("start swtpm");
-            pin(&client_cpus);
-            let data = swtpm.data.as_deref().expect("data socket");
-            let mut engine = SwtpmEngine::connect(&swtpm.ctrl, data).expect("swtpm connect");
+            let dir = tempfile::tempdir().context("tempdir")?;
+            pin(&server_cpus)?;
+            let swtpm = SwtpmProcess::start(dir.path(), true).context("start swtpm")?;
+            pin(&client_cpus)?;
+            let data = swtpm.data.as_deref().context("swtpm has no data socket")?;
+            let mut engine = SwtpmEngine::connect(&swtpm.ctrl, data).context("connect to swtpm")?;
             let pid = swtpm.pid();
             rows.extend(measure(
                 "swtpm socket",
@@ -547,18 +574,20 @@ fn latency_section(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) {
                     server: Some(pid),
                 },
                 args,
-            ));
+            )?);
         }
         for (label, busy) in [
             ("vhost-vtpm", 0),
             ("vhost-vtpm + busy-poll", args.busy_poll_us),
         ] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            pin(&server_cpus);
-            let mut path = start_daemon(daemon_bin, dir.path(), busy);
-            pin(&client_cpus);
-            rows.extend(measure(label, &mut path, args));
+            let dir = tempfile::tempdir().context("tempdir")?;
+            pin(&server_cpus)?;
+            let mut path = start_daemon(daemon_bin, dir.path(), busy)
+                .with_context(|| format!("{label}: start"))?;
+            pin(&client_cpus)?;
+            rows.extend(measure(label, &mut path, args)?);
         }
         print_table(title, &rows);
     }
+    Ok(())
 }

@@ -84,7 +84,7 @@ fn startup(transact: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>>, what: &str) -> Re
 }
 
 fn path_startup(path: &mut dyn Path_, what: &str) -> Result<()> {
-    startup(&mut |cmd| Ok(path.transact(cmd)), what)
+    startup(&mut |cmd| path.transact(cmd), what)
 }
 
 /// A connection to a started swtpm's data socket through our swtpm engine.
@@ -116,36 +116,36 @@ impl World {
                 path,
                 &c::create_primary_ecc_signing(),
                 "CreatePrimary",
-            ))
+            )?)
             .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))?;
             must(
                 path,
                 &c::evict_control(key.handle, SIGNING_KEY),
                 "EvictControl",
-            );
-            must(path, &c::flush_context(key.handle), "FlushContext");
+            )?;
+            must(path, &c::flush_context(key.handle), "FlushContext")?;
             for (i, &index) in FILL_INDICES.iter().enumerate() {
                 must(
                     path,
                     &c::nv_define_space(index, FILL_SIZE, c::NV_ORDINARY_ATTRS),
                     "NV_DefineSpace",
-                );
+                )?;
                 let fill = vec![i as u8 + 1; usize::from(FILL_SIZE)];
-                must(path, &c::nv_write(index, 0, &fill), "NV_Write");
+                must(path, &c::nv_write(index, 0, &fill), "NV_Write")?;
             }
             must(
                 path,
                 &c::nv_define_space(NV_INDEX, 32, c::NV_ORDINARY_ATTRS),
                 "NV_DefineSpace",
-            );
-            must(path, &c::nv_write(NV_INDEX, 0, &[0; 32]), "NV_Write");
+            )?;
+            must(path, &c::nv_write(NV_INDEX, 0, &[0; 32]), "NV_Write")?;
             must(
                 path,
                 &c::nv_define_space(COUNTER_INDEX, 8, c::NV_COUNTER_ATTRS),
                 "NV_DefineSpace (counter)",
-            );
-            must(path, &c::nv_increment(COUNTER_INDEX), "NV_Increment");
-            must(path, &c::shutdown(c::TPM_SU_CLEAR), "Shutdown");
+            )?;
+            must(path, &c::nv_increment(COUNTER_INDEX), "NV_Increment")?;
+            must(path, &c::shutdown(c::TPM_SU_CLEAR), "Shutdown")?;
         }
         let host_key = dir.join("host.key");
         ensure_host_key(&host_key).context("vtpm-state gen-host-key")?;
@@ -194,7 +194,7 @@ impl World {
 
     /// Runs `f` on a started swtpm (over its data socket through our swtpm engine), with
     /// the swtpm's pid.
-    fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> T) -> Result<T> {
+    fn with_swtpm<T>(&self, f: impl FnOnce(&mut dyn Path_, i32) -> Result<T>) -> Result<T> {
         let sw = SwtpmProcess::start(&self.dir, true).context("start swtpm")?;
         let mut engine = swtpm_engine(&sw)?;
         let mut path = EnginePath {
@@ -202,7 +202,7 @@ impl World {
             server: Some(sw.pid()),
         };
         path_startup(&mut path, "swtpm")?;
-        Ok(f(&mut path, sw.pid()))
+        f(&mut path, sw.pid())
     }
 
     /// Our daemon on the imported state, connected; the TPM is started.
@@ -210,7 +210,7 @@ impl World {
         let mut extra = self.key_args(key);
         extra.extend(["--log-level".into(), "warn".into()]);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let mut path = DaemonPath::start(&self.daemon_bin, self.ours_dir(key), &extra);
+        let mut path = DaemonPath::start(&self.daemon_bin, self.ours_dir(key), &extra)?;
         path_startup(&mut path, key.label())?;
         Ok(path)
     }
@@ -226,7 +226,7 @@ fn stop_daemon(mut path: DaemonPath) -> Result<()> {
 }
 
 pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) -> Result<()> {
-    pin(all_cpus);
+    pin(all_cpus)?;
     let scratch = tempfile::tempdir().context("tempdir")?;
     let world = World::set_up(scratch.path(), daemon_bin)?;
     println!("\n## State: durability, cold start, memory, isolation\n");
@@ -241,12 +241,12 @@ pub(crate) fn run(args: &Args, daemon_bin: &Path, all_cpus: &[usize]) -> Result<
         FILL_SIZE
     );
     durability(args, &world, all_cpus)?;
-    pin(all_cpus);
+    pin(all_cpus)?;
     cold_start(args, &world)?;
     state_sizes(&world)?;
     memory(args, &world)?;
     isolation(args, daemon_bin, all_cpus)?;
-    pin(all_cpus);
+    pin(all_cpus)?;
     Ok(())
 }
 
@@ -277,12 +277,12 @@ fn durability(args: &Args, world: &World, all_cpus: &[usize]) -> Result<()> {
         ("Unpinned (scheduler's choice)", all_cpus.to_vec()),
     ];
     for (title, cpus) in placements {
-        pin(&cpus);
+        pin(&cpus)?;
         let ops = durability_ops();
         let mut rows = Vec::new();
         for key in [Key::File, Key::Tpm] {
             let mut path = world.start_daemon(key)?;
-            rows.extend(measure_ops(key.label(), &mut path, &ops, args));
+            rows.extend(measure_ops(key.label(), &mut path, &ops, args)?);
             stop_daemon(path)?;
         }
         rows.extend(world.with_swtpm(|path, _| measure_ops("swtpm socket", path, &ops, args))?);
@@ -558,7 +558,7 @@ fn load_and_sample(path: &mut dyn Path_, pid: i32, load_ops: usize) -> Result<[(
             3 => c::nv_write(NV_INDEX, 0, &(i as u64).to_be_bytes()),
             _ => c::nv_increment(COUNTER_INDEX),
         };
-        must(path, &cmd, "memory load");
+        must(path, &cmd, "memory load")?;
         if i + 1 == load_ops / 2 {
             mid = Some(read_mem(pid)?);
         }
@@ -588,7 +588,7 @@ fn memory(args: &Args, world: &World) -> Result<()> {
     }
     rows.push((
         "swtpm socket",
-        world.with_swtpm(|path, pid| load_and_sample(path, pid, args.load_ops))??,
+        world.with_swtpm(|path, pid| load_and_sample(path, pid, args.load_ops))?,
     ));
     println!("\n### Memory per instance\n");
     println!(
@@ -658,10 +658,10 @@ fn isolation_placement(
 ) -> Result<(Sample, Sample, f64)> {
     let dir_a = tempfile::tempdir().context("tempdir")?;
     let dir_b = tempfile::tempdir().context("tempdir")?;
-    pin(a_cpus);
+    pin(a_cpus)?;
     let mut a = DaemonProcess::start(daemon_bin, dir_a.path(), &["--log-level", "warn"])
         .context("start instance A")?;
-    pin(b_cpus);
+    pin(b_cpus)?;
     let mut b = DaemonProcess::start(daemon_bin, dir_b.path(), &["--log-level", "warn"])
         .context("start instance B")?;
 
@@ -673,7 +673,7 @@ fn isolation_placement(
         let cpus = a_cpus.to_vec();
         let stop = stop.clone();
         std::thread::spawn(move || -> Result<(u64, Duration)> {
-            pin(&cpus);
+            pin(&cpus)?;
             let mut client = VtpmClient::connect(&socket, ClientOptions::default())
                 .context("connect to instance A")?;
             startup(
