@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::{ensure, Context, Result};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use testbed::{accel, start_daemon, Env, SwtpmProcess, TpmFrontend, Vm};
@@ -61,10 +62,10 @@ fn parse(out: &str, name: &str, host_cpu: Option<f64>) -> Option<Measured> {
         .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
         .collect();
     Some(Measured {
-        p50: kv["p50_us"],
-        p99: kv["p99_us"],
-        ops: kv["ops_s"],
-        guest_cpu: kv["cpu_us_op"],
+        p50: *kv.get("p50_us")?,
+        p99: *kv.get("p99_us")?,
+        ops: *kv.get("ops_s")?,
+        guest_cpu: *kv.get("cpu_us_op")?,
         host_cpu,
     })
 }
@@ -85,36 +86,40 @@ fn run_guest(
     sign: u32,
     device: &str,
     into: &mut Results,
-) {
+) -> Result<()> {
     let mut vm = Vm::boot(env, frontend);
     let qemu = vm.qemu_pid();
-    let invoke = |vm: &mut Vm, op: &str| -> (String, Option<u64>) {
+    let invoke = |vm: &mut Vm, op: &str| -> Result<(String, Option<u64>)> {
         let before = host_cpu_ns(qemu, server);
         let (rc, out) = vm.run_timeout(
             &format!("tpm_bench -d /dev/tpmrm0 -n {fast} -s {sign} -o '{op}'"),
             Duration::from_secs(1800),
         );
-        assert_eq!(rc, 0, "tpm_bench -o {op} failed:\n{out}");
+        ensure!(
+            rc == 0,
+            "tpm_bench -o {op} on {device} failed ({rc}):\n{out}"
+        );
         let after = host_cpu_ns(qemu, server);
-        (out, after.zip(before).map(|(a, b)| a.saturating_sub(b)))
+        Ok((out, after.zip(before).map(|(a, b)| a.saturating_sub(b))))
     };
     // What starting tpm_bench and opening the device cost without a command.
-    let (_, baseline) = invoke(&mut vm, "none");
+    let (_, baseline) = invoke(&mut vm, "none")?;
     for (op, is_sign) in OPS {
-        let (out, cpu) = invoke(&mut vm, op);
+        let (out, cpu) = invoke(&mut vm, op)?;
         let n = f64::from(if is_sign { sign } else { fast });
         let host = cpu
             .zip(baseline)
             .map(|(c, b)| c.saturating_sub(b) as f64 / 1e3 / n);
         let measured = parse(&out, op, host)
-            .unwrap_or_else(|| panic!("no BENCH line for {op} on {device}:\n{out}"));
+            .with_context(|| format!("no complete BENCH line for {op} on {device}:\n{out}"))?;
         into.insert((op.to_string(), device.to_string()), measured);
     }
     vm.shutdown();
+    Ok(())
 }
 
 /// Runs the guest benchmark: `fast` iterations of the fast commands, `sign` of ECDSA sign.
-pub fn run(fast: u32, sign: u32) {
+pub fn run(fast: u32, sign: u32) -> Result<()> {
     let env = Env::load();
     let a = accel(&env);
     let cpus: Vec<usize> = (0..std::thread::available_parallelism()
@@ -132,18 +137,18 @@ pub fn run(fast: u32, sign: u32) {
         pin_self(&pin);
         let mut results = Results::new();
         for (label, args) in [(OURS, vec![]), (OURS_BUSY, vec!["--busy-poll-us", "200"])] {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = tempfile::tempdir().context("tempdir")?;
             let daemon = start_daemon(&env, dir.path(), &args);
             let frontend = TpmFrontend::VhostUser(daemon.socket.clone());
             let pid = daemon.pid();
-            run_guest(&env, &frontend, pid, fast, sign, label, &mut results);
+            run_guest(&env, &frontend, pid, fast, sign, label, &mut results)?;
         }
         {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let swtpm = SwtpmProcess::start(dir.path(), false).expect("start swtpm");
+            let dir = tempfile::tempdir().context("tempdir")?;
+            let swtpm = SwtpmProcess::start(dir.path(), false).context("start swtpm")?;
             let frontend = TpmFrontend::CrbSwtpm(swtpm.ctrl.clone());
             let pid = Some(swtpm.pid());
-            run_guest(&env, &frontend, pid, fast, sign, CRB, &mut results);
+            run_guest(&env, &frontend, pid, fast, sign, CRB, &mut results)?;
         }
         println!("\n### {title}\n");
         println!("| command (via /dev/tpmrm0) | device | p50 µs | p99 µs | ops/s | guest CPU µs/op | host CPU µs/op | p50 crb ÷ this | p99 crb ÷ this |");
@@ -177,4 +182,5 @@ pub fn run(fast: u32, sign: u32) {
             }
         }
     }
+    Ok(())
 }

@@ -456,8 +456,7 @@ fn main() {
 /// Runs what `args` ask for; the error names the section and the step that failed.
 fn run(args: Args) -> Result<()> {
     if let Some(Command::Guest { fast, sign }) = args.command {
-        guest::run(fast, sign);
-        return Ok(());
+        return guest::run(fast, sign).context("guest");
     }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
