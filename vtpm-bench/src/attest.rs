@@ -15,8 +15,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use guest_driver::{ClientOptions, VtpmClient};
 use openssl::x509::X509;
+use testbed::evidence::Transact;
 use testbed::{ChainSetup, DaemonProcess, Env, TpmFrontend, Vm};
 use tpm_proto::commands as c;
 
@@ -25,6 +27,7 @@ const VAIK: u32 = 0x8100_8001;
 /// The daemon answers two deep quotes per second after a burst.
 const DEEP_QUOTE_PACE: Duration = Duration::from_millis(520);
 
+/// n, p50 and p99 (ms) of `samples`, which must not be empty.
 fn stats(mut samples: Vec<Duration>) -> (usize, f64, f64) {
     samples.sort();
     let pct = |p: f64| {
@@ -34,32 +37,60 @@ fn stats(mut samples: Vec<Duration>) -> (usize, f64, f64) {
     (samples.len(), pct(0.5), pct(0.99))
 }
 
-fn row(what: &str, samples: Vec<Duration>) {
+/// Prints one table row; a row without samples is an error (nothing was measured).
+fn row(what: &str, samples: Vec<Duration>) -> Result<()> {
+    ensure!(!samples.is_empty(), "{what}: no samples");
     let (n, p50, p99) = stats(samples);
     println!("| {what} | {n} | {p50:.3} | {p99:.3} |");
+    Ok(())
 }
 
 fn header(title: &str) {
     println!("\n### {title}\n\n| what | n | p50 ms | p99 ms |\n|---|---|---|---|");
 }
 
-fn daemon(bin_dir: &Path, dir: &Path, extra: &[&str]) -> DaemonProcess {
-    std::fs::create_dir_all(dir).unwrap();
-    DaemonProcess::start(&bin_dir.join("vhost-vtpm"), dir, extra).expect("daemon")
+fn daemon(bin_dir: &Path, dir: &Path, extra: &[&str]) -> Result<DaemonProcess> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    DaemonProcess::start(&bin_dir.join("vhost-vtpm"), dir, extra)
+        .with_context(|| format!("start vhost-vtpm in {}", dir.display()))
 }
 
-fn startup_samples(d: &DaemonProcess, samples: usize) -> Vec<Duration> {
-    let mut client = VtpmClient::connect(&d.socket, ClientOptions::default()).unwrap();
+/// TPM2_Startup(CLEAR) after a device reset, `samples` times (after one unmeasured).
+fn startup_samples(d: &DaemonProcess, samples: usize) -> Result<Vec<Duration>> {
+    let mut client = VtpmClient::connect(&d.socket, ClientOptions::default())
+        .context("connect to vhost-vtpm")?;
     let mut out = Vec::new();
-    for _ in 0..samples + 1 {
-        client.reset_device().unwrap();
+    for i in 0..samples + 1 {
+        client.reset_device().context("device reset")?;
         let t = Instant::now();
-        let resp = client.transact(&c::startup(c::TPM_SU_CLEAR)).unwrap();
+        let resp = client
+            .transact(&c::startup(c::TPM_SU_CLEAR))
+            .context("Startup")?;
         out.push(t.elapsed());
-        assert_eq!(tpm_proto::response_code(&resp), Ok(0));
+        let code = tpm_proto::response_code(&resp);
+        ensure!(code == Ok(0), "Startup after device reset {i}: {code:x?}");
     }
     out.remove(0);
-    out
+    Ok(out)
+}
+
+/// Runs `f` with the transact function testbed's evidence helpers take, over `client`'s
+/// TSS path. That function cannot fail, so a transport error is answered with an empty
+/// response (which the helpers see as a malformed answer) and is what this returns, as the
+/// cause.
+fn with_tss<T>(client: &mut VtpmClient, f: impl FnOnce(&mut Transact<'_>) -> T) -> Result<T> {
+    let mut failed = None;
+    let out = f(&mut |cmd: &[u8]| match client.transact_tss(cmd) {
+        Ok(resp) => resp,
+        Err(e) => {
+            failed.get_or_insert(e);
+            Vec::new()
+        }
+    });
+    match failed {
+        Some(e) => Err(e).context("vhost-vtpm transact (TSS)"),
+        None => Ok(out),
+    }
 }
 
 fn now() -> u64 {
@@ -70,16 +101,17 @@ fn now() -> u64 {
 }
 
 /// Runs the section with `samples` per row; the guest part only with `guest`.
-pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
+pub fn run(bin_dir: &Path, samples: usize, guest: bool) -> Result<()> {
     let bin_dir = bin_dir.to_owned();
-    let tmp = tempfile::tempdir().unwrap();
-    let chain = ChainSetup::start(&bin_dir, &tmp.path().join("host"), "bench-host").unwrap();
+    let tmp = tempfile::tempdir().context("tempdir")?;
+    let chain = ChainSetup::start(&bin_dir, &tmp.path().join("host"), "bench-host")
+        .context("start the host TPM, CA and manufacturer chain")?;
     let tcti = chain.host_tpm.tcti();
     {
-        let mut host = host_tpm::HostTpm::connect(&tcti).unwrap();
+        let mut host = host_tpm::HostTpm::connect(&tcti).context("connect to the host TPM")?;
         for pcr in 0..8u8 {
             host.pcr_extend_sha256(pcr, openssl::sha::sha256(&[pcr]))
-                .unwrap();
+                .with_context(|| format!("extend host PCR {pcr}"))?;
         }
     }
     println!(
@@ -102,18 +134,16 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
             &["--host-tpm", tcti.as_str()][..],
         ),
     ] {
-        let d = daemon(&bin_dir, &tmp.path().join(dir), extra);
-        row(what, startup_samples(&d, samples));
+        let d = daemon(&bin_dir, &tmp.path().join(dir), extra)?;
+        row(what, startup_samples(&d, samples).context(what)?)?;
     }
     let mirroring = daemon(
         &bin_dir,
         &tmp.path().join("mirror"),
         &["--host-tpm", &tcti, "--mirror-pcrs", "0-7"],
-    );
-    row(
-        "mirroring host PCRs 0-7 + platform lock",
-        startup_samples(&mirroring, samples),
-    );
+    )?;
+    let what = "mirroring host PCRs 0-7 + platform lock";
+    row(what, startup_samples(&mirroring, samples).context(what)?)?;
     // The hook's own parts, as the daemon timed them.
     let log = mirroring.log_text();
     let logged = |what: &str| -> Vec<Duration> {
@@ -129,60 +159,80 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
     row(
         "of which mirroring (in the daemon: host TPM connection, PCR_Read, 8 PCR_Extend)",
         mirror_part,
-    );
+    )?;
     row(
         "of which the platform lock (in the daemon: HierarchyChangeAuth)",
         lock_part,
-    );
+    )?;
 
     // --- 2. Evidence through the harness ---
     let vm_dir = tmp.path().join("vm");
-    std::fs::create_dir_all(&vm_dir).unwrap();
-    chain.provision(&vm_dir.join("state")).unwrap();
+    std::fs::create_dir_all(&vm_dir).with_context(|| format!("create {}", vm_dir.display()))?;
+    chain
+        .provision(&vm_dir.join("state"))
+        .map_err(|e| anyhow!("provision the vTPM's identity: {e}"))?;
     let vaik_pem = chain
         .enroll_vaik(&vm_dir.join("state"), "bench-vm")
-        .unwrap();
-    let vaik = X509::from_pem(&std::fs::read(&vaik_pem).unwrap())
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let d = daemon(&bin_dir, &vm_dir, &chain.mirror_args().args());
-    let mut client = VtpmClient::connect(&d.socket, ClientOptions::default()).unwrap();
-    client.transact(&c::startup(c::TPM_SU_CLEAR)).unwrap();
-    let nonces = vtpm_verify::NonceStore::open(tmp.path().join("verifier")).unwrap();
+        .map_err(|e| anyhow!("enroll the vAIK: {e}"))?;
+    let vaik = X509::from_pem(&std::fs::read(&vaik_pem).context("read the vAIK certificate")?)
+        .and_then(|cert| cert.to_der())
+        .context("the vAIK certificate")?;
+    let d = daemon(&bin_dir, &vm_dir, &chain.mirror_args().args())?;
+    let mut client = VtpmClient::connect(&d.socket, ClientOptions::default())
+        .context("connect to vhost-vtpm")?;
+    client
+        .transact(&c::startup(c::TPM_SU_CLEAR))
+        .context("Startup")?;
+    let nonces = vtpm_verify::NonceStore::open(tmp.path().join("verifier"))
+        .context("open the verifier's nonce store")?;
     let (mut deep, mut bundle_times, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..samples {
-        let nonce = nonces.issue(now(), 3600).unwrap();
+        let nonce = nonces.issue(now(), 3600).context("issue a nonce")?;
         std::thread::sleep(DEEP_QUOTE_PACE);
-        let mut t = |cmd: &[u8]| client.transact_tss(cmd).unwrap();
-        let start = Instant::now();
-        let resp = testbed::evidence::deep_quote(&mut t, &[7; 32]);
-        deep.push(start.elapsed());
-        assert_eq!(tpm_proto::response_code(&resp), Ok(0));
+        let (resp, took) = with_tss(&mut client, |t| {
+            let start = Instant::now();
+            let resp = testbed::evidence::deep_quote(t, &[7; 32]);
+            (resp, start.elapsed())
+        })
+        .context("deep quote")?;
+        deep.push(took);
+        let code = tpm_proto::response_code(&resp);
+        ensure!(code == Ok(0), "deep quote: {code:x?}");
         std::thread::sleep(DEEP_QUOTE_PACE);
-        let start = Instant::now();
-        let bundle = testbed::evidence::collect(&mut t, &nonce, VAIK, &vaik, &PCRS).unwrap();
-        bundle_times.push(start.elapsed());
+        let (bundle, took) = with_tss(&mut client, |t| {
+            let start = Instant::now();
+            let bundle = testbed::evidence::collect(t, &nonce, VAIK, &vaik, &PCRS);
+            (bundle, start.elapsed())
+        })
+        .context("collect an evidence bundle")?;
+        let bundle = bundle.map_err(|e| anyhow!("collect an evidence bundle: {e}"))?;
+        bundle_times.push(took);
         bundles.push(bundle.to_string());
     }
     header("Evidence through the harness (daemon side, no guest)");
-    row("deep quote (vendor command: vEK from NV, host quote)", deep);
+    row("deep quote (vendor command: vEK from NV, host quote)", deep)?;
     row(
         "whole bundle (vTPM quote, deep quote, 4 NV certificates)",
         bundle_times,
-    );
+    )?;
 
     // --- 3. The verifier ---
+    let read_cert = |path: &Path| -> Result<X509> {
+        let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        X509::from_pem(&pem).with_context(|| format!("parse {}", path.display()))
+    };
     let trust = vtpm_verify::Trust {
-        ca_root: X509::from_pem(&std::fs::read(&chain.ca.ca_cert).unwrap()).unwrap(),
+        ca_root: read_cert(&chain.ca.ca_cert)?,
         ek_roots: [&chain.manufacturer.root, &chain.manufacturer.issuer]
             .iter()
-            .map(|p| X509::from_pem(&std::fs::read(p).unwrap()).unwrap())
-            .collect(),
+            .map(|p| read_cert(p))
+            .collect::<Result<_>>()?,
     };
-    let ca_pem = std::fs::read(&chain.ca.ca_cert).unwrap();
-    let ca = vtpm_ca::Client::new(&chain.ca.url, &ca_pem, None).unwrap();
-    let crl = vtpm_verify::Revocation::crl(&ca.crl().unwrap(), &trust.ca_root).unwrap();
+    let ca_pem = std::fs::read(&chain.ca.ca_cert).context("read the CA certificate")?;
+    let ca = vtpm_ca::Client::new(&chain.ca.url, &ca_pem, None).context("CA client")?;
+    let crl =
+        vtpm_verify::Revocation::crl(&ca.crl().context("fetch the CA's CRL")?, &trust.ca_root)
+            .map_err(|e| anyhow!("the CA's CRL: {e}"))?;
     let status = vtpm_verify::Revocation::StatusApi(ca);
     let policy = vtpm_verify::Policy::default();
     let half = bundles.len() / 2;
@@ -192,7 +242,11 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
         let start = Instant::now();
         let report = vtpm_verify::verify(b.as_bytes(), &trust, revocation, &policy, &nonces, now());
         let took = start.elapsed();
-        assert!(report.accepted(), "{:?}", report.failed());
+        ensure!(
+            report.accepted(),
+            "bundle {i} not accepted: {:?}",
+            report.failed()
+        );
         if i < half {
             times.0.push(took);
         } else {
@@ -203,37 +257,41 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
     row(
         "revocation by the CA's status API (5 HTTPS queries)",
         times.0,
-    );
-    row("revocation by the CA's CRL", times.1);
+    )?;
+    row("revocation by the CA's CRL", times.1)?;
     drop(client);
 
     // --- 4. In a guest ---
     if !guest {
-        return;
+        return Ok(());
     }
     let env = Env::load();
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(d.socket.clone()));
-    vm.write_file("/tmp/vaik.pem", &std::fs::read(&vaik_pem).unwrap());
+    vm.write_file(
+        "/tmp/vaik.pem",
+        &std::fs::read(&vaik_pem).context("read the vAIK certificate")?,
+    );
     let mut in_guest = Vec::new();
     for _ in 0..samples {
-        let nonce = nonces.issue(now(), 3600).unwrap();
+        let nonce = nonces.issue(now(), 3600).context("issue a nonce")?;
         std::thread::sleep(DEEP_QUOTE_PACE);
         // busybox's date has no sub-second format: the uptime clock (10 ms steps).
         let out = vm.must(&format!(
             "s=$(cut -d' ' -f1 /proc/uptime); vtpm-evidence {nonce} 0x81008001 /tmp/vaik.pem \
              > /tmp/e.json; e=$(cut -d' ' -f1 /proc/uptime); echo UPTIME $s $e"
         ));
-        let times: Vec<f64> = out
+        let times: Option<Vec<f64>> = out
             .lines()
             .find_map(|l| l.trim().strip_prefix("UPTIME "))
             .map(|t| {
                 t.split_whitespace()
                     .filter_map(|v| v.parse().ok())
                     .collect()
-            })
-            .unwrap_or_default();
-        assert_eq!(times.len(), 2, "no timing in {out:?}");
-        let ns = ((times[1] - times[0]) * 1e9) as u64;
+            });
+        let Some(&[start, end]) = times.as_deref() else {
+            bail!("vtpm-evidence in the guest: no timing in {out:?}");
+        };
+        let ns = ((end - start) * 1e9) as u64;
         in_guest.push(Duration::from_nanos(ns));
     }
     header(&format!(
@@ -243,6 +301,7 @@ pub fn run(bin_dir: &Path, samples: usize, guest: bool) {
     row(
         "whole bundle (tpm2_quote, tpm2_send, 4 tpm2_nvread, openssl, base64)",
         in_guest,
-    );
+    )?;
     vm.shutdown();
+    Ok(())
 }

@@ -471,8 +471,7 @@ fn run(args: Args) -> Result<()> {
         daemon_bin.display()
     );
     if let Some(Command::Attest { samples, no_guest }) = args.command {
-        attest::run(&bin_dir, samples, !no_guest);
-        return Ok(());
+        return attest::run(&bin_dir, samples, !no_guest).context("attest");
     }
     if let Some(Command::Scale {
         instances,
