@@ -498,8 +498,7 @@ fn run(args: Args) -> Result<()> {
     }) = args.command
     {
         println!("# vtpm-bench migration\n\nMachine: {}", machine());
-        migration::run(&bin_dir, runs, moves, guest_runs);
-        return Ok(());
+        return migration::run(&bin_dir, runs, moves, guest_runs).context("migration");
     }
     let all_cpus: Vec<usize> = (0..std::thread::available_parallelism()
         .map(|n| n.get())
