@@ -480,7 +480,7 @@ fn run(args: Args) -> Result<()> {
         start_threads,
     }) = args.command
     {
-        scale::run(
+        return scale::run(
             &daemon_bin,
             &scale::Options {
                 instances,
@@ -488,8 +488,8 @@ fn run(args: Args) -> Result<()> {
                 samples,
                 start_threads,
             },
-        );
-        return Ok(());
+        )
+        .context("scale");
     }
     if let Some(Command::Migration {
         runs,

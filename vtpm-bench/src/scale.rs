@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{anyhow, ensure, Context};
 use coprocessor::swtpm::SwtpmEngine;
 use coprocessor::Coprocessor;
 use guest_driver::{ClientOptions, VtpmClient};
@@ -212,17 +213,17 @@ impl World {
     }
 }
 
-pub(crate) fn run(daemon_bin: &Path, opts: &Options) {
-    assert!(
+pub(crate) fn run(daemon_bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    ensure!(
         opts.busy < opts.instances,
         "--busy ({}) must leave at least one of the --instances ({}) idle to sample",
         opts.busy,
         opts.instances
     );
-    let nofile = raise_nofile(opts.instances as u64 * FDS_PER_INSTANCE + FDS_SPARE);
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let nofile = raise_nofile(opts.instances as u64 * FDS_PER_INSTANCE + FDS_SPARE)?;
+    let scratch = tempfile::tempdir().context("tempdir")?;
     let host_key = scratch.path().join("host.key");
-    ensure_host_key(&host_key).expect("make the host key file");
+    ensure_host_key(&host_key).context("make the host key file")?;
     let world = World {
         dir: scratch.path().to_path_buf(),
         daemon_bin: daemon_bin.to_path_buf(),
@@ -252,7 +253,8 @@ pub(crate) fn run(daemon_bin: &Path, opts: &Options) {
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for kind in [Kind::Ours, Kind::Swtpm] {
-        let report = run_kind(&world, kind, opts, &mut seed, &mut failures);
+        let report =
+            run_kind(&world, kind, opts, &mut seed, &mut failures).with_context(|| kind.label())?;
         reports.push(report);
     }
     print_report(&reports, opts, &failures);
@@ -262,18 +264,20 @@ pub(crate) fn run(daemon_bin: &Path, opts: &Options) {
         opt(load_before, 2),
         opt(procfs::load_average(), 2)
     );
+    Ok(())
 }
 
 /// Raises the soft RLIMIT_NOFILE to at least `want` (up to the hard limit): the soft limit
 /// is what this process gets now.
-fn raise_nofile(want: u64) -> u64 {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit NOFILE");
+fn raise_nofile(want: u64) -> anyhow::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit NOFILE")?;
     if soft >= want {
-        return soft;
+        return Ok(soft);
     }
     let new = want.min(hard);
-    setrlimit(Resource::RLIMIT_NOFILE, new, hard).expect("setrlimit NOFILE");
-    new
+    setrlimit(Resource::RLIMIT_NOFILE, new, hard)
+        .with_context(|| format!("setrlimit NOFILE to {new}"))?;
+    Ok(new)
 }
 
 /// Everything measured for one kind.
@@ -320,12 +324,12 @@ fn run_kind(
     opts: &Options,
     seed: &mut u64,
     failures: &mut Vec<Failure>,
-) -> KindReport {
+) -> anyhow::Result<KindReport> {
     let avail0 = procfs::mem_available();
     let self_pid = std::process::id() as i32;
     let client0 = procfs::read_mem(self_pid).ok();
     eprintln!("scale: starting {} {}", opts.instances, kind.label());
-    let (mut instances, start_each, start_wall) = start_all(world, kind, opts, failures);
+    let (mut instances, start_each, start_wall) = start_all(world, kind, opts, failures)?;
     let avail1 = procfs::mem_available();
     let client1 = procfs::read_mem(self_pid).ok();
     let mut mem = vec![(
@@ -335,7 +339,7 @@ fn run_kind(
     let idle_cpu_ms_per_s = idle_cpu(&instances);
 
     eprintln!("scale: sampling {} with all idle", kind.label());
-    let mut lat = vec![sample_idle(&mut instances, opts.samples, seed, failures)];
+    let mut lat = vec![sample_idle(&mut instances, opts.samples, seed, failures)?];
     eprintln!("scale: sampling {} with {} busy", kind.label(), opts.busy);
     lat.push(sample_busy(
         &mut instances,
@@ -343,7 +347,7 @@ fn run_kind(
         opts.samples,
         seed,
         failures,
-    ));
+    )?);
     mem.push((
         "after the latency runs".to_string(),
         sample_memory(&mut instances, failures, "memory after the runs"),
@@ -356,7 +360,7 @@ fn run_kind(
         stop(kind, inst, failures);
     }
     let stop_wall = t.elapsed();
-    KindReport {
+    Ok(KindReport {
         kind,
         started,
         start_wall,
@@ -369,7 +373,7 @@ fn run_kind(
         idle_cpu_ms_per_s,
         lat,
         stop_wall,
-    }
+    })
 }
 
 /// Starts instances 0..N of `kind` from `opts.start_threads` threads, each taking the next
@@ -380,10 +384,10 @@ fn start_all(
     kind: Kind,
     opts: &Options,
     failures: &mut Vec<Failure>,
-) -> (Vec<Instance>, Vec<Duration>, Duration) {
+) -> anyhow::Result<(Vec<Instance>, Vec<Duration>, Duration)> {
     let next = AtomicUsize::new(0);
     let t0 = Instant::now();
-    let results: Vec<(usize, Started)> = std::thread::scope(|s| {
+    let results = std::thread::scope(|s| -> anyhow::Result<Vec<(usize, Started)>> {
         let workers: Vec<_> = (0..opts.start_threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -398,11 +402,14 @@ fn start_all(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("start thread panicked"))
-            .collect()
-    });
+        // Every worker is joined before any panic is reported.
+        let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        let mut results = Vec::new();
+        for mine in joined {
+            results.extend(mine.map_err(|_| anyhow!("a start thread panicked"))?);
+        }
+        Ok(results)
+    })?;
     let wall = t0.elapsed();
     let mut instances = Vec::with_capacity(results.len());
     let mut times = Vec::with_capacity(results.len());
@@ -422,7 +429,7 @@ fn start_all(
     }
     instances.sort_by_key(|i| i.index);
     times.sort();
-    (instances, times, wall)
+    Ok((instances, times, wall))
 }
 
 /// The memory of every server still running; a server that is gone is a failure.
@@ -537,20 +544,20 @@ fn sample_idle(
     n: usize,
     seed: &mut u64,
     failures: &mut Vec<Failure>,
-) -> Latency {
+) -> anyhow::Result<Latency> {
     let s = std::thread::scope(|sc| {
         sc.spawn(move || sample_random(instances, n, seed))
             .join()
-            .expect("sampling thread panicked")
-    });
+            .map_err(|_| anyhow!("the sampling thread panicked"))
+    })?;
     let cpu = per_op(&s);
     failures.extend(s.failures);
-    Latency {
+    Ok(Latency {
         condition: "all idle".into(),
         lat: s.lat,
         server_cpu_us: cpu,
         flood: None,
-    }
+    })
 }
 
 /// The first `busy` instances flooded with PCR_Extend, each by a thread of its own, while a
@@ -561,7 +568,7 @@ fn sample_busy(
     n: usize,
     seed: &mut u64,
     failures: &mut Vec<Failure>,
-) -> Latency {
+) -> anyhow::Result<Latency> {
     let (flooded, rest) = instances.split_at_mut(busy.min(instances.len()));
     let sampled = rest.len();
     let (stop, running) = (&AtomicBool::new(false), &AtomicUsize::new(0));
@@ -585,14 +592,17 @@ fn sample_busy(
             std::thread::sleep(BUSY_SETTLE);
             sample_random(rest, n, seed)
         });
-        let samples = sampler.join().expect("sampling thread panicked");
+        let samples = sampler.join();
+        // The floods stop even if the sampler panicked: the scope waits for them.
         stop.store(true, Ordering::Relaxed);
-        let floods: Vec<Flood> = floods
+        let floods: Vec<_> = floods.into_iter().map(|f| f.join()).collect();
+        let samples = samples.map_err(|_| anyhow!("the sampling thread panicked"))?;
+        let floods = floods
             .into_iter()
-            .map(|f| f.join().expect("flood thread panicked"))
-            .collect();
-        (samples, floods)
-    });
+            .collect::<Result<Vec<Flood>, _>>()
+            .map_err(|_| anyhow!("a flood thread panicked"))?;
+        Ok::<_, anyhow::Error>((samples, floods))
+    })?;
     let cpu1 = cpu();
     for (inst, f) in flooded.iter_mut().zip(&floods) {
         if let Some(e) = &f.error {
@@ -613,12 +623,12 @@ fn sample_busy(
     };
     let cpu = per_op(&samples);
     failures.extend(samples.failures);
-    Latency {
+    Ok(Latency {
         condition: format!("{busy} busy (PCR_Extend flood), sampled among the other {sampled}"),
         lat: samples.lat,
         server_cpu_us: cpu,
         flood: Some(flood),
-    }
+    })
 }
 
 /// CPU time of this process, threads that have ended included (the flood threads are gone
