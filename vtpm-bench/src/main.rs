@@ -22,9 +22,6 @@
 //! `vtpm-state` binaries next to it: `cargo build --release --workspace` first) and swtpm
 //! installed.
 
-// Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 mod attest;
 mod guest;
 mod migration;
