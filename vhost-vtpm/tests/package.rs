@@ -433,15 +433,9 @@ fn debian_package_installs_and_its_units_serve_a_vtpm() {
     let listener = UnixListener::bind(&socket).unwrap();
     let log = scratch.path().join("daemon.log");
     let mut child = spawn_with_fd3(&argv, &listener, &log);
-    let mut client = connect(&socket, &log);
-    startup(&mut client);
-    assert_eq!(get_random(&mut client, 16).len(), 16);
-    drop(client);
+    answers_one_connection(&socket, &log);
     // QEMU's reconnect-ms: the same daemon serves the next connection.
-    let mut client = connect(&socket, &log);
-    startup(&mut client);
-    assert_eq!(get_random(&mut client, 16).len(), 16);
-    drop(client);
+    answers_one_connection(&socket, &log);
     // systemctl stop: SIGTERM, the state is saved, exit 0.
     stop(&mut child, &log);
     let logged = std::fs::read_to_string(&log).unwrap();
@@ -457,10 +451,7 @@ fn debian_package_installs_and_its_units_serve_a_vtpm() {
         .expect("the socket unit's listener still accepts connections after the daemon stopped");
     drop(early);
     let mut child = spawn_with_fd3(&argv, &listener, &log);
-    let mut client = connect(&socket, &log);
-    startup(&mut client);
-    assert_eq!(get_random(&mut client, 16).len(), 16);
-    drop(client);
+    answers_one_connection(&socket, &log);
     stop(&mut child, &log);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -487,4 +478,12 @@ fn debian_package_installs_and_its_units_serve_a_vtpm() {
     assert!(!root.join("etc/vhost-vtpm/vhost-vtpm.conf").exists());
     assert_eq!(std::fs::read(&host_key).unwrap(), key_before, "{text}");
     assert!(text.contains("keeping"), "the postrm says why: {text}");
+}
+
+/// One frontend connection: TPM2_Startup and GetRandom answered, then the connection closed
+/// (as QEMU's would be).
+fn answers_one_connection(socket: &Path, log: &Path) {
+    let mut client = connect(socket, log);
+    startup(&mut client);
+    assert_eq!(get_random(&mut client, 16).len(), 16);
 }
