@@ -93,8 +93,10 @@ fn vtpm_bench_scale_prints_every_table_and_no_failure() {
         "2",
     ]);
     for needle in [
-        "| vhost-vtpm | 3 | 3 |",
-        "| swtpm socket | 3 | 3 |",
+        "| vhost-vtpm | new | 3 | 3 |",
+        "| vhost-vtpm | existing | 3 | 3 |",
+        "| swtpm socket | new | 3 | 3 |",
+        "| swtpm socket | existing | 3 | 3 |",
         "| vhost-vtpm | all idle after start | 3 |",
         "| swtpm socket | after the latency runs | 3 |",
         "| vhost-vtpm | all idle | 20 |",
