@@ -3,7 +3,8 @@
 //! installed by scripts/setup.sh. Its upstream shape passes its checks: the in-tree patch
 //! is current, checkpatch --strict is clean, and the patched drivers/char/tpm builds
 //! against the 6.1 headers with the real private tpm.h (guest-driver/linux/upstream/check.sh,
-//! which needs linux-source-6.1, also installed by scripts/setup.sh).
+//! which needs linux-source-6.1, also installed by scripts/setup.sh). dkms itself builds the
+//! module from its DKMS configuration, as on a guest owner's machine.
 
 // Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
 // only, not the helpers beside them).
@@ -63,6 +64,80 @@ fn upstream_patch_is_current_checkpatch_clean_and_builds_in_tree() {
     );
     assert!(out.status.success(), "upstream checks failed:\n{text}");
     assert!(text.contains("check: ok"), "{text}");
+}
+
+/// The DKMS way a guest owner installs the driver for their own kernel: the driver's directory
+/// as `/usr/src/tpm-virtio-<version>` would hold it (guest-driver/linux/dkms.conf says so), and
+/// `dkms build` for the test guest's kernel, in a DKMS tree of the test's own so the host's is
+/// untouched. The module it leaves is for that kernel.
+#[test]
+fn dkms_builds_the_module_from_its_configuration() {
+    let env = testbed::Env::load();
+    let kver = &env.debian().kver;
+    assert!(!kver.is_empty(), "no DEBIAN_KVER= in target/vtpm-env");
+    let linux = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-driver/linux"
+    ));
+    let conf = std::fs::read_to_string(linux.join("dkms.conf")).unwrap();
+    let version = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("PACKAGE_VERSION="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("PACKAGE_VERSION in dkms.conf");
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join(format!("src/tpm-virtio-{version}"));
+    copy_tree(linux, &source, &["build", "upstream"]);
+    std::fs::create_dir(tmp.path().join("dkms")).unwrap();
+    let out = Command::new("dkms")
+        .args(["build", "-m", "tpm-virtio", "-v", &version, "-k", kver])
+        .arg("--sourcetree")
+        .arg(tmp.path().join("src"))
+        .arg("--dkmstree")
+        .arg(tmp.path().join("dkms"))
+        .output()
+        .expect("run dkms (scripts/setup.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dkms build failed:\n{text}");
+    let module = tmp.path().join(format!(
+        "dkms/tpm-virtio/{version}/{kver}/x86_64/module/tpm_virtio.ko"
+    ));
+    assert!(
+        module.is_file(),
+        "dkms left no {}:\n{text}",
+        module.display()
+    );
+    let vermagic = Command::new("modinfo")
+        .args(["-F", "vermagic"])
+        .arg(&module)
+        .output()
+        .unwrap();
+    let vermagic = String::from_utf8_lossy(&vermagic.stdout);
+    assert!(
+        vermagic.starts_with(&format!("{kver} ")),
+        "vermagic {vermagic:?} is not for {kver}"
+    );
+}
+
+/// Copies `from` into `to` (created), leaving out the top-level entries named in `skip`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(&name), &[]);
+        } else {
+            std::fs::copy(&p, to.join(&name)).unwrap();
+        }
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
