@@ -13,27 +13,45 @@
 //! `cargo run --release -p vtpm-demo` after `scripts/setup.sh`
 //! (`scripts/demo.sh` does both).
 
-// Fixtures, benchmarks and the demo are test code: a failed set-up panics with its reason.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::process::{Command, ExitCode};
 
-use std::process::Command;
-
+use anyhow::Context;
 use nix::sys::signal::Signal;
 use testbed::{accel, run_tool, start_daemon, ChainSetup, Env, TpmFrontend, Vm};
 
-fn main() {
+fn main() -> ExitCode {
+    match run() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(failures) => {
+            eprintln!("{failures} step(s) failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vtpm-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the demo; the number of steps that failed, or why it could not run.
+fn run() -> anyhow::Result<usize> {
     let env = Env::load();
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let bin_dir = env.daemon.parent().expect("binary directory").to_owned();
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let bin_dir = env
+        .daemon
+        .parent()
+        .context("the daemon's path has no directory")?
+        .to_owned();
     println!("host: enrolling the host TPM with the local CA, certifying the coprocessor ...");
     let chain = ChainSetup::start(&bin_dir, &dir.path().join("host"), "demo-host")
-        .unwrap_or_else(|e| panic!("host set-up: {e}"));
+        .context("host set-up")?;
     // As an operator should: the sealed state key gets its own authValue from a host file
     // kept outside the state directories, and the instance is bound to its VM.
     let auth_file = dir.path().join("host").join("tpm-auth.key");
     let auth = auth_file.display().to_string();
     run_tool(Command::new(env.daemon.with_file_name("vtpm-state")).args(["gen-host-key", &auth]))
-        .unwrap_or_else(|e| panic!("vtpm-state gen-host-key: {e}"));
+        .map_err(anyhow::Error::msg)
+        .context("vtpm-state gen-host-key")?;
     let vm_dir = dir.path().join("vm");
     let state = vm_dir.join("state").display().to_string();
     let provisioned = chain
@@ -44,7 +62,8 @@ fn main() {
             "--state-dir",
             &state,
         ])
-        .unwrap_or_else(|e| panic!("vtpm-host provision: {e}"));
+        .map_err(anyhow::Error::msg)
+        .context("vtpm-host provision")?;
     println!("host# vtpm-host provision\n{}", provisioned.trim());
     let tcti = chain.host_tpm.tcti();
     let mut daemon = start_daemon(
@@ -65,7 +84,8 @@ fn main() {
     );
     println!("booting the guest under {:?} ...", accel(&env));
     let mut vm = Vm::boot(&env, &TpmFrontend::VhostUser(daemon.socket.clone()));
-    let ca_pem = std::fs::read(&chain.ca.ca_cert).expect("CA root");
+    let ca_pem = std::fs::read(&chain.ca.ca_cert)
+        .with_context(|| format!("read the CA root {}", chain.ca.ca_cert.display()))?;
     vm.write_file("/tmp/ca.pem", &ca_pem);
     let steps = [
         "uname -r",
@@ -97,7 +117,7 @@ fn main() {
         }
     }
     vm.shutdown();
-    let stopped = daemon.signal(Signal::SIGTERM).expect("stop the daemon");
+    let stopped = daemon.signal(Signal::SIGTERM).context("stop the daemon")?;
     println!("\n--- daemon log ---\n{}", daemon.log_text());
     if !stopped.success() {
         println!("(daemon exit status {stopped})");
@@ -124,8 +144,5 @@ fn main() {
     if inspect.is_err() {
         failures += 1;
     }
-    if failures > 0 {
-        eprintln!("{failures} step(s) failed");
-        std::process::exit(1);
-    }
+    Ok(failures)
 }
