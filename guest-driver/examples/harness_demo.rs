@@ -2,10 +2,6 @@
 //!
 //! `cargo run --release -p guest-driver --example harness_demo -- /path/to/vtpm.sock`
 
-// Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
-// only, not the helpers beside them).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::PathBuf;
 
 use guest_driver::{ClientOptions, VtpmClient};
