@@ -242,6 +242,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     )
 }
 
+/// Creates the directory `path` (and its missing parents) and sets it to mode 0700 whatever
+/// it had: a directory of secrets or state that only its owner may enter. The daemon, the
+/// host tools and the verifier keep their directories this way.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Reads a regular file, `None` if it does not exist; a symlink at `path` is an error.
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let mut file = match OpenOptions::new()

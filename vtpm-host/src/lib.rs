@@ -106,14 +106,11 @@ pub struct HostDir {
 impl HostDir {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, AgentError> {
-        use std::os::unix::fs::PermissionsExt;
         let path = path.into();
-        let io = |source| AgentError::Io {
+        durable_fs::create_private_dir(&path).map_err(|source| AgentError::Io {
             path: path.clone(),
             source,
-        };
-        fs::create_dir_all(&path).map_err(io)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        })?;
         Ok(HostDir { path })
     }
 

@@ -108,12 +108,10 @@ fn p256_key() -> Result<PKey<Private>, SetupError> {
 
 /// Creates the controller's directory; returns the operator's token.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<String, SetupError> {
-    use std::os::unix::fs::PermissionsExt;
     if dir.exists() && fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         return Err(SetupError::NotEmpty(dir.to_owned()));
     }
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    durable_fs::create_private_dir(dir).map_err(io(dir))?;
     X509::from_pem(&opts.ca_pem).map_err(|e| SetupError::Invalid {
         path: dir.join(CA_CERT),
         reason: format!("the CA root is not a PEM certificate: {e}"),

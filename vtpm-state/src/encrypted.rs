@@ -184,13 +184,10 @@ fn lock_existing(dir: &Path) -> Result<LockFile, StateError> {
 }
 
 fn prepare_dir(dir: &Path) -> Result<LockFile, StateError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source| StateError::Dir {
+    durable_fs::create_private_dir(dir).map_err(|source| StateError::Dir {
         path: dir.to_owned(),
         source,
-    };
-    fs::create_dir_all(dir).map_err(err)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+    })?;
     let lock = dir.join(LOCK_FILE);
     durable_fs::try_lock(&lock, FILE_MODE)
         .map_err(|source| StateError::Lock { path: lock, source })?

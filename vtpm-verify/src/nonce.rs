@@ -68,14 +68,11 @@ pub struct NonceStore {
 impl NonceStore {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, NonceError> {
-        use std::os::unix::fs::PermissionsExt;
         let dir = dir.into();
-        let io = |source| NonceError::Io {
+        durable_fs::create_private_dir(&dir).map_err(|source| NonceError::Io {
             path: dir.clone(),
             source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        })?;
         Ok(NonceStore { dir })
     }
 
