@@ -115,13 +115,16 @@ fn check_guest(vm: &mut Vm, src: &Expected) {
 
 /// A move of the source (booted in `tmp/vm-a` on host A) to host B, authorised, with the
 /// destination daemon (in `tmp/vm-b`) and its QEMU waiting for the stream on `port`.
+///
+/// Fields drop in the order written: the destination's guest and daemon, then the source's,
+/// then the controller, CA and hosts of `bed` that they talk to.
 struct Move {
-    bed: MigrationBed,
-    src: Source,
+    dst: Vm,
+    dst_daemon: DaemonProcess,
     /// The migration's id.
     id: String,
-    dst_daemon: DaemonProcess,
-    dst: Vm,
+    src: Source,
+    bed: MigrationBed,
     port: u16,
 }
 
@@ -153,21 +156,15 @@ fn prepare_move(env: &Env, tmp: &Path) -> Move {
 fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     let env = Env::load();
     let tmp = tempfile::tempdir().unwrap();
-    let Move {
-        bed,
-        mut src,
-        id,
-        dst_daemon,
-        mut dst,
-        port,
-    } = prepare_move(&env, tmp.path());
+    let mut mv = prepare_move(&env, tmp.path());
     let src_dir = tmp.path().join("vm-a");
-    let relay = Relay::start(port, None).unwrap();
-    src.vm
+    let relay = Relay::start(mv.port, None).unwrap();
+    mv.src
+        .vm
         .migrate_tcp(relay.port, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("migration failed: {e}\n{}", src.daemon.log_text()));
+        .unwrap_or_else(|e| panic!("migration failed: {e}\n{}", mv.src.daemon.log_text()));
     let stream = relay.finish().unwrap();
-    dst.wait_migrated(Duration::from_secs(240)).unwrap();
+    mv.dst.wait_migrated(Duration::from_secs(240)).unwrap();
 
     // Only the sealed package crossed: no plain snapshot, not the NV marker.
     assert!(
@@ -179,7 +176,7 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
         "a plain snapshot in the stream"
     );
     let marker = (0..32)
-        .map(|i| u8::from_str_radix(&src.expected.marker[2 * i..2 * i + 2], 16).unwrap())
+        .map(|i| u8::from_str_radix(&mv.src.expected.marker[2 * i..2 * i + 2], 16).unwrap())
         .collect::<Vec<u8>>();
     assert!(
         !contains(&stream, &marker),
@@ -187,95 +184,96 @@ fn live_migration_carries_the_vtpm_to_a_new_daemon() {
     );
     std::fs::write(tmp.path().join("migration.stream"), &stream).unwrap();
 
-    check_guest(&mut dst, &src.expected);
+    check_guest(&mut mv.dst, &mv.src.expected);
     assert!(
-        dst_daemon
+        mv.dst_daemon
             .log_text()
             .contains("committed, this host owns the vTPM"),
         "{}",
-        dst_daemon.log_text()
+        mv.dst_daemon.log_text()
     );
 
     // In the destination guest, the vEK chain now verifies through host B's coprocessor.
-    dst.verify_vek_chain(&std::fs::read(&bed.chain.ca.ca_cert).unwrap());
-    let subject = dst.must("openssl x509 -in chain0.pem -noout -subject");
+    mv.dst
+        .verify_vek_chain(&std::fs::read(&mv.bed.chain.ca.ca_cert).unwrap());
+    let subject = mv.dst.must("openssl x509 -in chain0.pem -noout -subject");
     assert!(subject.contains("coprocessor host-b"), "{subject}");
 
     // The source: its files gone, its daemon refuses to serve.
-    assert!(bed.wait_state(&id, "source_deleted", Duration::from_secs(60)));
+    assert!(mv
+        .bed
+        .wait_state(&mv.id, "source_deleted", Duration::from_secs(60)));
     let state = src_dir.join("state");
     for f in ["instance.key", "state.vtpm", "state.b.vtpm", "state.gen"] {
         assert!(!state.join(f).exists(), "{f} left on the source");
     }
     assert!(state.join("migrated").exists());
-    drop(src.vm);
-    assert!(src.daemon.log_text().contains("source deleted"));
-    src.daemon
+    drop(mv.src.vm);
+    assert!(mv.src.daemon.log_text().contains("source deleted"));
+    mv.src
+        .daemon
         .signal(nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    let err = src.daemon.restart().unwrap_err().to_string();
+    let err = mv.src.daemon.restart().unwrap_err().to_string();
     assert!(err.contains("is gone"), "{err}");
-    dst.shutdown();
+    mv.dst.shutdown();
 }
 
 #[test]
 fn destination_killed_mid_transfer_the_source_resumes_with_nothing_lost() {
     let env = Env::load();
     let tmp = tempfile::tempdir().unwrap();
-    let Move {
-        bed,
-        mut src,
-        id,
-        dst_daemon,
-        mut dst,
-        port,
-    } = prepare_move(&env, tmp.path());
+    let mut mv = prepare_move(&env, tmp.path());
     // The stream is cut, and the destination QEMU killed, as the sealed package (released
     // by the source daemon) is on its way.
-    let relay = Relay::start(port, Some(b"VTPMMIG1".to_vec())).unwrap();
+    let relay = Relay::start(mv.port, Some(b"VTPMMIG1".to_vec())).unwrap();
     // With a return path the source learns that the destination never completed (as a
     // source on a real network learns that its peer is gone).
-    let caps = src.vm.hmp("migrate_set_capability return-path on");
+    let caps = mv.src.vm.hmp("migrate_set_capability return-path on");
     assert!(!caps.contains("rror"), "{caps}");
-    let hmp = src
+    let hmp = mv
+        .src
         .vm
         .hmp(&format!("migrate -d tcp:127.0.0.1:{}", relay.port));
     assert!(
         relay.wait_cut(Duration::from_secs(300)),
         "the package never came: {hmp}\n{}",
-        src.daemon.log_text()
+        mv.src.daemon.log_text()
     );
     // The stream was cut at the package: the destination never had it whole.
     assert!(contains(&relay.captured(), b"VTPMMIG1"));
-    dst.kill();
+    mv.dst.kill();
     relay.sever();
-    assert!(src.daemon.log_text().contains("package of"));
+    assert!(mv.src.daemon.log_text().contains("package of"));
     // QEMU resumes the source VM; its vTPM serves again once the controller aborted.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let info = src.vm.hmp("info migrate");
+        let info = mv.src.vm.hmp("info migrate");
         if info.contains("failed") || info.contains("cancelled") {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "{info}\n--- destination daemon ---\n{}\n--- source daemon ---\n{}",
-            dst_daemon.log_text(),
-            src.daemon.log_text()
+            mv.dst_daemon.log_text(),
+            mv.src.daemon.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    check_guest(&mut src.vm, &src.expected);
-    assert!(bed.wait_state(&id, "aborted", Duration::from_secs(30)));
+    check_guest(&mut mv.src.vm, &mv.src.expected);
+    assert!(mv
+        .bed
+        .wait_state(&mv.id, "aborted", Duration::from_secs(30)));
     assert!(
-        src.daemon
+        mv.src
+            .daemon
             .log_text()
             .contains("aborted, the source resumes with nothing lost"),
         "{}",
-        src.daemon.log_text()
+        mv.src.daemon.log_text()
     );
-    assert!(src.vm.must("tpm2_getrandom --hex 8").trim().len() == 16);
+    assert!(mv.src.vm.must("tpm2_getrandom --hex 8").trim().len() == 16);
     // The destination's daemon imported nothing.
     assert!(!tmp.path().join("vm-b/state/instance.key").exists());
-    src.vm.shutdown();
+    mv.src.vm.shutdown();
 }
