@@ -288,6 +288,16 @@ fn must(path: &mut dyn Path_, cmd: &[u8], what: &str) -> Result<Vec<u8>> {
     bail!("{what}: TPM kept answering RETRY");
 }
 
+/// Creates the ECC P-256 signing primary every measured path signs with.
+fn create_signing_primary(path: &mut dyn Path_) -> Result<c::EccPrimary> {
+    c::parse_create_primary_ecc(&must(
+        path,
+        &c::create_primary_ecc_signing(),
+        "CreatePrimary",
+    )?)
+    .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))
+}
+
 /// Startup, a signing key and an NV index: the state every path needs before measuring.
 fn prepare(path: &mut dyn Path_) -> Result<Vec<Op>> {
     let code = response_code(
@@ -300,12 +310,7 @@ fn prepare(path: &mut dyn Path_) -> Result<Vec<Op>> {
         code == rc::SUCCESS || code == rc::INITIALIZE,
         "Startup {code:#x}"
     );
-    let key = c::parse_create_primary_ecc(&must(
-        path,
-        &c::create_primary_ecc_signing(),
-        "CreatePrimary",
-    )?)
-    .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))?;
+    let key = create_signing_primary(path)?;
     // The index may not exist: only a failure to get an answer at all is an error.
     path.transact(&c::nv_undefine_space(NV_INDEX))
         .context("NV_UndefineSpace")?;

@@ -299,6 +299,19 @@ fn downtime(info: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Migrates `vm` live to a new QEMU on a free port, its TPM `frontend`: the destination once
+/// its guest runs, and QEMU's downtime in ms. `run` names the run in errors.
+fn migrate_live(env: &Env, vm: &mut Vm, frontend: &TpmFrontend, run: &str) -> Result<(Vm, f64)> {
+    let port = free_port().context("a free port")?;
+    let mut dst = Vm::incoming_tcp(env, frontend, port);
+    let info = vm
+        .migrate_tcp(port, Duration::from_secs(300))
+        .map_err(|e| anyhow!("{run}: migrate: {e}"))?;
+    dst.wait_migrated(Duration::from_secs(240))
+        .map_err(|e| anyhow!("{run}: wait for the destination: {e}"))?;
+    Ok((dst, downtime(&info)))
+}
+
 fn guest_section(bed: &MigrationBed, dir: &Path, runs: usize) -> Result<()> {
     let env = Env::load();
     let bin_dir = env
@@ -310,14 +323,13 @@ fn guest_section(bed: &MigrationBed, dir: &Path, runs: usize) -> Result<()> {
     for i in 0..runs {
         // Without a TPM.
         let mut vm = Vm::boot_any(&env, &TpmFrontend::None);
-        let port = free_port().context("a free port")?;
-        let mut dst = Vm::incoming_tcp(&env, &TpmFrontend::None, port);
-        let info = vm
-            .migrate_tcp(port, Duration::from_secs(300))
-            .map_err(|e| anyhow!("run {i}, no TPM: migrate: {e}"))?;
-        without.push(downtime(&info));
-        dst.wait_migrated(Duration::from_secs(240))
-            .map_err(|e| anyhow!("run {i}, no TPM: wait for the destination: {e}"))?;
+        let (dst, ms) = migrate_live(
+            &env,
+            &mut vm,
+            &TpmFrontend::None,
+            &format!("run {i}, no TPM"),
+        )?;
+        without.push(ms);
         dst.shutdown();
         drop(vm);
 
@@ -343,18 +355,13 @@ fn guest_section(bed: &MigrationBed, dir: &Path, runs: usize) -> Result<()> {
             true,
         )
         .with_context(|| format!("run {i}: the destination daemon"))?;
-        let port = free_port().context("a free port")?;
-        let mut dst = Vm::incoming_tcp(
+        let (mut dst, ms) = migrate_live(
             &env,
+            &mut vm,
             &TpmFrontend::VhostUser(dst_daemon.socket.clone()),
-            port,
-        );
-        let info = vm
-            .migrate_tcp(port, Duration::from_secs(300))
-            .map_err(|e| anyhow!("run {i}, our vTPM: migrate: {e}"))?;
-        with_vtpm.push(downtime(&info));
-        dst.wait_migrated(Duration::from_secs(240))
-            .map_err(|e| anyhow!("run {i}, our vTPM: wait for the destination: {e}"))?;
+            &format!("run {i}, our vTPM"),
+        )?;
+        with_vtpm.push(ms);
         dst.must("tpm2_getrandom --hex 8");
         dst.shutdown();
         drop(vm);

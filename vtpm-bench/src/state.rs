@@ -30,7 +30,8 @@ use tpm_proto::{commands as c, rc, response_code, Header, HEADER_SIZE};
 
 use crate::procfs::{self, filesystem, Mem};
 use crate::{
-    measure_ops, ms, must, pct, pin, us, Args, DaemonPath, EnginePath, Op, Path_, Row, NV_INDEX,
+    create_signing_primary, measure_ops, ms, must, pct, pin, us, Args, DaemonPath, EnginePath, Op,
+    Path_, Row, NV_INDEX,
 };
 
 /// NV counter index for the NV_Increment rows.
@@ -112,12 +113,7 @@ impl World {
                 server: None,
             };
             path_startup(path, "swtpm set-up")?;
-            let key = c::parse_create_primary_ecc(&must(
-                path,
-                &c::create_primary_ecc_signing(),
-                "CreatePrimary",
-            )?)
-            .map_err(|e| anyhow!("CreatePrimary response: {e:?}"))?;
+            let key = create_signing_primary(path)?;
             must(
                 path,
                 &c::evict_control(key.handle, SIGNING_KEY),
