@@ -218,10 +218,7 @@ impl Vm {
             allow_reboot,
             ..VmOptions::default()
         };
-        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(240), &opts)
-            .unwrap_or_else(|e| panic!("guest did not boot: {e}"));
-        assert!(vm.has_tpm, "guest has no TPM:\n{}", vm.console_text());
-        vm
+        Self::boot_with_tpm(env, frontend, Duration::from_secs(240), &opts, "guest")
     }
 
     /// Boots the Debian systemd guest from `disks` and waits until its boot has finished
@@ -232,8 +229,26 @@ impl Vm {
             debian: Some(disks.drives.clone()),
             ..VmOptions::default()
         };
-        let vm = Self::try_boot(env, accel(env), frontend, Duration::from_secs(600), &opts)
-            .unwrap_or_else(|e| panic!("Debian guest did not boot: {e}"));
+        Self::boot_with_tpm(
+            env,
+            frontend,
+            Duration::from_secs(600),
+            &opts,
+            "Debian guest",
+        )
+    }
+
+    /// Boots with `opts` within `timeout`; panics (naming the `guest`) if it does not boot
+    /// or finds no TPM.
+    fn boot_with_tpm(
+        env: &Env,
+        frontend: &TpmFrontend,
+        timeout: Duration,
+        opts: &VmOptions,
+        guest: &str,
+    ) -> Vm {
+        let vm = Self::try_boot(env, accel(env), frontend, timeout, opts)
+            .unwrap_or_else(|e| panic!("{guest} did not boot: {e}"));
         assert!(vm.has_tpm, "guest has no TPM:\n{}", vm.console_text());
         vm
     }
