@@ -3,7 +3,8 @@
 //! DEVICE_STATE pipe or from an offline file is the attacker's.
 //!
 //! A real package is sealed once per process (a CA, a controller, a source host with its
-//! coprocessor key and chain, a destination with its migration key, all made here). The
+//! coprocessor key and chain, a destination with its migration key, all made here with
+//! testbed's throwaway certificates). The
 //! first input byte chooses what is checked: even, the rest is a package as it is; odd, the
 //! rest edits the real package (3 bytes per edit: a big-endian position and a byte to XOR
 //! in, or with 0xFF as the XOR value, a cut at that position), so the fuzzer starts from a
@@ -25,14 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::package::{self, PackageError};
 use migration::seal::{self, Recipient, Trust};
 use migration::ticket::{self, MigrationId, Ticket};
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
-use openssl::x509::extension::BasicConstraints;
-use openssl::x509::{X509Name, X509};
+use testbed::certs::{ca_cert, p256_key};
 use vtpm_state::keys::InstanceId;
 
 /// The verifier's clock: inside the ticket's validity.
@@ -47,55 +41,21 @@ struct World {
     package: Vec<u8>,
 }
 
-fn p256() -> PKey<Private> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-}
-
-fn cert(
-    cn: &str,
-    serial: u32,
-    signer: &PKeyRef<Private>,
-    subject: &PKeyRef<impl HasPublic>,
-    issuer: Option<&X509>,
-) -> X509 {
-    let mut name = X509Name::builder().unwrap();
-    name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let serial = BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap();
-    b.set_serial_number(&serial).unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map_or(&name, |i| i.subject_name()))
-        .unwrap();
-    b.set_pubkey(subject).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    b.sign(signer, MessageDigest::sha256()).unwrap();
-    b.build()
-}
-
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let host_key =
             vtpm_state::keys::generate_host_key_file(&dir.path().join("host.key")).unwrap();
-        let ca_key = p256();
-        let ca_root = cert("fuzz root", 1, &ca_key, &ca_key, None);
-        let controller_key = p256();
-        let controller = cert("controller", 2, &controller_key, &controller_key, None);
+        let ca_key = p256_key();
+        let ca_root = ca_cert("fuzz root", &ca_key, &ca_key, None);
+        let controller_key = p256_key();
+        let controller = ca_cert("controller", &controller_key, &controller_key, None);
         let source_key = CoprocessorKey::create(&dir.path().join("a"), &host_key).unwrap();
-        let aik_key = p256();
-        let aik = cert("host-a", 3, &ca_key, &aik_key, Some(&ca_root));
-        let coprocessor = cert(
+        let aik_key = p256_key();
+        let aik = ca_cert("host-a", &ca_key, &aik_key, Some(&ca_root));
+        let coprocessor = ca_cert(
             "vhost-vtpm coprocessor host-a",
-            4,
             &aik_key,
             &source_key.public_key(),
             Some(&aik),

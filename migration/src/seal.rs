@@ -306,49 +306,9 @@ pub fn open(verified: &Verified, key: &MigrationKey) -> Result<EngineState, Refu
 pub(crate) mod tests {
     use super::*;
     use crate::ticket::Ticket;
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::BigNum;
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::{PKeyRef, Private};
-    use openssl::x509::extension::BasicConstraints;
-    use openssl::x509::X509Name;
+    use openssl::pkey::Private;
+    use testbed::certs::{ca_cert, p256_key};
     use vtpm_state::keys::{HostKey, InstanceId};
-
-    fn cert(
-        cn: &str,
-        key: &PKeyRef<Private>,
-        subject_key: &PKeyRef<impl openssl::pkey::HasPublic>,
-        issuer: Option<&X509>,
-    ) -> X509 {
-        let mut name = X509Name::builder().unwrap();
-        name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let serial = BigNum::from_u32(rand_u32())
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap();
-        b.set_serial_number(&serial).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(issuer.map_or(&name, |i| i.subject_name()))
-            .unwrap();
-        b.set_pubkey(subject_key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        b.sign(key, MessageDigest::sha256()).unwrap();
-        b.build()
-    }
-
-    fn rand_u32() -> u32 {
-        let mut b = [0u8; 4];
-        openssl::rand::rand_bytes(&mut b).unwrap();
-        u32::from_be_bytes(b) | 1
-    }
 
     /// A CA, a controller, two hosts with coprocessor and migration keys, in a temp dir.
     pub(crate) struct World {
@@ -369,14 +329,14 @@ pub(crate) mod tests {
             let hk = dir.path().join("host.key");
             vtpm_state::keys::generate_host_key_file(&hk).unwrap();
             let hk = HostKey::File(hk);
-            let ca_key = crate::ticket::tests::p256_key();
-            let ca_root = cert("test root", &ca_key, &ca_key, None);
-            let controller_key = crate::ticket::tests::p256_key();
-            let controller = cert("controller", &controller_key, &controller_key, None);
+            let ca_key = p256_key();
+            let ca_root = ca_cert("test root", &ca_key, &ca_key, None);
+            let controller_key = p256_key();
+            let controller = ca_cert("controller", &controller_key, &controller_key, None);
             let src_key = CoprocessorKey::create(&dir.path().join("a"), &hk).unwrap();
-            let aik_key = crate::ticket::tests::p256_key();
-            let aik = cert("host-a", &ca_key, &aik_key, Some(&ca_root));
-            let copro = cert(
+            let aik_key = p256_key();
+            let aik = ca_cert("host-a", &ca_key, &aik_key, Some(&ca_root));
+            let copro = ca_cert(
                 "vhost-vtpm coprocessor host-a",
                 &aik_key,
                 &src_key.public_key(),
@@ -493,17 +453,17 @@ pub(crate) mod tests {
             verify(&bytes, &trust, &w.me(), 1000, None),
             Err(Refusal::TicketSignature)
         ));
-        let other_ca = crate::ticket::tests::p256_key();
+        let other_ca = p256_key();
         let mut trust = w.trust();
-        trust.ca_root = cert("test root", &other_ca, &other_ca, None);
+        trust.ca_root = ca_cert("test root", &other_ca, &other_ca, None);
         assert!(matches!(
             verify(&bytes, &trust, &w.me(), 1000, None),
             Err(Refusal::UntrustedChain(_))
         ));
         // A chain of another host than the ticket's source.
-        let aik_key = crate::ticket::tests::p256_key();
-        let aik = cert("host-x", &w.ca_key, &aik_key, Some(&w.ca_root));
-        let copro = cert(
+        let aik_key = p256_key();
+        let aik = ca_cert("host-x", &w.ca_key, &aik_key, Some(&w.ca_root));
+        let copro = ca_cert(
             "vhost-vtpm coprocessor host-x",
             &aik_key,
             &w.src_key.public_key(),

@@ -275,14 +275,7 @@ impl SignedTicket {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-
-    pub(crate) fn p256_key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
+    use testbed::certs::p256_key;
 
     pub(crate) fn sample() -> Ticket {
         let mut key = [7u8; POINT_LEN];

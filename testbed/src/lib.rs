@@ -15,6 +15,7 @@
 //! - [`evidence`]: a deep-attestation evidence bundle collected through the harness.
 //! - [`readme`]: README option drift against `--help`.
 //! - [`openssl`]: the `openssl` command line's view of a CRL.
+//! - [`certs`]: throwaway P-256 keys and CA certificates for chains built without the CA.
 //! - [`relay`]: a TCP relay for a migration stream that keeps a copy and can cut it
 //!   ([`Relay`]).
 //! - [`powerloss`]: a disk that keeps only what was synced, and its power cut
@@ -30,6 +31,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ca;
+pub mod certs;
 pub mod chain;
 pub mod console;
 pub mod controller;
