@@ -21,11 +21,11 @@ use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{PKey, PKeyRef, Private};
 use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
-use openssl::x509::{X509Name, X509};
+use openssl::x509::{X509Builder, X509Name, X509NameRef, X509};
 use serde::{Deserialize, Serialize};
 
 pub const CONTROLLER_KEY: &str = "controller.key";
@@ -106,6 +106,29 @@ fn p256_key() -> Result<PKey<Private>, SetupError> {
     Ok(PKey::from_ec_key(EcKey::generate(&group)?)?)
 }
 
+/// A version 3 certificate of `key` for `subject` from `issuer`, with a random serial, valid
+/// from now for [`CERT_DAYS`]; the caller adds the extensions and signs it.
+fn builder(
+    subject: &X509NameRef,
+    issuer: &X509NameRef,
+    key: &PKeyRef<Private>,
+) -> Result<X509Builder, SetupError> {
+    let serial_number = serial()?;
+    let (not_before, not_after) = (
+        Asn1Time::days_from_now(0)?,
+        Asn1Time::days_from_now(CERT_DAYS)?,
+    );
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    b.set_serial_number(&serial_number)?;
+    b.set_subject_name(subject)?;
+    b.set_issuer_name(issuer)?;
+    b.set_pubkey(key)?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
+    Ok(b)
+}
+
 /// Creates the controller's directory; returns the operator's token.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<String, SetupError> {
     if dir.exists() && fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
@@ -119,19 +142,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<String, SetupError> {
 
     let key = p256_key()?;
     let subject = name("vhost-vtpm migration controller")?;
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    let serial_number = serial()?;
-    b.set_serial_number(&serial_number)?;
-    b.set_subject_name(&subject)?;
-    b.set_issuer_name(&subject)?;
-    b.set_pubkey(&key)?;
-    let (not_before, not_after) = (
-        Asn1Time::days_from_now(0)?,
-        Asn1Time::days_from_now(CERT_DAYS)?,
-    );
-    b.set_not_before(&not_before)?;
-    b.set_not_after(&not_after)?;
+    let mut b = builder(&subject, &subject, &key)?;
     b.append_extension(BasicConstraints::new().critical().ca().pathlen(0).build()?)?;
     b.append_extension(
         KeyUsage::new()
@@ -144,20 +155,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<String, SetupError> {
     let cert = b.build();
 
     let tls_key = p256_key()?;
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    let serial_number = serial()?;
-    b.set_serial_number(&serial_number)?;
     let tls_subject = name(opts.tls_names.first().map_or("localhost", String::as_str))?;
-    b.set_subject_name(&tls_subject)?;
-    b.set_issuer_name(cert.subject_name())?;
-    b.set_pubkey(&tls_key)?;
-    let (not_before, not_after) = (
-        Asn1Time::days_from_now(0)?,
-        Asn1Time::days_from_now(CERT_DAYS)?,
-    );
-    b.set_not_before(&not_before)?;
-    b.set_not_after(&not_after)?;
+    let mut b = builder(&tls_subject, cert.subject_name(), &tls_key)?;
     b.append_extension(BasicConstraints::new().critical().build()?)?;
     b.append_extension(KeyUsage::new().critical().digital_signature().build()?)?;
     b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
