@@ -12,6 +12,8 @@
 
 use std::process::Command;
 
+use testbed::run_tool;
+
 #[test]
 fn tpm_virtio_builds_without_warnings_for_6_1_and_6_12() {
     let script = concat!(
@@ -19,12 +21,12 @@ fn tpm_virtio_builds_without_warnings_for_6_1_and_6_12() {
         "/../guest-driver/linux/build-all.sh"
     );
     let out_dir = tempfile::tempdir().unwrap();
-    let (ok, text) = output(
+    let text = run_tool(
         Command::new("bash")
             .arg(script)
             .env("OUT_DIR", out_dir.path()),
-    );
-    assert!(ok, "driver build failed:\n{text}");
+    )
+    .unwrap_or_else(|text| panic!("driver build failed:\n{text}"));
     for series in ["6.1.", "6.12."] {
         assert!(
             text.lines()
@@ -48,8 +50,8 @@ fn upstream_patch_is_current_checkpatch_clean_and_builds_in_tree() {
         env!("CARGO_MANIFEST_DIR"),
         "/../guest-driver/linux/upstream/check.sh"
     );
-    let (ok, text) = output(Command::new("bash").arg(script));
-    assert!(ok, "upstream checks failed:\n{text}");
+    let text = run_tool(Command::new("bash").arg(script))
+        .unwrap_or_else(|text| panic!("upstream checks failed:\n{text}"));
     assert!(text.contains("check: ok"), "{text}");
 }
 
@@ -76,18 +78,15 @@ fn dkms_builds_the_module_from_its_configuration() {
     let source = tmp.path().join(format!("src/tpm-virtio-{version}"));
     copy_tree(linux, &source, &["build", "upstream"]);
     std::fs::create_dir(tmp.path().join("dkms")).unwrap();
-    let (ok, text) = output(
+    let text = run_tool(
         Command::new("dkms")
             .args(["build", "-m", "tpm-virtio", "-v", &version, "-k", kver])
             .arg("--sourcetree")
             .arg(tmp.path().join("src"))
             .arg("--dkmstree")
             .arg(tmp.path().join("dkms")),
-    );
-    assert!(
-        ok,
-        "dkms build failed (scripts/setup.sh installs dkms):\n{text}"
-    );
+    )
+    .unwrap_or_else(|text| panic!("dkms build failed (scripts/setup.sh installs dkms):\n{text}"));
     let module = tmp.path().join(format!(
         "dkms/tpm-virtio/{version}/{kver}/x86_64/module/tpm_virtio.ko"
     ));
@@ -106,19 +105,6 @@ fn dkms_builds_the_module_from_its_configuration() {
         vermagic.starts_with(&format!("{kver} ")),
         "vermagic {vermagic:?} is not for {kver}"
     );
-}
-
-/// Runs `cmd`: whether it succeeded, and what it printed (stdout, then stderr).
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// Copies `from` into `to` (created), leaving out the top-level entries named in `skip`.

@@ -10,19 +10,13 @@
 use std::path::Path;
 use std::process::Command;
 
+use testbed::run_tool;
+
 #[test]
 fn qemu_series_passes_checkpatch_and_is_signed_off() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/checkpatch.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu/checkpatch.sh failed:\n{text}");
+    let text = run_tool(Command::new("bash").arg(&script))
+        .unwrap_or_else(|text| panic!("qemu/checkpatch.sh failed:\n{text}"));
     // The script checked something: one "ok" line per patch.
     let patches = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/patches"))
         .unwrap()
