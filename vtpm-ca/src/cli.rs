@@ -712,6 +712,21 @@ mod tests {
         Command::try_from(Args::try_parse_from(v).unwrap())
     }
 
+    /// Runs `vtpm-ca --store STORE ARGS...`: what it printed.
+    fn run_on(store: &str, args: &[&str]) -> Result<String, CliError> {
+        let mut out = Vec::new();
+        run(parse(&[&["--store", store][..], args].concat())?, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    /// A temporary directory with a store initialised in its `ca`, and that store's path.
+    fn initialised() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        run_on(dir.to_str().unwrap(), &["init"]).unwrap();
+        (tmp, dir)
+    }
+
     #[test]
     fn validates_arguments() {
         assert!(matches!(
@@ -777,42 +792,22 @@ mod tests {
 
     #[test]
     fn release_frees_a_bound_subject_and_list_shows_bindings() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ca");
+        let (_tmp, dir) = initialised();
         let d = dir.to_str().unwrap();
-        run(parse(&["--store", d, "init"]).unwrap(), &mut Vec::new()).unwrap();
         let s = Store::open(&dir).unwrap();
         let key = "ab".repeat(32);
         s.lock()
             .unwrap()
             .bind_subject(Kind::Host, "host-1", &key, &"cd".repeat(32))
             .unwrap();
-        let mut out = Vec::new();
-        run(parse(&["--store", d, "list"]).unwrap(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = run_on(d, &["list"]).unwrap();
         assert!(
             text.contains(&format!("aik/host/host-1\tek_key={key}")),
             "{text}"
         );
         // Releasing the vTPM subject of that name changes nothing: kinds are apart.
-        let release = |kind: &str| {
-            let mut out = Vec::new();
-            run(
-                parse(&[
-                    "--store",
-                    d,
-                    "release",
-                    "--kind",
-                    kind,
-                    "--subject",
-                    "host-1",
-                ])
-                .unwrap(),
-                &mut out,
-            )
-            .unwrap();
-            String::from_utf8(out).unwrap()
-        };
+        let release =
+            |kind: &str| run_on(d, &["release", "--kind", kind, "--subject", "host-1"]).unwrap();
         assert!(release("vtpm").contains("not bound"));
         assert!(s.subject_binding(Kind::Host, "host-1").unwrap().is_some());
         assert!(release("host").starts_with("released aik/host/host-1"));
@@ -823,19 +818,17 @@ mod tests {
     #[test]
     fn token_files_are_new_and_private() {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ca");
+        let (tmp, dir) = initialised();
         let d = dir.to_str().unwrap();
-        run(parse(&["--store", d, "init"]).unwrap(), &mut Vec::new()).unwrap();
         let file = tmp.path().join("host.token");
         let f = file.to_str().unwrap();
-        let acl_add = |name: &str, out: &mut Vec<u8>| {
-            let args = ["--store", d, "acl", "add", "--name", name, "--read"];
-            run(parse(&[&args[..], &["--token-file", f]].concat())?, out)
+        let acl_add = |name: &str| {
+            run_on(
+                d,
+                &["acl", "add", "--name", name, "--read", "--token-file", f],
+            )
         };
-        let mut out = Vec::new();
-        acl_add("h", &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = acl_add("h").unwrap();
         assert!(text.contains("written to"), "{text}");
         let token = std::fs::read_to_string(&file).unwrap();
         assert_eq!(token.trim().len(), 64);
@@ -846,25 +839,24 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // An existing file is never replaced, and no principal is added for it.
-        assert!(matches!(
-            acl_add("h2", &mut Vec::new()),
-            Err(CliError::Io { .. })
-        ));
+        assert!(matches!(acl_add("h2"), Err(CliError::Io { .. })));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
-        let mut out = Vec::new();
-        run(parse(&["--store", d, "acl", "list"]).unwrap(), &mut out).unwrap();
-        assert!(!String::from_utf8(out).unwrap().contains("h2\t"));
+        assert!(!run_on(d, &["acl", "list"]).unwrap().contains("h2\t"));
         // A refused principal leaves no file behind.
         std::fs::remove_file(&file).unwrap();
-        assert!(acl_add("h", &mut Vec::new()).is_err());
+        assert!(acl_add("h").is_err());
         assert!(!file.exists());
         // Enrolment tokens likewise.
         let e = tmp.path().join("h.enroll-token");
-        let args = ["--store", d, "enroll-token", "--subject", "h"];
-        let mut out = Vec::new();
-        run(
-            parse(&[&args[..], &["--token-file", e.to_str().unwrap()]].concat()).unwrap(),
-            &mut out,
+        run_on(
+            d,
+            &[
+                "enroll-token",
+                "--subject",
+                "h",
+                "--token-file",
+                e.to_str().unwrap(),
+            ],
         )
         .unwrap();
         let mode = std::fs::metadata(&e).unwrap().permissions().mode();
@@ -877,36 +869,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
         let d = dir.to_str().unwrap();
-        let mut out = Vec::new();
-        run(parse(&["--store", d, "init"]).unwrap(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = run_on(d, &["init"]).unwrap();
         assert!(text.contains("admin token"), "{text}");
-        let mut out = Vec::new();
         assert!(matches!(
-            run(parse(&["--store", d, "init"]).unwrap(), &mut out),
+            run_on(d, &["init"]),
             Err(CliError::Init(InitError::Exists(_)))
         ));
-        let mut out = Vec::new();
-        run(
-            parse(&[
-                "--store",
-                d,
-                "acl",
-                "add",
-                "--name",
-                "w",
-                "--write-prefix",
-                "vek/",
-            ])
-            .unwrap(),
-            &mut out,
-        )
-        .unwrap();
-        let token = String::from_utf8(out).unwrap();
+        let token = run_on(d, &["acl", "add", "--name", "w", "--write-prefix", "vek/"]).unwrap();
         assert_eq!(token.trim().len(), 64);
-        let mut out = Vec::new();
-        run(parse(&["--store", d, "acl", "list"]).unwrap(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = run_on(d, &["acl", "list"]).unwrap();
         assert!(text.contains("admin\tread=true\tadmin=true"), "{text}");
         assert!(
             text.contains("w\tread=false\tadmin=false\twrite=[\"vek/\"]"),
@@ -916,41 +887,17 @@ mod tests {
         // Revoke the TLS certificate by file, then see it in the CRL and the listing.
         let s = Store::open(&dir).unwrap();
         let tls = s.tls_cert_path();
-        let mut out = Vec::new();
-        run(
-            parse(&["--store", d, "revoke", "--cert", tls.to_str().unwrap()]).unwrap(),
-            &mut out,
-        )
-        .unwrap();
-        assert!(String::from_utf8(out)
+        assert!(run_on(d, &["revoke", "--cert", tls.to_str().unwrap()])
             .unwrap()
             .starts_with("revoked serial="));
         let crl_path = tmp.path().join("crl.der");
-        let mut out = Vec::new();
-        run(
-            parse(&["--store", d, "crl", "--out", crl_path.to_str().unwrap()]).unwrap(),
-            &mut out,
-        )
-        .unwrap();
+        run_on(d, &["crl", "--out", crl_path.to_str().unwrap()]).unwrap();
         let crl = openssl::x509::X509Crl::from_der(&std::fs::read(&crl_path).unwrap()).unwrap();
         assert_eq!(crl.get_revoked().map(|r| r.len()), Some(1));
-        let mut out = Vec::new();
-        run(parse(&["--store", d, "list"]).unwrap(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = run_on(d, &["list"]).unwrap();
         assert!(text.contains("\trevoked\t"), "{text}");
 
-        let mut out = Vec::new();
-        run(
-            parse(&[
-                "--store",
-                d,
-                "add-ek-root",
-                s.ca_cert_path().to_str().unwrap(),
-            ])
-            .unwrap(),
-            &mut out,
-        )
-        .unwrap();
+        run_on(d, &["add-ek-root", s.ca_cert_path().to_str().unwrap()]).unwrap();
         assert_eq!(s.ek_roots().unwrap().len(), 1);
     }
 }
