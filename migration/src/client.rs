@@ -65,6 +65,24 @@ pub struct HostCredentials {
     pub chain: Vec<X509>,
 }
 
+impl HostCredentials {
+    /// A host's credentials from its identity directory: the coprocessor key (unwrapped
+    /// with `host_key`) and its chain. Generic over the error, so each caller keeps the
+    /// messages of its own error type.
+    pub fn load<E>(
+        dir: &vtpm_host::HostDir,
+        host_key: &vtpm_state::keys::HostKey,
+    ) -> Result<Self, E>
+    where
+        E: From<vtpm_host::AgentError> + From<identity::IdentityError>,
+    {
+        Ok(HostCredentials {
+            key: CoprocessorKey::open(dir.path(), host_key)?,
+            chain: vec![dir.coprocessor_cert()?, dir.host_aik_cert()?],
+        })
+    }
+}
+
 impl std::fmt::Debug for HostCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostCredentials").finish_non_exhaustive()

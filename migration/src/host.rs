@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use identity::{CoprocessorKey, MigrationKey};
+use identity::MigrationKey;
 use openssl::x509::X509;
 use vtpm_host::HostDir;
 use vtpm_state::keys::{HostKey, InstanceId};
@@ -54,10 +54,7 @@ impl HostMaterial {
     /// Loads the material in `dir`, unwrapping the keys with `host_key`.
     pub fn load(dir: &Path, host_key: &HostKey) -> Result<Self, HostError> {
         let dir = HostDir::open(dir)?;
-        let credentials = Arc::new(HostCredentials {
-            key: CoprocessorKey::open(dir.path(), host_key)?,
-            chain: vec![dir.coprocessor_cert()?, dir.host_aik_cert()?],
-        });
+        let credentials = Arc::new(HostCredentials::load::<HostError>(&dir, host_key)?);
         Ok(HostMaterial {
             host_id: dir.host_id()?,
             ca_root: dir.ca_cert()?,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use host_tpm::HostTpm;
-use identity::CoprocessorKey;
 use migration::api::{attestation_data, AttestRequest, MigrationView, Role, QUOTED_PCRS};
 use migration::client::{Auth, Client, HostCredentials};
 use migration::MigrationId;
@@ -31,10 +30,7 @@ pub enum HostError {
 /// The host's credentials towards the controller: its coprocessor key (unwrapped with
 /// `host_key`) and chain.
 pub fn credentials(dir: &HostDir, host_key: &HostKey) -> Result<Arc<HostCredentials>, HostError> {
-    Ok(Arc::new(HostCredentials {
-        key: CoprocessorKey::open(dir.path(), host_key)?,
-        chain: vec![dir.coprocessor_cert()?, dir.host_aik_cert()?],
-    }))
+    Ok(Arc::new(HostCredentials::load::<HostError>(dir, host_key)?))
 }
 
 /// A controller client that signs as this host.
