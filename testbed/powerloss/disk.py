@@ -194,12 +194,18 @@ class Disk(fuse.Operations):
         with self.mutex:
             self.new_node(path, Node("d", mode & 0o7777))
 
+    def entry(self, path):
+        """The parent directory's inode, the name in it and the inode of `path`, which must
+        exist (ENOENT). Call with the mutex held."""
+        parent, name = self.parent(path)
+        ino = self.live[parent].entries.get(name)
+        if ino is None:
+            fail(errno.ENOENT)
+        return parent, name, ino
+
     def rmdir(self, path):
         with self.mutex:
-            parent, name = self.parent(path)
-            ino = self.live[parent].entries.get(name)
-            if ino is None:
-                fail(errno.ENOENT)
+            parent, name, ino = self.entry(path)
             if self.live[ino].kind != "d":
                 fail(errno.ENOTDIR)
             if self.live[ino].entries:
@@ -208,10 +214,7 @@ class Disk(fuse.Operations):
 
     def unlink(self, path):
         with self.mutex:
-            parent, name = self.parent(path)
-            ino = self.live[parent].entries.get(name)
-            if ino is None:
-                fail(errno.ENOENT)
+            parent, name, ino = self.entry(path)
             if self.live[ino].kind == "d":
                 fail(errno.EISDIR)
             del self.live[parent].entries[name]
