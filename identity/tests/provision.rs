@@ -22,9 +22,6 @@ use identity::{
     create_ek, issue_signed_by, provision_ek, read_ek_cert, CertSpec, CoprocessorKey, EkKind,
     EkPublic, IdentityError, Validity,
 };
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
@@ -34,7 +31,8 @@ use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier,
 };
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Builder, X509NameBuilder, X509Ref, X509StoreContext, X509};
+use openssl::x509::{X509Ref, X509StoreContext, X509};
+use testbed::certs::p256_key;
 use testbed::HostTpmSimulator;
 use tpm_proto::commands::{self as c, nv_attr};
 use tpm_proto::public::alg;
@@ -43,13 +41,6 @@ use vtpm_state::keys::generate_host_key_file;
 use vtpm_state::EncryptedStore;
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn p256_key() -> PKey<Private> {
-    PKey::from_ec_key(
-        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-    )
-    .unwrap()
-}
 
 /// A software stand-in for the local CA root and the host AIK (ADR 0008's two top links).
 struct Pki {
@@ -64,23 +55,7 @@ fn ca_cert(
     issuer: Option<(&X509Ref, &PKey<Private>)>,
     pathlen: u32,
 ) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    let name = name.build();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(120, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map_or(&*name, |(c, _)| c.subject_name()))
-        .unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(3650).unwrap())
-        .unwrap();
-    b.set_pubkey(key).unwrap();
+    let mut b = testbed::certs::builder(cn, key, issuer.map(|(c, _)| c), 3650);
     b.append_extension(
         BasicConstraints::new()
             .critical()
