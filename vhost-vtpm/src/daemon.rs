@@ -226,7 +226,7 @@ fn open_engine(config: &EngineConfig) -> Result<Box<dyn Coprocessor>, DaemonErro
     }
 }
 
-fn open_listener(listen: &Listen) -> Result<Listener, DaemonError> {
+fn open_listener(listen: &Listen) -> Result<(Listener, Option<SocketFile>), DaemonError> {
     match listen {
         Listen::Path(path) => {
             // Whoever connects to a vhost-user socket drives the device: it hands over guest
@@ -234,12 +234,16 @@ fn open_listener(listen: &Listen) -> Result<Listener, DaemonError> {
             // daemon user's alone (0600, whatever the umask), not world-connectable. Only the
             // main thread runs here, so the process-wide umask is changed for this bind only.
             let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-            let listener = Listener::new(path, true);
+            let listener = bind_listening(path);
             nix::sys::stat::umask(umask);
-            listener.map_err(|e| DaemonError::Listen {
+            let listener = listener.map_err(|e| DaemonError::Listen {
                 what: path.display().to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+            Ok((
+                Listener::from(listener),
+                Some(SocketFile(path.to_path_buf())),
+            ))
         }
         Listen::Fd(fd) => {
             let err = |reason: String| DaemonError::Listen {
@@ -268,8 +272,52 @@ fn open_listener(listen: &Listen) -> Result<Listener, DaemonError> {
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             )
             .map_err(|e| err(e.to_string()))?;
-            Ok(Listener::from(UnixListener::from(owned)))
+            // The launcher owns the socket file (if any), and keeps it after the daemon exits.
+            Ok((Listener::from(UnixListener::from(owned)), None))
         }
+    }
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Binds and listens on a temporary name beside `path`, then renames it to `path`, so that
+/// the socket file appears only once it accepts connections. With a plain bind a frontend
+/// that sees the file and connects at once can land between bind(2) and listen(2) and be
+/// refused; the vhost crate's frontend then waits 100 ms before it tries again, QEMU's
+/// `reconnect-ms` a whole period (measured: one start in ten under load, BENCHMARKS.md §6).
+/// The rename replaces whatever was at `path` (a socket file a killed daemon left, a symlink
+/// itself), as the unlink before a plain bind did. A path too long to take the temporary's
+/// suffix is bound directly.
+pub(crate) fn bind_listening(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(file_name);
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    if temporary.as_os_str().len() > SUN_PATH_MAX {
+        let _ = std::fs::remove_file(path);
+        return UnixListener::bind(path);
+    }
+    // Left by a daemon of this pid that died between its bind and its rename.
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    if let Err(e) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// The socket file the daemon made for `--socket-path`, removed when the daemon stops
+/// listening (a launcher-owned `--fd` socket has none).
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -461,7 +509,7 @@ fn listen_and_serve(
         })?),
         None => None,
     };
-    let mut listener = open_listener(&config.listen)?;
+    let (mut listener, socket_file) = open_listener(&config.listen)?;
     let connections = Arc::new(crate::metrics::Connections::default());
     let own_listener = matches!(config.listen, Listen::Path(_));
     let stop = Arc::new(Stop {
@@ -506,6 +554,7 @@ fn listen_and_serve(
         *fd = None;
     }
     drop(listener);
+    drop(socket_file);
     served
 }
 

@@ -165,11 +165,9 @@ pub fn render(
 /// Binds the metrics socket at `path` (0600 whatever the umask; a stale socket file is
 /// replaced). Called before the sandbox goes up.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        std::fs::remove_file(path)?;
-    }
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(path);
+    // Like the vhost-user socket: the file appears listening, replacing whatever was there.
+    let listener = crate::daemon::bind_listening(path);
     nix::sys::stat::umask(umask);
     listener
 }
