@@ -8,7 +8,7 @@
 //! flight finishes, and the engine's state is saved before the process exits. An inherited
 //! listener (`--fd`) is left listening: its launcher may start the daemon again on it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,12 +77,10 @@ pub enum DaemonError {
 struct Stop {
     requested: AtomicBool,
     connection: Mutex<Option<ShutdownHandle>>,
-    /// The listener to shut down on a stop, when it is the daemon's own (`--socket-path`).
-    /// An inherited listener (`--fd`) is never shut down: the launcher (systemd's socket
-    /// unit) holds the same socket and listens on it again once the daemon has exited, and
-    /// a shut-down listening socket refuses every later connection.
-    listener_fd: Mutex<Option<RawFd>>,
-    /// Made readable by a stop: wakes the serve loop waiting for a frontend.
+    /// Made readable by a stop: wakes the serve loop waiting for a frontend. The listener
+    /// itself is never shut down to wake it: an inherited one (`--fd`) is also the
+    /// launcher's (systemd's socket unit listens on it again once the daemon has exited),
+    /// and a shut-down listening socket refuses every later connection.
     wake: EventFd,
 }
 
@@ -99,14 +97,6 @@ impl Stop {
         if let Ok(conn) = self.connection.lock() {
             if let Some(h) = conn.as_ref() {
                 h.shutdown();
-            }
-        }
-        if let Ok(fd) = self.listener_fd.lock() {
-            if let Some(fd) = *fd {
-                // SAFETY: the fd stays open while it is registered here (the serve loop
-                // clears it before closing the listener). shutdown() on a listening socket
-                // makes a blocked accept() return on Linux.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
         }
     }
@@ -511,11 +501,9 @@ fn listen_and_serve(
     };
     let (mut listener, socket_file) = open_listener(&config.listen)?;
     let connections = Arc::new(crate::metrics::Connections::default());
-    let own_listener = matches!(config.listen, Listen::Path(_));
     let stop = Arc::new(Stop {
         requested: AtomicBool::new(false),
         connection: Mutex::new(None),
-        listener_fd: Mutex::new(own_listener.then(|| listener.as_raw_fd())),
         wake: EventFd::new(libc::EFD_CLOEXEC)
             .map_err(|e| DaemonError::VhostUser(format!("cannot create the stop event: {e}")))?,
     });
@@ -550,9 +538,6 @@ fn listen_and_serve(
         config.seccomp
     );
     let served = serve(&mut listener, device, &stop, config, control, &connections);
-    if let Ok(mut fd) = stop.listener_fd.lock() {
-        *fd = None;
-    }
     drop(listener);
     drop(socket_file);
     served
