@@ -174,21 +174,9 @@ impl Libvirtd {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("virsh: {e}"))?;
-        let mut pipes = (child.stdout.take(), child.stderr.take());
-        let out_reader = pipes.0.take().map(|mut s| {
-            std::thread::spawn(move || {
-                let mut t = String::new();
-                let _ = s.read_to_string(&mut t);
-                t
-            })
-        });
-        let err_reader = pipes.1.take().map(|mut s| {
-            std::thread::spawn(move || {
-                let mut t = String::new();
-                let _ = s.read_to_string(&mut t);
-                t
-            })
-        });
+        // Both pipes are drained while virsh runs, so that neither can fill and stall it.
+        let out_reader = child.stdout.take().map(read_to_end);
+        let err_reader = child.stderr.take().map(read_to_end);
         let deadline = Instant::now() + Duration::from_secs(300);
         let status = loop {
             match child.try_wait() {
@@ -253,6 +241,15 @@ impl Libvirtd {
             }
         }
     }
+}
+
+/// Reads `stream` to its end on a thread of its own; the text it read.
+fn read_to_end(mut stream: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    })
 }
 
 impl Drop for Libvirtd {

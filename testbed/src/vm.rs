@@ -309,7 +309,8 @@ impl Vm {
         vm
     }
 
-    /// Waits until the migrated guest's shell answers (a destination).
+    /// Waits until the migrated guest's shell answers (a destination): pokes it until it
+    /// shows a prompt.
     pub fn wait_migrated(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -492,21 +493,8 @@ impl Vm {
             return Ok(vm);
         }
         if opts.incoming.is_some() {
-            // The guest resumes mid-session: poke its shell until it shows a prompt.
-            let deadline = Instant::now() + timeout;
-            loop {
-                vm.raw_line("")?;
-                if vm.wait_for(PROMPT, Duration::from_secs(2)).is_ok() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "no prompt after migration:\n{}",
-                        vm.qemu_messages()
-                    ));
-                }
-            }
-            vm.has_tpm = true;
+            // The guest resumes mid-session.
+            vm.wait_migrated(timeout)?;
         } else {
             vm.wait_ready(timeout)?;
         }
