@@ -6,8 +6,8 @@
 //! swtpm is switched to vhost-vtpm by the README's import command and XML change, keeping
 //! its NV and its persistent key.
 //!
-//! Skipped, with a message, only when libvirtd is not installed (scripts/setup.sh installs
-//! it, so CI runs it).
+//! scripts/setup.sh installs libvirt; without it the tests fail with that fix, as every
+//! end-to-end test does without its set-up.
 
 // Integration tests: a failed step panics with its reason (clippy.toml covers #[test] fns
 // only, not the helpers beside them).
@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use testbed::{
-    ensure_host_key, find_libvirtd, readme_blocks, start_daemon, workspace_bin, ConsoleListener,
-    Env, GuestConsole, Libvirtd, GUEST_CMDLINE,
+    ensure_host_key, find_libvirtd, readme_blocks, run_tool, start_daemon, workspace_bin,
+    ConsoleListener, Env, GuestConsole, Libvirtd, GUEST_CMDLINE,
 };
 
 /// One guest at a time: TCG guests on a small machine are slow enough one by one.
@@ -184,16 +184,40 @@ fn check_readme_diff(readme: &str, crb: &str, vtpm: &str) {
     );
 }
 
-/// The test's own libvirtd (a failure with the fix when libvirt is not installed).
-fn libvirtd() -> Libvirtd {
-    // scripts/setup.sh installs libvirt: without it the test fails with the fix, as every
-    // end-to-end test does without its set-up, rather than passing having done nothing.
-    let bin = find_libvirtd().unwrap_or_else(|| {
-        panic!(
-            "libvirtd is not installed: run scripts/setup.sh (it installs libvirt-daemon-system)"
-        )
-    });
-    Libvirtd::start(&bin).unwrap_or_else(|e| panic!("{e}"))
+/// What each test starts from: one guest at a time, the test's own libvirtd, the set-up's
+/// paths, a scratch directory with the guest's console socket, and qemu/README.md.
+struct Bed {
+    lv: Libvirtd,
+    env: Env,
+    dir: tempfile::TempDir,
+    listener: ConsoleListener,
+    readme: String,
+    /// Last, so dropped last: the next test starts once this one's libvirtd is gone.
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // A failure with the fix when libvirt is not installed, rather than a pass having
+        // done nothing.
+        let bin = find_libvirtd().unwrap_or_else(|| {
+            panic!(
+                "libvirtd is not installed: run scripts/setup.sh (it installs libvirt-daemon-system)"
+            )
+        });
+        let lv = Libvirtd::start(&bin).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let listener = ConsoleListener::bind(&dir.path().join("console.sock")).unwrap();
+        Bed {
+            lv,
+            env: Env::load(),
+            dir,
+            listener,
+            readme: readme(),
+            _one: one,
+        }
+    }
 }
 
 /// A defined domain; undefined (after `virsh destroy`) on drop, also when the test fails.
@@ -281,23 +305,25 @@ fn read_nv(console: &mut GuestConsole, len: usize) -> String {
 
 #[test]
 fn readme_domain_runs_tpm2_tools_and_keeps_nv_across_destroy_and_start() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lv = libvirtd();
-    let env = Env::load();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = start_daemon(&env, dir.path(), &[]);
-    let listener = ConsoleListener::bind(&dir.path().join("console.sock")).unwrap();
-    let readme = readme();
+    let Bed {
+        lv,
+        env,
+        dir,
+        listener,
+        readme,
+        ..
+    } = &Bed::new();
+    let daemon = start_daemon(env, dir.path(), &[]);
     let xml = for_test(
-        &block(&readme, LIBVIRT, "xml"),
-        &env,
+        &block(readme, LIBVIRT, "xml"),
+        env,
         "vtpm-readme",
         Some(&daemon.socket),
         &listener.path,
     );
-    let domain = Domain::define(&lv, "vtpm-readme", &xml);
+    let domain = Domain::define(lv, "vtpm-readme", &xml);
 
-    let mut console = domain.start(&listener);
+    let mut console = domain.start(listener);
     let alias = tpm_modalias(&mut console);
     assert!(alias.starts_with("virtio:"), "the guest's TPM is {alias}");
     let rnd = console.must("tpm2_getrandom --hex 16");
@@ -307,7 +333,7 @@ fn readme_domain_runs_tpm2_tools_and_keeps_nv_across_destroy_and_start() {
     assert_eq!(read_nv(&mut console, value.len()).trim(), value);
     domain.destroy(console);
 
-    let mut console = domain.start(&listener);
+    let mut console = domain.start(listener);
     assert!(tpm_modalias(&mut console).starts_with("virtio:"));
     assert_eq!(
         read_nv(&mut console, value.len()).trim(),
@@ -366,22 +392,24 @@ fn readme_import_command(
 
 #[test]
 fn swtpm_vm_switched_to_vhost_vtpm_keeps_nv_and_persistent_key() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lv = libvirtd();
-    let env = Env::load();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = ConsoleListener::bind(&dir.path().join("console.sock")).unwrap();
-    let readme = readme();
-    let vtpm_readme = block(&readme, LIBVIRT, "xml");
-    let crb_readme = crb_readme_xml(&readme, &vtpm_readme);
-    check_readme_diff(&readme, &crb_readme, &vtpm_readme);
+    let Bed {
+        lv,
+        env,
+        dir,
+        listener,
+        readme,
+        ..
+    } = &Bed::new();
+    let vtpm_readme = block(readme, LIBVIRT, "xml");
+    let crb_readme = crb_readme_xml(readme, &vtpm_readme);
+    check_readme_diff(readme, &crb_readme, &vtpm_readme);
 
     // Before: libvirt's tpm-crb, libvirt's swtpm.
     let name = "vtpm-switch";
-    let crb_xml = for_test(&crb_readme, &env, name, None, &listener.path);
-    let domain = Domain::define(&lv, name, &crb_xml);
+    let crb_xml = for_test(&crb_readme, env, name, None, &listener.path);
+    let domain = Domain::define(lv, name, &crb_xml);
     let uuid = domain.uuid();
-    let mut console = domain.start(&listener);
+    let mut console = domain.start(listener);
     let alias = tpm_modalias(&mut console);
     assert!(
         alias.starts_with("acpi:MSFT0101"),
@@ -406,24 +434,18 @@ fn swtpm_vm_switched_to_vhost_vtpm_keeps_nv_and_persistent_key() {
     let host_key = dir.path().join("host.key");
     ensure_host_key(&host_key).unwrap();
     let state = dir.path().join("state");
-    let mut import = readme_import_command(&readme, &lv, &uuid, &state, &host_key);
-    let out = import.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{import:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut import = readme_import_command(readme, lv, &uuid, &state, &host_key);
+    run_tool(&mut import).unwrap_or_else(|e| panic!("{import:?}: {e}"));
     assert!(
         swtpm_dir.join("tpm2-00.permall").exists(),
         "the import changed the swtpm directory"
     );
-    let daemon = start_daemon(&env, dir.path(), &["--vm-id", &uuid]);
+    let daemon = start_daemon(env, dir.path(), &["--vm-id", &uuid]);
     assert_eq!(daemon.state, state);
     // `virsh edit` keeps the domain's UUID; a definition without one would be refused.
     let vtpm_xml = for_test(
         &vtpm_readme,
-        &env,
+        env,
         name,
         Some(&daemon.socket),
         &listener.path,
@@ -433,10 +455,10 @@ fn swtpm_vm_switched_to_vhost_vtpm_keeps_nv_and_persistent_key() {
         &format!("<name>{name}</name>"),
         &format!("<name>{name}</name>\n  <uuid>{uuid}</uuid>"),
     );
-    let domain = Domain::define(&lv, name, &vtpm_xml);
+    let domain = Domain::define(lv, name, &vtpm_xml);
 
     // After: the same TPM through vhost-vtpm.
-    let mut console = domain.start(&listener);
+    let mut console = domain.start(listener);
     let alias = tpm_modalias(&mut console);
     assert!(alias.starts_with("virtio:"), "the guest's TPM is {alias}");
     assert_eq!(
