@@ -305,25 +305,18 @@ fn read_nv(console: &mut GuestConsole, len: usize) -> String {
 
 #[test]
 fn readme_domain_runs_tpm2_tools_and_keeps_nv_across_destroy_and_start() {
-    let Bed {
-        lv,
-        env,
-        dir,
-        listener,
-        readme,
-        ..
-    } = &Bed::new();
-    let daemon = start_daemon(env, dir.path(), &[]);
+    let bed = Bed::new();
+    let daemon = start_daemon(&bed.env, bed.dir.path(), &[]);
     let xml = for_test(
-        &block(readme, LIBVIRT, "xml"),
-        env,
+        &block(&bed.readme, LIBVIRT, "xml"),
+        &bed.env,
         "vtpm-readme",
         Some(&daemon.socket),
-        &listener.path,
+        &bed.listener.path,
     );
-    let domain = Domain::define(lv, "vtpm-readme", &xml);
+    let domain = Domain::define(&bed.lv, "vtpm-readme", &xml);
 
-    let mut console = domain.start(listener);
+    let mut console = domain.start(&bed.listener);
     let alias = tpm_modalias(&mut console);
     assert!(alias.starts_with("virtio:"), "the guest's TPM is {alias}");
     let rnd = console.must("tpm2_getrandom --hex 16");
@@ -333,7 +326,7 @@ fn readme_domain_runs_tpm2_tools_and_keeps_nv_across_destroy_and_start() {
     assert_eq!(read_nv(&mut console, value.len()).trim(), value);
     domain.destroy(console);
 
-    let mut console = domain.start(listener);
+    let mut console = domain.start(&bed.listener);
     assert!(tpm_modalias(&mut console).starts_with("virtio:"));
     assert_eq!(
         read_nv(&mut console, value.len()).trim(),
@@ -392,24 +385,17 @@ fn readme_import_command(
 
 #[test]
 fn swtpm_vm_switched_to_vhost_vtpm_keeps_nv_and_persistent_key() {
-    let Bed {
-        lv,
-        env,
-        dir,
-        listener,
-        readme,
-        ..
-    } = &Bed::new();
-    let vtpm_readme = block(readme, LIBVIRT, "xml");
-    let crb_readme = crb_readme_xml(readme, &vtpm_readme);
-    check_readme_diff(readme, &crb_readme, &vtpm_readme);
+    let bed = Bed::new();
+    let vtpm_readme = block(&bed.readme, LIBVIRT, "xml");
+    let crb_readme = crb_readme_xml(&bed.readme, &vtpm_readme);
+    check_readme_diff(&bed.readme, &crb_readme, &vtpm_readme);
 
     // Before: libvirt's tpm-crb, libvirt's swtpm.
     let name = "vtpm-switch";
-    let crb_xml = for_test(&crb_readme, env, name, None, &listener.path);
-    let domain = Domain::define(lv, name, &crb_xml);
+    let crb_xml = for_test(&crb_readme, &bed.env, name, None, &bed.listener.path);
+    let domain = Domain::define(&bed.lv, name, &crb_xml);
     let uuid = domain.uuid();
-    let mut console = domain.start(listener);
+    let mut console = domain.start(&bed.listener);
     let alias = tpm_modalias(&mut console);
     assert!(
         alias.starts_with("acpi:MSFT0101"),
@@ -425,40 +411,42 @@ fn swtpm_vm_switched_to_vhost_vtpm_keeps_nv_and_persistent_key() {
     domain.destroy(console);
 
     // The switch: the README's import on the directory libvirt used, the daemon, the XML.
-    let swtpm_dir = lv.host_path(Path::new(&format!("/var/lib/libvirt/swtpm/{uuid}/tpm2")));
+    let swtpm_dir = bed
+        .lv
+        .host_path(Path::new(&format!("/var/lib/libvirt/swtpm/{uuid}/tpm2")));
     assert!(
         swtpm_dir.join("tpm2-00.permall").exists(),
         "libvirt's swtpm state is not in {}",
         swtpm_dir.display()
     );
-    let host_key = dir.path().join("host.key");
+    let host_key = bed.dir.path().join("host.key");
     ensure_host_key(&host_key).unwrap();
-    let state = dir.path().join("state");
-    let mut import = readme_import_command(readme, lv, &uuid, &state, &host_key);
+    let state = bed.dir.path().join("state");
+    let mut import = readme_import_command(&bed.readme, &bed.lv, &uuid, &state, &host_key);
     run_tool(&mut import).unwrap_or_else(|e| panic!("{import:?}: {e}"));
     assert!(
         swtpm_dir.join("tpm2-00.permall").exists(),
         "the import changed the swtpm directory"
     );
-    let daemon = start_daemon(env, dir.path(), &["--vm-id", &uuid]);
+    let daemon = start_daemon(&bed.env, bed.dir.path(), &["--vm-id", &uuid]);
     assert_eq!(daemon.state, state);
     // `virsh edit` keeps the domain's UUID; a definition without one would be refused.
     let vtpm_xml = for_test(
         &vtpm_readme,
-        env,
+        &bed.env,
         name,
         Some(&daemon.socket),
-        &listener.path,
+        &bed.listener.path,
     );
     let vtpm_xml = substitute(
         &vtpm_xml,
         &format!("<name>{name}</name>"),
         &format!("<name>{name}</name>\n  <uuid>{uuid}</uuid>"),
     );
-    let domain = Domain::define(lv, name, &vtpm_xml);
+    let domain = Domain::define(&bed.lv, name, &vtpm_xml);
 
     // After: the same TPM through vhost-vtpm.
-    let mut console = domain.start(listener);
+    let mut console = domain.start(&bed.listener);
     let alias = tpm_modalias(&mut console);
     assert!(alias.starts_with("virtio:"), "the guest's TPM is {alias}");
     assert_eq!(
