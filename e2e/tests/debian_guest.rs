@@ -62,15 +62,19 @@ fn run_readme_block(vm: &mut Vm, heading: &str) {
     }
 }
 
-/// Signs MESSAGE with the TPM key `key.pem` through the tpm2-openssl provider and returns the
-/// signature.
-fn sign_in_guest(vm: &mut Vm) -> Vec<u8> {
+/// Signs MESSAGE with the TPM key `key.pem` through the tpm2-openssl provider, and checks
+/// the signature on the host with the key's public half `pub_pem`.
+fn assert_guest_signs(vm: &mut Vm, pub_pem: &[u8], when: &str) {
     vm.must("rm -f msg.sig");
     vm.must(
         "openssl pkeyutl -provider tpm2 -provider default -sign -inkey key.pem \
          -rawin -digest sha256 -in msg -out msg.sig",
     );
-    vm.read_file("msg.sig")
+    let sig = vm.read_file("msg.sig");
+    assert!(
+        verifies_on_host(pub_pem, &sig),
+        "{when}: the tpm2-openssl signature does not verify"
+    );
 }
 
 #[test]
@@ -168,11 +172,7 @@ fn a_debian_guest_unlocks_luks_with_systemd_cryptenroll_and_uses_clevis_and_tpm2
     ));
     vm.must("openssl pkey -provider tpm2 -provider default -in key.pem -pubout -out pub.pem");
     let pub_pem = vm.read_file("pub.pem");
-    let sig = sign_in_guest(&mut vm);
-    assert!(
-        verifies_on_host(&pub_pem, &sig),
-        "tpm2-openssl signature does not verify"
-    );
+    assert_guest_signs(&mut vm, &pub_pem, "in the first boot");
 
     // --- A reboot: the volume is unlocked at boot from the TPM.
     vm.must("sync");
@@ -220,11 +220,7 @@ fn a_debian_guest_unlocks_luks_with_systemd_cryptenroll_and_uses_clevis_and_tpm2
         must_slow(&mut vm, "clevis decrypt < secret.jwe").trim(),
         "sealed-by-clevis"
     );
-    let sig = sign_in_guest(&mut vm);
-    assert!(
-        verifies_on_host(&pub_pem, &sig),
-        "after the migration: tpm2-openssl signature does not verify"
-    );
+    assert_guest_signs(&mut vm, &pub_pem, "after the migration");
 
     // --- A changed PCR 7: the TPM refuses, and the passphrase still opens the volume.
     vm.must("umount /mnt/data && cryptsetup close data");
@@ -272,11 +268,7 @@ fn check_after_boot(vm: &mut Vm, pub_pem: &[u8], when: &str) {
         "sealed-by-clevis",
         "{when}"
     );
-    let sig = sign_in_guest(vm);
-    assert!(
-        verifies_on_host(pub_pem, &sig),
-        "{when}: tpm2-openssl signature does not verify"
-    );
+    assert_guest_signs(vm, pub_pem, when);
 }
 
 /// The host package installed with dpkg on a systemd system (the Debian guest standing in for a
