@@ -18,6 +18,7 @@ APT_PACKAGES=(
   python3-fusepy                       # tests: the power-loss disk (testbed/powerloss/disk.py)
   curl                                 # tests: vtpm-host's README (checks the CA answers under its name)
   dpkg-dev help2man                    # packaging/deb/build.sh (tests/package.rs): dpkg-shlibdeps, man pages
+  systemd                              # tests/package.rs: systemd-analyze verify of the units (PID 1 need not be systemd)
   dkms                                 # tests: the driver's DKMS configuration built by dkms (e2e linux_driver)
   linux-source-6.1                     # tests: the guest driver's upstream patch (checkpatch.pl, the
                                        # private drivers/char/tpm/tpm.h; guest-driver/linux/upstream/check.sh)

@@ -388,44 +388,43 @@ fn debian_package_installs_and_its_units_serve_a_vtpm() {
         unknown.is_empty(),
         "the units or vhost-vtpm.conf pass {unknown:?}, which vhost-vtpm --help lacks"
     );
-    // systemd's own check, where systemd is installed (PID 1 need not be systemd): under
+    // systemd's own check (scripts/setup.sh installs systemd; PID 1 need not be it): under
     // --root it wants the targets and slices the units hang on, so the host's are copied in.
     let host_units = Path::new("/lib/systemd/system");
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok()
-        && host_units.is_dir()
-    {
-        for e in std::fs::read_dir(host_units).unwrap().flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if (name.ends_with(".target") || name.ends_with(".slice")) && e.path().is_file() {
-                std::fs::copy(e.path(), units.join(&*name)).unwrap();
-            }
+    assert!(
+        host_units.is_dir(),
+        "no {}: run scripts/setup.sh (it installs systemd, for systemd-analyze)",
+        host_units.display()
+    );
+    for e in std::fs::read_dir(host_units).unwrap().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.ends_with(".target") || name.ends_with(".slice")) && e.path().is_file() {
+            std::fs::copy(e.path(), units.join(&*name)).unwrap();
         }
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(format!("--root={}", root.display()))
-            .arg(units.join("vhost-vtpm@.socket"))
-            .arg(units.join("vhost-vtpm@.service"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && text.trim().is_empty(),
-            "systemd-analyze verify: {}\n{text}",
-            out.status
-        );
     }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
+        .arg(units.join("vhost-vtpm@.socket"))
+        .arg(units.join("vhost-vtpm@.service"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("systemd-analyze: {e}: run scripts/setup.sh (it installs systemd)")
+        });
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {}\n{text}",
+        out.status
+    );
 
     // 7. The daemon as vhost-vtpm@vm1.service runs it: the same arguments (paths under the
     // scratch root), the socket unit's listener as fd 3, a state directory made 0700 as
     // StateDirectoryMode makes it.
     let argv = exec_start(execstart, &env, &root);
     let state = root.join(format!("var/lib/vhost-vtpm/{VM}"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    durable_fs::create_private_dir(&state).unwrap();
     let run = root.join("run/vhost-vtpm");
     std::fs::create_dir_all(&run).unwrap();
     let socket = run.join(format!("{VM}.sock"));
