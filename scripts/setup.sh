@@ -32,19 +32,8 @@ APT_PACKAGES_NO_RECOMMENDS=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 )
 
-apt_install() {
-  local flags=()
-  if [ "${1:-}" = --no-install-recommends ]; then flags=("$1"); shift; fi
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "setup: installing ${missing[*]}"
-  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
-}
-
+# shellcheck source=lib/apt.sh
+source scripts/lib/apt.sh
 apt_install "${APT_PACKAGES[@]}"
 apt_install --no-install-recommends "${APT_PACKAGES_NO_RECOMMENDS[@]}"
 

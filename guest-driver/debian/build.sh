@@ -30,7 +30,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${VTPM_CACHE:-$HOME/.cache/vhost-vtpm}
 mirror=${VTPM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-apt_get=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "debian-guest: $*" >&2; }
@@ -49,13 +48,9 @@ guest_pkgs=(systemd systemd-sysv udev kmod dbus
             libtpms0 libtss2-esys-3.0.2-0 libtss2-mu0 libtss2-sys1 libtss2-tctildr0
             libsqlite3-0 libssl3)
 
-for p in debootstrap e2fsprogs dpkg-dev; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        log "installing $p"
-        "${apt_get[@]}" install -y --no-install-recommends "$p" >&2 ||
-            { "${apt_get[@]}" update >&2 && "${apt_get[@]}" install -y --no-install-recommends "$p" >&2; }
-    fi
-done
+# shellcheck source=../../scripts/lib/apt.sh
+source "$here/../../scripts/lib/apt.sh"
+apt_install --no-install-recommends debootstrap e2fsprogs dpkg-dev
 
 # ---------------------------------------------------------------- kernel and module
 # The busybox image build downloads the kernel package and builds the module; take both.

@@ -14,19 +14,8 @@ BINARIES=(vhost-vtpm vtpm-state vtpm-host vtpm-ca vtpm-migrate vtpm-verify)
 PACKAGE=vhost-vtpm
 MAINTAINER="vhost-vtpm developers <vhost-vtpm@example.invalid>"
 
-sudo=""
-[ "$(id -u)" -ne 0 ] && sudo="sudo"
-# As scripts/setup.sh installs its packages; progress to stderr, stdout is the .deb's path.
-apt_install() {
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "deb: installing ${missing[*]}" >&2
-  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >&2
-}
+# shellcheck source=../../scripts/lib/apt.sh
+source scripts/lib/apt.sh
 apt_install dpkg-dev help2man binutils python3 \
   pkg-config libssl-dev libtpms-dev libtss2-dev libsqlite3-dev   # what the build links
 
