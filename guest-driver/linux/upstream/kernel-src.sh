@@ -34,7 +34,9 @@ ksrc_prepare() {
     mkdir -p "$cache"
     local tmp top
     tmp=$(mktemp -d "$cache/.linux-src.XXXXXX")
-    top=$(tar -tJf "$ksrc_tarball" | head -n 1)
+    # head exits after the first name and tar dies of SIGPIPE: under pipefail that status
+    # would end the sourcing script silently, so tar's own status is left out here.
+    top=$({ tar -tJf "$ksrc_tarball" || true; } | head -n 1)
     top=${top%%/*}
     echo "extracting ${ksrc_files[*]} from $ksrc_tarball" >&2
     if ! tar -xJf "$ksrc_tarball" -C "$tmp" --strip-components=1 \
