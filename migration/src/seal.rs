@@ -307,7 +307,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::ticket::Ticket;
     use openssl::pkey::Private;
-    use testbed::certs::{ca_cert, p256_key};
+    use testbed::certs::{ca_cert, coprocessor_chain, p256_key};
     use vtpm_state::keys::{HostKey, InstanceId};
 
     /// A CA, a controller, two hosts with coprocessor and migration keys, in a temp dir.
@@ -334,14 +334,7 @@ pub(crate) mod tests {
             let controller_key = p256_key();
             let controller = ca_cert("controller", &controller_key, &controller_key, None);
             let src_key = CoprocessorKey::create(&dir.path().join("a"), &hk).unwrap();
-            let aik_key = p256_key();
-            let aik = ca_cert("host-a", &ca_key, &aik_key, Some(&ca_root));
-            let copro = ca_cert(
-                "vhost-vtpm coprocessor host-a",
-                &aik_key,
-                &src_key.public_key(),
-                Some(&aik),
-            );
+            let src_chain = coprocessor_chain("host-a", &ca_key, &ca_root, &src_key.public_key());
             let dst_migration = MigrationKey::create(&dir.path().join("b"), &hk).unwrap();
             let other_migration = MigrationKey::create(&dir.path().join("c"), &hk).unwrap();
             World {
@@ -351,7 +344,7 @@ pub(crate) mod tests {
                 controller,
                 controller_key,
                 src_key,
-                src_chain: vec![copro, aik],
+                src_chain,
                 dst_migration,
                 other_migration,
             }
@@ -461,15 +454,8 @@ pub(crate) mod tests {
             Err(Refusal::UntrustedChain(_))
         ));
         // A chain of another host than the ticket's source.
-        let aik_key = p256_key();
-        let aik = ca_cert("host-x", &w.ca_key, &aik_key, Some(&w.ca_root));
-        let copro = ca_cert(
-            "vhost-vtpm coprocessor host-x",
-            &aik_key,
-            &w.src_key.public_key(),
-            Some(&aik),
-        );
-        let wrong = seal(&w.ticket(4, 2000), &state(), &w.src_key, &[copro, aik]).unwrap();
+        let chain = coprocessor_chain("host-x", &w.ca_key, &w.ca_root, &w.src_key.public_key());
+        let wrong = seal(&w.ticket(4, 2000), &state(), &w.src_key, &chain).unwrap();
         assert!(matches!(
             verify(&wrong, &w.trust(), &w.me(), 1000, None),
             Err(Refusal::SourceMismatch { .. })
