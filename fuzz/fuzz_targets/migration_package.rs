@@ -26,7 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::package::{self, PackageError};
 use migration::seal::{self, Recipient, Trust};
 use migration::ticket::{self, MigrationId, Ticket};
-use testbed::certs::{ca_cert, p256_key};
+use testbed::certs::{coprocessor_chain, self_signed};
 use vtpm_state::keys::InstanceId;
 
 /// The verifier's clock: inside the ticket's validity.
@@ -47,19 +47,10 @@ fn world() -> &'static World {
         let dir = tempfile::tempdir().unwrap();
         let host_key =
             vtpm_state::keys::generate_host_key_file(&dir.path().join("host.key")).unwrap();
-        let ca_key = p256_key();
-        let ca_root = ca_cert("fuzz root", &ca_key, &ca_key, None);
-        let controller_key = p256_key();
-        let controller = ca_cert("controller", &controller_key, &controller_key, None);
+        let (ca_key, ca_root) = self_signed("fuzz root");
+        let (controller_key, controller) = self_signed("controller");
         let source_key = CoprocessorKey::create(&dir.path().join("a"), &host_key).unwrap();
-        let aik_key = p256_key();
-        let aik = ca_cert("host-a", &ca_key, &aik_key, Some(&ca_root));
-        let coprocessor = ca_cert(
-            "vhost-vtpm coprocessor host-a",
-            &aik_key,
-            &source_key.public_key(),
-            Some(&aik),
-        );
+        let chain = coprocessor_chain("host-a", &ca_key, &ca_root, &source_key.public_key());
         let key = MigrationKey::create(&dir.path().join("b"), &host_key).unwrap();
         let point = key.public_point().unwrap();
         let t = Ticket {
@@ -78,7 +69,7 @@ fn world() -> &'static World {
             permanent: (0..512u32).map(|i| (i * 7) as u8).collect(),
             volatile: b"volatile state".to_vec(),
         };
-        let package = seal::seal(&signed, &state, &source_key, &[coprocessor, aik]).unwrap();
+        let package = seal::seal(&signed, &state, &source_key, &chain).unwrap();
         let w = World {
             _dir: dir,
             trust: Trust {

@@ -307,7 +307,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::ticket::Ticket;
     use openssl::pkey::Private;
-    use testbed::certs::{ca_cert, p256_key};
+    use testbed::certs::{coprocessor_chain, self_signed};
     use vtpm_state::keys::{HostKey, InstanceId};
 
     /// A CA, a controller, two hosts with coprocessor and migration keys, in a temp dir.
@@ -329,19 +329,10 @@ pub(crate) mod tests {
             let hk = dir.path().join("host.key");
             vtpm_state::keys::generate_host_key_file(&hk).unwrap();
             let hk = HostKey::File(hk);
-            let ca_key = p256_key();
-            let ca_root = ca_cert("test root", &ca_key, &ca_key, None);
-            let controller_key = p256_key();
-            let controller = ca_cert("controller", &controller_key, &controller_key, None);
+            let (ca_key, ca_root) = self_signed("test root");
+            let (controller_key, controller) = self_signed("controller");
             let src_key = CoprocessorKey::create(&dir.path().join("a"), &hk).unwrap();
-            let aik_key = p256_key();
-            let aik = ca_cert("host-a", &ca_key, &aik_key, Some(&ca_root));
-            let copro = ca_cert(
-                "vhost-vtpm coprocessor host-a",
-                &aik_key,
-                &src_key.public_key(),
-                Some(&aik),
-            );
+            let src_chain = coprocessor_chain("host-a", &ca_key, &ca_root, &src_key.public_key());
             let dst_migration = MigrationKey::create(&dir.path().join("b"), &hk).unwrap();
             let other_migration = MigrationKey::create(&dir.path().join("c"), &hk).unwrap();
             World {
@@ -351,7 +342,7 @@ pub(crate) mod tests {
                 controller,
                 controller_key,
                 src_key,
-                src_chain: vec![copro, aik],
+                src_chain,
                 dst_migration,
                 other_migration,
             }
@@ -453,23 +444,15 @@ pub(crate) mod tests {
             verify(&bytes, &trust, &w.me(), 1000, None),
             Err(Refusal::TicketSignature)
         ));
-        let other_ca = p256_key();
         let mut trust = w.trust();
-        trust.ca_root = ca_cert("test root", &other_ca, &other_ca, None);
+        trust.ca_root = self_signed("test root").1;
         assert!(matches!(
             verify(&bytes, &trust, &w.me(), 1000, None),
             Err(Refusal::UntrustedChain(_))
         ));
         // A chain of another host than the ticket's source.
-        let aik_key = p256_key();
-        let aik = ca_cert("host-x", &w.ca_key, &aik_key, Some(&w.ca_root));
-        let copro = ca_cert(
-            "vhost-vtpm coprocessor host-x",
-            &aik_key,
-            &w.src_key.public_key(),
-            Some(&aik),
-        );
-        let wrong = seal(&w.ticket(4, 2000), &state(), &w.src_key, &[copro, aik]).unwrap();
+        let chain = coprocessor_chain("host-x", &w.ca_key, &w.ca_root, &w.src_key.public_key());
+        let wrong = seal(&w.ticket(4, 2000), &state(), &w.src_key, &chain).unwrap();
         assert!(matches!(
             verify(&wrong, &w.trust(), &w.me(), 1000, None),
             Err(Refusal::SourceMismatch { .. })

@@ -60,3 +60,31 @@ pub fn ca_cert(
     b.sign(signer, MessageDigest::sha256()).unwrap();
     b.build()
 }
+
+/// A fresh P-256 key and its self-signed CA certificate named `cn`: a root, or a migration
+/// controller's certificate.
+pub fn self_signed(cn: &str) -> (PKey<Private>, X509) {
+    let key = p256_key();
+    let cert = ca_cert(cn, &key, &key, None);
+    (key, cert)
+}
+
+/// A host's chain as it signs migration packages and controller requests, leaf first: the
+/// certificate of `coprocessor`'s key, `CN=vhost-vtpm coprocessor <host>`, issued by a
+/// fresh host AIK named `host`, which `root` (whose key is `root_key`) issued.
+pub fn coprocessor_chain(
+    host: &str,
+    root_key: &PKeyRef<Private>,
+    root: &X509,
+    coprocessor: &PKeyRef<impl HasPublic>,
+) -> Vec<X509> {
+    let aik_key = p256_key();
+    let aik = ca_cert(host, root_key, &aik_key, Some(root));
+    let leaf = ca_cert(
+        &format!("vhost-vtpm coprocessor {host}"),
+        &aik_key,
+        coprocessor,
+        Some(&aik),
+    );
+    vec![leaf, aik]
+}
