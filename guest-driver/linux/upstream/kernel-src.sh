@@ -34,10 +34,9 @@ ksrc_prepare() {
     mkdir -p "$cache"
     local tmp top
     tmp=$(mktemp -d "$cache/.linux-src.XXXXXX")
-    # head exits after the first name and tar dies of SIGPIPE: under pipefail that status
-    # would end the sourcing script silently, so tar's own status is left out here.
-    top=$({ tar -tJf "$ksrc_tarball" || true; } | head -n 1)
-    top=${top%%/*}
+    # Debian's tarball holds one directory named as the tarball itself. (Listing it to find
+    # out, piped into head, killed tar with SIGPIPE and ended the script under pipefail.)
+    top=$(basename "$ksrc_tarball" .tar.xz)
     echo "extracting ${ksrc_files[*]} from $ksrc_tarball" >&2
     if ! tar -xJf "$ksrc_tarball" -C "$tmp" --strip-components=1 \
             "${ksrc_files[@]/#/$top/}"; then
