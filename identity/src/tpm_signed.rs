@@ -226,35 +226,16 @@ fn signature_from_rs(r: &[u8], s: &[u8]) -> Result<Signature, IdentityError> {
 mod tests {
     use super::*;
     use openssl::bn::BigNum;
-    use openssl::ec::{EcGroup, EcKey};
     use openssl::ecdsa::EcdsaSig;
     use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
     use openssl::pkey::{PKey, Private};
     use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-    use openssl::x509::{X509Builder, X509NameBuilder};
     use std::time::Duration;
-
-    fn p256_key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
+    use testbed::certs::p256_key;
 
     /// A self-signed CA certificate of `key` (the host AIK's stand-in).
     fn ca(key: &PKey<Private>) -> X509 {
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_nid(Nid::COMMONNAME, "test AIK")
-            .unwrap();
-        let name = name.build();
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        b.set_pubkey(key).unwrap();
+        let mut b = testbed::certs::builder("test AIK", key, None, 30);
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
         b.append_extension(KeyUsage::new().critical().key_cert_sign().build().unwrap())
